@@ -1,0 +1,191 @@
+"""Typed domain model: what a cabinet poll produces.
+
+Every numeric field carries its unit in its name (``voltage_v``, ``temperature_c``). A field is
+``None`` when the cabinet's register profile does not carry it, so one model serves every vendor.
+
+Field groups follow the delivery e-bike standard's Annex B (D-B.1…D-B.4) and the cabinet safety
+sensors of P-5.2.2.2 / P-5.2.2.3.
+
+    >>> slot = SlotReading(slot=1, voltage_v=52.1, soc_pct=80)
+    >>> slot.voltage_v
+    52.1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+
+__all__ = [
+    "BatteryState",
+    "BmsProtection",
+    "CabinetReading",
+    "ChargerProtection",
+    "Chemistry",
+    "EmergencyState",
+    "SlotReading",
+    "CABINET_FIELDS",
+    "SLOT_FIELDS",
+    "describe_flags",
+]
+
+
+class BatteryState(enum.IntEnum):
+    """D-B.3 battery state (charging / full / discharging / fault), plus empty slot and idle."""
+
+    EMPTY = 0
+    CHARGING = 1
+    FULL = 2
+    DISCHARGING = 3
+    FAULT = 4
+    IDLE = 5
+
+
+class Chemistry(enum.IntEnum):
+    """D-B.2 battery type. V-5.10 sets the discharge protection voltage by chemistry."""
+
+    UNKNOWN = 0
+    LFP = 1  # lithium iron phosphate
+    NMC = 2  # ternary lithium
+    LMO = 3  # lithium manganese oxide
+    NA_ION = 4  # sodium-ion
+
+
+class ChargerProtection(enum.IntFlag):
+    """D-B.4 charger protection state (charger cut-offs)."""
+
+    OVER_TEMPERATURE_CUTOFF = 1 << 0
+    WATER_CUTOFF = 1 << 1
+    FAULT_CUTOFF = 1 << 2
+    OVER_VOLTAGE_CUTOFF = 1 << 3
+    OVER_CURRENT_CUTOFF = 1 << 4
+    HANDSHAKE_FAILED = 1 << 5  # D-5.1.5.2: mismatched battery refused
+    OPERATOR_CUTOFF = 1 << 6  # a protective action commanded remotely
+
+
+class BmsProtection(enum.IntFlag):
+    """D-B.4 BMS protection state."""
+
+    OVER_VOLTAGE = 1 << 0
+    OVER_CURRENT = 1 << 1
+    UNDER_VOLTAGE = 1 << 2
+    SHORT_CIRCUIT = 1 << 3
+    CELL_VOLTAGE_DIFFERENCE = 1 << 4
+    HIGH_TEMPERATURE = 1 << 5
+    LOW_TEMPERATURE = 1 << 6
+    HARDWARE_FAULT = 1 << 7
+    OVER_CHARGE = 1 << 8
+    INSULATION = 1 << 9
+
+
+class EmergencyState(enum.IntFlag):
+    """D-B.4 emergency state: fire suppression started (by heat or smoke detection).
+
+    Cascade only *reads* this. It never commands fire suppression (P-3.3).
+    """
+
+    SUPPRESSION_BY_HEAT = 1 << 0
+    SUPPRESSION_BY_SMOKE = 1 << 1
+    SUPPRESSION_MANUAL = 1 << 2
+
+
+def describe_flags(flag_type: type[enum.IntFlag], value: int | None) -> str:
+    """Render a protection bitmask as comma-separated names; unknown bits as ``bitN``."""
+    if not value:
+        return ""
+    names = []
+    for bit in range(16):
+        mask = 1 << bit
+        if value & mask:
+            try:
+                names.append(flag_type(mask).name.lower())
+            except ValueError:
+                names.append(f"bit{bit}")
+    return ",".join(names)
+
+
+@dataclass(slots=True)
+class SlotReading:
+    """One cabinet slot (battery compartment) and the pack in it, at one poll."""
+
+    slot: int
+    # D-B.2 battery pack info
+    battery_maker: str | None = None
+    battery_id: str | None = None
+    chemistry: int | None = None  # Chemistry
+    nominal_voltage_v: float | None = None
+    nominal_capacity_ah: float | None = None
+    max_charge_current_a: float | None = None
+    max_discharge_current_a: float | None = None
+    undervoltage_protection_v: float | None = None
+    # D-B.3 charging status
+    soc_pct: float | None = None
+    temperature_c: float | None = None
+    voltage_v: float | None = None
+    charge_current_a: float | None = None
+    soh_pct: float | None = None
+    charge_start_time_s: int | None = None  # Unix seconds, 0 = not charging
+    expected_end_time_s: int | None = None  # Unix seconds
+    cell_voltage_max_v: float | None = None
+    cell_voltage_min_v: float | None = None
+    cell_temperature_max_c: float | None = None
+    cell_temperature_min_c: float | None = None
+    battery_state: int | None = None  # BatteryState
+    charge_count: int | None = None
+    insulation_resistance_kohm: float | None = None  # P-6.1
+    # D-B.4 fault info (bitmasks)
+    charger_protection: int | None = None  # ChargerProtection
+    bms_protection: int | None = None  # BmsProtection
+    # P-5.2.2.2 / P-5.2.2.3 compartment safety sensors
+    surface_temperature_c: float | None = None
+    h2_ppm: float | None = None  # characteristic gas of over-charge / short circuit
+    voc_ppm: float | None = None  # electrolyte vapour after the valve opens
+    module_pressure_kpa: float | None = None  # sealed (liquid-cooled) module pressure
+    valve_acoustic_events: int | None = None  # safety-valve burst detections, cumulative
+    # Output relay read back from the cabinet: True = slot may charge
+    output_enabled: bool | None = None
+
+
+@dataclass(slots=True)
+class CabinetReading:
+    """One poll of one cabinet: cabinet-level values and every slot."""
+
+    cabinet_id: str
+    site: str
+    model: str
+    timestamp_ns: int
+    # D-B.1 charger / cabinet basic info
+    operator: str | None = None
+    charger_id: str | None = None
+    latitude_deg: float | None = None
+    longitude_deg: float | None = None
+    contact: str | None = None
+    fire_suppression_type: str | None = None
+    # P-5.1.1.1 terminal real-time values
+    input_voltage_v: float | None = None
+    input_current_a: float | None = None
+    input_power_w: float | None = None
+    energy_kwh: float | None = None
+    distribution_state: int | None = None  # bit 0 mains present, bit 1 breaker closed
+    device_fault_code: int | None = None
+    # D-B.4 emergency state (read only)
+    emergency_state: int | None = None  # EmergencyState
+    # P-5.2.2.3 cabinet sensors
+    cabinet_temperature_c: float | None = None
+    flame_detected: bool | None = None
+    smoke_detected: bool | None = None
+    co_ppm: float | None = None
+    co2_ppm: float | None = None
+    water_detected: bool | None = None
+    slots: list[SlotReading] = field(default_factory=list)
+
+
+def _field_names(cls: type, skip: set[str]) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls) if f.name not in skip)
+
+
+SLOT_FIELDS = _field_names(SlotReading, {"slot"})
+CABINET_FIELDS = _field_names(
+    CabinetReading, {"cabinet_id", "site", "model", "timestamp_ns", "slots"}
+)
