@@ -1,4 +1,4 @@
-"""Shared fixtures. Service fixtures (real InfluxDB, Prometheus, Alertmanager, Mosquitto) live in
+"""Shared fixtures. Service fixtures (real InfluxDB, Prometheus, Alertmanager) live in
 ``tests/fixtures/`` and are registered here as plugins."""
 
-pytest_plugins = ["tests.fixtures.services"]
+pytest_plugins = ["tests.fixtures.influxdb", "tests.fixtures.prom"]
