@@ -1,0 +1,103 @@
+"""Convert between Modbus register words and typed values, per field spec.
+
+Word order is the profile's (``big`` = most significant word first, the Modbus convention;
+``little`` = swapped words, common on some vendors). Bytes within a word are always big-endian,
+as the Modbus specification requires.
+
+    >>> from collectors.modbus.profile import FieldSpec
+    >>> spec = FieldSpec("voltage_v", "input", 0, "u16", scale=0.1)
+    >>> decode_value(spec, [521])
+    52.1
+    >>> encode_value(spec, 52.1)
+    [521]
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .profile import FieldSpec
+
+__all__ = ["DecodeError", "WORDS", "decode_value", "encode_value"]
+
+#: Registers (16-bit words) each numeric data type occupies.
+WORDS = {"u16": 1, "i16": 1, "u32": 2, "i32": 2, "f32": 2, "bool": 1}
+
+_STRUCT = {"u16": ">H", "i16": ">h", "u32": ">I", "i32": ">i", "f32": ">f"}
+
+
+class DecodeError(ValueError):
+    """A register value that cannot be a valid reading of its field."""
+
+
+def _words_to_bytes(words: Sequence[int], word_order: str) -> bytes:
+    ordered = words if word_order == "big" else list(reversed(words))
+    return b"".join((w & 0xFFFF).to_bytes(2, "big") for w in ordered)
+
+
+def _bytes_to_words(raw: bytes, word_order: str) -> list[int]:
+    words = [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]
+    return words if word_order == "big" else list(reversed(words))
+
+
+def decode_value(spec: "FieldSpec", words: Sequence[int]) -> float | int | bool | str | None:
+    """Decode the words of one field; ``None`` for the field's "not available" sentinel.
+
+    Raises :class:`DecodeError` for a value that is not a number (NaN, inf) or lies outside
+    the field's declared ``valid`` range: garbage from a device never becomes a reading.
+    """
+    if len(words) != spec.words:
+        raise DecodeError(f"{spec.field}: expected {spec.words} registers, got {len(words)}")
+    kind = spec.data_type
+    if kind == "bool":
+        return bool(words[0])
+    if kind == "string":
+        raw = _words_to_bytes(words, "big")
+        text = raw.split(b"\x00", 1)[0]
+        try:
+            return text.decode("utf-8").strip() or None
+        except UnicodeDecodeError as err:
+            raise DecodeError(f"{spec.field}: not UTF-8 text ({raw[:16]!r})") from err
+    if spec.missing is not None and list(words) == list(spec.missing_words):
+        return None
+    (raw_value,) = struct.unpack(_STRUCT[kind], _words_to_bytes(words, spec.word_order))
+    if kind == "f32" and not math.isfinite(raw_value):
+        raise DecodeError(f"{spec.field}: {raw_value} is not a finite number")
+    value = raw_value * spec.scale + spec.offset_value if (spec.scale != 1 or spec.offset_value) else raw_value
+    if spec.valid is not None and not (spec.valid[0] <= value <= spec.valid[1]):
+        raise DecodeError(
+            f"{spec.field}: {value:g} {spec.unit} outside the valid range {spec.valid[0]:g}..{spec.valid[1]:g}"
+        )
+    if isinstance(value, float) and spec.scale != 1:
+        # Round away binary noise from the scale (0.1 * 521 = 52.1000000001).
+        value = round(value, spec.decimals)
+    return value
+
+
+def encode_value(spec: "FieldSpec", value: float | int | bool | str | None) -> list[int]:
+    """Encode a value into the field's register words (the simulator's side of the wire)."""
+    kind = spec.data_type
+    if kind == "bool":
+        return [1 if value else 0]
+    if kind == "string":
+        raw = (value or "").encode("utf-8")[: spec.words * 2].ljust(spec.words * 2, b"\x00")
+        return _bytes_to_words(raw, "big")
+    if value is None:
+        if spec.missing is None:
+            raise ValueError(f"{spec.field}: no 'missing' sentinel declared, cannot encode None")
+        return list(spec.missing_words)
+    raw_value = (value - spec.offset_value) / spec.scale
+    if kind == "f32":
+        packed = struct.pack(">f", raw_value)
+    else:
+        fmt = _STRUCT[kind]
+        lo, hi = _RANGE[kind]
+        packed = struct.pack(fmt, max(lo, min(hi, round(raw_value))))
+    return _bytes_to_words(packed, spec.word_order)
+
+
+_RANGE = {"u16": (0, 0xFFFF), "i16": (-0x8000, 0x7FFF), "u32": (0, 0xFFFFFFFF), "i32": (-0x80000000, 0x7FFFFFFF)}

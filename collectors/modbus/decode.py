@@ -1,0 +1,59 @@
+"""Turn the responses of one poll's planned reads into a typed :class:`CabinetReading`.
+
+A field whose registers are garbage becomes ``None`` and a :class:`FieldError` naming the
+cabinet, slot, register and reason; every other field of the poll is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cascade.model import CabinetReading, SlotReading
+
+from .codec import DecodeError, decode_value
+from .planner import ReadRequest
+
+__all__ = ["FieldError", "decode_poll"]
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """A field rejected while decoding: where it came from and why."""
+
+    cabinet_id: str
+    slot: int | None
+    field: str
+    register_type: str
+    address: int
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"cabinet {self.cabinet_id}" + (f" slot {self.slot}" if self.slot is not None else "")
+        return f"{where}: {self.field} ({self.register_type} register {self.address}): {self.reason}"
+
+
+def decode_poll(plan: Sequence[ReadRequest], responses: Sequence[Sequence[int] | Sequence[bool] | None], *,
+                cabinet_id: str, site: str, model: str, slot_count: int,
+                timestamp_ns: int) -> tuple[CabinetReading, list[FieldError]]:
+    """Decode ``responses`` (one per planned read, ``None`` for a read that failed)."""
+    cabinet: dict[str, object] = {}
+    slots: list[dict[str, object]] = [{} for _ in range(slot_count)]
+    errors: list[FieldError] = []
+    for request, words in zip(plan, responses):
+        if words is None:
+            continue
+        for item in request.fields:
+            spec = item.spec
+            target = cabinet if item.slot is None else slots[item.slot - 1]
+            try:
+                target[spec.field] = decode_value(spec, words[item.index : item.index + spec.words])
+            except DecodeError as err:
+                errors.append(FieldError(cabinet_id, item.slot, spec.field, request.register_type,
+                                         request.address + item.index, str(err)))
+    reading = CabinetReading(
+        cabinet_id=cabinet_id, site=site, model=model, timestamp_ns=timestamp_ns,
+        slots=[SlotReading(slot=i + 1, **values) for i, values in enumerate(slots)],
+        **cabinet,
+    )
+    return reading, errors

@@ -1,0 +1,111 @@
+"""Read planning: merge a profile's registers into as few Modbus reads as the protocol allows.
+
+Computed once per (profile, slot count) at start-up. A read never exceeds 125 registers
+(2000 bits for coils and discrete inputs), never splits a multi-word field, and bridges a gap
+between fields only up to ``max_gap`` unused registers: some devices answer "illegal address"
+for registers they do not map, so gap fill is a per-cabinet setting.
+
+    >>> from collectors.modbus.profile import find_profile
+    >>> plan = plan_reads(find_profile("reference-cabinet"), slot_count=12)
+    >>> len(plan) == minimum_reads(find_profile("reference-cabinet"), slot_count=12)
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .profile import REGISTER_TYPES, FieldSpec, Profile
+
+__all__ = ["FieldSlice", "ReadRequest", "MAX_BITS", "MAX_REGISTERS", "minimum_reads", "plan_reads"]
+
+MAX_REGISTERS = 125  # Modbus application protocol limit for function codes 3 and 4
+MAX_BITS = 2000  # ... and for function codes 1 and 2
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSlice:
+    """One field inside a read's response: slot ``None`` means a cabinet-wide field."""
+
+    slot: int | None
+    spec: FieldSpec
+    index: int  # position of the field's first word in the response
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRequest:
+    """One Modbus read and the fields its response carries."""
+
+    register_type: str
+    address: int
+    count: int
+    fields: tuple[FieldSlice, ...]
+
+
+def _field_extents(profile: Profile, slot_count: int) -> dict[str, list[tuple[int, int, int | None, FieldSpec]]]:
+    """(start, end exclusive, slot, spec) for every field and slot, grouped by register type."""
+    by_type: dict[str, list[tuple[int, int, int | None, FieldSpec]]] = {k: [] for k in REGISTER_TYPES}
+    for spec in profile.cabinet_fields:
+        by_type[spec.register_type].append((spec.address, spec.address + spec.words, None, spec))
+    for slot in range(1, slot_count + 1):
+        for spec in profile.slot_fields:
+            start = profile.slot_address(spec.register_type, spec.address, slot)
+            by_type[spec.register_type].append((start, start + spec.words, slot, spec))
+    for extents in by_type.values():
+        extents.sort(key=lambda e: (e[0], e[1]))
+    return by_type
+
+
+def _limit(register_type: str, max_registers: int) -> int:
+    return MAX_BITS if REGISTER_TYPES[register_type] else max_registers
+
+
+def plan_reads(profile: Profile, slot_count: int | None = None, *, max_gap: int = 16,
+               max_registers: int = MAX_REGISTERS) -> list[ReadRequest]:
+    """Plan the reads that fetch every field of ``profile`` for ``slot_count`` slots."""
+    if not 1 <= max_registers <= MAX_REGISTERS:
+        raise ValueError(f"max_registers must be 1..{MAX_REGISTERS}, got {max_registers}")
+    if max_gap < 0:
+        raise ValueError(f"max_gap must be >= 0, got {max_gap}")
+    slot_count = profile.slot_count if slot_count is None else slot_count
+    plan: list[ReadRequest] = []
+    for register_type, extents in _field_extents(profile, slot_count).items():
+        limit = _limit(register_type, max_registers)
+        group: list[tuple[int, int, int | None, FieldSpec]] = []
+        for extent in extents:
+            if group:
+                start, end = group[0][0], max(e[1] for e in group)
+                if extent[0] - end <= max_gap and extent[1] - start <= limit:
+                    group.append(extent)
+                    continue
+                plan.append(_request(register_type, group))
+            if extent[1] - extent[0] > limit:
+                raise ValueError(f"{extent[3].field} is {extent[1] - extent[0]} registers, over the {limit} limit")
+            group = [extent]
+        if group:
+            plan.append(_request(register_type, group))
+    return plan
+
+
+def _request(register_type: str, group: list[tuple[int, int, int | None, FieldSpec]]) -> ReadRequest:
+    start = group[0][0]
+    end = max(e[1] for e in group)
+    return ReadRequest(register_type, start, end - start,
+                       tuple(FieldSlice(slot, spec, s - start) for s, _e, slot, spec in group))
+
+
+def minimum_reads(profile: Profile, slot_count: int | None = None, *, max_registers: int = MAX_REGISTERS) -> int:
+    """The fewest reads that can fetch every field: unlimited gap fill, no field split.
+
+    Greedy covering from the lowest address is optimal for fixed-width windows on a line.
+    """
+    slot_count = profile.slot_count if slot_count is None else slot_count
+    total = 0
+    for register_type, extents in _field_extents(profile, slot_count).items():
+        limit = _limit(register_type, max_registers)
+        window_start: int | None = None
+        for start, end, _slot, _spec in extents:
+            if window_start is None or end - window_start > limit:
+                total += 1
+                window_start = start
+    return total
