@@ -60,11 +60,12 @@ def _limit(register_type: str, max_registers: int) -> int:
     return MAX_BITS if REGISTER_TYPES[register_type] else max_registers
 
 
-def plan_reads(profile: Profile, slot_count: int | None = None, *, max_gap: int = 16,
+def plan_reads(profile: Profile, slot_count: int | None = None, *, max_gap: int | None = None,
                max_registers: int = MAX_REGISTERS) -> list[ReadRequest]:
     """Plan the reads that fetch every field of ``profile`` for ``slot_count`` slots."""
     if not 1 <= max_registers <= MAX_REGISTERS:
         raise ValueError(f"max_registers must be 1..{MAX_REGISTERS}, got {max_registers}")
+    max_gap = profile.max_gap if max_gap is None else max_gap
     if max_gap < 0:
         raise ValueError(f"max_gap must be >= 0, got {max_gap}")
     slot_count = profile.slot_count if slot_count is None else slot_count

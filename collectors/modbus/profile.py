@@ -107,6 +107,7 @@ class Profile:
     cabinet_fields: tuple[FieldSpec, ...]
     slot_fields: tuple[FieldSpec, ...]
     commands: Mapping[str, CommandSpec]
+    max_gap: int = 16  # unused registers a read may bridge; raise it only for devices that allow it
 
     def slot_address(self, register_type: str, offset: int, slot: int) -> int:
         """Absolute address of ``offset`` inside slot ``slot`` (1-based)."""
@@ -266,7 +267,10 @@ def load_profile(path: str | Path) -> Profile:
                                f"add slots.base.{register}")
         commands[name] = CommandSpec(name, register, address, per_slot, str(entry.get("description", "")))
 
-    return Profile(model=model, vendor=str(doc.get("vendor", "")), description=str(doc.get("description", "")),
+    max_gap = doc.get("max_gap", 16)
+    if not isinstance(max_gap, int) or isinstance(max_gap, bool) or not 0 <= max_gap <= 124:
+        raise ProfileError(source, "max_gap", f"{max_gap!r}", "use 0..124 unused registers a read may bridge")
+    return Profile(model=model, max_gap=max_gap, vendor=str(doc.get("vendor", "")), description=str(doc.get("description", "")),
                    source=str(source), slot_count=count, slot_base=dict(base), slot_stride=dict(stride),
                    cabinet_fields=tuple(cabinet_fields), slot_fields=tuple(slot_fields), commands=commands)
 
