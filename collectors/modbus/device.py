@@ -1,0 +1,204 @@
+"""One Modbus TCP cabinet: one connection, one request in flight, planned reads, commands.
+
+    cabinet = ModbusCabinet(CabinetConfig(id="C0001", host="10.0.0.5", port=502), profile)
+    poll = await cabinet.fetch()          # PollResult(reading, errors, requests)
+    result = await cabinet.command("slot_output", slot=3, value=False, actor="rule:thermal_runaway")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+from cascade.model import CabinetReading
+from collectors.runner import PollFailed
+
+from .decode import FieldError, decode_poll
+from .planner import ReadRequest, plan_reads
+from .profile import Profile
+
+__all__ = ["CabinetConfig", "CommandResult", "ModbusCabinet", "PollResult"]
+
+log = logging.getLogger("cascade.collectors.modbus")
+
+_BUSY = 0x06  # Modbus exception code "server device busy": the only one worth retrying
+_READ = {
+    "holding": "read_holding_registers",
+    "input": "read_input_registers",
+    "coil": "read_coils",
+    "discrete": "read_discrete_inputs",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CabinetConfig:
+    """Where a cabinet is and how to poll it."""
+
+    id: str
+    host: str
+    port: int = 502
+    device_id: int = 1
+    site: str = "default"
+    profile: str = "reference-cabinet"
+    slots: int | None = None  # default: the profile's slot count
+    interval_s: float = 5.0
+    timeout_s: float = 2.0
+    busy_retries: int = 3
+    busy_backoff_s: float = 0.05
+    max_gap: int | None = None  # default: the profile's
+
+
+@dataclass(slots=True)
+class PollResult:
+    """What one poll produced."""
+
+    reading: CabinetReading
+    errors: list[FieldError]
+    requests: int
+    failed_reads: int = 0
+
+
+@dataclass(slots=True)
+class CommandResult:
+    """The outcome of a protective or operator command, read back from the device."""
+
+    cabinet_id: str
+    command: str
+    slot: int | None
+    value: int | bool
+    actor: str
+    requested_at: float
+    ok: bool
+    readback: int | bool | None = None
+    error: str = ""
+    completed_at: float = field(default=0.0)
+
+
+class ModbusCabinet:
+    """A cabinet polled through its profile's precomputed read plan."""
+
+    def __init__(self, config: CabinetConfig, profile: Profile, *,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.profile = profile
+        self.name = config.id
+        self.interval_s = config.interval_s
+        self.slot_count = config.slots or profile.slot_count
+        self.plan: list[ReadRequest] = plan_reads(profile, self.slot_count, max_gap=config.max_gap)
+        self._wall_clock = wall_clock
+        self._client: AsyncModbusTcpClient | None = None
+        # One request in flight per connection: Modbus TCP devices often mishandle pipelining.
+        self._lock = asyncio.Lock()
+
+    async def _connected(self) -> AsyncModbusTcpClient:
+        if self._client is not None and self._client.connected:
+            return self._client
+        if self._client is not None:
+            self._client.close()
+        # retries=0 and no automatic reconnect: the shared runner owns retry policy and backoff.
+        client = AsyncModbusTcpClient(self.config.host, port=self.config.port, timeout=self.config.timeout_s,
+                                      retries=0, reconnect_delay=0)
+        try:
+            ok = await client.connect()
+        except (OSError, ModbusException) as err:
+            client.close()
+            raise PollFailed("connect", f"cannot connect to {self.config.host}:{self.config.port}: {err}") from err
+        if not ok:
+            client.close()
+            raise PollFailed("connect", f"cannot connect to {self.config.host}:{self.config.port}")
+        self._client = client
+        return client
+
+    async def _call(self, method: str, *args, **kwargs):
+        """One request with the connection lock held; retry only while the device says busy."""
+        async with self._lock:
+            client = await self._connected()
+            for attempt in range(self.config.busy_retries + 1):
+                try:
+                    response = await getattr(client, method)(*args, device_id=self.config.device_id, **kwargs)
+                except ModbusIOException as err:
+                    self._drop()
+                    raise PollFailed("timeout", f"no answer to {method}: {err}") from err
+                except (ConnectionException, OSError) as err:
+                    self._drop()
+                    raise PollFailed("connection", f"connection lost during {method}: {err}") from err
+                except ModbusException as err:
+                    self._drop()
+                    raise PollFailed("protocol", f"{method} failed: {err}") from err
+                if not response.isError():
+                    return response
+                code = getattr(response, "exception_code", None)
+                if code != _BUSY or attempt == self.config.busy_retries:
+                    raise PollFailed("busy" if code == _BUSY else "exception",
+                                     f"{method} answered with Modbus exception {code}")
+                await asyncio.sleep(self.config.busy_backoff_s * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _drop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def fetch(self) -> PollResult:
+        """Run the read plan once and decode it. A read answered with a Modbus exception
+        loses only its own fields; a lost connection fails the whole poll."""
+        responses: list[list[int] | list[bool] | None] = []
+        failed = 0
+        failed_detail: list[str] = []
+        for request in self.plan:
+            try:
+                response = await self._call(_READ[request.register_type], request.address, count=request.count)
+            except PollFailed as err:
+                if err.kind != "exception":
+                    raise
+                failed += 1
+                failed_detail.append(f"{request.register_type} {request.address}+{request.count}: {err}")
+                responses.append(None)
+                continue
+            values = response.bits if request.register_type in ("coil", "discrete") else response.registers
+            if len(values) < request.count:
+                raise PollFailed("short", f"{request.register_type} {request.address}: asked for "
+                                          f"{request.count} values, got {len(values)}")
+            responses.append(values)
+        if failed == len(self.plan):
+            raise PollFailed("exception", "every read failed: " + "; ".join(failed_detail[:3]))
+        reading, errors = decode_poll(self.plan, responses, cabinet_id=self.config.id, site=self.config.site,
+                                      model=self.profile.model, slot_count=self.slot_count,
+                                      timestamp_ns=time.time_ns())
+        for detail in failed_detail:
+            errors.append(FieldError(self.config.id, None, "(read)", detail.split(" ", 1)[0], 0, detail))
+        return PollResult(reading, errors, len(self.plan), failed)
+
+    async def command(self, name: str, *, slot: int | None, value: int | bool, actor: str) -> CommandResult:
+        """Write a command register/coil, read it back, and report; never raises on device errors."""
+        result = CommandResult(self.config.id, name, slot, value, actor, self._wall_clock(), ok=False)
+        try:
+            register_type, address = self.profile.command_address(name, slot)
+            if register_type == "coil":
+                await self._call("write_coil", address, bool(value))
+                response = await self._call("read_coils", address, count=1)
+                result.readback = bool(response.bits[0])
+                result.ok = result.readback == bool(value)
+            else:
+                await self._call("write_register", address, int(value))
+                response = await self._call("read_holding_registers", address, count=1)
+                result.readback = response.registers[0]
+                result.ok = result.readback == int(value)
+            if not result.ok:
+                result.error = f"read back {result.readback!r}, expected {value!r}"
+        except (PollFailed, KeyError, ValueError) as err:
+            result.error = str(err)
+        result.completed_at = self._wall_clock()
+        log.warning("command %s cabinet=%s slot=%s value=%s by %s: %s%s", name, self.config.id, slot, value, actor,
+                    "ok" if result.ok else "FAILED", f" ({result.error})" if result.error else "")
+        return result
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._drop()

@@ -1,0 +1,70 @@
+"""The InfluxDB schema: how readings and commands become line-protocol points.
+
+Documented in ``docs/schema.md``. Tags are the low-cardinality identifiers (site, cabinet, slot,
+model); the battery id is a field, not a tag, because packs move between slots and cabinets all
+day and a tag per pack would grow the series index without bound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from cascade.model import BmsProtection, CabinetReading, ChargerProtection, EmergencyState, SlotReading, \
+    describe_flags
+
+from .lineprotocol import LineProtocolError, encode_line
+
+__all__ = ["CABINET_MEASUREMENT", "COMMAND_MEASUREMENT", "SLOT_MEASUREMENT", "command_to_line",
+           "reading_to_lines"]
+
+CABINET_MEASUREMENT = "cabinet"
+SLOT_MEASUREMENT = "slot"
+COMMAND_MEASUREMENT = "command"
+
+_CABINET_FIELDS = tuple(f.name for f in dataclasses.fields(CabinetReading)
+                        if f.name not in {"cabinet_id", "site", "model", "timestamp_ns", "slots"})
+_SLOT_FIELDS = tuple(f.name for f in dataclasses.fields(SlotReading) if f.name != "slot")
+
+
+def reading_to_lines(reading: CabinetReading) -> list[str]:
+    """One ``cabinet`` point and one ``slot`` point per slot, all at the poll's timestamp.
+
+    A slot whose values cannot be encoded is skipped (and raises nothing): the rest of the
+    poll is still written. Returns the lines; ``len(slots) + 1 - len(lines)`` were skipped.
+    """
+    ts = reading.timestamp_ns
+    site, cabinet = reading.site, reading.cabinet_id
+    lines: list[str] = []
+    fields = {name: getattr(reading, name) for name in _CABINET_FIELDS}
+    if reading.emergency_state is not None:
+        fields["emergency_state_text"] = describe_flags(EmergencyState, reading.emergency_state)
+    try:
+        lines.append(encode_line(CABINET_MEASUREMENT, {"site": site, "cabinet": cabinet, "model": reading.model},
+                                 fields, ts))
+    except LineProtocolError:
+        pass
+    for slot in reading.slots:
+        fields = {name: getattr(slot, name) for name in _SLOT_FIELDS}
+        if slot.charger_protection is not None:
+            fields["charger_protection_text"] = describe_flags(ChargerProtection, slot.charger_protection)
+        if slot.bms_protection is not None:
+            fields["bms_protection_text"] = describe_flags(BmsProtection, slot.bms_protection)
+        try:
+            lines.append(encode_line(SLOT_MEASUREMENT, {"site": site, "cabinet": cabinet, "slot": str(slot.slot)},
+                                     fields, ts))
+        except LineProtocolError:
+            pass
+    return lines
+
+
+def command_to_line(result, site: str) -> str:
+    """A protective or operator command and its read-back (who, what, when, result)."""
+    return encode_line(
+        COMMAND_MEASUREMENT,
+        {"site": site, "cabinet": result.cabinet_id, "slot": "" if result.slot is None else str(result.slot),
+         "command": result.command},
+        {"actor": result.actor, "value": int(result.value), "ok": result.ok,
+         "readback": None if result.readback is None else int(result.readback), "error": result.error,
+         "duration_s": max(0.0, result.completed_at - result.requested_at)},
+        int(result.requested_at * 1e9),
+    )

@@ -1,0 +1,113 @@
+"""Prometheus metrics: pipeline health and per-cabinet fleet gauges.
+
+Cardinality is bounded by design: labels are cabinet and site (never slot, cell or battery id),
+error kinds come from a fixed vocabulary, decode errors are labelled by profile field name.
+
+    registry = CollectorRegistry()
+    metrics = PipelineMetrics(registry)
+    metrics.observe(poll_result)
+"""
+
+from __future__ import annotations
+
+from cascade.model import BatteryState, CabinetReading
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["PipelineMetrics"]
+
+_POLL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class PipelineMetrics:
+    """All Cascade collector metrics, registered on ``registry`` at construction."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.poll_duration = Histogram("cascade_poll_duration_seconds", "Duration of one device poll",
+                                       ["protocol"], buckets=_POLL_BUCKETS, registry=registry)
+        self.poll_errors = Counter("cascade_poll_errors_total", "Failed polls by kind",
+                                   ["protocol", "kind"], registry=registry)
+        self.polls = Counter("cascade_polls_total", "Successful polls", ["protocol"], registry=registry)
+        self.device_up_gauge = Gauge("cascade_device_up", "1 when the last poll of the device succeeded",
+                                     ["site", "cabinet"], registry=registry)
+        self.readings = Counter("cascade_readings_total", "Slot readings decoded", registry=registry)
+        self.decode_errors = Counter("cascade_decode_errors_total", "Register values rejected while decoding",
+                                     ["field"], registry=registry)
+        self.requests = Counter("cascade_modbus_requests_total", "Modbus read requests sent", registry=registry)
+        self.lines_encode_errors = Counter("cascade_line_encode_errors_total",
+                                           "Readings that could not be encoded as line protocol", registry=registry)
+        labels = ["site", "cabinet"]
+        self.cabinet_temperature = Gauge("cascade_cabinet_temperature_celsius", "Temperature inside the cabinet",
+                                         labels, registry=registry)
+        self.slot_temperature_max = Gauge("cascade_cabinet_battery_temperature_max_celsius",
+                                          "Hottest battery in the cabinet", labels, registry=registry)
+        self.h2_max = Gauge("cascade_cabinet_h2_max_ppm", "Highest compartment H2/off-gas reading",
+                            labels, registry=registry)
+        self.co = Gauge("cascade_cabinet_co_ppm", "CO concentration", labels, registry=registry)
+        self.smoke = Gauge("cascade_cabinet_smoke_detected", "1 when the smoke detector is active",
+                           labels, registry=registry)
+        self.flame = Gauge("cascade_cabinet_flame_detected", "1 when the flame detector is active",
+                           labels, registry=registry)
+        self.water = Gauge("cascade_cabinet_water_detected", "1 when water/immersion is detected",
+                           labels, registry=registry)
+        self.power = Gauge("cascade_cabinet_input_power_watts", "Cabinet input power", labels, registry=registry)
+        self.slots_charging = Gauge("cascade_cabinet_slots_charging", "Slots charging now", labels, registry=registry)
+        self.slots_occupied = Gauge("cascade_cabinet_slots_occupied", "Slots holding a battery", labels,
+                                    registry=registry)
+        self.slots_protected = Gauge("cascade_cabinet_slots_protection_active",
+                                     "Slots with a charger or BMS protection flag set", labels, registry=registry)
+        self.poll_timestamp = Gauge("cascade_cabinet_last_poll_timestamp_seconds",
+                                    "Unix time of the cabinet's last successful poll", labels, registry=registry)
+        self._sites: dict[str, str] = {}
+
+    # PollMetrics protocol, called by collectors.runner.PollRunner
+    def poll_done(self, device: str, duration_s: float, protocol: str = "modbus") -> None:
+        self.poll_duration.labels(protocol).observe(duration_s)
+        self.polls.labels(protocol).inc()
+
+    def poll_failed(self, device: str, kind: str, duration_s: float, protocol: str = "modbus") -> None:
+        self.poll_duration.labels(protocol).observe(duration_s)
+        self.poll_errors.labels(protocol, kind).inc()
+
+    def device_up(self, device: str, up: bool) -> None:
+        self.device_up_gauge.labels(self._sites.get(device, ""), device).set(1 if up else 0)
+
+    def register_device(self, device: str, site: str) -> None:
+        """Tell the exporter a device's site before its first poll, so ``up`` has both labels."""
+        self._sites[device] = site
+
+    def observe(self, reading: CabinetReading, requests: int, field_errors: list[str]) -> None:
+        """Update counters and fleet gauges from one successful poll."""
+        self.requests.inc(requests)
+        for name in field_errors:
+            self.decode_errors.labels(name).inc()
+        labels = (reading.site, reading.cabinet_id)
+        temps = [s.temperature_c for s in reading.slots if s.temperature_c is not None]
+        gases = [s.h2_ppm for s in reading.slots if s.h2_ppm is not None]
+        occupied = charging = protected = 0
+        for slot in reading.slots:
+            if slot.battery_state not in (None, BatteryState.EMPTY):
+                occupied += 1
+            if slot.battery_state == BatteryState.CHARGING:
+                charging += 1
+            if slot.charger_protection or slot.bms_protection:
+                protected += 1
+        self.readings.inc(len(reading.slots))
+        self._set(self.cabinet_temperature, labels, reading.cabinet_temperature_c)
+        self._set(self.slot_temperature_max, labels, max(temps) if temps else None)
+        self._set(self.h2_max, labels, max(gases) if gases else None)
+        self._set(self.co, labels, reading.co_ppm)
+        self._set(self.smoke, labels, reading.smoke_detected)
+        self._set(self.flame, labels, reading.flame_detected)
+        self._set(self.water, labels, reading.water_detected)
+        self._set(self.power, labels, reading.input_power_w)
+        self.slots_charging.labels(*labels).set(charging)
+        self.slots_occupied.labels(*labels).set(occupied)
+        self.slots_protected.labels(*labels).set(protected)
+        self.poll_timestamp.labels(*labels).set(reading.timestamp_ns / 1e9)
+
+    @staticmethod
+    def _set(gauge: Gauge, labels: tuple[str, str], value: float | bool | None) -> None:
+        # A value the cabinet does not report leaves the gauge out rather than exporting a fake 0.
+        if value is None:
+            return
+        gauge.labels(*labels).set(float(value))
