@@ -136,3 +136,12 @@ def test_decode_poll_keeps_good_fields_when_others_are_garbage(data: st.DataObje
                 assert getattr(slot, spec.field) is not None or spec.missing is not None
     for err in errors:
         assert err.cabinet_id == "C1" and err.address >= 0 and err.reason
+
+
+@pytest.mark.parametrize(("name", "doc"), [("reference-cabinet", "register-map.md"),
+                                           ("volta-s8", "register-map-volta-s8.md")])
+def test_register_map_docs_are_generated_from_the_profiles(name: str, doc: str) -> None:
+    from collectors.modbus.mapdoc import render_register_map
+    committed = (Path(__file__).parents[1] / "docs" / doc).read_text(encoding="utf-8")
+    assert committed == render_register_map(find_profile(name)), \
+        f"docs/{doc} is stale: run python -m collectors.modbus.mapdoc {name} > docs/{doc}"
