@@ -1,0 +1,33 @@
+"""Benchmarks: ``python -m bench [collector|lineprotocol|warnings|all] [options]``.
+
+Each prints its figures with a same-run baseline (ratios), because shared machines are noisy.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+__all__ = ["main"]
+
+_SUITES = {"collector": "bench.collector", "lineprotocol": "bench.lineprotocol", "warnings": "bench.warnings"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name = argv.pop(0) if argv and not argv[0].startswith("-") else "all"
+    if name in ("-h", "--help") or (name not in _SUITES and name != "all"):
+        print(__doc__)
+        print("suites: " + ", ".join(_SUITES) + ", all")
+        return 0 if name in ("-h", "--help") else 2
+    names = list(_SUITES) if name == "all" else [name]
+    status = 0
+    for suite in names:
+        print(f"== {suite} ==", flush=True)
+        module = importlib.import_module(_SUITES[suite])
+        status |= module.main(argv if name != "all" else [])
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

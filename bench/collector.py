@@ -1,0 +1,183 @@
+"""Collector benchmark: N cabinets × S slots polled against the simulator over loopback.
+
+    python -m bench collector --cabinets 1000 --slots 12 --interval 5 --duration 60
+
+The simulator runs in child processes (other cores); this process is the collector, so its CPU
+time (``time.process_time``) is what one collector core spends. Reported:
+
+- readings/s (slot readings decoded) and polls/s, against the offered load (cabinets × slots / interval);
+- collector CPU seconds per 1,000 readings, and the CPU share of one core (must stay below 1.0
+  for the fleet to be collected on one core);
+- Modbus requests per poll against the theoretical minimum for the profile;
+- line-protocol encoding of the same readings, included in the CPU figure.
+
+Bounded in count and time: ``--duration`` caps the run; every request has a timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+__all__ = ["main", "run_collector_bench"]
+
+
+def _free_port_block(count: int) -> int:
+    """A base port with ``count`` consecutive free ports (best effort, loopback only)."""
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            base = sock.getsockname()[1]
+        if base + count >= 65000:
+            continue
+        ok = True
+        for port in range(base, base + count):
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no block of free ports found")
+
+
+def _start_simulators(cabinets: int, slots: int, per_port: int, workers: int, workdir: Path,
+                      profile: str) -> tuple[list[subprocess.Popen], list[dict]]:
+    """Split the fleet across ``workers`` simulator processes; return them and the fleet entries."""
+    procs: list[subprocess.Popen] = []
+    fleet: list[dict] = []
+    share = -(-cabinets // workers)
+    for worker in range(workers):
+        count = min(share, cabinets - worker * share)
+        if count <= 0:
+            break
+        ports = -(-count // per_port)
+        base = _free_port_block(ports)
+        fleet_file = workdir / f"fleet-{worker}.yaml"
+        argv = [sys.executable, "-m", "cascade.cli", "simulate", "--cabinets", str(count), "--slots", str(slots),
+                "--port", str(base), "--per-port", str(per_port), "--control-port", "0",
+                "--fleet-file", str(fleet_file), "--profile", profile, "--seed", str(worker)]
+        log = open(workdir / f"simulator-{worker}.log", "wb")
+        procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        deadline = time.monotonic() + 120
+        while not fleet_file.exists():
+            if procs[-1].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"simulator {worker} did not start: see {workdir}/simulator-{worker}.log")
+            time.sleep(0.2)
+        time.sleep(0.5)
+        entries = yaml.safe_load(fleet_file.read_text())
+        entries = entries["cabinets"] if isinstance(entries, dict) else entries
+        for entry in entries:
+            entry["id"] = f"W{worker}-{entry['id']}"
+        fleet.extend(entries)
+    return procs, fleet
+
+
+async def run_collector_bench(fleet: list[dict], *, interval_s: float, duration_s: float, slots: int) -> dict:
+    """Poll ``fleet`` for ``duration_s`` and measure; returns the figures."""
+    from collectors.modbus.device import CabinetConfig, ModbusCabinet
+    from collectors.modbus.planner import minimum_reads
+    from collectors.modbus.profile import find_profile
+    from collectors.runner import PollRunner
+    from exporters.influx.schema import reading_to_lines
+
+    profiles: dict[str, object] = {}
+    devices = []
+    for entry in fleet:
+        profile = profiles.setdefault(entry["profile"], find_profile(entry["profile"]))
+        config = CabinetConfig(id=entry["id"], host=entry["host"], port=entry["port"],
+                               device_id=entry.get("device_id", 1), site=entry.get("site", "bench"),
+                               profile=entry["profile"], slots=slots, interval_s=interval_s, timeout_s=5.0)
+        devices.append(ModbusCabinet(config, profile))
+    counts = {"polls": 0, "readings": 0, "requests": 0, "lines": 0, "field_errors": 0, "failures": 0}
+
+    def on_result(device, result) -> None:
+        counts["polls"] += 1
+        counts["readings"] += len(result.reading.slots)
+        counts["requests"] += result.requests
+        counts["field_errors"] += len(result.errors)
+        counts["lines"] += len(reading_to_lines(result.reading))
+
+    class _Failures:
+        def poll_done(self, *a) -> None: ...
+        def device_up(self, *a) -> None: ...
+        def poll_failed(self, *a) -> None:
+            counts["failures"] += 1
+
+    warmup = min(interval_s * 2, duration_s / 3)
+    async with PollRunner(devices, on_result=on_result, metrics=_Failures(), seed=1):
+        await asyncio.sleep(warmup)
+        start_counts = dict(counts)
+        wall0, cpu0 = time.monotonic(), time.process_time()
+        await asyncio.sleep(duration_s - warmup)
+        wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
+    delta = {k: counts[k] - start_counts[k] for k in counts}
+    profile = next(iter(profiles.values()))
+    return {
+        "cabinets": len(devices), "slots": slots, "interval_s": interval_s, "measured_s": wall,
+        "offered_readings_per_s": len(devices) * slots / interval_s,
+        "readings_per_s": delta["readings"] / wall, "polls_per_s": delta["polls"] / wall,
+        "cpu_s": cpu, "cpu_share_of_one_core": cpu / wall,
+        "cpu_s_per_1000_readings": cpu / max(delta["readings"], 1) * 1000,
+        "requests_per_poll": delta["requests"] / max(delta["polls"], 1),
+        "minimum_requests_per_poll": minimum_reads(profile, slots),
+        "poll_failures": delta["failures"], "field_errors": delta["field_errors"], "lines": delta["lines"],
+    }
+
+
+def _print(figures: dict) -> None:
+    print(f"collector benchmark: {figures['cabinets']} cabinets x {figures['slots']} slots, "
+          f"interval {figures['interval_s']:g} s, measured {figures['measured_s']:.1f} s")
+    print(f"  readings/s            {figures['readings_per_s']:10.0f}   (offered {figures['offered_readings_per_s']:.0f})")
+    print(f"  polls/s               {figures['polls_per_s']:10.1f}")
+    print(f"  CPU s / 1000 readings {figures['cpu_s_per_1000_readings']:10.4f}")
+    print(f"  CPU share of one core {figures['cpu_share_of_one_core']:10.2f}   (target < 1.0)")
+    print(f"  requests per poll     {figures['requests_per_poll']:10.2f}   "
+          f"(theoretical minimum {figures['minimum_requests_per_poll']})")
+    print(f"  poll failures         {figures['poll_failures']:10d}   field errors {figures['field_errors']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench collector", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cabinets", type=int, default=1000)
+    parser.add_argument("--slots", type=int, default=12)
+    parser.add_argument("--interval", type=float, default=5.0)
+    parser.add_argument("--duration", type=float, default=40.0, help="seconds, including warm-up (max 600)")
+    parser.add_argument("--per-port", type=int, default=50, help="cabinets served per simulator port")
+    parser.add_argument("--workers", type=int, default=2, help="simulator processes")
+    parser.add_argument("--profile", default="reference-cabinet")
+    args = parser.parse_args(argv)
+    duration = min(max(args.duration, 5.0), 600.0)
+    with tempfile.TemporaryDirectory(prefix="cascade-bench-") as tmp:
+        procs, fleet = _start_simulators(args.cabinets, args.slots, args.per_port, args.workers, Path(tmp),
+                                         args.profile)
+        try:
+            figures = asyncio.run(run_collector_bench(fleet, interval_s=args.interval, duration_s=duration,
+                                                      slots=args.slots))
+        finally:
+            for proc in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+            for proc in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=10)
+    _print(figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
