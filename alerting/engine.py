@@ -1,0 +1,508 @@
+"""Evaluate warning rules against every reading as it arrives.
+
+``Engine.evaluate(reading)`` is the hot path: it runs once per cabinet poll for every cabinet,
+so everything that can be decided earlier is. Rules are compiled at construction into
+per-scope lists of *extractors* (one per distinct input, shared between rules, so a dT/dt
+window used by two rules is buffered once) and per-(cabinet model, chemistry) threshold tables.
+A rule with no active alert costs one comparison per reading.
+
+Level logic for one (rule, target), with ``x`` the input value:
+
+* level *n* is *met* when ``x`` passes threshold *n*; it is *reached* once met continuously for
+  that level's ``for`` duration (a single glitched sample must not cut a slot off);
+* an active level is *held* while ``x`` has not gone back past threshold − hysteresis;
+* new level = max(reached, min(current, held)); a drop waits ``clear_for`` if the rule sets one;
+* a missing value (None, NaN, ±inf, wrong type) changes nothing: stale data is not healthy data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from cascade.model import CabinetReading
+from alerting.rules import Input, Rule, RuleError, RuleSet
+from alerting.state import SEVERITY, AlertStore, Target, Transition
+
+__all__ = ["Engine", "Transition", "Target"]
+
+_INF = math.inf
+_RATE_MAXLEN = 256  # bounds memory if a cabinet polls much faster than the window needs
+
+
+class _TargetState:
+    """Per (site, cabinet, slot): input buffers and per-rule level state."""
+
+    __slots__ = ("battery", "buffers", "prev", "holds", "rules")
+
+    def __init__(self) -> None:
+        self.battery: str | None = None
+        self.buffers: dict[tuple, deque] = {}  # rate_of windows
+        self.prev: dict[tuple, float] = {}  # jump: previous value
+        self.holds: dict[tuple, tuple[float, float]] = {}  # fusion hold: (strength, at)
+        self.rules: dict[str, _RuleState] = {}
+
+    def forget_history(self) -> None:
+        """A different battery is in the slot: its rates and jumps start afresh."""
+        self.buffers.clear()
+        self.prev.clear()
+        self.holds.clear()
+
+
+class _RuleState:
+    __slots__ = ("level", "since", "down_since")
+
+    def __init__(self, level: int = 0) -> None:
+        self.level = level
+        self.since: list[float | None] = [None, None, None]  # by level-1: met continuously since
+        self.down_since: float | None = None
+
+
+class _Table:
+    """Thresholds of one rule for one (model, chemistry), normalised to 'x above t' form."""
+
+    __slots__ = ("sign", "levels", "hyst", "clear_for", "t0", "strict0", "raw")
+
+    def __init__(self, rule: Rule, cabinet_model: str, chemistry: int | None) -> None:
+        levels, hyst = rule.resolve(cabinet_model, chemistry)
+        # '<' rules are negated so one comparison direction serves every rule.
+        self.sign = 1.0 if levels[0].compare[0] == ">" else -1.0
+        self.levels = tuple(
+            (lv.level, lv.threshold * self.sign, len(lv.compare) == 1, lv.for_s) for lv in levels
+        )
+        self.hyst = hyst
+        self.clear_for = rule.clear_for_s
+        self.t0 = self.levels[0][1]
+        self.strict0 = self.levels[0][2]
+        self.raw = {lv.level: lv for lv in levels}
+
+
+class _Compiled:
+    """One rule bound to extractor indices of its scope."""
+
+    __slots__ = ("rule", "id", "idx", "terms", "guard")
+
+    def __init__(self, rule: Rule, index: dict[tuple, int]) -> None:
+        self.rule = rule
+        self.id = rule.id
+        self.idx = index[rule.input.key] if rule.input is not None else -1
+        self.terms = tuple(
+            (index[t.input.key], t.start, t.full - t.start, t.weight, t.hold_s, t.input.describe())
+            for t in rule.fusion
+        ) or None
+        self.guard = None
+        if rule.when is not None:
+            inp, compare, value = rule.when
+            self.guard = (index[inp.key], _COMPARE[compare], value)
+
+
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+}
+
+
+def _number(v: Any) -> float | None:
+    """A finite float, or None for anything that is not usable data."""
+    if v is None:
+        return None
+    if type(v) is not float:
+        try:
+            v = float(v)
+        except (TypeError, ValueError, OverflowError):
+            return None
+    if v - v != 0.0:  # NaN or ±inf
+        return None
+    return v
+
+
+def _extractor(inp: Input) -> Callable[[Any, _TargetState, float], float | None]:
+    """Compile one input into ``fn(obj, target_state, now) -> value | None``."""
+    key = inp.key
+    name = inp.fields[0]
+    if inp.kind == "field":
+        if inp.per is None:
+            return lambda obj, ts, now: _number(getattr(obj, name))
+        per = inp.per
+
+        def ratio(obj, ts, now):
+            a, b = _number(getattr(obj, name)), _number(getattr(obj, per))
+            if a is None or not b:
+                return None
+            return _number(a / b)
+
+        return ratio
+    if inp.kind == "bool":
+
+        def as_bool(obj, ts, now):
+            v = getattr(obj, name)
+            return None if v is None else (1.0 if v else 0.0)
+
+        return as_bool
+    if inp.kind == "flag":
+        mask = inp.mask
+
+        def flag(obj, ts, now):
+            v = getattr(obj, name)
+            if v is None:
+                return None
+            try:
+                return 1.0 if int(v) & mask else 0.0
+            except (TypeError, ValueError, OverflowError):
+                return None
+
+        return flag
+    if inp.kind == "delta":
+        other = inp.fields[1]
+
+        def delta(obj, ts, now):
+            a, b = _number(getattr(obj, name)), _number(getattr(obj, other))
+            if a is None or b is None:
+                return None
+            return _number(a - b)
+
+        return delta
+    if inp.kind == "jump":
+        up_only = inp.up_only
+
+        def jump(obj, ts, now):
+            v = _number(getattr(obj, name))
+            if v is None:
+                return None
+            prev = ts.prev.get(key)
+            ts.prev[key] = v
+            if prev is None:
+                return None
+            d = v - prev
+            if up_only:
+                return d if d > 0.0 else 0.0
+            return _number(abs(d))
+
+        return jump
+    if inp.kind == "rate_of":
+        window = inp.window_s
+        min_span = window / 2  # a slope over a few seconds is mostly noise
+
+        def rate(obj, ts, now):
+            v = _number(getattr(obj, name))
+            if v is None:
+                return None
+            buf = ts.buffers.get(key)
+            if buf is None:
+                buf = ts.buffers[key] = deque(maxlen=_RATE_MAXLEN)
+            if buf and now <= buf[-1][0]:
+                buf.pop()  # same or earlier timestamp: keep the latest sample only
+            buf.append((now, v))
+            horizon = now - window
+            while buf[0][0] < horizon:
+                buf.popleft()
+            n = len(buf)
+            if n < 3 or now - buf[0][0] < min_span:
+                return None
+            # Least-squares slope: robust to single noisy samples, cheap for ≤ a few dozen points.
+            t0 = buf[0][0]
+            st = sv = 0.0
+            for t, y in buf:
+                st += t - t0
+                sv += y
+            mt, mv = st / n, sv / n
+            num = den = 0.0
+            for t, y in buf:
+                dt = t - t0 - mt
+                num += dt * (y - mv)
+                den += dt * dt
+            if den <= 0.0:
+                return None
+            return _number(num / den * 60.0)
+
+        return rate
+    raise ValueError(f"cannot compile input kind {inp.kind!r}")
+
+
+class _Program:
+    """Everything precompiled from one RuleSet; replaced wholesale by set_threshold."""
+
+    def __init__(self, rules: RuleSet) -> None:
+        self.rules = rules
+        self.scopes: dict[str, tuple[list, list[_Compiled]]] = {}
+        for scope in ("cabinet", "slot"):
+            index: dict[tuple, int] = {}
+            extractors = []
+            scoped = [r for r in rules.values() if r.scope == scope]
+            for r in scoped:
+                for inp in r.inputs:
+                    if inp.key not in index:
+                        index[inp.key] = len(extractors)
+                        extractors.append(_extractor(inp))
+            self.scopes[scope] = (extractors, [_Compiled(r, index) for r in scoped])
+        self._tables: dict[tuple, list[_Table]] = {}
+
+    def tables(self, scope: str, cabinet_model: str, chemistry: int | None) -> list[_Table]:
+        key = (scope, cabinet_model, chemistry)
+        t = self._tables.get(key)
+        if t is None:
+            t = self._tables[key] = [_Table(c.rule, cabinet_model, chemistry) for c in self.scopes[scope][1]]
+        return t
+
+
+class Engine:
+    """Turns readings into alert level transitions and records them in ``state``.
+
+    ``clock`` returns seconds since the epoch; replay passes the trace's clock so ``for``,
+    rates and transition times run at trace time.
+    """
+
+    def __init__(
+        self,
+        rules: RuleSet | Iterable[Rule],
+        *,
+        clock: Callable[[], float] = time.time,
+        state: AlertStore | None = None,
+        audit_path: str | Path | None = None,
+    ) -> None:
+        if not isinstance(rules, RuleSet):
+            rules = RuleSet(list(rules))
+        self._clock = clock
+        self.state = state if state is not None else AlertStore()
+        self.audit_path = Path(audit_path) if audit_path is not None else None
+        self.audit: list[dict[str, Any]] = []  # this process's threshold changes
+        self._program = _Program(rules)
+        self._targets: dict[tuple, _TargetState] = {}
+        self._lock = threading.Lock()
+        self._evidence: list[str] = []
+
+    @property
+    def rules(self) -> RuleSet:
+        return self._program.rules
+
+    # --- hot path --------------------------------------------------------------------------
+    def evaluate(self, reading: CabinetReading) -> list[Transition]:
+        """Evaluate every rule for this reading; return (and store) the level transitions."""
+        prog = self._program  # one snapshot: a concurrent set_threshold swaps it atomically
+        now = self._clock()
+        out: list[Transition] = []
+        site, cab, cab_model = reading.site, reading.cabinet_id, reading.model
+        extractors, compiled = prog.scopes["cabinet"]
+        if compiled:
+            ts = self._target(site, cab, None)
+            values = [ex(reading, ts, now) for ex in extractors]
+            self._run(compiled, prog.tables("cabinet", cab_model, None), values, ts, now,
+                      site, cab, None, out)
+        extractors, compiled = prog.scopes["slot"]
+        if compiled:
+            for slot in reading.slots:
+                sid = slot.slot
+                ts = self._target(site, cab, sid)
+                battery = slot.battery_id
+                if battery is not None and battery != ts.battery:
+                    if ts.battery is not None:
+                        ts.forget_history()
+                    ts.battery = battery
+                values = [ex(slot, ts, now) for ex in extractors]
+                chem = slot.chemistry
+                if chem is not None and type(chem) is not int:
+                    chem = None  # garbage chemistry: fall back to base thresholds
+                self._run(compiled, prog.tables("slot", cab_model, chem), values, ts, now,
+                          site, cab, sid, out)
+        if out:
+            self.state.apply(out)
+        return out
+
+    def _target(self, site: str, cab: str, slot: int | None) -> _TargetState:
+        key = (site, cab, slot)
+        ts = self._targets.get(key)
+        if ts is None:
+            ts = self._targets[key] = _TargetState()
+            # Resume alerts persisted before a restart: they clear only on healthy data.
+            for alert in self.state.alerts_for(site, cab, slot):
+                ts.rules[alert.key.rule] = _RuleState(alert.level)
+                ts.battery = alert.battery
+        return ts
+
+    def _run(self, compiled, tables, values, ts, now, site, cab, sid, out) -> None:
+        states = ts.rules
+        for c, tab in zip(compiled, tables):
+            if c.terms is None:
+                v = values[c.idx]
+            else:
+                v = self._fuse(c, values, ts, now)
+            if v is None:
+                continue
+            x = v * tab.sign
+            if c.guard is not None:
+                g = values[c.guard[0]]
+                if g is None:
+                    continue
+                if not c.guard[1](g, c.guard[2]):
+                    x = -_INF  # guard off (e.g. not charging): the rule's condition is healthy
+            rs = states.get(c.id)
+            if rs is None:
+                if not (x > tab.t0 if tab.strict0 else x >= tab.t0):
+                    continue  # fast path: nothing active, nothing met
+                rs = states[c.id] = _RuleState()
+            old = rs.level
+            new = _advance(rs, tab, x, now)
+            if new != old:
+                rs.level = new
+                out.append(self._transition(c, tab, old, new, v, now, site, cab, sid, ts.battery))
+            if new == 0 and rs.down_since is None and not any(rs.since):
+                del states[c.id]
+
+    def _fuse(self, c: _Compiled, values: list, ts: _TargetState, now: float) -> float | None:
+        """Weighted evidence score: sum of weight × strength, strength ramping 0→1."""
+        score = 0.0
+        seen = False
+        evidence = self._evidence
+        evidence.clear()
+        for i, (idx, start, span, weight, hold, label) in enumerate(c.terms):
+            v = values[idx]
+            s = 0.0
+            if v is not None:
+                seen = True
+                s = (v - start) / span
+                s = 0.0 if s < 0.0 else 1.0 if s > 1.0 else s
+            if hold:
+                hkey = (c.id, i)
+                h = ts.holds.get(hkey)
+                if h is not None and now - h[1] <= hold and h[0] >= s:
+                    s = h[0]
+                    seen = True
+                elif s > 0.0:
+                    ts.holds[hkey] = (s, now)
+            if s > 0.0:
+                score += weight * s
+                evidence.append(f"{label}={v if v is None else round(v, 3)} ({weight * s:.2f})")
+        return score if seen else None
+
+    def _transition(self, c, tab, old, new, value, now, site, cab, sid, battery) -> Transition:
+        rule = c.rule
+        if new == 0:
+            kind, shown = "clear", old
+        elif old == 0:
+            kind, shown = "raise", new
+        else:
+            kind, shown = ("escalate" if new > old else "deescalate"), new
+        lv = tab.raw[shown]
+        fmt = {
+            "value": value, "threshold": lv.threshold, "level": shown, "site": site,
+            "cabinet": cab, "slot": sid if sid is not None else "-",
+            "battery": battery or "(unknown)", "rule": rule.id,
+            "evidence": "; ".join(self._evidence) if c.terms else "",
+        }
+        diagnosis = _render(rule.diagnosis, fmt)
+        action = _render(rule.action, fmt)
+        if kind == "clear":
+            diagnosis = f"Cleared: {rule.description} back within limits (value {value:g})."
+        labels = {
+            "alertname": rule.id, "rule": rule.id, "level": str(shown),
+            "severity": SEVERITY[shown], "site": site, "cabinet": cab,
+        }
+        if sid is not None:
+            labels["slot"] = str(sid)
+        if battery is not None:
+            labels["battery"] = battery
+        where = f"{site}/{cab}" + (f" slot {sid}" if sid is not None else "")
+        annotations = {
+            "summary": f"L{shown} {rule.description} at {where}",
+            "diagnosis": diagnosis,
+            "action": action,
+        }
+        return Transition(
+            rule=rule.id,
+            target=Target(site, cab, sid, battery),
+            from_level=old,
+            to_level=new,
+            kind=kind,
+            value=value,
+            at=now,
+            diagnosis=diagnosis,
+            action=action,
+            protective_action=lv.protective_action if kind in ("raise", "escalate") else None,
+            labels=labels,
+            annotations=annotations,
+        )
+
+    # --- run-time thresholds (P-5.4.4) ---------------------------------------------------------
+    def set_threshold(self, rule_id: str, level: int, value: float, who: str, reason: str) -> dict[str, Any]:
+        """Change one base threshold at run time; validate, apply atomically, audit.
+
+        Returns the audit entry (also appended as a JSON line to ``audit_path`` if set).
+        Raises RuleError (a ValueError) if the change is invalid; nothing changes then.
+        """
+        if not isinstance(who, str) or not who.strip():
+            raise ValueError("set_threshold needs who: the person making the change")
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError("set_threshold needs reason: why the threshold changes (audited)")
+        with self._lock:
+            prog = self._program
+            rule = prog.rules.get(rule_id)
+            if rule is None:
+                raise RuleError("<run-time>", rule_id, None, "no such rule; see the catalogue for ids")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise RuleError(rule.file, rule_id, f"levels.{level}", f"{value!r} is not a finite number")
+            if isinstance(level, bool) or level not in (1, 2, 3):
+                raise RuleError(rule.file, rule_id, f"levels.{level}", "level must be 1, 2 or 3")
+            old = next(lv.threshold for lv in rule.levels if lv.level == level) if any(
+                lv.level == level for lv in rule.levels) else None
+            new_rule = rule.with_threshold(level, value)  # validates ordering, raises RuleError
+            rules = RuleSet([new_rule if r.id == rule_id else r for r in prog.rules.values()])
+            new_prog = _Program(rules)
+            entry = {
+                "at": self._clock(), "who": who.strip(), "reason": reason.strip(),
+                "rule": rule_id, "level": level, "old": old, "new": float(value),
+            }
+            if self.audit_path is not None:
+                _append_jsonl(self.audit_path, entry)  # audit first: no unaudited change
+            self._program = new_prog
+            self.audit.append(entry)
+            return entry
+
+
+def _advance(rs: _RuleState, tab: _Table, x: float, now: float) -> int:
+    since = rs.since
+    reached = 0
+    held = 0
+    current = rs.level
+    hyst = tab.hyst
+    for n, t, strict, for_s in tab.levels:
+        i = n - 1
+        if x > t if strict else x >= t:
+            if since[i] is None:
+                since[i] = now
+            if now - since[i] >= for_s:
+                reached = n
+        else:
+            since[i] = None
+        if n <= current and (x > t - hyst if strict else x >= t - hyst):
+            held = n
+    new = max(reached, min(current, held))
+    if new < current and tab.clear_for > 0.0:
+        if rs.down_since is None:
+            rs.down_since = now
+        if now - rs.down_since < tab.clear_for:
+            return current
+    rs.down_since = None
+    return new
+
+
+def _render(template: str, values: dict[str, Any]) -> str:
+    try:
+        return template.format_map(values)
+    except (ValueError, TypeError, KeyError, IndexError):
+        return template  # a format spec that does not fit the value: show the raw text
+
+
+def _append_jsonl(path: Path, entry: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
