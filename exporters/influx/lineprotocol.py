@@ -1,0 +1,346 @@
+"""InfluxDB line protocol encoding: one point -> one line, escaped so the server stores exactly what we sent.
+
+Rules (checked against influxd 1.6 and influxdb-client's ``Point``; see docs/influxdb-sink.md):
+
+* measurement: ``,`` and space are backslash-escaped; tag keys, tag values and field keys: ``,`` ``=``
+  and space. Names must not start a comment (``#`` first in the measurement), and must not contain
+  line breaks, tabs or NUL: the server splits lines on ``\\n`` and drops leading whitespace/NUL, and
+  has no escape for them (``Point`` writes ``\\n``, which the server stores as a literal backslash-n).
+* a backslash in a name is kept as is, except where the server would read it as an escape
+  (before an escaped character or ``"``, or last): that input cannot round-trip, so it is rejected.
+* string field values: ``"`` and ``\\`` are escaped; line breaks are rejected so that one line is
+  always one point (InfluxDB documents newlines in field values as unsupported).
+* floats: shortest ``repr`` with a trailing ``.0`` dropped (same as ``Point``); NaN and +-inf are
+  skipped, because InfluxDB rejects the whole line otherwise. ints get ``i`` and must fit int64;
+  bools are ``true``/``false``; ``None`` fields are skipped. ``time`` is not a valid tag or field key.
+* tags are sorted by key (the server's canonical order, saves it a sort); fields too, like ``Point``.
+  Tags with an empty key or value, or value ``None``, are skipped.
+
+Anything that cannot be encoded raises :class:`LineProtocolError` (a ``ValueError``), never something else.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import itemgetter
+from typing import Any, Union
+
+__all__ = ["FieldValue", "LineEncoder", "LineProtocolError", "encode_line"]
+
+FieldValue = Union[float, int, bool, str, None]
+
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+# influxd refuses timestamps at the two extremes of int64 ("time outside range").
+_TIME_MIN, _TIME_MAX = -(2**63) + 2, 2**63 - 2
+
+_ESCAPE_MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ "})
+_ESCAPE_KEY = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
+_ESCAPE_STRING = str.maketrans({'"': r"\"", "\\": r"\\"})
+
+# A backslash the server would pair with the next character, changing or breaking the name.
+_BAD_MEASUREMENT = re.compile(r'[\n\r\t\x00]|\\(?=[, "]|$)')
+_BAD_KEY = re.compile(r'[\n\r\t\x00]|\\(?=[,= "]|$)')
+
+# Escaped names repeat constantly (same keys, same cabinet ids); bounded so odd inputs cannot grow it.
+_CACHE_LIMIT = 8192
+_measurement_cache: dict[str, str] = {}
+_key_cache: dict[str, str] = {}
+
+
+class LineProtocolError(ValueError):
+    """A point that InfluxDB line protocol cannot carry as given."""
+
+
+def encode_line(measurement: str, tags: Mapping[str, str | None], fields: Mapping[str, FieldValue],
+                timestamp_ns: int) -> str:
+    """One line of line protocol (no trailing newline) for a point with nanosecond timestamp."""
+    head = _escape_measurement(measurement)
+    if tags:
+        head += _encode_tags(tags)
+    return f"{head} {_encode_fields(fields)} {_check_timestamp(timestamp_ns)}"
+
+
+class LineEncoder:
+    """Hot-path encoder for points with a known measurement, tag keys and field keys.
+
+    Names are validated and escaped once here; each distinct tag-value combination is escaped once
+    (cached); the fields are formatted by a ``%`` template compiled per combination of value types.
+    Any point the fast path does not cover (missing/extra keys, strings, NaN, huge ints...) goes
+    through :func:`encode_line`, so the output is always identical to it.
+    """
+
+    _HEAD_CACHE_LIMIT = 65536
+
+    def __init__(self, measurement: str, tag_keys: Iterable[str], field_keys: Iterable[str]) -> None:
+        self.measurement = measurement
+        self._measurement = _escape_measurement(measurement)
+        self._tag_keys = tuple(tag_keys)
+        self._field_keys = tuple(sorted(field_keys))
+        for key in self._tag_keys:
+            _escape_key(_check_key(key, "tag key"), "tag key")
+        if not self._field_keys:
+            raise LineProtocolError("LineEncoder needs at least one field key")
+        self._prefixes = [_escape_key(_check_key(key, "field key"), "field key") + "=" for key in self._field_keys]
+        self._tag_values = _picker(self._tag_keys) or (lambda tags: ())
+        self._field_values = _picker(self._field_keys)
+        self._heads: dict[tuple, str] = {}
+        self._plans: dict[tuple, _Plan | None] = {}
+
+    def encode(self, tags: Mapping[str, str | None], fields: Mapping[str, FieldValue], timestamp_ns: int) -> str:
+        """Same result as ``encode_line(self.measurement, tags, fields, timestamp_ns)``, faster."""
+        if len(tags) != len(self._tag_keys) or len(fields) != len(self._field_keys) \
+                or type(timestamp_ns) is not int or not _TIME_MIN <= timestamp_ns <= _TIME_MAX:
+            return encode_line(self.measurement, tags, fields, timestamp_ns)
+        try:
+            tag_values = self._tag_values(tags)
+            values = self._field_values(fields)
+        except KeyError:
+            return encode_line(self.measurement, tags, fields, timestamp_ns)
+        signature = tuple(map(type, values))
+        try:
+            plan = self._plans[signature]
+        except KeyError:
+            plan = self._plans[signature] = _compile_plan(self._prefixes, signature)
+        body = plan(values) if plan is not None else None
+        if body is None:
+            return encode_line(self.measurement, tags, fields, timestamp_ns)
+        try:
+            head = self._heads[tag_values]
+        except KeyError:
+            head = self._measurement + _encode_tags(tags)
+            if len(self._heads) >= self._HEAD_CACHE_LIMIT:
+                self._heads.clear()
+            self._heads[tag_values] = head
+        except TypeError:  # an unhashable tag value: let encode_line report it
+            return encode_line(self.measurement, tags, fields, timestamp_ns)
+        return f"{head} {body} {timestamp_ns}"
+
+
+class _Plan:
+    """Formats one combination of field value types; returns None when a value needs the slow path.
+
+    Per point this is C-level getters, a float-text cache lookup, one dict lookup and one ``%``
+    format: Python-level loops per field would cost more than the formatting itself.
+    """
+
+    __slots__ = ("_parts", "_floats", "_ints", "_bools", "_order", "_templates")
+
+    _TEMPLATE_LIMIT = 256
+
+    def __init__(self, prefixes: list[str], signature: tuple[type, ...], kept: list[int]) -> None:
+        self._parts = [(prefixes[i].replace("%", "%%"), signature[i]) for i in kept]
+        floats = [i for i in kept if signature[i] is float]
+        ints = [i for i in kept if signature[i] is int]
+        self._floats = _picker(floats)
+        self._ints = _picker(ints)
+        self._bools = _picker([i for i in kept if signature[i] is bool]) or (lambda values: ())
+        # Arguments arrive as (float texts..., ints...); put them back in field order.
+        slot = {field: n for n, field in enumerate(floats + ints)}
+        self._order = _picker([slot[i] for i in kept if signature[i] is not bool]) or (lambda values: ())
+        # Bool values are baked into the template, one template per combination seen.
+        self._templates: dict[tuple[bool, ...], str] = {}
+
+    def __call__(self, values: tuple) -> str | None:
+        texts: tuple = ()
+        if self._floats is not None:
+            floats = self._floats(values)
+            # One C-level sum instead of a finiteness test per value: NaN/inf anywhere makes it
+            # non-finite (and a finite overflow just takes the slow path, which is still correct).
+            total = sum(floats)
+            if total - total != 0.0:
+                return None
+            found = list(map(_float_texts.get, floats))
+            if None in found:
+                found = [text if text is not None else _float_text(value) for text, value in zip(found, floats)]
+            texts = tuple(found)
+        if self._ints is not None:
+            ints = self._ints(values)
+            if min(ints) < _INT_MIN or max(ints) > _INT_MAX:
+                return None
+            texts += ints
+        bools = self._bools(values)
+        try:
+            template = self._templates[bools]
+        except KeyError:
+            template = self._template(bools)
+        return template % self._order(texts)
+
+    def _template(self, bools: tuple[bool, ...]) -> str:
+        given = iter(bools)
+        parts = []
+        for prefix, kind in self._parts:
+            if kind is bool:
+                parts.append(prefix + ("true" if next(given) else "false"))
+            else:
+                parts.append(prefix + ("%s" if kind is float else "%di"))
+        if len(self._templates) >= self._TEMPLATE_LIMIT:
+            self._templates.clear()
+        self._templates[bools] = template = ",".join(parts)
+        return template
+
+
+# Sensor values are register readings scaled to units (3.512 V, 25.3 degC), so the same floats recur
+# and their text is worth caching: repr() is most of the encoding cost. Keyed by float only (never
+# int/bool, which compare equal to floats); zeros are never stored because 0.0 == -0.0.
+_FLOAT_TEXT_LIMIT = 65536
+_float_texts: dict[float, str] = {}
+
+
+def _float_text(value: float) -> str:
+    text = float.__repr__(value)
+    if text.endswith(".0"):
+        text = text[:-2]
+    if value != 0.0:
+        if len(_float_texts) >= _FLOAT_TEXT_LIMIT:
+            _float_texts.clear()
+        _float_texts[value] = text
+    return text
+
+
+def _compile_plan(prefixes: list[str], signature: tuple[type, ...]) -> _Plan | None:
+    kept = [i for i, kind in enumerate(signature) if kind is not type(None)]
+    if not kept or any(signature[i] not in (float, int, bool) for i in kept):
+        return None  # all None (an error) or strings/other types: encode_line handles those
+    return _Plan(prefixes, signature, kept)
+
+
+def _picker(indices: Sequence) -> Callable[[Any], tuple] | None:
+    """A C-level getter that always returns a tuple (itemgetter returns a bare item for one index)."""
+    if not indices:
+        return None
+    if len(indices) == 1:
+        only = indices[0]
+        return lambda values: (values[only],)
+    return itemgetter(*indices)
+
+
+def _encode_tags(tags: Mapping[str, str | None]) -> str:
+    parts = []
+    for key, value in _sorted_items(tags, "tag"):
+        if value is None or key == "" or value == "":
+            continue
+        if type(value) is not str:
+            raise LineProtocolError(f"tag {key!r} has a {type(value).__name__} value {value!r}: "
+                                    f"tag values must be str, convert it where the tags are built")
+        parts.append(f",{_escape_key(_check_key(key, 'tag key'), 'tag key')}={_escape_key(value, 'tag value')}")
+    return "".join(parts)
+
+
+def _encode_fields(fields: Mapping[str, FieldValue]) -> str:
+    parts = []
+    for key, value in _sorted_items(fields, "field"):
+        if value is None:
+            continue
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                continue
+            text = _float_texts.get(value) or _float_text(value)
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, int):
+            if not _INT_MIN <= value <= _INT_MAX:
+                raise LineProtocolError(f"field {key!r} = {value} does not fit a signed 64-bit integer: "
+                                        f"send it as float or scale it down")
+            text = "%di" % value
+        elif isinstance(value, str):
+            text = f'"{_escape_string(value, key)}"'
+        else:
+            raise LineProtocolError(f"field {key!r} has unsupported type {type(value).__name__}: "
+                                    f"use float, int, bool or str")
+        parts.append(f"{_escape_key(_check_key(key, 'field key'), 'field key')}={text}")
+    if not parts:
+        raise LineProtocolError("point has no fields left (all None or non-finite): InfluxDB needs at least one")
+    return ",".join(parts)
+
+
+def _sorted_items(mapping: Mapping, what: str) -> list[tuple]:
+    try:
+        return sorted(mapping.items(), key=_first)
+    except TypeError:
+        raise LineProtocolError(f"{what} keys must all be str, got "
+                                f"{sorted({type(k).__name__ for k in mapping})}") from None
+
+
+def _first(item: tuple) -> Any:
+    return item[0]
+
+
+def _check_timestamp(timestamp_ns: int) -> int:
+    if type(timestamp_ns) is not int:
+        raise LineProtocolError(f"timestamp must be int nanoseconds, got {type(timestamp_ns).__name__}")
+    if not _TIME_MIN <= timestamp_ns <= _TIME_MAX:
+        raise LineProtocolError(f"timestamp {timestamp_ns} is outside InfluxDB's range "
+                                f"{_TIME_MIN}..{_TIME_MAX} ns")
+    return timestamp_ns
+
+
+def _escape_measurement(name: str) -> str:
+    try:
+        return _measurement_cache[name]
+    except (KeyError, TypeError):
+        pass
+    _check_name(name, "measurement", _BAD_MEASUREMENT)
+    if name.startswith("#"):
+        raise LineProtocolError(f"measurement {name!r} starts with '#', which makes the line a comment: rename it")
+    escaped = name.translate(_ESCAPE_MEASUREMENT)
+    _remember(_measurement_cache, name, escaped)
+    return escaped
+
+
+def _escape_key(name: str, what: str) -> str:
+    try:
+        return _key_cache[name]
+    except (KeyError, TypeError):
+        pass
+    _check_name(name, what, _BAD_KEY)
+    escaped = name.translate(_ESCAPE_KEY)
+    _remember(_key_cache, name, escaped)
+    return escaped
+
+
+def _check_key(key: str, what: str) -> str:
+    if key == "time":
+        raise LineProtocolError(f"'time' is reserved in InfluxDB and rejected as {what}: rename it")
+    return key
+
+
+def _check_name(name: str, what: str, bad: re.Pattern[str]) -> None:
+    if type(name) is not str:
+        raise LineProtocolError(f"{what} must be str, got {type(name).__name__} {name!r}")
+    if not name:
+        raise LineProtocolError(f"{what} is empty: InfluxDB needs a non-empty name")
+    _check_utf8(name, what)
+    match = bad.search(name)
+    if match:
+        raise LineProtocolError(f"{what} {name!r} cannot be written as line protocol: it has "
+                                f"{_describe(match.group())} at offset {match.start()}; remove it where the name is built")
+
+
+def _escape_string(value: str, key: str) -> str:
+    _check_utf8(value, f"string field {key!r}")
+    if "\n" in value or "\r" in value:
+        raise LineProtocolError(f"string field {key!r} contains a line break, which would split the line: "
+                                f"replace it (e.g. with a space) before encoding")
+    return value.translate(_ESCAPE_STRING)
+
+
+def _check_utf8(text: str, what: str) -> None:
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise LineProtocolError(f"{what} is not valid UTF-8 text ({err.reason} at {err.start}): "
+                                    f"decode the source bytes properly") from None
+
+
+def _describe(found: str) -> str:
+    return {"\n": "a line feed", "\r": "a carriage return", "\t": "a tab", "\x00": "a NUL"}.get(
+        found, "a backslash the server would read as an escape")
+
+
+def _remember(cache: dict[str, str], name: str, escaped: str) -> None:
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[name] = escaped

@@ -1,0 +1,189 @@
+"""Line-protocol encoding: influxdb_client's Point as oracle, fuzzing, and a round trip through real influxd."""
+
+from __future__ import annotations
+
+import math
+import re
+import urllib.request
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from influxdb_client import Point, WritePrecision
+
+from exporters.influx.lineprotocol import LineEncoder, LineProtocolError, encode_line
+
+# Characters that matter to line protocol, mixed into ordinary text so hypothesis hits them often.
+_SPECIAL = ',= "\\\n\r\t\x00#i.'
+_names = st.text(st.one_of(st.sampled_from(_SPECIAL), st.characters(codec="utf-8")), max_size=8)
+_floats = st.floats(allow_nan=True, allow_infinity=True)
+_ints = st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(-(2**70), 2**70))
+_values = st.one_of(st.none(), _floats, _ints, st.booleans(), _names)
+_timestamps = st.one_of(st.integers(-(2**63) + 2, 2**63 - 2), st.integers(-(2**64), 2**64))
+
+
+def _point_line(measurement, tags, fields, ts) -> str:
+    point = Point(measurement)
+    for key, value in tags.items():
+        point.tag(key, value)
+    for key, value in fields.items():
+        point.field(key, value)
+    return point.time(ts, WritePrecision.NS).to_line_protocol()
+
+
+def _unrepresentable(name: str, specials: str) -> bool:
+    """Names encode_line rejects on purpose: the server would split, trim or unescape them."""
+    return (name == "" or any(c in name for c in "\n\r\t\x00")
+            or re.search(r'\\(?=[' + re.escape(specials) + r'"]|$)', name) is not None)
+
+
+def _documented_rejection(measurement, tags, fields, ts) -> bool:
+    """True when the input falls under one of the rejections documented in lineprotocol.py."""
+    kept_tags = {k: v for k, v in tags.items() if v not in (None, "") and k != ""}
+    kept_fields = {k: v for k, v in fields.items()
+                   if v is not None and not (isinstance(v, float) and not math.isfinite(v))}
+    return (_unrepresentable(measurement, ", ") or measurement.startswith("#")
+            or any(_unrepresentable(k, ",= ") or _unrepresentable(v, ",= ") or k == "time"
+                   for k, v in kept_tags.items())
+            or not kept_fields
+            or any(_unrepresentable(k, ",= ") or k == "time" for k in kept_fields)
+            or any(isinstance(v, str) and ("\n" in v or "\r" in v) for v in kept_fields.values())
+            or any(type(v) is int and not -(2**63) <= v < 2**63 for v in kept_fields.values())
+            or not -(2**63) + 2 <= ts <= 2**63 - 2)
+
+
+@settings(max_examples=400, deadline=None)
+@given(measurement=_names, tags=st.dictionaries(_names, st.one_of(st.none(), _names), max_size=4),
+       fields=st.dictionaries(_names, _values, max_size=5), ts=_timestamps)
+@example(measurement="m", tags={"t": "a\\"}, fields={"f": 1.0}, ts=0)  # Point: 't=a\ ' -> server stores "a "
+@example(measurement="m", tags={}, fields={"f": "x\ny"}, ts=0)
+@example(measurement="#m", tags={}, fields={"f": 1}, ts=0)
+@example(measurement="m", tags={}, fields={"f": float("nan")}, ts=0)
+def test_matches_point_or_rejects_for_a_documented_reason(measurement, tags, fields, ts):
+    try:
+        line = encode_line(measurement, tags, fields, ts)
+    except LineProtocolError:
+        assert _documented_rejection(measurement, tags, fields, ts)
+        return
+    assert not _documented_rejection(measurement, tags, fields, ts)
+    assert line == _point_line(measurement, tags, fields, ts)
+
+
+_keys = st.text(st.one_of(st.sampled_from(",= %.0"), st.characters(codec="ascii", categories=["L", "N"])),
+                min_size=1, max_size=6).filter(lambda k: k != "time")
+_fast_values = st.one_of(st.none(), st.floats(), st.integers(-(2**64), 2**64), st.booleans(),
+                         st.sampled_from([0.0, -0.0, 1.0, -1.0, 3.5, 1e16, 1e-7, 1e308, -1e308, 2**63]),
+                         st.text(max_size=3))
+
+
+@settings(max_examples=400, deadline=None)
+@given(tag_keys=st.lists(_keys, max_size=3, unique=True), field_keys=st.lists(_keys, min_size=1, max_size=6, unique=True),
+       data=st.data())
+def test_line_encoder_output_is_identical_to_encode_line(tag_keys, field_keys, data):
+    encoder = LineEncoder("battery slot", tag_keys, field_keys)
+    for _ in range(3):  # several points per encoder so cached plans and heads are exercised
+        tags = {k: data.draw(st.one_of(st.none(), st.sampled_from(["", "c 1", "7", "a,b=c"]))) for k in tag_keys}
+        fields = {k: data.draw(_fast_values) for k in field_keys}
+        if data.draw(st.booleans()):  # sometimes a missing or an extra key
+            fields.pop(field_keys[0], None) if data.draw(st.booleans()) else fields.update(extra=1.5)
+        ts = data.draw(_timestamps)
+        try:
+            expected = encode_line("battery slot", tags, fields, ts)
+        except LineProtocolError as err:
+            with pytest.raises(LineProtocolError):
+                encoder.encode(tags, fields, ts)
+            continue
+        assert encoder.encode(tags, fields, ts) == expected
+
+
+_anything = st.one_of(st.text(st.characters()), st.text(st.characters(categories=["Cs", "Cc", "Zs", "Zl"])),
+                      st.binary(max_size=4), st.floats(), st.integers(-(2**80), 2**80), st.booleans(), st.none(),
+                      st.lists(st.integers(), max_size=2))
+
+
+@settings(max_examples=500, deadline=None)
+@given(measurement=_anything, tags=st.dictionaries(_anything.filter(lambda v: v.__hash__ is not None), _anything,
+                                                   max_size=3),
+       fields=st.dictionaries(_anything.filter(lambda v: v.__hash__ is not None), _anything, max_size=3),
+       ts=st.one_of(_timestamps, _anything))
+def test_arbitrary_input_encodes_or_raises_line_protocol_error(measurement, tags, fields, ts):
+    try:
+        line = encode_line(measurement, tags, fields, ts)
+    except LineProtocolError:
+        return
+    assert isinstance(line, str) and "\n" not in line and "\r" not in line
+    line.encode("utf-8")
+
+
+def test_text_fuzz_never_raises_anything_else():
+    @settings(max_examples=500, deadline=None)
+    @given(st.text(st.characters(categories=["Cs", "Cc", "Zs", "L", "P"])), st.text(st.characters()))
+    def check(name, value):
+        for call in (lambda: encode_line(name, {name: value}, {name: value}, 1),
+                     lambda: encode_line("m", {"t": name}, {"f": value}, 1),
+                     lambda: LineEncoder(name, [name], [name]).encode({name: value}, {name: 1.5}, 1)):
+            try:
+                line = call()
+            except LineProtocolError:
+                continue
+            assert "\n" not in line and "\r" not in line
+            line.encode("utf-8")
+    check()
+
+
+@pytest.mark.parametrize("measurement, tags, fields, expected", [
+    ("battery slot", {"cab": "c,1", "slot": "7"}, {"v": 3.512, "n": 3, "ok": True, "s": 'say "hi" \\o/'},
+     r'battery\ slot,cab=c\,1,slot=7 n=3i,ok=true,s="say \"hi\" \\o/",v=3.512 5'),
+    ("m", {"b": "2", "a": "1", "e": ""}, {"x=y": 1.0, "z": None, "w": float("inf")}, r"m,a=1,b=2 x\=y=1 5"),
+    ("m", {}, {"f": -0.0, "g": 1e16, "h": 1.5e-07}, "m f=-0,g=1e+16,h=1.5e-07 5"),
+])
+def test_known_lines(measurement, tags, fields, expected):
+    assert encode_line(measurement, tags, fields, 5) == expected
+    assert LineEncoder(measurement, tags, fields).encode(tags, fields, 5) == expected
+
+
+@pytest.mark.parametrize("measurement, tags, fields, ts", [
+    ("", {}, {"f": 1}, 1),
+    ("#comment", {}, {"f": 1}, 1),
+    ("m", {}, {"f": None, "g": float("nan")}, 1),
+    ("m", {"t": "a\\"}, {"f": 1}, 1),
+    ("m", {"t": "a\nb"}, {"f": 1}, 1),
+    ("m", {}, {"f": "two\nlines"}, 1),
+    ("m", {}, {"time": 1}, 1),
+    ("m", {"time": "x"}, {"f": 1}, 1),
+    ("m", {}, {"f": 2**63}, 1),
+    ("m", {}, {"f": 1}, 2**63 - 1),
+    ("m", {}, {"f": "\ud800"}, 1),
+    ("m", {"t": 7}, {"f": 1}, 1),
+])
+def test_rejections(measurement, tags, fields, ts):
+    with pytest.raises(LineProtocolError):
+        encode_line(measurement, tags, fields, ts)
+
+
+_NASTY = ["plain", "with space", "com,ma", "eq=uals", 'quo"te', "back\\slash", "a\\\\b", "ünï ćødé ✓",
+          " lead", "trail ", ",=, =", "x" * 200, '"', "%s%d", "i", "1.0", "true"]
+
+
+def test_round_trip_through_real_influxd(influxdb):
+    """What encode_line accepts, influxd 1.x stores exactly: tag values, string values, field keys, measurements."""
+    lines, expected = [], []
+    for n, text in enumerate(_NASTY):
+        lines.append(encode_line("round trip", {"tag": text}, {"s": f"{text}\\", "f": n + 0.25}, n))
+        lines.append(encode_line(text, {}, {text: n}, n))
+        expected.append((n, text))
+    body = ("\n".join(lines) + "\n").encode()
+    req = urllib.request.Request(f"{influxdb.url}/write?db={influxdb.database}&precision=ns", data=body)
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 204
+    rows = influxdb.query('SELECT * FROM "round trip"')
+    assert [(r["time"], r["tag"], r["s"], r["f"]) for r in rows] == [(n, t, f"{t}\\", n + 0.25) for n, t in expected]
+    names = {r["name"] for r in influxdb.query("SHOW MEASUREMENTS")}
+    assert names == set(_NASTY) | {"round trip"}
+    for n, text in expected:
+        keys = {r["fieldKey"] for r in influxdb.query(f'SHOW FIELD KEYS FROM "{_ident(text)}"')}
+        assert keys == {text}
+
+
+def _ident(name: str) -> str:
+    return name.replace("\\", "\\\\").replace('"', '\\"')
