@@ -1,0 +1,69 @@
+# Cascade developer entry points.
+#
+#   make run     install system services + venv, start the local stack (Ctrl-C stops it)
+#   make test    install system services + venv, run the test suite
+#   make bench   run the benchmarks (python -m bench)
+#   make check   validate Prometheus / Alertmanager configs with promtool / amtool
+#   make clean   remove local state (./var) and caches; `make distclean` also drops .venv
+#
+# Port overrides for `make run`: INFLUX_PORT PROM_PORT AM_PORT METRICS_PORT SIM_PORT
+# (see README.md, "What runs where").
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+STAMP  := $(VENV)/.cascade-installed
+
+# Debian packages for the services the stack and the tests start themselves.
+DEB_PACKAGES := influxdb prometheus prometheus-alertmanager mosquitto
+# Binaries that prove the packages are installed (mosquitto lives in /usr/sbin).
+DEB_BINARIES := influxd influx prometheus promtool prometheus-alertmanager amtool mosquitto
+
+.PHONY: help deps venv run run-services test bench check clean distclean
+
+help:
+	@echo "Targets:"
+	@echo "  make run           start InfluxDB, Prometheus, Alertmanager, the simulated fleet and the collector"
+	@echo "  make run-services  start only InfluxDB, Prometheus and Alertmanager"
+	@echo "  make test          run the test suite (.venv/bin/pytest -q)"
+	@echo "  make bench         run the benchmarks (.venv/bin/python -m bench)"
+	@echo "  make check         promtool/amtool checks of the Prometheus and Alertmanager configs"
+	@echo "  make deps          apt-get install $(DEB_PACKAGES) (only if a binary is missing)"
+	@echo "  make venv          create .venv and install the project with [test] extras"
+	@echo "  make clean         remove ./var and caches (distclean: also .venv)"
+
+deps:
+	@bash scripts/install-deps $(DEB_BINARIES) -- $(DEB_PACKAGES)
+
+# Re-run pip only when the dependency declarations change (or the venv is new).
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	@touch $@
+
+run: deps venv
+	bash scripts/run-stack
+
+run-services: deps venv
+	bash scripts/run-stack --services-only
+
+test: deps venv
+	$(VENV)/bin/pytest -q
+
+bench: deps venv
+	$(VENV)/bin/python -m bench
+
+check: deps
+	@bash scripts/check-configs
+
+clean:
+	rm -rf var .pytest_cache .hypothesis build
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) *.egg-info
