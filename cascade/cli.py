@@ -97,7 +97,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_notify(args: argparse.Namespace) -> int:
-    from alerting.notify import serve
+    from alerting.notify import ConfigError, load_config, serve
+    try:
+        load_config(args.config)
+    except ConfigError as err:
+        print(f"cascade: notifier configuration error: {err}", file=sys.stderr)
+        return 2
     return _run_async(serve(args.config, args.host, args.port))
 
 
@@ -147,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     notify = sub.add_parser("notify", help="run the notifier (Alertmanager webhook → app, SMS, call, e-mail)")
     notify.add_argument("--config", required=True, metavar="FILE")
-    notify.add_argument("--host", default="127.0.0.1")
+    notify.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (0.0.0.0 in containers so Alertmanager can reach it)")
     notify.add_argument("--port", type=int, default=9120)
     notify.set_defaults(func=_cmd_notify)
     return parser
