@@ -199,7 +199,12 @@ def _extractor(inp: Input) -> Callable[[Any, _TargetState, float], float | None]
             if buf is None:
                 buf = ts.buffers[key] = deque(maxlen=_RATE_MAXLEN)
             if buf and now <= buf[-1][0]:
-                buf.pop()  # same or earlier timestamp: keep the latest sample only
+                # Same timestamp: keep the latest sample. Clock went back: start afresh, so
+                # times in the window stay strictly increasing (no zero-length pairs).
+                if now < buf[-1][0]:
+                    buf.clear()
+                else:
+                    buf.pop()
             buf.append((now, v))
             horizon = now - window
             while buf[0][0] < horizon:
@@ -207,21 +212,22 @@ def _extractor(inp: Input) -> Callable[[Any, _TargetState, float], float | None]
             n = len(buf)
             if n < 3 or now - buf[0][0] < min_span:
                 return None
-            # Least-squares slope: robust to single noisy samples, cheap for ≤ a few dozen points.
-            t0 = buf[0][0]
-            st = sv = 0.0
-            for t, y in buf:
-                st += t - t0
-                sv += y
-            mt, mv = st / n, sv / n
-            num = den = 0.0
-            for t, y in buf:
-                dt = t - t0 - mt
-                num += dt * (y - mv)
-                den += dt * dt
-            if den <= 0.0:
-                return None
-            return _number(num / den * 60.0)
+            # Theil–Sen slope (median of pairwise slopes): one glitched sample in the window
+            # cannot fake a fast rise, unlike least squares. All pairs for short windows; for
+            # longer ones, pairs half a window apart keep it O(n).
+            pts = list(buf)
+            if n <= 10:
+                slopes = [
+                    (pts[j][1] - pts[i][1]) / (pts[j][0] - pts[i][0])
+                    for i in range(n - 1) for j in range(i + 1, n)
+                ]
+            else:
+                k = n // 2
+                slopes = [(pts[i + k][1] - pts[i][1]) / (pts[i + k][0] - pts[i][0]) for i in range(n - k)]
+            slopes.sort()
+            m = len(slopes)
+            mid = slopes[m // 2] if m % 2 else 0.5 * (slopes[m // 2 - 1] + slopes[m // 2])
+            return _number(mid * 60.0)
 
         return rate
     raise ValueError(f"cannot compile input kind {inp.kind!r}")
@@ -270,7 +276,7 @@ class Engine:
     ) -> None:
         if not isinstance(rules, RuleSet):
             rules = RuleSet(list(rules))
-        self._clock = clock
+        self.clock = clock
         self.state = state if state is not None else AlertStore()
         self.audit_path = Path(audit_path) if audit_path is not None else None
         self.audit: list[dict[str, Any]] = []  # this process's threshold changes
@@ -287,7 +293,7 @@ class Engine:
     def evaluate(self, reading: CabinetReading) -> list[Transition]:
         """Evaluate every rule for this reading; return (and store) the level transitions."""
         prog = self._program  # one snapshot: a concurrent set_threshold swaps it atomically
-        now = self._clock()
+        now = self.clock()
         out: list[Transition] = []
         site, cab, cab_model = reading.site, reading.cabinet_id, reading.model
         extractors, compiled = prog.scopes["cabinet"]
@@ -456,7 +462,7 @@ class Engine:
             rules = RuleSet([new_rule if r.id == rule_id else r for r in prog.rules.values()])
             new_prog = _Program(rules)
             entry = {
-                "at": self._clock(), "who": who.strip(), "reason": reason.strip(),
+                "at": self.clock(), "who": who.strip(), "reason": reason.strip(),
                 "rule": rule_id, "level": level, "old": old, "new": float(value),
             }
             if self.audit_path is not None:
