@@ -56,7 +56,7 @@ test: deps venv
 	$(VENV)/bin/pytest -q
 
 bench: deps venv
-	$(VENV)/bin/python -m bench
+	$(VENV)/bin/python -m bench $(BENCH_ARGS)
 
 check: deps
 	@bash scripts/check-configs
