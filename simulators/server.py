@@ -1,0 +1,228 @@
+"""Serve a simulated fleet over real Modbus TCP, plus a small HTTP control endpoint.
+
+One pymodbus :class:`~pymodbus.server.ModbusTcpServer` per port; each port serves ``per_port``
+cabinets as device ids 1..n. The datastore is :class:`FleetContext`, which computes every
+response from the cabinet's state at request time (through its profile's register bank).
+
+pymodbus 3.16 is midway between its old datastore (``ModbusDeviceContext``) and the new
+``SimDevice``; neither can compute values on demand. The server base class accepts a
+:class:`~pymodbus.datastore.ModbusServerContext` with ``old_simulator`` set and then calls its
+``async_getValues`` / ``async_setValues`` directly, so :class:`FleetContext` subclasses it
+without calling its ``__init__`` (which would demand device objects and log deprecations).
+
+Outages (scenario ``unreachable``): in ``refuse`` mode the port's listener is closed (clients
+get "connection refused", open connections drop) when every cabinet on the port is out; in
+``silent`` mode, or on a shared port, requests for the cabinet go unanswered (clients time out).
+
+Control endpoint (aiohttp)::
+
+    POST   /scenarios          body: scenario YAML (?speed=F)  → 201 {"id": "s1", ...} | 400 {"error"}
+    GET    /scenarios          → 200 {"scenarios": [...]}
+    DELETE /scenarios/{id}     → 200 {"deleted": id} | 404
+    GET    /health             → 200 {"status": "ok", "cabinets": n, "ports": n, "scenarios": n}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiohttp import web
+from pymodbus.constants import ExcCodes
+from pymodbus.datastore import ModbusServerContext
+from pymodbus.exceptions import NoSuchIdException
+from pymodbus.server import ModbusTcpServer
+
+from .fleet import Fleet, SimulatedCabinet
+from .register_bank import FUNCTION_REGISTER_TYPES
+from .scenarios import ScenarioError, parse_scenario
+
+__all__ = ["FleetContext", "SimulatorServer", "make_control_app"]
+
+log = logging.getLogger(__name__)
+
+
+class FleetContext(ModbusServerContext):
+    """The pymodbus datastore of one port: the cabinets it serves, by device id."""
+
+    def __init__(self, fleet: Fleet, cabinets: list[SimulatedCabinet]) -> None:  # noqa: D107
+        # Deliberately no super().__init__(): see the module docstring.
+        self.old_simulator = True
+        self.simdevices = []
+        self._fleet = fleet
+        self._devices = {c.device_id: c for c in cabinets}
+
+    def device_ids(self) -> list[int]:
+        return list(self._devices)
+
+    def _cabinet(self, device_id: int) -> SimulatedCabinet | ExcCodes:
+        cabinet = self._devices.get(device_id)
+        if cabinet is None:
+            return ExcCodes.GATEWAY_PATH_UNAVIABLE  # (sic: pymodbus's spelling)
+        if self._fleet.is_unreachable(cabinet):
+            # The server runs with ignore_missing_devices, so this request is never answered.
+            raise NoSuchIdException(f"{cabinet.cabinet_id} is unreachable (scenario)")
+        return cabinet
+
+    async def async_getValues(self, device_id: int, func_code: int, address: int,  # noqa: N802
+                              count: int = 1) -> list[int] | list[bool] | ExcCodes:
+        cabinet = self._cabinet(device_id)
+        if isinstance(cabinet, ExcCodes):
+            return cabinet
+        register_type = FUNCTION_REGISTER_TYPES.get(func_code)
+        if register_type is None:
+            return ExcCodes.ILLEGAL_FUNCTION
+        values = self._fleet.read(cabinet, register_type, address, count)
+        return ExcCodes.ILLEGAL_ADDRESS if values is None else values
+
+    async def async_setValues(self, device_id: int, func_code: int, address: int,  # noqa: N802
+                              values: list[int] | list[bool]) -> ExcCodes | None:
+        cabinet = self._cabinet(device_id)
+        if isinstance(cabinet, ExcCodes):
+            return cabinet
+        register_type = FUNCTION_REGISTER_TYPES.get(func_code)
+        if register_type not in ("coil", "holding"):
+            return ExcCodes.ILLEGAL_FUNCTION
+        error = self._fleet.write(cabinet, register_type, address, list(values))
+        if error is not None:
+            return ExcCodes[error]
+        log.info("%s: write %s %d = %s", cabinet.cabinet_id, register_type, address, list(values))
+        return None
+
+
+class SimulatorServer:
+    """Every port of a fleet, the scenario timer and (optionally) the control endpoint."""
+
+    def __init__(self, fleet: Fleet, *, control_host: str = "127.0.0.1", control_port: int = 0,
+                 timer_s: float = 0.2) -> None:
+        self.fleet = fleet
+        self.control_host = control_host
+        self.control_port = control_port
+        self.timer_s = timer_s  # how often due scenario steps (outages) are checked
+        self._ports = fleet.ports()
+        self._contexts = {port: FleetContext(fleet, cabs) for port, cabs in self._ports.items()}
+        self._servers: dict[int, ModbusTcpServer | None] = {port: None for port in self._ports}
+        self._timer: asyncio.Task | None = None
+        self._runner: web.AppRunner | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def control_url(self) -> str | None:
+        return f"http://{self.control_host}:{self.control_port}" if self._runner else None
+
+    def is_listening(self, port: int) -> bool:
+        return self._servers.get(port) is not None
+
+    async def start(self) -> None:
+        """Open every port (and the control endpoint); raise RuntimeError naming a busy port."""
+        try:
+            await self.reconcile()
+            if self.control_port:
+                self._runner = web.AppRunner(make_control_app(self), access_log=None)
+                await self._runner.setup()
+                try:
+                    await web.TCPSite(self._runner, self.control_host, self.control_port).start()
+                except OSError as err:
+                    raise RuntimeError(f"control endpoint {self.control_host}:{self.control_port}: "
+                                       f"{err.strerror}. Fix: pick another --control-port (0 = off)") from err
+        except BaseException:
+            await self.stop()
+            raise
+        self._timer = asyncio.create_task(self._run_timer(), name="simulator scenario timer")
+
+    async def stop(self) -> None:
+        """Close everything; safe to call twice."""
+        if self._timer is not None:
+            self._timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer
+            self._timer = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        for port, server in self._servers.items():
+            if server is not None:
+                await server.shutdown()
+                self._servers[port] = None
+
+    async def reconcile(self) -> None:
+        """Play due scenario steps, then open or close listeners to match outages."""
+        async with self._lock:
+            now = self.fleet.sync_due()
+            for port, cabinets in self._ports.items():
+                refused = all(c.state.unreachable_until > now and c.state.unreachable_mode == "refuse"
+                              for c in cabinets)
+                server = self._servers[port]
+                if refused and server is not None:
+                    log.info("port %d: listener closed (scenario outage)", port)
+                    await server.shutdown()
+                    self._servers[port] = None
+                elif not refused and server is None:
+                    await self._open(port)
+
+    async def _open(self, port: int) -> None:
+        host = self._ports[port][0].host
+        server = ModbusTcpServer(self._contexts[port], address=(host, port), ignore_missing_devices=True)
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError as err:
+            raise RuntimeError(f"cannot listen on {host}:{port} (in use?). Fix: pick another --port base "
+                               f"or stop what holds it") from err
+        self._servers[port] = server
+
+    async def _run_timer(self) -> None:
+        while True:
+            await asyncio.sleep(self.timer_s)
+            try:
+                await self.reconcile()
+            except Exception:  # noqa: BLE001 - one bad tick must not stop the outages ending
+                log.exception("scenario timer failed")
+
+
+def make_control_app(server: SimulatorServer) -> web.Application:
+    """The control endpoint's aiohttp application."""
+    fleet = server.fleet
+
+    async def post_scenario(request: web.Request) -> web.Response:
+        source = request.headers.get("X-Scenario-File", "POST /scenarios")
+        try:
+            speed = float(request.query.get("speed", fleet.speed))
+            if speed <= 0:
+                raise ValueError
+        except ValueError:
+            return web.json_response({"error": f"speed={request.query.get('speed')!r}: use a number > 0"},
+                                     status=400)
+        try:
+            scenario = parse_scenario(await request.text(), source)
+            run = fleet.start_scenario(scenario, speed=speed)
+        except ScenarioError as err:
+            return web.json_response({"error": str(err), "key": err.key}, status=400)
+        await server.reconcile()
+        log.info("scenario %s started: %s on %s slot %s (speed %g)", run.id, scenario.name, scenario.cabinet,
+                 scenario.slot, speed)
+        return web.json_response(run.describe(fleet.clock()), status=201)
+
+    async def list_scenarios(_request: web.Request) -> web.Response:
+        now = fleet.clock()
+        return web.json_response({"scenarios": [r.describe(now) for r in fleet.runs.values()]})
+
+    async def delete_scenario(request: web.Request) -> web.Response:
+        run_id = request.match_info["run_id"]
+        if not fleet.stop_scenario(run_id):
+            return web.json_response({"error": f"no scenario {run_id}", "known": sorted(fleet.runs)}, status=404)
+        await server.reconcile()
+        return web.json_response({"deleted": run_id})
+
+    async def health(_request: web.Request) -> web.Response:
+        body: dict[str, Any] = {"status": "ok", "cabinets": len(fleet.cabinets),
+                                "ports": len(server._ports), "scenarios": len(fleet.runs)}
+        return web.json_response(body)
+
+    app = web.Application()
+    app.router.add_post("/scenarios", post_scenario)
+    app.router.add_get("/scenarios", list_scenarios)
+    app.router.add_delete("/scenarios/{run_id}", delete_scenario)
+    app.router.add_get("/health", health)
+    return app
