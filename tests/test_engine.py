@@ -1,0 +1,207 @@
+"""Engine behaviour: transitions and labels, stale data, `for`, rates, jumps, fusion vs single
+sensors (P-3.3, P-5.2.2.2), run-time thresholds with audit (P-5.4.4), and robustness."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from alerting import traces
+from alerting.engine import Engine
+from alerting.replay import replay
+from alerting.rules import RuleError, load_rules
+from alerting.state import AlertStore
+from cascade.model import SLOT_FIELDS, CabinetReading, SlotReading
+
+CATALOGUE = load_rules()
+T0 = 1_700_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def cab(*slots: SlotReading, **cabinet) -> CabinetReading:
+    return CabinetReading("c1", "s1", "SC-12", 0, slots=list(slots), **cabinet)
+
+
+def feed(engine, clock, readings, step=30.0):
+    out = []
+    for r in readings:
+        out += engine.evaluate(r)
+        clock.now += step
+    return out
+
+
+def test_transition_carries_labels_annotations_and_protective_action():
+    clock = Clock()
+    engine = Engine(CATALOGUE.only(["over_temperature"]), clock=clock)
+    out = feed(engine, clock, [cab(SlotReading(3, battery_id="B9", temperature_c=75))] * 2)
+    assert len(out) == 1
+    t = out[0]
+    assert (t.rule, t.kind, t.from_level, t.to_level, t.value, t.at) == (
+        "over_temperature", "raise", 0, 3, 75.0, T0 + 30)
+    assert (t.target.site, t.target.cabinet, t.target.slot, t.target.battery) == ("s1", "c1", 3, "B9")
+    assert t.labels == {"alertname": "over_temperature", "rule": "over_temperature", "level": "3",
+                        "severity": "critical", "site": "s1", "cabinet": "c1", "slot": "3", "battery": "B9"}
+    assert set(t.annotations) == {"summary", "diagnosis", "action"}
+    assert "75.0 °C" in t.diagnosis and "slot 3" in t.action
+    assert t.protective_action == "slot_cutoff"
+    assert str(t.key) == "over_temperature@s1/c1/3"
+
+
+def test_kinds_raise_escalate_deescalate_clear_and_one_alert_per_target():
+    clock = Clock()
+    engine = Engine(CATALOGUE.only(["over_temperature"]), clock=clock)
+    temps = [46, 46, 56, 56, 71, 71, 60, 60, 40, 40]
+    out = feed(engine, clock, [cab(SlotReading(1, temperature_c=v)) for v in temps])
+    assert [(t.kind, t.to_level) for t in out] == [
+        ("raise", 1), ("escalate", 2), ("escalate", 3), ("deescalate", 2), ("clear", 0)]
+    assert out[3].protective_action is None  # de-escalation commands nothing
+    assert out[-1].labels["level"] == "2"  # a clear carries the level it cleared
+    assert len(engine.state.active()) == 0
+
+
+def test_missing_values_never_raise_nor_clear():
+    clock = Clock()
+    engine = Engine(CATALOGUE.only(["over_temperature"]), clock=clock)
+    feed(engine, clock, [cab(SlotReading(1, temperature_c=75))] * 2)
+    stale = [cab(SlotReading(1, temperature_c=None)), cab(SlotReading(1, temperature_c=math.nan)),
+             cab(SlotReading(1, temperature_c=math.inf)), cab(SlotReading(1)), cab()] * 20
+    assert feed(engine, clock, stale) == []
+    assert engine.state.worst_level() == 3
+
+
+def test_for_duration_filters_single_glitch():
+    clock = Clock()
+    engine = Engine(CATALOGUE.only(["over_temperature"]), clock=clock)
+    glitches = [cab(SlotReading(1, temperature_c=v)) for v in (30, 95, 30, 30, 95, 30)]
+    assert feed(engine, clock, glitches) == []
+
+
+def test_rate_of_rise_detects_ramp_and_ignores_a_spike():
+    clock = Clock()
+    engine = Engine(CATALOGUE.only(["temperature_rise_rate"]), clock=clock)
+    spike = [30.0] * 6 + [85.0] + [30.0] * 6
+    assert feed(engine, clock, [cab(SlotReading(1, temperature_c=v)) for v in spike]) == []
+    ramp = [30.0 + 1.5 * i for i in range(12)]  # 3 °C/min at 30 s polling
+    out = feed(engine, clock, [cab(SlotReading(1, temperature_c=v)) for v in ramp])
+    assert max(t.to_level for t in out) == 2
+    assert 2.5 < out[-1].value < 3.5
+
+
+def test_soc_jump_is_held_for_clear_for_and_a_battery_swap_is_not_a_jump():
+    clock = Clock()
+    engine = Engine(CATALOGUE.only(["soc_jump"]), clock=clock)
+    swap = [cab(SlotReading(1, battery_id="A", soc_pct=100)), cab(SlotReading(1, battery_id="B", soc_pct=12))]
+    assert feed(engine, clock, swap) == []
+    jump = feed(engine, clock, [cab(SlotReading(1, battery_id="B", soc_pct=45))])
+    assert [(t.kind, t.to_level) for t in jump] == [("raise", 2)]
+    steady = feed(engine, clock, [cab(SlotReading(1, battery_id="B", soc_pct=45))] * 25, step=30)
+    assert [t.kind for t in steady] == ["clear"]
+    assert steady[0].at - jump[0].at >= 600
+
+
+def test_low_temperature_charging_only_when_charging():
+    clock = Clock()
+    engine = Engine(CATALOGUE.only(["charging_low_temperature"]), clock=clock)
+    idle = [cab(SlotReading(1, temperature_c=-15, charge_current_a=0.0))] * 5
+    assert feed(engine, clock, idle) == []
+    charging = [cab(SlotReading(1, temperature_c=-15, charge_current_a=5.0))] * 3
+    assert [t.to_level for t in feed(engine, clock, charging)] == [3]
+
+
+def test_fusion_reaches_level_3_sooner_than_any_single_sensor_threshold():
+    trace = traces.gas_first_runaway()
+    out = replay(((r.timestamp_ns / 1e9, r) for r in trace.readings()), Engine(CATALOGUE))
+    first_l3 = {}
+    for t in out:
+        if t.target.slot == 1 and t.to_level == 3:
+            first_l3.setdefault(t.rule, t.at)
+    fusion = first_l3.pop("thermal_runaway")
+    assert trace.onset - fusion >= 9 * 60
+    assert all(fusion < at for at in first_l3.values()), first_l3
+    fusion_l2 = min(t.at for t in out if t.rule == "thermal_runaway" and t.to_level >= 2)
+    assert trace.onset - fusion_l2 >= 10 * 60  # target: level 2 at least 10 min before onset
+
+
+def test_fusion_gives_fewer_false_alarms_than_single_sensors_on_noisy_trace():
+    trace = traces.noisy_sensors(hours=12)
+    out = replay(((r.timestamp_ns / 1e9, r) for r in trace.readings()), Engine(CATALOGUE))
+    high = {t.rule for t in out if t.kind in ("raise", "escalate") and t.to_level >= 2}
+    assert "thermal_runaway" not in high
+    assert high & {"h2_gas", "safety_valve_event"}, "the trace should fool some single sensor"
+    assert not any(t.to_level == 3 for t in out)
+
+
+def test_normal_charging_has_no_alarms():
+    trace = traces.normal_fleet(cabinets=2, hours=6)
+    out = replay(((r.timestamp_ns / 1e9, r) for r in trace.readings()), Engine(CATALOGUE))
+    assert [t for t in out if t.to_level >= 2] == []
+
+
+def test_set_threshold_validates_applies_and_audits(tmp_path):
+    clock = Clock()
+    audit = tmp_path / "audit.jsonl"
+    engine = Engine(CATALOGUE.only(["over_temperature"]), clock=clock, audit_path=audit)
+    entry = engine.set_threshold("over_temperature", 2, 50, who="noc-alice", reason="summer peak")
+    assert entry == {"at": T0, "who": "noc-alice", "reason": "summer peak", "rule": "over_temperature",
+                     "level": 2, "old": 55.0, "new": 50.0}
+    assert [json.loads(line) for line in audit.read_text().splitlines()] == [entry]
+    out = feed(engine, clock, [cab(SlotReading(1, temperature_c=52))] * 2)
+    assert [t.to_level for t in out] == [2]
+    with pytest.raises(RuleError, match="below level 2"):
+        engine.set_threshold("over_temperature", 3, 40, who="noc-alice", reason="typo")
+    with pytest.raises(RuleError, match="not a finite number"):
+        engine.set_threshold("over_temperature", 1, math.nan, who="noc-alice", reason="x")
+    with pytest.raises(RuleError, match="level must be 1, 2 or 3"):
+        engine.set_threshold("over_temperature", 4, 80, who="noc-alice", reason="x")
+    with pytest.raises(RuleError, match="no level 1"):
+        Engine(CATALOGUE.only(["cabinet_flame"])).set_threshold("cabinet_flame", 1, 1, "noc-alice", "x")
+    with pytest.raises(RuleError, match="no such rule"):
+        engine.set_threshold("nope", 1, 1, who="noc-alice", reason="x")
+    with pytest.raises(ValueError, match="reason"):
+        engine.set_threshold("over_temperature", 1, 44, who="noc-alice", reason=" ")
+    assert len(audit.read_text().splitlines()) == 1  # rejected changes leave no audit line
+    assert engine.rules["over_temperature"].levels[2].threshold == 70
+
+
+def test_alerts_resume_after_restart(tmp_path):
+    path = tmp_path / "alerts.json"
+    clock = Clock()
+    rules = CATALOGUE.only(["over_temperature"])
+    engine = Engine(rules, clock=clock, state=AlertStore(path))
+    feed(engine, clock, [cab(SlotReading(1, battery_id="B1", temperature_c=60))] * 2)
+    restarted = Engine(rules, clock=clock, state=AlertStore(path))
+    assert restarted.state.worst_level(site="s1") == 2
+    assert feed(restarted, clock, [cab(SlotReading(1, temperature_c=None))]) == []
+    out = feed(restarted, clock, [cab(SlotReading(1, battery_id="B1", temperature_c=30))])
+    assert [(t.kind, t.from_level) for t in out] == [("clear", 2)]
+    assert AlertStore(path).active() == []
+
+
+_values = st.one_of(
+    st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-(2**70), 2**70),
+    st.booleans(), st.text(max_size=3),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.fixed_dictionaries({}, optional={f: _values for f in sorted(SLOT_FIELDS)}),
+                min_size=1, max_size=6),
+       st.lists(st.floats(0, 600), min_size=6, max_size=6))
+def test_evaluate_never_raises_on_arbitrary_slot_values(slot_values, steps):
+    clock = Clock()
+    engine = Engine(CATALOGUE, clock=clock)
+    for values, step in zip(slot_values, steps):
+        engine.evaluate(cab(SlotReading(1, **values), SlotReading(2, **values),
+                            cabinet_temperature_c=values.get("temperature_c")))
+        clock.now += step

@@ -1,0 +1,188 @@
+"""Rule catalogue and loader: validation errors (regression cases as data), every shipped rule
+firing at each level and clearing with hysteresis, chemistry/model overrides (P-5.2.1a-d,
+P-5.2.2.2, D-5.4.1, V-5.10, D-B.4, GB/T 32960)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alerting.engine import Engine
+from alerting.rules import RuleError, load_rules, parse_rules
+from cascade.model import CabinetReading, Chemistry, SlotReading
+
+CASES = Path(__file__).with_name("rules_cases")
+CATALOGUE = load_rules()
+T0 = 1_700_000_000.0
+
+
+@pytest.mark.parametrize("case", sorted(p.name for p in CASES.iterdir() if p.is_dir()))
+def test_bad_rule_file_is_rejected_with_file_rule_and_reason(case):
+    expected = yaml.safe_load((CASES / case / "expected.yaml").read_text())
+    with pytest.raises(RuleError) as err:
+        load_rules(CASES / case / "rules.yaml")
+    e = err.value
+    assert e.file == "rules.yaml"
+    assert e.rule == expected["rule"]
+    assert e.key == expected["key"]
+    assert expected["reason"] in e.reason
+    assert str(e).startswith("rules.yaml")
+
+
+def test_catalogue_covers_the_required_clauses():
+    sources = " ".join(r.source for r in CATALOGUE.values())
+    for clause in ("P-5.2.1a", "P-5.2.1b", "P-5.2.1c", "P-5.2.1d", "P-5.2.2.2a", "P-5.2.2.2b",
+                   "P-5.2.2.2c", "P-5.2.2.2d", "P-5.2.2.3", "D-5.4.1", "V-5.10", "D-B.4",
+                   "D-5.1.5.2", "P-3.3", "GB/T 32960"):
+        assert clause in sources, clause
+    for rule_id in ("thermal_runaway", "fire_suppression_triggered", "soc_jump", "insulation_low",
+                    "cell_voltage_spread", "cell_temperature_difference", "handshake_failed",
+                    "charging_low_temperature", "over_current", "pack_undervoltage"):
+        assert rule_id in CATALOGUE
+
+
+def test_fire_suppression_rule_is_level_3_and_read_only():
+    rule = CATALOGUE["fire_suppression_triggered"]
+    assert [lv.level for lv in rule.levels] == [3]
+    assert all(lv.protective_action is None for lv in rule.levels)
+
+
+def test_d541_and_v510_thresholds():
+    assert CATALOGUE["over_temperature"].levels[-1].threshold == 70
+    low = {lv.level: lv for lv in CATALOGUE["charging_low_temperature"].levels}
+    assert low[2].threshold == 0 and low[3].threshold == -10 and low[3].compare == "<="
+    li, _ = CATALOGUE["pack_undervoltage"].resolve("any", int(Chemistry.NMC))
+    na, _ = CATALOGUE["pack_undervoltage"].resolve("any", int(Chemistry.NA_ION))
+    assert {lv.level: lv.threshold for lv in li}[2] == 38.4
+    assert {lv.level: lv.threshold for lv in na}[2] == 30.0
+
+
+# --- every catalogue rule fires at each of its levels and clears with hysteresis ---------
+
+_SIMPLE = [r for r in CATALOGUE.values() if not r.fusion and r.input.kind in ("field", "delta", "flag", "bool")]
+
+
+def _reading(rule, value, guard_ok=True, chemistry=None) -> CabinetReading:
+    """A reading whose rule input equals ``value`` (guard satisfied)."""
+    values: dict = {}
+    inp = rule.input
+    if inp.kind == "field":
+        values[inp.fields[0]] = value
+        if inp.per:
+            values[inp.per] = 1.0
+    elif inp.kind == "delta":
+        values[inp.fields[0]], values[inp.fields[1]] = value, 0.0
+    elif inp.kind == "flag":
+        values[inp.fields[0]] = inp.mask if value >= 1 else 0
+    elif inp.kind == "bool":
+        values[inp.fields[0]] = value >= 1
+    if rule.when is not None:
+        g, compare, gv = rule.when
+        ok = {">": gv + 1, ">=": gv, "<": gv - 1, "<=": gv}[compare]
+        bad = {">": gv - 1, ">=": gv - 1, "<": gv + 1, "<=": gv + 1}[compare]
+        values[g.fields[0]] = ok if guard_ok else bad
+    if rule.scope == "slot":
+        slot = SlotReading(slot=1, battery_id="B1", chemistry=chemistry, **values)
+        return CabinetReading("c1", "s1", "m1", 0, slots=[slot])
+    return CabinetReading("c1", "s1", "m1", 0, **values)
+
+
+def _drive(engine, clock, rule, value, seconds, step=10.0):
+    out = []
+    end = clock[0] + seconds
+    while clock[0] <= end:
+        out += engine.evaluate(_reading(rule, value))
+        clock[0] += step
+    return out
+
+
+def _level_value(lv):
+    eps = 1e-6 * max(1.0, abs(lv.threshold))
+    if lv.compare == ">":
+        return lv.threshold + eps
+    if lv.compare == "<":
+        return lv.threshold - eps
+    return lv.threshold
+
+
+def _healthy(rule):
+    first = rule.levels[0]
+    if rule.input.kind in ("flag", "bool"):
+        return 0
+    sign = 1 if first.compare[0] == ">" else -1
+    return first.threshold - sign * (rule.hysteresis + max(1.0, abs(first.threshold) * 0.2))
+
+
+@pytest.mark.parametrize("rule", _SIMPLE, ids=lambda r: r.id)
+def test_catalogue_rule_fires_at_each_level_and_clears_with_hysteresis(rule):
+    for lv in rule.levels:
+        clock = [T0]
+        engine = Engine([rule], clock=lambda: clock[0])
+        value = _level_value(lv)
+        first = engine.evaluate(_reading(rule, value))
+        if lv.for_s > 0:
+            assert all(t.to_level < lv.level for t in first), "fired before its `for` duration"
+        out = first + _drive(engine, clock, rule, value, lv.for_s + 10)
+        assert max(t.to_level for t in out) == lv.level
+        last = out[-1]
+        assert last.labels["level"] == str(lv.level)
+        assert last.protective_action == lv.protective_action
+        if rule.hysteresis > 0:
+            sign = 1 if lv.compare[0] == ">" else -1
+            inside_band = lv.threshold - sign * rule.hysteresis / 2
+            assert _drive(engine, clock, rule, inside_band, 60) == []  # held by hysteresis
+        cleared = _drive(engine, clock, rule, _healthy(rule), rule.clear_for_s + 20)
+        assert [t.kind for t in cleared][-1] == "clear"
+        assert cleared[-1].to_level == 0 and cleared[-1].from_level >= 1
+        assert engine.state.worst_level() == 0
+
+
+@pytest.mark.parametrize("rule", [r for r in _SIMPLE if r.when is not None], ids=lambda r: r.id)
+def test_guarded_rule_stays_quiet_when_guard_is_off(rule):
+    clock = [T0]
+    engine = Engine([rule], clock=lambda: clock[0])
+    worst = _level_value(rule.levels[-1])
+    for _ in range(60):
+        assert engine.evaluate(_reading(rule, worst, guard_ok=False)) == []
+        clock[0] += 10
+
+
+def test_chemistry_overrides_change_thresholds():
+    rule = CATALOGUE["cell_overvoltage"]
+    clock = [T0]
+    engine = Engine([rule], clock=lambda: clock[0])
+    def at(v, chem, slot):
+        return CabinetReading("c1", "s1", "m1", 0, slots=[SlotReading(slot=slot, cell_voltage_max_v=v, chemistry=chem)])
+    lfp = engine.evaluate(at(3.72, int(Chemistry.LFP), 1))
+    nmc = engine.evaluate(at(3.72, int(Chemistry.NMC), 2))
+    assert [(t.target.slot, t.to_level) for t in lfp] == [(1, 2)]
+    assert nmc == []
+
+
+def test_model_override_applies_to_that_cabinet_model_only():
+    rules = parse_rules("""
+rules:
+  - id: hot
+    description: d
+    source: P-5.2.1c
+    diagnosis: "x"
+    action: "y"
+    scope: cabinet
+    input: {field: cabinet_temperature_c}
+    levels: {1: 45, 2: 55}
+    overrides:
+      - model: [DESERT-1]
+        levels: {1: 50}
+""")
+    engine = Engine(rules, clock=lambda: T0)
+    desert = engine.evaluate(CabinetReading("c1", "s1", "DESERT-1", 0, cabinet_temperature_c=47))
+    plain = engine.evaluate(CabinetReading("c2", "s1", "SC-12", 0, cabinet_temperature_c=47))
+    assert desert == [] and [t.to_level for t in plain] == [1]
+
+
+def test_durations_and_rule_text_are_parsed():
+    rule = CATALOGUE["over_charge"]
+    assert rule.levels[0].for_s == 300
+    assert "{" not in CATALOGUE["thermal_runaway"].description
