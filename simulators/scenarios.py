@@ -348,6 +348,7 @@ class ScenarioRun:
     _emergency: int = 0
     _touched_unreachable: bool = False
     _touched_runaway: bool = False
+    _refused_pack: bool = False
 
     def step_time(self, step: Step) -> float:
         return self.started_s + step.at_s / self.speed
@@ -435,6 +436,7 @@ class ScenarioRun:
         if "soc_pct" in spec:
             battery.soc = float(spec["soc_pct"]) / 100
         battery.handshake_ok = spec.get("handshake", "ok") == "ok"
+        self._refused_pack |= not battery.handshake_ok
         state.dock(battery, now)
 
     def stop(self) -> None:
@@ -448,6 +450,9 @@ class ScenarioRun:
             state.bms_protection &= ~self._flags["bms"]
             if self._touched_runaway:
                 state.runaway = None
+            if self._refused_pack and state.battery is not None:
+                state.battery.handshake_ok = True  # the pack stays docked; the handshake now passes
+                state.charger_protection &= ~ChargerProtection.HANDSHAKE_FAILED
         cab.emergency_state &= ~self._emergency
         if self._touched_unreachable:
             cab.unreachable_until = 0.0

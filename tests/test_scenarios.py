@@ -1,0 +1,411 @@
+"""Fault scenarios: every shipped scenario validates and shows its signature in what a collector
+would decode; outages and runtime injection run against real servers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from pymodbus.client import AsyncModbusTcpClient
+
+from cascade.model import BatteryState, BmsProtection, ChargerProtection
+from collectors.modbus.decode import decode_poll
+from collectors.modbus.planner import plan_reads
+from collectors.modbus.profile import find_profile
+from simulators import cli
+from simulators.fleet import Fleet, build_fleet
+from simulators.scenarios import SCENARIO_DIR, ScenarioError, load_scenario, parse_scenario
+from simulators.server import SimulatorServer
+from tests.test_simulator import FakeClock, free_port_block
+
+SHIPPED = sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
+
+
+def make_fleet(profile: str = "reference-cabinet", cabinets: int = 12, **kw) -> tuple[Fleet, FakeClock]:
+    clock = FakeClock()
+    fleet = build_fleet([(profile, find_profile(profile))], cabinets=cabinets, clock=clock, seed=5, **kw)
+    return fleet, clock
+
+
+def poll(fleet: Fleet, cabinet_id: str):
+    """What a collector decodes from the cabinet now (planned reads, the real decoder)."""
+    cab = fleet.by_id[cabinet_id]
+    plan = plan_reads(cab.profile, cab.slot_count)
+    responses = [fleet.read(cab, r.register_type, r.address, r.count) for r in plan]
+    return decode_poll(plan, responses, cabinet_id=cabinet_id, site="s", model=cab.profile.model,
+                       slot_count=cab.slot_count, timestamp_ns=0)
+
+
+def timeline(fleet: Fleet, clock: FakeClock, cabinet_id: str, slot: int, until_s: float, every_s: float = 30):
+    """[(t, cabinet reading, slot reading)] sampled from now until ``until_s`` later."""
+    start, out = clock.now, []
+    while clock.now - start <= until_s:
+        reading, _errors = poll(fleet, cabinet_id)
+        out.append((clock.now - start, reading, reading.slots[slot - 1]))
+        clock.now += every_s
+    return out
+
+
+def cut_off(fleet: Fleet, cabinet_id: str, slot: int) -> None:
+    cab = fleet.by_id[cabinet_id]
+    register_type, address = cab.profile.command_address("slot_output", slot)
+    assert fleet.write(cab, register_type, address, [0]) is None
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_scenarios_validate_against_the_default_fleet(name):
+    scenario = load_scenario(name)
+    assert scenario.name == name and scenario.description
+    fleet, _clock = make_fleet(cabinets=20)
+    fleet.start_scenario(scenario)
+
+
+def test_all_issue_scenarios_are_shipped():
+    assert set(SHIPPED) >= {"thermal_runaway", "over_voltage", "over_current", "over_temperature",
+                            "charging_below_zero", "water_ingress", "stuck_sensor", "dead_sensor",
+                            "cabinet_unreachable", "garbage_registers", "handshake_failure"}
+
+
+def _first(samples, predicate):
+    return next((t for t, cab, slot in samples if predicate(cab, slot)), None)
+
+
+def test_thermal_runaway_h2_first_then_valve_pressure_voc_then_heat_smoke_flame():
+    fleet, clock = make_fleet()
+    fleet.start_scenario(load_scenario("thermal_runaway"))
+    samples = timeline(fleet, clock, "C0003", 5, until_s=1800)
+    base_temp = samples[0][2].temperature_c
+    h2 = _first(samples, lambda c, s: s.h2_ppm > 20)
+    valve = _first(samples, lambda c, s: s.valve_acoustic_events >= 1)
+    pressure = _first(samples, lambda c, s: s.module_pressure_kpa > 105)
+    voc = _first(samples, lambda c, s: s.voc_ppm > 20)
+    heat = _first(samples, lambda c, s: s.temperature_c > base_temp + 10)
+    smoke = _first(samples, lambda c, s: c.smoke_detected)
+    flame = _first(samples, lambda c, s: c.flame_detected)
+    assert None not in (h2, valve, pressure, voc, heat, smoke, flame)
+    assert h2 < valve <= pressure < heat < smoke < flame <= 1800
+    assert voc < heat
+    end_cab, end_slot = samples[-1][1], samples[-1][2]
+    assert end_cab.emergency_state and end_slot.battery_state == BatteryState.FAULT
+    assert end_cab.co_ppm > 50
+
+
+def test_thermal_runaway_halts_and_decays_when_cut_off_during_off_gas():
+    fleet, clock = make_fleet()
+    fleet.start_scenario(load_scenario("thermal_runaway"))
+    clock.now += 300  # off-gas phase: H2 rising
+    reading, _ = poll(fleet, "C0003")
+    h2_at_cut = reading.slots[4].h2_ppm
+    assert h2_at_cut > 20
+    cut_off(fleet, "C0003", 5)
+    samples = timeline(fleet, clock, "C0003", 5, until_s=1800, every_s=60)
+    assert not any(c.smoke_detected or c.flame_detected for _t, c, _s in samples)
+    assert all(s.valve_acoustic_events == 0 for _t, _c, s in samples)
+    h2 = [s.h2_ppm for _t, _c, s in samples]
+    decaying = [v for v in h2 if v > 3]  # above the background wiggle
+    assert decaying == sorted(decaying, reverse=True) and h2[-1] < 3  # decays back to background
+
+
+def test_thermal_runaway_runs_on_when_cut_off_too_late():
+    fleet, clock = make_fleet()
+    fleet.start_scenario(load_scenario("thermal_runaway"))
+    clock.now += 20 * 60  # past the point of no return (18 min)
+    poll(fleet, "C0003")
+    cut_off(fleet, "C0003", 5)
+    samples = timeline(fleet, clock, "C0003", 5, until_s=600)
+    assert samples[-1][1].flame_detected
+
+
+def test_thermal_runaway_compresses_with_speed():
+    fleet, clock = make_fleet()
+    fleet.start_scenario(load_scenario("thermal_runaway"), speed=60)
+    samples = timeline(fleet, clock, "C0003", 5, until_s=31, every_s=1)
+    assert samples[-1][1].flame_detected and not samples[0][1].flame_detected
+
+
+def test_over_voltage_then_cutoff():
+    fleet, clock = make_fleet()
+    fleet.start_scenario(load_scenario("over_voltage"))
+    samples = timeline(fleet, clock, "C0004", 2, until_s=300, every_s=10)
+    peak = max(s.voltage_v for _t, _c, s in samples)
+    assert peak == pytest.approx(58.5, abs=0.2) and peak > 13 * 4.2  # above the CV limit
+    assert max(s.cell_voltage_max_v for _t, _c, s in samples) > 4.4
+    end = samples[-1][2]
+    assert end.bms_protection & BmsProtection.OVER_VOLTAGE
+    assert end.charger_protection & ChargerProtection.OVER_VOLTAGE_CUTOFF
+    assert end.charge_current_a == 0 and end.voltage_v < 55
+
+
+def test_over_current_then_cutoff():
+    fleet, clock = make_fleet()
+    fleet.start_scenario(load_scenario("over_current"))
+    samples = timeline(fleet, clock, "C0002", 3, until_s=240, every_s=10)
+    peak = max(samples, key=lambda x: x[2].charge_current_a)[2]
+    assert peak.charge_current_a == pytest.approx(30) and peak.charge_current_a > peak.max_charge_current_a
+    end = samples[-1][2]
+    assert end.charge_current_a == 0 and end.charger_protection & ChargerProtection.OVER_CURRENT_CUTOFF
+
+
+def test_over_temperature_reaches_70_then_cools():
+    fleet, clock = make_fleet()
+    fleet.start_scenario(load_scenario("over_temperature"))
+    samples = timeline(fleet, clock, "C0006", 4, until_s=1500, every_s=30)
+    at_10m = next(s for t, _c, s in samples if t >= 600)
+    assert at_10m.temperature_c == pytest.approx(70, abs=0.2)
+    assert at_10m.bms_protection & BmsProtection.HIGH_TEMPERATURE
+    assert samples[-1][2].temperature_c < 65  # cooling once the charger cut off
+
+
+def test_over_temperature_cut_off_early_starts_cooling():
+    fleet, clock = make_fleet()
+    fleet.start_scenario(load_scenario("over_temperature"))
+    clock.now += 300
+    hot = poll(fleet, "C0006")[0].slots[3].temperature_c
+    cut_off(fleet, "C0006", 4)
+    clock.now += 240
+    assert poll(fleet, "C0006")[0].slots[3].temperature_c < hot
+
+
+def test_charging_below_zero():
+    fleet, clock = make_fleet()
+    fleet.start_scenario(load_scenario("charging_below_zero"))
+    clock.now += 330
+    reading, _ = poll(fleet, "C0007")
+    slot = reading.slots[0]
+    assert slot.temperature_c == pytest.approx(-10, abs=0.1) and reading.cabinet_temperature_c < -11
+    assert slot.charge_current_a > 0 and slot.battery_state == BatteryState.CHARGING
+
+
+def test_water_ingress():
+    fleet, clock = make_fleet()
+    fleet.start_scenario(load_scenario("water_ingress"))
+    samples = timeline(fleet, clock, "C0008", 6, until_s=360, every_s=30)
+    assert samples[0][1].water_detected and samples[0][1].device_fault_code == 0x0201
+    end = samples[-1][2]
+    assert end.charger_protection & ChargerProtection.WATER_CUTOFF and end.charge_current_a == 0
+    assert end.insulation_resistance_kohm == 80 and end.bms_protection & BmsProtection.INSULATION
+
+
+def test_stuck_sensor_holds_while_others_move():
+    fleet, clock = make_fleet()
+    fleet.start_scenario(load_scenario("stuck_sensor"))
+    samples = timeline(fleet, clock, "C0009", 2, until_s=25 * 60, every_s=60)
+    frozen = [s for t, _c, s in samples if 60 <= t < 1200]
+    assert len({s.temperature_c for s in frozen}) == 1
+    assert len({s.cell_temperature_max_c for s in frozen}) > 3  # the real temperature moved
+    assert samples[-1][2].temperature_c != frozen[0].temperature_c
+
+
+@pytest.mark.parametrize("profile", ["reference-cabinet", "volta-s8"])
+def test_dead_sensor(profile):
+    fleet, clock = make_fleet(profile)
+    fleet.start_scenario(load_scenario("dead_sensor"))
+    clock.now += 60
+    reading, errors = poll(fleet, "C0010")
+    if profile == "reference-cabinet":  # declares "missing" sentinels: the fields read as no value
+        assert reading.slots[2].temperature_c is None and reading.slots[2].h2_ppm is None and not errors
+    else:  # no sentinel: 0xFFFF words are NaN, which the decoder rejects
+        assert {(e.slot, e.field) for e in errors} == {(3, "temperature_c"), (3, "h2_ppm")}
+    clock.now += 15 * 60
+    reading, errors = poll(fleet, "C0010")
+    assert reading.slots[2].temperature_c is not None and not errors
+
+
+@pytest.mark.parametrize("profile", ["reference-cabinet", "volta-s8"])
+def test_garbage_registers_give_decode_errors(profile):
+    fleet, clock = make_fleet(profile)
+    fleet.start_scenario(load_scenario("garbage_registers"))
+    for _ in range(20):
+        clock.now += 5
+        _reading, errors = poll(fleet, "C0011")
+        assert {(e.slot, e.field) for e in errors} == {(1, "voltage_v"), (1, "soc_pct"), (1, "temperature_c"),
+                                                       (1, "battery_id")}
+    clock.now += 600
+    assert poll(fleet, "C0011")[1] == []
+
+
+def test_handshake_failure_refuses_to_charge():
+    fleet, clock = make_fleet()
+    fleet.start_scenario(load_scenario("handshake_failure"))
+    clock.now += 120
+    slot = poll(fleet, "C0012")[0].slots[6]
+    assert slot.battery_id == "XX60-UNKNOWN01" and slot.charge_current_a == 0
+    assert slot.charger_protection & ChargerProtection.HANDSHAKE_FAILED
+    assert slot.battery_state == BatteryState.FAULT
+
+
+def test_stopping_a_scenario_restores_the_cabinet():
+    fleet, clock = make_fleet()
+    run = fleet.start_scenario(load_scenario("garbage_registers"))
+    clock.now += 5
+    assert poll(fleet, "C0011")[1]
+    assert fleet.stop_scenario(run.id) and not fleet.stop_scenario(run.id)
+    assert poll(fleet, "C0011")[1] == []
+
+
+# --- real servers ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def live():
+    servers = []
+
+    async def start(cabinets=6, per_port=1, control=False):
+        clock = FakeClock()
+        ports = (cabinets - 1) // per_port + 1
+        base = free_port_block(ports + 1)
+        fleet = build_fleet([("reference-cabinet", find_profile("reference-cabinet"))], cabinets=cabinets,
+                            per_port=per_port, base_port=base, clock=clock, seed=5)
+        server = SimulatorServer(fleet, control_port=base + ports if control else 0, timer_s=0.05)
+        await server.start()
+        servers.append(server)
+        return fleet, server, clock
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
+async def _read_ok(port: int, device_id: int = 1, timeout: float = 1.0) -> bool:
+    client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=timeout, retries=0, reconnect_delay=0)
+    try:
+        if not await client.connect():
+            return False
+        result = await client.read_input_registers(0, count=12, device_id=device_id)
+        return not result.isError()
+    except Exception:  # noqa: BLE001 - timeouts and dropped connections both mean "unreachable"
+        return False
+    finally:
+        client.close()
+
+
+async def test_cabinet_unreachable_refuses_connections_then_recovers(live):
+    fleet, server, clock = await live()
+    port = fleet.by_id["C0005"].port
+    fleet.start_scenario(load_scenario("cabinet_unreachable"))
+    assert await _read_ok(port)
+    clock.now += 31
+    await server.reconcile()
+    assert not server.is_listening(port)
+    assert not await _read_ok(port)
+    assert await _read_ok(fleet.by_id["C0004"].port)  # the rest of the fleet is fine
+    clock.now += 180
+    await server.reconcile()
+    assert await _read_ok(port)
+
+
+async def test_cabinet_unreachable_on_a_shared_port_times_out(live):
+    fleet, server, clock = await live(per_port=2)
+    target, neighbour = fleet.by_id["C0005"], fleet.by_id["C0006"]
+    assert target.port == neighbour.port
+    fleet.start_scenario(load_scenario("cabinet_unreachable"))
+    clock.now += 31
+    await server.reconcile()
+    assert server.is_listening(target.port)
+    assert not await _read_ok(target.port, target.device_id, timeout=0.3)
+    assert await _read_ok(neighbour.port, neighbour.device_id)
+    clock.now += 180
+    assert await _read_ok(target.port, target.device_id)
+
+
+async def test_the_timer_applies_outages_without_reads(live):
+    fleet, server, clock = await live()
+    port = fleet.by_id["C0005"].port
+    fleet.start_scenario(load_scenario("cabinet_unreachable"))
+    clock.now += 31
+    for _ in range(40):
+        if not server.is_listening(port):
+            break
+        await asyncio.sleep(0.05)
+    assert not server.is_listening(port)
+
+
+async def test_runtime_injection_through_the_control_endpoint(live, tmp_path):
+    fleet, server, clock = await live(cabinets=12, control=True)
+    url = server.control_url
+    text = (SCENARIO_DIR / "handshake_failure.yaml").read_text()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/health") as resp:
+            assert resp.status == 200 and (await resp.json())["cabinets"] == 12
+        async with http.post(f"{url}/scenarios", data=text) as resp:
+            assert resp.status == 201
+            run_id = (await resp.json())["id"]
+        async with http.get(f"{url}/scenarios") as resp:
+            listed = (await resp.json())["scenarios"]
+            assert [(s["id"], s["name"]) for s in listed] == [(run_id, "handshake_failure")]
+        client = AsyncModbusTcpClient("127.0.0.1", port=fleet.by_id["C0012"].port, timeout=2, retries=0)
+        await client.connect()
+        offset = 16  # charger_protection in the reference slot block
+        address = fleet.by_id["C0012"].profile.slot_address("input", offset, 7)
+        result = await client.read_input_registers(address, count=1, device_id=1)
+        assert result.registers[0] & ChargerProtection.HANDSHAKE_FAILED
+        async with http.post(f"{url}/scenarios", data="name: x\ntarget: {cabinet: C0999}\nsteps: []\n") as resp:
+            assert resp.status == 400
+        async with http.post(f"{url}/scenarios", data=text.replace("C0012", "C0999")) as resp:
+            body = await resp.json()
+            assert resp.status == 400 and body["key"] == "target.cabinet"
+        async with http.delete(f"{url}/scenarios/{run_id}") as resp:
+            assert resp.status == 200
+        async with http.delete(f"{url}/scenarios/{run_id}") as resp:
+            assert resp.status == 404
+        result = await client.read_input_registers(address, count=1, device_id=1)
+        assert not result.registers[0] & ChargerProtection.HANDSHAKE_FAILED
+        client.close()
+
+    port = int(url.rsplit(":", 1)[1])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\ntarget: {cabinet: C0001}\nsteps: [{at: soon, dead: [h2_ppm]}]\n")
+    assert await asyncio.to_thread(cli.inject_main, [str(bad), "--control-port", str(port)]) == 2
+    assert await asyncio.to_thread(cli.inject_main, ["stuck_sensor", "--control-port", str(port),
+                                                     "--speed", "10"]) == 0
+    assert [r.scenario.name for r in fleet.runs.values()] == ["stuck_sensor"]
+    assert next(iter(fleet.runs.values())).speed == 10
+    assert await asyncio.to_thread(cli.inject_main, ["--list", "--control-port", str(port)]) == 0
+    closed = port + 1000 if port + 1000 < 65535 else port - 1000
+    assert await asyncio.to_thread(cli.inject_main, ["stuck_sensor", "--control-port", str(closed)]) == 2
+
+
+# --- validation -----------------------------------------------------------------------------
+
+GOOD_HEAD = "name: t\ntarget: {cabinet: C0001, slot: 2}\n"
+
+
+@pytest.mark.parametrize("text, key", [
+    ("name: t\nsteps: [{at: 0s, dead: [h2_ppm]}]\n", "target.cabinet"),
+    (GOOD_HEAD + "steps: [{at: 0s, ramp: {temprature_c: 70}, over: 1m}]\n", "steps[0].ramp.temprature_c"),
+    (GOOD_HEAD + "steps: [{at: 0s, ramp: {temperature_c: 70}}]\n", "steps[0].over"),
+    (GOOD_HEAD + "steps: [{at: 0s, dead: [h2_ppm], freeze: [voc_ppm]}]\n", "steps[0]"),
+    (GOOD_HEAD + "steps: [{at: soon, dead: [h2_ppm]}]\n", "steps[0].at"),
+    (GOOD_HEAD + "steps: [{at: 0s, protect: {bms: [too_hot]}}]\n", "steps[0].protect.bms[0]"),
+    (GOOD_HEAD + "steps: [{at: 0s, unreachable: 1m, mode: sulk}]\n", "steps[0].mode"),
+    (GOOD_HEAD + "steps: [{at: 0s, dead: [h2_ppm], colour: red}]\n", "steps[0].colour"),
+    ("name: t\ntarget: {cabinet: C0001}\nsteps: [{at: 0s, set: {temperature_c: 70}}]\n",
+     "steps[0].set.temperature_c"),
+    ("name: t\ntarget: {cabinet: C0001}\nsteps: [{at: 0s, runaway: {}}]\n", "steps[0].runaway"),
+    (GOOD_HEAD + "steps: []\n", "steps"),
+    (GOOD_HEAD + "stepz: []\n", "stepz"),
+    ("name: [unclosed\n", "(file)"),
+])
+def test_bad_scenarios_are_rejected_naming_file_and_key(tmp_path, text, key):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(path)
+    assert err.value.key == key
+    assert str(path) in str(err.value) and key in str(err.value) and "Fix:" in str(err.value)
+
+
+def test_targets_outside_the_fleet_are_rejected():
+    fleet, _clock = make_fleet(cabinets=3)
+    with pytest.raises(ScenarioError, match="target.slot"):
+        fleet.start_scenario(parse_scenario("name: t\ntarget: {cabinet: C0001, slot: 13}\n"
+                                            "steps: [{at: 0s, dead: [h2_ppm]}]\n", "x.yaml"))
+    with pytest.raises(ScenarioError, match="x.yaml: target.cabinet"):
+        fleet.start_scenario(parse_scenario("name: t\ntarget: {cabinet: C0009}\n"
+                                            "steps: [{at: 0s, unreachable: 1m}]\n", "x.yaml"))
+
+
+def test_missing_scenario_file_names_the_shipped_ones():
+    with pytest.raises(ScenarioError, match="thermal_runaway"):
+        load_scenario("no_such_scenario")
