@@ -119,6 +119,9 @@ async def run(args: argparse.Namespace) -> int:
         log.error("--fleet-file %s: cannot write: %s. Fix: choose a writable path", args.fleet_file, err.strerror)
         return 2
 
+    pymodbus_log = logging.getLogger("pymodbus")
+    if pymodbus_log.level == logging.NOTSET:
+        pymodbus_log.setLevel(logging.WARNING)  # one "Server listening." per port drowns the log at 1,000 ports
     server = SimulatorServer(fleet, control_host=args.host, control_port=args.control_port)
     try:
         await server.start()
