@@ -58,7 +58,7 @@ test: deps venv
 bench: deps venv
 	$(VENV)/bin/python -m bench $(BENCH_ARGS)
 
-check: deps
+check: deps venv
 	@bash scripts/check-configs
 
 clean:
