@@ -26,6 +26,7 @@ __all__ = [
     "EmergencyState",
     "SlotReading",
     "CABINET_FIELDS",
+    "FIELD_KINDS",
     "SLOT_FIELDS",
     "describe_flags",
 ]
@@ -189,3 +190,20 @@ SLOT_FIELDS = _field_names(SlotReading, {"slot"})
 CABINET_FIELDS = _field_names(
     CabinetReading, {"cabinet_id", "site", "model", "timestamp_ns", "slots"}
 )
+
+
+def _field_kinds() -> dict[str, type]:
+    """Field name → its value type. Storage types must not depend on the vendor's register type
+    (a u32 on one cabinet and an f32 on another is one float field in InfluxDB)."""
+    kinds: dict[str, type] = {}
+    for cls in (SlotReading, CabinetReading):
+        for f in dataclasses.fields(cls):
+            text = str(f.type)
+            for name, kind in (("bool", bool), ("float", float), ("int", int), ("str", str)):
+                if text.startswith(name):
+                    kinds[f.name] = kind
+                    break
+    return kinds
+
+
+FIELD_KINDS = _field_kinds()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cascade.model import CabinetReading, SlotReading
+from cascade.model import FIELD_KINDS, CabinetReading, SlotReading
 
 from .codec import DecodeError, decode_value
 from .planner import ReadRequest
@@ -33,6 +33,14 @@ class FieldError:
         return f"{where}: {self.field} ({self.register_type} register {self.address}): {self.reason}"
 
 
+def _coerce(kind: type, value: object) -> object:
+    if kind is float:
+        return float(value)  # type: ignore[arg-type]
+    if kind is int:
+        return int(round(value))  # type: ignore[arg-type]
+    return kind(value)
+
+
 def decode_poll(plan: Sequence[ReadRequest], responses: Sequence[Sequence[int] | Sequence[bool] | None], *,
                 cabinet_id: str, site: str, model: str, slot_count: int,
                 timestamp_ns: int) -> tuple[CabinetReading, list[FieldError]]:
@@ -47,7 +55,11 @@ def decode_poll(plan: Sequence[ReadRequest], responses: Sequence[Sequence[int] |
             spec = item.spec
             target = cabinet if item.slot is None else slots[item.slot - 1]
             try:
-                target[spec.field] = decode_value(spec, words[item.index : item.index + spec.words])
+                value = decode_value(spec, words[item.index : item.index + spec.words])
+                kind = FIELD_KINDS[spec.field]
+                if value is not None and type(value) is not kind:
+                    value = _coerce(kind, value)
+                target[spec.field] = value
             except DecodeError as err:
                 errors.append(FieldError(cabinet_id, item.slot, spec.field, request.register_type,
                                          request.address + item.index, str(err)))
