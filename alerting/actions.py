@@ -1,0 +1,199 @@
+"""Protective actions: turn a warning's ``protective_action`` into cabinet commands, and audit them.
+
+    policy = ActionPolicy(perform={"slot_cutoff", "cabinet_cutoff"}, overrides={("thermal_runaway", 2): None})
+    runner = ActionRunner(pipeline, policy)
+    for command in runner.plan(transition, runner.policy.action_for(transition)):
+        record = await runner.execute(command)       # ActionRecord: who, what, when, result, read-back
+
+Every catalogue action ends in the same write: the slot's ``slot_output`` relay set to 0, which
+the register profiles define as "cut the slot off (stops charging)". ``stop_charging`` and
+``slot_cutoff`` write it for the alert's slot, ``cabinet_cutoff`` for every slot of the cabinet.
+Nothing here ever re-enables a slot: that is a person's decision after inspection.
+
+P-3.3: the warning system is independent of fire suppression. :func:`check_command` refuses any
+command not in :data:`ALLOWED_COMMANDS` before a device is even looked up, so no configuration,
+rule or API call can make Cascade command (or reset) suppression.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from alerting.rules import PROTECTIVE_ACTIONS
+from alerting.state import Transition
+from exporters.influx.lineprotocol import LineProtocolError
+from exporters.influx.schema import command_to_line
+
+__all__ = [
+    "ALLOWED_COMMANDS",
+    "ActionPolicy",
+    "ActionRecord",
+    "ActionRunner",
+    "Command",
+    "ForbiddenCommand",
+    "check_command",
+]
+
+log = logging.getLogger(__name__)
+
+# The only commands Cascade may send to a cabinet (P-3.3: never fire suppression).
+ALLOWED_COMMANDS = frozenset({"slot_output"})
+_CUT_OFF = 0  # slot_output value that opens the relay
+
+
+class ForbiddenCommand(ValueError):
+    """A command outside :data:`ALLOWED_COMMANDS`; nothing was sent."""
+
+
+def check_command(name: str) -> None:
+    """Raise :class:`ForbiddenCommand` unless ``name`` is an allowed protective command."""
+    if name not in ALLOWED_COMMANDS:
+        raise ForbiddenCommand(
+            f"command {name!r} refused: Cascade only sends {sorted(ALLOWED_COMMANDS)}; fire suppression and "
+            "anything else stay under the cabinet's own control (P-3.3)")
+
+
+@dataclass(frozen=True, slots=True)
+class ActionPolicy:
+    """Which protective actions are executed.
+
+    ``perform``: catalogue action names that are carried out; any other is logged and recorded
+    as ``skipped``. ``overrides``: ``(rule, level) -> action name or None`` replacing the
+    catalogue's choice for that rule and level (None = observe only). ``retry_s``: how often a
+    failed action is retried.
+    """
+
+    perform: frozenset[str] = PROTECTIVE_ACTIONS
+    overrides: Mapping[tuple[str, int], str | None] = field(default_factory=dict)
+    retry_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        unknown = set(self.perform) - PROTECTIVE_ACTIONS
+        unknown |= {a for a in self.overrides.values() if a is not None and a not in PROTECTIVE_ACTIONS}
+        if unknown:
+            raise ValueError(f"unknown protective action(s) {sorted(unknown)}; use {sorted(PROTECTIVE_ACTIONS)}")
+        if not self.retry_s > 0:
+            raise ValueError(f"retry_s must be > 0 seconds, got {self.retry_s!r}")
+
+    def action_for(self, t: Transition) -> str | None:
+        """The action to take for this transition, or None (also None on de-escalate and clear)."""
+        if t.kind not in ("raise", "escalate"):
+            return None
+        return self.overrides.get((t.rule, t.to_level), t.protective_action)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One write a protective action needs, and why (the actor is the rule and level)."""
+
+    site: str
+    cabinet: str
+    slot: int | None
+    name: str
+    value: int
+    action: str  # the protective action it serves (slot_cutoff, ...)
+    rule: str
+    level: int
+    alert: str  # the alert key it acts for
+
+    @property
+    def actor(self) -> str:
+        return f"rule:{self.rule}@level{self.level}"
+
+
+@dataclass(slots=True)
+class ActionRecord:
+    """The audit entry of one executed (or refused, or skipped) command."""
+
+    at: float
+    completed_at: float
+    actor: str
+    alert: str
+    action: str
+    command: str
+    site: str
+    cabinet: str
+    slot: int | None
+    value: int
+    result: str  # ok | failed | skipped
+    readback: int | None = None
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.result == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ActionRunner:
+    """Plans and executes protective commands on the pipeline's cabinets; keeps recent records."""
+
+    def __init__(self, pipeline: Any, policy: ActionPolicy | None = None, *, clock: Callable[[], float] = time.time,
+                 history: int = 500) -> None:
+        self.pipeline = pipeline
+        self.policy = policy or ActionPolicy()
+        self._clock = clock
+        self.recent: deque[ActionRecord] = deque(maxlen=history)
+
+    def plan(self, t: Transition, action: str | None) -> list[Command]:
+        """The writes ``action`` needs for this transition's target (empty for None)."""
+        if action is None:
+            return []
+        target = t.target
+        if action == "cabinet_cutoff" or target.slot is None:
+            # A cabinet-scope alert cannot single out a slot: protect the whole cabinet.
+            device = self.pipeline.by_id.get(target.cabinet)
+            slots: Iterable[int | None] = range(1, device.slot_count + 1) if device is not None else [None]
+        else:
+            slots = [target.slot]
+        return [Command(target.site, target.cabinet, s, "slot_output", _CUT_OFF, action, t.rule, t.to_level,
+                        str(t.key)) for s in slots]
+
+    async def execute(self, command: Command) -> ActionRecord:
+        """Send one command (allow-list first), log it, write its ``command`` point; never raises
+        on device errors. Actions not in ``policy.perform`` are recorded as skipped."""
+        check_command(command.name)
+        now = self._clock()
+        record = ActionRecord(now, now, command.actor, command.alert, command.action, command.name, command.site,
+                              command.cabinet, command.slot, command.value, "skipped")
+        if command.action not in self.policy.perform:
+            record.error = f"{command.action} is not in alerting.actions.perform: observed only"
+            log.warning("protective action %s for %s by %s not performed (%s)", command.action, command.alert,
+                        command.actor, record.error)
+            self.recent.append(record)
+            return record
+        device = self.pipeline.by_id.get(command.cabinet)
+        if device is None or command.slot is None:
+            record.result = "failed"
+            record.error = (f"cabinet {command.cabinet!r} is not configured in this collector; cut it off by hand"
+                            if device is None else "no slot to command")
+        else:
+            result = await device.command(command.name, slot=command.slot, value=command.value, actor=command.actor)
+            record.at, record.completed_at = result.requested_at, result.completed_at
+            record.result = "ok" if result.ok else "failed"
+            record.readback = None if result.readback is None else int(result.readback)
+            record.error = result.error
+            self._write_point(result, command.site)
+        level = logging.INFO if record.ok else logging.ERROR
+        log.log(level, "protective action %s: %s %s=%s on %s/%s slot %s by %s: %s (read back %s)%s",
+                command.action, command.alert, command.name, command.value, command.site, command.cabinet,
+                command.slot, command.actor, record.result.upper(), record.readback,
+                f": {record.error}" if record.error else "")
+        self.recent.append(record)
+        return record
+
+    def _write_point(self, result: Any, site: str) -> None:
+        sink = getattr(self.pipeline, "sink", None)
+        if sink is None:
+            return
+        try:
+            sink.submit([command_to_line(result, site)])
+        except (LineProtocolError, RuntimeError) as err:
+            log.warning("command point for %s not written to InfluxDB: %s", result.cabinet_id, err)

@@ -1,0 +1,165 @@
+"""``cascade alerts``: list, acknowledge and roll up alerts, change thresholds — through the HTTP API.
+
+    cascade alerts list
+    cascade alerts ack 'over_temperature@site-01/C0003/5' --who noc-alice --comment "on my way"
+    cascade alerts rollup
+    cascade alerts set-threshold over_temperature 2 52 --who noc-alice --reason "summer profile"
+    cascade alerts actions
+
+``--url`` (default http://127.0.0.1:9108, the collector's metrics port) names the running
+collector. Exit status: 0 done, 1 the server refused (unknown alert, invalid threshold), 2 the
+server cannot be reached or answered something unexpected.
+
+Wiring: ``add_arguments(parser)`` fills a (sub)parser, ``main(args)`` runs the parsed command;
+``run(argv)`` does both (tests, ``python -m alerting.cli``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, TextIO
+
+__all__ = ["DEFAULT_URL", "add_arguments", "main", "run"]
+
+DEFAULT_URL = "http://127.0.0.1:9108"
+_LEVEL_NAMES = {1: "notice", 2: "warning", 3: "CRITICAL"}
+
+
+class _Refused(Exception):
+    """The server understood and said no (4xx); the message is its explanation."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--url`` and the sub-commands to ``parser``."""
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"the running collector's HTTP API (default {DEFAULT_URL})")
+    parser.add_argument("--json", action="store_true", help="print the server's JSON instead of a table")
+    sub = parser.add_subparsers(dest="alerts_command", metavar="COMMAND", required=True)
+    sub.add_parser("list", help="active alerts, worst first, with who acknowledged them")
+    sub.add_parser("rollup", help="worst level per site, cabinet and slot")
+    ack = sub.add_parser("ack", help="acknowledge an alert (you have seen it)")
+    ack.add_argument("key", help="alert key as listed, e.g. over_temperature@site-01/C0003/5")
+    ack.add_argument("--who", required=True, help="your name (recorded)")
+    ack.add_argument("--comment", default="", help="what you are doing about it")
+    thr = sub.add_parser("set-threshold", help="change a rule's base threshold at run time (audited)")
+    thr.add_argument("rule", help="rule id, e.g. over_temperature")
+    thr.add_argument("level", type=int, choices=(1, 2, 3))
+    thr.add_argument("value", type=float)
+    thr.add_argument("--who", required=True, help="your name (recorded in the audit log)")
+    thr.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    sub.add_parser("actions", help="recent protective actions and their read-back")
+
+
+def main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    """Run one parsed ``cascade alerts`` command; returns the exit status."""
+    out = out or sys.stdout
+    base = args.url.rstrip("/")
+    try:
+        if args.alerts_command == "list":
+            doc = _call("GET", f"{base}/api/alerts")
+            _emit(out, args, doc, _format_alerts)
+        elif args.alerts_command == "rollup":
+            doc = _call("GET", f"{base}/api/alerts/rollup")
+            _emit(out, args, doc, _format_rollup)
+        elif args.alerts_command == "ack":
+            key = urllib.parse.quote(args.key, safe="@/")
+            doc = _call("POST", f"{base}/api/alerts/{key}/ack", {"who": args.who, "comment": args.comment})
+            _emit(out, args, doc, lambda d: f"acknowledged {d['key']} (level {d['level']}) as {d['ack']['who']}")
+        elif args.alerts_command == "set-threshold":
+            value: Any = int(args.value) if args.value.is_integer() else args.value
+            doc = _call("PUT", f"{base}/api/thresholds/{urllib.parse.quote(args.rule)}/{args.level}",
+                        {"value": value, "who": args.who, "reason": args.reason})
+            _emit(out, args, doc, lambda d: f"{d['rule']} level {d['level']}: {d['old']:g} -> {d['new']:g} "
+                                            f"(by {d['who']}: {d['reason']})")
+        elif args.alerts_command == "actions":
+            doc = _call("GET", f"{base}/api/actions")
+            _emit(out, args, doc, _format_actions)
+        else:  # argparse's choices make this unreachable
+            raise AssertionError(args.alerts_command)
+    except _Refused as err:
+        print(f"cascade alerts: {err}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as err:
+        print(f"cascade alerts: cannot talk to {base}: {err}. Is `cascade run` running there? "
+              "Pass its address with --url.", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cascade alerts", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return main(parser.parse_args(argv))
+
+
+def _call(method: str, url: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return json.load(resp)
+    except urllib.error.HTTPError as err:
+        if 400 <= err.code < 500:
+            try:
+                message = json.load(err).get("error") or err.reason
+            except ValueError:
+                message = err.reason
+            raise _Refused(f"{message} (HTTP {err.code})") from None
+        raise OSError(f"HTTP {err.code} {err.reason}") from None
+
+
+def _emit(out: TextIO, args: argparse.Namespace, doc: Any, formatter) -> None:
+    print(json.dumps(doc, indent=2, ensure_ascii=False) if args.json else formatter(doc), file=out)
+
+
+def _format_alerts(doc: dict[str, Any]) -> str:
+    alerts = doc.get("alerts", [])
+    if not alerts:
+        return "no active alerts"
+    lines = []
+    for a in alerts:
+        ack = a.get("ack")
+        seen = f"ack {ack['who']} {_when(ack['at'])}" + (f" \"{ack['comment']}\"" if ack["comment"] else "") \
+            if ack else "NOT ACKNOWLEDGED"
+        lines.append(f"L{a['level']} {_LEVEL_NAMES.get(a['level'], '?'):8} {a['key']}  since {_when(a['raised_at'])}"
+                     f"  {seen}")
+        notes = a.get("annotations", {})
+        for name in ("diagnosis", "action"):
+            if notes.get(name):
+                lines.append(f"    {name}: {notes[name]}")
+    return "\n".join(lines)
+
+
+def _format_rollup(doc: dict[str, Any]) -> str:
+    if not doc:
+        return "all clear"
+    lines = []
+    for site, s in sorted(doc.items()):
+        lines.append(f"{site}: L{s['level']}")
+        for cab, c in sorted(s["cabinets"].items()):
+            slots = ", ".join(f"slot {n}: L{lv}" for n, lv in sorted(c["slots"].items(), key=lambda kv: int(kv[0])))
+            lines.append(f"  {cab}: L{c['level']}" + (f"  ({slots})" if slots else ""))
+    return "\n".join(lines)
+
+
+def _format_actions(doc: dict[str, Any]) -> str:
+    actions = doc.get("actions", [])
+    if not actions:
+        return "no protective actions"
+    return "\n".join(
+        f"{_when(a['at'])} {a['result'].upper():7} {a['action']} {a['site']}/{a['cabinet']} slot {a['slot']} "
+        f"{a['command']}={a['value']} read back {a['readback']} by {a['actor']}" + (f": {a['error']}" if a["error"] else "")
+        for a in actions)
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,330 @@
+"""The alert service: warning engine on every reading → InfluxDB, Prometheus, Alertmanager, actions.
+
+    service = AlertService(pipeline, engine, alertmanager_url="http://127.0.0.1:9093")
+    async with service:              # registers the reading hook, starts the pusher
+        async with pipeline:
+            ...
+
+For every reading the hook runs ``engine.evaluate`` and, per level transition, without awaiting
+any I/O (the poll loop never waits for Alertmanager, InfluxDB or a cabinet write):
+
+* an ``alert`` point goes to ``pipeline.sink`` (Grafana annotations read it);
+* ``cascade_alert_transitions_total{kind,level}`` and ``cascade_alerts_active{level}`` change;
+* Alertmanager is told: raise → fire; escalate/de-escalate → resolve the alert at the old
+  ``level`` label, fire the new one; clear → resolve;
+* the protective action (policy permitting) starts in a task of its own.
+
+A protective action that fails is itself an alert: ``protective_action_failed`` at level 3 for the
+slot, pushed and recorded like engine alerts but owned here (the engine's store holds only rule
+alerts). It is retried every ``policy.retry_s`` and stays active until a write to that slot
+succeeds. See docs/alert-service.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from alerting.actions import ActionPolicy, ActionRecord, ActionRunner, Command
+from alerting.alertmanager import AlertmanagerPusher
+from alerting.engine import Engine
+from alerting.state import SEVERITY, Ack, Alert, AlertKey, Transition
+from cascade.model import CabinetReading
+from exporters.influx.lineprotocol import LineProtocolError, encode_line
+
+__all__ = ["ACTION_FAILED", "ALERT_MEASUREMENT", "AlertService", "FailedAction"]
+
+log = logging.getLogger(__name__)
+
+ALERT_MEASUREMENT = "alert"
+ACTION_FAILED = "protective_action_failed"
+
+
+@dataclass(slots=True)
+class FailedAction:
+    """A protective write that did not take: a level-3 alert until a later write succeeds."""
+
+    command: Command
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    raised_at: float
+    attempts: int
+    last_error: str
+    ack: Ack | None = None
+
+    @property
+    def key(self) -> AlertKey:
+        c = self.command
+        return AlertKey(ACTION_FAILED, c.site, c.cabinet, c.slot)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": str(self.key), "level": 3, "value": None, "raised_at": self.raised_at,
+            "updated_at": self.raised_at, "battery": self.labels.get("battery"), "protective_action": None,
+            "labels": self.labels, "annotations": self.annotations, "acknowledged": self.ack is not None,
+            "ack": None if self.ack is None else _ack_dict(self.ack), "source": "service",
+            "attempts": self.attempts, "last_error": self.last_error,
+        }
+
+
+class AlertService:
+    """Runs the warning engine on the pipeline's readings and fans the transitions out."""
+
+    def __init__(self, pipeline: Any, engine: Engine, *, alertmanager_url: str | None,
+                 resend_interval_s: float = 60.0, clock: Callable[[], float] = time.time,
+                 session: aiohttp.ClientSession | None = None, policy: ActionPolicy | None = None,
+                 registry: CollectorRegistry | None = None, generator_url: str | None = None,
+                 on_pushed: Callable[[list[dict[str, Any]], float], None] | None = None) -> None:
+        self.pipeline = pipeline
+        self.engine = engine
+        self.store = engine.state
+        self._clock = clock
+        registry = registry if registry is not None else pipeline.registry
+        self.pusher = None if alertmanager_url is None else AlertmanagerPusher(
+            alertmanager_url, resend_interval_s=resend_interval_s, session=session, registry=registry, clock=clock,
+            generator_url=generator_url, on_pushed=on_pushed)
+        self.actions = ActionRunner(pipeline, policy, clock=clock)
+        self.failed: dict[AlertKey, FailedAction] = {}
+        self._fired: dict[AlertKey, dict[str, str]] = {}  # labels last fired per alert (to resolve exactly)
+        self._done: dict[AlertKey, int] = {}  # alert -> highest level whose action was started
+        self._tasks: set[asyncio.Task] = set()
+        self._retry_task: asyncio.Task | None = None
+        self._running = False
+        self._transitions = Counter("cascade_alert_transitions_total", "Alert level transitions",
+                                    ["kind", "level"], registry=registry)
+        self._active = Gauge("cascade_alerts_active", "Active alerts by level (protective_action_failed included)",
+                             ["level"], registry=registry)
+        self._update_gauge()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> "AlertService":
+        if self.pusher is not None:
+            await self.pusher.__aenter__()
+            # After a restart the store still holds active alerts; Alertmanager may have timed
+            # them out meanwhile, so tell it again what is firing.
+            for alert in self.store.active():
+                self._fire(alert.key, alert.labels, alert.annotations, alert.raised_at)
+        self._running = True
+        self._retry_task = asyncio.create_task(self._retry_loop(), name="protective-action-retry")
+        self.pipeline.hooks.append(self.handle_reading)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with contextlib.suppress(ValueError):
+            self.pipeline.hooks.remove(self.handle_reading)
+        await self.stop_actions()
+        if self.pusher is not None:
+            await self.pusher.__aexit__(*exc)
+
+    async def stop_actions(self, timeout_s: float = 10.0) -> None:
+        """Stop retrying and let in-flight cabinet writes finish (a cut-off half-sent helps nobody).
+        Safe to call twice; start_app calls it before the pipeline closes its connections."""
+        self._running = False
+        if self._retry_task is not None:
+            self._retry_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retry_task
+            self._retry_task = None
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # -- hot path ------------------------------------------------------------------------------
+
+    async def handle_reading(self, reading: CabinetReading) -> None:
+        """The pipeline hook: evaluate, then fan out. Awaits no I/O."""
+        transitions = self.engine.evaluate(reading)
+        if transitions:
+            self.apply(transitions, reading.timestamp_ns)
+
+    def apply(self, transitions: Iterable[Transition], timestamp_ns: int | None = None) -> None:
+        """Fan out transitions the engine already stored (InfluxDB, metrics, Alertmanager, actions)."""
+        ts = timestamp_ns if timestamp_ns is not None else time.time_ns()
+        lines = []
+        for t in transitions:
+            self._transitions.labels(t.kind, t.labels.get("level", str(t.to_level))).inc()
+            line = _alert_line(t.rule, t.target.site, t.target.cabinet, t.target.slot, t.labels.get("severity", ""),
+                               t.to_level, t.from_level, t.kind, t.value, t.target.battery, t.annotations, ts)
+            if line:
+                lines.append(line)
+            if t.kind == "clear":
+                self._resolve(t.key, t.annotations)
+                self._done.pop(t.key, None)
+            else:
+                self._fire(t.key, t.labels, t.annotations, t.at)
+            action = self.actions.policy.action_for(t)
+            if action is not None:
+                self._start_action(t, action)
+        self._submit(lines)
+        self._update_gauge()
+
+    # -- Alertmanager ----------------------------------------------------------------------------
+
+    def _fire(self, key: AlertKey, labels: dict[str, str], annotations: dict[str, str], at: float) -> None:
+        if self.pusher is None:
+            return
+        old = self._fired.get(key)
+        if old is not None and old != labels:
+            self.pusher.resolve(old)  # escalation/de-escalation: the old level's alert ends now
+        self._fired[key] = labels
+        self.pusher.fire(labels, annotations, starts_at=at)
+
+    def _resolve(self, key: AlertKey, annotations: dict[str, str]) -> None:
+        labels = self._fired.pop(key, None)
+        if self.pusher is not None and labels is not None:
+            self.pusher.resolve(labels, annotations)
+
+    # -- protective actions --------------------------------------------------------------------
+
+    def _start_action(self, t: Transition, action: str) -> None:
+        if self._done.get(t.key, 0) >= t.to_level:
+            log.info("protective action %s for %s already taken at level %d; not repeated",
+                     action, t.key, self._done[t.key])
+            return
+        self._done[t.key] = t.to_level
+        battery = t.target.battery
+        for command in self.actions.plan(t, action):
+            self._spawn(self._run_command(command, battery))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro, name="protective-action")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_command(self, command: Command, battery: str | None) -> None:
+        record = await self.actions.execute(command)
+        self._settle(command, record, battery)
+
+    def _settle(self, command: Command, record: ActionRecord, battery: str | None) -> None:
+        key = AlertKey(ACTION_FAILED, command.site, command.cabinet, command.slot)
+        existing = self.failed.get(key)
+        if record.ok:
+            if existing is not None:
+                del self.failed[key]
+                self._resolve(key, {**existing.annotations,
+                                    "diagnosis": f"Resolved: {command.name}={command.value} now reads back "
+                                                 f"{record.readback} (by {record.actor})."})
+                self._submit([_alert_line(ACTION_FAILED, command.site, command.cabinet, command.slot, "critical",
+                                          0, 3, "clear", None, battery, existing.annotations, time.time_ns())])
+                self._update_gauge()
+            return
+        if record.result != "failed":
+            return  # skipped by policy: recorded, nothing to retry
+        if existing is not None:
+            existing.attempts += 1
+            existing.last_error = record.error
+            return
+        labels = {"alertname": ACTION_FAILED, "rule": ACTION_FAILED, "level": "3", "severity": SEVERITY[3],
+                  "site": command.site, "cabinet": command.cabinet, "protective_action": command.action}
+        if command.slot is not None:
+            labels["slot"] = str(command.slot)
+        if battery:
+            labels["battery"] = battery
+        where = f"{command.site}/{command.cabinet}" + (f" slot {command.slot}" if command.slot is not None else "")
+        annotations = {
+            "summary": f"L3 protective action {command.action} FAILED at {where}",
+            "diagnosis": (f"{command.action} for {command.alert} ({command.actor}) could not set {command.name}="
+                          f"{command.value}: {record.error or 'no read-back'}. The slot may still be energised."),
+            "action": (f"Cut {where} off by hand (isolator / cabinet panel) now; check the cabinet's Modbus link. "
+                       f"Cascade retries every {self.actions.policy.retry_s:g}s."),
+        }
+        failed = FailedAction(command, labels, annotations, record.at, 1, record.error)
+        self.failed[key] = failed
+        self._fire(key, labels, annotations, record.at)
+        self._submit([_alert_line(ACTION_FAILED, command.site, command.cabinet, command.slot, "critical", 3, 0,
+                                  "raise", None, battery, annotations, time.time_ns())])
+        self._update_gauge()
+
+    async def _retry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.actions.policy.retry_s)
+            for failed in list(self.failed.values()):
+                if not self._running:
+                    return
+                record = await self.actions.execute(failed.command)
+                self._settle(failed.command, record, failed.labels.get("battery"))
+
+    # -- queries used by the HTTP API ------------------------------------------------------------
+
+    def active_alerts(self) -> list[dict[str, Any]]:
+        """Active alerts, worst first: the engine's plus failed protective actions."""
+        out = [_alert_dict(a) for a in self.store.active()]
+        out += [f.to_dict() for f in self.failed.values()]
+        out.sort(key=lambda a: (-a["level"], a["key"]))
+        return out
+
+    def acknowledge(self, key: str, who: str, comment: str = "") -> dict[str, Any]:
+        """Acknowledge an engine alert or a failed action; KeyError if not active, ValueError if bad."""
+        parsed = AlertKey.parse(key)
+        failed = self.failed.get(parsed)
+        if failed is None:
+            return _alert_dict(self.store.acknowledge(parsed, who, comment))
+        if not isinstance(who, str) or not who.strip():
+            raise ValueError("acknowledge needs who: the person acknowledging")
+        failed.ack = Ack(who.strip(), comment, self._clock(), 3)
+        return failed.to_dict()
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _update_gauge(self) -> None:
+        counts = {1: 0, 2: 0, 3: len(self.failed)}
+        for alert in self.store.active():
+            counts[alert.level] = counts.get(alert.level, 0) + 1
+        for level in (1, 2, 3):
+            self._active.labels(str(level)).set(counts[level])
+
+    def _submit(self, lines: list[str]) -> None:
+        sink = getattr(self.pipeline, "sink", None)
+        if sink is None or not lines:
+            return
+        try:
+            sink.submit(lines)
+        except RuntimeError as err:  # sink already closed during shutdown
+            log.debug("alert points not written: %s", err)
+
+
+def _alert_line(rule: str, site: str, cabinet: str, slot: int | None, severity: str, level: int, from_level: int,
+                kind: str, value: float | None, battery: str | None, annotations: dict[str, str],
+                timestamp_ns: int) -> str | None:
+    tags = {"site": site, "cabinet": cabinet, "slot": None if slot is None else str(slot), "rule": rule,
+            "severity": severity}
+    fields = {"level": level, "from_level": from_level, "kind": kind, "value": value, "battery": battery,
+              # One line is one point: a line break in a template would make the point unencodable.
+              **{name: _one_line(annotations.get(name)) for name in ("summary", "diagnosis", "action")}}
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        fields["value"] = None
+    else:
+        fields["value"] = float(value)
+    try:
+        return encode_line(ALERT_MEASUREMENT, tags, fields, timestamp_ns)
+    except LineProtocolError as err:
+        log.warning("alert point for %s@%s/%s not encodable: %s", rule, site, cabinet, err)
+        return None
+
+
+def _one_line(text: str | None) -> str | None:
+    return None if text is None else " ".join(text.splitlines())
+
+
+def _ack_dict(ack: Ack) -> dict[str, Any]:
+    return {"who": ack.who, "comment": ack.comment, "at": ack.at, "level": ack.level}
+
+
+def _alert_dict(alert: Alert) -> dict[str, Any]:
+    return {
+        "key": str(alert.key), "level": alert.level, "value": alert.value, "raised_at": alert.raised_at,
+        "updated_at": alert.updated_at, "battery": alert.battery, "protective_action": alert.protective_action,
+        "labels": alert.labels, "annotations": alert.annotations, "acknowledged": alert.ack is not None,
+        "ack": None if alert.ack is None else _ack_dict(alert.ack), "source": "engine",
+    }

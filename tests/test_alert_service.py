@@ -1,0 +1,337 @@
+"""Alert service against real servers: Alertmanager (shipped routing), InfluxDB, the pymodbus simulator.
+
+Readings are fed to the service's reading hook directly where the test is about the fan-out
+(the engine runs on a stepped clock, so ``for: 20s`` costs nothing), and come from real polls of
+the simulator where a cabinet must be commanded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry
+
+from alerting import cli as alerts_cli
+from alerting.actions import ActionPolicy, ActionRunner, Command, ForbiddenCommand, check_command
+from alerting.api import add_routes
+from alerting.engine import Engine
+from alerting.notify import render_alertmanager_config
+from alerting.rules import load_rules
+from alerting.service import ACTION_FAILED, AlertService
+from alerting.state import AlertStore
+from cascade.app import alerting_settings
+from cascade.config import AppConfig, ConfigError
+from cascade.model import CabinetReading, SlotReading
+from cascade.pipeline import Pipeline
+from collectors.modbus.device import CabinetConfig
+from collectors.modbus.profile import find_profile
+from exporters.influx.sink import InfluxConfig
+from simulators.fleet import build_fleet
+from simulators.server import SimulatorServer
+from tests.fixtures.procs import free_port
+from tests.fixtures.prom import SHIPPED_ALERTMANAGER_CONFIG
+
+pytestmark = pytest.mark.timeout(120)
+
+SITE, CAB, SLOT = "site-01", "C0001", 3
+KEY = f"over_temperature@{SITE}/{CAB}/{SLOT}"
+
+
+class StepClock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_config(tmp_path: Path, cabinets: list[CabinetConfig], influx_url: str | None = None) -> AppConfig:
+    profile = find_profile("reference-cabinet")
+    influx = None if influx_url is None else InfluxConfig(url=influx_url, database="cascade",
+                                                          spool_dir=str(tmp_path / "spool"), flush_interval_s=0.2)
+    return AppConfig(source=str(tmp_path / "test.yaml"), cabinets=cabinets, profiles={"reference-cabinet": profile},
+                     influxdb=influx, metrics_port=0, status_interval_s=0)
+
+
+def reading(temperature_c: float, cabinet: str = CAB) -> CabinetReading:
+    return CabinetReading(cabinet_id=cabinet, site=SITE, model="reference-cabinet", timestamp_ns=time.time_ns(),
+                          slots=[SlotReading(slot=SLOT, temperature_c=temperature_c, battery_id="NM48-TEST0001")])
+
+
+async def feed(service: AlertService, clock: StepClock, temperature_c: float, seconds: float = 25,
+               cabinet: str = CAB) -> list:
+    """Hold a temperature for ``seconds`` of engine time (two readings, so ``for`` is met)."""
+    before = len(service.store.history())
+    await service.handle_reading(reading(temperature_c, cabinet))
+    clock.now += seconds
+    await service.handle_reading(reading(temperature_c, cabinet))
+    return service.store.history()[before:]
+
+
+async def eventually(check, timeout_s: float = 15.0, interval_s: float = 0.1):
+    """Retry ``check`` (sync or async) until it returns a truthy value; bounded in time."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval_s)
+    raise AssertionError(f"condition not met within {timeout_s}s (last: {last!r})")
+
+
+def am_alerts(am, **labels: str) -> list[dict]:
+    """Alerts Alertmanager holds (inhibited and silenced included) whose labels include ``labels``."""
+    return [a for a in am.alerts() if all(a["labels"].get(k) == v for k, v in labels.items())]
+
+
+def shipped_alertmanager(factory, receiver_url: str):
+    return factory(render_alertmanager_config(SHIPPED_ALERTMANAGER_CONFIG.read_text(), receiver_url))
+
+
+@pytest.fixture
+def engine_clock() -> StepClock:
+    return StepClock()
+
+
+def make_engine(clock: StepClock, tmp_path: Path, rules=("over_temperature",)) -> Engine:
+    return Engine(load_rules().only(list(rules)), clock=clock, state=AlertStore(tmp_path / "alerts.json"),
+                  audit_path=tmp_path / "audit.jsonl")
+
+
+async def test_transitions_reach_alertmanager_raise_escalate_clear(tmp_path, alertmanager_factory, engine_clock):
+    am = shipped_alertmanager(alertmanager_factory, f"http://127.0.0.1:{free_port()}")
+    pipeline = Pipeline(make_config(tmp_path, []))
+    engine = make_engine(engine_clock, tmp_path)
+    service = AlertService(pipeline, engine, alertmanager_url=am.url, resend_interval_s=30,
+                           policy=ActionPolicy(perform=frozenset()))
+    async with service:
+        assert service.handle_reading in pipeline.hooks
+        kinds = [h["kind"] for h in await feed(service, engine_clock, 50)]
+        assert kinds == ["raise"]
+        firing = await eventually(lambda: am_alerts(am, alertname="over_temperature"))
+        labels = firing[0]["labels"]
+        assert labels == {"alertname": "over_temperature", "rule": "over_temperature", "level": "1",
+                          "severity": "notice", "site": SITE, "cabinet": CAB, "slot": str(SLOT),
+                          "battery": "NM48-TEST0001"}
+        assert firing[0]["annotations"]["summary"].startswith("L1 ")
+        assert set(firing[0]["annotations"]) == {"summary", "diagnosis", "action"}
+
+        # Escalation: the level-1 alert is resolved, the level-2 one fires.
+        assert [h["kind"] for h in await feed(service, engine_clock, 60)] == ["escalate"]
+        await eventually(lambda: [a["labels"]["level"] for a in am_alerts(am, alertname="over_temperature")] == ["2"])
+        assert not service.pusher.is_firing(labels)
+
+        # Clear: nothing left firing for the rule.
+        assert [h["kind"] for h in await feed(service, engine_clock, 30, seconds=5)] == ["clear"]
+        await eventually(lambda: am_alerts(am, alertname="over_temperature") == [])
+        assert service.pusher.active == {}
+    reg = pipeline.registry
+    assert reg.get_sample_value("cascade_alert_transitions_total", {"kind": "raise", "level": "1"}) == 1
+    assert reg.get_sample_value("cascade_alert_transitions_total", {"kind": "escalate", "level": "2"}) == 1
+    assert reg.get_sample_value("cascade_alert_transitions_total", {"kind": "clear", "level": "2"}) == 1
+    assert [reg.get_sample_value("cascade_alerts_active", {"level": n}) for n in "123"] == [0, 0, 0]
+    assert reg.get_sample_value("cascade_alert_push_failures_total") == 0
+
+
+async def test_push_failures_are_counted_and_recovered_when_alertmanager_returns(
+        tmp_path, alertmanager_factory, engine_clock):
+    am = shipped_alertmanager(alertmanager_factory, f"http://127.0.0.1:{free_port()}")
+    am.process.stop()
+    pipeline = Pipeline(make_config(tmp_path, []))
+    service = AlertService(pipeline, make_engine(engine_clock, tmp_path), alertmanager_url=am.url,
+                           resend_interval_s=30, policy=ActionPolicy(perform=frozenset()))
+    failures = lambda: pipeline.registry.get_sample_value("cascade_alert_push_failures_total")  # noqa: E731
+    async with service:
+        started = time.monotonic()
+        await feed(service, engine_clock, 50)
+        assert time.monotonic() - started < 0.5, "the hook must not wait for Alertmanager"
+        await eventually(lambda: failures() >= 2)
+        assert service.pusher.pending and not service.pusher.up
+        assert pipeline.registry.get_sample_value("cascade_alerts_active", {"level": "1"}) == 1
+        am.process.start()
+        held = await eventually(lambda: am_alerts(am, alertname="over_temperature"), timeout_s=40)
+        assert held[0]["labels"]["level"] == "1"
+        await eventually(lambda: not service.pusher.pending and service.pusher.up)
+
+
+async def test_ack_and_thresholds_over_http_and_cli(tmp_path, engine_clock):
+    pipeline = Pipeline(make_config(tmp_path, []))
+    engine = make_engine(engine_clock, tmp_path, rules=("over_temperature", "h2_gas"))
+    service = AlertService(pipeline, engine, alertmanager_url=None, policy=ActionPolicy(perform=frozenset()))
+    add_routes(pipeline.app, service)
+    async with service, pipeline, aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{pipeline.metrics_port}"
+        await feed(service, engine_clock, 50)
+
+        async with http.get(f"{base}/api/alerts") as resp:
+            alerts = (await resp.json())["alerts"]
+        assert [(a["key"], a["level"], a["acknowledged"]) for a in alerts] == [(KEY, 1, False)]
+        async with http.get(f"{base}/api/alerts/rollup") as resp:
+            assert await resp.json() == {SITE: {"level": 1, "cabinets": {CAB: {"level": 1, "slots": {"3": 1}}}}}
+
+        async with http.post(f"{base}/api/alerts/{KEY}/ack", json={"who": "noc-alice", "comment": "on my way"}) as r:
+            assert r.status == 200
+            body = await r.json()
+        assert body["ack"]["who"] == "noc-alice" and body["ack"]["comment"] == "on my way" and body["ack"]["level"] == 1
+        assert engine.state.get(KEY).ack.who == "noc-alice"
+        async with http.post(f"{base}/api/alerts/h2_gas@{SITE}/{CAB}/1/ack", json={"who": "bob"}) as r:
+            assert r.status == 404
+            assert "GET /api/alerts" in (await r.json())["error"]
+        for bad, expected in (("not json", "not JSON"), ("[1]", "JSON object"), ('{"comment": "x"}', "missing 'who'"),
+                              ('{"who": 5}', "'who' must be a string"), ('{"who": " "}', "needs who")):
+            async with http.post(f"{base}/api/alerts/{KEY}/ack", data=bad) as r:
+                assert r.status == 400, bad
+                assert expected in (await r.json())["error"], bad
+
+        url = f"{base}/api/thresholds/over_temperature/1"
+        async with http.put(url, json={"value": 47, "who": "noc-alice", "reason": "summer"}) as r:
+            assert r.status == 200
+            entry = await r.json()
+        assert (entry["old"], entry["new"], entry["who"], entry["reason"]) == (45.0, 47.0, "noc-alice", "summer")
+        audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+        assert audit == [entry]
+        async with http.put(url, json={"value": 60, "who": "x", "reason": "y"}) as r:
+            assert r.status == 400
+            assert "below" in (await r.json())["error"] or "above" in (await r.json())["error"]
+        async with http.put(f"{base}/api/thresholds/no_such_rule/1", json={"value": 1, "who": "x", "reason": "y"}) as r:
+            assert r.status == 404
+        async with http.put(url, json={"value": "hot", "who": "x", "reason": "y"}) as r:
+            assert r.status == 400 and "'value' must be a number" in (await r.json())["error"]
+        async with http.get(f"{base}/api/thresholds") as r:
+            doc = await r.json()
+        rule = next(r for r in doc["rules"] if r["id"] == "over_temperature")
+        assert rule["levels"]["1"]["threshold"] == 47 and doc["audit"] == [entry]
+
+        # The CLI talks to the same API (run in a thread: it is blocking and this loop serves it).
+        async def cli(*argv: str) -> int:
+            return await asyncio.to_thread(alerts_cli.run, ["--url", base, *argv])
+        assert await cli("list") == 0
+        assert await cli("rollup") == 0
+        assert await cli("ack", KEY, "--who", "noc-bob", "--comment", "taking over") == 0
+        assert engine.state.get(KEY).ack.who == "noc-bob"
+        assert await cli("ack", "nope@x/y", "--who", "noc-bob") == 1
+        assert await cli("set-threshold", "over_temperature", "2", "57", "--who", "noc-bob", "--reason", "hot week") == 0
+        assert engine.rules["over_temperature"].levels[1].threshold == 57
+        assert await cli("set-threshold", "over_temperature", "2", "40", "--who", "noc-bob", "--reason", "x") == 1
+        assert await cli("actions") == 0
+    assert await asyncio.to_thread(alerts_cli.run, ["--url", f"http://127.0.0.1:{free_port()}", "list"]) == 2
+
+
+def test_allow_list_refuses_every_command_but_slot_output(tmp_path):
+    check_command("slot_output")
+    for name in ("fire_suppression", "suppression_reset", "emergency_state", "SLOT_OUTPUT", ""):
+        with pytest.raises(ForbiddenCommand, match="P-3.3"):
+            check_command(name)
+    config = make_config(tmp_path, [CabinetConfig(id=CAB, host="127.0.0.1", port=free_port(), site=SITE)])
+    runner = ActionRunner(Pipeline(config))
+    command = Command(SITE, CAB, 1, "fire_suppression", 1, "slot_cutoff", "thermal_runaway", 3, "x")
+    with pytest.raises(ForbiddenCommand):
+        asyncio.run(runner.execute(command))
+    assert not runner.recent, "a refused command is not even attempted"
+    with pytest.raises(ValueError, match="unknown protective action"):
+        ActionPolicy(perform=frozenset({"start_suppression"}))
+
+
+def test_alerting_config_errors_name_key_and_fix(tmp_path):
+    def settings(doc):
+        return alerting_settings(AppConfig(source="cfg.yaml", cabinets=[], profiles={}, influxdb=None, alerting=doc))
+
+    assert settings({})["alertmanager_url"] == "http://127.0.0.1:9093"
+    assert settings({"alertmanager_url": None})["alertmanager_url"] is None
+    cases = [
+        ({"alertmanager": "x"}, "alerting.alertmanager: unknown key"),
+        ({"alertmanager_url": "localhost:9093"}, "alerting.alertmanager_url"),
+        ({"resend_interval_s": 0}, "alerting.resend_interval_s"),
+        ({"actions": {"perform": ["fire_suppression"]}}, "alerting.actions.perform"),
+        ({"actions": {"rules": {"thermal_runaway": {2: "sprinkler"}}}}, "alerting.actions.rules.thermal_runaway.2"),
+        ({"actions": {"rules": {"thermal_runaway": {4: None}}}}, "level 4"),
+        ({"enabled": "yes"}, "alerting.enabled"),
+    ]
+    for doc, expected in cases:
+        with pytest.raises(ConfigError, match="Fix:") as err:
+            settings(doc)
+        assert expected in str(err.value) and str(err.value).startswith("cfg.yaml: ")
+
+
+@pytest.fixture
+async def simulator():
+    """One reference cabinet on a real pymodbus server (wall clock); yields (fleet, server)."""
+    port = free_port()
+    fleet = build_fleet([("reference-cabinet", find_profile("reference-cabinet"))], cabinets=1, base_port=port,
+                        seed=11)
+    server = SimulatorServer(fleet, control_port=0, timer_s=0.05)
+    await server.start()
+    yield fleet, server
+    await server.stop()
+
+
+async def test_protective_action_cuts_slot_off_and_is_audited(tmp_path, simulator, influxdb, alertmanager_factory,
+                                                              engine_clock):
+    fleet, server = simulator
+    cab = fleet.cabinets[0]
+    am = shipped_alertmanager(alertmanager_factory, f"http://127.0.0.1:{free_port()}")
+    # Polled once at start only: the readings that matter are fed in below on the engine's clock.
+    config = make_config(tmp_path, [CabinetConfig(id=CAB, host="127.0.0.1", port=cab.port, site=SITE,
+                                                  interval_s=3600, timeout_s=1)], influx_url=influxdb.url)
+    pipeline = Pipeline(config)
+    service = AlertService(pipeline, make_engine(engine_clock, tmp_path), alertmanager_url=am.url,
+                           resend_interval_s=30, policy=ActionPolicy(retry_s=0.3))
+    add_routes(pipeline.app, service)
+    async with service, pipeline:
+        await feed(service, engine_clock, 60)  # straight to level 2: stop_charging
+        await eventually(lambda: service.actions.recent)
+        record = service.actions.recent[-1]
+        assert (record.result, record.readback, record.slot, record.command, record.actor) == \
+            ("ok", 0, SLOT, "slot_output", "rule:over_temperature@level2")
+        assert cab.state.slots[SLOT - 1].output_enabled is False
+
+        # Escalation acts again (level 3: slot_cutoff); going down and back up to a level already
+        # acted on does not repeat the write.
+        assert [h["kind"] for h in await feed(service, engine_clock, 75)] == ["escalate"]
+        await eventually(lambda: len(service.actions.recent) == 2)
+        assert service.actions.recent[-1].actor == "rule:over_temperature@level3"
+        assert [h["kind"] for h in await feed(service, engine_clock, 60)] == ["deescalate"]
+        assert [h["kind"] for h in await feed(service, engine_clock, 75)] == ["escalate"]
+        await asyncio.sleep(0.3)
+        assert len(service.actions.recent) == 2
+
+        # A failed write is a level-3 alert until a later write succeeds.
+        await server.stop()
+        await feed(service, engine_clock, 30, seconds=5)  # clear: the next raise is a new alert
+        await feed(service, engine_clock, 60)
+        failed_key = f"{ACTION_FAILED}@{SITE}/{CAB}/{SLOT}"
+        await eventually(lambda: failed_key in {a["key"] for a in service.active_alerts()})
+        held = await eventually(lambda: am_alerts(am, alertname=ACTION_FAILED))
+        assert held[0]["labels"] | {} == {"alertname": ACTION_FAILED, "rule": ACTION_FAILED, "level": "3",
+                                          "severity": "critical", "site": SITE, "cabinet": CAB, "slot": str(SLOT),
+                                          "battery": "NM48-TEST0001", "protective_action": "stop_charging"}
+        assert "by hand" in held[0]["annotations"]["action"]
+        assert pipeline.registry.get_sample_value("cascade_alerts_active", {"level": "3"}) == 1
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{pipeline.metrics_port}/api/actions") as resp:
+                actions = (await resp.json())["actions"]
+        assert [a["result"] for a in actions][:2] == ["ok", "ok"] and actions[-1]["result"] == "failed"
+        await server.start()
+        await eventually(lambda: failed_key not in {a["key"] for a in service.active_alerts()}, timeout_s=20)
+        await eventually(lambda: am_alerts(am, alertname=ACTION_FAILED) == [])
+        assert service.actions.recent[-1].result == "ok"
+
+    # Everything is in InfluxDB: alert points (Grafana annotations) and command points with read-back.
+    alerts = influxdb.query('SELECT * FROM "alert" WHERE "rule" = \'over_temperature\'')
+    assert [(a["kind"], a["from_level"], a["level"]) for a in alerts][:4] == [
+        ("raise", 0, 2), ("escalate", 2, 3), ("deescalate", 3, 2), ("escalate", 2, 3)]
+    assert alerts[0]["severity"] == "warning" and alerts[0]["slot"] == str(SLOT) and alerts[0]["cabinet"] == CAB
+    assert alerts[0]["battery"] == "NM48-TEST0001" and alerts[0]["value"] == 60 and alerts[0]["summary"]
+    failed = influxdb.query(f'SELECT * FROM "alert" WHERE "rule" = \'{ACTION_FAILED}\'')
+    assert [f["kind"] for f in failed] == ["raise", "clear"]
+    commands = influxdb.query('SELECT * FROM "command"')
+    assert {(c["actor"], c["ok"], c["readback"]) for c in commands} >= {
+        ("rule:over_temperature@level2", True, 0), ("rule:over_temperature@level3", True, 0)}
