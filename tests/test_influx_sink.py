@@ -1,0 +1,213 @@
+"""InfluxSink end to end against a real influxd 1.x: delivery, gzip, bad lines, outages, the spool bound."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry
+
+from exporters.influx.lineprotocol import LineEncoder
+from exporters.influx.sink import InfluxConfig, InfluxConfigError, InfluxSink, _classify
+
+_encoder = LineEncoder("slot", ["cabinet"], ["seq", "v"])
+
+
+def _lines(start: int, count: int) -> list[str]:
+    return [_encoder.encode({"cabinet": "c1"}, {"seq": n, "v": n / 4}, 1_700_000_000_000_000_000 + n)
+            for n in range(start, start + count)]
+
+
+def _config(influxdb, tmp_path, **overrides) -> InfluxConfig:
+    values = dict(url=influxdb.url, database=influxdb.database, spool_dir=str(tmp_path / "spool"),
+                  batch_size=200, flush_interval_s=0.05, timeout_s=2.0, retry_initial_s=0.05, retry_max_s=0.2)
+    return InfluxConfig(**{**values, **overrides})
+
+
+def _metric(registry: CollectorRegistry, name: str, **labels) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+async def _until(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def _seqs(influxdb) -> list[int]:
+    return [row["seq"] for row in influxdb.query("SELECT seq FROM slot")]
+
+
+@pytest.mark.parametrize("use_gzip", [True, False])
+async def test_values_land_with_and_without_gzip(influxdb, tmp_path, use_gzip):
+    encodings = []
+
+    async def on_start(session, ctx, params):
+        encodings.append(params.headers.get("Content-Encoding"))
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(on_start)
+    registry = CollectorRegistry()
+    async with aiohttp.ClientSession(trace_configs=[trace]) as session:
+        async with InfluxSink(_config(influxdb, tmp_path, gzip=use_gzip), registry=registry, session=session) as sink:
+            for start in range(0, 1000, 100):
+                sink.submit(_lines(start, 100))
+            await _until(lambda: sink.stats.lines_written == 1000)
+            stats = sink.stats
+    assert _seqs(influxdb) == list(range(1000))
+    rows = influxdb.query("SELECT v, cabinet FROM slot WHERE seq = 7")
+    assert rows[0]["v"] == 1.75 and rows[0]["cabinet"] == "c1"
+    assert set(encodings) == {"gzip" if use_gzip else None}
+    assert stats.up and stats.buffered_lines == 0 and stats.write_lag_s is not None
+    assert _metric(registry, "cascade_influx_lines_written_total") == 1000
+    assert _metric(registry, "cascade_influx_write_batches_total", result="ok") >= 5
+    assert _metric(registry, "cascade_influx_write_duration_seconds_count") >= 5
+    assert _metric(registry, "cascade_influx_lines_spooled_total") == 0
+    assert _metric(registry, "cascade_influx_up") == 1
+
+
+async def test_final_flush_on_exit_delivers_everything(influxdb, tmp_path):
+    async with InfluxSink(_config(influxdb, tmp_path, flush_interval_s=30)) as sink:
+        sink.submit(_lines(0, 50))  # below batch_size and long interval: only the exit flush sends it
+    assert _seqs(influxdb) == list(range(50))
+
+
+async def test_bad_lines_are_counted_and_logged_once_good_lines_stored(influxdb, tmp_path, caplog):
+    registry = CollectorRegistry()
+    caplog.set_level(logging.ERROR, logger="exporters.influx.sink")
+    async with InfluxSink(_config(influxdb, tmp_path, batch_size=1000), registry=registry) as sink:
+        for start in (0, 10):
+            batch = _lines(start, 10)
+            batch[3:3] = ["not line protocol", "slot,cabinet=c1 seq= 5"]
+            sink.submit(batch)
+            await _until(lambda: sink.stats.lines_written == start + 10)
+        stats = sink.stats
+    assert _seqs(influxdb) == list(range(20))
+    assert stats.lines_rejected == 4 and stats.lines_written == 20 and stats.spool_lines == 0
+    assert _metric(registry, "cascade_influx_lines_rejected_total") == 4
+    assert _metric(registry, "cascade_influx_write_batches_total", result="rejected") == 2
+    rejected_logs = [r for r in caplog.records if "rejected" in r.getMessage()]
+    assert len(rejected_logs) == 1 and "unable to parse" in rejected_logs[0].getMessage()
+
+
+async def test_outage_spools_then_replays_everything_once_in_order(influxdb, tmp_path):
+    registry = CollectorRegistry()
+    async with InfluxSink(_config(influxdb, tmp_path), registry=registry) as sink:
+        sink.submit(_lines(0, 500))
+        await _until(lambda: sink.stats.lines_written == 500)
+        influxdb.stop()
+        for start in range(500, 3000, 250):
+            sink.submit(_lines(start, 250))
+            await asyncio.sleep(0.03)
+        await _until(lambda: sink.stats.spool_lines == 2500 and not sink.stats.up)
+        assert _metric(registry, "cascade_influx_up") == 0
+        assert _metric(registry, "cascade_influx_spool_lines") == 2500
+        influxdb.start()
+        sink.submit(_lines(3000, 100))  # newer data must wait for the spool
+        await _until(lambda: sink.stats.lines_written == 3100)
+        stats = sink.stats
+    assert _seqs(influxdb) == list(range(3100))
+    assert stats.lines_spooled == stats.lines_replayed >= 2500 and stats.lines_dropped == 0
+    assert stats.spool_lines == 0 and stats.up
+    assert _metric(registry, "cascade_influx_lines_written_total") == 3100
+    assert _metric(registry, "cascade_influx_lines_replayed_total") == stats.lines_replayed
+    assert _metric(registry, "cascade_influx_write_batches_total", result="error") >= 1
+
+
+async def test_spool_survives_a_restart_of_the_sink(influxdb, tmp_path):
+    influxdb.stop()
+    async with InfluxSink(_config(influxdb, tmp_path)) as sink:
+        sink.submit(_lines(0, 700))
+    assert sink.stats.spool_lines == 700 and sink.stats.lines_written == 0
+    influxdb.start()
+    async with InfluxSink(_config(influxdb, tmp_path)) as sink:
+        sink.submit(_lines(700, 10))
+        await _until(lambda: sink.stats.lines_written == 710)
+        assert sink.stats.lines_replayed == 700
+    assert _seqs(influxdb) == list(range(710))
+
+
+async def test_spool_bound_drops_oldest_lines_counted_exactly(influxdb, tmp_path):
+    influxdb.stop()
+    registry = CollectorRegistry()
+    config = _config(influxdb, tmp_path, spool_max_bytes=64 * 1024, batch_size=100, max_buffer_lines=100)
+    async with InfluxSink(config, registry=registry) as sink:
+        for start in range(0, 3000, 100):
+            sink.submit(_lines(start, 100))
+        await _until(lambda: sink.stats.buffered_lines == 0)
+        influxdb.start()
+        await _until(lambda: sink.stats.spool_lines == 0 and sink.stats.up)
+        stats = sink.stats
+    assert stats.lines_dropped > 0
+    assert stats.lines_written + stats.lines_dropped == 3000
+    assert stats.lines_spooled == stats.lines_replayed + stats.lines_dropped
+    assert _seqs(influxdb) == list(range(stats.lines_dropped, 3000))  # exactly the oldest went
+    assert _metric(registry, "cascade_influx_lines_dropped_total") == stats.lines_dropped
+
+
+async def test_v2_api_against_a_v1_server_spools_instead_of_losing(influxdb, tmp_path):
+    """Only influxd 1.6 is available (no /api/v2/write): the v2 path's failure handling is what we can test."""
+    config = _config(influxdb, tmp_path, api="v2", token="t", org="o", bucket="b", database="")
+    async with InfluxSink(config) as sink:
+        sink.submit(_lines(0, 300))
+        await _until(lambda: sink.stats.spool_lines == 300)
+        assert not sink.stats.up and sink.stats.lines_written == 0
+
+
+async def test_submit_is_non_blocking_and_bounded_while_down(influxdb, tmp_path):
+    influxdb.stop()
+    async with InfluxSink(_config(influxdb, tmp_path, batch_size=100, max_buffer_lines=300)) as sink:
+        started = time.perf_counter()
+        for start in range(0, 2000, 100):
+            sink.submit(_lines(start, 100))
+            assert sink.stats.buffered_lines <= 300
+        assert time.perf_counter() - started < 1.0
+    assert sink.stats.spool_lines == 2000 and sink.stats.lines_dropped == 0
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"url": "localhost:8086"}, "url"),
+    ({"api": "v3"}, "api"),
+    ({"database": ""}, "database"),
+    ({"api": "v2", "org": "o", "bucket": "b"}, "token"),
+    ({"username": "u"}, "password"),
+    ({"spool_dir": ""}, "spool_dir"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"max_buffer_lines": 10, "batch_size": 100}, "max_buffer_lines"),
+    ({"flush_interval_s": 0}, "flush_interval_s"),
+    ({"spool_max_bytes": 1000}, "spool_max_bytes"),
+    ({"precision": "ms"}, "precision"),
+])
+def test_config_errors_name_the_key(overrides, key):
+    values = {"url": "http://127.0.0.1:8086", "database": "cascade", "spool_dir": "/tmp/x", **overrides}
+    with pytest.raises(InfluxConfigError, match=rf"influx\.{key}:"):
+        InfluxConfig(**values).validate()
+
+
+def test_config_repr_hides_secrets():
+    text = repr(InfluxConfig(url="http://h", spool_dir="/s", database="d", username="u", password="pw", token="tk"))
+    assert "pw" not in text and "tk" not in text
+
+
+@pytest.mark.parametrize("status, body, lines, result, rejected", [
+    (204, "", 5, "ok", 0),
+    # the exact bodies influxd 1.6 sends:
+    (400, '{"error":"partial write: unable to parse \'bad\': missing fields\\nunable to parse \'b2\': '
+          'invalid number dropped=0"}', 5, "rejected", 2),
+    (400, '{"error":"partial write: field type conflict: input field \\"f\\" on measurement \\"m\\" is type '
+          'float, already exists as type string dropped=1"}', 5, "rejected", 1),
+    (400, '{"error":"field type conflict"}', 5, "rejected", 5),
+    (400, '{"error":"unable to parse \'bad\': missing fields\\nunable to parse \'bad2\': missing fields"}',
+     2, "rejected", 2),
+    (400, '{"error":"partial write of line protocol occurred","data":[{"line_number":2}]}', 5, "rejected", 1),
+    (404, '{"error":"database not found: \\"x\\""}', 5, "error", 0),
+    (401, "", 5, "error", 0),
+    (503, "", 5, "error", 0),
+])
+def test_response_classification(status, body, lines, result, rejected):
+    outcome = _classify(status, body, lines)
+    assert (outcome.result, outcome.rejected) == (result, rejected)
