@@ -122,7 +122,7 @@ class SinkStats:
     lines_spooled: int
     lines_replayed: int
     lines_dropped: int
-    last_write_at: float | None
+    last_write_time: float | None
     write_lag_s: float | None
 
 
@@ -155,7 +155,7 @@ class InfluxSink:
         self._up = True
         self._failures = 0
         self._retry_at = 0.0
-        self._last_write_at: float | None = None
+        self._last_write_time: float | None = None
         self._seen_errors: set[str] = set()
         self._counts = dict.fromkeys(("written", "rejected", "spooled", "replayed", "dropped"), 0)
         self._metrics = _Metrics(registry if registry is not None else CollectorRegistry(), self)
@@ -231,8 +231,8 @@ class InfluxSink:
             up=self._up, buffered_lines=len(self._buffer),
             spool_lines=spool.depth_lines if spool else 0, spool_bytes=spool.depth_bytes if spool else 0,
             lines_written=c["written"], lines_rejected=c["rejected"], lines_spooled=c["spooled"],
-            lines_replayed=c["replayed"], lines_dropped=c["dropped"], last_write_at=self._last_write_at,
-            write_lag_s=None if self._last_write_at is None else max(0.0, now - self._last_write_at))
+            lines_replayed=c["replayed"], lines_dropped=c["dropped"], last_write_time=self._last_write_time,
+            write_lag_s=None if self._last_write_time is None else max(0.0, now - self._last_write_time))
 
     # -- background task -----------------------------------------------------------------------
 
@@ -372,7 +372,7 @@ class InfluxSink:
             log.info("influx sink: %s is reachable again; replaying the spool", self.config.url)
         self._up = True
         self._failures = 0
-        self._last_write_at = self._clock()
+        self._last_write_time = self._clock()
 
     def _mark_down(self) -> None:
         self._up = False
