@@ -42,7 +42,9 @@ _FAULTS = {
     # cabinet-scope, level 3 with for: 0s
     "flame": ("cabinet_flame", None, "steps:\n  - {at: 0s, set: {flame_detected: true}}\n"),
     # slot-scope, level 3 with for: 0s and a slot_cutoff action
-    "short_circuit": ("bms_short_circuit", 2, "steps:\n  - {at: 0s, protect: {bms: [short_circuit]}}\n"),
+    # (a pack is docked first: an empty slot reports no BMS state)
+    "short_circuit": ("bms_short_circuit", 2, "steps:\n  - {at: 0s, insert: {chemistry: lfp, nominal_voltage_v: 48}}\n"
+                                              "  - {at: 0s, protect: {bms: [short_circuit]}}\n"),
 }
 
 
@@ -111,7 +113,6 @@ def _percentile(values: list[float], q: float) -> float:
 
 async def measure(repetitions: int, interval_s: float, fault: str, timeout_s: float, workdir: Path) -> dict[str, list[float]]:
     """Run the measurement; returns the phase durations (seconds) per repetition."""
-    from alerting.actions import ActionPolicy
     from alerting.engine import Engine
     from alerting.notify import render_alertmanager_config
     from alerting.rules import load_rules
@@ -170,8 +171,9 @@ async def measure(repetitions: int, interval_s: float, fault: str, timeout_s: fl
                 pipeline = Pipeline(config)
                 engine = Engine(load_rules().only([rule]), state=AlertStore())
                 pipeline.hooks.append(on_reading)
+                # Default policy: a short circuit's slot_cutoff runs too, as it would in production.
                 service = AlertService(pipeline, engine, alertmanager_url=f"http://127.0.0.1:{am_port}",
-                                       policy=ActionPolicy(perform=frozenset()), on_pushed=on_pushed)
+                                       on_pushed=on_pushed)
                 async with service, pipeline:
                     await asyncio.sleep(2 * interval_s)  # every cabinet polled once: steady state
                     for cab in fleet.cabinets:
