@@ -113,6 +113,9 @@ class AlertService:
             # them out meanwhile, so tell it again what is firing.
             for alert in self.store.active():
                 self._fire(alert.key, alert.labels, alert.annotations, alert.raised_at)
+        for alert in self.store.active():
+            if alert.protective_action is not None:
+                self._done[alert.key] = alert.level  # acted on before the restart: not repeated
         self._running = True
         self._retry_task = asyncio.create_task(self._retry_loop(), name="protective-action-retry")
         self.pipeline.hooks.append(self.handle_reading)

@@ -335,3 +335,30 @@ async def test_protective_action_cuts_slot_off_and_is_audited(tmp_path, simulato
     commands = influxdb.query('SELECT * FROM "command"')
     assert {(c["actor"], c["ok"], c["readback"]) for c in commands} >= {
         ("rule:over_temperature@level2", True, 0), ("rule:over_temperature@level3", True, 0)}
+
+
+async def test_start_app_wires_engine_service_and_routes(tmp_path):
+    config = make_config(tmp_path, [CabinetConfig(id=CAB, host="127.0.0.1", port=free_port(), site=SITE,
+                                                  interval_s=3600, timeout_s=0.5)])
+    config.alerting = {"state_file": str(tmp_path / "alerts.json"), "audit_file": str(tmp_path / "audit.jsonl"),
+                       "alertmanager_url": None, "actions": {"perform": [], "retry_s": 5}}
+    from cascade.app import start_app
+
+    async with start_app(config) as pipeline, aiohttp.ClientSession() as http:
+        service = pipeline.alerts
+        assert service.handle_reading in pipeline.hooks and service.pusher is None
+        assert service.actions.policy.perform == frozenset() and service.actions.policy.retry_s == 5
+        over_voltage = CabinetReading(cabinet_id=CAB, site=SITE, model="reference-cabinet",
+                                      timestamp_ns=time.time_ns(), slots=[SlotReading(slot=SLOT, voltage_v=61.0)])
+        await service.handle_reading(over_voltage)  # pack_overvoltage level 2 has no `for`: at once
+        async with http.get(f"http://127.0.0.1:{pipeline.metrics_port}/api/alerts") as resp:
+            assert resp.status == 200
+            alerts = (await resp.json())["alerts"]
+        assert [(a["key"], a["level"]) for a in alerts] == [(f"pack_overvoltage@{SITE}/{CAB}/{SLOT}", 2)]
+        assert service.actions.recent[-1].result == "skipped"  # perform: [] = observe only
+    assert not pipeline.hooks, "the hook is removed on exit"
+    assert json.loads((tmp_path / "alerts.json").read_text())["alerts"], "alert state persisted"
+
+    config.alerting = {"enabled": False}
+    async with start_app(config) as pipeline:
+        assert not pipeline.hooks
