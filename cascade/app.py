@@ -25,7 +25,7 @@ from alerting.state import AlertStore
 from cascade.config import AppConfig, ConfigError
 from cascade.pipeline import Pipeline
 
-__all__ = ["ALERTING_DEFAULTS", "alerting_settings", "start_app"]
+__all__ = ["ALERTING_DEFAULTS", "alerting_settings", "build_engine", "start_app"]
 
 ALERTING_DEFAULTS: dict[str, Any] = {
     "enabled": True,

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from prometheus_client import CollectorRegistry
 
 from alerting import cli as alerts_cli
 from alerting.actions import ActionPolicy, ActionRunner, Command, ForbiddenCommand, check_command
