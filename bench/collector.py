@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -97,7 +98,9 @@ async def run_collector_bench(fleet: list[dict], *, interval_s: float, duration_
     profiles: dict[str, object] = {}
     devices = []
     for entry in fleet:
-        profile = profiles.setdefault(entry["profile"], find_profile(entry["profile"]))
+        if entry["profile"] not in profiles:
+            profiles[entry["profile"]] = find_profile(entry["profile"])
+        profile = profiles[entry["profile"]]
         config = CabinetConfig(id=entry["id"], host=entry["host"], port=entry["port"],
                                device_id=entry.get("device_id", 1), site=entry.get("site", "bench"),
                                profile=entry["profile"], slots=slots, interval_s=interval_s, timeout_s=5.0)
@@ -124,7 +127,8 @@ async def run_collector_bench(fleet: list[dict], *, interval_s: float, duration_
         wall0, cpu0 = time.monotonic(), time.process_time()
         await asyncio.sleep(duration_s - warmup)
         wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
-    delta = {k: counts[k] - start_counts[k] for k in counts}
+        # Snapshot before shutdown: requests cut off by stopping are not failures of the fleet.
+        delta = {k: counts[k] - start_counts[k] for k in counts}
     profile = next(iter(profiles.values()))
     return {
         "cabinets": len(devices), "slots": slots, "interval_s": interval_s, "measured_s": wall,
@@ -161,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="simulator processes")
     parser.add_argument("--profile", default="reference-cabinet")
     args = parser.parse_args(argv)
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     duration = min(max(args.duration, 5.0), 600.0)
     with tempfile.TemporaryDirectory(prefix="cascade-bench-") as tmp:
         procs, fleet = _start_simulators(args.cabinets, args.slots, args.per_port, args.workers, Path(tmp),

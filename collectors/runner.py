@@ -91,12 +91,18 @@ class PollRunner(Generic[T]):
         for device in self._devices:
             self._tasks.append(asyncio.create_task(self._run(device), name=f"poll:{device.name}"))
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = 5.0) -> None:
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Close connections too: a client library that swallows cancellation while waiting for an
+        # answer is released by its transport closing. Bounded, so shutdown cannot hang.
+        await asyncio.wait_for(asyncio.gather(*(d.close() for d in self._devices), return_exceptions=True),
+                               grace_s)
+        if self._tasks:
+            _done, pending = await asyncio.wait(self._tasks, timeout=grace_s)
+            if pending:
+                log.warning("%d poll tasks did not stop within %.0f s", len(pending), grace_s)
         self._tasks.clear()
-        await asyncio.gather(*(d.close() for d in self._devices), return_exceptions=True)
 
     def _set_online(self, device: Any, up: bool, cause: str = "") -> None:
         before = self.online.get(device.name)

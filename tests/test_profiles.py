@@ -145,3 +145,18 @@ def test_register_map_docs_are_generated_from_the_profiles(name: str, doc: str) 
     committed = (Path(__file__).parents[1] / "docs" / doc).read_text(encoding="utf-8")
     assert committed == render_register_map(find_profile(name)), \
         f"docs/{doc} is stale: run python -m collectors.modbus.mapdoc {name} > docs/{doc}"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(_SPECS), st.lists(st.integers(0, 0xFFFF), min_size=70, max_size=70),
+       st.integers(0, 5))
+def test_compiled_decoder_agrees_with_decode_value(spec: FieldSpec, words: list[int], index: int) -> None:
+    from collectors.modbus.codec import compile_decoder
+    decoder = compile_decoder(spec)
+    try:
+        expected = decode_value(spec, words[index : index + spec.words])
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            decoder(words, index)
+        return
+    assert decoder(words, index) == expected

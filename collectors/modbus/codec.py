@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .profile import FieldSpec
 
-__all__ = ["DecodeError", "WORDS", "decode_value", "encode_value"]
+__all__ = ["DecodeError", "WORDS", "compile_decoder", "decode_value", "encode_value"]
 
 #: Registers (16-bit words) each numeric data type occupies.
 WORDS = {"u16": 1, "i16": 1, "u32": 2, "i32": 2, "f32": 2, "bool": 1}
@@ -76,6 +76,42 @@ def decode_value(spec: "FieldSpec", words: Sequence[int]) -> float | int | bool 
         # Round away binary noise from the scale (0.1 * 521 = 52.1000000001).
         value = round(value, spec.decimals)
     return value
+
+
+def compile_decoder(spec: "FieldSpec") -> Callable[[Sequence[int], int], float | int | bool | str | None]:
+    """A decoder for one field, built once at start-up: ``decoder(words, index)`` decodes the
+    field's words starting at ``index`` of a read's response, exactly as :func:`decode_value` would.
+
+    The common 16-bit cases avoid ``struct`` and slicing; everything else falls back to
+    :func:`decode_value`, so there is one definition of the semantics.
+    """
+    kind = spec.data_type
+    if kind == "bool":
+        return lambda words, i: bool(words[i])
+    if kind not in ("u16", "i16") or spec.offset_value:
+        width = spec.words
+
+        def general(words: Sequence[int], i: int) -> float | int | bool | str | None:
+            return decode_value(spec, words[i : i + width])
+        return general
+    signed = kind == "i16"
+    missing = spec.missing_words[0] if spec.missing_words else -1
+    scale = spec.scale
+    lo, hi = spec.valid if spec.valid is not None else (-math.inf, math.inf)
+    decimals = spec.decimals
+    field, unit = spec.field, spec.unit
+
+    def word16(words: Sequence[int], i: int) -> float | int | None:
+        raw = words[i]
+        if raw == missing:
+            return None
+        if signed and raw & 0x8000:
+            raw -= 0x10000
+        value = round(raw * scale, decimals) if scale != 1 else raw
+        if not lo <= value <= hi:
+            raise DecodeError(f"{field}: {value:g} {unit} outside the valid range {lo:g}..{hi:g}")
+        return value
+    return word16
 
 
 def encode_value(spec: "FieldSpec", value: float | int | bool | str | None) -> list[int]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from cascade.model import FIELD_KINDS, CabinetReading, SlotReading
 
-from .codec import DecodeError, decode_value
+from .codec import DecodeError
 from .planner import ReadRequest
 
 __all__ = ["FieldError", "decode_poll"]
@@ -55,7 +55,7 @@ def decode_poll(plan: Sequence[ReadRequest], responses: Sequence[Sequence[int] |
             spec = item.spec
             target = cabinet if item.slot is None else slots[item.slot - 1]
             try:
-                value = decode_value(spec, words[item.index : item.index + spec.words])
+                value = item.decode(words, item.index)
                 kind = FIELD_KINDS[spec.field]
                 if value is not None and type(value) is not kind:
                     value = _coerce(kind, value)

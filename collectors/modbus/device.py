@@ -200,5 +200,5 @@ class ModbusCabinet:
         return result
 
     async def close(self) -> None:
-        async with self._lock:
-            self._drop()
+        # No lock: closing the transport is what unblocks a request stuck in flight.
+        self._drop()

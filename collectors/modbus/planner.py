@@ -13,8 +13,10 @@ for registers they do not map, so gap fill is a per-cabinet setting.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
+from .codec import compile_decoder
 from .profile import REGISTER_TYPES, FieldSpec, Profile
 
 __all__ = ["FieldSlice", "ReadRequest", "MAX_BITS", "MAX_REGISTERS", "minimum_reads", "plan_reads"]
@@ -30,6 +32,11 @@ class FieldSlice:
     slot: int | None
     spec: FieldSpec
     index: int  # position of the field's first word in the response
+    decode: Callable[[Sequence[int], int], object] = field(compare=False, repr=False, default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.decode is None:
+            object.__setattr__(self, "decode", compile_decoder(self.spec))
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,16 +80,18 @@ def plan_reads(profile: Profile, slot_count: int | None = None, *, max_gap: int 
     for register_type, extents in _field_extents(profile, slot_count).items():
         limit = _limit(register_type, max_registers)
         group: list[tuple[int, int, int | None, FieldSpec]] = []
+        end = 0
         for extent in extents:
             if group:
-                start, end = group[0][0], max(e[1] for e in group)
-                if extent[0] - end <= max_gap and extent[1] - start <= limit:
+                if extent[0] - end <= max_gap and extent[1] - group[0][0] <= limit:
                     group.append(extent)
+                    end = max(end, extent[1])
                     continue
                 plan.append(_request(register_type, group))
             if extent[1] - extent[0] > limit:
                 raise ValueError(f"{extent[3].field} is {extent[1] - extent[0]} registers, over the {limit} limit")
             group = [extent]
+            end = extent[1]
         if group:
             plan.append(_request(register_type, group))
     return plan
