@@ -26,7 +26,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from cascade.model import CabinetReading
+from cascade.model import BatteryState, CabinetReading, SlotReading
 from alerting.rules import Input, Rule, RuleError, RuleSet
 from alerting.state import SEVERITY, AlertStore, Target, Transition
 
@@ -305,6 +305,8 @@ class Engine:
         extractors, compiled = prog.scopes["slot"]
         if compiled:
             for slot in reading.slots:
+                if slot.battery_state == BatteryState.EMPTY:
+                    slot = _compartment_only(slot)
                 sid = slot.slot
                 ts = self._target(site, cab, sid)
                 battery = slot.battery_id
@@ -322,7 +324,7 @@ class Engine:
             self.state.apply(out)
         return out
 
-    def _target(self, site: str, cab: str, slot: int | None) -> _TargetState:
+    def _target(self, site: str, cab: str, slot: int | None) -> _TargetState:  # noqa: D401
         key = (site, cab, slot)
         ts = self._targets.get(key)
         if ts is None:
@@ -512,3 +514,16 @@ def _append_jsonl(path: Path, entry: dict[str, Any]) -> None:
         f.write(json.dumps(entry, ensure_ascii=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+#: Sensors of the compartment itself, meaningful with or without a pack in the slot (P-5.2.2.2):
+#: gas, vapour and pressure can linger after a venting pack was pulled out.
+COMPARTMENT_FIELDS = ("surface_temperature_c", "h2_ppm", "voc_ppm", "module_pressure_kpa",
+                      "valve_acoustic_events", "charger_protection", "output_enabled")
+
+
+def _compartment_only(slot: SlotReading) -> SlotReading:
+    """An empty slot reports zeros for pack values it cannot measure. Treat them as missing, so
+    they neither raise (a 0 V "pack" is not under-voltage) nor clear an alert raised on the pack."""
+    return SlotReading(slot=slot.slot, battery_state=BatteryState.EMPTY,
+                       **{name: getattr(slot, name) for name in COMPARTMENT_FIELDS})

@@ -205,3 +205,20 @@ def test_evaluate_never_raises_on_arbitrary_slot_values(slot_values, steps):
         engine.evaluate(cab(SlotReading(1, **values), SlotReading(2, **values),
                             cabinet_temperature_c=values.get("temperature_c")))
         clock.now += step
+
+
+def test_empty_slot_zeros_neither_raise_nor_clear_but_compartment_sensors_count():
+    from cascade.model import BatteryState
+    clock = [T0]
+    engine = Engine(load_rules(), clock=lambda: clock[0])
+    empty = SlotReading(slot=1, battery_state=int(BatteryState.EMPTY), voltage_v=0.0, nominal_voltage_v=0.0,
+                        cell_voltage_min_v=0.0, insulation_resistance_kohm=0.0, soc_pct=0.0, h2_ppm=0.0)
+    for _ in range(5):
+        clock[0] += 30
+        assert engine.evaluate(CabinetReading("c1", "s1", "m1", 0, slots=[empty])) == []
+    venting = SlotReading(slot=1, battery_state=int(BatteryState.EMPTY), h2_ppm=400.0)
+    raised = []
+    for _ in range(10):
+        clock[0] += 30
+        raised += engine.evaluate(CabinetReading("c1", "s1", "m1", 0, slots=[venting]))
+    assert any(t.rule == "h2_gas" and t.to_level >= 2 for t in raised)

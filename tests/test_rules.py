@@ -55,8 +55,9 @@ def test_d541_and_v510_thresholds():
     assert low[2].threshold == 0 and low[3].threshold == -10 and low[3].compare == "<="
     li, _ = CATALOGUE["pack_undervoltage"].resolve("any", int(Chemistry.NMC))
     na, _ = CATALOGUE["pack_undervoltage"].resolve("any", int(Chemistry.NA_ION))
-    assert {lv.level: lv.threshold for lv in li}[2] == 38.4
-    assert {lv.level: lv.threshold for lv in na}[2] == 30.0
+    # V-5.10 for a 48 V-class pack, expressed relative to nominal voltage
+    assert {lv.level: lv.threshold for lv in li}[2] * 48 == pytest.approx(38.4)
+    assert {lv.level: lv.threshold for lv in na}[2] * 48 == pytest.approx(30.0)
 
 
 # --- every catalogue rule fires at each of its levels and clears with hysteresis ---------
@@ -155,8 +156,8 @@ def test_chemistry_overrides_change_thresholds():
     engine = Engine([rule], clock=lambda: clock[0])
     def at(v, chem, slot):
         return CabinetReading("c1", "s1", "m1", 0, slots=[SlotReading(slot=slot, cell_voltage_max_v=v, chemistry=chem)])
-    lfp = engine.evaluate(at(3.72, int(Chemistry.LFP), 1))
-    nmc = engine.evaluate(at(3.72, int(Chemistry.NMC), 2))
+    lfp = engine.evaluate(at(3.76, int(Chemistry.LFP), 1))
+    nmc = engine.evaluate(at(3.76, int(Chemistry.NMC), 2))
     assert [(t.target.slot, t.to_level) for t in lfp] == [(1, 2)]
     assert nmc == []
 
