@@ -10,7 +10,8 @@ import sys
 
 __all__ = ["main"]
 
-_SUITES = {"collector": "bench.collector", "lineprotocol": "bench.lineprotocol", "warnings": "bench.warnings"}
+_SUITES = {"collector": "bench.collector", "lineprotocol": "bench.lineprotocol", "warnings": "bench.warnings",
+           "latency": "bench.latency"}
 
 
 def main(argv: list[str] | None = None) -> int:

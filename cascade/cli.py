@@ -4,6 +4,7 @@
     cascade simulate --cabinets 20              a simulated fleet of Modbus cabinets
     cascade scenario simulators/scenarios/thermal_runaway.yaml   inject a fault into it
     cascade check-config --config FILE          validate a configuration and its profiles
+    cascade alerts list                         active warnings on a running collector
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     except (ConfigError, ProfileError) as err:
         print(f"cascade: configuration error: {err}", file=sys.stderr)
         return 2
+    from cascade.app import alerting_settings
+    try:
+        alerting_settings(config)
+    except ConfigError as err:
+        print(f"cascade: configuration error: {err}", file=sys.stderr)
+        return 2
     print(f"{args.config}: OK — {len(config.cabinets)} cabinets, {len(config.profiles)} profiles")
     for name, profile in config.profiles.items():
         plan = plan_reads(profile)
@@ -104,6 +111,11 @@ def _cmd_notify(args: argparse.Namespace) -> int:
         print(f"cascade: notifier configuration error: {err}", file=sys.stderr)
         return 2
     return _run_async(serve(args.config, args.host, args.port))
+
+
+def _cmd_alerts(args: argparse.Namespace) -> int:
+    from alerting.cli import main as alerts_main
+    return alerts_main(args)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -149,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, add_help=False, description=help_text)
         p.add_argument("argv", nargs=argparse.REMAINDER)
         p.set_defaults(func=func)
+
+    alerts = sub.add_parser("alerts", help="list, acknowledge and tune warnings on a running collector",
+                            description="Talk to a running `cascade run` over its HTTP API: list active "
+                                        "alerts, acknowledge one, show the roll-up, change a threshold "
+                                        "(audited), list protective actions.")
+    from alerting.cli import add_arguments as add_alert_arguments
+    add_alert_arguments(alerts)
+    alerts.set_defaults(func=_cmd_alerts)
 
     notify = sub.add_parser("notify", help="run the notifier (Alertmanager webhook → app, SMS, call, e-mail)")
     notify.add_argument("--config", required=True, metavar="FILE")

@@ -44,6 +44,15 @@ class AppConfig:
     alerting: dict[str, Any] = field(default_factory=dict)
 
 
+_PATH_KEYS = {"state_file", "audit_file", "rules"}
+
+
+def _relative_to(source: Path, value: str) -> Path:
+    """Paths in a config file are relative to that file, not to wherever the command runs."""
+    path = Path(value)
+    return path if path.is_absolute() else source.parent / path
+
+
 def _read_yaml(path: Path, key: str = "(file)") -> Any:
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -132,6 +141,8 @@ def load_config(path: str | Path) -> AppConfig:
 
     influx_doc = doc.get("influxdb")
     influx = None
+    if isinstance(influx_doc, dict) and isinstance(influx_doc.get("spool_dir"), str):
+        influx_doc = {**influx_doc, "spool_dir": str(_relative_to(source, influx_doc["spool_dir"]))}
     if influx_doc is not None:
         influx = _build(InfluxConfig, influx_doc, source, "influxdb", "see docs/influxdb-sink.md")
         try:
@@ -157,6 +168,8 @@ def load_config(path: str | Path) -> AppConfig:
     alerting = doc.get("alerting") or {}
     if not isinstance(alerting, dict):
         raise ConfigError(source, "alerting", "expected a mapping", "see docs/warnings.md")
+    alerting = {key: str(_relative_to(source, value)) if key in _PATH_KEYS and isinstance(value, str) else value
+                for key, value in alerting.items()}
     return AppConfig(source=str(source), cabinets=cabinets, profiles=profiles, influxdb=influx,
                      metrics_host=str(metrics.get("host", "127.0.0.1")), metrics_port=port, jitter=float(jitter),
                      backoff_cap_s=float(poll.get("backoff_cap_s", 60.0)),

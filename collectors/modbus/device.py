@@ -195,8 +195,9 @@ class ModbusCabinet:
         except (PollFailed, KeyError, ValueError) as err:
             result.error = str(err)
         result.completed_at = self._wall_clock()
-        log.warning("command %s cabinet=%s slot=%s value=%s by %s: %s%s", name, self.config.id, slot, value, actor,
-                    "ok" if result.ok else "FAILED", f" ({result.error})" if result.error else "")
+        log.log(logging.INFO if result.ok else logging.ERROR, "command %s cabinet=%s slot=%s value=%s by %s: %s%s",
+                name, self.config.id, slot, value, actor, "ok" if result.ok else "FAILED",
+                f" ({result.error})" if result.error else "")
         return result
 
     async def close(self) -> None:
