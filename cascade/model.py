@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -91,6 +92,7 @@ class EmergencyState(enum.IntFlag):
     SUPPRESSION_MANUAL = 1 << 2
 
 
+@functools.lru_cache(maxsize=4096)
 def describe_flags(flag_type: type[enum.IntFlag], value: int | None) -> str:
     """Render a protection bitmask as comma-separated names; unknown bits as ``bitN``."""
     if not value:

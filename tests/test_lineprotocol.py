@@ -73,7 +73,7 @@ _keys = st.text(st.one_of(st.sampled_from(",= %.0"), st.characters(codec="ascii"
                 min_size=1, max_size=6).filter(lambda k: k != "time")
 _fast_values = st.one_of(st.none(), st.floats(), st.integers(-(2**64), 2**64), st.booleans(),
                          st.sampled_from([0.0, -0.0, 1.0, -1.0, 3.5, 1e16, 1e-7, 1e308, -1e308, 2**63]),
-                         st.text(max_size=3))
+                         st.text(max_size=3), st.sampled_from(['a"b', "c\\", "x\ny", "r\r", "LF48-0001", ""]))
 
 
 @settings(max_examples=400, deadline=None)

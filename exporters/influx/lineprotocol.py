@@ -67,7 +67,7 @@ class LineEncoder:
 
     Names are validated and escaped once here; each distinct tag-value combination is escaped once
     (cached); the fields are formatted by a ``%`` template compiled per combination of value types.
-    Any point the fast path does not cover (missing/extra keys, strings, NaN, huge ints...) goes
+    Any point the fast path does not cover (missing/extra keys, bad strings, NaN, huge ints...) goes
     through :func:`encode_line`, so the output is always identical to it.
     """
 
@@ -125,7 +125,7 @@ class _Plan:
     format: Python-level loops per field would cost more than the formatting itself.
     """
 
-    __slots__ = ("_parts", "_floats", "_ints", "_bools", "_order", "_templates")
+    __slots__ = ("_parts", "_floats", "_ints", "_strs", "_bools", "_order", "_templates")
 
     _TEMPLATE_LIMIT = 256
 
@@ -133,11 +133,13 @@ class _Plan:
         self._parts = [(prefixes[i].replace("%", "%%"), signature[i]) for i in kept]
         floats = [i for i in kept if signature[i] is float]
         ints = [i for i in kept if signature[i] is int]
+        strs = [i for i in kept if signature[i] is str]
         self._floats = _picker(floats)
         self._ints = _picker(ints)
+        self._strs = _picker(strs)
         self._bools = _picker([i for i in kept if signature[i] is bool]) or (lambda values: ())
-        # Arguments arrive as (float texts..., ints...); put them back in field order.
-        slot = {field: n for n, field in enumerate(floats + ints)}
+        # Arguments arrive as (float texts..., ints..., string texts...); put them back in field order.
+        slot = {field: n for n, field in enumerate(floats + ints + strs)}
         self._order = _picker([slot[i] for i in kept if signature[i] is not bool]) or (lambda values: ())
         # Bool values are baked into the template, one template per combination seen.
         self._templates: dict[tuple[bool, ...], str] = {}
@@ -160,6 +162,15 @@ class _Plan:
             if min(ints) < _INT_MIN or max(ints) > _INT_MAX:
                 return None
             texts += ints
+        if self._strs is not None:
+            strs = self._strs(values)
+            quoted = list(map(_string_texts.get, strs))
+            if None in quoted:
+                try:
+                    quoted = [text if text is not None else _string_text(value) for text, value in zip(quoted, strs)]
+                except LineProtocolError:
+                    return None  # the slow path raises the error with the field's name
+            texts += tuple(quoted)
         bools = self._bools(values)
         try:
             template = self._templates[bools]
@@ -174,7 +185,7 @@ class _Plan:
             if kind is bool:
                 parts.append(prefix + ("true" if next(given) else "false"))
             else:
-                parts.append(prefix + ("%s" if kind is float else "%di"))
+                parts.append(prefix + ("%di" if kind is int else "%s"))
         if len(self._templates) >= self._TEMPLATE_LIMIT:
             self._templates.clear()
         self._templates[bools] = template = ",".join(parts)
@@ -199,10 +210,23 @@ def _float_text(value: float) -> str:
     return text
 
 
+# String fields (battery ids, makers, protection texts) also repeat poll after poll.
+_STRING_TEXT_LIMIT = 65536
+_string_texts: dict[str, str] = {}
+
+
+def _string_text(value: str) -> str:
+    text = '"' + _escape_string(value, "") + '"'
+    if len(_string_texts) >= _STRING_TEXT_LIMIT:
+        _string_texts.clear()
+    _string_texts[value] = text
+    return text
+
+
 def _compile_plan(prefixes: list[str], signature: tuple[type, ...]) -> _Plan | None:
     kept = [i for i, kind in enumerate(signature) if kind is not type(None)]
-    if not kept or any(signature[i] not in (float, int, bool) for i in kept):
-        return None  # all None (an error) or strings/other types: encode_line handles those
+    if not kept or any(signature[i] not in (float, int, bool, str) for i in kept):
+        return None  # all None (an error) or other types: encode_line handles (and reports) those
     return _Plan(prefixes, signature, kept)
 
 

@@ -12,7 +12,7 @@ import dataclasses
 from cascade.model import BmsProtection, CabinetReading, ChargerProtection, EmergencyState, SlotReading, \
     describe_flags
 
-from .lineprotocol import LineProtocolError, encode_line
+from .lineprotocol import LineEncoder, LineProtocolError, encode_line
 
 __all__ = ["CABINET_MEASUREMENT", "COMMAND_MEASUREMENT", "SLOT_MEASUREMENT", "command_to_line",
            "reading_to_lines"]
@@ -26,6 +26,13 @@ _CABINET_FIELDS = tuple(f.name for f in dataclasses.fields(CabinetReading)
 _SLOT_FIELDS = tuple(f.name for f in dataclasses.fields(SlotReading) if f.name != "slot")
 
 
+_CABINET_ENCODER = LineEncoder(CABINET_MEASUREMENT, ("site", "cabinet", "model"),
+                               (*_CABINET_FIELDS, "emergency_state_text"))
+_SLOT_ENCODER = LineEncoder(SLOT_MEASUREMENT, ("site", "cabinet", "slot"),
+                            (*_SLOT_FIELDS, "charger_protection_text", "bms_protection_text"))
+_SLOT_NAMES = tuple(str(n) for n in range(257))
+
+
 def reading_to_lines(reading: CabinetReading) -> list[str]:
     """One ``cabinet`` point and one ``slot`` point per slot, all at the poll's timestamp.
 
@@ -35,23 +42,25 @@ def reading_to_lines(reading: CabinetReading) -> list[str]:
     ts = reading.timestamp_ns
     site, cabinet = reading.site, reading.cabinet_id
     lines: list[str] = []
+    # Every key is always present (None = not carried) so the precompiled encoder's fast path applies.
     fields = {name: getattr(reading, name) for name in _CABINET_FIELDS}
-    if reading.emergency_state is not None:
-        fields["emergency_state_text"] = describe_flags(EmergencyState, reading.emergency_state)
+    fields["emergency_state_text"] = (None if reading.emergency_state is None
+                                      else describe_flags(EmergencyState, reading.emergency_state))
     try:
-        lines.append(encode_line(CABINET_MEASUREMENT, {"site": site, "cabinet": cabinet, "model": reading.model},
-                                 fields, ts))
+        lines.append(_CABINET_ENCODER.encode({"site": site, "cabinet": cabinet, "model": reading.model}, fields, ts))
     except LineProtocolError:
         pass
     for slot in reading.slots:
         fields = {name: getattr(slot, name) for name in _SLOT_FIELDS}
-        if slot.charger_protection is not None:
-            fields["charger_protection_text"] = describe_flags(ChargerProtection, slot.charger_protection)
-        if slot.bms_protection is not None:
-            fields["bms_protection_text"] = describe_flags(BmsProtection, slot.bms_protection)
+        fields["charger_protection_text"] = (None if slot.charger_protection is None
+                                             else describe_flags(ChargerProtection, slot.charger_protection))
+        fields["bms_protection_text"] = (None if slot.bms_protection is None
+                                         else describe_flags(BmsProtection, slot.bms_protection))
+        number = slot.slot
         try:
-            lines.append(encode_line(SLOT_MEASUREMENT, {"site": site, "cabinet": cabinet, "slot": str(slot.slot)},
-                                     fields, ts))
+            lines.append(_SLOT_ENCODER.encode(
+                {"site": site, "cabinet": cabinet,
+                 "slot": _SLOT_NAMES[number] if 0 <= number < len(_SLOT_NAMES) else str(number)}, fields, ts))
         except LineProtocolError:
             pass
     return lines
