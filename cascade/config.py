@@ -7,6 +7,9 @@ example and ``docs/configuration.md`` for every key.
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,9 +56,32 @@ def _relative_to(source: Path, value: str) -> Path:
     return path if path.is_absolute() else source.parent / path
 
 
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(value: Any, source: Path, key: str, env: Mapping[str, str]) -> Any:
+    """Replace ``${NAME}`` / ``${NAME:-default}`` in every string, so secrets stay out of the file."""
+    if isinstance(value, dict):
+        return {k: _expand_env(v, source, f"{key}.{k}" if key else str(k), env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, source, f"{key}[{i}]", env) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(source, key, f"environment variable {name} is not set",
+                          f"export {name}, or write ${{{name}:-default}}")
+    return _ENV_REF.sub(substitute, value)
+
+
 def _read_yaml(path: Path, key: str = "(file)") -> Any:
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return _expand_env(yaml.safe_load(path.read_text(encoding="utf-8")), path, "", os.environ)
     except OSError as err:
         raise ConfigError(path, key, f"cannot read {path}: {err.strerror}", "check the path") from err
     except yaml.YAMLError as err:
