@@ -1,0 +1,195 @@
+"""Building blocks for Grafana dashboard JSON: datasource references, targets, panels, variables.
+
+Plain dicts, no Grafana SDK: the JSON model is small and stable, and the generator must run
+without extra dependencies. Every panel and target refers to a provisioned datasource by uid
+(provisioning/grafana/datasources/datasources.yml).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ALERTMANAGER", "INFLUX", "PROMETHEUS", "annotation", "bargauge", "dashboard", "influx", "influx_variable",
+    "prom", "stat", "table", "textbox_variable", "timeseries",
+]
+
+INFLUX = {"type": "influxdb", "uid": "cascade-influx"}
+PROMETHEUS = {"type": "prometheus", "uid": "cascade-prometheus"}
+ALERTMANAGER = {"type": "alertmanager", "uid": "cascade-alertmanager"}
+
+Panel = dict[str, Any]
+
+# Alert levels as the warning engine uses them (docs/warnings.md): 1 notice, 2 warning, 3 critical.
+LEVEL_STEPS = [{"color": "green", "value": None}, {"color": "yellow", "value": 1},
+               {"color": "orange", "value": 2}, {"color": "red", "value": 3}]
+LEVEL_MAPPINGS = [{"type": "value", "options": {
+    "0": {"text": "cleared", "color": "green", "index": 0},
+    "1": {"text": "1 notice", "color": "yellow", "index": 1},
+    "2": {"text": "2 warning", "color": "orange", "index": 2},
+    "3": {"text": "3 critical", "color": "red", "index": 3}}}]
+DETECTED_MAPPINGS = [{"type": "value", "options": {
+    "0": {"text": "clear", "color": "green", "index": 0},
+    "1": {"text": "DETECTED", "color": "red", "index": 1}}}]
+
+
+# -- targets -------------------------------------------------------------------------------------
+
+def influx(query: str, *, ref: str = "A", alias: str = "", table_format: bool = False) -> dict[str, Any]:
+    """A raw InfluxQL target; ``alias`` may use ``$tag_<key>`` and ``$col``."""
+    target: dict[str, Any] = {"datasource": INFLUX, "query": query, "rawQuery": True, "refId": ref,
+                              "resultFormat": "table" if table_format else "time_series"}
+    if alias:
+        target["alias"] = alias
+    return target
+
+
+def prom(expr: str, *, ref: str = "A", legend: str = "", instant: bool = False,
+         table_format: bool = False) -> dict[str, Any]:
+    """A PromQL target; instant for stats and tables, range for graphs."""
+    return {"datasource": PROMETHEUS, "expr": expr, "refId": ref, "legendFormat": legend or "__auto",
+            "instant": instant, "range": not instant, "format": "table" if table_format else "time_series",
+            "editorMode": "code"}
+
+
+# -- panels --------------------------------------------------------------------------------------
+
+def _panel(kind: str, title: str, description: str, targets: list[dict[str, Any]], *, unit: str = "",
+           w: int = 12, h: int = 8, defaults: dict[str, Any] | None = None,
+           options: dict[str, Any] | None = None, overrides: list[dict[str, Any]] | None = None,
+           transformations: list[dict[str, Any]] | None = None) -> Panel:
+    datasource = targets[0]["datasource"]
+    if any(t["datasource"] != datasource for t in targets):
+        raise ValueError(f"panel {title!r}: all targets must use the same datasource")
+    field_defaults: dict[str, Any] = dict(defaults or {})
+    if unit:
+        field_defaults["unit"] = unit
+    panel: Panel = {"type": kind, "title": title, "description": description, "datasource": datasource,
+                    "targets": targets, "fieldConfig": {"defaults": field_defaults, "overrides": overrides or []},
+                    "options": options or {}, "gridPos": {"w": w, "h": h, "x": 0, "y": 0}}
+    if transformations:
+        panel["transformations"] = transformations
+    return panel
+
+
+def timeseries(title: str, description: str, targets: list[dict[str, Any]], *, unit: str = "", w: int = 12,
+               h: int = 8, stack: bool = False, bars: bool = False, thresholds: list[dict[str, Any]] | None = None,
+               overrides: list[dict[str, Any]] | None = None) -> Panel:
+    custom: dict[str, Any] = {"drawStyle": "bars" if bars else "line", "lineWidth": 1, "fillOpacity": 10,
+                              "spanNulls": False, "showPoints": "never"}
+    if stack:
+        custom["stacking"] = {"mode": "normal", "group": "A"}
+    defaults: dict[str, Any] = {"custom": custom}
+    if thresholds:
+        defaults["thresholds"] = {"mode": "absolute", "steps": thresholds}
+        custom["thresholdsStyle"] = {"mode": "line"}
+    return _panel("timeseries", title, description, targets, unit=unit, w=w, h=h, defaults=defaults,
+                  overrides=overrides,
+                  options={"legend": {"displayMode": "table", "placement": "right", "showLegend": True,
+                                      "calcs": ["lastNotNull", "max"]},
+                           "tooltip": {"mode": "multi", "sort": "desc"}})
+
+
+def stat(title: str, description: str, targets: list[dict[str, Any]], *, unit: str = "", w: int = 6,
+         h: int = 4, thresholds: list[dict[str, Any]] | None = None,
+         mappings: list[dict[str, Any]] | None = None) -> Panel:
+    defaults: dict[str, Any] = {"thresholds": {"mode": "absolute", "steps": thresholds or [
+        {"color": "green", "value": None}]}, "mappings": mappings or []}
+    return _panel("stat", title, description, targets, unit=unit, w=w, h=h, defaults=defaults,
+                  options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                           "colorMode": "background", "graphMode": "none", "textMode": "value_and_name",
+                           "justifyMode": "auto", "orientation": "auto"})
+
+
+def bargauge(title: str, description: str, targets: list[dict[str, Any]], *, unit: str = "", w: int = 12,
+             h: int = 8, thresholds: list[dict[str, Any]] | None = None) -> Panel:
+    defaults = {"thresholds": {"mode": "absolute", "steps": thresholds or [{"color": "green", "value": None}]},
+                "min": 0}
+    return _panel("bargauge", title, description, targets, unit=unit, w=w, h=h, defaults=defaults,
+                  options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                           "displayMode": "gradient", "orientation": "horizontal", "showUnfilled": True,
+                           "valueMode": "color"})
+
+
+def table(title: str, description: str, targets: list[dict[str, Any]], *, w: int = 24, h: int = 8,
+          sort_by: str = "", descending: bool = True, overrides: list[dict[str, Any]] | None = None,
+          transformations: list[dict[str, Any]] | None = None) -> Panel:
+    options: dict[str, Any] = {"showHeader": True, "cellHeight": "sm",
+                               "footer": {"show": False, "reducer": ["sum"], "fields": ""}}
+    if sort_by:
+        options["sortBy"] = [{"displayName": sort_by, "desc": descending}]
+    return _panel("table", title, description, targets, w=w, h=h, options=options, overrides=overrides,
+                  transformations=transformations)
+
+
+def override(field: str, **properties: Any) -> dict[str, Any]:
+    """A field override by name: ``override("level", mappings=LEVEL_MAPPINGS)``."""
+    return {"matcher": {"id": "byName", "options": field},
+            "properties": [{"id": key, "value": value} for key, value in sorted(properties.items())]}
+
+
+def color_cells(field: str, **properties: Any) -> dict[str, Any]:
+    """Override colouring a table column's cell background from its value mappings / thresholds."""
+    return override(field, **{"custom.cellOptions": {"type": "color-background"}}, **properties)
+
+
+def link_override(field: str, title: str, url: str) -> dict[str, Any]:
+    return override(field, links=[{"title": title, "url": url}])
+
+
+# -- variables and annotations -------------------------------------------------------------------
+
+def influx_variable(name: str, label: str, query: str, *, multi: bool = False, include_all: bool = False,
+                    all_value: str | None = None, numeric_sort: bool = False) -> dict[str, Any]:
+    """A query variable answered by InfluxDB (SHOW TAG VALUES ...), refreshed on dashboard load."""
+    variable: dict[str, Any] = {"type": "query", "name": name, "label": label, "datasource": INFLUX,
+                                "query": query, "definition": query, "refresh": 1, "multi": multi,
+                                "includeAll": include_all, "sort": 3 if numeric_sort else 1,
+                                "current": {}, "options": [], "hide": 0, "regex": "", "skipUrlSync": False}
+    if all_value is not None:
+        variable["allValue"] = all_value
+    return variable
+
+
+def textbox_variable(name: str, label: str, default: str = "", description: str = "") -> dict[str, Any]:
+    return {"type": "textbox", "name": name, "label": label, "query": default, "description": description,
+            "current": {"text": default, "value": default}, "options": [], "hide": 0, "skipUrlSync": False}
+
+
+def annotation(name: str, query: str, *, color: str, text: str = "summary",
+               tags: str = "rule,severity,kind", title: str = "") -> dict[str, Any]:
+    """An InfluxQL annotation query; ``text``/``tags``/``title`` name the result columns."""
+    return {"datasource": INFLUX, "enable": True, "hide": False, "iconColor": color, "name": name,
+            "query": query, "textColumn": text, "tagsColumn": tags, "titleColumn": title}
+
+
+# -- dashboard -----------------------------------------------------------------------------------
+
+def _layout(panels: list[Panel]) -> list[Panel]:
+    """Number the panels 1..n and place them left to right, wrapping at Grafana's 24 columns."""
+    x = y = row_height = 0
+    for number, panel in enumerate(panels, start=1):
+        grid = panel["gridPos"]
+        if x + grid["w"] > 24:
+            x, y, row_height = 0, y + row_height, 0
+        grid["x"], grid["y"] = x, y
+        x += grid["w"]
+        row_height = max(row_height, grid["h"])
+        panel["id"] = number
+    return panels
+
+
+def dashboard(uid: str, title: str, description: str, panels: list[Panel], *, tags: list[str],
+              variables: list[dict[str, Any]] | None = None, annotations: list[dict[str, Any]] | None = None,
+              editable: bool = True, time_from: str = "now-6h", refresh: str = "30s",
+              links: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {
+        "uid": uid, "title": title, "description": description, "tags": sorted(tags),
+        "editable": editable, "graphTooltip": 1, "schemaVersion": 39, "version": 1,
+        "timezone": "browser", "time": {"from": time_from, "to": "now"}, "refresh": refresh,
+        "fiscalYearStartMonth": 0, "liveNow": False, "weekStart": "",
+        "timepicker": {}, "links": links or [],
+        "templating": {"list": variables or []},
+        "annotations": {"list": annotations or []},
+        "panels": _layout(panels),
+    }

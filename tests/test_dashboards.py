@@ -1,0 +1,297 @@
+"""Grafana dashboards (dashboards/, docs/dashboards.md).
+
+There is no Grafana here, so the dashboards are checked the way Grafana would use them:
+(a) the committed JSON is exactly what the generator produces; (b) every panel, target,
+annotation and variable refers to a provisioned datasource uid, panel ids are unique, uids fixed;
+(c) every query (panels, annotations, template variables) runs against a live stack — simulator,
+Pipeline with the warning engine and alert service, real InfluxDB, Prometheus scraping /metrics
+with the shipped recording rules, real Alertmanager — after Grafana's macros and variables are
+substituted, and must succeed and return data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import types
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prometheus_client import CollectorRegistry
+
+from alerting.engine import Engine
+from alerting.rules import load_rules
+from alerting.service import AlertService
+from alerting.state import AlertStore
+from cascade.config import AppConfig
+from cascade.pipeline import Pipeline
+from collectors.modbus.device import CabinetConfig
+from collectors.modbus.profile import find_profile
+from dashboards import build_all, render
+from exporters.influx.lineprotocol import encode_line
+from exporters.influx.schema import command_to_line
+from exporters.influx.sink import InfluxConfig
+from simulators.fleet import build_fleet
+from simulators.scenarios import parse_scenario
+from simulators.server import SimulatorServer
+from tests.fixtures.procs import free_port
+from tests.fixtures.prom import SHIPPED_PROMETHEUS_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+DASHBOARD_DIR = REPO / "dashboards"
+EXPECTED_UIDS = {"cascade-fleet", "cascade-cabinet", "cascade-battery", "cascade-pipeline", "cascade-regulator"}
+
+# Panels whose queries are valid but legitimately return nothing in this test: (dashboard, panel, refId).
+EMPTY_ALLOWED = {
+    # The notifier (`cascade notify`, Prometheus job cascade-notifier) is a separate process that only
+    # counts once Alertmanager has delivered a webhook to it; it does not run in this test.
+    ("cascade-pipeline", "Notifier deliveries by channel and result", "A"),
+    ("cascade-pipeline", "Notifier deliveries by channel and result", "B"),
+    ("cascade-pipeline", "Notifier delivery time", "A"),
+    ("cascade-pipeline", "Notifier delivery time", "B"),
+    ("cascade-pipeline", "Notifier delivery time", "C"),
+}
+
+T0 = 1_700_000_000.0
+
+
+def _provisioned_uids() -> set[str]:
+    text = (REPO / "provisioning" / "grafana" / "datasources" / "datasources.yml").read_text()
+    return {d["uid"] for d in yaml.safe_load(text)["datasources"]}
+
+
+# -- (a) committed JSON == generated ---------------------------------------------------------------
+
+def test_committed_json_equals_generator() -> None:
+    models = build_all()
+    assert set(models) == EXPECTED_UIDS
+    committed = {p.stem for p in DASHBOARD_DIR.glob("*.json")}
+    assert committed == EXPECTED_UIDS, "stale or missing dashboard JSON: run `python -m dashboards`"
+    for uid, model in models.items():
+        text = (DASHBOARD_DIR / f"{uid}.json").read_text(encoding="utf-8")
+        assert text == render(model), f"dashboards/{uid}.json differs from the generator: run `python -m dashboards`"
+
+
+# -- (b) structure ---------------------------------------------------------------------------------
+
+def test_datasources_ids_and_uids() -> None:
+    provisioned = _provisioned_uids()
+    assert {"cascade-influx", "cascade-prometheus", "cascade-alertmanager"} <= provisioned
+    for uid, model in build_all().items():
+        assert model["uid"] == uid and re.fullmatch(r"[a-z0-9-]{1,40}", uid)
+        ids = [p["id"] for p in model["panels"]]
+        assert len(ids) == len(set(ids)), f"{uid}: duplicate panel ids"
+        for panel in model["panels"]:
+            where = f"{uid} panel {panel['id']} {panel['title']!r}"
+            assert panel["datasource"]["uid"] in provisioned, where
+            assert panel["targets"], f"{where}: no query"
+            refs = [t["refId"] for t in panel["targets"]]
+            assert len(refs) == len(set(refs)), f"{where}: duplicate refIds"
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] in provisioned, where
+            grid = panel["gridPos"]
+            assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, where
+            assert panel["description"], f"{where}: say what question it answers"
+        for item in model["annotations"]["list"] + model["templating"]["list"]:
+            if "datasource" in item:
+                assert item["datasource"]["uid"] in provisioned, f"{uid} {item['name']}"
+    assert build_all()["cascade-regulator"]["editable"] is False
+
+
+def test_docs_describe_every_panel() -> None:
+    docs = (REPO / "docs" / "dashboards.md").read_text(encoding="utf-8")
+    for uid, model in build_all().items():
+        assert f"`{uid}`" in docs, uid
+        for panel in model["panels"]:
+            assert f"{panel['id']}. {panel['title']}**" in docs, f"docs/dashboards.md: {uid} {panel['title']!r}"
+
+
+# -- (c) every query against the live stack --------------------------------------------------------
+
+def _queries(model: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(where, refId, datasource uid, query text) for every panel target, annotation and variable."""
+    found = []
+    for panel in model["panels"]:
+        for target in panel["targets"]:
+            text = target["query"] if target["datasource"]["uid"] == "cascade-influx" else target["expr"]
+            found.append((panel["title"], target["refId"], target["datasource"]["uid"], text))
+    for item in model["annotations"]["list"]:
+        found.append((f"annotation {item['name']}", "annotation", item["datasource"]["uid"], item["query"]))
+    for item in model["templating"]["list"]:
+        if item["type"] == "query":
+            found.append((f"variable {item['name']}", "variable", item["datasource"]["uid"], item["query"]))
+    return found
+
+
+_MACROS = {"$timeFilter": "time > now() - 1h", "$__rate_interval": "1m", "$__interval": "10s"}
+
+
+def _substitute(text: str, variables: dict[str, str]) -> str:
+    for macro, value in _MACROS.items():
+        text = text.replace(macro, value)
+    text = re.sub(r"\$(\w+)", lambda m: variables[m.group(1)], text)
+    assert not re.search(r"\$\w|\$\{", text), text
+    return text
+
+
+def _get_json(url: str) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return json.load(resp)
+    except urllib.error.HTTPError as err:  # Prometheus answers 400 with a JSON error body
+        return json.loads(err.read() or b"{}") | {"http_status": err.code}
+
+
+def _influx(url: str, query: str) -> tuple[str | None, int]:
+    """(error or None, rows with a value) of one InfluxQL statement via /query.
+
+    ``fill(null)`` answers every interval of the range; a row of nulls is not data.
+    """
+    body = _get_json(f"{url}/query?" + urllib.parse.urlencode({"db": "cascade", "q": query, "epoch": "ms"}))
+    if "error" in body:
+        return body["error"], 0
+    rows = 0
+    for result in body.get("results", []):
+        if "error" in result:
+            return result["error"], 0
+        for series in result.get("series", []):
+            values = [i for i, column in enumerate(series["columns"]) if column != "time"]
+            rows += sum(1 for row in series.get("values") or [] if any(row[i] is not None for i in values))
+    return None, rows
+
+
+def _prom(url: str, expr: str) -> tuple[str | None, int]:
+    body = _get_json(f"{url}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+    if body.get("status") != "success":
+        return f"{body.get('errorType')}: {body.get('error')}", 0
+    return None, len(body["data"]["result"])
+
+
+def _run_all(influx_url: str, prom_url: str, variables: dict[str, dict[str, str]]) -> tuple[list[str], list[str]]:
+    """Run every query once: (errors, empty results not allowed)."""
+    errors, empty = [], []
+    for uid, model in build_all().items():
+        for where, ref, ds, text in _queries(model):
+            query = _substitute(text, variables[uid])
+            error, rows = (_influx(influx_url, query) if ds == "cascade-influx" else _prom(prom_url, query))
+            label = f"{uid} / {where} / {ref}: {query}"
+            if error:
+                errors.append(f"{label}\n    -> {error}")
+            elif rows == 0 and (uid, where, ref) not in EMPTY_ALLOWED:
+                empty.append(label)
+    return errors, empty
+
+
+def _free_block(count: int) -> int:
+    for _ in range(20):
+        base = free_port()
+        if base + count < 65000:
+            return base
+    raise RuntimeError("no free port block")
+
+
+def _write(influx_url: str, lines: list[str]) -> None:
+    req = urllib.request.Request(f"{influx_url}/write?db=cascade&precision=ns", data="\n".join(lines).encode(),
+                                 method="POST")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 204
+
+
+async def test_every_query_returns_data_on_a_live_stack(influxdb, prometheus_factory, alertmanager,
+                                                        tmp_path) -> None:
+    started = time.monotonic()
+    profiles = [(name, find_profile(name)) for name in ("reference-cabinet", "volta-s8")]
+
+    class Clock:  # frozen simulator clock: scenario steps at 0s apply at once and stay
+        def __call__(self) -> float:
+            return T0
+
+    fleet = build_fleet(profiles, cabinets=4, base_port=_free_block(4), clock=Clock(), seed=3)
+    drill, down, noisy = fleet.cabinets[0], fleet.cabinets[1], fleet.cabinets[2]
+    for text in (
+        # offline cabinet: device_up 0, poll errors by kind
+        f"name: down\ntarget: {{cabinet: {down.cabinet_id}}}\nsteps:\n  - {{at: 0s, unreachable: 1h}}\n",
+        # garbage registers: decode errors by field
+        f"name: junk\ntarget: {{cabinet: {noisy.cabinet_id}, slot: 1}}\n"
+        "steps:\n  - {at: 0s, garbage: [voltage_v]}\n",
+        # level 3 on the first reading, cabinet scope: flame → `alert` point, Alertmanager push
+        f"name: flame\ntarget: {{cabinet: {drill.cabinet_id}}}\n"
+        "steps:\n  - {at: 0s, set: {flame_detected: true}}\n",
+        # level 3 on a slot with slot_cutoff → a real protective action and `command` point
+        f"name: short\ntarget: {{cabinet: {drill.cabinet_id}, slot: 2}}\nsteps:\n"
+        "  - {at: 0s, insert: {chemistry: lfp, nominal_voltage_v: 48}}\n"
+        "  - {at: 0s, protect: {bms: [short_circuit]}}\n",
+    ):
+        fleet.start_scenario(parse_scenario(text, "test"))
+    server = SimulatorServer(fleet, control_port=0)
+    await server.start()
+    cabinets = [CabinetConfig(id=c.cabinet_id, host="127.0.0.1", port=c.port, device_id=c.device_id,
+                              site=c.state.site, profile=c.profile_ref, slots=c.slot_count, interval_s=0.3,
+                              timeout_s=0.5)
+                for c in fleet.cabinets]
+    influx = InfluxConfig(url=influxdb.url, database=influxdb.database, flush_interval_s=0.2,
+                          spool_dir=str(tmp_path / "spool"))
+    config = AppConfig(source="test", cabinets=cabinets, profiles=dict(profiles), influxdb=influx,
+                       metrics_port=0, status_interval_s=0, backoff_cap_s=1.0)
+    pipeline = Pipeline(config, registry=CollectorRegistry(), seed=5)
+    engine = Engine(load_rules(), state=AlertStore(tmp_path / "alerts.json"))
+    service = AlertService(pipeline, engine, alertmanager_url=alertmanager.url, resend_interval_s=30)
+    try:
+        async with service, pipeline:
+            rules = (SHIPPED_PROMETHEUS_DIR / "rules" / "cascade-health.yml").read_text()
+            prom = prometheus_factory(
+                "global: {scrape_interval: 1s, evaluation_interval: 1s}\nrule_files: ['rules/*.yml']\n"
+                "scrape_configs:\n"
+                f"  - job_name: cascade\n    static_configs: [{{targets: ['127.0.0.1:{pipeline.metrics_port}']}}]\n",
+                files={"rules/cascade-health.yml": rules})
+
+            # A charging battery for the P-6.3 history dashboard, and two synthetic points: an
+            # operator command and a level-2 alert on that battery (the real ones come from the
+            # flame and short-circuit scenarios above).
+            battery = None
+            deadline = time.monotonic() + 15
+            while battery is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.3)
+                rows = await asyncio.to_thread(
+                    influxdb.query, 'SELECT "battery_id", "site", "cabinet", "slot" FROM "slot" WHERE '
+                                    f'"battery_state" = 1 AND "cabinet" != \'{down.cabinet_id}\' LIMIT 1')
+                battery = rows[0] if rows else None
+            assert battery, "no charging battery in the simulated fleet"
+            now = time.time()
+            await asyncio.to_thread(_write, influxdb.url, [
+                encode_line("alert", {"site": battery["site"], "cabinet": battery["cabinet"],
+                                      "slot": battery["slot"], "rule": "over_temperature", "severity": "warning"},
+                            {"level": 2, "from_level": 1, "kind": "escalate", "value": 56.0,
+                             "battery": battery["battery_id"], "summary": "Pack temperature high",
+                             "diagnosis": "Pack temperature 56.0 °C ≥ 55 °C (level 2).",
+                             "action": "Stop charging and check cabinet cooling."}, int(now * 1e9)),
+                command_to_line(types.SimpleNamespace(
+                    cabinet_id=drill.cabinet_id, slot=3, command="slot_output", actor="user:noc-test", value=0,
+                    ok=True, readback=0, error="", requested_at=now - 0.05, completed_at=now), drill.state.site),
+            ])
+            slots = [str(n) for n in range(1, drill.slot_count + 1)]
+            variables = {
+                "cascade-fleet": {"site": ".*"},  # the "All" value
+                "cascade-cabinet": {"site": drill.state.site, "cabinet": drill.cabinet_id,
+                                    "slot": "(" + "|".join(slots) + ")"},  # Grafana's regex form of "All"
+                "cascade-battery": {"battery": battery["battery_id"]},
+                "cascade-pipeline": {}, "cascade-regulator": {},
+            }
+            # Wait for enough scrapes for rate() over 1m and the recording rules, then judge.
+            deadline = time.monotonic() + 30
+            while True:
+                await asyncio.sleep(1.0)
+                errors, empty = await asyncio.to_thread(_run_all, influxdb.url, prom.url, variables)
+                if errors or not empty or time.monotonic() > deadline:
+                    break
+    finally:
+        await server.stop()
+    assert not errors, "queries failed:\n" + "\n".join(errors)
+    assert not empty, "queries returned no data:\n" + "\n".join(empty)
+    assert time.monotonic() - started < 60
