@@ -102,6 +102,11 @@ class AlertService:
                                     ["kind", "level"], registry=registry)
         self._active = Gauge("cascade_alerts_active", "Active alerts by level (protective_action_failed included)",
                              ["level"], registry=registry)
+        # Roll-up for dashboards: a cabinet shows its worst level (0 = none). One series per cabinet.
+        self._cabinet_level = Gauge("cascade_cabinet_alert_level", "Worst active alert level of the cabinet",
+                                    ["site", "cabinet"], registry=registry)
+        config = getattr(pipeline, "config", None)
+        self._cabinets_seen: set[tuple[str, str]] = {(c.site, c.id) for c in getattr(config, "cabinets", [])}
         self._update_gauge()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -282,10 +287,18 @@ class AlertService:
 
     def _update_gauge(self) -> None:
         counts = {1: 0, 2: 0, 3: len(self.failed)}
+        worst: dict[tuple[str, str], int] = {}
         for alert in self.store.active():
             counts[alert.level] = counts.get(alert.level, 0) + 1
+            where = (alert.key.site, alert.key.cabinet)
+            worst[where] = max(worst.get(where, 0), alert.level)
+        for key in self.failed:
+            worst[(key.site, key.cabinet)] = 3
         for level in (1, 2, 3):
             self._active.labels(str(level)).set(counts[level])
+        self._cabinets_seen |= worst.keys()
+        for where in self._cabinets_seen:
+            self._cabinet_level.labels(*where).set(worst.get(where, 0))
 
     def _submit(self, lines: list[str]) -> None:
         sink = getattr(self.pipeline, "sink", None)

@@ -150,17 +150,16 @@ def fleet_input_power() -> Panel:
 
 
 def fleet_worst_level() -> Panel:
-    query = ('SELECT max("level") AS "worst_level", count("level") AS "alerts" FROM '
-             '(SELECT last("level") AS "level" FROM "alert" WHERE $timeFilter AND ' + FLEET_SITE +
-             ' GROUP BY "site", "cabinet", "slot", "rule") WHERE "level" > 0 GROUP BY "site", "cabinet"')
     return table("Cabinets by worst alert level",
-                 "Cabinets with alerts still raised in the time range, worst first: the last level of each "
-                 "rule and slot from the `alert` measurement, then the maximum per cabinet. An alert raised "
-                 "before the start of the range is not seen; GET /api/alerts/rollup is the live answer.",
-                 [influx(query, table_format=True)], w=12, h=8, sort_by="worst_level",
+                 "Cabinets with an active alert, worst first: the alert service's roll-up gauge "
+                 "cascade_cabinet_alert_level (battery -> slot -> cabinet; 0 = none), so an alert raised "
+                 "before the start of the time range still shows.",
+                 [prom(f"sort_desc(cascade_cabinet_alert_level{{{PROM_SITE}}} > 0)", instant=True,
+                       table_format=True)], w=12, h=8, sort_by="worst_level",
                  transformations=[{"id": "organize", "options": {
-                     "excludeByName": {"Time": True}, "indexByName": {"site": 0, "cabinet": 1, "worst_level": 2,
-                                                                      "alerts": 3}, "renameByName": {}}}],
+                     "excludeByName": {"Time": True, "__name__": True, "instance": True, "job": True},
+                     "indexByName": {"site": 0, "cabinet": 1, "Value": 2},
+                     "renameByName": {"Value": "worst_level"}}}],
                  overrides=_level_columns() + [link_override("cabinet", "Open cabinet", CABINET_URL)])
 
 

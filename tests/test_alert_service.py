@@ -155,6 +155,7 @@ async def test_push_failures_are_counted_and_recovered_when_alertmanager_returns
         await eventually(lambda: failures() >= 2)
         assert service.pusher.pending and not service.pusher.up
         assert pipeline.registry.get_sample_value("cascade_alerts_active", {"level": "1"}) == 1
+        assert pipeline.registry.get_sample_value("cascade_cabinet_alert_level", {"site": SITE, "cabinet": CAB}) == 1
         am.process.start()
         held = await eventually(lambda: am_alerts(am, alertname="over_temperature"), timeout_s=40)
         assert held[0]["labels"]["level"] == "1"
