@@ -22,7 +22,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,28 +30,9 @@ from pathlib import Path
 
 import yaml
 
+from simulators.fleet import free_port_block
+
 __all__ = ["main", "run_collector_bench"]
-
-
-def _free_port_block(count: int) -> int:
-    """A base port with ``count`` consecutive free ports (best effort, loopback only)."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            base = sock.getsockname()[1]
-        if base + count >= 65000:
-            continue
-        ok = True
-        for port in range(base, base + count):
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no block of free ports found")
 
 
 def _start_simulators(cabinets: int, slots: int, per_port: int, workers: int, workdir: Path,
@@ -66,7 +46,7 @@ def _start_simulators(cabinets: int, slots: int, per_port: int, workers: int, wo
         if count <= 0:
             break
         ports = -(-count // per_port)
-        base = _free_port_block(ports)
+        base = free_port_block(ports)
         fleet_file = workdir / f"fleet-{worker}.yaml"
         argv = [sys.executable, "-m", "cascade.cli", "simulate", "--cabinets", str(count), "--slots", str(slots),
                 "--port", str(base), "--per-port", str(per_port), "--control-port", "0",

@@ -120,7 +120,6 @@ async def measure(repetitions: int, interval_s: float, fault: str, timeout_s: fl
     from alerting.state import AlertStore
     from cascade.config import AppConfig
     from cascade.pipeline import Pipeline
-    from collectors.modbus.device import CabinetConfig
     from collectors.modbus.profile import find_profile
     from simulators.fleet import build_fleet
     from simulators.scenarios import parse_scenario
@@ -134,8 +133,7 @@ async def measure(repetitions: int, interval_s: float, fault: str, timeout_s: fl
     fleet = build_fleet([("reference-cabinet", profile)], cabinets=repetitions, per_port=repetitions,
                         base_port=port, seed=3)
     sim = SimulatorServer(fleet, control_port=0, timer_s=0.05)
-    cabinets = [CabinetConfig(id=c.cabinet_id, host="127.0.0.1", port=c.port, device_id=c.device_id,
-                              site=c.state.site, interval_s=interval_s, timeout_s=1.0) for c in fleet.cabinets]
+    cabinets = fleet.collector_configs(interval_s=interval_s, timeout_s=1.0)
     config = AppConfig(source="bench", cabinets=cabinets, profiles={"reference-cabinet": profile}, influxdb=None,
                        metrics_port=0, status_interval_s=0)
     seen: dict[str, float] = {}  # cabinet -> first reading carrying the fault

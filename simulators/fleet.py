@@ -14,6 +14,8 @@ plays due scenario steps in time order and advances the physics, so nothing tick
 
 from __future__ import annotations
 
+import socket
+
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ from .cabinet import CabinetState
 from .register_bank import RegisterBank
 from .scenarios import Scenario, ScenarioRun, check_target
 
-__all__ = ["Fleet", "SimulatedCabinet", "build_fleet"]
+__all__ = ["Fleet", "SimulatedCabinet", "build_fleet", "free_port_block"]
 
 
 @dataclass(slots=True)
@@ -144,6 +146,12 @@ class Fleet:
             for c in self.cabinets
         ]
 
+    def collector_configs(self, **settings: Any) -> list["CabinetConfig"]:
+        """The collector's view of this fleet (what a fleet file gives ``cascade run``), with
+        ``settings`` (interval_s, timeout_s, ...) applied to every cabinet."""
+        from collectors.modbus.device import CabinetConfig
+        return [CabinetConfig(**{**entry, **settings}) for entry in self.describe()]
+
     def write_fleet_file(self, path: str | Path) -> Path:
         """Write the fleet file the collector config includes: ``cabinets:`` with every cabinet."""
         path = Path(path)
@@ -184,3 +192,26 @@ def build_fleet(profiles: Sequence[tuple[str, Profile]], *, cabinets: int = 20, 
             bank = banks[(id(profile), slot_count)] = RegisterBank(profile, slot_count, seed=seed)
         out.append(SimulatedCabinet(state, profile, ref, bank, host, base_port + i // per_port, i % per_port + 1))
     return Fleet(out, clock=clock, speed=speed)
+
+
+def free_port_block(count: int, host: str = "127.0.0.1") -> int:
+    """First of ``count`` consecutive ports free on ``host`` right now (for tests and benchmarks)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            base = probe.getsockname()[1]
+        if base + count > 65535:
+            continue
+        socks = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind((host, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no block of {count} free ports on {host}")

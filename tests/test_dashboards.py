@@ -31,16 +31,14 @@ from alerting.service import AlertService
 from alerting.state import AlertStore
 from cascade.config import AppConfig
 from cascade.pipeline import Pipeline
-from collectors.modbus.device import CabinetConfig
 from collectors.modbus.profile import find_profile
 from dashboards import build_all, render
 from exporters.influx.lineprotocol import encode_line
 from exporters.influx.schema import command_to_line
 from exporters.influx.sink import InfluxConfig
-from simulators.fleet import build_fleet
+from simulators.fleet import build_fleet, free_port_block
 from simulators.scenarios import parse_scenario
 from simulators.server import SimulatorServer
-from tests.fixtures.procs import free_port
 from tests.fixtures.prom import SHIPPED_PROMETHEUS_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,14 +186,6 @@ def _run_all(influx_url: str, prom_url: str, variables: dict[str, dict[str, str]
     return errors, empty
 
 
-def _free_block(count: int) -> int:
-    for _ in range(20):
-        base = free_port()
-        if base + count < 65000:
-            return base
-    raise RuntimeError("no free port block")
-
-
 def _write(influx_url: str, lines: list[str]) -> None:
     req = urllib.request.Request(f"{influx_url}/write?db=cascade&precision=ns", data="\n".join(lines).encode(),
                                  method="POST")
@@ -212,7 +202,7 @@ async def test_every_query_returns_data_on_a_live_stack(influxdb, prometheus_fac
         def __call__(self) -> float:
             return T0
 
-    fleet = build_fleet(profiles, cabinets=4, base_port=_free_block(4), clock=Clock(), seed=3)
+    fleet = build_fleet(profiles, cabinets=4, base_port=free_port_block(4), clock=Clock(), seed=3)
     drill, down, noisy = fleet.cabinets[0], fleet.cabinets[1], fleet.cabinets[2]
     for text in (
         # offline cabinet: device_up 0, poll errors by kind
@@ -231,10 +221,7 @@ async def test_every_query_returns_data_on_a_live_stack(influxdb, prometheus_fac
         fleet.start_scenario(parse_scenario(text, "test"))
     server = SimulatorServer(fleet, control_port=0)
     await server.start()
-    cabinets = [CabinetConfig(id=c.cabinet_id, host="127.0.0.1", port=c.port, device_id=c.device_id,
-                              site=c.state.site, profile=c.profile_ref, slots=c.slot_count, interval_s=0.3,
-                              timeout_s=0.5)
-                for c in fleet.cabinets]
+    cabinets = fleet.collector_configs(interval_s=0.3, timeout_s=0.5)
     influx = InfluxConfig(url=influxdb.url, database=influxdb.database, flush_interval_s=0.2,
                           spool_dir=str(tmp_path / "spool"))
     config = AppConfig(source="test", cabinets=cabinets, profiles=dict(profiles), influxdb=influx,

@@ -15,14 +15,12 @@ from prometheus_client import CollectorRegistry
 from cascade.config import AppConfig
 from cascade.model import CabinetReading
 from cascade.pipeline import Pipeline
-from collectors.modbus.device import CabinetConfig
 from collectors.modbus.profile import FieldSpec, find_profile
 from exporters.influx.sink import InfluxConfig
-from simulators.fleet import Fleet, build_fleet
+from simulators.fleet import Fleet, build_fleet, free_port_block
 from simulators.register_bank import reported_value
 from simulators.scenarios import parse_scenario
 from simulators.server import SimulatorServer
-from tests.fixtures.procs import free_port
 
 T0 = 1_700_000_000.0
 PROFILES = ("reference-cabinet", "volta-s8")
@@ -38,14 +36,6 @@ class FrozenClock:
         return self.now
 
 
-def _free_block(count: int) -> int:
-    for _ in range(20):
-        base = free_port()
-        if base + count < 65000:
-            return base
-    raise RuntimeError("no free port block")
-
-
 @dataclass
 class Stack:
     fleet: Fleet
@@ -56,13 +46,10 @@ class Stack:
 @pytest.fixture
 async def stack(influxdb, tmp_path) -> AsyncIterator[Stack]:
     profiles = [(name, find_profile(name)) for name in PROFILES]
-    fleet = build_fleet(profiles, cabinets=4, base_port=_free_block(4), clock=FrozenClock(), seed=3)
+    fleet = build_fleet(profiles, cabinets=4, base_port=free_port_block(4), clock=FrozenClock(), seed=3)
     server = SimulatorServer(fleet, control_port=0)
     await server.start()
-    cabinets = [CabinetConfig(id=c.cabinet_id, host="127.0.0.1", port=c.port, device_id=c.device_id,
-                              site=c.state.site, profile=c.profile_ref, slots=c.slot_count, interval_s=0.3,
-                              timeout_s=0.5)
-                for c in fleet.cabinets]
+    cabinets = fleet.collector_configs(interval_s=0.3, timeout_s=0.5)
     influx = InfluxConfig(url=influxdb.url, database=influxdb.database, flush_interval_s=0.2,
                           spool_dir=str(tmp_path / "spool"))
     config = AppConfig(source="test", cabinets=cabinets, profiles=dict(profiles), influxdb=influx,

@@ -19,7 +19,7 @@ from collectors.modbus.planner import plan_reads
 from collectors.modbus.profile import find_profile
 from simulators import cli
 from simulators.cabinet import CabinetState
-from simulators.fleet import Fleet, SimulatedCabinet, build_fleet
+from simulators.fleet import Fleet, SimulatedCabinet, build_fleet, free_port_block
 from simulators.server import SimulatorServer
 
 T0 = 1_700_000_000.0
@@ -33,29 +33,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def free_port_block(count: int) -> int:
-    """First of ``count`` consecutive free loopback ports."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count > 65535:
-            continue
-        socks = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket()
-                socks.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise RuntimeError("no block of free ports")
 
 
 async def read_plan(client: AsyncModbusTcpClient, cab: SimulatedCabinet):
