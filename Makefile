@@ -1,12 +1,14 @@
 # Cascade developer entry points.
 #
-#   make run     install system services + venv, start the local stack (Ctrl-C stops it)
+#   make run     install system services + venv, start the local stack (Ctrl-C stops it);
+#                then `.venv/bin/cascade scenario thermal_runaway --speed 20` (docs/demo.md)
 #   make test    install system services + venv, run the test suite
 #   make bench   run the benchmarks (python -m bench)
 #   make check   validate Prometheus / Alertmanager configs with promtool / amtool
 #   make clean   remove local state (./var) and caches; `make distclean` also drops .venv
 #
 # Port overrides for `make run`: INFLUX_PORT PROM_PORT AM_PORT METRICS_PORT SIM_PORT
+# NOTIFY_PORT INBOX_PORT
 # (see README.md, "What runs where").
 
 SHELL := /bin/bash
@@ -25,7 +27,8 @@ DEB_BINARIES := influxd influx prometheus promtool prometheus-alertmanager amtoo
 
 help:
 	@echo "Targets:"
-	@echo "  make run           start InfluxDB, Prometheus, Alertmanager, the simulated fleet and the collector"
+	@echo "  make run           start InfluxDB, Prometheus, Alertmanager, notifier + local inbox, the simulated fleet"
+	@echo "                     and the collector (demo: docs/demo.md)"
 	@echo "  make run-services  start only InfluxDB, Prometheus and Alertmanager"
 	@echo "  make test          run the test suite (.venv/bin/pytest -q)"
 	@echo "  make bench         run the benchmarks (.venv/bin/python -m bench)"

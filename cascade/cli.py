@@ -113,6 +113,11 @@ def _cmd_notify(args: argparse.Namespace) -> int:
     return _run_async(serve(args.config, args.host, args.port))
 
 
+def _cmd_inbox(args: argparse.Namespace) -> int:
+    from alerting.notify.inbox import serve
+    return _run_async(serve(args.host, args.port, args.log or None))
+
+
 def _cmd_alerts(args: argparse.Namespace) -> int:
     from alerting.cli import main as alerts_main
     return alerts_main(args)
@@ -176,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="address to listen on (0.0.0.0 in containers so Alertmanager can reach it)")
     notify.add_argument("--port", type=int, default=9120)
     notify.set_defaults(func=_cmd_notify)
+
+    inbox = sub.add_parser("inbox", help="local stand-in for the SMS / voice / app providers (prints what arrives)",
+                           description="Accept the notifier's provider requests (POST /app, /sms, /voice or any "
+                                       "path; JSON or form bodies), print one line per message, append them to "
+                                       "a JSON-lines log and list them at GET /messages. See docs/demo.md.")
+    inbox.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    inbox.add_argument("--port", type=int, default=9130, help="port (default 9130)")
+    inbox.add_argument("--log", default="var/inbox.jsonl", metavar="FILE",
+                       help="JSON-lines file messages are appended to (default var/inbox.jsonl; '' = none)")
+    inbox.set_defaults(func=_cmd_inbox)
     return parser
 
 
