@@ -194,7 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PASSTHROUGH = {"scenario": _cmd_scenario, "replay": _cmd_replay, "bench": _cmd_bench}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = bool(argv) and argv[0] in ("-v", "--verbose")
+    rest = argv[1:] if verbose else argv
+    if rest and rest[0] in _PASSTHROUGH:
+        # These hand every argument on to their own parser (argparse.REMAINDER would refuse an
+        # option such as --list in first place).
+        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return _PASSTHROUGH[rest[0]](argparse.Namespace(argv=rest[1:]))
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,10 +1,10 @@
-"""``cascade simulate`` and ``cascade simulate inject``: run a simulated fleet, post scenarios to it.
+"""``cascade simulate`` and ``cascade scenario``: run a simulated fleet, post scenarios to it.
 
 Wire-up (in ``cascade/cli.py``)::
 
     add_arguments(subparser)                   # cascade simulate [options]
     return asyncio.run(run(args))
-    return inject_main(argv)                   # cascade simulate inject FILE... [options]
+    return inject_main(argv)                   # cascade scenario FILE... [options]
 
 Everything is validated before anything listens: a bad profile, scenario or port range stops
 start-up with a message naming the file, the key and the fix (exit status 2).
@@ -154,7 +154,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def _inject_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cascade simulate inject",
+    parser = argparse.ArgumentParser(prog="cascade scenario",
                                      description="Post scenario files to a running simulator's control endpoint.")
     parser.add_argument("files", nargs="*", metavar="FILE", help="scenario YAML files (or shipped names)")
     parser.add_argument("--host", default="127.0.0.1", help="simulator host (default 127.0.0.1)")
@@ -176,7 +176,7 @@ def _request(url: str, method: str = "GET", body: bytes | None = None,
 
 
 def inject_main(argv: Sequence[str] | None = None) -> int:
-    """``cascade simulate inject``: 0 when every request succeeded, 1 if one was refused, 2 on usage errors."""
+    """``cascade scenario``: 0 when every request succeeded, 1 if one was refused, 2 on usage errors."""
     args = _inject_parser().parse_args(argv)
     if not (args.files or args.list or args.delete):
         print("nothing to do: give scenario FILEs, --list or --delete ID", file=sys.stderr)
