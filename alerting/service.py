@@ -162,6 +162,10 @@ class AlertService:
         lines = []
         for t in transitions:
             self._transitions.labels(t.kind, t.labels.get("level", str(t.to_level))).inc()
+            # One log line per level change (a state change, not a repeated condition): level 2 and 3
+            # at WARNING so an operator tailing the log sees them; summaries carry the value.
+            log.log(logging.WARNING if t.to_level >= 2 else logging.INFO, "alert %s %s L%d->L%d: %s",
+                    t.kind, t.key, t.from_level, t.to_level, t.annotations.get("summary", ""))
             line = _alert_line(t.rule, t.target.site, t.target.cabinet, t.target.slot, t.labels.get("severity", ""),
                                t.to_level, t.from_level, t.kind, t.value, t.target.battery, t.annotations, ts)
             if line:
