@@ -94,7 +94,7 @@ def test_local_notifier_config_loads_and_covers_every_receiver():
     assert channels["notice"] == {"app"}
     assert channels["regulator"] == {"feed"}
     assert "app" in channels["ops"]
-    assert config.delivery_log and config.delivery_log.startswith("var/")
+    assert config.delivery_log and Path(config.delivery_log).resolve() == ROOT / "var" / "notify-deliveries.jsonl"
     for provider in config.providers.values():
         assert provider.url.source.startswith("http://127.0.0.1:9130/")
     # Every Alertmanager receiver that goes through the notifier has a notifier receiver.

@@ -9,6 +9,8 @@ references, resolved from the environment when the config is loaded.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import re
 from collections.abc import Mapping
@@ -127,7 +129,11 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(source, "(file)", f"not valid YAML: {err}", "fix the YAML syntax") from err
-    return parse_config(data, source=source, env=os.environ if env is None else env)
+    config = parse_config(data, source=source, env=os.environ if env is None else env)
+    if config.delivery_log and not Path(config.delivery_log).is_absolute():
+        # Like every Cascade config: relative paths are relative to the file, not the working directory.
+        config = dataclasses.replace(config, delivery_log=str(Path(path).parent / config.delivery_log))
+    return config
 
 
 def parse_config(data: Any, source: str = "<config>", env: Mapping[str, str] | None = None) -> NotifierConfig:
