@@ -67,12 +67,11 @@ def _start_simulators(cabinets: int, slots: int, per_port: int, workers: int, wo
     return procs, fleet
 
 
-async def run_collector_bench(fleet: list[dict], *, interval_s: float, duration_s: float, slots: int) -> dict:
+async def run_collector_bench(fleet: list[dict], *, interval_s: float, duration_s: float, slots: int,
+                              influx_url: str | None = None, spool_dir: str | None = None) -> dict:
     """Poll ``fleet`` for ``duration_s`` and measure; returns the figures."""
     from collectors.modbus.device import CabinetConfig, ModbusCabinet
-    from collectors.modbus.planner import minimum_reads
     from collectors.modbus.profile import find_profile
-    from collectors.runner import PollRunner
     from exporters.influx.schema import reading_to_lines
 
     profiles: dict[str, object] = {}
@@ -92,7 +91,10 @@ async def run_collector_bench(fleet: list[dict], *, interval_s: float, duration_
         counts["readings"] += len(result.reading.slots)
         counts["requests"] += result.requests
         counts["field_errors"] += len(result.errors)
-        counts["lines"] += len(reading_to_lines(result.reading))
+        lines = reading_to_lines(result.reading)
+        counts["lines"] += len(lines)
+        if sink is not None:
+            sink.submit(lines)
 
     class _Failures:
         def poll_done(self, *a) -> None: ...
@@ -100,8 +102,22 @@ async def run_collector_bench(fleet: list[dict], *, interval_s: float, duration_
         def poll_failed(self, *a) -> None:
             counts["failures"] += 1
 
+    sink = None
+    async with contextlib.AsyncExitStack() as stack:
+        if influx_url:
+            from exporters.influx.sink import InfluxConfig, InfluxSink
+            sink = await stack.enter_async_context(InfluxSink(InfluxConfig(
+                url=influx_url, database="cascade", spool_dir=spool_dir or tempfile.mkdtemp())))
+        return await _measure(devices, on_result, counts, _Failures(), interval_s, duration_s, slots, profiles,
+                              sink)
+
+
+async def _measure(devices, on_result, counts, failures, interval_s, duration_s, slots, profiles, sink) -> dict:
+    from collectors.modbus.planner import minimum_reads
+    from collectors.runner import PollRunner
+
     warmup = min(interval_s * 2, duration_s / 3)
-    async with PollRunner(devices, on_result=on_result, metrics=_Failures(), seed=1):
+    async with PollRunner(devices, on_result=on_result, metrics=failures, seed=1):
         await asyncio.sleep(warmup)
         start_counts = dict(counts)
         wall0, cpu0 = time.monotonic(), time.process_time()
@@ -119,6 +135,7 @@ async def run_collector_bench(fleet: list[dict], *, interval_s: float, duration_
         "requests_per_poll": delta["requests"] / max(delta["polls"], 1),
         "minimum_requests_per_poll": minimum_reads(profile, slots),
         "poll_failures": delta["failures"], "field_errors": delta["field_errors"], "lines": delta["lines"],
+        "influx_lines_written": None if sink is None else sink.stats.lines_written,
     }
 
 
@@ -132,6 +149,9 @@ def _print(figures: dict) -> None:
     print(f"  requests per poll     {figures['requests_per_poll']:10.2f}   "
           f"(theoretical minimum {figures['minimum_requests_per_poll']})")
     print(f"  poll failures         {figures['poll_failures']:10d}   field errors {figures['field_errors']}")
+    if figures["influx_lines_written"] is not None:
+        print(f"  InfluxDB lines written{figures['influx_lines_written']:10d}   (sink in the same process: "
+              "its CPU is in the figures above)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-port", type=int, default=50, help="cabinets served per simulator port")
     parser.add_argument("--workers", type=int, default=2, help="simulator processes")
     parser.add_argument("--profile", default="reference-cabinet")
+    parser.add_argument("--influx", metavar="URL", help="also write every reading to this InfluxDB 1.x "
+                        "(database cascade, loopback only), so the sink's CPU is measured too")
     args = parser.parse_args(argv)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     duration = min(max(args.duration, 5.0), 600.0)
@@ -152,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                                          args.profile)
         try:
             figures = asyncio.run(run_collector_bench(fleet, interval_s=args.interval, duration_s=duration,
+                                                      influx_url=args.influx, spool_dir=str(Path(tmp) / "spool"),
                                                       slots=args.slots))
         finally:
             for proc in procs:
