@@ -18,6 +18,7 @@ Level logic for one (rule, target), with ``x`` the input value:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import threading
@@ -29,6 +30,8 @@ from typing import Any, Callable, Iterable
 from cascade.model import BatteryState, CabinetReading, SlotReading
 from alerting.rules import Input, Rule, RuleError, RuleSet
 from alerting.state import SEVERITY, AlertStore, Target, Transition
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Engine", "Transition", "Target"]
 
@@ -280,10 +283,38 @@ class Engine:
         self.state = state if state is not None else AlertStore()
         self.audit_path = Path(audit_path) if audit_path is not None else None
         self.audit: list[dict[str, Any]] = []  # this process's threshold changes
-        self._program = _Program(rules)
+        self._program = _Program(self._reapply_audit(rules))
         self._targets: dict[tuple, _TargetState] = {}
         self._lock = threading.Lock()
         self._evidence: list[str] = []
+
+    def _reapply_audit(self, rules: RuleSet) -> RuleSet:
+        """Run-time threshold changes (P-5.4.4) survive a restart: re-apply the audit log in order.
+
+        An entry applies only while the threshold it changed still has the value it changed from,
+        so an edited catalogue wins over a stale run-time change; skipped entries are logged.
+        """
+        if self.audit_path is None or not self.audit_path.exists():
+            return rules
+        current = dict(rules.items())
+        applied = 0
+        for number, line in enumerate(self.audit_path.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                entry = json.loads(line)
+                rule = current[entry["rule"]]
+                level, old, new = int(entry["level"]), entry["old"], float(entry["new"])
+                now = next((lv.threshold for lv in rule.levels if lv.level == level), None)
+                if old is None or now is None or not math.isclose(now, float(old), rel_tol=1e-9, abs_tol=1e-12):
+                    log.warning("%s:%d: threshold change %s level %s %s -> %s not re-applied: the catalogue now "
+                                "says %s", self.audit_path, number, entry["rule"], level, old, new, now)
+                    continue
+                current[rule.id] = rule.with_threshold(level, new)
+                applied += 1
+            except (ValueError, KeyError, TypeError) as err:
+                log.warning("%s:%d: audit entry not re-applied: %s", self.audit_path, number, err)
+        if applied:
+            log.info("re-applied %d run-time threshold changes from %s", applied, self.audit_path)
+        return RuleSet(list(current.values()))
 
     @property
     def rules(self) -> RuleSet:

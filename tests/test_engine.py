@@ -222,3 +222,23 @@ def test_empty_slot_zeros_neither_raise_nor_clear_but_compartment_sensors_count(
         clock[0] += 30
         raised += engine.evaluate(CabinetReading("c1", "s1", "m1", 0, slots=[venting]))
     assert any(t.rule == "h2_gas" and t.to_level >= 2 for t in raised)
+
+
+def test_run_time_thresholds_survive_a_restart_unless_the_catalogue_changed(tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    rules = load_rules()
+    first = Engine(rules, audit_path=audit)
+    first.set_threshold("over_temperature", 1, 52.0, who="noc-li", reason="summer profile")
+
+    def level1(engine):
+        return next(lv.threshold for lv in engine.rules["over_temperature"].levels if lv.level == 1)
+
+    assert level1(Engine(load_rules(), audit_path=audit)) == 52.0
+    # The catalogue moved under the change: the stale entry is skipped, the file's value wins.
+    edited = load_rules().only(set(load_rules()))
+    base = level1(Engine(edited))
+    changed = Engine([r if r.id != "over_temperature" else r.with_threshold(1, base - 1.0)
+                      for r in edited.values()], audit_path=audit)
+    assert level1(changed) == base - 1.0
+    audit.write_text(audit.read_text() + "not json\n")
+    assert level1(Engine(load_rules(), audit_path=audit)) == 52.0  # a torn line is skipped
