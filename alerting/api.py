@@ -11,12 +11,14 @@
 | ``PUT /api/thresholds/{rule}/{level}`` | body ``{"value", "who", "reason"}`` → 200 the audit entry; 400 invalid; 404 rule |
 | ``GET /api/actions`` | ``{"actions": [...]}`` recent protective actions, newest last (``?limit=N``) |
 
-Alert keys contain slashes (``rule@site/cabinet/slot``); send them as they are or percent-encoded.
+With an API token configured (``alerting.api_token``), ack and PUT need ``Authorization: Bearer
+<token>`` (401 otherwise). Alert keys contain slashes (``rule@site/cabinet/slot``); send them as they are or percent-encoded.
 Errors are ``{"error": "..."}`` saying what to send instead.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import urllib.parse
 from typing import Any
@@ -29,9 +31,24 @@ from alerting.service import AlertService
 __all__ = ["add_routes"]
 
 
-def add_routes(app: web.Application, service: AlertService) -> None:
-    """Register the alert routes on ``app`` (call before the app's runner is set up)."""
+def add_routes(app: web.Application, service: AlertService, *, token: str | None = None) -> None:
+    """Register the alert routes on ``app`` (call before the app's runner is set up).
+
+    With ``token``, the routes that change something (acknowledge, set a threshold) need
+    ``Authorization: Bearer <token>`` (P-5.1.2.7: only authorised people act); reading stays open,
+    like /metrics.
+    """
     engine = service.engine
+
+    def authorised(request: web.Request) -> bool:
+        if not token:
+            return True
+        given = request.headers.get("Authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+    def refused() -> web.Response:
+        return _error(401, "this action needs the API token: send 'Authorization: Bearer <token>' "
+                           "(cascade alerts --token, or CASCADE_API_TOKEN)")
 
     async def list_alerts(request: web.Request) -> web.Response:
         return web.json_response({"alerts": service.active_alerts()})
@@ -40,6 +57,8 @@ def add_routes(app: web.Application, service: AlertService) -> None:
         return web.json_response(_json_keys(service.store.rollup()))
 
     async def ack(request: web.Request) -> web.Response:
+        if not authorised(request):
+            return refused()
         key = urllib.parse.unquote(request.match_info["key"])
         body = await _json_body(request, {"who": str}, {"comment": str})
         try:
@@ -56,6 +75,8 @@ def add_routes(app: web.Application, service: AlertService) -> None:
         return web.json_response({"rules": rules, "audit": engine.audit})
 
     async def set_threshold(request: web.Request) -> web.Response:
+        if not authorised(request):
+            return refused()
         rule_id = request.match_info["rule"]
         try:
             level = int(request.match_info["level"])

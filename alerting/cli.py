@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -39,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--url`` and the sub-commands to ``parser``."""
     parser.add_argument("--url", default=DEFAULT_URL, help=f"the running collector's HTTP API (default {DEFAULT_URL})")
     parser.add_argument("--json", action="store_true", help="print the server's JSON instead of a table")
+    parser.add_argument("--token", default=os.environ.get("CASCADE_API_TOKEN"),
+                        help="API token for ack and set-threshold (default: $CASCADE_API_TOKEN)")
     sub = parser.add_subparsers(dest="alerts_command", metavar="COMMAND", required=True)
     sub.add_parser("list", help="active alerts, worst first, with who acknowledged them")
     sub.add_parser("rollup", help="worst level per site, cabinet and slot")
@@ -68,12 +71,13 @@ def main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
             _emit(out, args, doc, _format_rollup)
         elif args.alerts_command == "ack":
             key = urllib.parse.quote(args.key, safe="@/")
-            doc = _call("POST", f"{base}/api/alerts/{key}/ack", {"who": args.who, "comment": args.comment})
+            doc = _call("POST", f"{base}/api/alerts/{key}/ack", {"who": args.who, "comment": args.comment},
+                        token=args.token)
             _emit(out, args, doc, lambda d: f"acknowledged {d['key']} (level {d['level']}) as {d['ack']['who']}")
         elif args.alerts_command == "set-threshold":
             value: Any = int(args.value) if args.value.is_integer() else args.value
             doc = _call("PUT", f"{base}/api/thresholds/{urllib.parse.quote(args.rule)}/{args.level}",
-                        {"value": value, "who": args.who, "reason": args.reason})
+                        {"value": value, "who": args.who, "reason": args.reason}, token=args.token)
             _emit(out, args, doc, lambda d: f"{d['rule']} level {d['level']}: {d['old']:g} -> {d['new']:g} "
                                             f"(by {d['who']}: {d['reason']})")
         elif args.alerts_command == "actions":
@@ -97,9 +101,12 @@ def run(argv: list[str] | None = None) -> int:
     return main(parser.parse_args(argv))
 
 
-def _call(method: str, url: str, body: Any = None) -> Any:
+def _call(method: str, url: str, body: Any = None, token: str | None = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as resp:
             return json.load(resp)

@@ -36,6 +36,7 @@ ALERTING_DEFAULTS: dict[str, Any] = {
     "resend_interval_s": 60.0,
     "generator_url": None,
     "actions": {},
+    "api_token": None,  # bearer token for ack / set-threshold; usually ${CASCADE_API_TOKEN}
 }
 _ACTION_KEYS = {"perform", "rules", "retry_s"}
 _DOC = "see docs/alert-service.md#configuration"
@@ -51,7 +52,7 @@ def alerting_settings(config: AppConfig) -> dict[str, Any]:
     s = {**ALERTING_DEFAULTS, **raw}
     if not isinstance(s["enabled"], bool):
         raise ConfigError(src, "alerting.enabled", f"{s['enabled']!r} is not true/false", "write true or false")
-    for key in ("rules", "generator_url"):
+    for key in ("rules", "generator_url", "api_token"):
         if s[key] is not None and not (isinstance(s[key], str) and s[key]):
             raise ConfigError(src, f"alerting.{key}", f"{s[key]!r} is not text", "give a path/URL or leave it out")
     for key in ("state_file", "audit_file"):
@@ -133,7 +134,7 @@ async def start_app(config: AppConfig) -> AsyncIterator[Pipeline]:
     service = AlertService(pipeline, engine, alertmanager_url=settings["alertmanager_url"],
                            resend_interval_s=float(settings["resend_interval_s"]), policy=settings["policy"],
                            generator_url=settings["generator_url"])
-    add_routes(pipeline.app, service)
+    add_routes(pipeline.app, service, token=settings["api_token"])
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(service)
         await stack.enter_async_context(pipeline)

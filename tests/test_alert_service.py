@@ -341,7 +341,7 @@ async def test_start_app_wires_engine_service_and_routes(tmp_path):
     config = make_config(tmp_path, [CabinetConfig(id=CAB, host="127.0.0.1", port=free_port(), site=SITE,
                                                   interval_s=3600, timeout_s=0.5)])
     config.alerting = {"state_file": str(tmp_path / "alerts.json"), "audit_file": str(tmp_path / "audit.jsonl"),
-                       "alertmanager_url": None, "actions": {"perform": [], "retry_s": 5}}
+                       "alertmanager_url": None, "actions": {"perform": [], "retry_s": 5}, "api_token": "s3cret"}
     from cascade.app import start_app
 
     async with start_app(config) as pipeline, aiohttp.ClientSession() as http:
@@ -356,6 +356,17 @@ async def test_start_app_wires_engine_service_and_routes(tmp_path):
             alerts = (await resp.json())["alerts"]
         assert [(a["key"], a["level"]) for a in alerts] == [(f"pack_overvoltage@{SITE}/{CAB}/{SLOT}", 2)]
         assert service.actions.recent[-1].result == "skipped"  # perform: [] = observe only
+        # P-5.1.2.7: acting needs the API token; reading does not.
+        ack_url = f"http://127.0.0.1:{pipeline.metrics_port}/api/alerts/{alerts[0]['key']}/ack"
+        async with http.post(ack_url, json={"who": "mallory"}) as resp:
+            assert resp.status == 401 and "Bearer" in (await resp.json())["error"]
+        async with http.post(ack_url, json={"who": "mallory"}, headers={"Authorization": "Bearer wrong"}) as resp:
+            assert resp.status == 401
+        async with http.put(f"http://127.0.0.1:{pipeline.metrics_port}/api/thresholds/over_temperature/1",
+                            json={"value": 50, "who": "mallory", "reason": "x"}) as resp:
+            assert resp.status == 401
+        async with http.post(ack_url, json={"who": "noc-alice"}, headers={"Authorization": "Bearer s3cret"}) as resp:
+            assert resp.status == 200 and (await resp.json())["ack"]["who"] == "noc-alice"
     assert not pipeline.hooks, "the hook is removed on exit"
     assert json.loads((tmp_path / "alerts.json").read_text())["alerts"], "alert state persisted"
 

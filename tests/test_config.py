@@ -66,6 +66,7 @@ def test_shipped_configs_load(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CASCADE_INFLUX_URL", "http://influxdb:8086")
     monkeypatch.setenv("CASCADE_INFLUX_USER", "cascade")
     monkeypatch.setenv("CASCADE_INFLUX_PASSWORD", "secret")
+    monkeypatch.setenv("CASCADE_API_TOKEN", "token")
     production = load_config(ROOT / "config" / "config.yaml")
     assert production.influxdb.password == "secret" and production.metrics_host == "0.0.0.0"
     alerting_settings(production)
