@@ -107,7 +107,17 @@ class Pipeline:
                     self._logged_errors.add(key)
                     log.warning("rejected value: %s", err)
         if self.sink is not None:
-            self.sink.submit(reading_to_lines(reading))
+            lines = reading_to_lines(reading)
+            skipped = len(reading.slots) + 1 - len(lines)
+            if skipped:
+                # A value line protocol cannot carry (e.g. a line break in a vendor string): the
+                # point is dropped, the rest of the poll is written; counted and logged once.
+                self.metrics.lines_encode_errors.inc(skipped)
+                if (reading.cabinet_id, "(line protocol)") not in self._logged_errors:
+                    self._logged_errors.add((reading.cabinet_id, "(line protocol)"))
+                    log.warning("cabinet %s: %d point(s) of a poll could not be encoded for InfluxDB",
+                                reading.cabinet_id, skipped)
+            self.sink.submit(lines)
         self.metrics.observe(reading, result.requests, [e.field for e in result.errors])
         for hook in self.hooks:
             try:

@@ -34,7 +34,7 @@ class PipelineMetrics:
                                      ["field"], registry=registry)
         self.requests = Counter("cascade_modbus_requests_total", "Modbus read requests sent", registry=registry)
         self.lines_encode_errors = Counter("cascade_line_encode_errors_total",
-                                           "Readings that could not be encoded as line protocol", registry=registry)
+                                           "Points (cabinet or slot) that could not be encoded as line protocol", registry=registry)
         labels = ["site", "cabinet"]
         self.cabinet_temperature = Gauge("cascade_cabinet_temperature_celsius", "Temperature inside the cabinet",
                                          labels, registry=registry)

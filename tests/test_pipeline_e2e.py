@@ -181,3 +181,20 @@ async def test_real_prometheus_scrapes_metrics(stack: Stack, prometheus_factory)
         assert readings and float(readings[0]["value"][1]) > 0
         temps = await asyncio.to_thread(prom.query, "cascade_cabinet_battery_temperature_max_celsius")
         assert {r["metric"]["cabinet"] for r in temps} == {c.cabinet_id for c in stack.fleet.cabinets}
+
+
+async def test_a_point_that_cannot_be_encoded_is_counted_and_the_rest_is_written(stack: Stack, influxdb) -> None:
+    registry = CollectorRegistry()
+    pipeline = Pipeline(stack.config, registry=registry, seed=5)
+    original = pipeline.handle
+
+    async def handle_with_bad_string(device, result):
+        if result.reading.slots:
+            result.reading.slots[0].battery_maker = "line\nbreak"  # line protocol cannot carry this
+        await original(device, result)
+
+    pipeline.runner._on_result = handle_with_bad_string
+    await _run_for(pipeline, 1.5)
+    assert registry.get_sample_value("cascade_line_encode_errors_total") >= 1
+    rows = influxdb.query("SELECT count(voltage_v) FROM slot WHERE slot = '2'")
+    assert rows and rows[0]["count"] > 0
