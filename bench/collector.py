@@ -68,7 +68,8 @@ def _start_simulators(cabinets: int, slots: int, per_port: int, workers: int, wo
 
 
 async def run_collector_bench(fleet: list[dict], *, interval_s: float, duration_s: float, slots: int,
-                              influx_url: str | None = None, spool_dir: str | None = None) -> dict:
+                              influx_url: str | None = None, spool_dir: str | None = None,
+                              warnings: bool = False) -> dict:
     """Poll ``fleet`` for ``duration_s`` and measure; returns the figures."""
     from collectors.modbus.device import CabinetConfig, ModbusCabinet
     from collectors.modbus.profile import find_profile
@@ -84,7 +85,12 @@ async def run_collector_bench(fleet: list[dict], *, interval_s: float, duration_
                                device_id=entry.get("device_id", 1), site=entry.get("site", "bench"),
                                profile=entry["profile"], slots=slots, interval_s=interval_s, timeout_s=5.0)
         devices.append(ModbusCabinet(config, profile))
-    counts = {"polls": 0, "readings": 0, "requests": 0, "lines": 0, "field_errors": 0, "failures": 0}
+    counts = {"polls": 0, "readings": 0, "requests": 0, "lines": 0, "field_errors": 0, "failures": 0,
+              "transitions": 0}
+    engine = None
+    if warnings:
+        from alerting import Engine, load_rules
+        engine = Engine(load_rules())
 
     def on_result(device, result) -> None:
         counts["polls"] += 1
@@ -95,6 +101,8 @@ async def run_collector_bench(fleet: list[dict], *, interval_s: float, duration_
         counts["lines"] += len(lines)
         if sink is not None:
             sink.submit(lines)
+        if engine is not None:
+            counts["transitions"] += len(engine.evaluate(result.reading))
 
     class _Failures:
         def poll_done(self, *a) -> None: ...
@@ -136,6 +144,7 @@ async def _measure(devices, on_result, counts, failures, interval_s, duration_s,
         "minimum_requests_per_poll": minimum_reads(profile, slots),
         "poll_failures": delta["failures"], "field_errors": delta["field_errors"], "lines": delta["lines"],
         "influx_lines_written": None if sink is None else sink.stats.lines_written,
+        "transitions": delta["transitions"],
     }
 
 
@@ -149,6 +158,7 @@ def _print(figures: dict) -> None:
     print(f"  requests per poll     {figures['requests_per_poll']:10.2f}   "
           f"(theoretical minimum {figures['minimum_requests_per_poll']})")
     print(f"  poll failures         {figures['poll_failures']:10d}   field errors {figures['field_errors']}")
+    print(f"  warning transitions   {figures['transitions']:10d}   (0 unless --warnings)")
     if figures["influx_lines_written"] is not None:
         print(f"  InfluxDB lines written{figures['influx_lines_written']:10d}   (sink in the same process: "
               "its CPU is in the figures above)")
@@ -164,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-port", type=int, default=50, help="cabinets served per simulator port")
     parser.add_argument("--workers", type=int, default=2, help="simulator processes")
     parser.add_argument("--profile", default="reference-cabinet")
+    parser.add_argument("--warnings", action="store_true",
+                        help="also evaluate every reading with the shipped warning catalogue")
     parser.add_argument("--influx", metavar="URL", help="also write every reading to this InfluxDB 1.x "
                         "(database cascade, loopback only), so the sink's CPU is measured too")
     args = parser.parse_args(argv)
@@ -175,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             figures = asyncio.run(run_collector_bench(fleet, interval_s=args.interval, duration_s=duration,
                                                       influx_url=args.influx, spool_dir=str(Path(tmp) / "spool"),
+                                                      warnings=args.warnings,
                                                       slots=args.slots))
         finally:
             for proc in procs:
