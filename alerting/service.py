@@ -24,10 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
+import os
 import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -82,7 +86,8 @@ class AlertService:
                  resend_interval_s: float = 60.0, clock: Callable[[], float] = time.time,
                  session: aiohttp.ClientSession | None = None, policy: ActionPolicy | None = None,
                  registry: CollectorRegistry | None = None, generator_url: str | None = None,
-                 on_pushed: Callable[[list[dict[str, Any]], float], None] | None = None) -> None:
+                 on_pushed: Callable[[list[dict[str, Any]], float], None] | None = None,
+                 failed_actions_path: str | Path | None = None) -> None:
         self.pipeline = pipeline
         self.engine = engine
         self.store = engine.state
@@ -92,7 +97,10 @@ class AlertService:
             alertmanager_url, resend_interval_s=resend_interval_s, session=session, registry=registry, clock=clock,
             generator_url=generator_url, on_pushed=on_pushed)
         self.actions = ActionRunner(pipeline, policy, clock=clock)
-        self.failed: dict[AlertKey, FailedAction] = {}
+        # Failed protective actions are safety state: kept on disk so a restart resumes the retries
+        # and the level-3 alert instead of forgetting an energised faulty slot.
+        self._failed_path = Path(failed_actions_path) if failed_actions_path is not None else None
+        self.failed: dict[AlertKey, FailedAction] = self._load_failed()
         self._fired: dict[AlertKey, dict[str, str]] = {}  # labels last fired per alert (to resolve exactly)
         self._done: dict[AlertKey, int] = {}  # alert -> highest level whose action was started
         self._tasks: set[asyncio.Task] = set()
@@ -121,6 +129,8 @@ class AlertService:
         for alert in self.store.active():
             if alert.protective_action is not None:
                 self._done[alert.key] = alert.level  # acted on before the restart: not repeated
+        for failed in self.failed.values():  # failures carried over a restart: page again, keep retrying
+            self._fire(failed.key, failed.labels, failed.annotations, failed.raised_at)
         self._running = True
         self._retry_task = asyncio.create_task(self._retry_loop(), name="protective-action-retry")
         self.pipeline.hooks.append(self.handle_reading)
@@ -224,6 +234,7 @@ class AlertService:
         if record.ok:
             if existing is not None:
                 del self.failed[key]
+                self._save_failed()
                 self._resolve(key, {**existing.annotations,
                                     "diagnosis": f"Resolved: {command.name}={command.value} now reads back "
                                                  f"{record.readback} (by {record.actor})."})
@@ -236,6 +247,7 @@ class AlertService:
         if existing is not None:
             existing.attempts += 1
             existing.last_error = record.error
+            self._save_failed()
             return
         labels = {"alertname": ACTION_FAILED, "rule": ACTION_FAILED, "level": "3", "severity": SEVERITY[3],
                   "site": command.site, "cabinet": command.cabinet, "protective_action": command.action}
@@ -253,6 +265,7 @@ class AlertService:
         }
         failed = FailedAction(command, labels, annotations, record.at, 1, record.error)
         self.failed[key] = failed
+        self._save_failed()
         self._fire(key, labels, annotations, record.at)
         self._submit([_alert_line(ACTION_FAILED, command.site, command.cabinet, command.slot, "critical", 3, 0,
                                   "raise", None, battery, annotations, time.time_ns())])
@@ -266,6 +279,42 @@ class AlertService:
                     return
                 record = await self.actions.execute(failed.command)
                 self._settle(failed.command, record, failed.labels.get("battery"))
+
+    # -- failed-action persistence ----------------------------------------------------------------
+
+    def _save_failed(self) -> None:
+        if self._failed_path is None:
+            return
+        doc = [{"command": dataclasses.asdict(f.command), "labels": f.labels, "annotations": f.annotations,
+                "raised_at": f.raised_at, "attempts": f.attempts, "last_error": f.last_error,
+                "ack": None if f.ack is None else dataclasses.asdict(f.ack)} for f in self.failed.values()]
+        try:
+            self._failed_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._failed_path.with_name(self._failed_path.name + ".tmp")
+            tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+            os.replace(tmp, self._failed_path)  # atomic: a crash leaves the old or the new file
+        except OSError as err:
+            log.error("cannot save failed protective actions to %s: %s", self._failed_path, err)
+
+    def _load_failed(self) -> dict[AlertKey, FailedAction]:
+        if self._failed_path is None or not self._failed_path.exists():
+            return {}
+        try:
+            doc = json.loads(self._failed_path.read_text(encoding="utf-8"))
+            out: dict[AlertKey, FailedAction] = {}
+            for item in doc:
+                ack = item.get("ack")
+                failed = FailedAction(Command(**item["command"]), dict(item["labels"]), dict(item["annotations"]),
+                                      float(item["raised_at"]), int(item["attempts"]), str(item["last_error"]),
+                                      None if ack is None else Ack(**ack))
+                out[failed.key] = failed
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.error("cannot read failed protective actions from %s (%s): starting without them; the file "
+                      "is kept for inspection", self._failed_path, err)
+            return {}
+        if out:
+            log.warning("%d failed protective action(s) carried over a restart: retrying", len(out))
+        return out
 
     # -- queries used by the HTTP API ------------------------------------------------------------
 
@@ -285,6 +334,7 @@ class AlertService:
         if not isinstance(who, str) or not who.strip():
             raise ValueError("acknowledge needs who: the person acknowledging")
         failed.ack = Ack(who.strip(), comment, self._clock(), 3)
+        self._save_failed()
         return failed.to_dict()
 
     # -- helpers --------------------------------------------------------------------------------

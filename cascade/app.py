@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from alerting.actions import ActionPolicy
@@ -40,6 +41,12 @@ ALERTING_DEFAULTS: dict[str, Any] = {
 }
 _ACTION_KEYS = {"perform", "rules", "retry_s"}
 _DOC = "see docs/alert-service.md#configuration"
+
+
+def _beside(path: str, suffix: str) -> Path:
+    """A file next to ``path`` named after it (alerts.json -> alerts-failed-actions.json)."""
+    p = Path(path)
+    return p.with_name(p.stem + suffix)
 
 
 def alerting_settings(config: AppConfig) -> dict[str, Any]:
@@ -133,7 +140,8 @@ async def start_app(config: AppConfig) -> AsyncIterator[Pipeline]:
     engine = build_engine(config, settings)
     service = AlertService(pipeline, engine, alertmanager_url=settings["alertmanager_url"],
                            resend_interval_s=float(settings["resend_interval_s"]), policy=settings["policy"],
-                           generator_url=settings["generator_url"])
+                           generator_url=settings["generator_url"],
+                           failed_actions_path=_beside(settings["state_file"], "-failed-actions.json"))
     add_routes(pipeline.app, service, token=settings["api_token"])
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(service)

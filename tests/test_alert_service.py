@@ -373,3 +373,28 @@ async def test_start_app_wires_engine_service_and_routes(tmp_path):
     config.alerting = {"enabled": False}
     async with start_app(config) as pipeline:
         assert not pipeline.hooks
+
+
+async def test_failed_protective_action_survives_a_restart(tmp_path, engine_clock, alertmanager_factory):
+    """A cut-off that could not be written is safety state: after a restart the level-3 alert is
+    paged again and the write retried, until it reads back."""
+    am = alertmanager_factory("route: {receiver: none}\nreceivers: [{name: none}]\n")
+    dead = CabinetConfig(id=CAB, host="127.0.0.1", port=free_port(), site=SITE, interval_s=3600, timeout_s=0.3)
+    path = tmp_path / "alerts-failed-actions.json"
+    policy = ActionPolicy(perform=frozenset({"stop_charging", "slot_cutoff"}), retry_s=3600)
+    pipeline = Pipeline(make_config(tmp_path, [dead]))
+    service = AlertService(pipeline, make_engine(engine_clock, tmp_path), alertmanager_url=None, policy=policy,
+                           failed_actions_path=path)
+    async with service:
+        await feed(service, engine_clock, 75.0)  # over_temperature level 3 -> slot cut-off, cabinet is down
+        await eventually(lambda: service.failed)
+    saved = json.loads(path.read_text())
+    assert [item["command"]["name"] for item in saved] == ["slot_output"] and saved[0]["attempts"] >= 1
+
+    pipeline = Pipeline(make_config(tmp_path, [dead]))
+    restarted = AlertService(pipeline, make_engine(engine_clock, tmp_path), alertmanager_url=am.url,
+                             policy=policy, failed_actions_path=path)
+    assert [str(k) for k in restarted.failed] == [f"protective_action_failed@{SITE}/{CAB}/{SLOT}"]
+    async with restarted:
+        held = await eventually(lambda: am_alerts(am, alertname="protective_action_failed"))
+        assert held[0]["labels"]["level"] == "3" and held[0]["labels"]["slot"] == str(SLOT)
