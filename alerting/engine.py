@@ -190,6 +190,21 @@ def _extractor(inp: Input) -> Callable[[Any, _TargetState, float], float | None]
             return _number(abs(d))
 
         return jump
+    if inp.kind == "lost":
+        pack_value = name not in COMPARTMENT_FIELDS
+
+        def lost(obj, ts, now):
+            if pack_value and getattr(obj, "battery_state", None) == BatteryState.EMPTY:
+                ts.prev.pop(key, None)  # no pack, no pack sensor: not lost, and start afresh
+                return None
+            if _number(getattr(obj, name)) is not None:
+                ts.prev[key] = 1.0  # seen reporting
+                return 0.0
+            # Only a sensor that reported before can be lost: a field the cabinet's profile
+            # does not carry is never there, and that is not a fault.
+            return 1.0 if key in ts.prev else None
+
+        return lost
     if inp.kind == "rate_of":
         window = inp.window_s
         min_span = window / 2  # a slope over a few seconds is mostly noise

@@ -57,7 +57,7 @@ DEFAULT_CATALOGUE = Path(__file__).with_name("catalogue.yaml")
 # the catalogue is a start-up error rather than an action that silently never happens.
 PROTECTIVE_ACTIONS = frozenset({"stop_charging", "slot_cutoff", "cabinet_cutoff"})
 
-INPUT_KINDS = ("field", "rate_of", "delta", "jump", "flag", "bool", "fusion")
+INPUT_KINDS = ("field", "rate_of", "delta", "jump", "flag", "bool", "lost", "fusion")
 COMPARES = (">", ">=", "<", "<=")
 SCOPES = ("slot", "cabinet")
 FLAG_TYPES: dict[str, type] = {
@@ -155,6 +155,8 @@ class Input:
         if self.kind == "flag":
             flag_type = FLAG_TYPES[self.fields[0]]
             return f"{self.fields[0]} & {model.describe_flags(flag_type, self.mask)}"
+        if self.kind == "lost":
+            return f"{self.fields[0]} stopped reporting (1) / reporting (0)"
         return self.fields[0]
 
 
@@ -488,6 +490,9 @@ def _parse_input(ctx: _Ctx, key: str, raw: Any, kinds: dict[str, str]) -> Input:
         return Input("jump", (_field(ctx, sub, raw[kind], kinds, "number"),), up_only=direction == "up")
     if kind == "bool":
         return Input("bool", (_field(ctx, sub, raw[kind], kinds, "bool"),))
+    if kind == "lost":
+        # Sensor health: a safety sensor that went silent blinds the rules that read it.
+        return Input(kind, (_field(ctx, sub, raw[kind], kinds, "number"),))
     if kind == "flag":
         name = raw[kind]
         if name not in FLAG_TYPES or name not in kinds:

@@ -242,3 +242,32 @@ def test_run_time_thresholds_survive_a_restart_unless_the_catalogue_changed(tmp_
     assert level1(changed) == base - 1.0
     audit.write_text(audit.read_text() + "not json\n")
     assert level1(Engine(load_rules(), audit_path=audit)) == 52.0  # a torn line is skipped
+
+
+def test_a_sensor_that_stops_reporting_is_a_warning_but_a_field_never_carried_is_not():
+    from cascade.model import BatteryState
+    clock = [T0]
+    engine = Engine(load_rules().only(["h2_sensor_lost", "pack_temperature_sensor_lost"]), clock=lambda: clock[0])
+
+    def at(**values):
+        clock[0] += 30
+        return engine.evaluate(CabinetReading("c1", "s1", "m1", 0, slots=[SlotReading(slot=1, **values)]))
+
+    charging = int(BatteryState.CHARGING)
+    seen = []
+    for _ in range(10):  # a profile without an H2 sensor: h2_ppm is always None
+        seen += at(battery_state=charging, temperature_c=30.0)
+    assert seen == []
+    seen += at(battery_state=charging, temperature_c=30.0, h2_ppm=0.4)
+    for _ in range(25):  # both sensors die (12.5 min)
+        seen += at(battery_state=charging)
+    levels = {(t.rule, t.to_level) for t in seen}
+    assert {("h2_sensor_lost", 1), ("h2_sensor_lost", 2), ("pack_temperature_sensor_lost", 2)} <= levels
+    cleared = at(battery_state=charging, temperature_c=30.0, h2_ppm=0.3) + at(battery_state=charging,
+                                                                              temperature_c=30.0, h2_ppm=0.3)
+    assert {t.rule for t in cleared if t.kind == "clear"} == {"h2_sensor_lost", "pack_temperature_sensor_lost"}
+    # Pulling the pack out is not a lost pack sensor.
+    removed = []
+    for _ in range(25):
+        removed += at(battery_state=int(BatteryState.EMPTY), h2_ppm=0.3)
+    assert removed == []
