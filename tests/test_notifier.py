@@ -517,3 +517,10 @@ async def test_serve_runs_until_cancelled(tmp_path, provider, monkeypatch):
     with pytest.raises(asyncio.CancelledError):
         await task
     assert len(provider.on("/feed")) == 1  # shutdown waited for the accepted delivery
+
+
+def test_target_placeholder_reads_well_for_slot_and_cabinet_alerts():
+    from alerting.notify.delivery import describe_target
+    assert describe_target({"site": "site-01", "cabinet": "C0003", "slot": "5"}) == "site-01/C0003 slot 5"
+    assert describe_target({"site": "site-01", "cabinet": "C0003"}) == "site-01/C0003"
+    assert describe_target({"component": "influxdb"}) == "influxdb"

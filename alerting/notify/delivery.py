@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import aiohttp
 
@@ -76,6 +76,7 @@ class Dispatcher:
             "recipient": recipient, "receiver": receiver, "channel": delivery.channel, "status": alert.status,
             "fingerprint": alert.fingerprint, "starts_at": alert.starts_at, "ends_at": alert.ends_at,
             "generator_url": alert.generator_url, "labels": alert.labels, "annotations": alert.annotations,
+            "target": describe_target(alert.labels),
         }
         attempt = 0
         outcome = Outcome(ok=False, error="not attempted")
@@ -107,3 +108,11 @@ def _wanted(delivery: Delivery, alert: WebhookAlert) -> bool:
         return False
     # An alert without a level (mislabelled rule) is delivered rather than dropped: better noisy than silent.
     return not alert.level or alert.level in delivery.levels
+
+
+def describe_target(labels: Mapping[str, str]) -> str:
+    """Where, in words: ``site-01/C0003 slot 5``, or ``site-01/C0003`` for a cabinet-wide alert
+    (a template writing ``slot {{labels.slot}}`` would say "slot " for those)."""
+    where = "/".join(v for v in (labels.get("site", ""), labels.get("cabinet", "")) if v)
+    slot = labels.get("slot", "")
+    return f"{where} slot {slot}" if slot else where or labels.get("component", "")

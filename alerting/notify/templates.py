@@ -20,7 +20,7 @@ from typing import Any
 __all__ = ["PLACEHOLDERS", "Template", "TemplateError", "compile_template", "render_tree"]
 
 PLACEHOLDERS = ("recipient", "receiver", "status", "fingerprint", "starts_at", "ends_at", "generator_url",
-                "channel", "labels.<name>", "annotations.<name>")
+                "channel", "target", "labels.<name>", "annotations.<name>")
 _PLAIN = frozenset(p for p in PLACEHOLDERS if "." not in p)
 _FIELD = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)\s*\}\}")
 
