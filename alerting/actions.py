@@ -17,6 +17,7 @@ rule or API call can make Cascade command (or reset) suppression.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -175,12 +176,21 @@ class ActionRunner:
             record.error = (f"cabinet {command.cabinet!r} is not configured in this collector; cut it off by hand"
                             if device is None else "no slot to command")
         else:
-            result = await device.command(command.name, slot=command.slot, value=command.value, actor=command.actor)
-            record.at, record.completed_at = result.requested_at, result.completed_at
-            record.result = "ok" if result.ok else "failed"
-            record.readback = None if result.readback is None else int(result.readback)
-            record.error = result.error
-            self._write_point(result, command.site)
+            try:
+                result = await device.command(command.name, slot=command.slot, value=command.value,
+                                              actor=command.actor)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001 - turn any surprise into a failed action (alerted)
+                log.exception("protective action %s on %s: the command raised", command.action, command.alert)
+                record.result = "failed"
+                record.error = f"unexpected {type(err).__name__}: {err}"
+            else:
+                record.at, record.completed_at = result.requested_at, result.completed_at
+                record.result = "ok" if result.ok else "failed"
+                record.readback = None if result.readback is None else int(result.readback)
+                record.error = result.error
+                self._write_point(result, command.site)
         level = logging.INFO if record.ok else logging.ERROR
         log.log(level, "protective action %s: %s %s=%s on %s/%s slot %s by %s: %s (read back %s)%s",
                 command.action, command.alert, command.name, command.value, command.site, command.cabinet,

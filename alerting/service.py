@@ -40,7 +40,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from alerting.actions import ActionPolicy, ActionRecord, ActionRunner, Command
 from alerting.alertmanager import AlertmanagerPusher
 from alerting.engine import Engine
-from alerting.state import SEVERITY, Ack, Alert, AlertKey, Transition
+from alerting.state import SEVERITY, Ack, Alert, AlertKey, Target, Transition
 from cascade.model import CabinetReading
 from exporters.influx.lineprotocol import LineProtocolError, encode_line
 
@@ -126,12 +126,20 @@ class AlertService:
             # them out meanwhile, so tell it again what is firing.
             for alert in self.store.active():
                 self._fire(alert.key, alert.labels, alert.annotations, alert.raised_at)
-        for alert in self.store.active():
-            if alert.protective_action is not None:
-                self._done[alert.key] = alert.level  # acted on before the restart: not repeated
         for failed in self.failed.values():  # failures carried over a restart: page again, keep retrying
             self._fire(failed.key, failed.labels, failed.annotations, failed.raised_at)
         self._running = True
+        # An action may have been cut short by a crash or a restart (the alert was stored before
+        # its write finished). Re-issuing a cut-off is harmless, forgetting one is not: repeat the
+        # protective action of every active alert that carries one.
+        for alert in self.store.active():
+            if alert.protective_action is not None:
+                restart = _restart_transition(alert, self._clock())
+                action = self.actions.policy.action_for(restart)
+                if action is not None:
+                    log.warning("re-issuing %s for %s (active at level %d when Cascade started)",
+                                action, alert.key, alert.level)
+                    self._start_action(restart, action)
         self._retry_task = asyncio.create_task(self._retry_loop(), name="protective-action-retry")
         self.pipeline.hooks.append(self.handle_reading)
         return self
@@ -225,7 +233,16 @@ class AlertService:
         task.add_done_callback(self._tasks.discard)
 
     async def _run_command(self, command: Command, battery: str | None) -> None:
-        record = await self.actions.execute(command)
+        try:
+            record = await self.actions.execute(command)
+        except asyncio.CancelledError:
+            # Stopped before the write finished (shutdown): keep it as failed, so the next start
+            # pages and retries it instead of forgetting an energised slot.
+            self._settle(command, _failed_record(command, "interrupted by shutdown before read-back"), battery)
+            raise
+        except Exception as err:  # noqa: BLE001 - never lose a protective action silently
+            log.exception("protective action %s for %s failed unexpectedly", command.action, command.alert)
+            record = _failed_record(command, f"unexpected {type(err).__name__}: {err}")
         self._settle(command, record, battery)
 
     def _settle(self, command: Command, record: ActionRecord, battery: str | None) -> None:
@@ -277,7 +294,14 @@ class AlertService:
             for failed in list(self.failed.values()):
                 if not self._running:
                     return
-                record = await self.actions.execute(failed.command)
+                try:
+                    record = await self.actions.execute(failed.command)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as err:  # noqa: BLE001 - one bad retry must not end all retries
+                    log.exception("retrying %s for %s failed unexpectedly", failed.command.action,
+                                  failed.command.alert)
+                    record = _failed_record(failed.command, f"unexpected {type(err).__name__}: {err}")
                 self._settle(failed.command, record, failed.labels.get("battery"))
 
     # -- failed-action persistence ----------------------------------------------------------------
@@ -291,7 +315,10 @@ class AlertService:
         try:
             self._failed_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self._failed_path.with_name(self._failed_path.name + ".tmp")
-            tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(json.dumps(doc, indent=1))
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, self._failed_path)  # atomic: a crash leaves the old or the new file
         except OSError as err:
             log.error("cannot save failed protective actions to %s: %s", self._failed_path, err)
@@ -301,6 +328,8 @@ class AlertService:
             return {}
         try:
             doc = json.loads(self._failed_path.read_text(encoding="utf-8"))
+            if not isinstance(doc, list):
+                raise ValueError(f"expected a list, got {type(doc).__name__}")
             out: dict[AlertKey, FailedAction] = {}
             for item in doc:
                 ack = item.get("ack")
@@ -308,9 +337,12 @@ class AlertService:
                                       float(item["raised_at"]), int(item["attempts"]), str(item["last_error"]),
                                       None if ack is None else Ack(**ack))
                 out[failed.key] = failed
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            log.error("cannot read failed protective actions from %s (%s): starting without them; the file "
-                      "is kept for inspection", self._failed_path, err)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            aside = self._failed_path.with_name(f"{self._failed_path.name}.corrupt-{int(time.time())}")
+            with contextlib.suppress(OSError):
+                os.replace(self._failed_path, aside)  # kept for inspection, not overwritten
+            log.error("cannot read failed protective actions from %s (%s): moved to %s; starting without them",
+                      self._failed_path, err, aside)
             return {}
         if out:
             log.warning("%d failed protective action(s) carried over a restart: retrying", len(out))
@@ -398,3 +430,21 @@ def _alert_dict(alert: Alert) -> dict[str, Any]:
         "labels": alert.labels, "annotations": alert.annotations, "acknowledged": alert.ack is not None,
         "ack": None if alert.ack is None else _ack_dict(alert.ack), "source": "engine",
     }
+
+
+def _restart_transition(alert: Alert, now: float) -> Transition:
+    """The raise an active alert stands for, to repeat its protective action after a restart."""
+    key = alert.key
+    return Transition(rule=key.rule, target=Target(key.site, key.cabinet, key.slot, alert.battery), from_level=0,
+                      to_level=alert.level, kind="raise", value=alert.value, at=now,
+                      diagnosis=alert.annotations.get("diagnosis", ""), action=alert.annotations.get("action", ""),
+                      protective_action=alert.protective_action, labels=dict(alert.labels),
+                      annotations=dict(alert.annotations))
+
+
+def _failed_record(command: Command, error: str) -> ActionRecord:
+    now = time.time()
+    record = ActionRecord(now, now, command.actor, command.alert, command.action, command.name, command.site,
+                          command.cabinet, command.slot, command.value, "failed")
+    record.error = error
+    return record

@@ -398,3 +398,41 @@ async def test_failed_protective_action_survives_a_restart(tmp_path, engine_cloc
     async with restarted:
         held = await eventually(lambda: am_alerts(am, alertname="protective_action_failed"))
         assert held[0]["labels"]["level"] == "3" and held[0]["labels"]["slot"] == str(SLOT)
+
+
+async def test_an_empty_read_back_is_a_failed_action_and_retries_go_on(tmp_path, engine_clock):
+    """A cabinet that accepts the write but reads back nothing: the cut-off is a failed action
+    (alerted, retried), never an exception that ends the action or the retry loop."""
+    from tests.fixtures.bad_modbus import empty_read_server
+
+    async with empty_read_server() as port:
+        cabinet = CabinetConfig(id=CAB, host="127.0.0.1", port=port, site=SITE, interval_s=3600, timeout_s=0.5)
+        pipeline = Pipeline(make_config(tmp_path, [cabinet]))
+        policy = ActionPolicy(perform=frozenset({"stop_charging", "slot_cutoff"}), retry_s=0.2)
+        service = AlertService(pipeline, make_engine(engine_clock, tmp_path), alertmanager_url=None, policy=policy)
+        async with service:
+            await feed(service, engine_clock, 75.0)
+            failed = await eventually(lambda: service.failed)
+            key = next(iter(failed))
+            await eventually(lambda: service.failed[key].attempts >= 3)  # the retry loop is alive
+            assert "returned no value" in service.failed[key].last_error
+            assert service._retry_task is not None and not service._retry_task.done()
+
+
+async def test_a_cut_off_cut_short_by_a_crash_is_reissued_at_start(tmp_path, engine_clock, simulator):
+    """The engine stores the level-3 alert before its write runs; if the process dies in between,
+    the next start repeats the cut-off instead of leaving the slot energised."""
+    crashed = make_engine(engine_clock, tmp_path)
+    crashed.evaluate(reading(75.0))
+    engine_clock.now += 25
+    assert any(t.protective_action == "slot_cutoff" for t in crashed.evaluate(reading(75.0)))
+    # ... and the process dies here, before any write. Next start:
+    fleet, _server = simulator
+    cabinet = CabinetConfig(id=CAB, host="127.0.0.1", port=fleet.cabinets[0].port, site=SITE, interval_s=3600,
+                            timeout_s=1)
+    pipeline = Pipeline(make_config(tmp_path, [cabinet]))
+    service = AlertService(pipeline, make_engine(engine_clock, tmp_path), alertmanager_url=None,
+                           policy=ActionPolicy(perform=frozenset({"slot_cutoff"})))
+    async with service:
+        done = await eventually(lambda: [r for r in service.actions.recent if r.ok])
+    assert (done[0].command, done[0].slot, done[0].readback) == ("slot_output", SLOT, 0)

@@ -183,17 +183,26 @@ class ModbusCabinet:
             if register_type == "coil":
                 await self._call("write_coil", address, bool(value))
                 response = await self._call("read_coils", address, count=1)
-                result.readback = bool(response.bits[0])
+                bits = list(getattr(response, "bits", None) or [])
+                if not bits:
+                    raise PollFailed("short", f"read-back of coil {address} returned no value")
+                result.readback = bool(bits[0])
                 result.ok = result.readback == bool(value)
             else:
                 await self._call("write_register", address, int(value))
                 response = await self._call("read_holding_registers", address, count=1)
-                result.readback = response.registers[0]
+                registers = list(getattr(response, "registers", None) or [])
+                if not registers:
+                    raise PollFailed("short", f"read-back of register {address} returned no value")
+                result.readback = registers[0]
                 result.ok = result.readback == int(value)
             if not result.ok:
                 result.error = f"read back {result.readback!r}, expected {value!r}"
         except (PollFailed, KeyError, ValueError) as err:
             result.error = str(err)
+        except Exception as err:  # noqa: BLE001 - a protective command must report, never vanish
+            log.exception("command %s cabinet=%s slot=%s: unexpected error", name, self.config.id, slot)
+            result.error = f"unexpected {type(err).__name__}: {err}"
         result.completed_at = self._wall_clock()
         log.log(logging.INFO if result.ok else logging.ERROR, "command %s cabinet=%s slot=%s value=%s by %s: %s%s",
                 name, self.config.id, slot, value, actor, "ok" if result.ok else "FAILED",
