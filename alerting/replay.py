@@ -157,7 +157,12 @@ def read_trace(path: str | Path) -> list[tuple[float, CabinetReading]]:
     except OSError as exc:
         raise TraceError(name, 0, f"cannot open trace ({exc.strerror})") from exc
     with handle:
-        return list(_readings(csv.reader(handle), name))
+        reader = csv.reader(handle)
+        try:
+            return list(_readings(reader, name))
+        except (csv.Error, UnicodeDecodeError) as exc:
+            # The csv module and the decoder report the line they reached; say so, like every other error.
+            raise TraceError(name, reader.line_num, f"not a readable CSV line ({exc})") from exc
 
 
 def _readings(rows: Iterable[list[str]], name: str) -> Iterator[tuple[float, CabinetReading]]:

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from collectors.modbus.device import CabinetConfig
+from collectors.modbus.planner import plan_reads
 from collectors.modbus.profile import Profile, ProfileError, find_profile
 from exporters.influx.sink import InfluxConfig
 
@@ -154,6 +155,11 @@ def load_config(path: str | Path) -> AppConfig:
         seen.add(cabinet.id)
         if cabinet.interval_s <= 0 or cabinet.timeout_s <= 0:
             raise ConfigError(entry_source, key, "interval_s and timeout_s must be positive", "e.g. interval_s: 5")
+        if cabinet.busy_retries < 0 or cabinet.busy_backoff_s < 0:
+            raise ConfigError(entry_source, key, "busy_retries and busy_backoff_s cannot be negative",
+                              "e.g. busy_retries: 3")
+        if cabinet.slots is not None and not 1 <= cabinet.slots <= 256:
+            raise ConfigError(entry_source, f"{key}.slots", f"{cabinet.slots}", "use 1..256 (or leave it out)")
         if cabinet.profile not in profiles:
             profile_ref = cabinet.profile
             if profile_ref.endswith((".yaml", ".yml")) and not Path(profile_ref).is_absolute():
@@ -163,6 +169,10 @@ def load_config(path: str | Path) -> AppConfig:
                 profiles[cabinet.profile] = find_profile(profile_ref)
             except ProfileError as err:
                 raise ConfigError(entry_source, f"{key}.profile", str(err), "fix the profile or its name") from err
+        try:  # the read plan is built at start-up anyway: a slot count the map cannot hold fails here
+            plan_reads(profiles[cabinet.profile], cabinet.slots, max_gap=cabinet.max_gap)
+        except ValueError as err:
+            raise ConfigError(entry_source, key, str(err), "check slots and max_gap against the profile") from err
         cabinets.append(cabinet)
 
     influx_doc = doc.get("influxdb")

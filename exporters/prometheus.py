@@ -107,7 +107,12 @@ class PipelineMetrics:
 
     @staticmethod
     def _set(gauge: Gauge, labels: tuple[str, str], value: float | bool | None) -> None:
-        # A value the cabinet does not report leaves the gauge out rather than exporting a fake 0.
+        # A value the cabinet does not report (sensor silent, garbage rejected) removes the series
+        # rather than exporting a fake 0 or, worse, the last value as if it were current.
         if value is None:
+            try:
+                gauge.remove(*labels)
+            except KeyError:
+                pass
             return
         gauge.labels(*labels).set(float(value))

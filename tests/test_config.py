@@ -92,3 +92,12 @@ def test_compose_file_pins_images_and_gates_on_health() -> None:
         for dep, cond in (service.get("depends_on") or {}).items():
             assert cond == {"condition": "service_healthy"}, f"{name} -> {dep}"
     assert (ROOT / ".env.example").exists() and not (ROOT / ".env").exists()
+
+
+def test_slot_count_beyond_the_register_map_is_a_config_error(tmp_path: Path) -> None:
+    _write(tmp_path, "model: high\nslots: {count: 2, base: {input: 60000}, stride: 32}\n"
+                     "slot: [{field: soc_pct, register: input, offset: 0, type: u16}]\n", "high.yaml")
+    path = _write(tmp_path, "cabinets: [{id: A, host: h, profile: high.yaml, slots: 200}]\n")
+    with pytest.raises(ConfigError, match="beyond 65535") as info:
+        load_config(path)
+    assert info.value.key == "cabinets[0]"

@@ -160,3 +160,9 @@ def test_compiled_decoder_agrees_with_decode_value(spec: FieldSpec, words: list[
             decoder(words, index)
         return
     assert decoder(words, index) == expected
+
+
+def test_text_with_control_characters_is_rejected_as_that_field_only() -> None:
+    spec = FieldSpec("battery_id", "holding", 0, "string", length=5)
+    with pytest.raises(DecodeError, match="control characters"):
+        decode_value(spec, encode_value(spec, "NM48\n001"))

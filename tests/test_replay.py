@@ -114,3 +114,15 @@ def test_cli_reports_errors_with_exit_code_2(tmp_path, capsys):
     bad_rules = write(tmp_path, "rules: 3\n", name="r.yaml")
     assert main([str(write(tmp_path, GOOD)), "--rules", str(bad_rules)]) == 2
     assert "r.yaml" in capsys.readouterr().err
+
+
+def test_unreadable_csv_is_a_trace_error(tmp_path):
+    from alerting.replay import TraceError, read_trace
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"timestamp,target,field,value\n1,s/c/1,voltage_v,\xff\xfe\n")
+    with pytest.raises(TraceError, match="not a readable CSV line"):
+        read_trace(bad)
+    big = tmp_path / "big.csv"
+    big.write_text('timestamp,target,field,value\n1,s/c/1,voltage_v,"' + "x" * 140_000 + '"\n')
+    with pytest.raises(TraceError, match="big.csv:2"):
+        read_trace(big)

@@ -59,9 +59,14 @@ def decode_value(spec: "FieldSpec", words: Sequence[int]) -> float | int | bool 
         raw = _words_to_bytes(words, "big")
         text = raw.split(b"\x00", 1)[0]
         try:
-            return text.decode("utf-8").strip() or None
+            decoded = text.decode("utf-8").strip()
         except UnicodeDecodeError as err:
             raise DecodeError(f"{spec.field}: not UTF-8 text ({raw[:16]!r})") from err
+        if not decoded.isprintable():
+            # Control characters (line breaks...) are never part of an id or a name; passing them
+            # on would make the whole point unwritable downstream, losing good fields with it.
+            raise DecodeError(f"{spec.field}: control characters in text ({decoded[:16]!r})")
+        return decoded or None
     if spec.missing is not None and list(words) == list(spec.missing_words):
         return None
     (raw_value,) = struct.unpack(_STRUCT[kind], _words_to_bytes(words, spec.word_order))

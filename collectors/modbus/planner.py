@@ -78,6 +78,9 @@ def plan_reads(profile: Profile, slot_count: int | None = None, *, max_gap: int 
     slot_count = profile.slot_count if slot_count is None else slot_count
     plan: list[ReadRequest] = []
     for register_type, extents in _field_extents(profile, slot_count).items():
+        if extents and extents[-1][1] > 0x10000:
+            raise ValueError(f"{slot_count} slots of profile {profile.model} need {register_type} registers "
+                             f"beyond 65535")
         limit = _limit(register_type, max_registers)
         group: list[tuple[int, int, int | None, FieldSpec]] = []
         end = 0

@@ -183,7 +183,11 @@ def _parse_field(entry: Any, where: str, source: Path, allowed: frozenset[str], 
     missing = entry.get("missing")
     if missing is not None and not isinstance(missing, int):
         raise ProfileError(source, f"{where}.missing", f"{missing!r} is not an integer", "e.g. missing: 0x7FFF")
-    return FieldSpec(name, register, address, data_type, float(scale), float(entry.get("offset_value", 0.0)),
+    offset_value = entry.get("offset_value", 0.0)
+    if not isinstance(offset_value, (int, float)) or isinstance(offset_value, bool):
+        raise ProfileError(source, f"{where}.offset_value", f"{offset_value!r} is not a number",
+                           "e.g. offset_value: -40 (added after scaling)")
+    return FieldSpec(name, register, address, data_type, float(scale), float(offset_value),
                      str(entry.get("unit", "")), order, length, valid, missing)
 
 
@@ -229,15 +233,25 @@ def load_profile(path: str | Path) -> Profile:
             raise ProfileError(source, f"slots.stride.{kind}", "missing or not a positive integer",
                                "give a stride for every register type in slots.base")
 
+    cabinet_list = doc.get("cabinet") or []
+    if not isinstance(cabinet_list, list):
+        raise ProfileError(source, "cabinet", f"expected a list of fields, got {cabinet_list!r}",
+                           "write cabinet: [{field: ..., register: ..., address: ..., type: ...}, ...]")
     cabinet_fields = [
         _parse_field(e, f"cabinet[{i}]", source, CABINET_FIELDS, order, "address")
-        for i, e in enumerate(doc.get("cabinet") or [])
+        for i, e in enumerate(cabinet_list)
     ]
     slot_fields = [
         _parse_field(e, f"slot[{i}]", source, SLOT_FIELDS, order, "offset")
         for i, e in enumerate(_require(doc, "slot", "", source, list, "list the per-slot fields"))
     ]
     for i, spec in enumerate(slot_fields):
+        if spec.register_type in base:
+            last = spec.address + base[spec.register_type] + (count - 1) * stride[spec.register_type] + spec.words
+            if last > 0x10000:
+                raise ProfileError(source, f"slot[{i}]({spec.field})",
+                                   f"slot {count} would need register {last - 1}, beyond 65535",
+                                   "lower slots.base or slots.stride, or slots.count")
         if spec.register_type not in base:
             raise ProfileError(source, f"slot[{i}]({spec.field}).register",
                                f"no slots.base for {spec.register_type}", f"add slots.base.{spec.register_type}")
@@ -254,8 +268,15 @@ def load_profile(path: str | Path) -> Profile:
     _check_overlaps(slot_fields, source, "slot")
 
     commands: dict[str, CommandSpec] = {}
-    for name, entry in (doc.get("commands") or {}).items():
+    commands_doc = doc.get("commands") or {}
+    if not isinstance(commands_doc, dict):
+        raise ProfileError(source, "commands", f"expected a mapping of command names, got {commands_doc!r}",
+                           "write commands: {slot_output: {register: coil, per_slot: true, offset: 0}}")
+    for name, entry in commands_doc.items():
         where = f"commands.{name}"
+        if not isinstance(entry, dict):
+            raise ProfileError(source, where, f"expected a mapping, got {entry!r}",
+                               "give register, per_slot and offset (or address)")
         register = _require(entry, "register", f"{where}.", source, str, "coil or holding")
         if register not in ("coil", "holding"):
             raise ProfileError(source, f"{where}.register", f"{register!r} is not writable", "use coil or holding")
@@ -265,6 +286,10 @@ def load_profile(path: str | Path) -> Profile:
         if per_slot and register not in base:
             raise ProfileError(source, f"{where}.register", f"no slots.base for {register}",
                                f"add slots.base.{register}")
+        if not 0 <= address <= 0xFFFF or (per_slot and address + base[register] + (count - 1) * stride[register]
+                                             > 0xFFFF):
+            raise ProfileError(source, where, f"address {address} falls outside 0..65535 for some slot",
+                               "use a register number that fits every slot")
         commands[name] = CommandSpec(name, register, address, per_slot, str(entry.get("description", "")))
 
     max_gap = doc.get("max_gap", 16)
