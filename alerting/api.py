@@ -112,7 +112,7 @@ async def _json_body(request: web.Request, required: dict[str, Any], optional: d
     example = json.dumps({k: _example(t) for k, t in {**required, **optional}.items()})
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: absurd nesting
         raise _bad(f"body is not JSON; send e.g. {example}") from None
     if not isinstance(body, dict):
         raise _bad(f"body must be a JSON object, e.g. {example}")

@@ -524,3 +524,9 @@ def test_target_placeholder_reads_well_for_slot_and_cabinet_alerts():
     assert describe_target({"site": "site-01", "cabinet": "C0003", "slot": "5"}) == "site-01/C0003 slot 5"
     assert describe_target({"site": "site-01", "cabinet": "C0003"}) == "site-01/C0003"
     assert describe_target({"component": "influxdb"}) == "influxdb"
+
+
+def test_absurdly_nested_json_is_a_payload_error_not_a_crash():
+    from alerting.notify.webhook import PayloadError, parse_webhook
+    with pytest.raises(PayloadError, match="not JSON"):
+        parse_webhook(b"[" * 100_000 + b"]" * 100_000)

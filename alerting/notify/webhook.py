@@ -36,7 +36,7 @@ def parse_webhook(body: bytes) -> list[WebhookAlert]:
     """The alerts in ``body``; raise PayloadError with a message fit for the HTTP 400 response."""
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:  # RecursionError: absurd nesting
         raise PayloadError(f"body is not JSON ({err}); send Alertmanager's webhook payload") from err
     if not isinstance(data, dict):
         raise PayloadError("body must be a JSON object (Alertmanager webhook payload)")
