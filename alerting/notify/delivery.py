@@ -80,18 +80,25 @@ class Dispatcher:
         }
         attempt = 0
         outcome = Outcome(ok=False, error="not attempted")
-        while attempt < retry.attempts:
-            attempt += 1
-            async with self._slots:
-                try:
-                    outcome = await send_message(provider, context, session=self._session,
-                                                 timeout_s=retry.timeout_s, clock=self._clock)
-                except Exception as err:  # noqa: BLE001 - one bad message must not kill the others
-                    outcome = Outcome(ok=False, retryable=False, error=f"{type(err).__name__}: {err}")
-            if outcome.ok or not outcome.retryable:
-                break
-            if attempt < retry.attempts:
-                await asyncio.sleep(compute_backoff(attempt, retry.initial_delay_s, retry.max_delay_s, self._rng))
+        cancelled = False
+        try:
+            while attempt < retry.attempts:
+                attempt += 1
+                async with self._slots:
+                    try:
+                        outcome = await send_message(provider, context, session=self._session,
+                                                     timeout_s=retry.timeout_s, clock=self._clock)
+                    except Exception as err:  # noqa: BLE001 - one bad message must not kill the others
+                        outcome = Outcome(ok=False, retryable=False, error=f"{type(err).__name__}: {err}")
+                if outcome.ok or not outcome.retryable:
+                    break
+                if attempt < retry.attempts:
+                    await asyncio.sleep(compute_backoff(attempt, retry.initial_delay_s, retry.max_delay_s,
+                                                        self._rng))
+        except asyncio.CancelledError:
+            # Shut down while retrying: the delivery log must still say this message did not go out.
+            cancelled = True
+            outcome = Outcome(ok=False, error=f"notifier stopped before delivery ({outcome.error or 'pending'})")
         result = "sent" if outcome.ok else "failed"
         elapsed = time.monotonic() - received
         self._metrics.deliveries.labels(delivery.channel, result).inc()
@@ -101,6 +108,8 @@ class Dispatcher:
             fingerprint=alert.fingerprint, alertname=alert.labels.get("alertname", ""), status=alert.status,
             attempts=attempt, result=result, code=outcome.code, error=outcome.error,
             duration_s=round(elapsed, 3)))
+        if cancelled:
+            raise asyncio.CancelledError
 
 
 def _wanted(delivery: Delivery, alert: WebhookAlert) -> bool:
