@@ -8,10 +8,12 @@ import time
 
 import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from exporters.influx.lineprotocol import LineEncoder
 from exporters.influx.sink import InfluxConfig, InfluxConfigError, InfluxSink, _classify
+from exporters.influx.spool import DiskSpool
 
 _encoder = LineEncoder("slot", ["cabinet"], ["seq", "v"])
 
@@ -211,3 +213,159 @@ def test_config_repr_hides_secrets():
 def test_response_classification(status, body, lines, result, rejected):
     outcome = _classify(status, body, lines)
     assert (outcome.result, outcome.rejected) == (result, rejected)
+
+
+class _GatedInflux:
+    """Stands in for POST /write: the first request waits for ``release`` and then answers
+    ``first_status``; later ones answer 204. Keeps the lines of every 2xx request."""
+
+    def __init__(self, first_status: int = 204) -> None:
+        self.first_status = first_status
+        self.first_arrived = asyncio.Event()
+        self.release = asyncio.Event()
+        self.stored: list[str] = []
+        self.requests = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def _write(self, request: web.Request) -> web.Response:
+        lines = (await request.read()).decode().splitlines()
+        self.requests += 1
+        status = 204
+        if self.requests == 1:
+            self.first_arrived.set()
+            await self.release.wait()
+            status = self.first_status
+        if status < 300:
+            self.stored.extend(lines)
+        return web.Response(status=status)
+
+    async def __aenter__(self) -> "_GatedInflux":
+        app = web.Application()
+        app.router.add_post("/write", self._write)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release.set()
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+def _tagged(tag: str, count: int = 100) -> list[str]:
+    return [f"m,b={tag} v={i}i {i}" for i in range(count)]
+
+
+def _fill_spool(path, max_bytes: int) -> list[str]:
+    """Fill a spool with same-size batches until one more would not fit; their tags, oldest first."""
+    tags = []
+    with DiskSpool(path, max_bytes, fsync=False) as spool:
+        for n in range(1000):
+            batch = _tagged(f"{n:03d}")
+            if spool.depth_bytes + (spool.depth_bytes // max(1, len(spool)) or 1) > max_bytes and len(spool):
+                break
+            spool.append(batch)
+            tags.append(f"{n:03d}")
+        assert spool.dropped_lines == 0 and len(spool) == len(tags) >= 3
+    return tags
+
+
+@pytest.mark.parametrize("first_status", [204, 503])
+async def test_spool_full_while_its_oldest_batch_is_in_flight_loses_and_miscounts_nothing(tmp_path, first_status):
+    """Regression: submit() spilling into a full spool during a replay write dropped the batch in
+    flight; its commit then removed the next, never-sent batch and counted it replayed."""
+    max_bytes = 64 * 1024
+    tags = _fill_spool(tmp_path / "spool", max_bytes)
+    spooled_before = 100 * len(tags)
+    async with _GatedInflux(first_status) as server:
+        config = InfluxConfig(url=server.url, database="x", spool_dir=str(tmp_path / "spool"), gzip=False,
+                              batch_size=100, max_buffer_lines=100, spool_max_bytes=max_bytes,
+                              flush_interval_s=0.02, retry_initial_s=0.02, retry_max_s=0.05, timeout_s=5)
+        async with InfluxSink(config) as sink:
+            await asyncio.wait_for(server.first_arrived.wait(), 10)  # batch "000" is being written
+            sink.submit(_tagged("new") + _tagged("nxt"))  # buffer overflows: one same-size batch spills
+            assert sink.stats.lines_dropped == 0  # the spool had to drop "000", but it is in flight
+            server.release.set()
+            await _until(lambda: sink.stats.spool_lines == 0 and sink.stats.buffered_lines == 0
+                         and sink.stats.up)
+            stats = sink.stats
+    stored = {line.split()[0].removeprefix("m,b=") for line in server.stored}
+    if first_status < 300:
+        # "000" was delivered: written and replayed once, not dropped; "001" was not lost.
+        lost, spilled = set(), 1
+    else:
+        # "000" is gone (evicted, then its write failed): dropped now. Down, the sink spills "nxt"
+        # to the full spool too, which drops the oldest batch, "001", for the bound.
+        lost, spilled = {tags[0], tags[1]}, 2
+    expected = (set(tags) | {"new", "nxt"}) - lost
+    assert stored == expected
+    assert len(server.stored) == 100 * len(expected)  # and nothing was sent twice
+    assert stats.lines_written == len(server.stored)
+    assert stats.lines_dropped == 100 * len(lost)
+    assert stats.lines_spooled == 100 * spilled
+    assert stats.lines_replayed == spooled_before + stats.lines_spooled - stats.lines_dropped
+    assert stats.lines_spooled + spooled_before == stats.lines_replayed + stats.lines_dropped + stats.spool_lines
+
+
+async def test_unexpected_write_error_spools_the_batch_instead_of_losing_it(tmp_path, caplog, monkeypatch):
+    """An exception other than a network/timeout error (e.g. from influxdb-client) must not lose the
+    batch that was taken out of the buffer: it is spooled, logged, and delivered on a retry."""
+    calls = 0
+    async with _GatedInflux() as server:
+        server.release.set()
+        config = InfluxConfig(url=server.url, database="x", spool_dir=str(tmp_path / "spool"), gzip=False,
+                              batch_size=100, flush_interval_s=0.02, retry_initial_s=0.02, retry_max_s=0.05)
+        sink = InfluxSink(config)
+        real_write_v1 = sink._write_v1
+
+        async def flaky_write_v1(batch):
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise ValueError("surprise from the client library")
+            return await real_write_v1(batch)
+
+        monkeypatch.setattr(sink, "_write_v1", flaky_write_v1)
+        caplog.set_level(logging.ERROR, logger="exporters.influx.sink")
+        async with sink:
+            sink.submit(_tagged("a"))
+            await _until(lambda: sink.stats.lines_written == 100)
+            stats = sink.stats
+    assert sorted(server.stored) == sorted(_tagged("a"))
+    assert stats.lines_spooled == stats.lines_replayed == 100 and stats.lines_dropped == 0
+    assert any("unexpected error" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+async def test_down_with_nothing_to_retry_does_not_spin_the_event_loop(tmp_path, monkeypatch):
+    """Down, with the spool write failing (disk full): the batch is dropped (counted) and there is
+    nothing left to retry with. The flush loop must wait, not call _drain in a loop that never yields."""
+    from tests.fixtures.procs import free_port
+
+    config = InfluxConfig(url=f"http://127.0.0.1:{free_port()}", database="x", spool_dir=str(tmp_path / "spool"),
+                          batch_size=100, flush_interval_s=0.05, retry_initial_s=0.05, retry_max_s=0.1)
+    sink = InfluxSink(config)
+    drains = 0
+    real_drain = sink._drain
+
+    async def counting_drain():
+        nonlocal drains
+        drains += 1
+        if drains > 500:
+            await asyncio.sleep(0.01)  # spinning: yield so the test can report it instead of hanging
+        await real_drain()
+
+    monkeypatch.setattr(sink, "_drain", counting_drain)
+    async with sink:
+        def disk_full(batch):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(sink._spool, "append", disk_full)
+        sink.submit(_tagged("a"))
+        await _until(lambda: sink.stats.lines_dropped == 100 and not sink.stats.up)
+        before = drains
+        await asyncio.sleep(0.5)
+        assert drains - before < 50

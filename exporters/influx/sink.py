@@ -237,7 +237,7 @@ class InfluxSink:
     # -- background task -----------------------------------------------------------------------
 
     async def _run(self) -> None:
-        assert self._wake is not None
+        assert self._wake is not None and self._spool is not None
         while self._open:
             if self._up:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow our cancel at exit.
@@ -249,8 +249,10 @@ class InfluxSink:
                 # Down: keep memory small and the data durable; retry when the backoff says so.
                 self._spill_buffer()
                 delay = self._retry_at - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(min(delay, self.config.flush_interval_s))
+                if delay > 0 or not len(self._spool):
+                    # Nothing to retry with (e.g. the spool write failed): wait, never spin the loop.
+                    await asyncio.sleep(min(delay, self.config.flush_interval_s) if delay > 0
+                                        else self.config.flush_interval_s)
                     continue
             try:
                 await self._drain()
@@ -264,10 +266,13 @@ class InfluxSink:
         """Write the spool (oldest first), then the buffer, until empty or the server fails."""
         assert self._spool is not None
         while self._up or time.monotonic() >= self._retry_at:
-            from_spool = len(self._spool) > 0
-            if from_spool:
-                batch = self._spool.peek()
-                assert batch is not None
+            token: int | None = None
+            claimed = self._spool.claim()
+            if claimed is not None:
+                # The batch stays in the spool while it is written; submit() may spill into the spool
+                # meanwhile and even drop this batch for the bound. The token makes commit/release
+                # settle exactly this batch (see DiskSpool for the counting).
+                token, batch = claimed
             elif self._buffer:
                 batch = self._buffer[:self.config.batch_size]
                 del self._buffer[:len(batch)]
@@ -276,18 +281,22 @@ class InfluxSink:
             try:
                 outcome = await self._write(batch)
             except asyncio.CancelledError:
-                if not from_spool:
+                if token is None:
                     self._buffer[:0] = batch  # not known to be written: keep it (a resend is idempotent)
+                else:
+                    self._count("dropped", self._spool.release(token))
                 raise
             if outcome.result == "error":
-                if not from_spool:
+                if token is None:
                     self._to_spool(batch)
+                else:
+                    self._count("dropped", self._spool.release(token))
                 self._mark_down()
                 return
             self._count("written", len(batch) - outcome.rejected)
             self._count("rejected", outcome.rejected)
-            if from_spool:
-                self._count("replayed", self._spool.commit())
+            if token is not None:
+                self._count("replayed", self._spool.commit(token))
             self._mark_up()
 
     # -- writing -------------------------------------------------------------------------------
@@ -301,6 +310,11 @@ class InfluxSink:
                 outcome = await self._write_v2(batch)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
             outcome = _Outcome("error", message=f"{type(err).__name__}: {err}")
+        except Exception as err:  # noqa: BLE001 - e.g. from influxdb-client: keep the batch, spool it
+            outcome = _Outcome("error", message=f"unexpected {type(err).__name__}: {err}")
+            if f"{outcome.status} {_error_key(outcome.message)}" not in self._seen_errors:  # traceback once
+                log.exception("influx sink: unexpected error writing %d lines; they are kept (spooled) and "
+                              "retried", len(batch))
         self._metrics.duration.observe(time.perf_counter() - started)
         self._metrics.batches.labels(outcome.result).inc()
         if outcome.result != "ok":

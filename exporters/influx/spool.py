@@ -16,6 +16,19 @@ the most recent data is the most useful for safety analysis, and it bounds disk 
 A single batch larger than ``max_bytes`` is dropped itself. On-disk usage can exceed ``max_bytes``
 by up to one segment (the consumed head of the oldest segment is reclaimed when it is deleted).
 
+Writing a batch: ``claim()`` returns the oldest batch with a token; after the write, ``commit(token)``
+removes exactly that batch (never a newer one), ``release(token)`` leaves it for a retry. ``peek()``
+is ``claim()`` without the token; ``commit()``/``release()`` without one settle the last claim.
+If ``append`` must drop the claimed batch for the bound while its write is in flight, its lines are
+not counted yet: ``commit`` then counts them in ``replayed_lines`` (they reached the server), and
+``release`` counts them in ``dropped_lines`` (they are gone). So once no claim is open, and per open::
+
+    spooled_lines + lines found on disk at open == replayed_lines + dropped lines of spooled batches
+                                                   + depth_lines
+
+(``dropped_lines`` also counts batches larger than the bound, which were never spooled; torn records
+are counted in ``torn_batches`` only.)
+
 Delivery is at-least-once: a crash between a successful write and ``commit()`` replays that batch,
 which InfluxDB stores idempotently (same series and timestamp overwrite). Not thread-safe: one owner.
 """
@@ -52,6 +65,7 @@ class _Record:
     offset: int
     size: int
     lines: int
+    seq: int  # token: unique per record within this open
 
 
 class DiskSpool:
@@ -73,6 +87,9 @@ class DiskSpool:
         self.depth_bytes = 0
         self._records: deque[_Record] = deque()
         self._head: list[str] | None = None
+        self._next_seq = 0
+        self._claimed: int | None = None  # token of the batch being written, if any
+        self._claimed_evicted: _Record | None = None  # that batch, if append dropped it meanwhile
         self._active: int | None = None  # segment id this process appends to
         self._active_fd: int | None = None
         self._active_size = 0
@@ -119,25 +136,54 @@ class DiskSpool:
             raise
         self._active_size += len(record)
         assert self._active is not None
-        self._records.append(_Record(self._active, offset, len(record), len(batch)))
+        self._records.append(self._new_record(self._active, offset, len(record), len(batch)))
         self.depth_lines += len(batch)
         self.depth_bytes += len(record)
         self.spooled_lines += len(batch)
         return dropped
 
-    def peek(self) -> list[str] | None:
-        """The oldest batch, or None when empty. Stays until ``commit()``."""
+    def claim(self) -> tuple[int, list[str]] | None:
+        """``(token, lines)`` of the oldest batch, to write it; None when empty. The batch stays until
+        ``commit(token)``. A new claim settles an earlier one as ``release()`` would."""
+        if self._claimed is not None:
+            self.release()
         if not self._records:
             return None
+        head = self._records[0]
         if self._head is None:
-            self._head = self._read(self._records[0])
-        return list(self._head)
+            self._head = self._read(head)
+        self._claimed = head.seq
+        return head.seq, list(self._head)
 
-    def commit(self) -> int:
-        """Remove the oldest batch after it was written; returns its line count (0 when empty)."""
-        if not self._records:
+    def peek(self) -> list[str] | None:
+        """The oldest batch, or None when empty (``claim()`` without the token)."""
+        claimed = self.claim()
+        return None if claimed is None else claimed[1]
+
+    def commit(self, token: int | None = None) -> int:
+        """The claimed batch (``token``, default the last claim) was written: remove exactly that batch
+        and count its lines replayed, also when ``append`` already dropped it for the bound. Returns
+        its line count; 0 when nothing is claimed or the token is stale."""
+        record = self._settle(token)
+        if record is None:
             return 0
-        return self._pop(dropped=False)
+        if self._records and self._records[0].seq == record.seq:
+            self._pop(dropped=False)
+        else:  # removed for the bound while in flight, not counted then: it did reach the server
+            self.replayed_lines += record.lines
+        return record.lines
+
+    def release(self, token: int | None = None) -> int:
+        """The write of the claimed batch did not complete. It stays the oldest batch for a retry,
+        unless ``append`` dropped it for the bound meanwhile: then its lines are counted dropped now.
+        Returns the number of lines dropped (0 or the batch's line count)."""
+        record = self._settle(token)
+        if record is None or (self._records and self._records[0].seq == record.seq):
+            return 0
+        self.dropped_lines += record.lines
+        log.warning("spool: the %d lines removed for the bound while being written were not delivered; "
+                    "counted as dropped", record.lines)
+        return record.lines
 
     def close(self) -> None:
         if self._active_fd is not None:
@@ -147,12 +193,37 @@ class DiskSpool:
 
     # -- internals -----------------------------------------------------------------------------
 
+    def _new_record(self, segment: int, offset: int, size: int, lines: int) -> _Record:
+        self._next_seq += 1
+        return _Record(segment, offset, size, lines, self._next_seq)
+
+    def _settle(self, token: int | None) -> _Record | None:
+        """End the claim ``token`` (default: the current one); the claimed record, or None if stale."""
+        if token is None:
+            token = self._claimed
+        if token is None or token != self._claimed:
+            return None
+        evicted = self._claimed_evicted
+        self._claimed = self._claimed_evicted = None
+        if evicted is not None:
+            return evicted
+        if self._records and self._records[0].seq == token:
+            return self._records[0]
+        return None
+
     def _pop(self, *, dropped: bool) -> int:
+        """Remove the oldest record; returns the lines counted (0 for a claimed one dropped in flight)."""
         record = self._records.popleft()
         self._head = None
         self.depth_lines -= record.lines
         self.depth_bytes -= record.size
-        if dropped:
+        counted = record.lines
+        if dropped and record.seq == self._claimed:
+            self._claimed_evicted = record  # counted when the write's outcome is known
+            counted = 0
+            log.warning("spool full (%d bytes): removed the oldest batch (%d lines) while it is being written; "
+                        "it counts as dropped only if that write fails", self.max_bytes, record.lines)
+        elif dropped:
             self.dropped_lines += record.lines
         else:
             self.replayed_lines += record.lines
@@ -162,7 +233,7 @@ class DiskSpool:
             cursor = (record.segment, record.offset + record.size)
         self._write_cursor(*cursor)
         self._delete_segments_before(cursor[0])
-        return record.lines
+        return counted
 
     def _writable_segment(self) -> int:
         if self._active_fd is not None and self._active_size >= self._segment_bytes:
@@ -201,7 +272,7 @@ class DiskSpool:
                           "rest of that segment", self._segment_path(segment), offset)
                 return
             lines = _HEADER.unpack_from(data, offset)[2]
-            self._records.append(_Record(segment, offset, size, lines))
+            self._records.append(self._new_record(segment, offset, size, lines))
             self.depth_lines += lines
             self.depth_bytes += size
             offset += size
