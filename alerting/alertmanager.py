@@ -7,7 +7,10 @@
 Alertmanager forgets an alert at its ``endsAt``, so a firing alert is sent with
 ``endsAt = now + 4 × resend_interval_s`` and re-sent every ``resend_interval_s`` while it is
 active: if Cascade dies, Alertmanager resolves its alerts on its own after four missed re-sends,
-instead of paging forever about a situation nobody is watching any more.
+instead of paging forever about a situation nobody is watching any more. ``now`` is the time of
+the push, not of the ``fire()`` call: an alert raised during an Alertmanager outage is delivered
+firing (with its original ``startsAt``) however long the outage lasted. A resolve keeps the time
+of the ``resolve()`` call as its ``endsAt``.
 
 The desired state (what should be firing) lives in ``active``; changes wait in a bounded
 ``pending`` map keyed by label set, so a fire followed by a resolve of the same alert before the
@@ -25,6 +28,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -41,6 +45,18 @@ LabelKey = tuple[tuple[str, str], ...]
 def label_key(labels: Mapping[str, str]) -> LabelKey:
     """Identity of an alert in Alertmanager: its full label set (Alertmanager's fingerprint)."""
     return tuple(sorted(labels.items()))
+
+
+@dataclass(frozen=True, eq=False)  # identity matters: a newer change for the same alert is a new object
+class _Change:
+    """One alert change waiting to be pushed. ``ends`` is None for a firing alert: its endsAt is
+    computed when it is pushed, so time spent waiting in ``pending`` does not shorten it."""
+
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts: float
+    ends: float | None
+    status: str
 
 
 def _rfc3339(t: float) -> str:
@@ -73,8 +89,8 @@ class AlertmanagerPusher:
         self._rng = random.Random()
         # label key -> (labels, annotations, starts_at) of every alert that should be firing
         self.active: dict[LabelKey, tuple[dict[str, str], dict[str, str], float]] = {}
-        # label key -> payload waiting to be sent (latest change wins)
-        self.pending: dict[LabelKey, tuple[dict[str, Any], str]] = {}
+        # label key -> change waiting to be sent (latest change wins)
+        self.pending: dict[LabelKey, _Change] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._next_resend = 0.0
@@ -122,8 +138,7 @@ class AlertmanagerPusher:
         old = self.active.get(key)
         starts = old[2] if old else (now if starts_at is None else min(starts_at, now))
         self.active[key] = (dict(labels), dict(annotations), starts)
-        self._queue(key, self._payload(dict(labels), dict(annotations), starts, now + 4 * self.resend_interval_s),
-                    "firing")
+        self._queue(key, _Change(dict(labels), dict(annotations), starts, None, "firing"))
 
     def resolve(self, labels: Mapping[str, str], annotations: Mapping[str, str] | None = None) -> None:
         """Resolve the alert with exactly these labels (endsAt = now)."""
@@ -131,7 +146,7 @@ class AlertmanagerPusher:
         now = self._clock()
         old = self.active.pop(key, None)
         notes = dict(annotations) if annotations is not None else (old[1] if old else {})
-        self._queue(key, self._payload(dict(labels), notes, old[2] if old else now, now), "resolved")
+        self._queue(key, _Change(dict(labels), notes, old[2] if old else now, now, "resolved"))
 
     def is_firing(self, labels: Mapping[str, str]) -> bool:
         return label_key(labels) in self.active
@@ -145,9 +160,9 @@ class AlertmanagerPusher:
             payload["generatorURL"] = self.generator_url
         return payload
 
-    def _queue(self, key: LabelKey, payload: dict[str, Any], status: str) -> None:
+    def _queue(self, key: LabelKey, change: _Change) -> None:
         self.pending.pop(key, None)  # re-insert: newest last, so overflow drops the oldest change
-        self.pending[key] = (payload, status)
+        self.pending[key] = change
         while len(self.pending) > self._max_pending:
             self.pending.pop(next(iter(self.pending)))
             self._dropped.inc()
@@ -184,19 +199,21 @@ class AlertmanagerPusher:
             delay = 0.0
 
     def _refresh_active(self) -> None:
-        """Re-send every firing alert with a fresh endsAt (Alertmanager needs re-sends)."""
-        now = self._clock()
-        ends = now + 4 * self.resend_interval_s
+        """Re-send every firing alert (Alertmanager needs re-sends); endsAt is set when pushed."""
         for key, (labels, annotations, starts) in self.active.items():
             if key not in self.pending:
-                self.pending[key] = (self._payload(labels, annotations, starts, ends), "firing")
+                self.pending[key] = _Change(labels, annotations, starts, None, "firing")
         self._next_resend = time.monotonic() + self.resend_interval_s
 
     async def _push_pending(self) -> None:
         assert self._session is not None
         while self.pending:
             batch = list(self.pending.items())[: self._batch_size]
-            body = [payload for _, (payload, _status) in batch]
+            # Firing alerts get endsAt from the time of this push, not of the change: after a long
+            # outage a queued fire must still arrive firing.
+            fresh_ends = self._clock() + 4 * self.resend_interval_s
+            body = [self._payload(c.labels, c.annotations, c.starts, fresh_ends if c.ends is None else c.ends)
+                    for _, c in batch]
             async with self._session.post(self.url, json=body, timeout=self._timeout) as resp:
                 if resp.status >= 300:
                     text = (await resp.text())[:200]
@@ -205,6 +222,6 @@ class AlertmanagerPusher:
             for key, entry in batch:
                 if self.pending.get(key) is entry:  # a newer change for this alert stays pending
                     del self.pending[key]
-                self._pushed.labels(entry[1]).inc()
+                self._pushed.labels(entry.status).inc()
             if self._on_pushed is not None:
                 self._on_pushed(body, pushed_at)
