@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from cascade.model import BatteryState, CabinetReading, SlotReading
-from alerting.rules import Input, Rule, RuleError, RuleSet
-from alerting.state import SEVERITY, AlertStore, Target, Transition
+from alerting.rules import Input, Rule, RuleError, RuleSet, finite_number, short_repr
+from alerting.state import SEVERITY, Alert, AlertStore, Target, Transition
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +302,11 @@ class Engine:
         self._targets: dict[tuple, _TargetState] = {}
         self._lock = threading.Lock()
         self._evidence: list[str] = []
+        self._failing: set[str] = set()  # rules whose evaluation raised (logged once each)
+        #: Clear transitions for persisted alerts the current catalogue can no longer evaluate
+        #: (rule removed, scope changed, level removed). Already applied to ``state``, like the
+        #: return value of ``evaluate``; the caller fans them out once after start-up.
+        self.startup_transitions: list[Transition] = self._reconcile()
 
     def _reapply_audit(self, rules: RuleSet) -> RuleSet:
         """Run-time threshold changes (P-5.4.4) survive a restart: re-apply the audit log in order.
@@ -317,19 +322,52 @@ class Engine:
             try:
                 entry = json.loads(line)
                 rule = current[entry["rule"]]
-                level, old, new = int(entry["level"]), entry["old"], float(entry["new"])
+                level, old, new = int(entry["level"]), finite_number(entry["old"]), finite_number(entry["new"])
+                if new is None:
+                    raise ValueError(f"new value {short_repr(entry['new'])} is not a finite number")
                 now = next((lv.threshold for lv in rule.levels if lv.level == level), None)
-                if old is None or now is None or not math.isclose(now, float(old), rel_tol=1e-9, abs_tol=1e-12):
+                if old is None or now is None or not math.isclose(now, old, rel_tol=1e-9, abs_tol=1e-12):
                     log.warning("%s:%d: threshold change %s level %s %s -> %s not re-applied: the catalogue now "
                                 "says %s", self.audit_path, number, entry["rule"], level, old, new, now)
                     continue
                 current[rule.id] = rule.with_threshold(level, new)
                 applied += 1
-            except (ValueError, KeyError, TypeError) as err:
+            except (ValueError, KeyError, TypeError, OverflowError, AttributeError) as err:
                 log.warning("%s:%d: audit entry not re-applied: %s", self.audit_path, number, err)
         if applied:
             log.info("re-applied %d run-time threshold changes from %s", applied, self.audit_path)
         return RuleSet(list(current.values()))
+
+    def _reconcile(self) -> list[Transition]:
+        """Clear stored alerts that the current rules cannot evaluate, so none is stuck forever.
+
+        An alert persisted before a restart is resumed and cleared by live data (``_target``). That
+        only works while its rule exists with the same scope and still has the alert's level: a
+        removed rule is never evaluated again (its alert would never clear and would be re-sent to
+        Alertmanager on every start), and a removed level has no threshold to clear against. Such
+        alerts are cleared now, with a logged warning and a ``clear`` transition each; if the
+        condition persists, the current rules raise it again from live data.
+        """
+        rules = self.rules
+        out: list[Transition] = []
+        now = self.clock()
+        for alert in self.state.active():
+            key = alert.key
+            rule = rules.get(key.rule)
+            if rule is None:
+                why = f"rule {key.rule!r} is no longer in the catalogue"
+            elif (rule.scope == "slot") != (key.slot is not None):
+                why = f"rule {key.rule!r} is now a {rule.scope}-scope rule"
+            elif all(lv.level != alert.level for lv in rule.levels):
+                have = ", ".join(str(lv.level) for lv in rule.levels)
+                why = f"rule {key.rule!r} no longer has level {alert.level} (it has {have})"
+            else:
+                continue
+            log.warning("stored alert %s L%d cleared at start-up: %s", key, alert.level, why)
+            out.append(_retired(alert, why, now))
+        if out:
+            self.state.apply(out)
+        return out
 
     @property
     def rules(self) -> RuleSet:
@@ -384,31 +422,44 @@ class Engine:
     def _run(self, compiled, tables, values, ts, now, site, cab, sid, out) -> None:
         states = ts.rules
         for c, tab in zip(compiled, tables):
-            if c.terms is None:
-                v = values[c.idx]
-            else:
-                v = self._fuse(c, values, ts, now)
-            if v is None:
-                continue
-            x = v * tab.sign
-            if c.guard is not None:
-                g = values[c.guard[0]]
-                if g is None:
+            try:  # one failing rule must not cost the other rules' transitions of this reading
+                if c.terms is None:
+                    v = values[c.idx]
+                else:
+                    v = self._fuse(c, values, ts, now)
+                if v is None:
                     continue
-                if not c.guard[1](g, c.guard[2]):
-                    x = -_INF  # guard off (e.g. not charging): the rule's condition is healthy
-            rs = states.get(c.id)
-            if rs is None:
-                if not (x > tab.t0 if tab.strict0 else x >= tab.t0):
-                    continue  # fast path: nothing active, nothing met
-                rs = states[c.id] = _RuleState()
-            old = rs.level
-            new = _advance(rs, tab, x, now)
-            if new != old:
-                rs.level = new
-                out.append(self._transition(c, tab, old, new, v, now, site, cab, sid, ts.battery))
-            if new == 0 and rs.down_since is None and not any(rs.since):
-                del states[c.id]
+                x = v * tab.sign
+                if c.guard is not None:
+                    g = values[c.guard[0]]
+                    if g is None:
+                        continue
+                    if not c.guard[1](g, c.guard[2]):
+                        x = -_INF  # guard off (e.g. not charging): the rule's condition is healthy
+                rs = states.get(c.id)
+                if rs is None:
+                    if not (x > tab.t0 if tab.strict0 else x >= tab.t0):
+                        continue  # fast path: nothing active, nothing met
+                    rs = states[c.id] = _RuleState()
+                old = rs.level
+                new = _advance(rs, tab, x, now)
+                if new != old:
+                    # Level changes only once its transition exists: engine and store never disagree.
+                    out.append(self._transition(c, tab, old, new, v, now, site, cab, sid, ts.battery))
+                    rs.level = new
+                if new == 0 and rs.down_since is None and not any(rs.since):
+                    del states[c.id]
+            except Exception:  # noqa: BLE001 - a bug in one rule must not blind the others
+                self._rule_failed(c.id, site, cab, sid)
+
+    def _rule_failed(self, rule_id: str, site: str, cab: str, sid: int | None) -> None:
+        where = f"{site}/{cab}" + ("" if sid is None else f"/{sid}")
+        if rule_id in self._failing:
+            log.debug("rule %s failed again at %s", rule_id, where, exc_info=True)
+            return
+        self._failing.add(rule_id)
+        log.exception("rule %s failed at %s; its level is kept and it is retried on the next reading "
+                      "(logged once per rule)", rule_id, where)
 
     def _fuse(self, c: _Compiled, values: list, ts: _TargetState, now: float) -> float | None:
         """Weighted evidence score: sum of weight × strength, strength ramping 0→1."""
@@ -444,9 +495,9 @@ class Engine:
             kind, shown = "raise", new
         else:
             kind, shown = ("escalate" if new > old else "deescalate"), new
-        lv = tab.raw[shown]
+        lv = tab.raw.get(shown)  # a level the rule no longer has (stored before a catalogue change)
         fmt = {
-            "value": value, "threshold": lv.threshold, "level": shown, "site": site,
+            "value": value, "threshold": lv.threshold if lv is not None else "-", "level": shown, "site": site,
             "cabinet": cab, "slot": sid if sid is not None else "-",
             "battery": battery or "(unknown)", "rule": rule.id,
             "evidence": "; ".join(self._evidence) if c.terms else "",
@@ -479,7 +530,7 @@ class Engine:
             at=now,
             diagnosis=diagnosis,
             action=action,
-            protective_action=lv.protective_action if kind in ("raise", "escalate") else None,
+            protective_action=lv.protective_action if lv is not None and kind in ("raise", "escalate") else None,
             labels=labels,
             annotations=annotations,
         )
@@ -500,8 +551,10 @@ class Engine:
             rule = prog.rules.get(rule_id)
             if rule is None:
                 raise RuleError("<run-time>", rule_id, None, "no such rule; see the catalogue for ids")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise RuleError(rule.file, rule_id, f"levels.{level}", f"{value!r} is not a finite number")
+            number = finite_number(value)  # None also for an int too large for a float (10**400)
+            if number is None:
+                raise RuleError(rule.file, rule_id, f"levels.{level}", f"{short_repr(value)} is not a finite number")
+            value = number
             if isinstance(level, bool) or level not in (1, 2, 3):
                 raise RuleError(rule.file, rule_id, f"levels.{level}", "level must be 1, 2 or 3")
             old = next(lv.threshold for lv in rule.levels if lv.level == level) if any(
@@ -545,6 +598,25 @@ def _advance(rs: _RuleState, tab: _Table, x: float, now: float) -> int:
             return current
     rs.down_since = None
     return new
+
+
+def _retired(alert: Alert, why: str, now: float) -> Transition:
+    """The clear transition for a stored alert the current rules cannot evaluate any more. Its
+    labels are the ones the alert was fired with, so Alertmanager resolves exactly that alert."""
+    key, shown = alert.key, alert.level
+    where = f"{key.site}/{key.cabinet}" + (f" slot {key.slot}" if key.slot is not None else "")
+    diagnosis = f"Cleared at start-up: {why}; the alert can no longer be evaluated."
+    action = ("None for the retired alert. If the condition may persist, check the site: the current "
+              "rules raise it again from live data.")
+    labels = {**alert.labels, "alertname": key.rule, "rule": key.rule, "level": str(shown),
+              "severity": SEVERITY.get(shown, "notice")}
+    annotations = {**alert.annotations, "summary": f"Cleared L{shown} {key.rule} at {where} (rule changed)",
+                   "diagnosis": diagnosis, "action": action}
+    return Transition(
+        rule=key.rule, target=Target(key.site, key.cabinet, key.slot, alert.battery),
+        from_level=shown, to_level=0, kind="clear", value=None, at=now, diagnosis=diagnosis,
+        action=action, protective_action=None, labels=labels, annotations=annotations,
+    )
 
 
 def _render(template: str, values: dict[str, Any]) -> str:

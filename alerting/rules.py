@@ -45,6 +45,7 @@ __all__ = [
     "Rule",
     "RuleError",
     "RuleSet",
+    "finite_number",
     "load_rules",
     "parse_duration",
     "parse_rules",
@@ -112,12 +113,37 @@ SLOT_FIELD_KINDS = {k: v for k, v in _field_kinds(SlotReading).items() if k in S
 CABINET_FIELD_KINDS = {k: v for k, v in _field_kinds(CabinetReading).items() if k in CABINET_FIELDS}
 
 
+def finite_number(value: Any) -> float | None:
+    """``value`` as a finite float, or None if it is not a number (bools are not numbers) or is
+    NaN, infinite or too large for a float (a huge YAML/JSON integer would otherwise raise
+    OverflowError)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def short_repr(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so a 400-digit integer keeps a message readable."""
+    try:
+        text = repr(value)
+    except ValueError:  # int too large to convert to text (sys.set_int_max_str_digits)
+        return f"an integer of about {value.bit_length() * 3 // 10} digits"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def parse_duration(value: Any) -> float:
     """Seconds from a number or a string like ``30s``, ``2m``, ``1h``. Raises ValueError."""
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError(f"{short_repr(value)} is not a finite duration") from None
     else:
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*", str(value))
         if not m:
@@ -221,6 +247,12 @@ class Rule:
         if self.when is not None:
             found.append(self.when[0])
         return tuple(found)
+
+    @property
+    def read_only_fields(self) -> frozenset[str]:
+        """Fire-suppression fields (READ_ONLY_FIELDS) this rule reads anywhere, guard included.
+        Non-empty means the rule must never drive a protective action (P-3.3)."""
+        return frozenset(f for inp in self.inputs for f in inp.fields) & READ_ONLY_FIELDS
 
     def resolve(self, cabinet_model: str, chemistry: int | None) -> tuple[tuple[Level, ...], float]:
         """Levels and hysteresis after applying matching overrides in file order (cached)."""
@@ -350,9 +382,10 @@ class _Ctx:
         raise RuleError(self.file, self.rule, key, reason)
 
     def number(self, key: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            self.fail(key, f"{value!r} is not a finite number")
-        return float(value)
+        number = finite_number(value)
+        if number is None:
+            self.fail(key, f"{short_repr(value)} is not a finite number")
+        return number
 
     def duration(self, key: str, value: Any) -> float:
         try:
@@ -398,10 +431,6 @@ def _parse_rule(raw: Any, file: str, index: int) -> Rule:
     hysteresis = ctx.number("hysteresis", raw.get("hysteresis", 0))
     if hysteresis < 0:
         ctx.fail("hysteresis", "must be ≥ 0 (it is how far back past the threshold a value must go to clear)")
-    reads = {f for inp in ([t.input for t in fusion] or [single]) for f in inp.fields}
-    if reads & READ_ONLY_FIELDS and any(lv.protective_action for lv in levels):
-        ctx.fail("levels", "rules on fire-suppression state are read-only (P-3.3); remove protective_action")
-
     when = None
     if raw.get("when") is not None:
         w = raw["when"]
@@ -433,8 +462,26 @@ def _parse_rule(raw: Any, file: str, index: int) -> Rule:
         unit=str(raw.get("unit", "")),
         file=file,
     )
+    _check_read_only(ctx, rule)
     _validate_resolved(rule)
     return rule
+
+
+def _check_read_only(ctx: _Ctx, rule: Rule) -> None:
+    """P-3.3: a rule that reads fire-suppression state anywhere (its input, a fusion term or its
+    ``when`` guard) may report it but never drive a protective action, neither in its base
+    levels nor through an override."""
+    fields = rule.read_only_fields
+    if not fields:
+        return
+    why = (f"rules reading fire-suppression state ({', '.join(sorted(fields))}) are read-only (P-3.3); "
+           "remove protective_action")
+    if any(lv.protective_action for lv in rule.levels):
+        ctx.fail("levels", why)
+    for i, o in enumerate(rule.overrides):
+        for n, patch in o.levels.items():
+            if patch.get("protective_action"):
+                ctx.fail(f"overrides[{i}].levels.{n}.protective_action", why)
 
 
 def _check_template(ctx: _Ctx, key: str, text: str) -> None:

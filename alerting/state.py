@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -135,25 +136,71 @@ class Alert:
         return self.ack is not None
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["key"] = list(self.key)
-        return d
+        # Written out by hand: dataclasses.asdict deep-copies and costs ~40 µs per alert, which
+        # dominated a save of a store with many alerts.
+        ack = self.ack
+        return {
+            "key": list(self.key), "level": self.level, "value": self.value, "raised_at": self.raised_at,
+            "updated_at": self.updated_at, "battery": self.battery, "protective_action": self.protective_action,
+            "labels": dict(self.labels), "annotations": dict(self.annotations),
+            "ack": None if ack is None else {"who": ack.who, "comment": ack.comment, "at": ack.at, "level": ack.level},
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Alert:
+    def from_dict(cls, d: Any) -> Alert:
+        """Inverse of ``to_dict``; raises ValueError naming what is wrong with a stored alert."""
+        if not isinstance(d, dict):
+            raise ValueError(f"an alert must be an object, not {type(d).__name__}")
+        key = d.get("key")
+        if (not isinstance(key, list) or len(key) not in (3, 4) or not all(isinstance(k, str) for k in key[:3])
+                or (len(key) == 4 and key[3] is not None and not _is_int(key[3]))):
+            raise ValueError(f"alert key {key!r} is not [rule, site, cabinet, slot]")
         ack = d.get("ack")
+        if ack is not None:
+            if (not isinstance(ack, dict) or set(ack) != {"who", "comment", "at", "level"}
+                    or not isinstance(ack["who"], str) or not isinstance(ack["comment"], str)
+                    or not _is_number(ack["at"]) or not _is_int(ack["level"])):
+                raise ValueError(f"alert {key!r}: ack {ack!r} is not {{who, comment, at, level}}")
+            ack = Ack(ack["who"], ack["comment"], float(ack["at"]), ack["level"])
+        level = d.get("level")
+        if not _is_int(level) or level not in SEVERITY:
+            raise ValueError(f"alert {key!r}: level {level!r} is not 1, 2 or 3")
+        for name in ("raised_at", "updated_at"):
+            if not _is_number(d.get(name)):
+                raise ValueError(f"alert {key!r}: {name} {d.get(name)!r} is not a time")
+        value = d.get("value")
+        if value is not None and not _is_number(value):
+            raise ValueError(f"alert {key!r}: value {value!r} is not a number")
+        for name in ("battery", "protective_action"):
+            if d.get(name) is not None and not isinstance(d[name], str):
+                raise ValueError(f"alert {key!r}: {name} {d[name]!r} is not text")
+        for name in ("labels", "annotations"):
+            m = d.get(name) or {}
+            if not isinstance(m, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in m.items()):
+                raise ValueError(f"alert {key!r}: {name} is not a mapping of text to text")
         return cls(
-            key=AlertKey(*d["key"]),
-            level=int(d["level"]),
-            value=d.get("value"),
+            key=AlertKey(*key),
+            level=level,
+            value=value,
             raised_at=float(d["raised_at"]),
             updated_at=float(d["updated_at"]),
             battery=d.get("battery"),
             protective_action=d.get("protective_action"),
             labels=dict(d.get("labels") or {}),
             annotations=dict(d.get("annotations") or {}),
-            ack=Ack(**ack) if ack else None,
+            ack=ack,
         )
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int
+
+
+def _is_number(v: Any) -> bool:
+    """A finite int or float that converts to float (bools, NaN, ±inf and 10**400 do not)."""
+    if type(v) is int:
+        return -(2**1023) < v < 2**1023
+    return type(v) is float and math.isfinite(v)
 
 
 @dataclass
@@ -174,10 +221,18 @@ class _Index:
 
 
 class AlertStore:
-    """Active alerts with persistence. ``path=None`` keeps everything in memory (tests, replay)."""
+    """Active alerts with persistence. ``path=None`` keeps everything in memory (tests, replay).
+
+    ``save_interval_s`` coalesces writes under a burst: a batch of transitions is written at once
+    if the last write is at least that long ago, otherwise it is written by a timer when the
+    interval has passed (a background thread; normal interpreter exit waits for it), so a crash
+    loses at most the last ``save_interval_s`` of changes. 0 (the default) writes every batch
+    before ``apply`` returns. Acknowledgements are always written at once.
+    """
 
     def __init__(
-        self, path: str | Path | None = None, *, history_limit: int = 1000, clock=time.time
+        self, path: str | Path | None = None, *, history_limit: int = 1000, clock=time.time,
+        save_interval_s: float = 0.0,
     ) -> None:
         self.path = Path(path) if path is not None else None
         self._clock = clock
@@ -185,6 +240,15 @@ class AlertStore:
         self._alerts: dict[AlertKey, Alert] = {}
         self._index = _Index()
         self._history: deque[dict[str, Any]] = deque(maxlen=history_limit)
+        if isinstance(save_interval_s, bool) or not isinstance(save_interval_s, (int, float)) or not (
+                0 <= save_interval_s < math.inf):
+            raise ValueError(f"save_interval_s must be a number of seconds ≥ 0, got {save_interval_s!r}")
+        self.save_interval_s = float(save_interval_s)
+        self._dirty = False  # changes not yet on disk
+        self._last_save = -math.inf  # time.monotonic() of the last write
+        self._timer: threading.Timer | None = None
+        self._save_failing = False
+        self.saves = 0  # files written (for tests and the bench)
         if self.path is not None and self.path.exists():
             self._load()
 
@@ -250,14 +314,53 @@ class AlertStore:
 
     # --- changes ---------------------------------------------------------------------------
     def apply(self, transitions: Iterable[Transition]) -> None:
-        """Apply a batch of transitions, then persist once."""
+        """Apply a batch of transitions, then persist once (or schedule it, see ``save_interval_s``).
+
+        Never raises on a failed write (disk full, read-only): the alerts stay right in memory,
+        the error is logged and the next batch or ``flush`` writes again. Alerting must go on."""
         changed = False
         with self._lock:
             for t in transitions:
                 self._apply_one(t)
                 changed = True
             if changed:
-                self._save_locked()
+                self._dirty = True
+                wait = self._last_save + self.save_interval_s - time.monotonic()
+                if wait <= 0:
+                    self._try_save_locked()
+                elif self._timer is None:
+                    self._timer = threading.Timer(wait, self._timed_flush)
+                    self._timer.name = "alert-store-save"
+                    self._timer.start()
+
+    def flush(self) -> None:
+        """Write pending changes now (call on shutdown when ``save_interval_s`` > 0)."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._dirty:
+                self._try_save_locked()
+
+    def _timed_flush(self) -> None:
+        with self._lock:
+            self._timer = None
+            if self._dirty:
+                self._try_save_locked()
+
+    def _try_save_locked(self) -> None:
+        try:
+            self._save_locked()
+        except OSError as exc:
+            self._last_save = time.monotonic()  # retry after the interval, not on every reading
+            if not self._save_failing:
+                log.error("alert state %s not written (%s); alerts are kept in memory and the write "
+                          "is retried with the next change", self.path, exc)
+            self._save_failing = True
+            return
+        if self._save_failing:
+            log.info("alert state %s written again", self.path)
+        self._save_failing = False
 
     def _apply_one(self, t: Transition) -> None:
         key = t.key
@@ -310,6 +413,7 @@ class AlertStore:
 
     def _save_locked(self) -> None:
         if self.path is None:
+            self._dirty = False
             return
         doc = {
             "version": _FORMAT_VERSION,
@@ -317,11 +421,13 @@ class AlertStore:
             "alerts": [a.to_dict() for a in self._alerts.values()],
             "history": list(self._history),
         }
+        # One-shot dumps uses the C encoder; json.dump to a file streams through the pure-Python one.
+        text = json.dumps(doc, separators=(",", ":"))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, separators=(",", ":"))
+                f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)  # atomic on POSIX: readers see old or new, never half
@@ -331,20 +437,34 @@ class AlertStore:
             except OSError:
                 pass
             raise
+        self._dirty = False
+        self._last_save = time.monotonic()
+        self.saves += 1
 
     def _load(self) -> None:
         assert self.path is not None
         try:
             doc = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(doc, dict):
+                raise ValueError(f"expected a JSON object, found {type(doc).__name__}")
             if doc.get("version") != _FORMAT_VERSION:
                 raise ValueError(f"unsupported version {doc.get('version')!r}")
+            if not isinstance(doc.get("alerts"), list):
+                raise ValueError("'alerts' is not a list")
             alerts = [Alert.from_dict(d) for d in doc["alerts"]]
-            history = list(doc.get("history") or [])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            history = doc.get("history") or []
+            if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+                raise ValueError("'history' is not a list of objects")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             # P-8.4: recover by ourselves, but keep the evidence. Starting empty means alerts
             # re-raise from live data within one `for` period; refusing to start would be worse.
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            os.replace(self.path, aside)
+            try:
+                os.replace(self.path, aside)
+            except OSError as move_err:
+                log.error("alert state %s unreadable (%s) and not moved aside (%s); starting empty, "
+                          "the next write replaces it", self.path, exc, move_err)
+                return
             log.error("alert state %s unreadable (%s); moved to %s and starting empty",
                       self.path, exc, aside)
             return

@@ -20,7 +20,7 @@ from typing import Any
 from alerting.actions import ActionPolicy
 from alerting.api import add_routes
 from alerting.engine import Engine
-from alerting.rules import DEFAULT_CATALOGUE, PROTECTIVE_ACTIONS, RuleError, load_rules
+from alerting.rules import DEFAULT_CATALOGUE, PROTECTIVE_ACTIONS, RuleError, RuleSet, load_rules
 from alerting.service import AlertService
 from alerting.state import AlertStore
 from cascade.config import AppConfig, ConfigError
@@ -40,6 +40,9 @@ ALERTING_DEFAULTS: dict[str, Any] = {
     "api_token": None,  # bearer token for ack / set-threshold; usually ${CASCADE_API_TOKEN}
 }
 _ACTION_KEYS = {"perform", "rules", "retry_s"}
+#: At most one alert-state write per this many seconds; a crash loses at most this much of
+#: alert-state changes (they re-derive from live data after the restart, docs/warnings.md).
+STATE_SAVE_INTERVAL_S = 1.0
 _DOC = "see docs/alert-service.md#configuration"
 
 
@@ -76,6 +79,8 @@ def alerting_settings(config: AppConfig) -> dict[str, Any]:
     s["policy"] = _action_policy(src, s["actions"])
     if s["rules"] is None:
         s["rules"] = str(DEFAULT_CATALOGUE)
+    if s["policy"].overrides:  # checked against the rules here too, so `cascade check-config` sees it
+        _check_action_rules(src, _load_rules(src, s["rules"]), s["policy"])
     return s
 
 
@@ -115,17 +120,35 @@ def _action_policy(src: str, doc: Any) -> ActionPolicy:
     return ActionPolicy(frozenset(perform), overrides, float(retry))
 
 
+def _load_rules(src: str, path: str) -> RuleSet:
+    try:
+        return load_rules(path)
+    except (RuleError, OSError) as err:
+        raise ConfigError(src, "alerting.rules", str(err), "fix the rule file or leave the key out") from err
+
+
+def _check_action_rules(src: str, rules: RuleSet, policy: ActionPolicy) -> None:
+    """Per-rule action overrides must name a catalogue rule, and must not make a rule that reads
+    fire-suppression state (input, fusion term or `when` guard) drive a protective action (P-3.3)."""
+    for (rule, level), action in policy.overrides.items():
+        if rule not in rules:
+            raise ConfigError(src, f"alerting.actions.rules.{rule}", "no such rule",
+                              "use a rule id from the catalogue (docs/warnings.md)")
+        read_only = rules[rule].read_only_fields
+        if action is not None and read_only:
+            raise ConfigError(src, f"alerting.actions.rules.{rule}.{level}",
+                              f"rule {rule!r} reads fire-suppression state ({', '.join(sorted(read_only))}) and "
+                              f"is read-only (P-3.3): it must never drive a protective action, not {action!r}",
+                              "write none or remove the entry; Cascade never acts on fire-suppression state")
+
+
 def build_engine(config: AppConfig, settings: dict[str, Any]) -> Engine:
     """The warning engine with its persistent store and threshold audit log."""
-    try:
-        rules = load_rules(settings["rules"])
-    except (RuleError, OSError) as err:
-        raise ConfigError(config.source, "alerting.rules", str(err), "fix the rule file or leave the key out") from err
-    for rule, level in settings["policy"].overrides:
-        if rule not in rules:
-            raise ConfigError(config.source, f"alerting.actions.rules.{rule}", "no such rule",
-                              "use a rule id from the catalogue (docs/warnings.md)")
-    return Engine(rules, state=AlertStore(settings["state_file"]), audit_path=settings["audit_file"])
+    rules = _load_rules(config.source, settings["rules"])
+    _check_action_rules(config.source, rules, settings["policy"])
+    # Writes coalesced to one per STATE_SAVE_INTERVAL_S under a burst; start_app flushes on exit.
+    store = AlertStore(settings["state_file"], save_interval_s=STATE_SAVE_INTERVAL_S)
+    return Engine(rules, state=store, audit_path=settings["audit_file"])
 
 
 @contextlib.asynccontextmanager
@@ -144,6 +167,7 @@ async def start_app(config: AppConfig) -> AsyncIterator[Pipeline]:
                            failed_actions_path=_beside(settings["state_file"], "-failed-actions.json"))
     add_routes(pipeline.app, service, token=settings["api_token"])
     async with contextlib.AsyncExitStack() as stack:
+        stack.callback(engine.state.flush)  # runs last: the final alert changes reach the disk
         await stack.enter_async_context(service)
         await stack.enter_async_context(pipeline)
         stack.push_async_callback(service.stop_actions)  # runs first on exit, while cabinets are connected

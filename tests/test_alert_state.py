@@ -4,6 +4,7 @@ battery → slot → cabinet → site, bounded history."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -94,3 +95,92 @@ def test_alert_key_round_trip():
         assert AlertKey.parse(str(key)) == key
     with pytest.raises(ValueError):
         AlertKey.parse("garbage")
+
+
+@pytest.mark.parametrize("content", [
+    "[]", "null", '"alerts"', "42",
+    '{"version": 1, "alerts": {}}',
+    '{"version": 1, "alerts": [[]]}',
+    '{"version": 1, "alerts": [{"key": "h2_gas@s1/c1/1"}]}',
+    '{"version": 1, "alerts": [{"key": ["h2_gas", "s1", "c1", 1], "level": 7, "raised_at": 1, "updated_at": 1}]}',
+    '{"version": 1, "alerts": [{"key": ["h2_gas", "s1", "c1", 1], "level": 2, "raised_at": 1e400, "updated_at": 1}]}',
+    '{"version": 1, "alerts": [{"key": ["h2_gas", "s1", "c1", 1], "level": 2, "raised_at": 1, "updated_at": 1, '
+    '"ack": {"who": "x", "nope": 1}}]}',
+    '{"version": 1, "alerts": [{"key": ["h2_gas", "s1", "c1", 1], "level": 2, "raised_at": 1, "updated_at": 1, '
+    '"labels": ["level"]}]}',
+    '{"version": 1, "alerts": [], "history": "x"}',
+    '{"version": 1, "alerts": [], "history": [1, 2]}',
+    "[" * 100_000 + "]" * 100_000,
+])
+def test_malformed_state_file_of_any_shape_is_set_aside_and_store_starts_empty(tmp_path, caplog, content):
+    """P-8.4: a state file of the wrong shape must not stop the process from starting."""
+    path = tmp_path / "alerts.json"
+    path.write_text(content)
+    store = AlertStore(path)
+    assert store.active() == [] and store.history() == []
+    assert [p.name.startswith("alerts.json.corrupt-") for p in tmp_path.iterdir()] == [True]
+    assert "unreadable" in caplog.text and "starting empty" in caplog.text
+    store.apply([tr("h2_gas", 1)])
+    assert AlertStore(path).worst_level() == 1
+
+
+def test_a_valid_state_file_round_trips_every_field(tmp_path):
+    path = tmp_path / "alerts.json"
+    store = AlertStore(path)
+    store.apply([tr("h2_gas", 2), tr("cabinet_smoke", 3, slot=None, battery=None)])
+    store.acknowledge("h2_gas@s1/c1/1", "noc-bob", "venting", when=T0 + 1)
+    again = AlertStore(path)
+    assert [a.to_dict() for a in again.active()] == [a.to_dict() for a in store.active()]
+    assert not any(p.name.endswith(tuple("0123456789")) for p in tmp_path.iterdir())  # nothing set aside
+
+
+def test_a_burst_of_transitions_is_written_coalesced_and_flushed(tmp_path):
+    path = tmp_path / "alerts.json"
+    store = AlertStore(path, save_interval_s=3600)
+    for i in range(1000):  # e.g. a site-wide event: 1,000 readings with a transition each
+        store.apply([tr("h2_gas", 1, slot=i)])
+    assert store.saves == 1  # the first batch at once, the rest wait for the interval
+    assert len(json.loads(path.read_text())["alerts"]) == 1
+    store.flush()
+    assert store.saves == 2 and AlertStore(path).worst_level() == 1
+    assert len(AlertStore(path).active()) == 1000
+
+
+def test_coalesced_changes_are_written_by_the_timer(tmp_path):
+    import time
+
+    path = tmp_path / "alerts.json"
+    store = AlertStore(path, save_interval_s=0.05)
+    store.apply([tr("h2_gas", 1)])
+    store.apply([tr("h2_gas", 2, 1)])  # within the interval: waits for the timer
+    deadline = time.monotonic() + 5
+    while AlertStore(path).worst_level() != 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert AlertStore(path).worst_level() == 2 and store.saves == 2
+
+
+def test_without_an_interval_every_batch_is_on_disk_when_apply_returns(tmp_path):
+    path = tmp_path / "alerts.json"
+    store = AlertStore(path)
+    for level in (1, 2, 3):
+        store.apply([tr("h2_gas", level, level - 1)])
+        assert AlertStore(path).worst_level() == level
+    with pytest.raises(ValueError, match="save_interval_s"):
+        AlertStore(path, save_interval_s=-1)
+
+
+def test_a_failed_write_keeps_alerts_in_memory_and_is_retried(tmp_path, monkeypatch, caplog):
+    path = tmp_path / "alerts.json"
+    store = AlertStore(path)
+    real_replace = os.replace
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    store.apply([tr("h2_gas", 2)])  # must not raise: alerting goes on
+    assert store.worst_level() == 2 and "not written" in caplog.text
+    assert not path.exists() and list(tmp_path.iterdir()) == []  # no temp file left behind
+    monkeypatch.setattr(os, "replace", real_replace)
+    store.apply([tr("h2_gas", 3, 2)])
+    assert AlertStore(path).worst_level() == 3

@@ -271,3 +271,139 @@ def test_a_sensor_that_stops_reporting_is_a_warning_but_a_field_never_carried_is
     for _ in range(25):
         removed += at(battery_state=int(BatteryState.EMPTY), h2_ppm=0.3)
     assert removed == []
+
+
+# --- catalogue changes across a restart (stored alerts the rules can no longer evaluate) -------
+
+_HOT = """
+rules:
+  - id: hot
+    description: hot slot
+    source: P-5.2.1c
+    scope: slot
+    input: {field: temperature_c}
+    levels: {LEVELS}
+    diagnosis: "hot {value}"
+    action: "cool slot {slot}"
+  - id: wet
+    description: water
+    source: P-5.2.1d
+    scope: cabinet
+    input: {bool: water_detected}
+    levels: {3: 1}
+    diagnosis: "wet"
+    action: "dry"
+"""
+
+
+def _hot(levels="{1: 45, 2: 55, 3: 70}", *, drop_wet=False):
+    from alerting.rules import parse_rules
+
+    text = _HOT.replace("{LEVELS}", levels)
+    if drop_wet:
+        text = text[: text.index("  - id: wet")]
+    return parse_rules(text)
+
+
+def test_stored_alert_at_a_level_the_rule_no_longer_has_is_cleared_at_start_up(tmp_path, caplog):
+    path = tmp_path / "alerts.json"
+    clock = Clock()
+    engine = Engine(_hot(), clock=clock, state=AlertStore(path))
+    assert engine.startup_transitions == []
+    assert [t.to_level for t in feed(engine, clock, [cab(SlotReading(1, battery_id="B1", temperature_c=80))])] == [3]
+
+    restarted = Engine(_hot("{1: 45, 2: 55}"), clock=clock, state=AlertStore(path))
+    [t] = restarted.startup_transitions
+    assert (t.rule, t.kind, t.from_level, t.to_level, t.protective_action) == ("hot", "clear", 3, 0, None)
+    assert t.target.battery == "B1" and t.labels["level"] == "3" and t.labels["slot"] == "1"
+    assert "no longer has level 3" in t.diagnosis and "no longer has level 3" in caplog.text
+    assert restarted.state.active() == [] and AlertStore(path).active() == []  # store and engine agree
+    # Evaluation goes on normally: nothing raised, nothing stuck, the other rules still work.
+    out = feed(restarted, clock, [cab(SlotReading(1, battery_id="B1", temperature_c=20), water_detected=True)])
+    assert [(t.rule, t.kind) for t in out] == [("wet", "raise")]
+    assert [(t.kind, t.to_level) for t in feed(restarted, clock, [cab(SlotReading(1, temperature_c=60))])] == [
+        ("raise", 2)]
+
+
+def test_stored_alert_of_a_removed_rule_is_cleared_at_start_up_and_not_resent(tmp_path):
+    path = tmp_path / "alerts.json"
+    clock = Clock()
+    engine = Engine(_hot(), clock=clock, state=AlertStore(path))
+    feed(engine, clock, [cab(water_detected=True)])
+    assert AlertStore(path).worst_level() == 3
+
+    restarted = Engine(_hot(drop_wet=True), clock=clock, state=AlertStore(path))
+    assert [(t.rule, t.kind, t.from_level, t.target.slot) for t in restarted.startup_transitions] == [
+        ("wet", "clear", 3, None)]
+    assert "no longer in the catalogue" in restarted.startup_transitions[0].diagnosis
+    assert AlertStore(path).active() == []
+    again = Engine(_hot(drop_wet=True), clock=clock, state=AlertStore(path))
+    assert again.startup_transitions == []  # reconciled once, not on every start
+
+
+def test_stored_alerts_the_rules_still_evaluate_are_kept_at_start_up(tmp_path):
+    path = tmp_path / "alerts.json"
+    clock = Clock()
+    engine = Engine(_hot(), clock=clock, state=AlertStore(path))
+    feed(engine, clock, [cab(SlotReading(1, battery_id="B1", temperature_c=60), water_detected=True)])
+    restarted = Engine(_hot("{1: 45, 2: 58, 3: 70}"), clock=clock, state=AlertStore(path))
+    assert restarted.startup_transitions == []
+    assert sorted((str(a.key), a.level) for a in restarted.state.active()) == [
+        ("hot@s1/c1/1", 2), ("wet@s1/c1", 3)]
+
+
+def test_a_level_missing_from_the_table_still_clears(tmp_path):
+    """Defensive: an alert seeded at a level the compiled table lacks clears instead of raising."""
+    clock = Clock()
+    engine = Engine(_hot("{1: 45, 2: 55}"), clock=clock)
+    other = Engine(_hot(), clock=clock)
+    [raised] = feed(other, clock, [cab(SlotReading(1, battery_id="B1", temperature_c=80))])
+    engine.state.apply([raised])  # after start-up reconciliation, so it is seeded as it is
+    out = feed(engine, clock, [cab(SlotReading(1, battery_id="B1", temperature_c=20), water_detected=True)])
+    assert sorted((t.rule, t.kind, t.from_level) for t in out) == [("hot", "clear", 3), ("wet", "raise", 0)]
+    assert [(str(a.key), a.level) for a in engine.state.active()] == [("wet@s1/c1", 3)]
+
+
+def test_one_failing_rule_never_loses_the_other_transitions_of_the_reading(monkeypatch, caplog):
+    clock = Clock()
+    engine = Engine(_hot(), clock=clock)
+    real = engine._transition
+
+    def broken(c, *args):
+        if c.id == "hot":
+            raise RuntimeError("bug in one rule")
+        return real(c, *args)
+
+    monkeypatch.setattr(engine, "_transition", broken)
+    reading = cab(SlotReading(1, battery_id="B1", temperature_c=80), water_detected=True)
+    assert [(t.rule, t.kind) for t in feed(engine, clock, [reading])] == [("wet", "raise")]
+    assert "rule hot failed" in caplog.text
+    assert feed(engine, clock, [reading]) == []
+    assert caplog.text.count("rule hot failed") == 1  # logged once, not on every reading
+    assert [str(a.key) for a in engine.state.active()] == ["wet@s1/c1"]  # engine and store agree
+    monkeypatch.setattr(engine, "_transition", real)
+    assert [(t.rule, t.kind, t.to_level) for t in feed(engine, clock, [reading])] == [("hot", "raise", 3)]
+
+
+# --- numbers too large for a float are rule errors, not OverflowError ---------------------------
+
+@pytest.mark.parametrize("value", [10**400, -(10**400), 10**5000], ids=["1e400", "-1e400", "1e5000"])
+def test_set_threshold_with_a_huge_integer_is_a_rule_error(value):
+    engine = Engine(CATALOGUE.only(["over_temperature"]), clock=Clock())
+    with pytest.raises(RuleError, match="is not a finite number") as err:
+        engine.set_threshold("over_temperature", 3, value, who="noc-alice", reason="x")
+    assert len(str(err.value)) < 300  # the message stays readable
+    assert engine.rules["over_temperature"].levels[2].threshold == 70 and engine.audit == []
+
+
+def test_audit_entries_with_unusable_numbers_are_skipped_at_start_up(tmp_path, caplog):
+    audit = tmp_path / "audit.jsonl"
+    audit.write_text(
+        '{"rule": "over_temperature", "level": 3, "old": 70, "new": ' + "9" * 400 + '}\n'
+        '{"rule": "over_temperature", "level": 3, "old": 70, "new": Infinity}\n'
+        '{"rule": "over_temperature", "level": 3e400, "old": 70, "new": 65}\n'
+        '["not", "an", "entry"]\n'
+        '{"rule": "over_temperature", "level": 3, "old": 70, "new": 68}\n')
+    engine = Engine(CATALOGUE.only(["over_temperature"]), clock=Clock(), audit_path=audit)
+    assert engine.rules["over_temperature"].levels[2].threshold == 68  # the one usable entry
+    assert caplog.text.count("not re-applied") == 4

@@ -187,3 +187,97 @@ def test_durations_and_rule_text_are_parsed():
     rule = CATALOGUE["over_charge"]
     assert rule.levels[0].for_s == 300
     assert "{" not in CATALOGUE["thermal_runaway"].description
+
+
+# --- numbers too large for a float (YAML integers are unbounded) --------------------------------
+
+_BIG = "1" + "0" * 400
+_BASE = """
+rules:
+  - id: hot
+    description: d
+    source: P-5.2.1c
+    diagnosis: "x"
+    action: "y"
+    scope: slot
+"""
+
+
+@pytest.mark.parametrize("body, key", [
+    ("input: {field: temperature_c}\n    levels: {1: 45}\n    hysteresis: BIG", "hysteresis"),
+    ("input: {field: temperature_c}\n    levels: {1: 45}\n    clear_for: BIG", "clear_for"),
+    ("input: {field: temperature_c}\n    levels: {1: {value: 45, for: BIG}}", "levels.1.for"),
+    ("input: {field: temperature_c}\n    levels: {1: 45}\n    when: {field: charge_current_a, compare: '>', value: BIG}",
+     "when.value"),
+    ("input: {rate_of: temperature_c, window: BIG}\n    levels: {1: 45}", "input.window"),
+    ("input: {field: temperature_c}\n    levels: {1: 45}\n    overrides: [{chemistry: [LFP], levels: {1: BIG}}]",
+     "overrides[0].levels.1.value"),
+    ("input: {field: temperature_c}\n    levels: {1: 45}\n    overrides: [{chemistry: [LFP], hysteresis: -BIG}]",
+     "overrides[0].hysteresis"),
+    ("input:\n      fusion:\n        - {input: {field: temperature_c}, start: BIG, full: 1, weight: 1}\n"
+     "        - {input: {field: h2_ppm}, start: 0, full: 1, weight: 1}\n    levels: {1: 0.5}", "input.fusion[0].start"),
+    ("input:\n      fusion:\n        - {input: {field: temperature_c}, start: 0, full: 1, weight: 1, hold: BIG}\n"
+     "        - {input: {field: h2_ppm}, start: 0, full: 1, weight: 1}\n    levels: {1: 0.5}", "input.fusion[0].hold"),
+], ids=["hysteresis", "clear_for", "level_for", "when", "window", "override_value", "override_hysteresis",
+        "fusion_start", "fusion_hold"])
+def test_a_huge_integer_anywhere_is_a_rule_error_not_an_overflow(body, key):
+    with pytest.raises(RuleError) as err:
+        parse_rules(_BASE + "    " + body.replace("BIG", _BIG) + "\n", file="big.yaml")
+    assert (err.value.file, err.value.rule, err.value.key) == ("big.yaml", "hot", key)
+    assert "finite" in err.value.reason and len(str(err.value)) < 300
+
+
+# --- P-3.3 also holds for the run configuration's per-rule action overrides ---------------------
+
+def test_read_only_fields_cover_input_fusion_terms_and_guard():
+    assert CATALOGUE["fire_suppression_triggered"].read_only_fields == {"emergency_state"}
+    assert CATALOGUE["thermal_runaway"].read_only_fields == frozenset()
+    guarded = parse_rules("""
+rules:
+  - id: hot
+    description: d
+    source: P-3.3
+    diagnosis: "x"
+    action: "y"
+    scope: cabinet
+    input: {field: cabinet_temperature_c}
+    when: {flag: emergency_state, compare: "<", value: 1}
+    levels: {1: 45}
+""")
+    assert guarded["hot"].read_only_fields == {"emergency_state"}
+
+
+def _app_config(tmp_path, actions):
+    from cascade.config import AppConfig
+
+    alerting = {"actions": actions, "state_file": str(tmp_path / "alerts.json"),
+                "audit_file": str(tmp_path / "audit.jsonl")}
+    return AppConfig(source="cfg.yaml", cabinets=[], profiles={}, influxdb=None, alerting=alerting)
+
+
+@pytest.mark.parametrize("action", ["cabinet_cutoff", "slot_cutoff", "stop_charging"])
+def test_run_config_cannot_attach_a_protective_action_to_a_fire_suppression_rule(tmp_path, action):
+    from cascade.app import alerting_settings, build_engine
+    from cascade.config import ConfigError
+
+    config = _app_config(tmp_path, {"rules": {"fire_suppression_triggered": {3: action}}})
+    with pytest.raises(ConfigError) as err:
+        alerting_settings(config)  # so `cascade check-config` reports it too
+    message = str(err.value)
+    assert message.startswith("cfg.yaml: alerting.actions.rules.fire_suppression_triggered.3: ")
+    assert "read-only (P-3.3)" in message and "emergency_state" in message and "Fix:" in message
+    settings = alerting_settings(_app_config(tmp_path, {}))
+    settings["policy"] = type(settings["policy"])(overrides={("fire_suppression_triggered", 3): action})
+    with pytest.raises(ConfigError, match="read-only"):
+        build_engine(config, settings)  # and start-up refuses it even with hand-made settings
+
+
+def test_run_config_may_silence_a_fire_suppression_rule_and_act_on_others(tmp_path):
+    from cascade.app import alerting_settings, build_engine
+
+    config = _app_config(tmp_path, {"rules": {"fire_suppression_triggered": {3: None},
+                                               "cabinet_water": {3: "cabinet_cutoff"}}})
+    settings = alerting_settings(config)
+    engine = build_engine(config, settings)
+    assert settings["policy"].overrides[("fire_suppression_triggered", 3)] is None
+    assert engine.startup_transitions == []
