@@ -126,6 +126,13 @@ class AlertService:
             # them out meanwhile, so tell it again what is firing.
             for alert in self.store.active():
                 self._fire(alert.key, alert.labels, alert.annotations, alert.raised_at)
+        # Alerts the engine cleared at start-up because the catalogue no longer has their rule or
+        # level: resolve them everywhere (Alertmanager, InfluxDB, gauges) instead of letting them linger.
+        stale = list(getattr(self.engine, "startup_transitions", []))
+        for t in stale:
+            if t.kind == "clear":
+                self._fired.setdefault(t.key, dict(t.labels))
+        self.apply(stale)
         for failed in self.failed.values():  # failures carried over a restart: page again, keep retrying
             self._fire(failed.key, failed.labels, failed.annotations, failed.raised_at)
         self._running = True

@@ -126,9 +126,14 @@ def load_config(path: str | Path) -> AppConfig:
     if not isinstance(defaults, dict):
         raise ConfigError(source, "defaults", "expected a mapping", "e.g. defaults: {interval_s: 5}")
     entries: list[tuple[Path, str, Any]] = []
+    for key in ("cabinets", "fleet_files"):
+        if not isinstance(doc.get(key) or [], list):
+            raise ConfigError(source, key, f"expected a list, got {doc[key]!r}", "see docs/configuration.md")
     for i, entry in enumerate(doc.get("cabinets") or []):
         entries.append((source, f"cabinets[{i}]", entry))
     for i, name in enumerate(doc.get("fleet_files") or []):
+        if not isinstance(name, str) or not name:
+            raise ConfigError(source, f"fleet_files[{i}]", f"{name!r} is not a path", "e.g. fleet.yaml")
         fleet_path = (source.parent / name) if not Path(name).is_absolute() else Path(name)
         if not fleet_path.exists():
             raise ConfigError(source, f"fleet_files[{i}]", f"{fleet_path} does not exist",

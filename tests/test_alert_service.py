@@ -436,3 +436,16 @@ async def test_a_cut_off_cut_short_by_a_crash_is_reissued_at_start(tmp_path, eng
     async with service:
         done = await eventually(lambda: [r for r in service.actions.recent if r.ok])
     assert (done[0].command, done[0].slot, done[0].readback) == ("slot_output", SLOT, 0)
+
+
+async def test_alerts_of_a_rule_dropped_from_the_catalogue_are_cleared_through_the_outputs(tmp_path, engine_clock):
+    before = make_engine(engine_clock, tmp_path)
+    before.evaluate(reading(50.0))
+    engine_clock.now += 25
+    assert [t.to_level for t in before.evaluate(reading(50.0))] == [1]
+    pipeline = Pipeline(make_config(tmp_path, []))
+    after = make_engine(engine_clock, tmp_path, rules=("h2_gas",))  # over_temperature no longer exists
+    service = AlertService(pipeline, after, alertmanager_url=None, policy=ActionPolicy(perform=frozenset()))
+    async with service:
+        assert service.active_alerts() == []
+    assert pipeline.registry.get_sample_value("cascade_alert_transitions_total", {"kind": "clear", "level": "1"}) == 1
