@@ -13,6 +13,8 @@ from datetime import datetime
 import pytest
 from aiohttp import web
 
+from tests.fixtures.http import start_app
+
 from alerting.alertmanager import AlertmanagerPusher
 
 RESEND_S = 60.0
@@ -49,11 +51,7 @@ class FakeAlertmanager:
     async def __aenter__(self) -> "FakeAlertmanager":
         app = web.Application()
         app.router.add_post("/api/v2/alerts", self._alerts)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._runner, self.url = await start_app(app)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
