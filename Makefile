@@ -18,10 +18,9 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.cascade-installed
 
-# Debian packages for the services the stack and the tests start themselves.
-DEB_PACKAGES := influxdb prometheus prometheus-alertmanager mosquitto
-# Binaries that prove the packages are installed (mosquitto lives in /usr/sbin).
-DEB_BINARIES := influxd influx prometheus promtool prometheus-alertmanager amtool mosquitto
+# Debian packages for the services the stack and the tests start themselves, with the
+# binaries each provides: one list, scripts/deb-packages.
+DEB_PACKAGES := $(shell awk '!/^[[:space:]]*(\#|$$)/ {print $$1}' scripts/deb-packages)
 
 .PHONY: help deps venv run run-services test bench check clean distclean
 
@@ -38,7 +37,7 @@ help:
 	@echo "  make clean         remove ./var and caches (distclean: also .venv)"
 
 deps:
-	@bash scripts/install-deps $(DEB_BINARIES) -- $(DEB_PACKAGES)
+	@bash scripts/install-deps scripts/deb-packages
 
 # Re-run pip only when the dependency declarations change (or the venv is new).
 venv: $(STAMP)

@@ -22,7 +22,7 @@ from tests.fixtures.prom import SHIPPED_ALERTMANAGER_CONFIG
 
 
 def test_shipped_config_passes_amtool():
-    amtool = require_binary("amtool", "prometheus-alertmanager")
+    amtool = require_binary("amtool")
     result = subprocess.run([amtool, "check-config", str(SHIPPED_ALERTMANAGER_CONFIG)],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -30,7 +30,7 @@ def test_shipped_config_passes_amtool():
 
 
 def test_rendered_config_passes_amtool(tmp_path):
-    amtool = require_binary("amtool", "prometheus-alertmanager")
+    amtool = require_binary("amtool")
     path = tmp_path / "am.yml"
     path.write_text(render_alertmanager_config(SHIPPED_ALERTMANAGER_CONFIG.read_text(), "http://127.0.0.1:9120/",
                                                smtp_smarthost="127.0.0.1:2525"))
@@ -54,7 +54,7 @@ def test_render_refuses_a_foreign_config():
     ({"alertname": "Unlabelled"}, "ops"),
 ])
 def test_routing_by_level(labels, receivers):
-    amtool = require_binary("amtool", "prometheus-alertmanager")
+    amtool = require_binary("amtool")
     result = subprocess.run([amtool, "config", "routes", "test", f"--config.file={SHIPPED_ALERTMANAGER_CONFIG}",
                              *(f"{k}={v}" for k, v in labels.items())], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr

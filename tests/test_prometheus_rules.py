@@ -16,7 +16,7 @@ from tests.fixtures.prom import SHIPPED_PROMETHEUS_DIR
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    promtool = require_binary("promtool", "prometheus")
+    promtool = require_binary("promtool")
     return subprocess.run([promtool, *args], cwd=SHIPPED_PROMETHEUS_DIR, capture_output=True, text=True, timeout=60)
 
 
