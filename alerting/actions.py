@@ -17,6 +17,8 @@ rule or API call can make Cascade command (or reset) suppression.
 
 from __future__ import annotations
 
+from core.errors import CascadeError
+
 import asyncio
 import logging
 import time
@@ -47,7 +49,7 @@ ALLOWED_COMMANDS = frozenset({"slot_output"})
 _CUT_OFF = 0  # slot_output value that opens the relay
 
 
-class ForbiddenCommand(ValueError):
+class ForbiddenCommand(CascadeError):
     """A command outside :data:`ALLOWED_COMMANDS`; nothing was sent."""
 
 

@@ -27,7 +27,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from cascade.model import BatteryState, CabinetReading, SlotReading
+from core.model import BatteryState, CabinetReading, SlotReading
 from alerting.rules import Input, Rule, RuleError, RuleSet, finite_number, short_repr
 from alerting.state import SEVERITY, Alert, AlertStore, Target, Transition
 

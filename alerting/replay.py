@@ -4,7 +4,7 @@ Trace format (docs/warnings.md, "Trace format"): CSV with header ``timestamp,tar
 
 * ``timestamp``: ISO-8601 (``2024-05-01T08:00:00Z``; no zone = UTC) or Unix seconds.
 * ``target``: ``site/cabinet`` for cabinet fields, ``site/cabinet/slot`` for slot fields.
-* ``field``: a ``cascade.model`` field of that scope, or ``model`` (cabinet model) on a cabinet.
+* ``field``: a ``core.model`` field of that scope, or ``model`` (cabinet model) on a cabinet.
 * ``value``: number, ``true``/``false``, text, enum names (``NMC``, ``CHARGING``), flag names
   joined by ``|`` (``SHORT_CIRCUIT|OVER_CURRENT``); empty = None.
 
@@ -18,6 +18,8 @@ Lines starting with ``#`` are comments.
 
 from __future__ import annotations
 
+from core.errors import CascadeError
+
 import argparse
 import csv
 import dataclasses
@@ -30,8 +32,8 @@ import typing
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from cascade import model
-from cascade.model import (
+from core import model
+from core.model import (
     CABINET_FIELDS,
     SLOT_FIELDS,
     BatteryState,
@@ -68,12 +70,12 @@ _ENUMS: dict[str, type[enum.Enum]] = {
 }
 
 
-class TraceError(ValueError):
+class TraceError(CascadeError):
     """A trace file is invalid; names file, line and what to fix."""
 
     def __init__(self, file: str, line: int, reason: str) -> None:
         self.file, self.line, self.reason = file, line, reason
-        super().__init__(f"{file}:{line}: {reason}")
+        super().__init__(reason, source=f"{file}:{line}", message=f"{file}:{line}: {reason}")
 
 
 class TraceClock:
@@ -204,7 +206,7 @@ def _readings(rows: Iterable[list[str]], name: str) -> Iterator[tuple[float, Cab
             other = _SLOT_TYPES if scope == "cabinet" else _CABINET_TYPES
             hint = f" (it is a {'slot' if scope == 'cabinet' else 'cabinet'} field: fix the target)" \
                 if fname in other else ""
-            raise TraceError(name, line, f"{fname!r} is not a {scope} field of cascade.model{hint}")
+            raise TraceError(name, line, f"{fname!r} is not a {scope} field of core.model{hint}")
         try:
             value = _parse_value(fname, types[fname], value_text)
         except ValueError as exc:

@@ -23,8 +23,10 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
-from cascade import model
-from cascade.model import (
+from core.durations import parse_duration
+from core.errors import CascadeError
+from core import model
+from core.model import (
     CABINET_FIELDS,
     SLOT_FIELDS,
     BmsProtection,
@@ -80,7 +82,7 @@ _RULE_KEYS = frozenset(
 )
 
 
-class RuleError(ValueError):
+class RuleError(CascadeError):
     """A rule file is invalid. The message names file, rule, key and what to do."""
 
     def __init__(self, file: str, rule: str | None, key: str | None, reason: str) -> None:
@@ -90,7 +92,7 @@ class RuleError(ValueError):
             where.append(f"rule {rule!r}")
         if key is not None:
             where.append(f"key {key!r}")
-        super().__init__(": ".join(where) + f": {reason}")
+        super().__init__(reason, source=file, key=key, message=": ".join(where) + f": {reason}")
 
 
 def _field_kinds(cls: type) -> dict[str, str]:
@@ -133,25 +135,6 @@ def short_repr(value: Any, limit: int = 40) -> str:
     except ValueError:  # int too large to convert to text (sys.set_int_max_str_digits)
         return f"an integer of about {value.bit_length() * 3 // 10} digits"
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from a number or a string like ``30s``, ``2m``, ``1h``. Raises ValueError."""
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a duration")
-    if isinstance(value, (int, float)):
-        try:
-            seconds = float(value)
-        except OverflowError:
-            raise ValueError(f"{short_repr(value)} is not a finite duration") from None
-    else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*", str(value))
-        if not m:
-            raise ValueError(f"{value!r} is not a duration; write e.g. 30s, 2m or 1h")
-        seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"{value!r} is not a non-negative duration")
-    return seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -498,7 +481,7 @@ def _check_template(ctx: _Ctx, key: str, text: str) -> None:
 def _field(ctx: _Ctx, key: str, name: Any, kinds: dict[str, str], want: str) -> str:
     if not isinstance(name, str) or name not in kinds:
         scope = "slot" if kinds is SLOT_FIELD_KINDS else "cabinet"
-        ctx.fail(key, f"{name!r} is not a {scope} field of cascade.model; check spelling and scope")
+        ctx.fail(key, f"{name!r} is not a {scope} field of core.model; check spelling and scope")
     if kinds[name] != want:
         ctx.fail(key, f"field {name!r} is {kinds[name]}, this input needs a {want} field")
     return name

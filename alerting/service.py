@@ -41,7 +41,7 @@ from alerting.actions import ActionPolicy, ActionRecord, ActionRunner, Command
 from alerting.alertmanager import AlertmanagerPusher
 from alerting.engine import Engine
 from alerting.state import SEVERITY, Ack, Alert, AlertKey, Target, Transition
-from cascade.model import CabinetReading
+from core.model import CabinetReading
 from exporters.influx.lineprotocol import LineProtocolError, encode_line
 
 __all__ = ["ACTION_FAILED", "ALERT_MEASUREMENT", "AlertService", "FailedAction"]

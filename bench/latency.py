@@ -114,7 +114,7 @@ def _percentile(values: list[float], q: float) -> float:
 async def measure(repetitions: int, interval_s: float, fault: str, timeout_s: float, workdir: Path) -> dict[str, list[float]]:
     """Run the measurement; returns the phase durations (seconds) per repetition."""
     from alerting.engine import Engine
-    from alerting.notify import render_alertmanager_config
+    from notifier import render_alertmanager_config
     from alerting.rules import load_rules
     from alerting.service import AlertService
     from alerting.state import AlertStore

@@ -73,7 +73,7 @@ def measure(encoders: dict[str, Callable[[dict, dict, int], str]], points: list,
 
 def schema_points(count: int, seed: int = 11) -> list[tuple[dict[str, str], dict[str, object], int]]:
     """``count`` points of Cascade's own ``slot`` measurement, as the Modbus collector decodes them."""
-    from cascade.model import SlotReading
+    from core.model import SlotReading
     from exporters.influx import schema
 
     rng = random.Random(seed)

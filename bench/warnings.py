@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from alerting import traces
+from bench import tracegen as traces
 from alerting.engine import Engine
 from alerting.replay import write_trace
 from alerting.rules import RuleSet, load_rules

@@ -104,7 +104,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_notify(args: argparse.Namespace) -> int:
-    from alerting.notify import ConfigError, load_config, serve
+    from notifier import ConfigError, load_config, serve
     try:
         load_config(args.config)
     except ConfigError as err:
@@ -114,7 +114,7 @@ def _cmd_notify(args: argparse.Namespace) -> int:
 
 
 def _cmd_inbox(args: argparse.Namespace) -> int:
-    from alerting.notify.inbox import serve
+    from simulators.inbox import serve
     return _run_async(serve(args.host, args.port, args.log or None))
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from core.env import expand_env
+from core.errors import InputError
 from collectors.modbus.device import CabinetConfig
 from collectors.modbus.planner import plan_reads
 from collectors.modbus.profile import Profile, ProfileError, find_profile
@@ -24,12 +26,8 @@ from exporters.influx.sink import InfluxConfig
 __all__ = ["AppConfig", "ConfigError", "load_config"]
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration that cannot be used; the message names the file, the key and the fix."""
-
-    def __init__(self, source: str | Path, key: str, problem: str, fix: str) -> None:
-        self.source, self.key = str(source), key
-        super().__init__(f"{source}: {key}: {problem}. Fix: {fix}")
 
 
 @dataclass(slots=True)
@@ -57,32 +55,15 @@ def _relative_to(source: Path, value: str) -> Path:
     return path if path.is_absolute() else source.parent / path
 
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def _expand_env(value: Any, source: Path, key: str, env: Mapping[str, str]) -> Any:
-    """Replace ``${NAME}`` / ``${NAME:-default}`` in every string, so secrets stay out of the file."""
-    if isinstance(value, dict):
-        return {k: _expand_env(v, source, f"{key}.{k}" if key else str(k), env) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand_env(v, source, f"{key}[{i}]", env) for i, v in enumerate(value)]
-    if not isinstance(value, str) or "${" not in value:
-        return value
-
-    def substitute(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in env:
-            return env[name]
-        if default is not None:
-            return default
-        raise ConfigError(source, key, f"environment variable {name} is not set",
-                          f"export {name}, or write ${{{name}:-default}}")
-    return _ENV_REF.sub(substitute, value)
+def _expand_env(value: Any, source: Path, env: Mapping[str, str]) -> Any:
+    """``${NAME}`` / ``${NAME:-default}`` expanded everywhere; an unset one names its key."""
+    return expand_env(value, env, on_missing=lambda err: ConfigError(
+        source, err.key, str(err), f"export {err.name}, or write ${{{err.name}:-default}}"))
 
 
 def _read_yaml(path: Path, key: str = "(file)") -> Any:
     try:
-        return _expand_env(yaml.safe_load(path.read_text(encoding="utf-8")), path, "", os.environ)
+        return _expand_env(yaml.safe_load(path.read_text(encoding="utf-8")), path, os.environ)
     except OSError as err:
         raise ConfigError(path, key, f"cannot read {path}: {err.strerror}", "check the path") from err
     except yaml.YAMLError as err:

@@ -21,7 +21,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from cascade.config import AppConfig
-from cascade.model import CabinetReading
+from core.model import CabinetReading
 from collectors.modbus.device import ModbusCabinet, PollResult
 from collectors.runner import PollRunner
 from exporters.influx.schema import reading_to_lines

@@ -10,7 +10,7 @@ error kinds come from a fixed vocabulary, decode errors are labelled by profile 
 
 from __future__ import annotations
 
-from cascade.model import BatteryState, CabinetReading
+from core.model import BatteryState, CabinetReading
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["PipelineMetrics"]

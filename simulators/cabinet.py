@@ -1,7 +1,7 @@
 """Physics and state of one simulated swap cabinet and the packs in its slots.
 
 Nothing here knows about Modbus: :meth:`CabinetState.report` and :meth:`SlotState.report` give
-values keyed by :mod:`cascade.model` field names, and :mod:`simulators.register_bank` maps them
+values keyed by :mod:`core.model` field names, and :mod:`simulators.register_bank` maps them
 onto a vendor's registers. Time advances lazily: whoever reads a cabinet first calls
 :meth:`CabinetState.advance_to` with the injected clock's "now", so an idle fleet costs nothing.
 
@@ -22,7 +22,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from cascade.model import BatteryState, BmsProtection, ChargerProtection, Chemistry, EmergencyState
+from core.model import BatteryState, BmsProtection, ChargerProtection, Chemistry, EmergencyState
 
 __all__ = [
     "Battery",
@@ -334,7 +334,7 @@ class SlotState:
         self.expected_end_time_s = int(now + remaining_s)
 
     def report(self, now: float, ambient_c: float) -> dict[str, Any]:
-        """Every slot field of :class:`cascade.model.SlotReading`, as the cabinet would report it."""
+        """Every slot field of :class:`core.model.SlotReading`, as the cabinet would report it."""
         rw = self.runaway
         t = now
         gas = {
@@ -496,7 +496,7 @@ class CabinetState:
         self.now = now
 
     def report(self) -> dict[str, Any]:
-        """Every cabinet field of :class:`cascade.model.CabinetReading` at the current time."""
+        """Every cabinet field of :class:`core.model.CabinetReading` at the current time."""
         now = self.now
         runaways = [s.runaway for s in self.slots if s.runaway is not None]
         smoke = self.smoke_detected or any(r.smoke for r in runaways)

@@ -25,7 +25,10 @@ from typing import Any
 
 import yaml
 
-from cascade.model import (
+from core.durations import DurationError
+from core.durations import parse_duration as _parse_duration
+from core.errors import InputError
+from core.model import (
     CABINET_FIELDS,
     SLOT_FIELDS,
     BmsProtection,
@@ -73,23 +76,18 @@ _SLOT_ONLY = {"runaway", "output", "insert", "protect", "clear_protect"}
 _FLAGS = {"charger": ChargerProtection, "bms": BmsProtection}
 _INSERT_KEYS = {"battery_id", "battery_maker", "chemistry", "nominal_voltage_v", "soc_pct", "handshake",
                 "temperature_c"}
-_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|min|m|h))+$|^\d+(?:\.\d+)?$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|min|m|h)?")
-_UNIT_S = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 _run_ids = itertools.count(1)
 
 
-class ScenarioError(ValueError):
+class ScenarioError(InputError):
     """A scenario that cannot be used; the message names the file, the key and the fix."""
-
-    def __init__(self, source: str | Path, key: str, problem: str, fix: str) -> None:
-        self.source, self.key = str(source), key
-        super().__init__(f"{source}: {key}: {problem}. Fix: {fix}")
 
 
 def parse_duration(value: Any) -> float | None:
-    """Seconds from ``90``, ``"90s"``, ``"5m"``, ``"3m10s"``, ``"1.5h"``, ``"500ms"``; else ``None``."""
-    if isinstance(value, bool):
+    """Seconds (:func:`core.durations.parse_duration`), or ``None`` so the caller names the key."""
+    try:
+        return _parse_duration(value)
+    except DurationError:
         return None
     if isinstance(value, (int, float)):
         return float(value) if value >= 0 else None
@@ -136,7 +134,7 @@ def _field_where(name: Any, slot: int | None, source: str, key: str) -> int | No
         return slot
     if name in CABINET_FIELDS:
         return None
-    raise ScenarioError(source, key, f"{name!r} is not a field of cascade.model",
+    raise ScenarioError(source, key, f"{name!r} is not a field of core.model",
                         f"use a slot field ({', '.join(sorted(SLOT_FIELDS))}) or a cabinet field "
                         f"({', '.join(sorted(CABINET_FIELDS))})")
 

@@ -19,13 +19,13 @@ from alerting import cli as alerts_cli
 from alerting.actions import ActionPolicy, ActionRunner, Command, ForbiddenCommand, check_command
 from alerting.api import add_routes
 from alerting.engine import Engine
-from alerting.notify import render_alertmanager_config
+from notifier import render_alertmanager_config
 from alerting.rules import load_rules
 from alerting.service import ACTION_FAILED, AlertService
 from alerting.state import AlertStore
 from cascade.app import alerting_settings
 from cascade.config import AppConfig, ConfigError
-from cascade.model import CabinetReading, SlotReading
+from core.model import CabinetReading, SlotReading
 from cascade.pipeline import Pipeline
 from collectors.modbus.device import CabinetConfig
 from collectors.modbus.profile import find_profile

@@ -16,7 +16,7 @@ import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from alerting.notify import build_app, parse_config, render_alertmanager_config
+from notifier import build_app, parse_config, render_alertmanager_config
 from tests.fixtures.procs import require_binary
 from tests.fixtures.prom import SHIPPED_ALERTMANAGER_CONFIG
 

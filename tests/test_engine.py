@@ -10,12 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from alerting import traces
+from bench import tracegen as traces
 from alerting.engine import Engine
 from alerting.replay import replay
 from alerting.rules import RuleError, load_rules
 from alerting.state import AlertStore
-from cascade.model import SLOT_FIELDS, CabinetReading, SlotReading
+from core.model import SLOT_FIELDS, CabinetReading, SlotReading
 
 CATALOGUE = load_rules()
 T0 = 1_700_000_000.0
@@ -208,7 +208,7 @@ def test_evaluate_never_raises_on_arbitrary_slot_values(slot_values, steps):
 
 
 def test_empty_slot_zeros_neither_raise_nor_clear_but_compartment_sensors_count():
-    from cascade.model import BatteryState
+    from core.model import BatteryState
     clock = [T0]
     engine = Engine(load_rules(), clock=lambda: clock[0])
     empty = SlotReading(slot=1, battery_state=int(BatteryState.EMPTY), voltage_v=0.0, nominal_voltage_v=0.0,
@@ -245,7 +245,7 @@ def test_run_time_thresholds_survive_a_restart_unless_the_catalogue_changed(tmp_
 
 
 def test_a_sensor_that_stops_reporting_is_a_warning_but_a_field_never_carried_is_not():
-    from cascade.model import BatteryState
+    from core.model import BatteryState
     clock = [T0]
     engine = Engine(load_rules().only(["h2_sensor_lost", "pack_temperature_sensor_lost"]), clock=lambda: clock[0])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from cascade.model import CabinetReading, SlotReading
+from core.model import CabinetReading, SlotReading
 from exporters.prometheus import PipelineMetrics
 
 

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
-from alerting.notify import build_app as build_notifier
-from alerting.notify import load_config, parse_config
-from alerting.notify.inbox import build_app, human_line
+from notifier import build_app as build_notifier
+from notifier import load_config, parse_config
+from simulators.inbox import build_app, human_line
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_CONFIG = ROOT / "config" / "notifier.local.yaml"

@@ -26,9 +26,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from alerting.notify import ConfigError, build_app, load_config, parse_config, serve, sign_hmac
-from alerting.notify.delivery import compute_backoff
-from alerting.notify.server import DISPATCHER_KEY
+from notifier import ConfigError, build_app, load_config, parse_config, serve, sign_hmac
+from notifier.delivery import compute_backoff
+from notifier.server import DISPATCHER_KEY
 from tests.fixtures.procs import free_port
 
 NOW = 1_760_000_000.0
@@ -520,13 +520,13 @@ async def test_serve_runs_until_cancelled(tmp_path, provider, monkeypatch):
 
 
 def test_target_placeholder_reads_well_for_slot_and_cabinet_alerts():
-    from alerting.notify.delivery import describe_target
+    from notifier.delivery import describe_target
     assert describe_target({"site": "site-01", "cabinet": "C0003", "slot": "5"}) == "site-01/C0003 slot 5"
     assert describe_target({"site": "site-01", "cabinet": "C0003"}) == "site-01/C0003"
     assert describe_target({"component": "influxdb"}) == "influxdb"
 
 
 def test_absurdly_nested_json_is_a_payload_error_not_a_crash():
-    from alerting.notify.webhook import PayloadError, parse_webhook
+    from notifier.webhook import PayloadError, parse_webhook
     with pytest.raises(PayloadError, match="not JSON"):
         parse_webhook(b"[" * 100_000 + b"]" * 100_000)

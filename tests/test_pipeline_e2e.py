@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from cascade.config import AppConfig
-from cascade.model import CabinetReading
+from core.model import CabinetReading
 from cascade.pipeline import Pipeline
 from collectors.modbus.profile import FieldSpec, find_profile
 from exporters.influx.sink import InfluxConfig

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cascade.model import CABINET_FIELDS, SLOT_FIELDS
+from core.model import CABINET_FIELDS, SLOT_FIELDS
 from collectors.modbus.codec import DecodeError, decode_value, encode_value
 from collectors.modbus.decode import decode_poll
 from collectors.modbus.planner import MAX_REGISTERS, minimum_reads, plan_reads

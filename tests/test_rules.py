@@ -11,7 +11,7 @@ import yaml
 
 from alerting.engine import Engine
 from alerting.rules import RuleError, load_rules, parse_rules
-from cascade.model import CabinetReading, Chemistry, SlotReading
+from core.model import CabinetReading, Chemistry, SlotReading
 
 CASES = Path(__file__).with_name("rules_cases")
 CATALOGUE = load_rules()

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from cascade.model import BatteryState, BmsProtection, ChargerProtection
+from core.model import BatteryState, BmsProtection, ChargerProtection
 from collectors.modbus.decode import decode_poll
 from collectors.modbus.planner import plan_reads
 from collectors.modbus.profile import find_profile

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from pymodbus.client import AsyncModbusTcpClient
 
-from cascade.model import BatteryState, ChargerProtection
+from core.model import BatteryState, ChargerProtection
 from collectors.modbus.decode import decode_poll
 from collectors.modbus.planner import plan_reads
 from collectors.modbus.profile import find_profile

@@ -25,7 +25,7 @@ import pytest
 from alerting.actions import ActionPolicy
 from alerting.api import add_routes
 from alerting.engine import Engine
-from alerting.notify import render_alertmanager_config
+from notifier import render_alertmanager_config
 from alerting.rules import load_rules
 from alerting.service import AlertService
 from alerting.state import AlertStore

@@ -14,6 +14,8 @@ as the Modbus specification requires.
 
 from __future__ import annotations
 
+from core.errors import CascadeError
+
 import math
 import struct
 from collections.abc import Callable, Sequence
@@ -30,7 +32,7 @@ WORDS = {"u16": 1, "i16": 1, "u32": 2, "i32": 2, "f32": 2, "bool": 1}
 _STRUCT = {"u16": ">H", "i16": ">h", "u32": ">I", "i32": ">i", "f32": ">f"}
 
 
-class DecodeError(ValueError):
+class DecodeError(CascadeError):
     """A register value that cannot be a valid reading of its field."""
 
 

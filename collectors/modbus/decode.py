@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cascade.model import FIELD_KINDS, CabinetReading, SlotReading
+from core.model import FIELD_KINDS, CabinetReading, SlotReading
 
 from .codec import DecodeError
 from .planner import ReadRequest

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from cascade.model import CabinetReading
+from core.model import CabinetReading
 from collectors.runner import PollFailed
 
 from .decode import FieldError, decode_poll

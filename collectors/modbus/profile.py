@@ -1,6 +1,6 @@
 """Cabinet register profiles: one YAML file per cabinet model, validated once at start-up.
 
-A profile names, for every field of :mod:`cascade.model`, where the cabinet keeps it: register
+A profile names, for every field of :mod:`core.model`, where the cabinet keeps it: register
 type, address, data type, word order, scale, unit. Cabinet-wide fields use absolute addresses;
 slot fields use an offset inside a per-slot block (``slots.base`` + (slot − 1) × ``slots.stride``).
 A new vendor needs only a new profile. See ``docs/register-map.md``.
@@ -12,6 +12,8 @@ A new vendor needs only a new profile. See ``docs/register-map.md``.
 
 from __future__ import annotations
 
+from core.errors import InputError
+
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from cascade.model import CABINET_FIELDS, SLOT_FIELDS
+from core.model import CABINET_FIELDS, SLOT_FIELDS
 
 from .codec import WORDS
 
@@ -42,12 +44,8 @@ _DATA_TYPES = set(WORDS) | {"string"}
 _WORD_ORDERS = {"big", "little"}
 
 
-class ProfileError(ValueError):
+class ProfileError(InputError):
     """A profile that cannot be used; the message names the file, the key and the fix."""
-
-    def __init__(self, source: str | Path, key: str, problem: str, fix: str) -> None:
-        self.source, self.key = str(source), key
-        super().__init__(f"{source}: {key}: {problem}. Fix: {fix}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +143,7 @@ def _parse_field(entry: Any, where: str, source: Path, allowed: frozenset[str], 
     for key in entry:
         if key not in known:
             raise ProfileError(source, f"{where}.{key}", "unknown key", f"use one of {sorted(known)}")
-    name = _require(entry, "field", f"{where}.", source, str, "name a field of cascade.model")
+    name = _require(entry, "field", f"{where}.", source, str, "name a field of core.model")
     if name not in allowed:
         raise ProfileError(source, f"{where}.field", f"{name!r} is not a known field",
                            f"use one of: {', '.join(sorted(allowed))}")

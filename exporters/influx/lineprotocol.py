@@ -21,6 +21,8 @@ Anything that cannot be encoded raises :class:`LineProtocolError` (a ``ValueErro
 
 from __future__ import annotations
 
+from core.errors import CascadeError
+
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -49,7 +51,7 @@ _measurement_cache: dict[str, str] = {}
 _key_cache: dict[str, str] = {}
 
 
-class LineProtocolError(ValueError):
+class LineProtocolError(CascadeError):
     """A point that InfluxDB line protocol cannot carry as given."""
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from cascade.model import BmsProtection, CabinetReading, ChargerProtection, EmergencyState, SlotReading, \
+from core.model import BmsProtection, CabinetReading, ChargerProtection, EmergencyState, SlotReading, \
     describe_flags
 
 from .lineprotocol import LineEncoder, LineProtocolError, encode_line

@@ -10,6 +10,8 @@ logged once per distinct error, never retried. See docs/influxdb-sink.md.
 
 from __future__ import annotations
 
+from core.errors import CascadeError
+
 import asyncio
 import contextlib
 import gzip
@@ -39,7 +41,7 @@ _GZIP_IN_THREAD_BYTES = 256 * 1024
 _SEEN_ERRORS_LIMIT = 256
 
 
-class InfluxConfigError(ValueError):
+class InfluxConfigError(CascadeError):
     """An InfluxConfig value is missing or out of range; the message names the key."""
 
 

@@ -35,6 +35,8 @@ which InfluxDB stores idempotently (same series and timestamp overwrite). Not th
 
 from __future__ import annotations
 
+from core.errors import CascadeError
+
 import logging
 import os
 import struct
@@ -55,7 +57,7 @@ _MAX_SEGMENT_BYTES = 64 * 1024 * 1024
 _SUFFIX = ".seg"
 
 
-class SpoolError(ValueError):
+class SpoolError(CascadeError):
     """The spool cannot be configured or opened as asked."""
 
 

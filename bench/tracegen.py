@@ -24,7 +24,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from cascade.model import BatteryState, CabinetReading, Chemistry, SlotReading
+from core.model import BatteryState, CabinetReading, Chemistry, SlotReading
 
 __all__ = [
     "Trace",

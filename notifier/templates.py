@@ -12,6 +12,8 @@ renders as an empty string.
 
 from __future__ import annotations
 
+from core.errors import CascadeError
+
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ _PLAIN = frozenset(p for p in PLACEHOLDERS if "." not in p)
 _FIELD = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)\s*\}\}")
 
 
-class TemplateError(ValueError):
+class TemplateError(CascadeError):
     """An unknown placeholder name."""
 
 

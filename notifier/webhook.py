@@ -6,6 +6,8 @@ Errors say which field is wrong, because the sender is usually someone wiring a 
 
 from __future__ import annotations
 
+from core.errors import CascadeError
+
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 __all__ = ["PayloadError", "WebhookAlert", "parse_webhook"]
 
 
-class PayloadError(ValueError):
+class PayloadError(CascadeError):
     """The request body is not an Alertmanager v4 webhook payload."""
 
 

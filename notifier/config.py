@@ -9,6 +9,9 @@ references, resolved from the environment when the config is loaded.
 
 from __future__ import annotations
 
+from core.env import MissingEnv, expand_text
+from core.errors import CascadeError
+
 import dataclasses
 
 import os
@@ -42,13 +45,11 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _LEVELS = ("1", "2", "3")
 
 
-class ConfigError(ValueError):
+class ConfigError(CascadeError):
     """A configuration problem; the message names file, key and what to change."""
 
     def __init__(self, source: str, key: str, problem: str, fix: str) -> None:
-        super().__init__(f"{source}: {key}: {problem} - {fix}")
-        self.source = source
-        self.key = key
+        super().__init__(problem, source=source, key=key, fix=fix, message=f"{source}: {key}: {problem} - {fix}")
 
 
 @dataclass(frozen=True)
@@ -316,13 +317,11 @@ class _Node:
         return self._expand(raw)
 
     def _expand(self, text: str) -> str:
-        def replace(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in self.env:
-                self.fail(f"environment variable {name} is not set", f"export {name} before starting the notifier")
-            return self.env[name]
-
-        return _ENV_REF.sub(replace, text)
+        try:
+            return expand_text(text, self.env)
+        except MissingEnv as err:
+            self.fail(str(err), f"export {err.name} before starting the notifier")
+            raise  # unreachable: fail() raises
 
     def template(self) -> Template:
         text = self.string(allow_empty=True)
