@@ -1,7 +1,7 @@
 """Protective actions: turn a warning's ``protective_action`` into cabinet commands, and audit them.
 
     policy = ActionPolicy(perform={"slot_cutoff", "cabinet_cutoff"}, overrides={("thermal_runaway", 2): None})
-    runner = ActionRunner(pipeline, policy)
+    runner = ActionRunner(commander, policy, emit=sink.submit)   # core.ports.Commander, EventHandler
     for command in runner.plan(transition, runner.policy.action_for(transition)):
         record = await runner.execute(command)       # ActionRecord: who, what, when, result, read-back
 
@@ -17,8 +17,6 @@ rule or API call can make Cascade command (or reset) suppression.
 
 from __future__ import annotations
 
-from core.errors import CascadeError
-
 import asyncio
 import logging
 import time
@@ -29,8 +27,9 @@ from typing import Any
 
 from alerting.rules import PROTECTIVE_ACTIONS
 from alerting.state import Transition
-from exporters.influx.lineprotocol import LineProtocolError
-from exporters.influx.schema import command_to_line
+from core.errors import CascadeError
+from core.events import CommandResult
+from core.ports import Commander, EventHandler, UnknownDevice
 
 __all__ = [
     "ALLOWED_COMMANDS",
@@ -136,11 +135,16 @@ class ActionRecord:
 
 
 class ActionRunner:
-    """Plans and executes protective commands on the pipeline's cabinets; keeps recent records."""
+    """Plans and executes protective commands through a commander; keeps recent records.
 
-    def __init__(self, pipeline: Any, policy: ActionPolicy | None = None, *, clock: Callable[[], float] = time.time,
+    ``emit`` receives each command's :class:`~core.events.CommandResult` (the app stores it).
+    """
+
+    def __init__(self, commander: Commander | None, policy: ActionPolicy | None = None, *,
+                 emit: EventHandler | None = None, clock: Callable[[], float] = time.time,
                  history: int = 500) -> None:
-        self.pipeline = pipeline
+        self.commander = commander
+        self._emit = emit
         self.policy = policy or ActionPolicy()
         self._clock = clock
         self.recent: deque[ActionRecord] = deque(maxlen=history)
@@ -152,8 +156,8 @@ class ActionRunner:
         target = t.target
         if action == "cabinet_cutoff" or target.slot is None:
             # A cabinet-scope alert cannot single out a slot: protect the whole cabinet.
-            device = self.pipeline.by_id.get(target.cabinet)
-            slots: Iterable[int | None] = range(1, device.slot_count + 1) if device is not None else [None]
+            count = None if self.commander is None else self.commander.slot_count(target.cabinet)
+            slots: Iterable[int | None] = range(1, count + 1) if count is not None else [None]
         else:
             slots = [target.slot]
         return [Command(target.site, target.cabinet, s, "slot_output", _CUT_OFF, action, t.rule, t.to_level,
@@ -172,17 +176,20 @@ class ActionRunner:
                         command.actor, record.error)
             self.recent.append(record)
             return record
-        device = self.pipeline.by_id.get(command.cabinet)
-        if device is None or command.slot is None:
+        known = self.commander is not None and self.commander.slot_count(command.cabinet) is not None
+        if self.commander is None or not known or command.slot is None:
             record.result = "failed"
             record.error = (f"cabinet {command.cabinet!r} is not configured in this collector; cut it off by hand"
-                            if device is None else "no slot to command")
+                            if not known else "no slot to command")
         else:
             try:
-                result = await device.command(command.name, slot=command.slot, value=command.value,
-                                              actor=command.actor)
+                result = await self.commander.command(command.cabinet, command.name, slot=command.slot,
+                                                      value=command.value, actor=command.actor)
             except asyncio.CancelledError:
                 raise
+            except UnknownDevice as err:
+                record.result = "failed"
+                record.error = f"{err}; cut it off by hand"
             except Exception as err:  # noqa: BLE001 - turn any surprise into a failed action (alerted)
                 log.exception("protective action %s on %s: the command raised", command.action, command.alert)
                 record.result = "failed"
@@ -192,7 +199,7 @@ class ActionRunner:
                 record.result = "ok" if result.ok else "failed"
                 record.readback = None if result.readback is None else int(result.readback)
                 record.error = result.error
-                self._write_point(result, command.site)
+                self._write_point(result)
         level = logging.INFO if record.ok else logging.ERROR
         log.log(level, "protective action %s: %s %s=%s on %s/%s slot %s by %s: %s (read back %s)%s",
                 command.action, command.alert, command.name, command.value, command.site, command.cabinet,
@@ -201,11 +208,10 @@ class ActionRunner:
         self.recent.append(record)
         return record
 
-    def _write_point(self, result: Any, site: str) -> None:
-        sink = getattr(self.pipeline, "sink", None)
-        if sink is None:
+    def _write_point(self, result: CommandResult) -> None:
+        if self._emit is None:
             return
         try:
-            sink.submit([command_to_line(result, site)])
-        except (LineProtocolError, RuntimeError) as err:
-            log.warning("command point for %s not written to InfluxDB: %s", result.cabinet_id, err)
+            self._emit((result,))
+        except Exception as err:  # noqa: BLE001 - storing the audit point must not undo the action
+            log.warning("command record for %s not stored: %s", result.cabinet_id, err)

@@ -1,14 +1,19 @@
 """The alert service: warning engine on every reading → InfluxDB, Prometheus, Alertmanager, actions.
 
-    service = AlertService(pipeline, engine, alertmanager_url="http://127.0.0.1:9093")
-    async with service:              # registers the reading hook, starts the pusher
+    service = AlertService(engine, feed=pipeline, commander=pipeline.commander, emit=pipeline.submit,
+                           registry=pipeline.registry, alertmanager_url="http://127.0.0.1:9093")
+    async with service:              # subscribes to the reading feed, starts the pusher
         async with pipeline:
             ...
+
+The collaborators are typed seams (:mod:`core.ports`): a reading feed to subscribe to, a commander
+for protective writes, and an event handler that receives alert events and command records (the
+app sends them to the sink). ``cascade.app.alert_service_for(pipeline, engine, ...)`` wires all four.
 
 For every reading the hook runs ``engine.evaluate`` and, per level transition, without awaiting
 any I/O (the poll loop never waits for Alertmanager, InfluxDB or a cabinet write):
 
-* an ``alert`` point goes to ``pipeline.sink`` (Grafana annotations read it);
+* an :class:`~core.events.AlertEvent` goes to ``emit`` (stored; Grafana annotations read it);
 * ``cascade_alert_transitions_total{kind,level}`` and ``cascade_alerts_active{level}`` change;
 * Alertmanager is told: raise → fire; escalate/de-escalate → resolve the alert at the old
   ``level`` label, fire the new one; clear → resolve;
@@ -41,14 +46,14 @@ from alerting.actions import ActionPolicy, ActionRecord, ActionRunner, Command
 from alerting.alertmanager import AlertmanagerPusher
 from alerting.engine import Engine
 from alerting.state import SEVERITY, Ack, Alert, AlertKey, Target, Transition
+from core.events import AlertEvent
 from core.model import CabinetReading
-from exporters.influx.lineprotocol import LineProtocolError, encode_line
+from core.ports import Commander, EventHandler, ReadingFeed
 
-__all__ = ["ACTION_FAILED", "ALERT_MEASUREMENT", "AlertService", "FailedAction"]
+__all__ = ["ACTION_FAILED", "AlertService", "FailedAction"]
 
 log = logging.getLogger(__name__)
 
-ALERT_MEASUREMENT = "alert"
 ACTION_FAILED = "protective_action_failed"
 
 
@@ -80,23 +85,26 @@ class FailedAction:
 
 
 class AlertService:
-    """Runs the warning engine on the pipeline's readings and fans the transitions out."""
+    """Runs the warning engine on every reading of a feed and fans the transitions out."""
 
-    def __init__(self, pipeline: Any, engine: Engine, *, alertmanager_url: str | None,
+    def __init__(self, engine: Engine, *, feed: ReadingFeed | None = None, commander: Commander | None = None,
+                 emit: EventHandler | None = None, cabinets: Iterable[tuple[str, str]] = (),
+                 alertmanager_url: str | None,
                  resend_interval_s: float = 60.0, clock: Callable[[], float] = time.time,
                  session: aiohttp.ClientSession | None = None, policy: ActionPolicy | None = None,
                  registry: CollectorRegistry | None = None, generator_url: str | None = None,
                  on_pushed: Callable[[list[dict[str, Any]], float], None] | None = None,
                  failed_actions_path: str | Path | None = None) -> None:
-        self.pipeline = pipeline
+        self._feed = feed
+        self._emit = emit
         self.engine = engine
         self.store = engine.state
         self._clock = clock
-        registry = registry if registry is not None else pipeline.registry
+        registry = registry if registry is not None else CollectorRegistry()
         self.pusher = None if alertmanager_url is None else AlertmanagerPusher(
             alertmanager_url, resend_interval_s=resend_interval_s, session=session, registry=registry, clock=clock,
             generator_url=generator_url, on_pushed=on_pushed)
-        self.actions = ActionRunner(pipeline, policy, clock=clock)
+        self.actions = ActionRunner(commander, policy, emit=emit, clock=clock)
         # Failed protective actions are safety state: kept on disk so a restart resumes the retries
         # and the level-3 alert instead of forgetting an energised faulty slot.
         self._failed_path = Path(failed_actions_path) if failed_actions_path is not None else None
@@ -113,8 +121,7 @@ class AlertService:
         # Roll-up for dashboards: a cabinet shows its worst level (0 = none). One series per cabinet.
         self._cabinet_level = Gauge("cascade_cabinet_alert_level", "Worst active alert level of the cabinet",
                                     ["site", "cabinet"], registry=registry)
-        config = getattr(pipeline, "config", None)
-        self._cabinets_seen: set[tuple[str, str]] = {(c.site, c.id) for c in getattr(config, "cabinets", [])}
+        self._cabinets_seen: set[tuple[str, str]] = set(cabinets)  # (site, cabinet): every one gets a gauge
         self._update_gauge()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -148,12 +155,13 @@ class AlertService:
                                 action, alert.key, alert.level)
                     self._start_action(restart, action)
         self._retry_task = asyncio.create_task(self._retry_loop(), name="protective-action-retry")
-        self.pipeline.hooks.append(self.handle_reading)
+        if self._feed is not None:
+            self._feed.subscribe(self.handle_reading)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        with contextlib.suppress(ValueError):
-            self.pipeline.hooks.remove(self.handle_reading)
+        if self._feed is not None:
+            self._feed.unsubscribe(self.handle_reading)
         await self.stop_actions()
         if self.pusher is not None:
             await self.pusher.__aexit__(*exc)
@@ -176,7 +184,7 @@ class AlertService:
     # -- hot path ------------------------------------------------------------------------------
 
     async def handle_reading(self, reading: CabinetReading) -> None:
-        """The pipeline hook: evaluate, then fan out. Awaits no I/O."""
+        """The reading subscriber: evaluate, then fan out. Awaits no I/O."""
         transitions = self.engine.evaluate(reading)
         if transitions:
             self.apply(transitions, reading.timestamp_ns)
@@ -184,17 +192,16 @@ class AlertService:
     def apply(self, transitions: Iterable[Transition], timestamp_ns: int | None = None) -> None:
         """Fan out transitions the engine already stored (InfluxDB, metrics, Alertmanager, actions)."""
         ts = timestamp_ns if timestamp_ns is not None else time.time_ns()
-        lines = []
+        events: list[AlertEvent] = []
         for t in transitions:
             self._transitions.labels(t.kind, t.labels.get("level", str(t.to_level))).inc()
             # One log line per level change (a state change, not a repeated condition): level 2 and 3
             # at WARNING so an operator tailing the log sees them; summaries carry the value.
             log.log(logging.WARNING if t.to_level >= 2 else logging.INFO, "alert %s %s L%d->L%d: %s",
                     t.kind, t.key, t.from_level, t.to_level, t.annotations.get("summary", ""))
-            line = _alert_line(t.rule, t.target.site, t.target.cabinet, t.target.slot, t.labels.get("severity", ""),
-                               t.to_level, t.from_level, t.kind, t.value, t.target.battery, t.annotations, ts)
-            if line:
-                lines.append(line)
+            events.append(_alert_event(t.rule, t.target.site, t.target.cabinet, t.target.slot,
+                                       t.labels.get("severity", ""), t.to_level, t.from_level, t.kind, t.value,
+                                       t.target.battery, t.annotations, ts))
             if t.kind == "clear":
                 self._resolve(t.key, t.annotations)
                 self._done.pop(t.key, None)
@@ -203,7 +210,7 @@ class AlertService:
             action = self.actions.policy.action_for(t)
             if action is not None:
                 self._start_action(t, action)
-        self._submit(lines)
+        self._submit(events)
         self._update_gauge()
 
     # -- Alertmanager ----------------------------------------------------------------------------
@@ -262,7 +269,7 @@ class AlertService:
                 self._resolve(key, {**existing.annotations,
                                     "diagnosis": f"Resolved: {command.name}={command.value} now reads back "
                                                  f"{record.readback} (by {record.actor})."})
-                self._submit([_alert_line(ACTION_FAILED, command.site, command.cabinet, command.slot, "critical",
+                self._submit([_alert_event(ACTION_FAILED, command.site, command.cabinet, command.slot, "critical",
                                           0, 3, "clear", None, battery, existing.annotations, time.time_ns())])
                 self._update_gauge()
             return
@@ -291,7 +298,7 @@ class AlertService:
         self.failed[key] = failed
         self._save_failed()
         self._fire(key, labels, annotations, record.at)
-        self._submit([_alert_line(ACTION_FAILED, command.site, command.cabinet, command.slot, "critical", 3, 0,
+        self._submit([_alert_event(ACTION_FAILED, command.site, command.cabinet, command.slot, "critical", 3, 0,
                                   "raise", None, battery, annotations, time.time_ns())])
         self._update_gauge()
 
@@ -393,37 +400,23 @@ class AlertService:
         for where in self._cabinets_seen:
             self._cabinet_level.labels(*where).set(worst.get(where, 0))
 
-    def _submit(self, lines: list[str]) -> None:
-        sink = getattr(self.pipeline, "sink", None)
-        if sink is None or not lines:
+    def _submit(self, events: list[AlertEvent]) -> None:
+        if self._emit is None or not events:
             return
         try:
-            sink.submit(lines)
-        except RuntimeError as err:  # sink already closed during shutdown
-            log.debug("alert points not written: %s", err)
+            self._emit(events)
+        except Exception as err:  # noqa: BLE001 - storing history must never stop the fan-out
+            log.warning("alert events not stored: %s", err)
 
 
-def _alert_line(rule: str, site: str, cabinet: str, slot: int | None, severity: str, level: int, from_level: int,
-                kind: str, value: float | None, battery: str | None, annotations: dict[str, str],
-                timestamp_ns: int) -> str | None:
-    tags = {"site": site, "cabinet": cabinet, "slot": None if slot is None else str(slot), "rule": rule,
-            "severity": severity}
-    fields = {"level": level, "from_level": from_level, "kind": kind, "value": value, "battery": battery,
-              # One line is one point: a line break in a template would make the point unencodable.
-              **{name: _one_line(annotations.get(name)) for name in ("summary", "diagnosis", "action")}}
+def _alert_event(rule: str, site: str, cabinet: str, slot: int | None, severity: str, level: int, from_level: int,
+                 kind: str, value: float | None, battery: str | None, annotations: dict[str, str],
+                 timestamp_ns: int) -> AlertEvent:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        fields["value"] = None
-    else:
-        fields["value"] = float(value)
-    try:
-        return encode_line(ALERT_MEASUREMENT, tags, fields, timestamp_ns)
-    except LineProtocolError as err:
-        log.warning("alert point for %s@%s/%s not encodable: %s", rule, site, cabinet, err)
-        return None
-
-
-def _one_line(text: str | None) -> str | None:
-    return None if text is None else " ".join(text.splitlines())
+        value = None
+    return AlertEvent(rule, site, cabinet, slot, severity, level, from_level, kind, value, battery,
+                      annotations.get("summary"), annotations.get("diagnosis"), annotations.get("action"),
+                      timestamp_ns)
 
 
 def _ack_dict(ack: Ack) -> dict[str, Any]:

@@ -100,7 +100,7 @@ async def run_collector_bench(fleet: list[dict], *, interval_s: float, duration_
         lines = reading_to_lines(result.reading)
         counts["lines"] += len(lines)
         if sink is not None:
-            sink.submit(lines)
+            sink.submit_lines(lines)
         if engine is not None:
             counts["transitions"] += len(engine.evaluate(result.reading))
 

@@ -117,6 +117,7 @@ async def measure(repetitions: int, interval_s: float, fault: str, timeout_s: fl
     from notifier import render_alertmanager_config
     from alerting.rules import load_rules
     from alerting.service import AlertService
+    from cascade.app import alert_service_for
     from alerting.state import AlertStore
     from cascade.config import AppConfig
     from cascade.pipeline import Pipeline
@@ -170,7 +171,7 @@ async def measure(repetitions: int, interval_s: float, fault: str, timeout_s: fl
                 engine = Engine(load_rules().only([rule]), state=AlertStore())
                 pipeline.hooks.append(on_reading)
                 # Default policy: a short circuit's slot_cutoff runs too, as it would in production.
-                service = AlertService(pipeline, engine, alertmanager_url=f"http://127.0.0.1:{am_port}",
+                service = alert_service_for(pipeline, engine, alertmanager_url=f"http://127.0.0.1:{am_port}",
                                        on_pushed=on_pushed)
                 async with service, pipeline:
                     await asyncio.sleep(2 * interval_s)  # every cabinet polled once: steady state

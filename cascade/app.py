@@ -26,7 +26,7 @@ from alerting.state import AlertStore
 from cascade.config import AppConfig, ConfigError
 from cascade.pipeline import Pipeline
 
-__all__ = ["ALERTING_DEFAULTS", "alerting_settings", "build_engine", "start_app"]
+__all__ = ["ALERTING_DEFAULTS", "alert_service_for", "alerting_settings", "build_engine", "start_app"]
 
 ALERTING_DEFAULTS: dict[str, Any] = {
     "enabled": True,
@@ -151,6 +151,16 @@ def build_engine(config: AppConfig, settings: dict[str, Any]) -> Engine:
     return Engine(rules, state=store, audit_path=settings["audit_file"])
 
 
+def alert_service_for(pipeline: Pipeline, engine: Engine, **options: Any) -> AlertService:
+    """The alert service wired to ``pipeline``: it subscribes to its readings, commands its sources'
+    devices, stores its events (alert changes, command records) through its sink and registers
+    its metrics on its registry. ``options`` are :class:`AlertService` keywords."""
+    options.setdefault("registry", pipeline.registry)
+    cabinets = [(site, device) for source in pipeline.sources for device, site in source.devices().items()]
+    return AlertService(engine, feed=pipeline, commander=pipeline.commander, emit=pipeline.submit,
+                        cabinets=cabinets, **options)
+
+
 @contextlib.asynccontextmanager
 async def start_app(config: AppConfig) -> AsyncIterator[Pipeline]:
     """Start the pipeline (and the alert service unless ``alerting.enabled`` is false)."""
@@ -161,10 +171,10 @@ async def start_app(config: AppConfig) -> AsyncIterator[Pipeline]:
             yield pipeline
         return
     engine = build_engine(config, settings)
-    service = AlertService(pipeline, engine, alertmanager_url=settings["alertmanager_url"],
-                           resend_interval_s=float(settings["resend_interval_s"]), policy=settings["policy"],
-                           generator_url=settings["generator_url"],
-                           failed_actions_path=_beside(settings["state_file"], "-failed-actions.json"))
+    service = alert_service_for(pipeline, engine, alertmanager_url=settings["alertmanager_url"],
+                                resend_interval_s=float(settings["resend_interval_s"]), policy=settings["policy"],
+                                generator_url=settings["generator_url"],
+                                failed_actions_path=_beside(settings["state_file"], "-failed-actions.json"))
     add_routes(pipeline.app, service, token=settings["api_token"])
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(engine.state.flush)  # runs last: the final alert changes reach the disk

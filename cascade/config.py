@@ -18,7 +18,9 @@ import yaml
 
 from core.env import expand_env
 from core.errors import InputError
+from collectors.modbus.device import KIND as MODBUS
 from collectors.modbus.device import CabinetConfig
+from collectors.modbus.source import ModbusSettings
 from collectors.modbus.planner import plan_reads
 from collectors.modbus.profile import Profile, ProfileError, find_profile
 from exporters.influx.sink import InfluxConfig
@@ -44,6 +46,13 @@ class AppConfig:
     backoff_cap_s: float = 60.0
     status_interval_s: float = 10.0
     alerting: dict[str, Any] = field(default_factory=dict)
+
+    def source_settings(self) -> dict[str, object]:
+        """Source kind → the settings its builder takes (``collectors.SOURCE_KINDS``).
+
+        Today every cabinet is polled over Modbus; pushed kinds add their own entry here.
+        """
+        return {MODBUS: ModbusSettings(self.cabinets, self.profiles, self.jitter, self.backoff_cap_s)}
 
 
 _PATH_KEYS = {"state_file", "audit_file", "rules"}

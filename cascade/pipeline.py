@@ -1,11 +1,13 @@
-"""Wiring: collectors → typed readings → InfluxDB sink, Prometheus exporter and reading hooks.
+"""The running collector: sources → typed reports → sink, Prometheus exporter and reading subscribers.
 
     async with Pipeline(load_config("config/local.yaml")) as pipeline:
         await pipeline.wait()
 
-Data flows one way: the poll runner hands each :class:`PollResult` to :meth:`Pipeline.handle`,
-which encodes it for InfluxDB, updates the fleet gauges and calls every reading hook (the warning
-engine registers one). Nothing here blocks on I/O: the sink buffers and writes in its own task.
+Data flows one way. Sources are built by kind from config (``collectors.SOURCE_KINDS``); each
+delivers :class:`~core.events.Report` reports to :meth:`Pipeline.handle`, which gives the reading to
+the sink (which encodes it), updates the fleet gauges and calls every subscriber (the warning
+engine subscribes through :class:`~core.ports.ReadingFeed`). The pipeline names no protocol.
+Nothing here blocks on I/O: the sink buffers and writes in its own task.
 """
 
 from __future__ import annotations
@@ -14,25 +16,46 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from cascade.config import AppConfig
-from core.model import CabinetReading
-from collectors.modbus.device import ModbusCabinet, PollResult
-from collectors.runner import PollRunner
-from exporters.influx.schema import reading_to_lines
+from collectors import build_source
+from core.events import CommandResult, Point, Report
+from core.ports import Commander, ReadingHook, Source, UnknownDevice
 from exporters.influx.sink import InfluxSink
 from exporters.prometheus import PipelineMetrics
 
-__all__ = ["Pipeline", "ReadingHook"]
+if TYPE_CHECKING:
+    from alerting.service import AlertService
+
+__all__ = ["Commanders", "Pipeline"]
 
 log = logging.getLogger("cascade.pipeline")
 
-ReadingHook = Callable[[CabinetReading], Any]
+
+class Commanders:
+    """One :class:`~core.ports.Commander` over every source whose devices take commands."""
+
+    def __init__(self, commanders: Sequence[Commander]) -> None:
+        self._commanders = list(commanders)
+
+    def _owner(self, device: str) -> Commander | None:
+        return next((c for c in self._commanders if c.slot_count(device) is not None), None)
+
+    def slot_count(self, device: str) -> int | None:
+        owner = self._owner(device)
+        return None if owner is None else owner.slot_count(device)
+
+    async def command(self, device: str, name: str, *, slot: int | None, value: int | bool,
+                      actor: str) -> CommandResult:
+        owner = self._owner(device)
+        if owner is None:
+            raise UnknownDevice(f"no source of this collector serves {device!r}")
+        return await owner.command(device, name, slot=slot, value=value, actor=actor)
 
 
 class Pipeline:
@@ -44,23 +67,25 @@ class Pipeline:
         self.registry = registry or CollectorRegistry()
         self.metrics = PipelineMetrics(self.registry)
         self.hooks: list[ReadingHook] = list(hooks or [])
-        self.devices = [ModbusCabinet(c, config.profiles[c.profile]) for c in config.cabinets]
-        self.by_id = {d.name: d for d in self.devices}
-        for cabinet in config.cabinets:
-            self.metrics.register_device(cabinet.id, cabinet.site)
+        self.sources: list[Source] = [
+            build_source(kind, settings, emit=self._emit, metrics=self.metrics, seed=seed)
+            for kind, settings in config.source_settings().items()]
+        for source in self.sources:
+            for device, site in source.devices().items():
+                self.metrics.register_device(device, site, source.kind)
+        self.commander = Commanders([s for s in self.sources if isinstance(s, Commander)])
         self.sink: InfluxSink | None = None
-        self.runner = PollRunner(self.devices, on_result=self.handle, metrics=self.metrics, jitter=config.jitter,
-                                 backoff_cap_s=config.backoff_cap_s, seed=seed)
         self.app = web.Application()
         self.app.router.add_get("/metrics", self._metrics_handler)
         self.app.router.add_get("/health", self._health_handler)
         self._web: web.AppRunner | None = None
         self.metrics_port: int | None = None
         self._stack = contextlib.AsyncExitStack()
-        self._status_task: asyncio.Task | None = None
+        self._status_task: asyncio.Task[None] | None = None
         self.readings_total = 0
         self.field_errors_total = 0
         self._logged_errors: set[tuple[str, str]] = set()
+        self.alerts: AlertService | None = None  # set by cascade.app.start_app when alerting is on
 
     async def __aenter__(self) -> "Pipeline":
         try:
@@ -73,13 +98,15 @@ class Pipeline:
             await site.start()
             self.metrics_port = self._web.addresses[0][1]
             self._stack.push_async_callback(self._web.cleanup)
-            await self._stack.enter_async_context(self.runner)
+            for source in self.sources:
+                await self._stack.enter_async_context(source)
             if self.config.status_interval_s > 0:
                 self._status_task = asyncio.create_task(self._status_loop(), name="status")
         except BaseException:
             await self._stack.aclose()
             raise
-        log.info("collecting from %d cabinets; metrics on http://%s:%s/metrics", len(self.devices),
+        log.info("collecting from %d devices (%s); metrics on http://%s:%s/metrics", len(self.online()),
+                 ", ".join(sorted({s.kind for s in self.sources})),
                  self.config.metrics_host, self.metrics_port)
         return self
 
@@ -87,49 +114,70 @@ class Pipeline:
         if self._status_task:
             self._status_task.cancel()
             await asyncio.gather(self._status_task, return_exceptions=True)
-        # Order: stop polling first, then flush the sink (exit stack unwinds in reverse).
+        # Order: stop the sources first, then flush the sink (exit stack unwinds in reverse).
         await self._stack.aclose()
 
     async def wait(self) -> None:
         """Run until cancelled."""
         await asyncio.Event().wait()
 
-    async def handle(self, device: ModbusCabinet, result: PollResult) -> None:
-        """Fan one poll out to the sink, the exporter and the hooks."""
-        reading = result.reading
+    # -- ReadingFeed ----------------------------------------------------------------------------
+
+    def subscribe(self, hook: ReadingHook) -> None:
+        self.hooks.append(hook)
+
+    def unsubscribe(self, hook: ReadingHook) -> None:
+        with contextlib.suppress(ValueError):
+            self.hooks.remove(hook)
+
+    # -- PointSink: events from alerting (alert changes, command records) --------------------------
+
+    def submit(self, points: Iterable[Point]) -> None:
+        """Store points (alert events, command records) with the readings; dropped without a sink."""
+        if self.sink is None:
+            return
+        try:
+            self.sink.submit(points)
+        except RuntimeError as err:  # sink already closed during shutdown
+            log.debug("points not written: %s", err)
+
+    # -- the hot path ---------------------------------------------------------------------------
+
+    async def _emit(self, report: Report) -> None:
+        # Looked up on each call so a test (or a wrapper) can replace ``handle`` on the instance.
+        await self.handle(report)
+
+    async def handle(self, report: Report) -> None:
+        """Fan one report out to the sink, the exporter and the subscribers."""
+        reading = report.reading
         self.readings_total += len(reading.slots)
-        if result.errors:
-            self.field_errors_total += len(result.errors)
-            for err in result.errors:
+        if report.errors:
+            self.field_errors_total += len(report.errors)
+            for err in report.errors:
                 # Log each (cabinet, field) problem once; the counter keeps the rate.
                 key = (err.cabinet_id, err.field)
                 if key not in self._logged_errors:
                     self._logged_errors.add(key)
                     log.warning("rejected value: %s", err)
         if self.sink is not None:
-            lines = reading_to_lines(reading)
-            skipped = len(reading.slots) + 1 - len(lines)
-            if skipped:
-                # A value line protocol cannot carry (e.g. a line break in a vendor string): the
-                # point is dropped, the rest of the poll is written; counted and logged once.
-                self.metrics.lines_encode_errors.inc(skipped)
-                if (reading.cabinet_id, "(line protocol)") not in self._logged_errors:
-                    self._logged_errors.add((reading.cabinet_id, "(line protocol)"))
-                    log.warning("cabinet %s: %d point(s) of a poll could not be encoded for InfluxDB",
-                                reading.cabinet_id, skipped)
-            self.sink.submit(lines)
-        self.metrics.observe(reading, result.requests, [e.field for e in result.errors])
+            self.sink.submit((reading,))
+        self.metrics.observe(reading, report.requests, [e.field for e in report.errors], report.source)
         for hook in self.hooks:
             try:
                 outcome = hook(reading)
-                if asyncio.iscoroutine(outcome):
+                if outcome is not None:
                     await outcome
             except Exception:
                 log.exception("reading hook %r failed for cabinet %s", hook, reading.cabinet_id)
 
+    def online(self) -> Mapping[str, bool | None]:
+        """Device id → reachable now, over every source."""
+        return {device: up for source in self.sources for device, up in source.online().items()}
+
     def status_line(self, readings_per_s: float) -> str:
-        online = sum(1 for v in self.runner.online.values() if v)
-        parts = [f"devices online {online}/{len(self.devices)}", f"readings/s {readings_per_s:.0f}",
+        states = self.online()
+        online = sum(1 for v in states.values() if v)
+        parts = [f"devices online {online}/{len(states)}", f"readings/s {readings_per_s:.0f}",
                  f"rejected values {self.field_errors_total}"]
         if self.sink is not None:
             stats = self.sink.stats
@@ -150,5 +198,5 @@ class Pipeline:
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _health_handler(self, request: web.Request) -> web.Response:
-        online = sum(1 for v in self.runner.online.values() if v)
-        return web.json_response({"devices": len(self.devices), "online": online})
+        states = self.online()
+        return web.json_response({"devices": len(states), "online": sum(1 for v in states.values() if v)})

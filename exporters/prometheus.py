@@ -5,13 +5,15 @@ error kinds come from a fixed vocabulary, decode errors are labelled by profile 
 
     registry = CollectorRegistry()
     metrics = PipelineMetrics(registry)
-    metrics.observe(poll_result)
+    metrics.register_device("C0001", "site-a", "modbus")
+    metrics.observe(report.reading, report.requests, ["voltage_v"], "modbus")
 """
 
 from __future__ import annotations
 
-from core.model import BatteryState, CabinetReading
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from core.model import BatteryState, CabinetReading
 
 __all__ = ["PipelineMetrics"]
 
@@ -23,18 +25,18 @@ class PipelineMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.poll_duration = Histogram("cascade_poll_duration_seconds", "Duration of one device poll",
-                                       ["protocol"], buckets=_POLL_BUCKETS, registry=registry)
-        self.poll_errors = Counter("cascade_poll_errors_total", "Failed polls by kind",
-                                   ["protocol", "kind"], registry=registry)
-        self.polls = Counter("cascade_polls_total", "Successful polls", ["protocol"], registry=registry)
+                                       ["source"], buckets=_POLL_BUCKETS, registry=registry)
+        self.poll_errors = Counter("cascade_poll_errors_total", "Failed polls by source kind and failure kind",
+                                   ["source", "kind"], registry=registry)
+        self.polls = Counter("cascade_polls_total", "Successful polls", ["source"], registry=registry)
         self.device_up_gauge = Gauge("cascade_device_up", "1 when the last poll of the device succeeded",
                                      ["site", "cabinet"], registry=registry)
         self.readings = Counter("cascade_readings_total", "Slot readings decoded", registry=registry)
         self.decode_errors = Counter("cascade_decode_errors_total", "Register values rejected while decoding",
                                      ["field"], registry=registry)
-        self.requests = Counter("cascade_modbus_requests_total", "Modbus read requests sent", registry=registry)
-        self.lines_encode_errors = Counter("cascade_line_encode_errors_total",
-                                           "Points (cabinet or slot) that could not be encoded as line protocol", registry=registry)
+        self.requests = Counter("cascade_source_requests_total",
+                                "Requests sources sent to devices (Modbus reads; 0 for pushed data)", ["source"],
+                                registry=registry)
         labels = ["site", "cabinet"]
         self.cabinet_temperature = Gauge("cascade_cabinet_temperature_celsius", "Temperature inside the cabinet",
                                          labels, registry=registry)
@@ -58,26 +60,31 @@ class PipelineMetrics:
         self.poll_timestamp = Gauge("cascade_cabinet_last_poll_timestamp_seconds",
                                     "Unix time of the cabinet's last successful poll", labels, registry=registry)
         self._sites: dict[str, str] = {}
+        self._sources: dict[str, str] = {}
 
     # PollMetrics protocol, called by collectors.runner.PollRunner
-    def poll_done(self, device: str, duration_s: float, protocol: str = "modbus") -> None:
-        self.poll_duration.labels(protocol).observe(duration_s)
-        self.polls.labels(protocol).inc()
+    def poll_done(self, device: str, duration_s: float) -> None:
+        source = self._sources.get(device, "")
+        self.poll_duration.labels(source).observe(duration_s)
+        self.polls.labels(source).inc()
 
-    def poll_failed(self, device: str, kind: str, duration_s: float, protocol: str = "modbus") -> None:
-        self.poll_duration.labels(protocol).observe(duration_s)
-        self.poll_errors.labels(protocol, kind).inc()
+    def poll_failed(self, device: str, kind: str, duration_s: float) -> None:
+        source = self._sources.get(device, "")
+        self.poll_duration.labels(source).observe(duration_s)
+        self.poll_errors.labels(source, kind).inc()
 
     def device_up(self, device: str, up: bool) -> None:
         self.device_up_gauge.labels(self._sites.get(device, ""), device).set(1 if up else 0)
 
-    def register_device(self, device: str, site: str) -> None:
-        """Tell the exporter a device's site before its first poll, so ``up`` has both labels."""
+    def register_device(self, device: str, site: str, source: str) -> None:
+        """Tell the exporter a device's site and source kind before its first poll (metric labels)."""
         self._sites[device] = site
+        self._sources[device] = source
 
-    def observe(self, reading: CabinetReading, requests: int, field_errors: list[str]) -> None:
-        """Update counters and fleet gauges from one successful poll."""
-        self.requests.inc(requests)
+    def observe(self, reading: CabinetReading, requests: int, field_errors: list[str], source: str = "") -> None:
+        """Update counters and fleet gauges from one successful report."""
+        if requests:
+            self.requests.labels(source).inc(requests)
         for name in field_errors:
             self.decode_errors.labels(name).inc()
         labels = (reading.site, reading.cabinet_id)

@@ -23,7 +23,7 @@ from notifier import render_alertmanager_config
 from alerting.rules import load_rules
 from alerting.service import ACTION_FAILED, AlertService
 from alerting.state import AlertStore
-from cascade.app import alerting_settings
+from cascade.app import alert_service_for, alerting_settings
 from cascade.config import AppConfig, ConfigError
 from core.model import CabinetReading, SlotReading
 from cascade.pipeline import Pipeline
@@ -109,7 +109,7 @@ async def test_transitions_reach_alertmanager_raise_escalate_clear(tmp_path, ale
     am = shipped_alertmanager(alertmanager_factory, f"http://127.0.0.1:{free_port()}")
     pipeline = Pipeline(make_config(tmp_path, []))
     engine = make_engine(engine_clock, tmp_path)
-    service = AlertService(pipeline, engine, alertmanager_url=am.url, resend_interval_s=30,
+    service = alert_service_for(pipeline, engine, alertmanager_url=am.url, resend_interval_s=30,
                            policy=ActionPolicy(perform=frozenset()))
     async with service:
         assert service.handle_reading in pipeline.hooks
@@ -145,7 +145,7 @@ async def test_push_failures_are_counted_and_recovered_when_alertmanager_returns
     am = shipped_alertmanager(alertmanager_factory, f"http://127.0.0.1:{free_port()}")
     am.process.stop()
     pipeline = Pipeline(make_config(tmp_path, []))
-    service = AlertService(pipeline, make_engine(engine_clock, tmp_path), alertmanager_url=am.url,
+    service = alert_service_for(pipeline, make_engine(engine_clock, tmp_path), alertmanager_url=am.url,
                            resend_interval_s=30, policy=ActionPolicy(perform=frozenset()))
     failures = lambda: pipeline.registry.get_sample_value("cascade_alert_push_failures_total")  # noqa: E731
     async with service:
@@ -165,7 +165,7 @@ async def test_push_failures_are_counted_and_recovered_when_alertmanager_returns
 async def test_ack_and_thresholds_over_http_and_cli(tmp_path, engine_clock):
     pipeline = Pipeline(make_config(tmp_path, []))
     engine = make_engine(engine_clock, tmp_path, rules=("over_temperature", "h2_gas"))
-    service = AlertService(pipeline, engine, alertmanager_url=None, policy=ActionPolicy(perform=frozenset()))
+    service = alert_service_for(pipeline, engine, alertmanager_url=None, policy=ActionPolicy(perform=frozenset()))
     add_routes(pipeline.app, service)
     async with service, pipeline, aiohttp.ClientSession() as http:
         base = f"http://127.0.0.1:{pipeline.metrics_port}"
@@ -231,7 +231,7 @@ def test_allow_list_refuses_every_command_but_slot_output(tmp_path):
         with pytest.raises(ForbiddenCommand, match="P-3.3"):
             check_command(name)
     config = make_config(tmp_path, [CabinetConfig(id=CAB, host="127.0.0.1", port=free_port(), site=SITE)])
-    runner = ActionRunner(Pipeline(config))
+    runner = ActionRunner(Pipeline(config).commander)
     command = Command(SITE, CAB, 1, "fire_suppression", 1, "slot_cutoff", "thermal_runaway", 3, "x")
     with pytest.raises(ForbiddenCommand):
         asyncio.run(runner.execute(command))
@@ -282,7 +282,7 @@ async def test_protective_action_cuts_slot_off_and_is_audited(tmp_path, simulato
     config = make_config(tmp_path, [CabinetConfig(id=CAB, host="127.0.0.1", port=cab.port, site=SITE,
                                                   interval_s=3600, timeout_s=1)], influx_url=influxdb.url)
     pipeline = Pipeline(config)
-    service = AlertService(pipeline, make_engine(engine_clock, tmp_path), alertmanager_url=am.url,
+    service = alert_service_for(pipeline, make_engine(engine_clock, tmp_path), alertmanager_url=am.url,
                            resend_interval_s=30, policy=ActionPolicy(retry_s=0.3))
     add_routes(pipeline.app, service)
     async with service, pipeline:
@@ -383,7 +383,7 @@ async def test_failed_protective_action_survives_a_restart(tmp_path, engine_cloc
     path = tmp_path / "alerts-failed-actions.json"
     policy = ActionPolicy(perform=frozenset({"stop_charging", "slot_cutoff"}), retry_s=3600)
     pipeline = Pipeline(make_config(tmp_path, [dead]))
-    service = AlertService(pipeline, make_engine(engine_clock, tmp_path), alertmanager_url=None, policy=policy,
+    service = alert_service_for(pipeline, make_engine(engine_clock, tmp_path), alertmanager_url=None, policy=policy,
                            failed_actions_path=path)
     async with service:
         await feed(service, engine_clock, 75.0)  # over_temperature level 3 -> slot cut-off, cabinet is down
@@ -392,7 +392,7 @@ async def test_failed_protective_action_survives_a_restart(tmp_path, engine_cloc
     assert [item["command"]["name"] for item in saved] == ["slot_output"] and saved[0]["attempts"] >= 1
 
     pipeline = Pipeline(make_config(tmp_path, [dead]))
-    restarted = AlertService(pipeline, make_engine(engine_clock, tmp_path), alertmanager_url=am.url,
+    restarted = alert_service_for(pipeline, make_engine(engine_clock, tmp_path), alertmanager_url=am.url,
                              policy=policy, failed_actions_path=path)
     assert [str(k) for k in restarted.failed] == [f"protective_action_failed@{SITE}/{CAB}/{SLOT}"]
     async with restarted:
@@ -409,7 +409,7 @@ async def test_an_empty_read_back_is_a_failed_action_and_retries_go_on(tmp_path,
         cabinet = CabinetConfig(id=CAB, host="127.0.0.1", port=port, site=SITE, interval_s=3600, timeout_s=0.5)
         pipeline = Pipeline(make_config(tmp_path, [cabinet]))
         policy = ActionPolicy(perform=frozenset({"stop_charging", "slot_cutoff"}), retry_s=0.2)
-        service = AlertService(pipeline, make_engine(engine_clock, tmp_path), alertmanager_url=None, policy=policy)
+        service = alert_service_for(pipeline, make_engine(engine_clock, tmp_path), alertmanager_url=None, policy=policy)
         async with service:
             await feed(service, engine_clock, 75.0)
             failed = await eventually(lambda: service.failed)
@@ -431,7 +431,7 @@ async def test_a_cut_off_cut_short_by_a_crash_is_reissued_at_start(tmp_path, eng
     cabinet = CabinetConfig(id=CAB, host="127.0.0.1", port=fleet.cabinets[0].port, site=SITE, interval_s=3600,
                             timeout_s=1)
     pipeline = Pipeline(make_config(tmp_path, [cabinet]))
-    service = AlertService(pipeline, make_engine(engine_clock, tmp_path), alertmanager_url=None,
+    service = alert_service_for(pipeline, make_engine(engine_clock, tmp_path), alertmanager_url=None,
                            policy=ActionPolicy(perform=frozenset({"slot_cutoff"})))
     async with service:
         done = await eventually(lambda: [r for r in service.actions.recent if r.ok])
@@ -445,7 +445,7 @@ async def test_alerts_of_a_rule_dropped_from_the_catalogue_are_cleared_through_t
     assert [t.to_level for t in before.evaluate(reading(50.0))] == [1]
     pipeline = Pipeline(make_config(tmp_path, []))
     after = make_engine(engine_clock, tmp_path, rules=("h2_gas",))  # over_temperature no longer exists
-    service = AlertService(pipeline, after, alertmanager_url=None, policy=ActionPolicy(perform=frozenset()))
+    service = alert_service_for(pipeline, after, alertmanager_url=None, policy=ActionPolicy(perform=frozenset()))
     async with service:
         assert service.active_alerts() == []
     assert pipeline.registry.get_sample_value("cascade_alert_transitions_total", {"kind": "clear", "level": "1"}) == 1

@@ -59,7 +59,7 @@ async def test_values_land_with_and_without_gzip(influxdb, tmp_path, use_gzip):
     async with aiohttp.ClientSession(trace_configs=[trace]) as session:
         async with InfluxSink(_config(influxdb, tmp_path, gzip=use_gzip), registry=registry, session=session) as sink:
             for start in range(0, 1000, 100):
-                sink.submit(_lines(start, 100))
+                sink.submit_lines(_lines(start, 100))
             await _until(lambda: sink.stats.lines_written == 1000)
             stats = sink.stats
     assert _seqs(influxdb) == list(range(1000))
@@ -76,7 +76,7 @@ async def test_values_land_with_and_without_gzip(influxdb, tmp_path, use_gzip):
 
 async def test_final_flush_on_exit_delivers_everything(influxdb, tmp_path):
     async with InfluxSink(_config(influxdb, tmp_path, flush_interval_s=30)) as sink:
-        sink.submit(_lines(0, 50))  # below batch_size and long interval: only the exit flush sends it
+        sink.submit_lines(_lines(0, 50))  # below batch_size and long interval: only the exit flush sends it
     assert _seqs(influxdb) == list(range(50))
 
 
@@ -87,7 +87,7 @@ async def test_bad_lines_are_counted_and_logged_once_good_lines_stored(influxdb,
         for start in (0, 10):
             batch = _lines(start, 10)
             batch[3:3] = ["not line protocol", "slot,cabinet=c1 seq= 5"]
-            sink.submit(batch)
+            sink.submit_lines(batch)
             await _until(lambda: sink.stats.lines_written == start + 10)
         stats = sink.stats
     assert _seqs(influxdb) == list(range(20))
@@ -101,17 +101,17 @@ async def test_bad_lines_are_counted_and_logged_once_good_lines_stored(influxdb,
 async def test_outage_spools_then_replays_everything_once_in_order(influxdb, tmp_path):
     registry = CollectorRegistry()
     async with InfluxSink(_config(influxdb, tmp_path), registry=registry) as sink:
-        sink.submit(_lines(0, 500))
+        sink.submit_lines(_lines(0, 500))
         await _until(lambda: sink.stats.lines_written == 500)
         influxdb.stop()
         for start in range(500, 3000, 250):
-            sink.submit(_lines(start, 250))
+            sink.submit_lines(_lines(start, 250))
             await asyncio.sleep(0.03)
         await _until(lambda: sink.stats.spool_lines == 2500 and not sink.stats.up)
         assert _metric(registry, "cascade_influx_up") == 0
         assert _metric(registry, "cascade_influx_spool_lines") == 2500
         influxdb.start()
-        sink.submit(_lines(3000, 100))  # newer data must wait for the spool
+        sink.submit_lines(_lines(3000, 100))  # newer data must wait for the spool
         await _until(lambda: sink.stats.lines_written == 3100)
         stats = sink.stats
     assert _seqs(influxdb) == list(range(3100))
@@ -125,11 +125,11 @@ async def test_outage_spools_then_replays_everything_once_in_order(influxdb, tmp
 async def test_spool_survives_a_restart_of_the_sink(influxdb, tmp_path):
     influxdb.stop()
     async with InfluxSink(_config(influxdb, tmp_path)) as sink:
-        sink.submit(_lines(0, 700))
+        sink.submit_lines(_lines(0, 700))
     assert sink.stats.spool_lines == 700 and sink.stats.lines_written == 0
     influxdb.start()
     async with InfluxSink(_config(influxdb, tmp_path)) as sink:
-        sink.submit(_lines(700, 10))
+        sink.submit_lines(_lines(700, 10))
         await _until(lambda: sink.stats.lines_written == 710)
         assert sink.stats.lines_replayed == 700
     assert _seqs(influxdb) == list(range(710))
@@ -141,7 +141,7 @@ async def test_spool_bound_drops_oldest_lines_counted_exactly(influxdb, tmp_path
     config = _config(influxdb, tmp_path, spool_max_bytes=64 * 1024, batch_size=100, max_buffer_lines=100)
     async with InfluxSink(config, registry=registry) as sink:
         for start in range(0, 3000, 100):
-            sink.submit(_lines(start, 100))
+            sink.submit_lines(_lines(start, 100))
         await _until(lambda: sink.stats.buffered_lines == 0)
         influxdb.start()
         await _until(lambda: sink.stats.spool_lines == 0 and sink.stats.up)
@@ -157,7 +157,7 @@ async def test_v2_api_against_a_v1_server_spools_instead_of_losing(influxdb, tmp
     """Only influxd 1.6 is available (no /api/v2/write): the v2 path's failure handling is what we can test."""
     config = _config(influxdb, tmp_path, api="v2", token="t", org="o", bucket="b", database="")
     async with InfluxSink(config) as sink:
-        sink.submit(_lines(0, 300))
+        sink.submit_lines(_lines(0, 300))
         await _until(lambda: sink.stats.spool_lines == 300)
         assert not sink.stats.up and sink.stats.lines_written == 0
 
@@ -167,7 +167,7 @@ async def test_submit_is_non_blocking_and_bounded_while_down(influxdb, tmp_path)
     async with InfluxSink(_config(influxdb, tmp_path, batch_size=100, max_buffer_lines=300)) as sink:
         started = time.perf_counter()
         for start in range(0, 2000, 100):
-            sink.submit(_lines(start, 100))
+            sink.submit_lines(_lines(start, 100))
             assert sink.stats.buffered_lines <= 300
         assert time.perf_counter() - started < 1.0
     assert sink.stats.spool_lines == 2000 and sink.stats.lines_dropped == 0
@@ -293,7 +293,7 @@ async def test_spool_full_while_its_oldest_batch_is_in_flight_loses_and_miscount
                               flush_interval_s=0.02, retry_initial_s=0.02, retry_max_s=0.05, timeout_s=5)
         async with InfluxSink(config) as sink:
             await asyncio.wait_for(server.first_arrived.wait(), 10)  # batch "000" is being written
-            sink.submit(_tagged("new") + _tagged("nxt"))  # buffer overflows: one same-size batch spills
+            sink.submit_lines(_tagged("new") + _tagged("nxt"))  # buffer overflows: one same-size batch spills
             assert sink.stats.lines_dropped == 0  # the spool had to drop "000", but it is in flight
             server.release.set()
             # Wait for the last write to complete, not just to leave the buffer: closing the sink with
@@ -332,7 +332,7 @@ async def test_unexpected_write_error_spools_the_batch_instead_of_losing_it(tmp_
         monkeypatch.setattr(sink, "_write_v1", flaky_write_v1)
         caplog.set_level(logging.ERROR, logger="exporters.influx.sink")
         async with sink:
-            sink.submit(_tagged("a"))
+            sink.submit_lines(_tagged("a"))
             await _until(lambda: sink.stats.lines_written == 100)
             stats = sink.stats
     assert sorted(server.stored) == sorted(_tagged("a"))
@@ -364,7 +364,7 @@ async def test_down_with_nothing_to_retry_does_not_spin_the_event_loop(tmp_path,
             raise OSError(28, "No space left on device")
 
         monkeypatch.setattr(sink._spool, "append", disk_full)
-        sink.submit(_tagged("a"))
+        sink.submit_lines(_tagged("a"))
         await _until(lambda: sink.stats.lines_dropped == 100 and not sink.stats.up)
         before = drains
         await asyncio.sleep(0.5)

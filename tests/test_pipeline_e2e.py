@@ -150,7 +150,7 @@ async def test_unreachable_cabinet_and_garbage_do_not_stop_the_others(stack: Sta
         return registry.get_sample_value(name, labels) or 0.0
 
     assert sample("cascade_device_up", site=down.state.site, cabinet=down.cabinet_id) == 0
-    assert sum(sample("cascade_poll_errors_total", protocol="modbus", kind=k)
+    assert sum(sample("cascade_poll_errors_total", source="modbus", kind=k)
                for k in ("connect", "connection", "timeout")) >= 1
     assert sample("cascade_decode_errors_total", field="voltage_v") >= 1
     assert sample("cascade_decode_errors_total", field="soc_pct") >= 1
@@ -188,12 +188,12 @@ async def test_a_point_that_cannot_be_encoded_is_counted_and_the_rest_is_written
     pipeline = Pipeline(stack.config, registry=registry, seed=5)
     original = pipeline.handle
 
-    async def handle_with_bad_string(device, result):
-        if result.reading.slots:
-            result.reading.slots[0].battery_maker = "line\nbreak"  # line protocol cannot carry this
-        await original(device, result)
+    async def handle_with_bad_string(report):
+        if report.reading.slots:
+            report.reading.slots[0].battery_maker = "line\nbreak"  # line protocol cannot carry this
+        await original(report)
 
-    pipeline.runner._on_result = handle_with_bad_string
+    pipeline.handle = handle_with_bad_string
     await _run_for(pipeline, 1.5)
     assert registry.get_sample_value("cascade_line_encode_errors_total") >= 1
     rows = influxdb.query("SELECT count(voltage_v) FROM slot WHERE slot = '2'")

@@ -28,6 +28,7 @@ from alerting.engine import Engine
 from notifier import render_alertmanager_config
 from alerting.rules import load_rules
 from alerting.service import AlertService
+from cascade.app import alert_service_for
 from alerting.state import AlertStore
 from bench.latency import WebhookReceiver
 from cascade.config import AppConfig
@@ -82,7 +83,7 @@ async def test_thermal_runaway_levels_cutoff_and_page(tmp_path, influxdb, alertm
             engine = Engine(load_rules(), clock=ScenarioClock(SPEED), state=AlertStore(tmp_path / "alerts.json"))
             observe_only = {(rule, level): None for rule in engine.rules for level in (1, 2, 3)}
             del observe_only[("thermal_runaway", 3)]
-            service = AlertService(pipeline, engine, alertmanager_url=am.url, resend_interval_s=10,
+            service = alert_service_for(pipeline, engine, alertmanager_url=am.url, resend_interval_s=10,
                                    policy=ActionPolicy(overrides=observe_only))
             add_routes(pipeline.app, service)
             async with service, pipeline:

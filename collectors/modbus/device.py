@@ -1,7 +1,7 @@
 """One Modbus TCP cabinet: one connection, one request in flight, planned reads, commands.
 
     cabinet = ModbusCabinet(CabinetConfig(id="C0001", host="10.0.0.5", port=502), profile)
-    poll = await cabinet.fetch()          # PollResult(reading, errors, requests)
+    poll = await cabinet.fetch()          # core.events.Report(reading, errors, requests)
     result = await cabinet.command("slot_output", slot=3, value=False, actor="rule:thermal_runaway")
 """
 
@@ -11,19 +11,21 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from core.model import CabinetReading
 from collectors.runner import PollFailed
+from core.events import CommandResult, Report
 
 from .decode import FieldError, decode_poll
 from .planner import ReadRequest, plan_reads
 from .profile import Profile
 
-__all__ = ["CabinetConfig", "CommandResult", "ModbusCabinet", "PollResult"]
+__all__ = ["KIND", "CabinetConfig", "ModbusCabinet"]
+
+KIND = "modbus"  # the source kind: metrics label and config name
 
 log = logging.getLogger("cascade.collectors.modbus")
 
@@ -52,32 +54,6 @@ class CabinetConfig:
     busy_retries: int = 3
     busy_backoff_s: float = 0.05
     max_gap: int | None = None  # default: the profile's
-
-
-@dataclass(slots=True)
-class PollResult:
-    """What one poll produced."""
-
-    reading: CabinetReading
-    errors: list[FieldError]
-    requests: int
-    failed_reads: int = 0
-
-
-@dataclass(slots=True)
-class CommandResult:
-    """The outcome of a protective or operator command, read back from the device."""
-
-    cabinet_id: str
-    command: str
-    slot: int | None
-    value: int | bool
-    actor: str
-    requested_at: float
-    ok: bool
-    readback: int | bool | None = None
-    error: str = ""
-    completed_at: float = field(default=0.0)
 
 
 class ModbusCabinet:
@@ -145,7 +121,7 @@ class ModbusCabinet:
             self._client.close()
             self._client = None
 
-    async def fetch(self) -> PollResult:
+    async def fetch(self) -> Report:
         """Run the read plan once and decode it. A read answered with a Modbus exception
         loses only its own fields; a lost connection fails the whole poll."""
         responses: list[list[int] | list[bool] | None] = []
@@ -173,11 +149,12 @@ class ModbusCabinet:
                                       timestamp_ns=time.time_ns())
         for detail in failed_detail:
             errors.append(FieldError(self.config.id, None, "(read)", detail.split(" ", 1)[0], 0, detail))
-        return PollResult(reading, errors, len(self.plan), failed)
+        return Report(reading, errors, len(self.plan), failed, source=KIND)
 
     async def command(self, name: str, *, slot: int | None, value: int | bool, actor: str) -> CommandResult:
         """Write a command register/coil, read it back, and report; never raises on device errors."""
-        result = CommandResult(self.config.id, name, slot, value, actor, self._wall_clock(), ok=False)
+        result = CommandResult(self.config.id, name, slot, value, actor, self._wall_clock(), ok=False,
+                               site=self.config.site)
         try:
             register_type, address = self.profile.command_address(name, slot)
             if register_type == "coil":

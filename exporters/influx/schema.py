@@ -8,18 +8,21 @@ day and a tag per pack would grow the series index without bound.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
+from core.events import AlertEvent, CommandResult, Point
 from core.model import BmsProtection, CabinetReading, ChargerProtection, EmergencyState, SlotReading, \
     describe_flags
 
 from .lineprotocol import LineEncoder, LineProtocolError, encode_line
 
-__all__ = ["CABINET_MEASUREMENT", "COMMAND_MEASUREMENT", "SLOT_MEASUREMENT", "command_to_line",
-           "reading_to_lines"]
+__all__ = ["ALERT_MEASUREMENT", "CABINET_MEASUREMENT", "COMMAND_MEASUREMENT", "SLOT_MEASUREMENT",
+           "alert_to_line", "command_to_line", "encode_points", "reading_to_lines"]
 
 CABINET_MEASUREMENT = "cabinet"
 SLOT_MEASUREMENT = "slot"
 COMMAND_MEASUREMENT = "command"
+ALERT_MEASUREMENT = "alert"
 
 _CABINET_FIELDS = tuple(f.name for f in dataclasses.fields(CabinetReading)
                         if f.name not in {"cabinet_id", "site", "model", "timestamp_ns", "slots"})
@@ -66,14 +69,61 @@ def reading_to_lines(reading: CabinetReading) -> list[str]:
     return lines
 
 
-def command_to_line(result, site: str) -> str:
+def command_to_line(result: CommandResult) -> str:
     """A protective or operator command and its read-back (who, what, when, result)."""
     return encode_line(
         COMMAND_MEASUREMENT,
-        {"site": site, "cabinet": result.cabinet_id, "slot": "" if result.slot is None else str(result.slot),
+        {"site": result.site, "cabinet": result.cabinet_id, "slot": "" if result.slot is None else str(result.slot),
          "command": result.command},
         {"actor": result.actor, "value": int(result.value), "ok": result.ok,
          "readback": None if result.readback is None else int(result.readback), "error": result.error,
          "duration_s": max(0.0, result.completed_at - result.requested_at)},
         int(result.requested_at * 1e9),
     )
+
+
+def alert_to_line(event: AlertEvent) -> str:
+    """One alert level change (measurement ``alert``; Grafana annotations and history read it)."""
+    tags = {"site": event.site, "cabinet": event.cabinet, "slot": None if event.slot is None else str(event.slot),
+            "rule": event.rule, "severity": event.severity}
+    value = event.value
+    fields = {"level": event.level, "from_level": event.from_level, "kind": event.kind,
+              "value": None if isinstance(value, bool) or not isinstance(value, (int, float)) else float(value),
+              "battery": event.battery,
+              # One line is one point: a line break in a template would make the point unencodable.
+              "summary": _one_line(event.summary), "diagnosis": _one_line(event.diagnosis),
+              "action": _one_line(event.action)}
+    return encode_line(ALERT_MEASUREMENT, tags, fields, event.timestamp_ns)
+
+
+def _one_line(text: str | None) -> str | None:
+    return None if text is None else " ".join(text.splitlines())
+
+
+def encode_points(points: Iterable[Point]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Lines for every point that line protocol can carry, and ``(where, why)`` for each that it cannot.
+
+    A reading yields one line per point (cabinet + slots); a point that cannot be encoded is
+    skipped, the rest is kept.
+    """
+    lines: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    for point in points:
+        if isinstance(point, CabinetReading):
+            encoded = reading_to_lines(point)
+            missing = len(point.slots) + 1 - len(encoded)
+            lines.extend(encoded)
+            if missing:
+                skipped.extend([(f"reading {point.site}/{point.cabinet_id}", "value not encodable")] * missing)
+            continue
+        try:
+            if isinstance(point, AlertEvent):
+                lines.append(alert_to_line(point))
+            elif isinstance(point, CommandResult):
+                lines.append(command_to_line(point))
+            else:
+                skipped.append((type(point).__name__, "not a point type this sink stores"))
+        except (LineProtocolError, TypeError, ValueError) as err:
+            where = getattr(point, "cabinet", None) or getattr(point, "cabinet_id", "?")
+            skipped.append((f"{type(point).__name__} {where}", str(err)))
+    return lines, skipped

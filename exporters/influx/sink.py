@@ -10,8 +10,6 @@ logged once per distinct error, never retried. See docs/influxdb-sink.md.
 
 from __future__ import annotations
 
-from core.errors import CascadeError
-
 import asyncio
 import contextlib
 import gzip
@@ -20,13 +18,16 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from core.errors import CascadeError
+from core.events import Point
+from exporters.influx.schema import encode_points
 from exporters.influx.spool import DiskSpool
 
 __all__ = ["InfluxConfig", "InfluxConfigError", "InfluxSink", "SinkStats"]
@@ -137,7 +138,7 @@ class _Outcome:
 
 
 class InfluxSink:
-    """``async with InfluxSink(cfg, registry=reg) as sink: sink.submit(lines)``."""
+    """``async with InfluxSink(cfg, registry=reg) as sink: sink.submit([reading, alert_event])``."""
 
     def __init__(self, config: InfluxConfig, *, registry: CollectorRegistry | None = None,
                  session: aiohttp.ClientSession | None = None, clock: Callable[[], float] = time.time,
@@ -207,10 +208,29 @@ class InfluxSink:
 
     # -- API -----------------------------------------------------------------------------------
 
-    def submit(self, lines: Sequence[str]) -> None:
-        """Queue line-protocol lines. Never blocks on the network and never raises on I/O."""
+    def submit(self, points: Iterable[Point]) -> None:
+        """Queue domain points (readings, alert events, command records), encoded here.
+
+        A point line protocol cannot carry is counted (``cascade_line_encode_errors_total``), logged
+        once per place and reason, and skipped; the rest is written. Never blocks, never raises on I/O.
+        """
+        lines, skipped = encode_points(points)
+        if skipped:
+            self._metrics.encode_errors.inc(len(skipped))
+            for where, why in skipped:
+                key = f"encode {where}: {why}"
+                if key not in self._seen_errors:
+                    if len(self._seen_errors) >= _SEEN_ERRORS_LIMIT:
+                        self._seen_errors.clear()
+                    self._seen_errors.add(key)
+                    log.warning("influx sink: %s could not be encoded for InfluxDB (%s); the rest is written",
+                                where, why)
+        self.submit_lines(lines)
+
+    def submit_lines(self, lines: Sequence[str]) -> None:
+        """Queue line-protocol lines as they are. Never blocks on the network and never raises on I/O."""
         if isinstance(lines, str):
-            raise TypeError("submit() takes a sequence of lines, not one str: wrap it in a list")
+            raise TypeError("submit_lines() takes a sequence of lines, not one str: wrap it in a list")
         if not self._open:
             raise RuntimeError("InfluxSink is not running: submit inside 'async with InfluxSink(...)'")
         if not lines:
@@ -423,6 +443,9 @@ class _Metrics:
         self.duration = Histogram("cascade_influx_write_duration_seconds", "Duration of one write request",
                                   buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
                                   registry=registry)
+        self.encode_errors = Counter("cascade_line_encode_errors_total",
+                                     "Points (cabinet, slot, alert, command) that could not be encoded as line "
+                                     "protocol; skipped, the rest written", registry=registry)
         self.written = Counter("cascade_influx_lines_written", "Lines stored by the server", registry=registry)
         self.rejected = Counter("cascade_influx_lines_rejected", "Lines the server refused (bad line, type "
                                 "conflict); not retried", registry=registry)
