@@ -4,7 +4,7 @@
 #                then `.venv/bin/cascade scenario thermal_runaway --speed 20` (docs/demo.md)
 #   make test    install system services + venv, run the test suite
 #   make bench   run the benchmarks (python -m bench)
-#   make check   validate Prometheus / Alertmanager configs with promtool / amtool
+#   make check   promtool / amtool config checks, import contracts (import-linter), ruff, mypy
 #   make clean   remove local state (./var) and caches; `make distclean` also drops .venv
 #
 # Port overrides for `make run`: INFLUX_PORT PROM_PORT AM_PORT METRICS_PORT SIM_PORT
@@ -31,7 +31,7 @@ help:
 	@echo "  make run-services  start only InfluxDB, Prometheus and Alertmanager"
 	@echo "  make test          run the test suite (.venv/bin/pytest -q)"
 	@echo "  make bench         run the benchmarks (.venv/bin/python -m bench)"
-	@echo "  make check         promtool/amtool checks of the Prometheus and Alertmanager configs"
+	@echo "  make check         promtool/amtool config checks; import-linter contracts, ruff and mypy"
 	@echo "  make deps          apt-get install $(DEB_PACKAGES) (only if a binary is missing)"
 	@echo "  make venv          create .venv and install the project with [test] extras"
 	@echo "  make clean         remove ./var and caches (distclean: also .venv)"

@@ -29,7 +29,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -60,7 +60,7 @@ class _Change:
 
 
 def _rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class AlertmanagerPusher:
@@ -107,7 +107,7 @@ class AlertmanagerPusher:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def __aenter__(self) -> "AlertmanagerPusher":
+    async def __aenter__(self) -> AlertmanagerPusher:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         self._next_resend = time.monotonic() + self.resend_interval_s
@@ -200,9 +200,9 @@ class AlertmanagerPusher:
 
     def _refresh_active(self) -> None:
         """Re-send every firing alert (Alertmanager needs re-sends); endsAt is set when pushed."""
-        for key, (labels, annotations, starts) in self.active.items():
+        for key, (labels, notes, starts) in self.active.items():
             if key not in self.pending:
-                self.pending[key] = _Change(labels, annotations, starts, None, "firing")
+                self.pending[key] = _Change(labels, notes, starts, None, "firing")
         self._next_resend = time.monotonic() + self.resend_interval_s
 
     async def _push_pending(self) -> None:

@@ -116,7 +116,7 @@ async def _json_body(request: web.Request, required: dict[str, Any], optional: d
         raise _bad(f"body is not JSON; send e.g. {example}") from None
     if not isinstance(body, dict):
         raise _bad(f"body must be a JSON object, e.g. {example}")
-    for name, kind in required.items():
+    for name in required:
         if name not in body:
             raise _bad(f"missing {name!r}; send e.g. {example}")
     for name, kind in {**required, **optional}.items():

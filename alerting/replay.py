@@ -18,8 +18,6 @@ Lines starting with ``#`` are comments.
 
 from __future__ import annotations
 
-from core.errors import CascadeError
-
 import argparse
 import csv
 import dataclasses
@@ -29,10 +27,15 @@ import math
 import re
 import sys
 import typing
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
+from alerting.engine import Engine
+from alerting.rules import DEFAULT_CATALOGUE, RuleError, load_rules
+from alerting.state import Transition
 from core import model
+from core.errors import CascadeError
 from core.model import (
     CABINET_FIELDS,
     SLOT_FIELDS,
@@ -44,9 +47,6 @@ from core.model import (
     EmergencyState,
     SlotReading,
 )
-from alerting.engine import Engine
-from alerting.rules import DEFAULT_CATALOGUE, RuleError, load_rules
-from alerting.state import Transition
 
 __all__ = [
     "HEADER",
@@ -110,7 +110,7 @@ def _parse_time(text: str) -> float:
     except ValueError:
         stamp = dt.datetime.fromisoformat(text)  # raises ValueError on garbage
         if stamp.tzinfo is None:
-            stamp = stamp.replace(tzinfo=dt.timezone.utc)
+            stamp = stamp.replace(tzinfo=dt.UTC)
         return stamp.timestamp()
     if not math.isfinite(t):
         raise ValueError("timestamp is not finite")
@@ -263,7 +263,7 @@ def replay_file(path: str | Path, engine: Engine) -> list[Transition]:
 
 
 def format_transition(t: Transition) -> str:
-    when = dt.datetime.fromtimestamp(t.at, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = dt.datetime.fromtimestamp(t.at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     where = f"{t.target.site}/{t.target.cabinet}" + (f"/{t.target.slot}" if t.target.slot is not None else "")
     battery = f" [{t.target.battery}]" if t.target.battery else ""
     action = f"  -> {t.protective_action}" if t.protective_action else ""

@@ -17,15 +17,16 @@ import math
 import re
 import string
 import typing
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import yaml
 
+from core import model
 from core.durations import parse_duration
 from core.errors import CascadeError
-from core import model
 from core.model import (
     CABINET_FIELDS,
     SLOT_FIELDS,

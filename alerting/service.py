@@ -31,8 +31,8 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import os
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -126,7 +126,7 @@ class AlertService:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def __aenter__(self) -> "AlertService":
+    async def __aenter__(self) -> AlertService:
         if self.pusher is not None:
             await self.pusher.__aenter__()
             # After a restart the store still holds active alerts; Alertmanager may have timed

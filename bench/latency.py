@@ -66,7 +66,7 @@ class WebhookReceiver:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    async def __aenter__(self) -> "WebhookReceiver":
+    async def __aenter__(self) -> WebhookReceiver:
         app = web.Application()
         app.router.add_post("/webhook/{receiver}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
@@ -114,14 +114,13 @@ def _percentile(values: list[float], q: float) -> float:
 async def measure(repetitions: int, interval_s: float, fault: str, timeout_s: float, workdir: Path) -> dict[str, list[float]]:
     """Run the measurement; returns the phase durations (seconds) per repetition."""
     from alerting.engine import Engine
-    from notifier import render_alertmanager_config
     from alerting.rules import load_rules
-    from alerting.service import AlertService
-    from cascade.app import alert_service_for
     from alerting.state import AlertStore
+    from cascade.app import alert_service_for
     from cascade.config import AppConfig
     from cascade.pipeline import Pipeline
     from collectors.modbus.profile import find_profile
+    from notifier import render_alertmanager_config
     from simulators.fleet import build_fleet
     from simulators.scenarios import parse_scenario
     from simulators.server import SimulatorServer

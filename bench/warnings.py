@@ -18,10 +18,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench import tracegen as traces
 from alerting.engine import Engine
 from alerting.replay import write_trace
 from alerting.rules import RuleSet, load_rules
+from bench import tracegen as traces
 
 __all__ = ["BASELINE_RULES", "main", "run_trace"]
 

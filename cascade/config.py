@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +15,12 @@ from typing import Any
 
 import yaml
 
-from core.env import expand_env
-from core.errors import InputError
 from collectors.modbus.device import KIND as MODBUS
-from collectors.modbus.device import CabinetConfig
-from collectors.modbus.source import ModbusSettings
 from collectors.modbus.planner import plan_reads
 from collectors.modbus.profile import Profile, ProfileError, find_profile
+from collectors.modbus.settings import CabinetConfig, ModbusSettings
+from core.env import expand_env
+from core.errors import InputError
 from exporters.influx.sink import InfluxConfig
 
 __all__ = ["AppConfig", "ConfigError", "load_config"]

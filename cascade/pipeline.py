@@ -87,7 +87,7 @@ class Pipeline:
         self._logged_errors: set[tuple[str, str]] = set()
         self.alerts: AlertService | None = None  # set by cascade.app.start_app when alerting is on
 
-    async def __aenter__(self) -> "Pipeline":
+    async def __aenter__(self) -> Pipeline:
         try:
             if self.config.influxdb is not None:
                 self.sink = await self._stack.enter_async_context(

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from collectors.modbus.settings import ModbusSettings
 from collectors.modbus.source import KIND as MODBUS
-from collectors.modbus.source import ModbusSettings, ModbusSource
+from collectors.modbus.source import ModbusSource
 from collectors.runner import PollMetrics
 from core.ports import Emit, Source
 

@@ -78,7 +78,7 @@ class PollRunner(Generic[T]):
         self._tasks: list[asyncio.Task] = []
         self.online: dict[str, bool | None] = {d.name: None for d in self._devices}
 
-    async def __aenter__(self) -> "PollRunner[T]":
+    async def __aenter__(self) -> PollRunner[T]:
         self.start()
         return self
 
@@ -131,7 +131,7 @@ class PollRunner(Generic[T]):
                     result = await device.fetch()
             except asyncio.CancelledError:
                 raise
-            except (PollFailed, asyncio.TimeoutError) as err:
+            except (TimeoutError, PollFailed) as err:
                 kind = err.kind if isinstance(err, PollFailed) else "timeout"
                 duration = self._clock() - started
                 failures += 1

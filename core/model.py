@@ -102,7 +102,7 @@ def describe_flags(flag_type: type[enum.IntFlag], value: int | None) -> str:
         mask = 1 << bit
         if value & mask:
             try:
-                names.append(flag_type(mask).name.lower())
+                names.append((flag_type(mask).name or f"bit{bit}").lower())
             except ValueError:
                 names.append(f"bit{bit}")
     return ",".join(names)

@@ -4,6 +4,10 @@
 tests/test_dashboards.py checks the committed files equal :func:`render` of these builders and runs
 every query against a live InfluxDB + Prometheus. Documented in docs/dashboards.md.
 
+Value thresholds (the coloured steps and lines on temperature, H2 and CO panels) are not written
+here: they are read from the warning catalogue (alerting/catalogue.yaml) when the dashboards are
+built, so a panel turns orange exactly where the engine raises level 2. See :func:`threshold_steps`.
+
 Query conventions: InfluxQL uses Grafana's ``$timeFilter`` and ``$__interval`` and groups by
 ``time($__interval) fill(null)`` so gaps stay gaps; PromQL rates use ``$__rate_interval``.
 """
@@ -12,24 +16,39 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dashboards.panels import (DETECTED_MAPPINGS, LEVEL_MAPPINGS, LEVEL_STEPS, Panel, annotation, bargauge,
-                               color_cells, dashboard, influx, influx_variable, link_override, override, prom,
-                               stat, table, textbox_variable, timeseries)
+from alerting.rules import DEFAULT_CATALOGUE, Input, Level, Rule, RuleSet, load_rules
+from core.errors import InputError
+from dashboards.panels import (
+    DETECTED_MAPPINGS,
+    LEVEL_COLOURS,
+    LEVEL_MAPPINGS,
+    LEVEL_STEPS,
+    Panel,
+    annotation,
+    bargauge,
+    color_cells,
+    dashboard,
+    influx,
+    influx_variable,
+    link_override,
+    override,
+    prom,
+    stat,
+    table,
+    textbox_variable,
+    timeseries,
+)
 
-__all__ = ["DASHBOARDS", "DIRECTORY", "build_all", "render", "write_all"]
+__all__ = ["DASHBOARDS", "DIRECTORY", "Watched", "build_all", "level_thresholds", "render", "threshold_steps",
+           "write_all"]
 
 DIRECTORY = Path(__file__).resolve().parent
 
-# Thresholds shown on panels follow the shipped catalogue (alerting/catalogue.yaml).
-TEMP_STEPS = [{"color": "green", "value": None}, {"color": "yellow", "value": 45},
-              {"color": "orange", "value": 55}, {"color": "red", "value": 70}]
-H2_STEPS = [{"color": "green", "value": None}, {"color": "yellow", "value": 30},
-            {"color": "orange", "value": 100}, {"color": "red", "value": 400}]
-CO_STEPS = [{"color": "green", "value": None}, {"color": "yellow", "value": 30},
-            {"color": "orange", "value": 100}, {"color": "red", "value": 300}]
+# Steps for counts (alerts, failures): any at all is bad. Not warning thresholds, so not catalogue values.
 BAD_IF_ANY = [{"color": "green", "value": None}, {"color": "red", "value": 1}]
 GREEN = [{"color": "green", "value": None}]
 
@@ -46,6 +65,99 @@ BATTERY = "\"battery_id\" = '$battery'"
 ALERT_COLUMNS = ('"site", "cabinet", "slot", "rule", "severity", "kind", "level", "from_level", "value", '
                  '"battery", "summary", "diagnosis", "action"')
 COMMAND_COLUMNS = '"site", "cabinet", "slot", "command", "actor", "value", "readback", "ok", "error", "duration_s"'
+
+
+# =================================================================================================
+# Value thresholds, derived from the warning catalogue
+# =================================================================================================
+
+@dataclass(frozen=True)
+class Watched:
+    """A reading field a panel colours by the levels of the catalogue rule that watches it."""
+
+    rule: str  # catalogue rule id
+    field: str  # the rule's input must be this field as is (not a ratio, rate or difference)
+    unit: str  # the rule's unit: a rule rescaled to another unit must not colour this axis
+
+
+PACK_TEMPERATURE = Watched("over_temperature", "temperature_c", "°C")
+H2 = Watched("h2_gas", "h2_ppm", "ppm")
+CO = Watched("cabinet_co", "co_ppm", "ppm")
+
+# Grafana colours a value with the highest step it reaches (value >= step): the same test as the
+# engine's ">=". A ">" rule differs only at exactly the threshold, which a colour cannot show.
+# "<" rules (low-side warnings) would need falling steps; no panel draws one, so they are refused.
+_RISING = {">=": "≥", ">": ">"}
+
+
+def _fail(rules: RuleSet, watched: Watched, problem: str) -> InputError:
+    """The generation-time error: catalogue file, rule, field and both ways out."""
+    catalogue = next(iter(rules.values())).file  # RuleSet keeps no name of its own; every rule has it
+    return InputError(catalogue, f"rule {watched.rule!r}", f"{problem}; the dashboards colour field "
+                      f"{watched.field!r} ({watched.unit}) by this rule's levels 1, 2 and 3",
+                      f"give {watched.rule!r} levels 1-3 on {watched.field} ({watched.unit}) again, or change "
+                      "the panel's Watched rule in dashboards/build.py")
+
+
+def _watching_rule(rules: RuleSet, watched: Watched) -> Rule:
+    """The rule, checked to still measure ``watched.field`` in ``watched.unit`` directly."""
+    rule = rules.get(watched.rule)
+    if rule is None:
+        raise _fail(rules, watched, "no such rule in the catalogue")
+    if rule.input != Input("field", (watched.field,)):
+        found = rule.input.describe() if rule.input else "a fusion score"
+        raise _fail(rules, watched, f"the rule now measures {found}, not {watched.field}")
+    if rule.unit != watched.unit:
+        raise _fail(rules, watched, f"the rule's unit is {rule.unit!r}, not {watched.unit!r}")
+    return rule
+
+
+def _panel_levels(rules: RuleSet, watched: Watched) -> dict[int, Level]:
+    """Levels 1–3 of the watching rule, all rising. The rule's *base* levels: a panel mixes every
+    cabinet model and chemistry, so per-chemistry/model ``overrides`` cannot be drawn as one line;
+    base levels are what the engine applies where no override matches and what a run-time
+    ``Engine.set_threshold`` changes (docs/warnings.md). Run-time changes are not in the file, so
+    not on the dashboards either: regenerate after changing the catalogue."""
+    rule = _watching_rule(rules, watched)
+    levels = {lv.level: lv for lv in rule.levels}
+    missing = [str(n) for n in LEVEL_COLOURS if n not in levels]
+    if missing:
+        raise _fail(rules, watched, f"the rule has no level {', '.join(missing)}")
+    falling = [str(n) for n, lv in levels.items() if lv.compare not in _RISING]
+    if falling:
+        raise _fail(rules, watched, f"level {', '.join(falling)} compares with '<' (a low-side warning)")
+    return levels
+
+
+def level_thresholds(rules: RuleSet, watched: Watched) -> dict[int, float]:
+    """Level (1, 2, 3) → threshold of the rule watching ``watched.field``."""
+    return {n: lv.threshold for n, lv in _panel_levels(rules, watched).items()}
+
+
+def _grafana_number(value: float) -> int | float:
+    # Thresholds load as floats; whole numbers are written as ints so the JSON says 45, not 45.0
+    # (what Grafana itself saves, and what the committed files have always had).
+    return int(value) if value.is_integer() else value
+
+
+def threshold_steps(rules: RuleSet, watched: Watched) -> list[dict[str, Any]]:
+    """Grafana threshold steps: green base, then level 1 yellow, 2 orange, 3 red at the rule's values."""
+    thresholds = level_thresholds(rules, watched)
+    return [{"color": "green", "value": None}] + [
+        {"color": colour, "value": _grafana_number(thresholds[n])} for n, colour in LEVEL_COLOURS.items()]
+
+
+def _levels_text(rules: RuleSet, watched: Watched) -> str:
+    """``level 1 ≥ 45 °C, level 2 ≥ 55 °C, level 3 ≥ 70 °C`` for panel descriptions."""
+    levels = _panel_levels(rules, watched)
+    return ", ".join(f"level {n} {_RISING[levels[n].compare]} {levels[n].threshold:g} {watched.unit}"
+                     for n in LEVEL_COLOURS)
+
+
+def _thresholds_slashed(rules: RuleSet, watched: Watched) -> str:
+    """``30/100/400`` (levels 1/2/3) for panel descriptions."""
+    thresholds = level_thresholds(rules, watched)
+    return "/".join(f"{thresholds[n]:g}" for n in LEVEL_COLOURS)
 
 
 def _level_columns() -> list[dict[str, Any]]:
@@ -90,29 +202,30 @@ def fleet_offline_cabinets() -> Panel:
                  overrides=[link_override("cabinet", "Open cabinet", CABINET_URL)])
 
 
-def fleet_hottest_battery() -> Panel:
+def fleet_hottest_battery(rules: RuleSet) -> Panel:
+    # The gauge is the max of the slots' temperature_c (exporters/prometheus.py): over_temperature.
     return bargauge("Hottest battery per cabinet",
                     "Highest pack temperature in each cabinet at its last poll, hottest first. "
-                    "Colours: level 1 ≥ 45 °C, level 2 ≥ 55 °C, level 3 ≥ 70 °C (over_temperature).",
+                    f"Colours: {_levels_text(rules, PACK_TEMPERATURE)} ({PACK_TEMPERATURE.rule}).",
                     [prom(f"sort_desc(cascade_cabinet_battery_temperature_max_celsius{{{PROM_SITE}}})",
                           legend="{{site}}/{{cabinet}}", instant=True)],
-                    unit="celsius", thresholds=TEMP_STEPS)
+                    unit="celsius", thresholds=threshold_steps(rules, PACK_TEMPERATURE))
 
 
-def fleet_h2_max() -> Panel:
+def fleet_h2_max(rules: RuleSet) -> Panel:
     return bargauge("Max H2 / off-gas per cabinet",
                     "Highest compartment H2/off-gas reading in each cabinet (P-5.2.2.2 a), highest first. "
-                    "Colours: h2_gas levels 1/2/3 at 30/100/400 ppm.",
+                    f"Colours: {H2.rule} levels 1/2/3 at {_thresholds_slashed(rules, H2)} {H2.unit}.",
                     [prom(f"sort_desc(cascade_cabinet_h2_max_ppm{{{PROM_SITE}}})", legend="{{site}}/{{cabinet}}",
                           instant=True)],
-                    unit="ppm", thresholds=H2_STEPS)
+                    unit="ppm", thresholds=threshold_steps(rules, H2))
 
 
-def fleet_co() -> Panel:
+def fleet_co(rules: RuleSet) -> Panel:
     return timeseries("CO per cabinet", "CO concentration inside each cabinet (P-5.2.2.3); lines at the "
-                      "cabinet_co levels 1/2/3 (30/100/300 ppm).",
+                      f"{CO.rule} levels 1/2/3 ({_thresholds_slashed(rules, CO)} {CO.unit}).",
                       [prom(f"cascade_cabinet_co_ppm{{{PROM_SITE}}}", legend="{{site}}/{{cabinet}}")],
-                      unit="ppm", thresholds=CO_STEPS)
+                      unit="ppm", thresholds=threshold_steps(rules, CO))
 
 
 def fleet_hazard_states() -> Panel:
@@ -188,7 +301,7 @@ def fleet_locations() -> Panel:
                  overrides=[link_override("cabinet", "Open cabinet", CABINET_URL)])
 
 
-def build_fleet() -> dict[str, Any]:
+def build_fleet(rules: RuleSet) -> dict[str, Any]:
     site = influx_variable("site", "Site", 'SHOW TAG VALUES FROM "cabinet" WITH KEY = "site"', multi=True,
                            include_all=True, all_value=".*")
     alerts = annotation("Alerts (level ≥ 2)",
@@ -199,8 +312,8 @@ def build_fleet() -> dict[str, Any]:
         "NOC overview of every cabinet: connectivity, active alerts, temperatures, gases, detectors, power.",
         [fleet_devices_online(), fleet_alerts_by_level(), fleet_offline_cabinets(),
          fleet_worst_level(), fleet_hazard_states(),
-         fleet_hottest_battery(), fleet_h2_max(),
-         fleet_co(), fleet_slots(),
+         fleet_hottest_battery(rules), fleet_h2_max(rules),
+         fleet_co(rules), fleet_slots(),
          fleet_input_power(), fleet_locations(),
          fleet_poll_errors(), fleet_decode_errors()],
         tags=["cascade", "noc"], variables=[site], annotations=[alerts], refresh="10s", time_from="now-3h")
@@ -218,9 +331,9 @@ def _slot_series(title: str, description: str, field: str, unit: str, *, agg: st
                       thresholds=thresholds)
 
 
-def cabinet_temperature() -> Panel:
+def cabinet_temperature(rules: RuleSet) -> Panel:
     return _slot_series("Pack temperature", "BMS pack temperature per slot (D-B.3).", "temperature_c", "celsius",
-                        agg="max", thresholds=TEMP_STEPS)
+                        agg="max", thresholds=threshold_steps(rules, PACK_TEMPERATURE))
 
 
 def cabinet_surface_temperature() -> Panel:
@@ -260,9 +373,9 @@ def cabinet_cell_temperature_spread() -> Panel:
                       [influx(query, alias="slot $tag_slot")], unit="celsius")
 
 
-def cabinet_h2() -> Panel:
-    return _slot_series("H2 / off-gas", "Compartment H2/off-gas per slot (P-5.2.2.2 a); lines at the h2_gas "
-                        "levels.", "h2_ppm", "ppm", agg="max", thresholds=H2_STEPS)
+def cabinet_h2(rules: RuleSet) -> Panel:
+    return _slot_series("H2 / off-gas", f"Compartment H2/off-gas per slot (P-5.2.2.2 a); lines at the {H2.rule} "
+                        "levels.", "h2_ppm", "ppm", agg="max", thresholds=threshold_steps(rules, H2))
 
 
 def cabinet_voc() -> Panel:
@@ -357,7 +470,7 @@ def cabinet_alerts() -> Panel:
                  overrides=_level_columns() + [link_override("battery", "Battery history", BATTERY_URL)])
 
 
-def build_cabinet() -> dict[str, Any]:
+def build_cabinet(rules: RuleSet) -> dict[str, Any]:
     variables = [
         influx_variable("site", "Site", 'SHOW TAG VALUES FROM "cabinet" WITH KEY = "site"'),
         influx_variable("cabinet", "Cabinet",
@@ -376,11 +489,11 @@ def build_cabinet() -> dict[str, Any]:
         "One cabinet: every slot's pack values, cell spreads, compartment gases, flags, batteries, "
         "protective actions and alert history.",
         [cabinet_status(),
-         cabinet_temperature(), cabinet_surface_temperature(),
+         cabinet_temperature(rules), cabinet_surface_temperature(),
          cabinet_voltage(), cabinet_current(),
          cabinet_soc(), cabinet_soh(),
          cabinet_cell_voltage_spread(), cabinet_cell_temperature_spread(),
-         cabinet_h2(), cabinet_voc(),
+         cabinet_h2(rules), cabinet_voc(),
          cabinet_pressure(), cabinet_valve_events(),
          cabinet_environment(), cabinet_power(),
          cabinet_batteries(), cabinet_protection_flags(),
@@ -425,9 +538,9 @@ def battery_soc() -> Panel:
     return _battery_series("SOC", "State of charge history.", "soc_pct", "percent")
 
 
-def battery_temperature() -> Panel:
+def battery_temperature(rules: RuleSet) -> Panel:
     return _battery_series("Temperature", "Pack temperature history (max per interval).", "temperature_c",
-                           "celsius", agg="max", thresholds=TEMP_STEPS)
+                           "celsius", agg="max", thresholds=threshold_steps(rules, PACK_TEMPERATURE))
 
 
 def battery_voltage() -> Panel:
@@ -455,7 +568,7 @@ def battery_alerts() -> Panel:
                  [influx(query, table_format=True)], h=7, overrides=_level_columns())
 
 
-def build_battery() -> dict[str, Any]:
+def build_battery(rules: RuleSet) -> dict[str, Any]:
     battery = textbox_variable("battery", "Battery id", description="Battery id as the BMS reports it "
                                "(battery_id is a field, not a tag, so it cannot be listed: type or paste it).")
     return dashboard(
@@ -463,7 +576,7 @@ def build_battery() -> dict[str, Any]:
         "History of one battery by id, wherever it was docked (P-6.3): where it charged, SOC, temperature, "
         "voltage, cycles and SOH.",
         [battery_last_seen(), battery_charged_where(),
-         battery_soc(), battery_temperature(),
+         battery_soc(), battery_temperature(rules),
          battery_voltage(), battery_current(),
          battery_charge_count(), battery_soh(),
          battery_alerts()],
@@ -494,27 +607,29 @@ def pipeline_up() -> Panel:
 
 def pipeline_poll_duration() -> Panel:
     return timeseries("Poll duration", "Quantiles of one device poll (cascade_poll_duration_seconds).",
-                      _quantiles("cascade_poll_duration_seconds", "protocol"), unit="s", w=16, h=5)
+                      _quantiles("cascade_poll_duration_seconds", "source"), unit="s", w=16, h=5)
 
 
 def pipeline_polls() -> Panel:
     return timeseries("Polls and readings per second", "Successful polls and slot readings decoded per second.",
-                      [prom("sum by (protocol) (rate(cascade_polls_total[$__rate_interval]))",
-                            legend="polls {{protocol}}"),
+                      [prom("sum by (source) (rate(cascade_polls_total[$__rate_interval]))",
+                            legend="polls {{source}}"),
                        prom("sum(rate(cascade_readings_total[$__rate_interval]))", ref="B",
                             legend="slot readings")],
                       unit="reqps")
 
 
 def pipeline_poll_errors() -> Panel:
-    return timeseries("Poll errors by kind", "Failed polls per second by protocol and error kind.",
-                      [prom("sum by (protocol, kind) (rate(cascade_poll_errors_total[$__rate_interval]))",
-                            legend="{{protocol}} {{kind}}")], unit="reqps", bars=True)
+    return timeseries("Poll errors by kind", "Failed polls per second by source kind and error kind.",
+                      [prom("sum by (source, kind) (rate(cascade_poll_errors_total[$__rate_interval]))",
+                            legend="{{source}} {{kind}}")], unit="reqps", bars=True)
 
 
 def pipeline_modbus_requests() -> Panel:
-    return timeseries("Modbus requests per second", "Modbus read requests sent (a poll is several requests).",
-                      [prom("sum(rate(cascade_modbus_requests_total[$__rate_interval]))", legend="requests")],
+    return timeseries("Modbus requests per second", "Read requests sent to devices by source kind (a Modbus "
+                      "poll is several requests; pushed data sends none).",
+                      [prom("sum by (source) (rate(cascade_source_requests_total[$__rate_interval]))",
+                            legend="{{source}}")],
                       unit="reqps")
 
 
@@ -670,18 +785,24 @@ def build_regulator() -> dict[str, Any]:
 
 # =================================================================================================
 
-DASHBOARDS: dict[str, Callable[[], dict[str, Any]]] = {
+# Every builder gets the rule catalogue; the pipeline and regulator dashboards draw no value
+# thresholds, so they ignore it.
+DASHBOARDS: dict[str, Callable[[RuleSet], dict[str, Any]]] = {
     "cascade-fleet": build_fleet,
     "cascade-cabinet": build_cabinet,
     "cascade-battery": build_battery,
-    "cascade-pipeline": build_pipeline,
-    "cascade-regulator": build_regulator,
+    "cascade-pipeline": lambda _rules: build_pipeline(),
+    "cascade-regulator": lambda _rules: build_regulator(),
 }
 
 
-def build_all() -> dict[str, dict[str, Any]]:
-    """uid → dashboard model."""
-    models = {uid: build() for uid, build in DASHBOARDS.items()}
+def build_all(rules: RuleSet | None = None) -> dict[str, dict[str, Any]]:
+    """uid → dashboard model, thresholds from ``rules`` (default: the shipped catalogue).
+
+    Raises InputError naming the catalogue and rule if a panel's rule or level is gone.
+    """
+    rules = load_rules(DEFAULT_CATALOGUE) if rules is None else rules
+    models = {uid: build(rules) for uid, build in DASHBOARDS.items()}
     for uid, model in models.items():
         if model["uid"] != uid:
             raise ValueError(f"dashboard {uid!r} builds uid {model['uid']!r}")
@@ -693,10 +814,10 @@ def render(model: dict[str, Any]) -> str:
     return json.dumps(model, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def write_all(directory: Path = DIRECTORY) -> list[Path]:
+def write_all(directory: Path = DIRECTORY, rules: RuleSet | None = None) -> list[Path]:
     """Write ``<uid>.json`` for every dashboard; returns the paths written."""
     paths = []
-    for uid, model in build_all().items():
+    for uid, model in build_all(rules).items():
         path = directory / f"{uid}.json"
         path.write_text(render(model), encoding="utf-8")
         paths.append(path)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "ALERTMANAGER", "INFLUX", "PROMETHEUS", "annotation", "bargauge", "dashboard", "influx", "influx_variable",
-    "prom", "stat", "table", "textbox_variable", "timeseries",
+    "ALERTMANAGER", "INFLUX", "LEVEL_COLOURS", "PROMETHEUS", "annotation", "bargauge", "dashboard", "influx",
+    "influx_variable", "prom", "stat", "table", "textbox_variable", "timeseries",
 ]
 
 INFLUX = {"type": "influxdb", "uid": "cascade-influx"}
@@ -21,8 +21,11 @@ ALERTMANAGER = {"type": "alertmanager", "uid": "cascade-alertmanager"}
 Panel = dict[str, Any]
 
 # Alert levels as the warning engine uses them (docs/warnings.md): 1 notice, 2 warning, 3 critical.
-LEVEL_STEPS = [{"color": "green", "value": None}, {"color": "yellow", "value": 1},
-               {"color": "orange", "value": 2}, {"color": "red", "value": 3}]
+# One colour per level, shared by level columns and by the catalogue-derived value thresholds
+# (dashboards/build.py), so "orange" means level 2 on every panel.
+LEVEL_COLOURS = {1: "yellow", 2: "orange", 3: "red"}
+LEVEL_STEPS = [{"color": "green", "value": None}] + [{"color": colour, "value": level}
+                                                     for level, colour in LEVEL_COLOURS.items()]
 LEVEL_MAPPINGS = [{"type": "value", "options": {
     "0": {"text": "cleared", "color": "green", "index": 0},
     "1": {"text": "1 notice", "color": "yellow", "index": 1},

@@ -9,11 +9,7 @@ references, resolved from the environment when the config is loaded.
 
 from __future__ import annotations
 
-from core.env import MissingEnv, expand_text
-from core.errors import CascadeError
-
 import dataclasses
-
 import os
 import re
 from collections.abc import Mapping
@@ -22,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from core.env import MissingEnv, expand_text
+from core.errors import CascadeError
 
 from .templates import Template, TemplateError, compile_template
 

@@ -46,7 +46,7 @@ class DeliveryLog:
     def write(self, record: DeliveryRecord) -> None:
         if self._file is None:
             return
-        when = dt.datetime.fromtimestamp(self._clock(), tz=dt.timezone.utc).isoformat(timespec="milliseconds")
+        when = dt.datetime.fromtimestamp(self._clock(), tz=dt.UTC).isoformat(timespec="milliseconds")
         self._file.write(json.dumps({"time": when, **asdict(record)}, ensure_ascii=False) + "\n")
         self._file.flush()
 

@@ -66,7 +66,7 @@ async def _send_http(provider: HttpProvider, context: Mapping[str, Any], *, sess
                 return Outcome(ok=True, code=resp.status)
             retryable = resp.status >= 500 or resp.status in _RETRYABLE_4XX
             return Outcome(ok=False, retryable=retryable, code=resp.status, error=f"HTTP {resp.status}: {detail}")
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return Outcome(ok=False, retryable=True, error=f"timeout after {timeout_s}s")
     except aiohttp.ClientError as err:
         return Outcome(ok=False, retryable=True, error=f"{type(err).__name__}: {err}")

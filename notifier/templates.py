@@ -12,12 +12,12 @@ renders as an empty string.
 
 from __future__ import annotations
 
-from core.errors import CascadeError
-
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from core.errors import CascadeError
 
 __all__ = ["PLACEHOLDERS", "Template", "TemplateError", "compile_template", "render_tree"]
 

@@ -6,11 +6,11 @@ Errors say which field is wrong, because the sender is usually someone wiring a 
 
 from __future__ import annotations
 
-from core.errors import CascadeError
-
 import json
 from dataclasses import dataclass
 from typing import Any
+
+from core.errors import CascadeError
 
 __all__ = ["PayloadError", "WebhookAlert", "parse_webhook"]
 

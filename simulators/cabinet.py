@@ -435,7 +435,7 @@ class CabinetState:
 
     @classmethod
     def create(cls, cabinet_id: str, site: str, *, index: int, slot_count: int, seed: int, now: float,
-               site_index: int = 0) -> "CabinetState":
+               site_index: int = 0) -> CabinetState:
         """A cabinet with a plausible random starting mix: charging, full and empty slots."""
         rng = random.Random(f"{seed}:{cabinet_id}")
         city, lat, lon, mean_c = _CITIES[site_index % len(_CITIES)]

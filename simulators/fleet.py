@@ -15,7 +15,6 @@ plays due scenario steps in time order and advances the physics, so nothing tick
 from __future__ import annotations
 
 import socket
-
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any
 import yaml
 
 from collectors.modbus.profile import Profile
+from collectors.modbus.settings import CabinetConfig
 
 from .cabinet import CabinetState
 from .register_bank import RegisterBank
@@ -146,10 +146,9 @@ class Fleet:
             for c in self.cabinets
         ]
 
-    def collector_configs(self, **settings: Any) -> list["CabinetConfig"]:
+    def collector_configs(self, **settings: Any) -> list[CabinetConfig]:
         """The collector's view of this fleet (what a fleet file gives ``cascade run``), with
         ``settings`` (interval_s, timeout_s, ...) applied to every cabinet."""
-        from collectors.modbus.device import CabinetConfig
         return [CabinetConfig(**{**entry, **settings}) for entry in self.describe()]
 
     def write_fleet_file(self, path: str | Path) -> Path:

@@ -123,7 +123,7 @@ async def _handle_post(request: web.Request) -> web.Response:
     headers = {k: v for k, v in request.headers.items()
                if k.lower() not in ("authorization",) and (k.lower().startswith("x-") or k.lower() == "content-type")}
     message = request.app[INBOX_KEY].add({
-        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+        "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
         "channel": channel,
         "path": path,
         "method": request.method,

@@ -17,7 +17,6 @@ with ``speed`` 10 plays a 30-minute timeline in 3 minutes. The actions are liste
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,11 +88,6 @@ def parse_duration(value: Any) -> float | None:
         return _parse_duration(value)
     except DurationError:
         return None
-    if isinstance(value, (int, float)):
-        return float(value) if value >= 0 else None
-    if isinstance(value, str) and _DURATION.match(text := value.replace(" ", "")):
-        return sum(float(number) * _UNIT_S[unit or None] for number, unit in _DURATION_PART.findall(text))
-    return None
 
 
 @dataclass(frozen=True, slots=True)

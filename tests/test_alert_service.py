@@ -19,17 +19,17 @@ from alerting import cli as alerts_cli
 from alerting.actions import ActionPolicy, ActionRunner, Command, ForbiddenCommand, check_command
 from alerting.api import add_routes
 from alerting.engine import Engine
-from notifier import render_alertmanager_config
 from alerting.rules import load_rules
 from alerting.service import ACTION_FAILED, AlertService
 from alerting.state import AlertStore
 from cascade.app import alert_service_for, alerting_settings
 from cascade.config import AppConfig, ConfigError
-from core.model import CabinetReading, SlotReading
 from cascade.pipeline import Pipeline
-from collectors.modbus.device import CabinetConfig
 from collectors.modbus.profile import find_profile
+from collectors.modbus.settings import CabinetConfig
+from core.model import CabinetReading, SlotReading
 from exporters.influx.sink import InfluxConfig
+from notifier import render_alertmanager_config
 from simulators.fleet import build_fleet
 from simulators.server import SimulatorServer
 from tests.fixtures.procs import free_port

@@ -13,9 +13,8 @@ from datetime import datetime
 import pytest
 from aiohttp import web
 
-from tests.fixtures.http import start_app
-
 from alerting.alertmanager import AlertmanagerPusher
+from tests.fixtures.http import start_app
 
 RESEND_S = 60.0
 T0 = 1_700_000_000.0
@@ -48,7 +47,7 @@ class FakeAlertmanager:
         self.received.extend((self.clock(), alert) for alert in body)
         return web.Response(status=200)
 
-    async def __aenter__(self) -> "FakeAlertmanager":
+    async def __aenter__(self) -> FakeAlertmanager:
         app = web.Application()
         app.router.add_post("/api/v2/alerts", self._alerts)
         self._runner, self.url = await start_app(app)

@@ -1,7 +1,9 @@
 """Grafana dashboards (dashboards/, docs/dashboards.md).
 
 There is no Grafana here, so the dashboards are checked the way Grafana would use them:
-(a) the committed JSON is exactly what the generator produces; (b) every panel, target,
+(a) the committed JSON is exactly what the generator produces, and value thresholds follow the
+warning catalogue they are derived from (a changed copy moves them; a missing rule or level is an
+error at generation time); (b) every panel, target,
 annotation and variable refers to a provisioned datasource uid, panel ids are unique, uids fixed;
 (c) every query (panels, annotations, template variables) runs against a live stack — simulator,
 Pipeline with the warning engine and alert service, real InfluxDB, Prometheus scraping /metrics
@@ -15,23 +17,26 @@ import asyncio
 import json
 import re
 import time
-import types
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
 from alerting.engine import Engine
-from alerting.rules import load_rules
-from alerting.service import AlertService
+from alerting.rules import DEFAULT_CATALOGUE, load_rules
 from alerting.state import AlertStore
+from cascade.app import alert_service_for
 from cascade.config import AppConfig
 from cascade.pipeline import Pipeline
 from collectors.modbus.profile import find_profile
+from core.errors import CascadeError
+from core.events import CommandResult
 from dashboards import build_all, render
 from exporters.influx.lineprotocol import encode_line
 from exporters.influx.schema import command_to_line
@@ -76,6 +81,81 @@ def test_committed_json_equals_generator() -> None:
         assert text == render(model), f"dashboards/{uid}.json differs from the generator: run `python -m dashboards`"
 
 
+# Panels coloured by a catalogue rule: (dashboard, panel title) -> rule id.
+THRESHOLD_PANELS = {
+    ("cascade-fleet", "Hottest battery per cabinet"): "over_temperature",
+    ("cascade-fleet", "Max H2 / off-gas per cabinet"): "h2_gas",
+    ("cascade-fleet", "CO per cabinet"): "cabinet_co",
+    ("cascade-cabinet", "Pack temperature"): "over_temperature",
+    ("cascade-cabinet", "H2 / off-gas"): "h2_gas",
+    ("cascade-battery", "Temperature"): "over_temperature",
+}
+LEVEL_COLOURS = {1: "yellow", 2: "orange", 3: "red"}
+
+
+CatalogueEdit = Callable[[dict[str, dict[str, Any]]], object]
+
+
+def _catalogue_copy(tmp_path: Path, edit: CatalogueEdit) -> Path:
+    """The shipped catalogue with ``edit(rules_by_id)`` applied (in place), written to tmp_path."""
+    doc = yaml.safe_load(DEFAULT_CATALOGUE.read_text(encoding="utf-8"))
+    rules = {rule["id"]: rule for rule in doc["rules"]}
+    edit(rules)
+    doc["rules"] = list(rules.values())
+    path = tmp_path / "catalogue.yaml"
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _value_steps(models: dict[str, dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """(dashboard, panel title) -> threshold steps, for panels that are not plain green."""
+    found = {}
+    for uid, model in models.items():
+        for panel in model["panels"]:
+            steps = panel["fieldConfig"]["defaults"].get("thresholds", {}).get("steps", [])
+            if steps and panel["type"] in ("timeseries", "bargauge"):
+                found[(uid, panel["title"])] = steps
+    return found
+
+
+def _expected_steps(levels: dict[int, float]) -> list[dict[str, Any]]:
+    return [{"color": "green", "value": None}] + [{"color": LEVEL_COLOURS[n], "value": levels[n]} for n in (1, 2, 3)]
+
+
+def test_thresholds_follow_the_catalogue(tmp_path: Path) -> None:
+    def edit(rules: dict[str, dict[str, Any]]) -> None:
+        rules["over_temperature"]["levels"][2]["value"] = 52
+        rules["h2_gas"]["levels"][1] = 25
+        rules["cabinet_co"]["levels"][3] = 250.5
+    models = build_all(load_rules(_catalogue_copy(tmp_path, edit)))
+    expected = {"over_temperature": {1: 45, 2: 52, 3: 70}, "h2_gas": {1: 25, 2: 100, 3: 400},
+                "cabinet_co": {1: 30, 2: 100, 3: 250.5}}
+    steps = _value_steps(models)
+    assert set(steps) == set(THRESHOLD_PANELS), "a panel gained or lost value thresholds: update THRESHOLD_PANELS"
+    for (uid, title), rule in THRESHOLD_PANELS.items():
+        assert steps[(uid, title)] == _expected_steps(expected[rule]), f"{uid} {title!r} does not follow {rule}"
+    fleet = {p["title"]: p["description"] for p in models["cascade-fleet"]["panels"]}
+    assert "level 2 ≥ 52 °C" in fleet["Hottest battery per cabinet"]
+    assert "25/100/400 ppm" in fleet["Max H2 / off-gas per cabinet"]
+    assert "30/100/250.5 ppm" in fleet["CO per cabinet"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda rules: rules.pop("h2_gas"), r"catalogue\.yaml: rule 'h2_gas': no such rule.*'h2_ppm'"),
+    (lambda rules: rules["cabinet_co"]["levels"].pop(3), r"rule 'cabinet_co': the rule has no level 3.*'co_ppm'"),
+    (lambda rules: rules["over_temperature"].update(input={"field": "cell_temperature_max_c"}),
+     r"rule 'over_temperature': the rule now measures cell_temperature_max_c, not temperature_c"),
+    (lambda rules: rules["h2_gas"].update(unit="%"), r"rule 'h2_gas': the rule's unit is '%', not 'ppm'"),
+    (lambda rules: rules["cabinet_co"].update(compare="<", levels={1: 300, 2: 100, 3: 30}),
+     r"rule 'cabinet_co': level 1, 2, 3 compares with '<'"),
+], ids=["rule-gone", "level-gone", "other-field", "other-unit", "falling"])
+def test_catalogue_without_a_panels_rule_fails_at_generation(tmp_path: Path, edit: CatalogueEdit,
+                                                             message: str) -> None:
+    rules = load_rules(_catalogue_copy(tmp_path, edit))
+    with pytest.raises(CascadeError, match=message):
+        build_all(rules)
+
+
 # -- (b) structure ---------------------------------------------------------------------------------
 
 def test_datasources_ids_and_uids() -> None:
@@ -103,11 +183,18 @@ def test_datasources_ids_and_uids() -> None:
 
 
 def test_docs_describe_every_panel() -> None:
+    """Every panel is in the docs with its description verbatim: descriptions quote catalogue
+    thresholds, so a catalogue change that moves them must move the docs too."""
     docs = (REPO / "docs" / "dashboards.md").read_text(encoding="utf-8")
     for uid, model in build_all().items():
         assert f"`{uid}`" in docs, uid
+        section = docs.partition(f"\n## `{uid}`")[2].partition("\n## ")[0]  # same titles recur across dashboards
         for panel in model["panels"]:
-            assert f"{panel['id']}. {panel['title']}**" in docs, f"docs/dashboards.md: {uid} {panel['title']!r}"
+            where = f"docs/dashboards.md: {uid} {panel['title']!r}"
+            heading = re.search(rf"^\*\*{panel['id']}\. {re.escape(panel['title'])}\*\* \(.*?\) — (.*)$", section,
+                                re.MULTILINE)
+            assert heading, where
+            assert heading.group(1) == panel["description"], f"{where}: description differs from the generator"
 
 
 # -- (c) every query against the live stack --------------------------------------------------------
@@ -228,7 +315,7 @@ async def test_every_query_returns_data_on_a_live_stack(influxdb, prometheus_fac
                        metrics_port=0, status_interval_s=0, backoff_cap_s=1.0)
     pipeline = Pipeline(config, registry=CollectorRegistry(), seed=5)
     engine = Engine(load_rules(), state=AlertStore(tmp_path / "alerts.json"))
-    service = AlertService(pipeline, engine, alertmanager_url=alertmanager.url, resend_interval_s=30)
+    service = alert_service_for(pipeline, engine, alertmanager_url=alertmanager.url, resend_interval_s=30)
     try:
         async with service, pipeline:
             rules = (SHIPPED_PROMETHEUS_DIR / "rules" / "cascade-health.yml").read_text()
@@ -258,9 +345,10 @@ async def test_every_query_returns_data_on_a_live_stack(influxdb, prometheus_fac
                              "battery": battery["battery_id"], "summary": "Pack temperature high",
                              "diagnosis": "Pack temperature 56.0 °C ≥ 55 °C (level 2).",
                              "action": "Stop charging and check cabinet cooling."}, int(now * 1e9)),
-                command_to_line(types.SimpleNamespace(
+                command_to_line(CommandResult(
                     cabinet_id=drill.cabinet_id, slot=3, command="slot_output", actor="user:noc-test", value=0,
-                    ok=True, readback=0, error="", requested_at=now - 0.05, completed_at=now), drill.state.site),
+                    ok=True, readback=0, error="", requested_at=now - 0.05, completed_at=now,
+                    site=drill.state.site)),
             ])
             slots = [str(n) for n in range(1, drill.slot_count + 1)]
             variables = {

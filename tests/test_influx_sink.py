@@ -9,13 +9,12 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
-
-from tests.fixtures.http import start_app
 from prometheus_client import CollectorRegistry
 
 from exporters.influx.lineprotocol import LineEncoder
 from exporters.influx.sink import InfluxConfig, InfluxConfigError, InfluxSink, _classify
 from exporters.influx.spool import DiskSpool
+from tests.fixtures.http import start_app
 
 _encoder = LineEncoder("slot", ["cabinet"], ["seq", "v"])
 
@@ -242,7 +241,7 @@ class _GatedInflux:
             self.stored.extend(lines)
         return web.Response(status=status)
 
-    async def __aenter__(self) -> "_GatedInflux":
+    async def __aenter__(self) -> _GatedInflux:
         app = web.Application()
         app.router.add_post("/write", self._write)
         self._runner, self.url = await start_app(app)

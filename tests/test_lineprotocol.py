@@ -89,7 +89,7 @@ def test_line_encoder_output_is_identical_to_encode_line(tag_keys, field_keys, d
         ts = data.draw(_timestamps)
         try:
             expected = encode_line("battery slot", tags, fields, ts)
-        except LineProtocolError as err:
+        except LineProtocolError:
             with pytest.raises(LineProtocolError):
                 encoder.encode(tags, fields, ts)
             continue

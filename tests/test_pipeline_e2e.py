@@ -13,9 +13,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from cascade.config import AppConfig
-from core.model import CabinetReading
 from cascade.pipeline import Pipeline
 from collectors.modbus.profile import FieldSpec, find_profile
+from core.model import CabinetReading
 from exporters.influx.sink import InfluxConfig
 from simulators.fleet import Fleet, build_fleet, free_port_block
 from simulators.register_bank import reported_value

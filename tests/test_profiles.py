@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.model import CABINET_FIELDS, SLOT_FIELDS
 from collectors.modbus.codec import DecodeError, decode_value, encode_value
 from collectors.modbus.decode import decode_poll
 from collectors.modbus.planner import MAX_REGISTERS, minimum_reads, plan_reads
 from collectors.modbus.profile import FieldSpec, ProfileError, find_profile, load_profile
+from core.model import CABINET_FIELDS, SLOT_FIELDS
 
 CASES = sorted((Path(__file__).parent / "profile_cases").iterdir())
 SHIPPED = ["reference-cabinet", "volta-s8"]

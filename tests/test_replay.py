@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import tracegen as traces
 from alerting.engine import Engine
 from alerting.replay import TraceError, main, read_trace, replay_file, write_trace
 from alerting.rules import load_rules
+from bench import tracegen as traces
 from core.model import BmsProtection, Chemistry
 
 BENCH_TRACES = Path(__file__).resolve().parent.parent / "bench" / "traces"

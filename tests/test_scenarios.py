@@ -9,10 +9,10 @@ import aiohttp
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from core.model import BatteryState, BmsProtection, ChargerProtection
 from collectors.modbus.decode import decode_poll
 from collectors.modbus.planner import plan_reads
 from collectors.modbus.profile import find_profile
+from core.model import BatteryState, BmsProtection, ChargerProtection
 from simulators import cli
 from simulators.fleet import Fleet, build_fleet
 from simulators.scenarios import SCENARIO_DIR, ScenarioError, load_scenario, parse_scenario

@@ -13,10 +13,10 @@ import pytest
 import yaml
 from pymodbus.client import AsyncModbusTcpClient
 
-from core.model import BatteryState, ChargerProtection
 from collectors.modbus.decode import decode_poll
 from collectors.modbus.planner import plan_reads
 from collectors.modbus.profile import find_profile
+from core.model import BatteryState, ChargerProtection
 from simulators import cli
 from simulators.cabinet import CabinetState
 from simulators.fleet import Fleet, SimulatedCabinet, build_fleet, free_port_block

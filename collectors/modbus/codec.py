@@ -14,12 +14,12 @@ as the Modbus specification requires.
 
 from __future__ import annotations
 
-from core.errors import CascadeError
-
 import math
 import struct
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
+
+from core.errors import CascadeError
 
 if TYPE_CHECKING:
     from .profile import FieldSpec
@@ -46,7 +46,7 @@ def _bytes_to_words(raw: bytes, word_order: str) -> list[int]:
     return words if word_order == "big" else list(reversed(words))
 
 
-def decode_value(spec: "FieldSpec", words: Sequence[int]) -> float | int | bool | str | None:
+def decode_value(spec: FieldSpec, words: Sequence[int]) -> float | int | bool | str | None:
     """Decode the words of one field; ``None`` for the field's "not available" sentinel.
 
     Raises :class:`DecodeError` for a value that is not a number (NaN, inf) or lies outside
@@ -85,7 +85,7 @@ def decode_value(spec: "FieldSpec", words: Sequence[int]) -> float | int | bool 
     return value
 
 
-def compile_decoder(spec: "FieldSpec") -> Callable[[Sequence[int], int], float | int | bool | str | None]:
+def compile_decoder(spec: FieldSpec) -> Callable[[Sequence[int], int], float | int | bool | str | None]:
     """A decoder for one field, built once at start-up: ``decoder(words, index)`` decodes the
     field's words starting at ``index`` of a read's response, exactly as :func:`decode_value` would.
 
@@ -121,7 +121,7 @@ def compile_decoder(spec: "FieldSpec") -> Callable[[Sequence[int], int], float |
     return word16
 
 
-def encode_value(spec: "FieldSpec", value: float | int | bool | str | None) -> list[int]:
+def encode_value(spec: FieldSpec, value: float | int | bool | str | None) -> list[int]:
     """Encode a value into the field's register words (the simulator's side of the wire)."""
     kind = spec.data_type
     if kind == "bool":

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
@@ -22,6 +21,7 @@ from core.events import CommandResult, Report
 from .decode import FieldError, decode_poll
 from .planner import ReadRequest, plan_reads
 from .profile import Profile
+from .settings import CabinetConfig
 
 __all__ = ["KIND", "CabinetConfig", "ModbusCabinet"]
 
@@ -36,24 +36,6 @@ _READ = {
     "coil": "read_coils",
     "discrete": "read_discrete_inputs",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class CabinetConfig:
-    """Where a cabinet is and how to poll it."""
-
-    id: str
-    host: str
-    port: int = 502
-    device_id: int = 1
-    site: str = "default"
-    profile: str = "reference-cabinet"
-    slots: int | None = None  # default: the profile's slot count
-    interval_s: float = 5.0
-    timeout_s: float = 2.0
-    busy_retries: int = 3
-    busy_backoff_s: float = 0.05
-    max_gap: int | None = None  # default: the profile's
 
 
 class ModbusCabinet:

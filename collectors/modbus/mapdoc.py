@@ -7,10 +7,9 @@ test checks that the committed file equals the output, so the document cannot dr
 from __future__ import annotations
 
 import sys
-
-from .planner import minimum_reads, plan_reads
 from pathlib import Path
 
+from .planner import minimum_reads, plan_reads
 from .profile import PROFILE_DIR, FieldSpec, Profile, find_profile
 
 __all__ = ["render_register_map"]

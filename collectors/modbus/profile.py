@@ -12,8 +12,6 @@ A new vendor needs only a new profile. See ``docs/register-map.md``.
 
 from __future__ import annotations
 
-from core.errors import InputError
-
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from core.errors import InputError
 from core.model import CABINET_FIELDS, SLOT_FIELDS
 
 from .codec import WORDS

@@ -10,27 +10,16 @@ schedules, times and backs off) and a :class:`core.ports.Commander` for its cabi
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 from collectors.runner import PollMetrics, PollRunner
 from core.events import CommandResult, Report
 from core.ports import Emit, UnknownDevice
 
-from .device import KIND, CabinetConfig, ModbusCabinet
-from .profile import Profile
+from .device import KIND, ModbusCabinet
+from .settings import ModbusSettings
 
-__all__ = ["KIND", "ModbusSettings", "ModbusSource"]
-
-
-@dataclass(frozen=True, slots=True)
-class ModbusSettings:
-    """What a Modbus source needs, validated by the config loader before it is built."""
-
-    cabinets: Sequence[CabinetConfig]
-    profiles: Mapping[str, Profile]
-    jitter: float = 0.1
-    backoff_cap_s: float = 60.0
+__all__ = ["KIND", "ModbusSource"]
 
 
 class ModbusSource:

@@ -21,17 +21,17 @@ Anything that cannot be encoded raises :class:`LineProtocolError` (a ``ValueErro
 
 from __future__ import annotations
 
-from core.errors import CascadeError
-
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import itemgetter
-from typing import Any, Union
+from typing import Any
+
+from core.errors import CascadeError
 
 __all__ = ["FieldValue", "LineEncoder", "LineProtocolError", "encode_line"]
 
-FieldValue = Union[float, int, bool, str, None]
+FieldValue = float | int | bool | str | None
 
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 # influxd refuses timestamps at the two extremes of int64 ("time outside range").
@@ -269,7 +269,7 @@ def _encode_fields(fields: Mapping[str, FieldValue]) -> str:
             if not _INT_MIN <= value <= _INT_MAX:
                 raise LineProtocolError(f"field {key!r} = {value} does not fit a signed 64-bit integer: "
                                         f"send it as float or scale it down")
-            text = "%di" % value
+            text = "%di" % value  # noqa: UP031 - the fastest integer formatting here (bench lineprotocol)
         elif isinstance(value, str):
             text = f'"{_escape_string(value, key)}"'
         else:

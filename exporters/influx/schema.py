@@ -11,10 +11,9 @@ import dataclasses
 from collections.abc import Iterable
 
 from core.events import AlertEvent, CommandResult, Point
-from core.model import BmsProtection, CabinetReading, ChargerProtection, EmergencyState, SlotReading, \
-    describe_flags
+from core.model import BmsProtection, CabinetReading, ChargerProtection, EmergencyState, SlotReading, describe_flags
 
-from .lineprotocol import LineEncoder, LineProtocolError, encode_line
+from .lineprotocol import FieldValue, LineEncoder, LineProtocolError, encode_line
 
 __all__ = ["ALERT_MEASUREMENT", "CABINET_MEASUREMENT", "COMMAND_MEASUREMENT", "SLOT_MEASUREMENT",
            "alert_to_line", "command_to_line", "encode_points", "reading_to_lines"]
@@ -87,7 +86,7 @@ def alert_to_line(event: AlertEvent) -> str:
     tags = {"site": event.site, "cabinet": event.cabinet, "slot": None if event.slot is None else str(event.slot),
             "rule": event.rule, "severity": event.severity}
     value = event.value
-    fields = {"level": event.level, "from_level": event.from_level, "kind": event.kind,
+    fields: dict[str, FieldValue] = {"level": event.level, "from_level": event.from_level, "kind": event.kind,
               "value": None if isinstance(value, bool) or not isinstance(value, (int, float)) else float(value),
               "battery": event.battery,
               # One line is one point: a line break in a template would make the point unencodable.

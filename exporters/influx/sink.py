@@ -71,7 +71,7 @@ class InfluxConfig:
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
 
-    def validate(self) -> "InfluxConfig":
+    def validate(self) -> InfluxConfig:
         """Raise InfluxConfigError naming the first bad key; returns self for chaining."""
         def bad(key: str, why: str) -> InfluxConfigError:
             return InfluxConfigError(f"influx.{key}: {why} (got {getattr(self, key)!r})")
@@ -165,7 +165,7 @@ class InfluxSink:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def __aenter__(self) -> "InfluxSink":
+    async def __aenter__(self) -> InfluxSink:
         cfg = self.config
         self._spool = DiskSpool(cfg.spool_dir, cfg.spool_max_bytes)
         if cfg.api == "v1":
@@ -330,7 +330,7 @@ class InfluxSink:
                 outcome = await self._write_v1(batch)
             else:
                 outcome = await self._write_v2(batch)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
+        except (TimeoutError, aiohttp.ClientError, OSError) as err:
             outcome = _Outcome("error", message=f"{type(err).__name__}: {err}")
         except Exception as err:  # noqa: BLE001 - e.g. from influxdb-client: keep the batch, spool it
             outcome = _Outcome("error", message=f"unexpected {type(err).__name__}: {err}")

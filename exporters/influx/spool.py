@@ -35,8 +35,6 @@ which InfluxDB stores idempotently (same series and timestamp overwrite). Not th
 
 from __future__ import annotations
 
-from core.errors import CascadeError
-
 import logging
 import os
 import struct
@@ -45,6 +43,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from core.errors import CascadeError
 
 __all__ = ["DiskSpool", "SpoolError"]
 
@@ -105,7 +105,7 @@ class DiskSpool:
     def __len__(self) -> int:
         return len(self._records)
 
-    def __enter__(self) -> "DiskSpool":
+    def __enter__(self) -> DiskSpool:
         return self
 
     def __exit__(self, *exc: object) -> None:
