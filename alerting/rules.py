@@ -29,13 +29,12 @@ from core.durations import parse_duration
 from core.errors import CascadeError
 from core.model import (
     CABINET_FIELDS,
+    FIELD_CATEGORIES,
     SLOT_FIELDS,
     BmsProtection,
-    CabinetReading,
     ChargerProtection,
     Chemistry,
     EmergencyState,
-    SlotReading,
 )
 
 __all__ = [
@@ -96,24 +95,8 @@ class RuleError(CascadeError):
         super().__init__(reason, source=file, key=key, message=": ".join(where) + f": {reason}")
 
 
-def _field_kinds(cls: type) -> dict[str, str]:
-    """Map each dataclass field to 'number', 'bool' or 'str' from its annotation."""
-    hints = typing.get_type_hints(cls, vars(model))
-    kinds = {}
-    for f in dataclasses.fields(cls):
-        args = set(typing.get_args(hints[f.name])) or {hints[f.name]}
-        args.discard(type(None))
-        if args <= {bool}:
-            kinds[f.name] = "bool"
-        elif args <= {int, float}:
-            kinds[f.name] = "number"
-        else:
-            kinds[f.name] = "str"
-    return kinds
-
-
-SLOT_FIELD_KINDS = {k: v for k, v in _field_kinds(SlotReading).items() if k in SLOT_FIELDS}
-CABINET_FIELD_KINDS = {k: v for k, v in _field_kinds(CabinetReading).items() if k in CABINET_FIELDS}
+SLOT_FIELD_KINDS = {k: FIELD_CATEGORIES[k] for k in SLOT_FIELDS}
+CABINET_FIELD_KINDS = {k: FIELD_CATEGORIES[k] for k in CABINET_FIELDS}
 
 
 def finite_number(value: Any) -> float | None:

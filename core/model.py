@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import typing
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "EmergencyState",
     "SlotReading",
     "CABINET_FIELDS",
+    "FIELD_CATEGORIES",
     "FIELD_KINDS",
     "SLOT_FIELDS",
     "describe_flags",
@@ -194,18 +196,31 @@ CABINET_FIELDS = _field_names(
 )
 
 
+def _scalar_type(hint: object) -> type | None:
+    """``float`` for ``float | None`` and the like; ``None`` for anything not a single scalar."""
+    args = set(typing.get_args(hint)) or {hint}
+    args.discard(type(None))
+    kind = args.pop() if len(args) == 1 else None
+    return kind if kind in (bool, float, int, str) else None
+
+
 def _field_kinds() -> dict[str, type]:
-    """Field name → its value type. Storage types must not depend on the vendor's register type
-    (a u32 on one cabinet and an f32 on another is one float field in InfluxDB)."""
+    """Field name → its value type, from the dataclasses' resolved annotations. Storage types must
+    not depend on the vendor's register type (a u32 on one cabinet and an f32 on another is one
+    float field in InfluxDB)."""
     kinds: dict[str, type] = {}
     for cls in (SlotReading, CabinetReading):
+        hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            text = str(f.type)
-            for name, kind in (("bool", bool), ("float", float), ("int", int), ("str", str)):
-                if text.startswith(name):
-                    kinds[f.name] = kind
-                    break
+            kind = _scalar_type(hints[f.name])
+            if kind is not None:
+                kinds[f.name] = kind
     return kinds
 
 
-FIELD_KINDS = _field_kinds()
+FIELD_KINDS: dict[str, type] = _field_kinds()
+"""Every scalar field of a reading (slot and cabinet) → ``bool``, ``int``, ``float`` or ``str``."""
+
+FIELD_CATEGORIES: dict[str, str] = {
+    name: "bool" if kind is bool else "number" if kind in (int, float) else "str" for name, kind in FIELD_KINDS.items()}
+"""Field → what a rule may do with it: ``number`` (compare, rate), ``bool`` or ``str``."""

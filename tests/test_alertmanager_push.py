@@ -85,6 +85,10 @@ async def test_fire_queued_through_a_long_outage_arrives_firing_with_its_start_t
             pusher.fire(labels, {"summary": "hot"}, starts_at=T0 - 5)
             await _until(lambda: am.attempts >= 2)
             clock.t = T0 + 10 * RESEND_S  # the outage outlasts 4 x resend interval
+            # A request built before the clock moved may still be in flight: let two more fail, so
+            # the first one that succeeds was built at the new time (attempts are sequential).
+            seen = am.attempts
+            await _until(lambda: am.attempts >= seen + 2)
             am.down = False
             await _until(lambda: am.received)
             pushed_at, alert = am.received[0]
