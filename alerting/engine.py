@@ -13,6 +13,11 @@ Level logic for one (rule, target), with ``x`` the input value:
 * an active level is *held* while ``x`` has not gone back past threshold − hysteresis;
 * new level = max(reached, min(current, held)); a drop waits ``clear_for`` if the rule sets one;
 * a missing value (None, NaN, ±inf, wrong type) changes nothing: stale data is not healthy data.
+
+A rule that raises (a bug) must neither blind the other rules nor go unnoticed: its level is kept,
+every failure counts in ``cascade_rule_errors_total{rule}``, the log says when it starts failing and
+when it recovers, and the target gets a level-1 ``rule_evaluation_failed`` notice until the rule
+evaluates there again. None of this costs anything while no rule fails.
 """
 
 from __future__ import annotations
@@ -24,16 +29,23 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
-from core.model import BatteryState, CabinetReading, SlotReading
+from prometheus_client import CollectorRegistry, Counter
+
 from alerting.rules import Input, Rule, RuleError, RuleSet, finite_number, short_repr
 from alerting.state import SEVERITY, Alert, AlertStore, Target, Transition
+from core.model import BatteryState, CabinetReading, SlotReading
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Engine", "Transition", "Target"]
+__all__ = ["RULE_FAILED", "Engine", "Transition", "Target"]
+
+#: Alert (rule id) the engine raises itself, at level 1, for a target where a rule raised an exception.
+#: Reserved: a catalogue rule may not use it.
+RULE_FAILED = "rule_evaluation_failed"
 
 _INF = math.inf
 _RATE_MAXLEN = 256  # bounds memory if a cabinet polls much faster than the window needs
@@ -42,7 +54,7 @@ _RATE_MAXLEN = 256  # bounds memory if a cabinet polls much faster than the wind
 class _TargetState:
     """Per (site, cabinet, slot): input buffers and per-rule level state."""
 
-    __slots__ = ("battery", "buffers", "prev", "holds", "rules")
+    __slots__ = ("battery", "buffers", "prev", "holds", "rules", "failing", "notice")
 
     def __init__(self) -> None:
         self.battery: str | None = None
@@ -50,6 +62,10 @@ class _TargetState:
         self.prev: dict[tuple, float] = {}  # jump: previous value
         self.holds: dict[tuple, tuple[float, float]] = {}  # fusion hold: (strength, at)
         self.rules: dict[str, _RuleState] = {}
+        # Rules whose evaluation raised here and has not succeeded since. None (not an empty set) so
+        # the hot path tests one attribute per target and does nothing more while no rule fails.
+        self.failing: set[str] | None = None
+        self.notice: dict[str, str] | None = None  # labels of the active RULE_FAILED notice
 
     def forget_history(self) -> None:
         """A different battery is in the slot: its rates and jumps start afresh."""
@@ -281,7 +297,9 @@ class Engine:
     """Turns readings into alert level transitions and records them in ``state``.
 
     ``clock`` returns seconds since the epoch; replay passes the trace's clock so ``for``,
-    rates and transition times run at trace time.
+    rates and transition times run at trace time. ``registry`` takes ``cascade_rule_errors_total``
+    (the app passes the pipeline's to export it); None keeps it on a private registry, so engines
+    built in tests and benches never collide on the global one.
     """
 
     def __init__(
@@ -291,9 +309,13 @@ class Engine:
         clock: Callable[[], float] = time.time,
         state: AlertStore | None = None,
         audit_path: str | Path | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         if not isinstance(rules, RuleSet):
             rules = RuleSet(list(rules))
+        if RULE_FAILED in rules:
+            raise RuleError(rules[RULE_FAILED].file, RULE_FAILED, "id",
+                            "reserved: the engine raises this alert itself when a rule fails; choose another id")
         self.clock = clock
         self.state = state if state is not None else AlertStore()
         self.audit_path = Path(audit_path) if audit_path is not None else None
@@ -302,7 +324,13 @@ class Engine:
         self._targets: dict[tuple, _TargetState] = {}
         self._lock = threading.Lock()
         self._evidence: list[str] = []
-        self._failing: set[str] = set()  # rules whose evaluation raised (logged once each)
+        # Rule id -> targets where it is failing (this process). The log line is written when a rule
+        # starts failing anywhere and when it works again everywhere, not on every failed reading.
+        self._failing: dict[str, set[tuple[str, str, int | None]]] = {}
+        #: ``cascade_rule_errors_total{rule}``, on ``registry`` (a private one when None, so two
+        #: engines never collide; the app passes the pipeline's to export it).
+        self.rule_errors: Counter = _rule_error_counter(
+            registry if registry is not None else CollectorRegistry(), self._program.rules)
         #: Clear transitions for persisted alerts the current catalogue can no longer evaluate
         #: (rule removed, scope changed, level removed). Already applied to ``state``, like the
         #: return value of ``evaluate``; the caller fans them out once after start-up.
@@ -354,6 +382,14 @@ class Engine:
         for alert in self.state.active():
             key = alert.key
             rule = rules.get(key.rule)
+            if key.rule == RULE_FAILED:
+                # The failing rule may be fixed by the restart; one still broken raises the notice
+                # again on its first reading, with no `for` delay.
+                log.info("stored alert %s cleared at start-up: rules are re-checked from scratch", key)
+                out.append(_notice_cleared(
+                    alert.labels, "Cleared at start-up: rule failures are re-checked from scratch after a restart; "
+                    "a rule that still fails raises it again on its first reading.", alert.battery, now, key[1:]))
+                continue
             if rule is None:
                 why = f"rule {key.rule!r} is no longer in the catalogue"
             elif (rule.scope == "slot") != (key.slot is not None):
@@ -421,6 +457,7 @@ class Engine:
 
     def _run(self, compiled, tables, values, ts, now, site, cab, sid, out) -> None:
         states = ts.rules
+        failed: dict[str, str] | None = None  # rule id -> error, only once a rule raised
         for c, tab in zip(compiled, tables):
             try:  # one failing rule must not cost the other rules' transitions of this reading
                 if c.terms is None:
@@ -449,17 +486,73 @@ class Engine:
                     rs.level = new
                 if new == 0 and rs.down_since is None and not any(rs.since):
                     del states[c.id]
-            except Exception:  # noqa: BLE001 - a bug in one rule must not blind the others
-                self._rule_failed(c.id, site, cab, sid)
+            except Exception as err:  # noqa: BLE001 - a bug in one rule must not blind the others
+                if failed is None:
+                    failed = {}
+                failed[c.id] = _error_text(err)
+                self._rule_failed(c.id, (site, cab, sid))
+        if failed is not None or ts.failing is not None:  # the only cost while no rule fails
+            self._rule_health(compiled, values, failed or {}, ts, now, (site, cab, sid), out)
 
-    def _rule_failed(self, rule_id: str, site: str, cab: str, sid: int | None) -> None:
-        where = f"{site}/{cab}" + ("" if sid is None else f"/{sid}")
-        if rule_id in self._failing:
-            log.debug("rule %s failed again at %s", rule_id, where, exc_info=True)
+    def _rule_failed(self, rule_id: str, target: tuple[str, str, int | None]) -> None:
+        """Count the failure; log it with its traceback only when the rule starts failing.
+
+        Called inside the ``except``, so the traceback is the rule's. A broken rule fails on every
+        reading of every target; one error line per change keeps the log readable, the counter
+        keeps the rate.
+        """
+        self.rule_errors.labels(rule_id).inc()
+        targets = self._failing.get(rule_id)
+        if targets is None:
+            targets = self._failing[rule_id] = set()
+        first = not targets
+        targets.add(target)
+        if first:
+            log.exception("rule %s failed at %s; its level is kept, the other rules go on and it is retried "
+                          "on the next reading (logged again only after it recovers)", rule_id, _where(target))
+        else:
+            log.debug("rule %s failed again at %s", rule_id, _where(target), exc_info=True)
+
+    def _rule_recovered(self, rule_id: str, target: tuple[str, str, int | None]) -> None:
+        """Log that a rule works again once it works at every target where it failed."""
+        targets = self._failing.get(rule_id)
+        if targets is None:
             return
-        self._failing.add(rule_id)
-        log.exception("rule %s failed at %s; its level is kept and it is retried on the next reading "
-                      "(logged once per rule)", rule_id, where)
+        targets.discard(target)
+        if targets:
+            log.debug("rule %s evaluates again at %s; still failing at %d other target(s)",
+                      rule_id, _where(target), len(targets))
+            return
+        del self._failing[rule_id]
+        # WARNING, not INFO: it pairs with the ERROR that said it failed, in a log filtered at WARNING.
+        log.warning("rule %s recovered: it evaluates again at %s", rule_id, _where(target))
+
+    def _rule_health(self, compiled: list[_Compiled], values: list[float | None], failed: dict[str, str],
+                     ts: _TargetState, now: float, target: tuple[str, str, int | None],
+                     out: list[Transition]) -> None:
+        """Slow path, only while a rule fails or failed at this target: track which rules fail here,
+        raise the target's RULE_FAILED notice when the first one fails and clear it when the last
+        one evaluates again.
+
+        A rule recovers only on a reading where it had its data and did not raise: a rule skipped
+        for a missing value has not shown that it works (stale data is not healthy data).
+        """
+        before = ts.failing or set()
+        recovered = [c.id for c in compiled
+                     if c.id in before and c.id not in failed and _has_data(c, values)]
+        for rule_id in recovered:
+            self._rule_recovered(rule_id, target)
+        failing = (before | failed.keys()).difference(recovered)
+        ts.failing = failing or None
+        if failing and ts.notice is None:
+            order = [c.id for c in compiled if c.id in failing]
+            notice = _notice_raised(order, failed, ts, now, target)
+            ts.notice = notice.labels
+            out.append(notice)
+        elif not failing and ts.notice is not None:
+            diagnosis = f"Cleared: rule {', '.join(recovered)} evaluates again at {_where(target)}."
+            out.append(_notice_cleared(ts.notice, diagnosis, ts.battery, now, target))
+            ts.notice = None
 
     def _fuse(self, c: _Compiled, values: list, ts: _TargetState, now: float) -> float | None:
         """Weighted evidence score: sum of weight × strength, strength ramping 0→1."""
@@ -616,6 +709,89 @@ def _retired(alert: Alert, why: str, now: float) -> Transition:
         rule=key.rule, target=Target(key.site, key.cabinet, key.slot, alert.battery),
         from_level=shown, to_level=0, kind="clear", value=None, at=now, diagnosis=diagnosis,
         action=action, protective_action=None, labels=labels, annotations=annotations,
+    )
+
+
+# --- rule failures ---------------------------------------------------------------------------
+
+def _rule_error_counter(registry: CollectorRegistry, rules: RuleSet) -> Counter:
+    """``cascade_rule_errors_total{rule}``, with a zero series per rule so ``increase()`` sees the
+    first failure too (a series born at 1 looks like no increase)."""
+    counter = Counter("cascade_rule_errors_total",
+                      "Rule evaluations that raised an exception (the rule's level is kept; see the log)",
+                      ["rule"], registry=registry)
+    for rule_id in rules:
+        counter.labels(rule_id)
+    return counter
+
+
+def _where(target: tuple[str, str, int | None]) -> str:
+    site, cab, sid = target
+    return f"{site}/{cab}" + ("" if sid is None else f"/{sid}")
+
+
+def _error_text(err: Exception, limit: int = 200) -> str:
+    """``Type: message`` cut to ``limit`` characters, for an annotation (the log has the traceback)."""
+    text = f"{type(err).__name__}: {err}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _has_data(c: _Compiled, values: list[float | None]) -> bool:
+    """Whether the rule had the values to decide on this reading (its input, or for a fusion rule
+    any evidence term, and its guard). Conservative for fusion holds: data is needed, not a hold."""
+    if c.terms is None:
+        if values[c.idx] is None:
+            return False
+    elif all(values[term[0]] is None for term in c.terms):
+        return False
+    return c.guard is None or values[c.guard[0]] is not None
+
+
+def _notice_labels(target: tuple[str, str, int | None], battery: str | None, failed_rule: str) -> dict[str, str]:
+    site, cab, sid = target
+    labels = {"alertname": RULE_FAILED, "rule": RULE_FAILED, "level": "1", "severity": SEVERITY[1],
+              "site": site, "cabinet": cab, "failed_rule": failed_rule}
+    if sid is not None:
+        labels["slot"] = str(sid)
+    if battery is not None:
+        labels["battery"] = battery
+    return labels
+
+
+def _notice_raised(rule_ids: list[str], failed: dict[str, str], ts: _TargetState, now: float,
+                   target: tuple[str, str, int | None]) -> Transition:
+    """Level 1 and no protective action: a software fault is no reason to cut a slot off, but the
+    rule that failed no longer protects this target, and someone must know that."""
+    site, cab, sid = target
+    first = rule_ids[0]
+    where = f"{site}/{cab}" + (f" slot {sid}" if sid is not None else "")
+    kept = ts.rules.get(first)
+    error = failed.get(first, "see the log")
+    diagnosis = (f"Rule {first} raised an error at {where} ({error}): while it fails it cannot change its "
+                 f"alert here, kept at L{kept.level if kept is not None else 0}; the other "
+                 f"rules are evaluated as usual. Failing here: {', '.join(rule_ids)}.")
+    action = (f"Not a battery fault: a software fault in Cascade. Report it with the log line 'rule {first} "
+              f"failed' (metric cascade_rule_errors_total{{rule=\"{first}\"}}); until it is fixed, watch "
+              f"{where} by other means for what {first} checks.")
+    return Transition(
+        rule=RULE_FAILED, target=Target(site, cab, sid, ts.battery), from_level=0, to_level=1, kind="raise",
+        value=None, at=now, diagnosis=diagnosis, action=action, protective_action=None,
+        labels=_notice_labels(target, ts.battery, first),
+        annotations={"summary": f"L1 rule {first} cannot be evaluated at {where}", "diagnosis": diagnosis,
+                     "action": action},
+    )
+
+
+def _notice_cleared(labels: dict[str, str], diagnosis: str, battery: str | None, now: float,
+                    target: tuple[str, str, int | None]) -> Transition:
+    """Clears with the labels the notice was raised with, so Alertmanager resolves exactly it."""
+    site, cab, sid = target
+    where = f"{site}/{cab}" + (f" slot {sid}" if sid is not None else "")
+    return Transition(
+        rule=RULE_FAILED, target=Target(site, cab, sid, battery), from_level=1, to_level=0, kind="clear",
+        value=None, at=now, diagnosis=diagnosis, action="None.", protective_action=None, labels=dict(labels),
+        annotations={"summary": f"Cleared L1 rule evaluation failure at {where}", "diagnosis": diagnosis,
+                     "action": "None."},
     )
 
 

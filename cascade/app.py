@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from alerting.actions import ActionPolicy
 from alerting.api import add_routes
 from alerting.engine import Engine
@@ -142,13 +144,14 @@ def _check_action_rules(src: str, rules: RuleSet, policy: ActionPolicy) -> None:
                               "write none or remove the entry; Cascade never acts on fire-suppression state")
 
 
-def build_engine(config: AppConfig, settings: dict[str, Any]) -> Engine:
-    """The warning engine with its persistent store and threshold audit log."""
+def build_engine(config: AppConfig, settings: dict[str, Any], registry: CollectorRegistry | None = None) -> Engine:
+    """The warning engine with its persistent store and threshold audit log; its metrics
+    (``cascade_rule_errors_total``) go on ``registry``."""
     rules = _load_rules(config.source, settings["rules"])
     _check_action_rules(config.source, rules, settings["policy"])
     # Writes coalesced to one per STATE_SAVE_INTERVAL_S under a burst; start_app flushes on exit.
     store = AlertStore(settings["state_file"], save_interval_s=STATE_SAVE_INTERVAL_S)
-    return Engine(rules, state=store, audit_path=settings["audit_file"])
+    return Engine(rules, state=store, audit_path=settings["audit_file"], registry=registry)
 
 
 def alert_service_for(pipeline: Pipeline, engine: Engine, **options: Any) -> AlertService:
@@ -170,7 +173,7 @@ async def start_app(config: AppConfig) -> AsyncIterator[Pipeline]:
         async with pipeline:
             yield pipeline
         return
-    engine = build_engine(config, settings)
+    engine = build_engine(config, settings, pipeline.registry)
     service = alert_service_for(pipeline, engine, alertmanager_url=settings["alertmanager_url"],
                                 resend_interval_s=float(settings["resend_interval_s"]), policy=settings["policy"],
                                 generator_url=settings["generator_url"],

@@ -348,6 +348,9 @@ async def test_start_app_wires_engine_service_and_routes(tmp_path):
         service = pipeline.alerts
         assert service.handle_reading in pipeline.hooks and service.pusher is None
         assert service.actions.policy.perform == frozenset() and service.actions.policy.retry_s == 5
+        # The engine's rule-error counter is on the collector's /metrics (one series per rule, from 0).
+        async with http.get(f"http://127.0.0.1:{pipeline.metrics_port}/metrics") as resp:
+            assert 'cascade_rule_errors_total{rule="pack_overvoltage"} 0.0' in await resp.text()
         over_voltage = CabinetReading(cabinet_id=CAB, site=SITE, model="reference-cabinet",
                                       timestamp_ns=time.time_ns(), slots=[SlotReading(slot=SLOT, voltage_v=59.5, nominal_voltage_v=48.0)])
         await service.handle_reading(over_voltage)  # pack_overvoltage level 2 has no `for`: at once

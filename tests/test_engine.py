@@ -4,17 +4,19 @@ sensors (P-3.3, P-5.2.2.2), run-time thresholds with audit (P-5.4.4), and robust
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
-from bench import tracegen as traces
-from alerting.engine import Engine
+from alerting.engine import RULE_FAILED, Engine
 from alerting.replay import replay
 from alerting.rules import RuleError, load_rules
-from alerting.state import AlertStore
+from alerting.state import AlertStore, Target
+from bench import tracegen as traces
 from core.model import SLOT_FIELDS, CabinetReading, SlotReading
 
 CATALOGUE = load_rules()
@@ -200,11 +202,17 @@ _values = st.one_of(
        st.lists(st.floats(0, 600), min_size=6, max_size=6))
 def test_evaluate_never_raises_on_arbitrary_slot_values(slot_values, steps):
     clock = Clock()
-    engine = Engine(CATALOGUE, clock=clock)
+    registry = CollectorRegistry()
+    engine = Engine(CATALOGUE, clock=clock, registry=registry)
+    out = []
     for values, step in zip(slot_values, steps):
-        engine.evaluate(cab(SlotReading(1, **values), SlotReading(2, **values),
-                            cabinet_temperature_c=values.get("temperature_c")))
+        out += engine.evaluate(cab(SlotReading(1, **values), SlotReading(2, **values),
+                                   cabinet_temperature_c=values.get("temperature_c")))
         clock.now += step
+    # evaluate() swallows a rule's exception so the other rules go on: "did not raise" alone would
+    # pass with a crashing rule. No rule may have failed at all on garbage input.
+    assert [t.key for t in out if t.rule == RULE_FAILED] == []
+    assert {r: rule_errors(registry, r) for r in CATALOGUE} == dict.fromkeys(CATALOGUE, 0.0)
 
 
 def test_empty_slot_zeros_neither_raise_nor_clear_but_compartment_sensors_count():
@@ -364,25 +372,112 @@ def test_a_level_missing_from_the_table_still_clears(tmp_path):
     assert [(str(a.key), a.level) for a in engine.state.active()] == [("wet@s1/c1", 3)]
 
 
-def test_one_failing_rule_never_loses_the_other_transitions_of_the_reading(monkeypatch, caplog):
-    clock = Clock()
-    engine = Engine(_hot(), clock=clock)
+def rule_errors(registry: CollectorRegistry, rule: str) -> float | None:
+    return registry.get_sample_value("cascade_rule_errors_total", {"rule": rule})
+
+
+def break_rule(monkeypatch, engine: Engine, rule: str = "hot") -> None:
+    """A bug in one rule: ZeroDivisionError whenever it would change level. ``monkeypatch.undo`` fixes it."""
     real = engine._transition
 
     def broken(c, *args):
-        if c.id == "hot":
-            raise RuntimeError("bug in one rule")
+        if c.id == rule:
+            _ = 1 / 0  # the bug
         return real(c, *args)
 
     monkeypatch.setattr(engine, "_transition", broken)
-    reading = cab(SlotReading(1, battery_id="B1", temperature_c=80), water_detected=True)
-    assert [(t.rule, t.kind) for t in feed(engine, clock, [reading])] == [("wet", "raise")]
-    assert "rule hot failed" in caplog.text
-    assert feed(engine, clock, [reading]) == []
-    assert caplog.text.count("rule hot failed") == 1  # logged once, not on every reading
-    assert [str(a.key) for a in engine.state.active()] == ["wet@s1/c1"]  # engine and store agree
-    monkeypatch.setattr(engine, "_transition", real)
-    assert [(t.rule, t.kind, t.to_level) for t in feed(engine, clock, [reading])] == [("hot", "raise", 3)]
+
+
+HOT_AND_WET = cab(SlotReading(1, battery_id="B1", temperature_c=80), water_detected=True)
+
+
+def test_one_failing_rule_never_loses_the_other_transitions_of_the_reading(monkeypatch):
+    clock = Clock()
+    engine = Engine(_hot(), clock=clock)
+    break_rule(monkeypatch, engine)
+    out = feed(engine, clock, [HOT_AND_WET])
+    assert [(t.rule, t.kind, t.to_level) for t in out] == [("wet", "raise", 3), (RULE_FAILED, "raise", 1)]
+    assert feed(engine, clock, [HOT_AND_WET]) == []
+    assert sorted(str(a.key) for a in engine.state.active()) == [  # engine and store agree
+        "rule_evaluation_failed@s1/c1/1", "wet@s1/c1"]
+    monkeypatch.undo()
+    assert sorted((t.rule, t.kind, t.to_level) for t in feed(engine, clock, [HOT_AND_WET])) == [
+        ("hot", "raise", 3), (RULE_FAILED, "clear", 0)]
+
+
+def test_a_failing_rule_is_counted_logged_once_per_change_and_raises_a_notice_until_it_recovers(
+        monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="alerting.engine")
+    registry = CollectorRegistry()
+    clock = Clock()
+    engine = Engine(_hot(), clock=clock, registry=registry)
+    assert (rule_errors(registry, "hot"), rule_errors(registry, "wet")) == (0, 0)  # series exist before a failure
+
+    def logged(text):
+        return [r for r in caplog.records if text in r.getMessage()]
+
+    break_rule(monkeypatch, engine)
+    wet, notice = feed(engine, clock, [HOT_AND_WET])
+    assert (wet.rule, wet.kind, wet.to_level) == ("wet", "raise", 3)  # the other rule still fires
+    assert (notice.rule, notice.kind, notice.from_level, notice.to_level, notice.value) == (
+        RULE_FAILED, "raise", 0, 1, None)
+    assert notice.protective_action is None  # a software fault never cuts a slot off
+    assert notice.target == Target("s1", "c1", 1, "B1") and str(notice.key) == "rule_evaluation_failed@s1/c1/1"
+    assert notice.labels == {"alertname": RULE_FAILED, "rule": RULE_FAILED, "level": "1", "severity": "notice",
+                             "site": "s1", "cabinet": "c1", "slot": "1", "battery": "B1", "failed_rule": "hot"}
+    assert "rule hot" in notice.annotations["summary"] and "ZeroDivisionError" in notice.diagnosis
+    assert rule_errors(registry, "hot") == 1
+    [failure] = logged("rule hot failed")
+    assert failure.levelno == logging.ERROR and failure.exc_info[0] is ZeroDivisionError  # with its traceback
+
+    assert feed(engine, clock, [HOT_AND_WET] * 3) == []  # still failing: counted, no new notice, no new log
+    assert (rule_errors(registry, "hot"), rule_errors(registry, "wet")) == (4, 0)
+    assert len(logged("rule hot failed")) == 1
+    assert engine.state.get("rule_evaluation_failed@s1/c1/1").level == 1 and engine.state.get("hot@s1/c1/1") is None
+
+    monkeypatch.undo()  # the bug is fixed
+    no_temperature = cab(SlotReading(1, battery_id="B1"), water_detected=True)
+    assert feed(engine, clock, [no_temperature]) == []  # skipped for missing data is not "works again"
+    assert logged("recovered") == []
+    hot, cleared = sorted(feed(engine, clock, [HOT_AND_WET]), key=lambda t: t.rule)
+    assert (hot.rule, hot.kind, hot.to_level) == ("hot", "raise", 3)
+    assert (cleared.rule, cleared.kind, cleared.from_level, cleared.to_level) == (RULE_FAILED, "clear", 1, 0)
+    assert cleared.labels == notice.labels  # Alertmanager resolves exactly the notice it got
+    assert engine.state.get("rule_evaluation_failed@s1/c1/1") is None
+    [recovered] = logged("rule hot recovered")
+    assert recovered.levelno == logging.WARNING
+    assert feed(engine, clock, [HOT_AND_WET] * 2) == [] and len(logged("rule hot")) == 2  # healthy: silent
+    assert rule_errors(registry, "hot") == 4
+
+    break_rule(monkeypatch, engine)  # fails again (on the clear): logged and raised again
+    out = feed(engine, clock, [cab(SlotReading(1, battery_id="B1", temperature_c=20), water_detected=False)])
+    assert [(t.rule, t.kind) for t in out] == [("wet", "clear"), (RULE_FAILED, "raise")]
+    assert len(logged("rule hot failed")) == 2 and rule_errors(registry, "hot") == 5
+    assert [str(a.key) for a in engine.state.active()] == ["hot@s1/c1/1", "rule_evaluation_failed@s1/c1/1"]
+
+
+def test_a_stored_rule_failure_notice_is_rechecked_after_a_restart(tmp_path, monkeypatch):
+    path = tmp_path / "alerts.json"
+    clock = Clock()
+    engine = Engine(_hot(), clock=clock, state=AlertStore(path))
+    break_rule(monkeypatch, engine)
+    feed(engine, clock, [HOT_AND_WET])
+    assert AlertStore(path).get("rule_evaluation_failed@s1/c1/1") is not None
+
+    restarted = Engine(_hot(), clock=clock, state=AlertStore(path))
+    [t] = restarted.startup_transitions
+    assert (t.rule, t.kind, t.from_level, t.to_level, t.labels["failed_rule"]) == (RULE_FAILED, "clear", 1, 0, "hot")
+    assert "re-checked" in t.diagnosis and "no longer in the catalogue" not in t.diagnosis
+    assert [str(a.key) for a in AlertStore(path).active()] == ["wet@s1/c1"]
+    break_rule(monkeypatch, restarted)  # still broken: raised again on the first reading, no `for` delay
+    assert [(t.rule, t.kind) for t in feed(restarted, clock, [HOT_AND_WET])] == [(RULE_FAILED, "raise")]
+
+
+def test_the_rule_failure_notice_id_is_reserved():
+    from alerting.rules import parse_rules
+
+    with pytest.raises(RuleError, match="reserved"):
+        Engine(parse_rules(_HOT.replace("id: wet", f"id: {RULE_FAILED}").replace("{LEVELS}", "{1: 45}")))
 
 
 # --- numbers too large for a float are rule errors, not OverflowError ---------------------------
