@@ -36,7 +36,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from alerting.rules import Input, Rule, RuleError, RuleSet, finite_number, short_repr
-from alerting.state import SEVERITY, Alert, AlertStore, Target, Transition
+from alerting.state import Alert, AlertStore, Target, Transition, alert_labels
 from core.model import BatteryState, CabinetReading, SlotReading
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ __all__ = ["RULE_FAILED", "Engine", "Transition", "Target"]
 #: Alert (rule id) the engine raises itself, at level 1, for a target where a rule raised an exception.
 #: Reserved: a catalogue rule may not use it.
 RULE_FAILED = "rule_evaluation_failed"
+#: ``rule`` label of ``cascade_rule_errors_total`` for an input (shared by rules) that raised.
+INPUT_FAILED = "(input)"
 
 _INF = math.inf
 _RATE_MAXLEN = 256  # bounds memory if a cabinet polls much faster than the window needs
@@ -327,6 +329,7 @@ class Engine:
         # Rule id -> targets where it is failing (this process). The log line is written when a rule
         # starts failing anywhere and when it works again everywhere, not on every failed reading.
         self._failing: dict[str, set[tuple[str, str, int | None]]] = {}
+        self._failed_inputs: set[int] = set()
         #: ``cascade_rule_errors_total{rule}``, on ``registry`` (a private one when None, so two
         #: engines never collide; the app passes the pipeline's to export it).
         self.rule_errors: Counter = _rule_error_counter(
@@ -419,7 +422,7 @@ class Engine:
         extractors, compiled = prog.scopes["cabinet"]
         if compiled:
             ts = self._target(site, cab, None)
-            values = [ex(reading, ts, now) for ex in extractors]
+            values = self._extract(extractors, reading, ts, now, cab, None)
             self._run(compiled, prog.tables("cabinet", cab_model, None), values, ts, now,
                       site, cab, None, out)
         extractors, compiled = prog.scopes["slot"]
@@ -434,7 +437,7 @@ class Engine:
                     if ts.battery is not None:
                         ts.forget_history()
                     ts.battery = battery
-                values = [ex(slot, ts, now) for ex in extractors]
+                values = self._extract(extractors, slot, ts, now, cab, sid)
                 chem = slot.chemistry
                 if chem is not None and type(chem) is not int:
                     chem = None  # garbage chemistry: fall back to base thresholds
@@ -493,6 +496,26 @@ class Engine:
                 self._rule_failed(c.id, (site, cab, sid))
         if failed is not None or ts.failing is not None:  # the only cost while no rule fails
             self._rule_health(compiled, values, failed or {}, ts, now, (site, cab, sid), out)
+
+    def _extract(self, extractors: list[Callable[[Any, _TargetState, float], float | None]], obj: Any,
+                 ts: _TargetState, now: float, cab: str, sid: int | None) -> list[float | None]:
+        """Every input's value; an input that raises is missing data for its rules, never the end of
+        the reading's evaluation. Counted as ``cascade_rule_errors_total{rule="(input)"}``."""
+        try:
+            return [ex(obj, ts, now) for ex in extractors]
+        except Exception:  # noqa: BLE001 - slow path only after a failure: find which input, keep the rest
+            values: list[float | None] = []
+            for ex in extractors:
+                try:
+                    values.append(ex(obj, ts, now))
+                except Exception:  # noqa: BLE001
+                    values.append(None)
+                    self.rule_errors.labels(INPUT_FAILED).inc()
+                    if id(ex) not in self._failed_inputs:
+                        self._failed_inputs.add(id(ex))
+                        log.exception("an input of the rules failed at %s%s; its rules see missing data "
+                                      "(logged once per input)", cab, "" if sid is None else f"/{sid}")
+            return values
 
     def _rule_failed(self, rule_id: str, target: tuple[str, str, int | None]) -> None:
         """Count the failure; log it with its traceback only when the rule starts failing.
@@ -599,14 +622,7 @@ class Engine:
         action = _render(rule.action, fmt)
         if kind == "clear":
             diagnosis = f"Cleared: {rule.description} back within limits (value {value:g})."
-        labels = {
-            "alertname": rule.id, "rule": rule.id, "level": str(shown),
-            "severity": SEVERITY[shown], "site": site, "cabinet": cab,
-        }
-        if sid is not None:
-            labels["slot"] = str(sid)
-        if battery is not None:
-            labels["battery"] = battery
+        labels = alert_labels(rule.id, shown, site, cab, sid, battery)
         where = f"{site}/{cab}" + (f" slot {sid}" if sid is not None else "")
         annotations = {
             "summary": f"L{shown} {rule.description} at {where}",
@@ -701,8 +717,8 @@ def _retired(alert: Alert, why: str, now: float) -> Transition:
     diagnosis = f"Cleared at start-up: {why}; the alert can no longer be evaluated."
     action = ("None for the retired alert. If the condition may persist, check the site: the current "
               "rules raise it again from live data.")
-    labels = {**alert.labels, "alertname": key.rule, "rule": key.rule, "level": str(shown),
-              "severity": SEVERITY.get(shown, "notice")}
+    # The labels it was fired with (so Alertmanager resolves exactly that alert), level made exact.
+    labels = {**alert.labels, **alert_labels(key.rule, shown, key.site, key.cabinet, key.slot, alert.battery)}
     annotations = {**alert.annotations, "summary": f"Cleared L{shown} {key.rule} at {where} (rule changed)",
                    "diagnosis": diagnosis, "action": action}
     return Transition(
@@ -749,13 +765,7 @@ def _has_data(c: _Compiled, values: list[float | None]) -> bool:
 
 def _notice_labels(target: tuple[str, str, int | None], battery: str | None, failed_rule: str) -> dict[str, str]:
     site, cab, sid = target
-    labels = {"alertname": RULE_FAILED, "rule": RULE_FAILED, "level": "1", "severity": SEVERITY[1],
-              "site": site, "cabinet": cab, "failed_rule": failed_rule}
-    if sid is not None:
-        labels["slot"] = str(sid)
-    if battery is not None:
-        labels["battery"] = battery
-    return labels
+    return alert_labels(RULE_FAILED, 1, site, cab, sid, battery, failed_rule=failed_rule)
 
 
 def _notice_raised(rule_ids: list[str], failed: dict[str, str], ts: _TargetState, now: float,

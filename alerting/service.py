@@ -45,7 +45,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from alerting.actions import ActionPolicy, ActionRecord, ActionRunner, Command
 from alerting.alertmanager import AlertmanagerPusher
 from alerting.engine import Engine
-from alerting.state import SEVERITY, Ack, Alert, AlertKey, Target, Transition
+from alerting.state import Ack, Alert, AlertKey, Target, Transition, alert_labels
 from core.events import AlertEvent
 from core.model import CabinetReading
 from core.ports import Commander, EventHandler, ReadingFeed
@@ -280,12 +280,8 @@ class AlertService:
             existing.last_error = record.error
             self._save_failed()
             return
-        labels = {"alertname": ACTION_FAILED, "rule": ACTION_FAILED, "level": "3", "severity": SEVERITY[3],
-                  "site": command.site, "cabinet": command.cabinet, "protective_action": command.action}
-        if command.slot is not None:
-            labels["slot"] = str(command.slot)
-        if battery:
-            labels["battery"] = battery
+        labels = alert_labels(ACTION_FAILED, 3, command.site, command.cabinet, command.slot, battery,
+                              protective_action=command.action)
         where = f"{command.site}/{command.cabinet}" + (f" slot {command.slot}" if command.slot is not None else "")
         annotations = {
             "summary": f"L3 protective action {command.action} FAILED at {where}",

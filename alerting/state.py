@@ -41,6 +41,23 @@ log = logging.getLogger(__name__)
 
 KINDS = ("raise", "escalate", "deescalate", "clear")
 SEVERITY = {1: "notice", 2: "warning", 3: "critical"}
+
+
+def alert_labels(rule: str, level: int, site: str, cabinet: str, slot: int | None = None,
+                 battery: str | None = None, **extra: str) -> dict[str, str]:
+    """The Alertmanager label set of an alert: the one place it is built.
+
+    Routing (provisioning/alertmanager) matches on ``level``/``severity``; ``alertname`` and
+    ``rule`` are the rule id; ``slot`` and ``battery`` only when known; ``extra`` adds labels a
+    kind of alert carries (``protective_action``, ``failed_rule``).
+    """
+    labels = {"alertname": rule, "rule": rule, "level": str(level), "severity": SEVERITY.get(level, "notice"),
+              "site": site, "cabinet": cabinet, **extra}
+    if slot is not None:
+        labels["slot"] = str(slot)
+    if battery:
+        labels["battery"] = battery
+    return labels
 _FORMAT_VERSION = 1
 
 

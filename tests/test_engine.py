@@ -502,3 +502,24 @@ def test_audit_entries_with_unusable_numbers_are_skipped_at_start_up(tmp_path, c
     engine = Engine(CATALOGUE.only(["over_temperature"]), clock=Clock(), audit_path=audit)
     assert engine.rules["over_temperature"].levels[2].threshold == 68  # the one usable entry
     assert caplog.text.count("not re-applied") == 4
+
+
+def test_an_input_that_raises_is_missing_data_for_its_rules_and_never_stops_the_reading(caplog):
+    """Inputs are computed outside the per-rule guard (shared between rules): one that raises must
+    not make ``evaluate`` raise, and the rules on other inputs still fire."""
+    caplog.set_level(logging.INFO, logger="alerting.engine")
+    registry = CollectorRegistry()
+    clock = Clock()
+    engine = Engine(_hot(), clock=clock, registry=registry)
+    extractors, _compiled = engine._program.scopes["slot"]
+    assert extractors, "the hot rule reads a slot input"
+
+    def broken(obj, ts, now):
+        raise ZeroDivisionError("input bug")
+
+    extractors[0] = broken  # this engine only: its program was compiled for it
+    out = feed(engine, clock, [HOT_AND_WET, HOT_AND_WET])
+    assert [(t.rule, t.kind, t.to_level) for t in out] == [("wet", "raise", 3)]  # cabinet input unaffected
+    assert engine.state.get("hot@s1/c1/1") is None  # no value, no decision
+    assert registry.get_sample_value("cascade_rule_errors_total", {"rule": "(input)"}) == 2
+    assert len([r for r in caplog.records if "an input of the rules failed" in r.getMessage()]) == 1
