@@ -14,24 +14,16 @@ import pytest
 from aiohttp import web
 
 from alerting.alertmanager import AlertmanagerPusher
+from tests.fixtures.clock import T0, ManualClock
 from tests.fixtures.http import start_app
 
 RESEND_S = 60.0
-T0 = 1_700_000_000.0
-
-
-class FakeClock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class FakeAlertmanager:
     """Answers 503 while ``down``; records every alert it accepts with the pusher clock's time."""
 
-    def __init__(self, clock: FakeClock) -> None:
+    def __init__(self, clock: ManualClock) -> None:
         self.clock = clock
         self.down = False
         self.attempts = 0
@@ -69,7 +61,7 @@ async def _until(condition, timeout_s: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def _pusher(am: FakeAlertmanager, clock: FakeClock) -> AlertmanagerPusher:
+def _pusher(am: FakeAlertmanager, clock: ManualClock) -> AlertmanagerPusher:
     # resend_interval_s is on the injected clock's scale for endsAt, but the re-send timer runs on
     # the real monotonic clock: 60 s real means no periodic re-send happens during the test.
     return AlertmanagerPusher(am.url, resend_interval_s=RESEND_S, clock=clock,
@@ -77,14 +69,14 @@ def _pusher(am: FakeAlertmanager, clock: FakeClock) -> AlertmanagerPusher:
 
 
 async def test_fire_queued_through_a_long_outage_arrives_firing_with_its_start_time():
-    clock = FakeClock(T0)
+    clock = ManualClock(T0)
     async with FakeAlertmanager(clock) as am:
         am.down = True
         async with _pusher(am, clock) as pusher:
             labels = {"alertname": "over_temperature", "level": "3"}
             pusher.fire(labels, {"summary": "hot"}, starts_at=T0 - 5)
             await _until(lambda: am.attempts >= 2)
-            clock.t = T0 + 10 * RESEND_S  # the outage outlasts 4 x resend interval
+            clock.now = T0 + 10 * RESEND_S  # the outage outlasts 4 x resend interval
             # A request built before the clock moved may still be in flight: let two more fail, so
             # the first one that succeeds was built at the new time (attempts are sequential).
             seen = am.attempts
@@ -100,17 +92,17 @@ async def test_fire_queued_through_a_long_outage_arrives_firing_with_its_start_t
 
 
 async def test_resolve_queued_through_an_outage_keeps_its_resolution_time():
-    clock = FakeClock(T0)
+    clock = ManualClock(T0)
     async with FakeAlertmanager(clock) as am:
         async with _pusher(am, clock) as pusher:
             labels = {"alertname": "h2_gas", "level": "2"}
             pusher.fire(labels, {}, starts_at=T0)
             await _until(lambda: len(am.received) == 1)
             am.down = True
-            clock.t = T0 + 30
+            clock.now = T0 + 30
             pusher.resolve(labels)
             await _until(lambda: am.attempts >= 3)
-            clock.t = T0 + 10 * RESEND_S
+            clock.now = T0 + 10 * RESEND_S
             am.down = False
             await _until(lambda: len(am.received) == 2)
             _, resolved = am.received[1]
@@ -120,14 +112,14 @@ async def test_resolve_queued_through_an_outage_keeps_its_resolution_time():
 
 
 async def test_each_resend_of_a_firing_alert_carries_a_fresh_end_time():
-    clock = FakeClock(T0)
+    clock = ManualClock(T0)
     async with FakeAlertmanager(clock) as am:
         pusher = AlertmanagerPusher(am.url, resend_interval_s=0.05, clock=clock,
                                     retry_initial_s=0.01, retry_max_s=0.02)
         async with pusher:
             pusher.fire({"alertname": "smoke"}, {}, starts_at=T0)
             await _until(lambda: am.received)
-            clock.t = T0 + 1000
+            clock.now = T0 + 1000
             await _until(lambda: am.received[-1][0] == T0 + 1000)
         pushed_at, alert = am.received[-1]
         assert _ts(alert["endsAt"]) == pytest.approx(pushed_at + 4 * 0.05, abs=0.01)

@@ -41,9 +41,11 @@ from dashboards import build_all, render
 from exporters.influx.lineprotocol import encode_line
 from exporters.influx.schema import command_to_line
 from exporters.influx.sink import InfluxConfig
-from simulators.fleet import build_fleet, free_port_block
+from simulators.fleet import build_fleet
 from simulators.scenarios import parse_scenario
 from simulators.server import SimulatorServer
+from tests.fixtures.clock import ManualClock
+from tests.fixtures.ports import free_port_block
 from tests.fixtures.prom import SHIPPED_PROMETHEUS_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +63,6 @@ EMPTY_ALLOWED = {
     ("cascade-pipeline", "Notifier delivery time", "C"),
 }
 
-T0 = 1_700_000_000.0
 
 
 def _provisioned_uids() -> set[str]:
@@ -285,11 +286,9 @@ async def test_every_query_returns_data_on_a_live_stack(influxdb, prometheus_fac
     started = time.monotonic()
     profiles = [(name, find_profile(name)) for name in ("reference-cabinet", "volta-s8")]
 
-    class Clock:  # frozen simulator clock: scenario steps at 0s apply at once and stay
-        def __call__(self) -> float:
-            return T0
 
-    fleet = build_fleet(profiles, cabinets=4, base_port=free_port_block(4), clock=Clock(), seed=3)
+    # A frozen simulator clock: scenario steps at 0s apply at once and stay.
+    fleet = build_fleet(profiles, cabinets=4, base_port=free_port_block(4), clock=ManualClock(), seed=3)
     drill, down, noisy = fleet.cabinets[0], fleet.cabinets[1], fleet.cabinets[2]
     for text in (
         # offline cabinet: device_up 0, poll errors by kind

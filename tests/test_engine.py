@@ -18,17 +18,9 @@ from alerting.rules import RuleError, load_rules
 from alerting.state import AlertStore, Target
 from bench import tracegen as traces
 from core.model import SLOT_FIELDS, CabinetReading, SlotReading
+from tests.fixtures.clock import T0, ManualClock
 
 CATALOGUE = load_rules()
-T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def cab(*slots: SlotReading, **cabinet) -> CabinetReading:
@@ -44,7 +36,7 @@ def feed(engine, clock, readings, step=30.0):
 
 
 def test_transition_carries_labels_annotations_and_protective_action():
-    clock = Clock()
+    clock = ManualClock()
     engine = Engine(CATALOGUE.only(["over_temperature"]), clock=clock)
     out = feed(engine, clock, [cab(SlotReading(3, battery_id="B9", temperature_c=75))] * 2)
     assert len(out) == 1
@@ -61,7 +53,7 @@ def test_transition_carries_labels_annotations_and_protective_action():
 
 
 def test_kinds_raise_escalate_deescalate_clear_and_one_alert_per_target():
-    clock = Clock()
+    clock = ManualClock()
     engine = Engine(CATALOGUE.only(["over_temperature"]), clock=clock)
     temps = [46, 46, 56, 56, 71, 71, 60, 60, 40, 40]
     out = feed(engine, clock, [cab(SlotReading(1, temperature_c=v)) for v in temps])
@@ -73,7 +65,7 @@ def test_kinds_raise_escalate_deescalate_clear_and_one_alert_per_target():
 
 
 def test_missing_values_never_raise_nor_clear():
-    clock = Clock()
+    clock = ManualClock()
     engine = Engine(CATALOGUE.only(["over_temperature"]), clock=clock)
     feed(engine, clock, [cab(SlotReading(1, temperature_c=75))] * 2)
     stale = [cab(SlotReading(1, temperature_c=None)), cab(SlotReading(1, temperature_c=math.nan)),
@@ -83,14 +75,14 @@ def test_missing_values_never_raise_nor_clear():
 
 
 def test_for_duration_filters_single_glitch():
-    clock = Clock()
+    clock = ManualClock()
     engine = Engine(CATALOGUE.only(["over_temperature"]), clock=clock)
     glitches = [cab(SlotReading(1, temperature_c=v)) for v in (30, 95, 30, 30, 95, 30)]
     assert feed(engine, clock, glitches) == []
 
 
 def test_rate_of_rise_detects_ramp_and_ignores_a_spike():
-    clock = Clock()
+    clock = ManualClock()
     engine = Engine(CATALOGUE.only(["temperature_rise_rate"]), clock=clock)
     spike = [30.0] * 6 + [85.0] + [30.0] * 6
     assert feed(engine, clock, [cab(SlotReading(1, temperature_c=v)) for v in spike]) == []
@@ -101,7 +93,7 @@ def test_rate_of_rise_detects_ramp_and_ignores_a_spike():
 
 
 def test_soc_jump_is_held_for_clear_for_and_a_battery_swap_is_not_a_jump():
-    clock = Clock()
+    clock = ManualClock()
     engine = Engine(CATALOGUE.only(["soc_jump"]), clock=clock)
     swap = [cab(SlotReading(1, battery_id="A", soc_pct=100)), cab(SlotReading(1, battery_id="B", soc_pct=12))]
     assert feed(engine, clock, swap) == []
@@ -113,7 +105,7 @@ def test_soc_jump_is_held_for_clear_for_and_a_battery_swap_is_not_a_jump():
 
 
 def test_low_temperature_charging_only_when_charging():
-    clock = Clock()
+    clock = ManualClock()
     engine = Engine(CATALOGUE.only(["charging_low_temperature"]), clock=clock)
     idle = [cab(SlotReading(1, temperature_c=-15, charge_current_a=0.0))] * 5
     assert feed(engine, clock, idle) == []
@@ -151,7 +143,7 @@ def test_normal_charging_has_no_alarms():
 
 
 def test_set_threshold_validates_applies_and_audits(tmp_path):
-    clock = Clock()
+    clock = ManualClock()
     audit = tmp_path / "audit.jsonl"
     engine = Engine(CATALOGUE.only(["over_temperature"]), clock=clock, audit_path=audit)
     entry = engine.set_threshold("over_temperature", 2, 50, who="noc-alice", reason="summer peak")
@@ -178,7 +170,7 @@ def test_set_threshold_validates_applies_and_audits(tmp_path):
 
 def test_alerts_resume_after_restart(tmp_path):
     path = tmp_path / "alerts.json"
-    clock = Clock()
+    clock = ManualClock()
     rules = CATALOGUE.only(["over_temperature"])
     engine = Engine(rules, clock=clock, state=AlertStore(path))
     feed(engine, clock, [cab(SlotReading(1, battery_id="B1", temperature_c=60))] * 2)
@@ -201,7 +193,7 @@ _values = st.one_of(
                 min_size=1, max_size=6),
        st.lists(st.floats(0, 600), min_size=6, max_size=6))
 def test_evaluate_never_raises_on_arbitrary_slot_values(slot_values, steps):
-    clock = Clock()
+    clock = ManualClock()
     registry = CollectorRegistry()
     engine = Engine(CATALOGUE, clock=clock, registry=registry)
     out = []
@@ -315,7 +307,7 @@ def _hot(levels="{1: 45, 2: 55, 3: 70}", *, drop_wet=False):
 
 def test_stored_alert_at_a_level_the_rule_no_longer_has_is_cleared_at_start_up(tmp_path, caplog):
     path = tmp_path / "alerts.json"
-    clock = Clock()
+    clock = ManualClock()
     engine = Engine(_hot(), clock=clock, state=AlertStore(path))
     assert engine.startup_transitions == []
     assert [t.to_level for t in feed(engine, clock, [cab(SlotReading(1, battery_id="B1", temperature_c=80))])] == [3]
@@ -335,7 +327,7 @@ def test_stored_alert_at_a_level_the_rule_no_longer_has_is_cleared_at_start_up(t
 
 def test_stored_alert_of_a_removed_rule_is_cleared_at_start_up_and_not_resent(tmp_path):
     path = tmp_path / "alerts.json"
-    clock = Clock()
+    clock = ManualClock()
     engine = Engine(_hot(), clock=clock, state=AlertStore(path))
     feed(engine, clock, [cab(water_detected=True)])
     assert AlertStore(path).worst_level() == 3
@@ -351,7 +343,7 @@ def test_stored_alert_of_a_removed_rule_is_cleared_at_start_up_and_not_resent(tm
 
 def test_stored_alerts_the_rules_still_evaluate_are_kept_at_start_up(tmp_path):
     path = tmp_path / "alerts.json"
-    clock = Clock()
+    clock = ManualClock()
     engine = Engine(_hot(), clock=clock, state=AlertStore(path))
     feed(engine, clock, [cab(SlotReading(1, battery_id="B1", temperature_c=60), water_detected=True)])
     restarted = Engine(_hot("{1: 45, 2: 58, 3: 70}"), clock=clock, state=AlertStore(path))
@@ -362,7 +354,7 @@ def test_stored_alerts_the_rules_still_evaluate_are_kept_at_start_up(tmp_path):
 
 def test_a_level_missing_from_the_table_still_clears(tmp_path):
     """Defensive: an alert seeded at a level the compiled table lacks clears instead of raising."""
-    clock = Clock()
+    clock = ManualClock()
     engine = Engine(_hot("{1: 45, 2: 55}"), clock=clock)
     other = Engine(_hot(), clock=clock)
     [raised] = feed(other, clock, [cab(SlotReading(1, battery_id="B1", temperature_c=80))])
@@ -392,7 +384,7 @@ HOT_AND_WET = cab(SlotReading(1, battery_id="B1", temperature_c=80), water_detec
 
 
 def test_one_failing_rule_never_loses_the_other_transitions_of_the_reading(monkeypatch):
-    clock = Clock()
+    clock = ManualClock()
     engine = Engine(_hot(), clock=clock)
     break_rule(monkeypatch, engine)
     out = feed(engine, clock, [HOT_AND_WET])
@@ -409,7 +401,7 @@ def test_a_failing_rule_is_counted_logged_once_per_change_and_raises_a_notice_un
         monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="alerting.engine")
     registry = CollectorRegistry()
-    clock = Clock()
+    clock = ManualClock()
     engine = Engine(_hot(), clock=clock, registry=registry)
     assert (rule_errors(registry, "hot"), rule_errors(registry, "wet")) == (0, 0)  # series exist before a failure
 
@@ -458,7 +450,7 @@ def test_a_failing_rule_is_counted_logged_once_per_change_and_raises_a_notice_un
 
 def test_a_stored_rule_failure_notice_is_rechecked_after_a_restart(tmp_path, monkeypatch):
     path = tmp_path / "alerts.json"
-    clock = Clock()
+    clock = ManualClock()
     engine = Engine(_hot(), clock=clock, state=AlertStore(path))
     break_rule(monkeypatch, engine)
     feed(engine, clock, [HOT_AND_WET])
@@ -484,7 +476,7 @@ def test_the_rule_failure_notice_id_is_reserved():
 
 @pytest.mark.parametrize("value", [10**400, -(10**400), 10**5000], ids=["1e400", "-1e400", "1e5000"])
 def test_set_threshold_with_a_huge_integer_is_a_rule_error(value):
-    engine = Engine(CATALOGUE.only(["over_temperature"]), clock=Clock())
+    engine = Engine(CATALOGUE.only(["over_temperature"]), clock=ManualClock())
     with pytest.raises(RuleError, match="is not a finite number") as err:
         engine.set_threshold("over_temperature", 3, value, who="noc-alice", reason="x")
     assert len(str(err.value)) < 300  # the message stays readable
@@ -499,7 +491,7 @@ def test_audit_entries_with_unusable_numbers_are_skipped_at_start_up(tmp_path, c
         '{"rule": "over_temperature", "level": 3e400, "old": 70, "new": 65}\n'
         '["not", "an", "entry"]\n'
         '{"rule": "over_temperature", "level": 3, "old": 70, "new": 68}\n')
-    engine = Engine(CATALOGUE.only(["over_temperature"]), clock=Clock(), audit_path=audit)
+    engine = Engine(CATALOGUE.only(["over_temperature"]), clock=ManualClock(), audit_path=audit)
     assert engine.rules["over_temperature"].levels[2].threshold == 68  # the one usable entry
     assert caplog.text.count("not re-applied") == 4
 
@@ -509,7 +501,7 @@ def test_an_input_that_raises_is_missing_data_for_its_rules_and_never_stops_the_
     not make ``evaluate`` raise, and the rules on other inputs still fire."""
     caplog.set_level(logging.INFO, logger="alerting.engine")
     registry = CollectorRegistry()
-    clock = Clock()
+    clock = ManualClock()
     engine = Engine(_hot(), clock=clock, registry=registry)
     extractors, _compiled = engine._program.scopes["slot"]
     assert extractors, "the hot rule reads a slot input"

@@ -13,20 +13,11 @@ from collectors.modbus.decode import decode_poll
 from collectors.modbus.planner import plan_reads
 from collectors.modbus.profile import find_profile
 from simulators.fleet import build_fleet
-
-T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fixtures.clock import ManualClock
 
 
 def test_healthy_simulated_day_raises_no_warning_or_action() -> None:
-    clock = Clock()
+    clock = ManualClock()
     profiles = [(name, find_profile(name)) for name in ("reference-cabinet", "volta-s8")]
     fleet = build_fleet(profiles, cabinets=6, clock=clock, seed=11)
     engine = Engine(load_rules(), clock=clock, state=AlertStore())

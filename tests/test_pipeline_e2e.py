@@ -17,23 +17,14 @@ from cascade.pipeline import Pipeline
 from collectors.modbus.profile import FieldSpec, find_profile
 from core.model import CabinetReading
 from exporters.influx.sink import InfluxConfig
-from simulators.fleet import Fleet, build_fleet, free_port_block
+from simulators.fleet import Fleet, build_fleet
 from simulators.register_bank import reported_value
 from simulators.scenarios import parse_scenario
 from simulators.server import SimulatorServer
+from tests.fixtures.clock import ManualClock
+from tests.fixtures.ports import free_port_block
 
-T0 = 1_700_000_000.0
 PROFILES = ("reference-cabinet", "volta-s8")
-
-
-class FrozenClock:
-    """The simulator's clock: frozen, so every poll sees the same state and values are comparable."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -46,7 +37,7 @@ class Stack:
 @pytest.fixture
 async def stack(influxdb, tmp_path) -> AsyncIterator[Stack]:
     profiles = [(name, find_profile(name)) for name in PROFILES]
-    fleet = build_fleet(profiles, cabinets=4, base_port=free_port_block(4), clock=FrozenClock(), seed=3)
+    fleet = build_fleet(profiles, cabinets=4, base_port=free_port_block(4), clock=ManualClock(), seed=3)
     server = SimulatorServer(fleet, control_port=0)
     await server.start()
     cabinets = fleet.collector_configs(interval_s=0.3, timeout_s=0.5)

@@ -17,13 +17,14 @@ from simulators import cli
 from simulators.fleet import Fleet, build_fleet
 from simulators.scenarios import SCENARIO_DIR, ScenarioError, load_scenario, parse_scenario
 from simulators.server import SimulatorServer
-from tests.test_simulator import FakeClock, free_port_block
+from tests.fixtures.clock import ManualClock
+from tests.fixtures.ports import free_port_block
 
 SHIPPED = sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
 
 
-def make_fleet(profile: str = "reference-cabinet", cabinets: int = 12, **kw) -> tuple[Fleet, FakeClock]:
-    clock = FakeClock()
+def make_fleet(profile: str = "reference-cabinet", cabinets: int = 12, **kw) -> tuple[Fleet, ManualClock]:
+    clock = ManualClock()
     fleet = build_fleet([(profile, find_profile(profile))], cabinets=cabinets, clock=clock, seed=5, **kw)
     return fleet, clock
 
@@ -37,7 +38,7 @@ def poll(fleet: Fleet, cabinet_id: str):
                        slot_count=cab.slot_count, timestamp_ns=0)
 
 
-def timeline(fleet: Fleet, clock: FakeClock, cabinet_id: str, slot: int, until_s: float, every_s: float = 30):
+def timeline(fleet: Fleet, clock: ManualClock, cabinet_id: str, slot: int, until_s: float, every_s: float = 30):
     """[(t, cabinet reading, slot reading)] sampled from now until ``until_s`` later."""
     start, out = clock.now, []
     while clock.now - start <= until_s:
@@ -252,7 +253,7 @@ async def live():
     servers = []
 
     async def start(cabinets=6, per_port=1, control=False):
-        clock = FakeClock()
+        clock = ManualClock()
         ports = (cabinets - 1) // per_port + 1
         base = free_port_block(ports + 1)
         fleet = build_fleet([("reference-cabinet", find_profile("reference-cabinet"))], cabinets=cabinets,

@@ -19,20 +19,10 @@ from collectors.modbus.profile import find_profile
 from core.model import BatteryState, ChargerProtection
 from simulators import cli
 from simulators.cabinet import CabinetState
-from simulators.fleet import Fleet, SimulatedCabinet, build_fleet, free_port_block
+from simulators.fleet import Fleet, SimulatedCabinet, build_fleet
 from simulators.server import SimulatorServer
-
-T0 = 1_700_000_000.0
-
-
-class FakeClock:
-    """Injected clock: tests move time, nothing sleeps."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fixtures.clock import T0, ManualClock
+from tests.fixtures.ports import free_port_block
 
 
 async def read_plan(client: AsyncModbusTcpClient, cab: SimulatedCabinet):
@@ -70,7 +60,7 @@ async def served():
     clients: list[AsyncModbusTcpClient] = []
 
     async def start(profiles=("reference-cabinet",), cabinets=2, per_port=1, clock=None, control=False, **kw):
-        clock = clock or FakeClock()
+        clock = clock or ManualClock()
         base = free_port_block((cabinets - 1) // per_port + 1 + (1 if control else 0))
         fleet = build_fleet([(p, find_profile(p)) for p in profiles], cabinets=cabinets, per_port=per_port,
                             base_port=base, clock=clock, seed=7, **kw)
@@ -97,7 +87,7 @@ async def served():
 @pytest.mark.parametrize("per_port", [1, 3])
 async def test_reads_decode_to_the_state_through_each_profile(served, profiles, per_port):
     start, connect = served
-    clock = FakeClock()
+    clock = ManualClock()
     fleet, _server = await start(profiles, cabinets=3, per_port=per_port, clock=clock)
     clock.now += 1234.5  # let the physics move first: charging, heating
     for cab in fleet.cabinets:
@@ -150,7 +140,7 @@ async def test_unmapped_addresses_are_illegal(served):
 @pytest.mark.parametrize("profile", ["reference-cabinet", "volta-s8"])
 async def test_slot_output_write_cuts_off_and_reads_back(served, profile):
     start, connect = served
-    clock = FakeClock()
+    clock = ManualClock()
     fleet, _server = await start((profile,), cabinets=1, clock=clock)
     cab = fleet.cabinets[0]
     slot = next(s.slot for s in cab.state.slots if s.current_a > 0)
@@ -179,7 +169,7 @@ async def test_slot_output_write_cuts_off_and_reads_back(served, profile):
 
 
 def test_dynamics_are_plausible_and_deterministic():
-    clock = FakeClock()
+    clock = ManualClock()
     fleet = build_fleet([("reference-cabinet", find_profile("reference-cabinet"))], cabinets=4, clock=clock, seed=3)
     twin = build_fleet([("reference-cabinet", find_profile("reference-cabinet"))], cabinets=4, clock=clock, seed=3)
     seen_states, seen_ids, chemistries = set(), set(), set()
@@ -219,7 +209,7 @@ def test_dynamics_are_plausible_and_deterministic():
 
 
 def test_charging_follows_cc_then_cv_and_heats_the_pack():
-    clock = FakeClock()
+    clock = ManualClock()
     cab = CabinetState.create("C0001", "site-01", index=0, slot_count=12, seed=11, now=clock.now)
     slot = next(s for s in cab.slots if s.battery is not None and s.current_a > 0 and s.battery.soc < 0.5)
     battery = slot.battery
@@ -243,7 +233,7 @@ def test_charging_follows_cc_then_cv_and_heats_the_pack():
 
 def test_fleet_file_lists_every_cabinet(tmp_path):
     profiles = [("reference-cabinet", find_profile("reference-cabinet")), ("volta-s8", find_profile("volta-s8"))]
-    fleet = build_fleet(profiles, cabinets=5, per_port=2, base_port=16000, site_size=2, clock=FakeClock())
+    fleet = build_fleet(profiles, cabinets=5, per_port=2, base_port=16000, site_size=2, clock=ManualClock())
     path = fleet.write_fleet_file(tmp_path / "var" / "fleet.yaml")
     doc = yaml.safe_load(path.read_text())
     assert doc["cabinets"][0] == {"id": "C0001", "site": "site-01", "host": "127.0.0.1", "port": 16000,
@@ -254,7 +244,7 @@ def test_fleet_file_lists_every_cabinet(tmp_path):
 
 
 def test_many_cabinets_are_cheap():
-    clock = FakeClock()
+    clock = ManualClock()
     fleet: Fleet = build_fleet([("reference-cabinet", find_profile("reference-cabinet"))], cabinets=1000,
                                clock=clock)
     clock.now += 5

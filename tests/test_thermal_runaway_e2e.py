@@ -38,7 +38,8 @@ from notifier import render_alertmanager_config
 from simulators.fleet import build_fleet
 from simulators.scenarios import load_scenario
 from simulators.server import SimulatorServer
-from tests.fixtures.procs import free_port
+from tests.fixtures.clock import FastClock
+from tests.fixtures.ports import free_port
 from tests.fixtures.prom import SHIPPED_ALERTMANAGER_CONFIG
 from tests.test_alert_service import am_alerts, eventually
 
@@ -47,17 +48,6 @@ pytestmark = pytest.mark.timeout(120)
 SPEED = 60.0  # 30-minute runaway in 30 s
 POLL_S = 0.25  # = 15 s of scenario time
 CAB, SLOT = "C0003", 5
-
-
-class ScenarioClock:
-    """Wall time running ``speed`` times faster from now on (the simulator's scenario time)."""
-
-    def __init__(self, speed: float) -> None:
-        self.speed = speed
-        self.t0 = time.time()
-
-    def __call__(self) -> float:
-        return self.t0 + (time.time() - self.t0) * self.speed
 
 
 async def test_thermal_runaway_levels_cutoff_and_page(tmp_path, influxdb, alertmanager_factory):
@@ -79,7 +69,7 @@ async def test_thermal_runaway_levels_cutoff_and_page(tmp_path, influxdb, alertm
         try:
             pipeline = Pipeline(config)
             pipeline.hooks.append(readings.append)
-            engine = Engine(load_rules(), clock=ScenarioClock(SPEED), state=AlertStore(tmp_path / "alerts.json"))
+            engine = Engine(load_rules(), clock=FastClock(SPEED), state=AlertStore(tmp_path / "alerts.json"))
             observe_only = {(rule, level): None for rule in engine.rules for level in (1, 2, 3)}
             del observe_only[("thermal_runaway", 3)]
             service = alert_service_for(pipeline, engine, alertmanager_url=am.url, resend_interval_s=10,
