@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from cascade.config import AppConfig
 from collectors import build_source
 from core.events import CommandResult, Point, Report
+from core.model import CabinetReading
 from core.ports import Commander, ReadingHook, Source, UnknownDevice
 from exporters.influx.sink import InfluxSink
 from exporters.prometheus import PipelineMetrics
@@ -159,6 +160,8 @@ class Pipeline:
                 if key not in self._logged_errors:
                     self._logged_errors.add(key)
                     log.warning("rejected value: %s", err)
+        if reading.over_range or any(slot.over_range for slot in reading.slots):
+            self._log_over_range(reading)
         if self.sink is not None:
             self.sink.submit((reading,))
         self.metrics.observe(reading, report.requests, [e.field for e in report.errors], report.source)
@@ -169,6 +172,18 @@ class Pipeline:
                     await outcome
             except Exception:
                 log.exception("reading hook %r failed for cabinet %s", hook, reading.cabinet_id)
+
+    def _log_over_range(self, reading: CabinetReading) -> None:
+        """Say once per (cabinet, slot, field) that a sensor is at its limit; the counter keeps the rate."""
+        places: list[tuple[str, int | None, str]] = [(reading.cabinet_id, None, name) for name in reading.over_range]
+        places += [(reading.cabinet_id, slot.slot, name) for slot in reading.slots for name in slot.over_range]
+        for cabinet, slot, name in places:
+            key = (cabinet, f"{slot}:{name}:over")
+            if key not in self._logged_errors:
+                self._logged_errors.add(key)
+                where = cabinet if slot is None else f"{cabinet} slot {slot}"
+                log.warning("%s: %s is at or past the sensor's valid range; kept as the limit (a live "
+                            "sensor at its limit is the worst case, not missing data)", where, name)
 
     def online(self) -> Mapping[str, bool | None]:
         """Device id → reachable now, over every source."""

@@ -150,6 +150,8 @@ class SlotReading:
     valve_acoustic_events: int | None = None  # safety-valve burst detections, cumulative
     # Output relay read back from the cabinet: True = slot may charge
     output_enabled: bool | None = None
+    # Fields whose value is a sensor at or past its limit (kept as the limit, "at least"/"at most")
+    over_range: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -184,15 +186,17 @@ class CabinetReading:
     co2_ppm: float | None = None
     water_detected: bool | None = None
     slots: list[SlotReading] = field(default_factory=list)
+    # Cabinet fields whose value is a sensor at or past its limit (kept as the limit)
+    over_range: tuple[str, ...] = ()
 
 
 def _field_names(cls: type, skip: set[str]) -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(cls) if f.name not in skip)
 
 
-SLOT_FIELDS = _field_names(SlotReading, {"slot"})
+SLOT_FIELDS = _field_names(SlotReading, {"slot", "over_range"})
 CABINET_FIELDS = _field_names(
-    CabinetReading, {"cabinet_id", "site", "model", "timestamp_ns", "slots"}
+    CabinetReading, {"cabinet_id", "site", "model", "timestamp_ns", "slots", "over_range"}
 )
 
 

@@ -34,6 +34,9 @@ class PipelineMetrics:
         self.readings = Counter("cascade_readings_total", "Slot readings decoded", registry=registry)
         self.decode_errors = Counter("cascade_decode_errors_total", "Register values rejected while decoding",
                                      ["field"], registry=registry)
+        self.over_range = Counter("cascade_values_over_range_total",
+                                  "Values past their field's valid range, kept as the limit (a sensor at its limit)",
+                                  ["field"], registry=registry)
         self.requests = Counter("cascade_source_requests_total",
                                 "Requests sources sent to devices (Modbus reads; 0 for pushed data)", ["source"],
                                 registry=registry)
@@ -87,11 +90,15 @@ class PipelineMetrics:
             self.requests.labels(source).inc(requests)
         for name in field_errors:
             self.decode_errors.labels(name).inc()
+        for name in reading.over_range:
+            self.over_range.labels(name).inc()
         labels = (reading.site, reading.cabinet_id)
         temps = [s.temperature_c for s in reading.slots if s.temperature_c is not None]
         gases = [s.h2_ppm for s in reading.slots if s.h2_ppm is not None]
         occupied = charging = protected = 0
         for slot in reading.slots:
+            for name in slot.over_range:
+                self.over_range.labels(name).inc()
             if slot.battery_state not in (None, BatteryState.EMPTY):
                 occupied += 1
             if slot.battery_state == BatteryState.CHARGING:

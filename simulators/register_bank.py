@@ -94,21 +94,24 @@ def _encode(spec: FieldSpec, value: Any) -> list[int]:
 
 
 def _garbage_words(spec: FieldSpec, rng: random.Random) -> list[int]:
-    """Random words a correct decoder must reject where it can: out of range, NaN, not UTF-8."""
+    """Words a correct decoder must reject: what a faulty device sends instead of a measurement.
+
+    Error patterns (all bits set, the signed extreme), NaN or a denormal float, bytes that are not
+    UTF-8. Not merely out-of-range numbers: a plausible value past the valid range is a sensor at
+    its limit, which the decoder keeps as the limit (docs/schema.md, "Over-range values").
+    """
     if spec.data_type == "string":
         return [0xFFFE] * spec.words  # 0xFF/0xFE bytes are never valid UTF-8
-    if spec.data_type == "f32" and rng.random() < 0.5:
-        return _encode_raw_f32(spec, math.nan)
-    for _ in range(64):
-        words = [rng.randrange(0x10000) for _ in range(spec.words)]
-        if spec.missing_words and words == list(spec.missing_words):
-            continue  # the "no reading" sentinel would decode cleanly, not as garbage
-        if spec.valid is None:
-            return words
-        value = _decode_number(spec, words)
-        if not math.isfinite(value) or not spec.valid[0] <= value <= spec.valid[1]:
-            return words
-    return _encode_raw_f32(spec, math.nan) if spec.data_type == "f32" else [0xFFFF] * spec.words
+    if spec.data_type == "f32":
+        return _encode_raw_f32(spec, math.nan if rng.random() < 0.5 else 1e-41)
+    patterns = {"u16": [[0xFFFF]], "i16": [[0x8000], [0x7FFF]], "u32": [[0xFFFF, 0xFFFF]],
+                "i32": [[0x8000, 0x0000], [0x7FFF, 0xFFFF]]}.get(spec.data_type, [[0xFFFF] * spec.words])
+    for words in patterns:
+        ordered = words if spec.word_order == "big" else list(reversed(words))
+        if spec.missing_words and ordered == list(spec.missing_words):
+            continue  # the "no reading" sentinel would decode cleanly, as None
+        return ordered
+    return [0xFFFF] * spec.words
 
 
 def _encode_raw_f32(spec: FieldSpec, value: float) -> list[int]:

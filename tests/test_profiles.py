@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collectors.modbus.codec import DecodeError, decode_value, encode_value
+from collectors.modbus.codec import DecodeError, OverRange, compile_decoder, decode_value, encode_value
 from collectors.modbus.decode import decode_poll
 from collectors.modbus.planner import MAX_REGISTERS, minimum_reads, plan_reads
 from collectors.modbus.profile import FieldSpec, ProfileError, find_profile, load_profile
@@ -89,8 +89,31 @@ def test_scale_sentinel_and_range() -> None:
     spec = FieldSpec("temperature_c", "input", 0, "i16", scale=0.1, valid=(-40, 300), missing=0x7FFF)
     assert decode_value(spec, encode_value(spec, -12.3)) == -12.3
     assert decode_value(spec, [0x7FFF]) is None
-    with pytest.raises(DecodeError, match="outside the valid range"):
+    # Past the valid range but a plausible raw value: a sensor at its limit, kept as the limit.
+    with pytest.raises(OverRange, match="kept as at least 300") as over:
         decode_value(spec, [5000])
+    assert over.value.limit == 300
+    with pytest.raises(OverRange, match="kept as at most -40") as under:
+        decode_value(spec, [0x10000 - 600])  # -60.0 °C
+    assert under.value.limit == -40
+    # The signed extreme is an error pattern, not a measurement: rejected, never "at most -40".
+    with pytest.raises(DecodeError, match="error/no-value pattern") as garbage:
+        decode_value(spec, [0x8000])
+    assert not isinstance(garbage.value, OverRange)
+    fast = compile_decoder(spec)  # the compiled 16-bit path agrees
+    with pytest.raises(OverRange):
+        fast([5000], 0)
+    with pytest.raises(DecodeError, match="error/no-value pattern"):
+        fast([0x8000], 0)
+
+
+def test_a_denormal_float_is_garbage_even_inside_the_valid_range() -> None:
+    """31.5 °C as f32 read with the wrong word order is 2.4e-41: inside -40..300, but no measurement."""
+    spec = FieldSpec("temperature_c", "holding", 0, "f32", valid=(-40, 300))
+    swapped = list(reversed(encode_value(spec, 31.5)))
+    with pytest.raises(DecodeError, match="denormal float.*wrong word order"):
+        decode_value(spec, swapped)
+    assert decode_value(spec, encode_value(spec, 31.5)) == 31.5
 
 
 def test_nan_float_is_rejected() -> None:

@@ -410,3 +410,43 @@ def test_targets_outside_the_fleet_are_rejected():
 def test_missing_scenario_file_names_the_shipped_ones():
     with pytest.raises(ScenarioError, match="thermal_runaway"):
         load_scenario("no_such_scenario")
+
+
+def test_a_pack_past_its_sensor_range_is_read_as_the_limit_and_escalates_to_level_3():
+    """Regression (local demo): the runaway pack passed 300 °C, the profile's valid range. It used to
+    be dropped as a rejected value: over_temperature stayed at level 2, a "sensor lost" notice
+    followed and the hottest-battery gauge fell to the ambient pack. A live sensor at its limit is
+    the worst case: kept as "at least 300 °C", flagged, counted."""
+    from prometheus_client import CollectorRegistry
+
+    from alerting.engine import Engine
+    from alerting.rules import load_rules
+    from exporters.prometheus import PipelineMetrics
+
+    fleet, clock = make_fleet()
+    fleet.start_scenario(load_scenario("thermal_runaway"))  # never cut off: runs on to flame
+    engine = Engine(load_rules(), clock=clock)
+    registry = CollectorRegistry()
+    metrics = PipelineMetrics(registry)
+    levels: dict[str, int] = {}
+    hottest_seen = over_seen = 0.0
+    for _ in range(80):  # 40 minutes at 30 s
+        clock.now += 30
+        reading, errors = poll(fleet, "C0003")
+        assert not [e for e in errors if e.slot == 5], "nothing of the burning slot is thrown away"
+        metrics.observe(reading, 1, [])
+        for t in engine.evaluate(reading):
+            if t.target.slot == 5:
+                levels[t.rule] = max(levels.get(t.rule, 0), t.to_level)
+        slot = reading.slots[4]
+        if "temperature_c" in slot.over_range:
+            over_seen += 1
+            assert slot.temperature_c == 300.0  # the limit of the reference profile's range
+        gauge = registry.get_sample_value("cascade_cabinet_battery_temperature_max_celsius",
+                                          {"site": "s", "cabinet": "C0003"})
+        hottest_seen = max(hottest_seen, gauge)
+        assert gauge >= min(hottest_seen, 300.0), "the hottest-battery gauge never falls back to a cool pack"
+    assert over_seen, "the scenario drives the pack past the sensor range"
+    assert levels.get("over_temperature") == 3
+    assert "pack_temperature_sensor_lost" not in levels
+    assert registry.get_sample_value("cascade_values_over_range_total", {"field": "temperature_c"}) == over_seen

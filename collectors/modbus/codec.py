@@ -24,7 +24,7 @@ from core.errors import CascadeError
 if TYPE_CHECKING:
     from .profile import FieldSpec
 
-__all__ = ["DecodeError", "WORDS", "compile_decoder", "decode_value", "encode_value"]
+__all__ = ["WORDS", "DecodeError", "OverRange", "compile_decoder", "decode_value", "encode_value"]
 
 #: Registers (16-bit words) each numeric data type occupies.
 WORDS = {"u16": 1, "i16": 1, "u32": 2, "i32": 2, "f32": 2, "bool": 1}
@@ -34,6 +34,39 @@ _STRUCT = {"u16": ">H", "i16": ">h", "u32": ">I", "i32": ">i", "f32": ">f"}
 
 class DecodeError(CascadeError):
     """A register value that cannot be a valid reading of its field."""
+
+
+class OverRange(DecodeError):
+    """A plausible raw value beyond the field's valid range: a live sensor at or past its limit.
+
+    Kept as the limit it passed (``limit``: "at least" the upper, "at most" the lower bound) and
+    flagged, never dropped: a pack reading past the sensor's range is the worst case, not missing
+    data. Raised only off the normal path, so decoding in range costs nothing extra.
+    """
+
+    def __init__(self, message: str, limit: float) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+#: Raw patterns devices send for "no value / error" (all bits set, or the signed extremes). Past the
+#: valid range they are garbage, not a measurement (a declared ``missing`` sentinel is None earlier).
+_SENTINELS: dict[str, frozenset[int]] = {
+    "u16": frozenset({0xFFFF}), "i16": frozenset({0x7FFF, 0x8000}),
+    "u32": frozenset({0xFFFFFFFF}), "i32": frozenset({0x7FFFFFFF, 0x80000000}),
+}
+_F32_TINY = 1.1754943508222875e-38  # smallest normal f32: a non-zero value below it is a decode artefact
+
+
+def _out_of_range(field: str, unit: str, value: float, lo: float, hi: float, raw: int | None,
+                  sentinels: frozenset[int]) -> DecodeError:
+    """The error for a value outside ``lo..hi``: garbage (a sentinel) or :class:`OverRange`."""
+    if raw is not None and raw in sentinels:
+        return DecodeError(f"{field}: raw 0x{raw:X} is an error/no-value pattern, not a measurement "
+                           f"({value:g} {unit} is outside the valid range {lo:g}..{hi:g})")
+    limit = hi if value > hi else lo
+    return OverRange(f"{field}: {value:g} {unit} beyond the valid range {lo:g}..{hi:g}: kept as "
+                     f"{'at least' if value > hi else 'at most'} {limit:g} {unit}", limit)
 
 
 def _words_to_bytes(words: Sequence[int], word_order: str) -> bytes:
@@ -49,8 +82,10 @@ def _bytes_to_words(raw: bytes, word_order: str) -> list[int]:
 def decode_value(spec: FieldSpec, words: Sequence[int]) -> float | int | bool | str | None:
     """Decode the words of one field; ``None`` for the field's "not available" sentinel.
 
-    Raises :class:`DecodeError` for a value that is not a number (NaN, inf) or lies outside
-    the field's declared ``valid`` range: garbage from a device never becomes a reading.
+    Raises :class:`DecodeError` for a value that cannot be a measurement (NaN, inf, a denormal
+    float, an all-ones or signed-extreme raw pattern outside the valid range): garbage from a device
+    never becomes a reading. Raises :class:`OverRange` (carrying the limit) for a plausible value
+    outside the field's ``valid`` range: the caller keeps it as the limit, flagged.
     """
     if len(words) != spec.words:
         raise DecodeError(f"{spec.field}: expected {spec.words} registers, got {len(words)}")
@@ -71,14 +106,18 @@ def decode_value(spec: FieldSpec, words: Sequence[int]) -> float | int | bool | 
         return decoded or None
     if spec.missing is not None and list(words) == list(spec.missing_words):
         return None
-    (raw_value,) = struct.unpack(_STRUCT[kind], _words_to_bytes(words, spec.word_order))
+    packed = _words_to_bytes(words, spec.word_order)
+    (raw_value,) = struct.unpack(_STRUCT[kind], packed)
     if kind == "f32" and not math.isfinite(raw_value):
         raise DecodeError(f"{spec.field}: {raw_value} is not a finite number")
+    if kind == "f32" and raw_value != 0 and abs(raw_value) < _F32_TINY:
+        raise DecodeError(f"{spec.field}: {raw_value:g} is a denormal float, not a measurement "
+                          f"(wrong word order? the profile says {spec.word_order!r})")
     value = raw_value * spec.scale + spec.offset_value if (spec.scale != 1 or spec.offset_value) else raw_value
     if spec.valid is not None and not (spec.valid[0] <= value <= spec.valid[1]):
-        raise DecodeError(
-            f"{spec.field}: {value:g} {spec.unit} outside the valid range {spec.valid[0]:g}..{spec.valid[1]:g}"
-        )
+        unsigned = int.from_bytes(packed, "big") if kind != "f32" else None
+        raise _out_of_range(spec.field, spec.unit, value, spec.valid[0], spec.valid[1], unsigned,
+                            _SENTINELS.get(kind, frozenset()))
     if isinstance(value, float) and spec.scale != 1:
         # Round away binary noise from the scale (0.1 * 521 = 52.1000000001).
         value = round(value, spec.decimals)
@@ -107,16 +146,17 @@ def compile_decoder(spec: FieldSpec) -> Callable[[Sequence[int], int], float | i
     lo, hi = spec.valid if spec.valid is not None else (-math.inf, math.inf)
     decimals = spec.decimals
     field, unit = spec.field, spec.unit
+    sentinels = _SENTINELS[kind]
 
     def word16(words: Sequence[int], i: int) -> float | int | None:
-        raw = words[i]
+        word = raw = words[i]
         if raw == missing:
             return None
         if signed and raw & 0x8000:
             raw -= 0x10000
         value = round(raw * scale, decimals) if scale != 1 else raw
         if not lo <= value <= hi:
-            raise DecodeError(f"{field}: {value:g} {unit} outside the valid range {lo:g}..{hi:g}")
+            raise _out_of_range(field, unit, value, lo, hi, word & 0xFFFF, sentinels)
         return value
     return word16
 

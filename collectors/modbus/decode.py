@@ -1,7 +1,9 @@
 """Turn the responses of one poll's planned reads into a typed :class:`CabinetReading`.
 
 A field whose registers are garbage becomes ``None`` and a :class:`FieldError` naming the
-cabinet, slot, register and reason; every other field of the poll is kept.
+cabinet, slot, register and reason; every other field of the poll is kept. A plausible value past
+the field's valid range is kept as the limit and its name listed in the reading's (or slot's)
+``over_range``: a sensor at its limit is evidence of the worst case, not missing data.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 
 from core.model import FIELD_KINDS, CabinetReading, SlotReading
 
-from .codec import DecodeError
+from .codec import DecodeError, OverRange
 from .planner import ReadRequest
 
 __all__ = ["FieldError", "decode_poll"]
@@ -48,6 +50,7 @@ def decode_poll(plan: Sequence[ReadRequest], responses: Sequence[Sequence[int] |
     cabinet: dict[str, object] = {}
     slots: list[dict[str, object]] = [{} for _ in range(slot_count)]
     errors: list[FieldError] = []
+    over: dict[int | None, list[str]] = {}  # slot (None = cabinet) -> fields kept at their limit
     for request, words in zip(plan, responses):
         if words is None:
             continue
@@ -60,9 +63,15 @@ def decode_poll(plan: Sequence[ReadRequest], responses: Sequence[Sequence[int] |
                 if value is not None and type(value) is not kind:
                     value = _coerce(kind, value)
                 target[spec.field] = value
+            except OverRange as err:
+                kind = FIELD_KINDS[spec.field]
+                target[spec.field] = _coerce(kind, err.limit) if kind is not float else float(err.limit)
+                over.setdefault(item.slot, []).append(spec.field)
             except DecodeError as err:
                 errors.append(FieldError(cabinet_id, item.slot, spec.field, request.register_type,
                                          request.address + item.index, str(err)))
+    for where, names in over.items():
+        (cabinet if where is None else slots[where - 1])["over_range"] = tuple(names)
     reading = CabinetReading(
         cabinet_id=cabinet_id, site=site, model=model, timestamp_ns=timestamp_ns,
         slots=[SlotReading(slot=i + 1, **values) for i, values in enumerate(slots)],

@@ -24,14 +24,14 @@ COMMAND_MEASUREMENT = "command"
 ALERT_MEASUREMENT = "alert"
 
 _CABINET_FIELDS = tuple(f.name for f in dataclasses.fields(CabinetReading)
-                        if f.name not in {"cabinet_id", "site", "model", "timestamp_ns", "slots"})
-_SLOT_FIELDS = tuple(f.name for f in dataclasses.fields(SlotReading) if f.name != "slot")
+                        if f.name not in {"cabinet_id", "site", "model", "timestamp_ns", "slots", "over_range"})
+_SLOT_FIELDS = tuple(f.name for f in dataclasses.fields(SlotReading) if f.name not in {"slot", "over_range"})
 
 
 _CABINET_ENCODER = LineEncoder(CABINET_MEASUREMENT, ("site", "cabinet", "model"),
-                               (*_CABINET_FIELDS, "emergency_state_text"))
+                               (*_CABINET_FIELDS, "emergency_state_text", "over_range"))
 _SLOT_ENCODER = LineEncoder(SLOT_MEASUREMENT, ("site", "cabinet", "slot"),
-                            (*_SLOT_FIELDS, "charger_protection_text", "bms_protection_text"))
+                            (*_SLOT_FIELDS, "charger_protection_text", "bms_protection_text", "over_range"))
 _SLOT_NAMES = tuple(str(n) for n in range(257))
 
 
@@ -48,6 +48,8 @@ def reading_to_lines(reading: CabinetReading) -> list[str]:
     fields = {name: getattr(reading, name) for name in _CABINET_FIELDS}
     fields["emergency_state_text"] = (None if reading.emergency_state is None
                                       else describe_flags(EmergencyState, reading.emergency_state))
+    # Fields at a sensor's limit, comma-separated ("temperature_c"): dashboards show them as "≥ value".
+    fields["over_range"] = ",".join(reading.over_range) or None
     try:
         lines.append(_CABINET_ENCODER.encode({"site": site, "cabinet": cabinet, "model": reading.model}, fields, ts))
     except LineProtocolError:
@@ -58,6 +60,7 @@ def reading_to_lines(reading: CabinetReading) -> list[str]:
                                              else describe_flags(ChargerProtection, slot.charger_protection))
         fields["bms_protection_text"] = (None if slot.bms_protection is None
                                          else describe_flags(BmsProtection, slot.bms_protection))
+        fields["over_range"] = ",".join(slot.over_range) or None
         number = slot.slot
         try:
             lines.append(_SLOT_ENCODER.encode(
