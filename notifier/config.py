@@ -3,6 +3,12 @@
 A wrong notifier config is found when the first critical alert fails to page someone, so every
 check happens here, before the server listens, and every error names the file, the key and the fix.
 
+The file is described by pydantic models on :mod:`core.validation` (unknown keys refused, numbers
+that refuse booleans, each field's ``description`` is the fix printed when it is wrong). Validating
+them yields the frozen dataclasses below (compiled templates, resolved secrets), which the rest of
+the notifier uses. A pydantic error becomes one :class:`ConfigError`:
+``notifier.yaml: receivers.warning[0].provider: unknown provider 'smss' - use one of [...]``.
+
 Secrets never live in the file: token, password, secret and username fields must be ``${ENV_VAR}``
 references, resolved from the environment when the config is loaded.
 """
@@ -10,17 +16,22 @@ references, resolved from the environment when the config is loaded.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
-from collections.abc import Mapping
+import types
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, PlainValidator, Strict, ValidationInfo, model_validator
+from pydantic.fields import FieldInfo
 
 from core.env import MissingEnv, expand_text
 from core.errors import CascadeError
+from core.validation import Field, Float, Int, Model, ValidationError
 
 from .templates import Template, TemplateError, compile_template
 
@@ -38,10 +49,11 @@ __all__ = [
 ]
 
 # Channel names become a metric label; a closed set keeps cardinality bounded and typos loud.
-CHANNELS = ("app", "sms", "voice", "email", "feed")
-_SECRET_KEYS = ("token", "password", "secret", "username")
+_Channel = Literal["app", "sms", "voice", "email", "feed"]
+CHANNELS: tuple[str, ...] = get_args(_Channel)
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _LEVELS = ("1", "2", "3")
+_MAX_BODY_DEPTH = 64  # a body nested deeper is a mistake (or a YAML anchor referring to itself)
 
 
 class ConfigError(CascadeError):
@@ -139,226 +151,436 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
 def parse_config(data: Any, source: str = "<config>", env: Mapping[str, str] | None = None) -> NotifierConfig:
     """Validate an already-parsed config mapping (tests build these in code)."""
     env = os.environ if env is None else env
-    root = _Node(data, source, "", env)
-    root.require_mapping()
-    root.reject_unknown({"notifier", "providers", "receivers"})
-    settings = root.child("notifier", default={})
-    settings.require_mapping()
-    settings.reject_unknown({"concurrency", "delivery_log", "retry"})
-    retry_node = settings.child("retry", default={})
-    retry_node.require_mapping()
-    retry_node.reject_unknown({"attempts", "initial_delay_s", "max_delay_s", "timeout_s"})
-    retry = RetryPolicy(
-        attempts=retry_node.child("attempts", default=4).integer(minimum=1),
-        initial_delay_s=retry_node.child("initial_delay_s", default=0.5).number(minimum=0),
-        max_delay_s=retry_node.child("max_delay_s", default=30.0).number(minimum=0),
-        timeout_s=retry_node.child("timeout_s", default=10.0).number(minimum=0.001),
-    )
-    concurrency = settings.child("concurrency", default=8).integer(minimum=1)
-    log_node = settings.child("delivery_log", default=None)
-    delivery_log = None if log_node.value is None else log_node.string()
-
-    providers_node = root.child("providers")
-    providers_node.require_mapping(nonempty=True)
-    providers = {name: _parse_provider(name, node) for name, node in providers_node.items()}
-
-    receivers_node = root.child("receivers")
-    receivers_node.require_mapping(nonempty=True)
-    receivers = {}
-    for name, node in receivers_node.items():
-        node.require_list()
-        receivers[name] = tuple(_parse_delivery(item, providers) for item in node.elements())
-    return NotifierConfig(providers=providers, receivers=receivers, retry=retry, concurrency=concurrency,
-                          delivery_log=delivery_log, source=source)
-
-
-def _parse_provider(name: str, node: _Node) -> HttpProvider | SmtpProvider:
-    node.require_mapping()
-    kind = node.child("type").choice(("http", "smtp"))
-    if kind == "smtp":
-        node.reject_unknown({"type", "host", "port", "starttls", "from", "username", "password", "subject", "body"})
-        return SmtpProvider(
-            name=name,
-            host=node.child("host").string(),
-            port=node.child("port", default=587).integer(minimum=1, maximum=65535),
-            starttls=node.child("starttls", default=True).boolean(),
-            sender=node.child("from").string(),
-            username=node.child("username", default="").secret(),
-            password=node.child("password", default="").secret(),
-            subject=node.child("subject", default="[Cascade L{{labels.level}}] {{labels.alertname}} "
-                               "{{labels.site}}/{{labels.cabinet}} {{status}}").template(),
-            body=node.child("body", default="{{annotations.summary}}\n\n{{annotations.diagnosis}}\n\n"
-                            "Action: {{annotations.action}}\n").template(),
-        )
-    node.reject_unknown({"type", "method", "url", "headers", "body", "format", "auth"})
-    headers_node = node.child("headers", default={})
-    headers_node.require_mapping()
-    body_node = node.child("body", default=None)
-    body_format = node.child("format", default="json" if not isinstance(body_node.value, str) else "text")
-    fmt = body_format.choice(("json", "form", "text"))
-    if fmt == "text" and body_node.value is not None and not isinstance(body_node.value, str):
-        body_format.fail("format text needs a string body", "use format: json for a mapping body")
-    if fmt == "form" and body_node.value is not None and not isinstance(body_node.value, dict):
-        body_format.fail("format form needs a mapping body", "write the body as key: value pairs")
-    url = node.child("url").template()
-    if not url.source.startswith(("http://", "https://")):
-        node.child("url").fail("must start with http:// or https://", "write the full provider URL")
-    return HttpProvider(
-        name=name,
-        method=node.child("method", default="POST").choice(("GET", "POST", "PUT", "PATCH")),
-        url=url,
-        headers={key: child.template() for key, child in headers_node.items()},
-        body=None if body_node.value is None else body_node.template_tree(),
-        body_format=fmt,
-        auth=_parse_auth(node.child("auth", default={"type": "none"})),
+    try:
+        spec = _NotifierFile.model_validate(data, context={"env": env})
+    except ValidationError as err:
+        raise _config_error(err, source) from None
+    return NotifierConfig(
+        providers={name: _provider(name, p) for name, p in spec.providers.items()},
+        receivers={name: tuple(_delivery(d) for d in deliveries) for name, deliveries in spec.receivers.items()},
+        retry=RetryPolicy(**spec.notifier.retry.model_dump()),
+        concurrency=spec.notifier.concurrency,
+        delivery_log=spec.notifier.delivery_log,
+        source=source,
     )
 
 
-def _parse_auth(node: _Node) -> HttpAuth:
-    node.require_mapping()
-    kind = node.child("type").choice(("none", "bearer", "basic", "hmac"))
-    allowed = {"none": {"type"}, "bearer": {"type", "token"}, "basic": {"type", "username", "password"},
-               "hmac": {"type", "secret", "signature_header", "timestamp_header"}}[kind]
-    node.reject_unknown(allowed)
-    if kind == "bearer":
-        return HttpAuth(type=kind, token=node.child("token").secret())
-    if kind == "basic":
-        return HttpAuth(type=kind, username=node.child("username").secret(), password=node.child("password").secret())
-    if kind == "hmac":
-        return HttpAuth(type=kind, secret=node.child("secret").secret(),
-                        signature_header=node.child("signature_header", default="X-Cascade-Signature").string(),
-                        timestamp_header=node.child("timestamp_header", default="X-Cascade-Timestamp").string())
-    return HttpAuth(type="none")
+# ---------------------------------------------------------------- value types of the file
+
+class _Invalid(ValueError):
+    """Raised by a validator: the problem, the fix (None: the field's description) and where below it.
+
+    ``at`` locates the problem under the validated value (``("format",)`` from a provider check,
+    ``("text",)`` inside a body), so the message names the exact key.
+    """
+
+    def __init__(self, problem: str, fix: str | None = None, at: Sequence[str | int] = ()) -> None:
+        super().__init__(problem if fix is None else f"{problem}. Fix: {fix}")
+        self.problem, self.fix, self.at = problem, fix, tuple(at)
 
 
-def _parse_delivery(node: _Node, providers: Mapping[str, HttpProvider | SmtpProvider]) -> Delivery:
-    node.require_mapping()
-    node.reject_unknown({"channel", "provider", "to", "levels", "send_resolved"})
-    channel = node.child("channel").choice(CHANNELS)
-    provider_node = node.child("provider")
-    provider = provider_node.string()
-    if provider not in providers:
-        provider_node.fail(f"unknown provider {provider!r}",
-                           f"use one of {sorted(providers)} or add it under providers:")
-    if channel == "email" and providers[provider].type != "smtp":
-        provider_node.fail("channel email needs an smtp provider", "point it at a provider with type: smtp")
-    to_node = node.child("to", default=[""])
-    to_node.require_list()
-    recipients = tuple(item.string(allow_empty=True) for item in to_node.elements())
-    if providers[provider].type == "smtp" and not all(recipients):
-        to_node.fail("e-mail needs recipient addresses", "list addresses under to:")
-    levels_node = node.child("levels", default=list(_LEVELS))
-    levels_node.require_list()
-    levels = frozenset(str(item.value) for item in levels_node.elements())
-    if not levels <= set(_LEVELS):
-        levels_node.fail(f"levels must be among {list(_LEVELS)}", "write e.g. levels: [2, 3]")
-    return Delivery(channel=channel, provider=provider, recipients=recipients, levels=levels,
-                    send_resolved=node.child("send_resolved", default=True).boolean())
+def _env(info: ValidationInfo) -> Mapping[str, str]:
+    context = info.context if isinstance(info.context, Mapping) else {}
+    env = context.get("env")
+    return env if isinstance(env, Mapping) else os.environ
 
 
-class _Node:
-    """A value plus its dotted key path, so that every validation error can say where it is."""
+def _expand(text: str, info: ValidationInfo) -> str:
+    try:
+        return expand_text(text, _env(info))
+    except MissingEnv as err:
+        raise _Invalid(str(err), f"export {err.name} before starting the notifier") from None
 
-    _MISSING = object()
 
-    def __init__(self, value: Any, source: str, key: str, env: Mapping[str, str]) -> None:
-        self.value = value
-        self.source = source
-        self.key = key
-        self.env = env
+def _as_text(value: Any, empty: bool) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # phone numbers (and ports in hosts, ...) written without quotes
+    if not isinstance(value, str):
+        raise _Invalid(f"{_short(value)} is not text" if _scalar(value) else f"expected text, got {_kind(value)}")
+    if not empty and not value:
+        raise _Invalid("is empty")
+    return value
 
-    def fail(self, problem: str, fix: str) -> None:
-        raise ConfigError(self.source, self.key or "(top level)", problem, fix)
 
-    def child(self, name: str, default: Any = _MISSING) -> _Node:
-        key = f"{self.key}.{name}" if self.key else name
-        if isinstance(self.value, dict) and name in self.value:
-            return _Node(self.value[name], self.source, key, self.env)
-        if default is _Node._MISSING:
-            raise ConfigError(self.source, key, "missing", f"add {name}: (see config/notifier.example.yaml)")
-        return _Node(default, self.source, key, self.env)
+def _text(value: Any, info: ValidationInfo) -> str:
+    return _expand(_as_text(value, empty=False), info)
 
-    def items(self) -> list[tuple[str, _Node]]:
-        return [(str(k), self.child(str(k))) for k in self.value]
 
-    def elements(self) -> list[_Node]:
-        return [_Node(v, self.source, f"{self.key}[{i}]", self.env) for i, v in enumerate(self.value)]
+def _optional_text(value: Any, info: ValidationInfo) -> str:
+    return _expand(_as_text(value, empty=True), info)
 
-    def require_mapping(self, nonempty: bool = False) -> None:
-        if not isinstance(self.value, dict):
-            self.fail(f"expected a mapping, got {type(self.value).__name__}", "write key: value pairs here")
-        if nonempty and not self.value:
-            self.fail("is empty", "define at least one entry")
 
-    def require_list(self) -> None:
-        if not isinstance(self.value, list):
-            self.fail(f"expected a list, got {type(self.value).__name__}", "write a YAML list (- item)")
+def _template(value: Any, info: ValidationInfo) -> Template:
+    if isinstance(value, Template):  # a default
+        return value
+    text = _expand(_as_text(value, empty=True), info)
+    try:
+        return compile_template(text)
+    except TemplateError as err:
+        raise _Invalid(str(err),
+                       "use placeholders like {{labels.site}}, {{annotations.summary}}, {{recipient}}") from None
 
-    def reject_unknown(self, allowed: set[str]) -> None:
-        unknown = sorted(set(map(str, self.value)) - allowed)
-        if unknown:
-            self.fail(f"unknown key(s) {unknown}", f"remove them or use one of {sorted(allowed)}")
 
-    def string(self, allow_empty: bool = False) -> str:
-        if isinstance(self.value, (int, float)) and not isinstance(self.value, bool):
-            self.value = str(self.value)  # phone numbers written without quotes
-        if not isinstance(self.value, str) or (not allow_empty and not self.value):
-            self.fail("expected a non-empty string", "quote the value")
-        return self._expand(self.value)
+def _body(value: Any, info: ValidationInfo) -> Any:
+    """A body: strings compiled to templates inside mappings and lists; numbers and booleans kept."""
+    def walk(value: Any, at: tuple[str | int, ...]) -> Any:
+        if len(at) > _MAX_BODY_DEPTH:
+            raise _Invalid(f"nested deeper than {_MAX_BODY_DEPTH} levels (or refers to itself)", "flatten the body")
+        if isinstance(value, dict):
+            return {str(k): walk(v, (*at, str(k))) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, (*at, i)) for i, v in enumerate(value)]
+        if isinstance(value, str):
+            try:
+                return _template(value, info)
+            except _Invalid as err:
+                raise _Invalid(err.problem, err.fix, at) from None
+        return value
+    return walk(value, ())
 
-    def secret(self) -> str:
-        if self.value == "":
-            return ""
-        raw = self.value if isinstance(self.value, str) else ""
-        if not _ENV_REF.fullmatch(raw):
-            self.fail("secrets must not be written in the file",
-                      "put the value in an environment variable and write ${VAR_NAME} here")
-        return self._expand(raw)
 
-    def _expand(self, text: str) -> str:
-        try:
-            return expand_text(text, self.env)
-        except MissingEnv as err:
-            self.fail(str(err), f"export {err.name} before starting the notifier")
-            raise  # unreachable: fail() raises
+def _secret(value: Any, info: ValidationInfo) -> str:
+    if isinstance(value, str) and value == "":
+        return ""
+    if not (isinstance(value, str) and _ENV_REF.fullmatch(value)):
+        # Never echo the value: it is probably the secret itself.
+        raise _Invalid("secrets must not be written in the file",
+                       "put the value in an environment variable and write ${VAR_NAME} here")
+    return _expand(value, info)
 
-    def template(self) -> Template:
-        text = self.string(allow_empty=True)
-        try:
-            return compile_template(text)
-        except TemplateError as err:
-            self.fail(str(err), "use placeholders like {{labels.site}}, {{annotations.summary}}, {{recipient}}")
-            raise  # unreachable; keeps type checkers happy
 
-    def template_tree(self) -> Any:
-        if isinstance(self.value, dict):
-            return {str(k): child.template_tree() for k, child in self.items()}
-        if isinstance(self.value, list):
-            return [child.template_tree() for child in self.elements()]
-        if isinstance(self.value, str):
-            return self.template()
-        return self.value  # numbers and booleans pass through unchanged
+def _level(value: Any) -> Any:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
-    def integer(self, minimum: int | None = None, maximum: int | None = None) -> int:
-        if not isinstance(self.value, int) or isinstance(self.value, bool):
-            self.fail("expected an integer", "write a whole number")
-        if (minimum is not None and self.value < minimum) or (maximum is not None and self.value > maximum):
-            self.fail(f"{self.value} out of range", f"use a value between {minimum} and {maximum}")
-        return self.value
 
-    def number(self, minimum: float | None = None) -> float:
-        if not isinstance(self.value, (int, float)) or isinstance(self.value, bool):
-            self.fail("expected a number", "write a number of seconds")
-        if minimum is not None and self.value < minimum:
-            self.fail(f"{self.value} is below {minimum}", f"use a value >= {minimum}")
-        return float(self.value)
+def _str_keys(value: Any) -> Any:
+    # YAML keys may be numbers (a receiver called 2, a header called 1); names are text.
+    return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
 
-    def boolean(self) -> bool:
-        if not isinstance(self.value, bool):
-            self.fail("expected true or false", "write true or false")
-        return self.value
 
-    def choice(self, options: tuple[str, ...]) -> str:
-        if self.value not in options:
-            self.fail(f"{self.value!r} is not supported", f"use one of {list(options)}")
-        return self.value
+Text = Annotated[str, PlainValidator(_text)]
+"""Non-empty text; a bare number is taken as text; ``${VAR}`` expanded."""
+OptionalText = Annotated[str, PlainValidator(_optional_text)]
+"""Text that may be empty (a feed delivery has no recipient)."""
+TemplateText = Annotated[Template, PlainValidator(_template)]
+"""Text with ``{{placeholders}}``, compiled when the config loads."""
+Body = Annotated[Any, PlainValidator(_body)]
+Secret = Annotated[str, PlainValidator(_secret)]
+"""``${VAR}`` only, resolved from the environment; empty means unset."""
+StrictBool = Annotated[bool, Strict()]
+"""``true`` or ``false`` (not ``"yes"``, not ``1``)."""
+Level = Annotated[Literal["1", "2", "3"], BeforeValidator(_level)]
+Names = BeforeValidator(_str_keys)
+
+_SECRET_FIX = "an environment reference like ${VAR_NAME}; secrets never go in the file"
+_TEMPLATE_FIX = "text; placeholders like {{labels.site}}, {{annotations.summary}}, {{recipient}} allowed"
+
+
+class _Section(Model):
+    """A mapping in the notifier file: unknown keys refused (core.validation.Model), keys read as text."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keys_as_text(cls, data: Any) -> Any:
+        return _str_keys(data)
+
+
+# ---------------------------------------------------------------- the file: notifier, providers, receivers
+
+class _Retry(_Section):
+    attempts: Int = Field(4, ge=1, description="a whole number >= 1: total tries per message")
+    initial_delay_s: Float = Field(0.5, ge=0, allow_inf_nan=False,
+                                   description="seconds >= 0 before the first retry, e.g. 0.5")
+    max_delay_s: Float = Field(30.0, ge=0, allow_inf_nan=False, description="seconds >= 0, the backoff cap, e.g. 30")
+    timeout_s: Float = Field(10.0, ge=0.001, allow_inf_nan=False, description="seconds > 0 per request, e.g. 10")
+
+
+class _Settings(_Section):
+    concurrency: Int = Field(8, ge=1, description="a whole number >= 1: provider requests in flight at once")
+    delivery_log: Text | None = Field(None, description="a file for the JSON-lines delivery log "
+                                                        "(relative to this file), or leave it out")
+    retry: _Retry = Field(default_factory=_Retry, description="attempts, initial_delay_s, max_delay_s, timeout_s")
+
+
+class _NoAuth(_Section):
+    type: Literal["none"] = Field(description="none, bearer, basic or hmac")
+
+
+class _BearerAuth(_Section):
+    type: Literal["bearer"] = Field(description="none, bearer, basic or hmac")
+    token: Secret = Field(description=_SECRET_FIX)
+
+
+class _BasicAuth(_Section):
+    type: Literal["basic"] = Field(description="none, bearer, basic or hmac")
+    username: Secret = Field(description=_SECRET_FIX)
+    password: Secret = Field(description=_SECRET_FIX)
+
+
+class _HmacAuth(_Section):
+    type: Literal["hmac"] = Field(description="none, bearer, basic or hmac")
+    secret: Secret = Field(description=_SECRET_FIX)
+    signature_header: Text = Field("X-Cascade-Signature", description="an HTTP header name")
+    timestamp_header: Text = Field("X-Cascade-Timestamp", description="an HTTP header name")
+
+
+_Auth = Annotated[_NoAuth | _BearerAuth | _BasicAuth | _HmacAuth, Field(discriminator="type")]
+
+
+class _Http(_Section):
+    type: Literal["http"] = Field(description="http or smtp")
+    method: Literal["GET", "POST", "PUT", "PATCH"] = Field("POST", description="GET, POST, PUT or PATCH")
+    url: TemplateText = Field(description="the provider's full http:// or https:// URL; placeholders allowed")
+    headers: Annotated[dict[str, TemplateText], Names] = Field(
+        default_factory=dict, description="header: value pairs; values may use placeholders")
+    body: Body = Field(None, description="a mapping (format json or form) or a string (format text); "
+                                         "strings may use placeholders like {{annotations.summary}}")
+    format: Literal["json", "form", "text"] | None = Field(
+        None, description="json or form (mapping body), text (string body); default json, text for a string body")
+    auth: _Auth = Field(default_factory=lambda: _NoAuth(type="none"),
+                        description="type: none, bearer (token), basic (username, password) or hmac (secret)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _Http:
+        if not self.url.source.startswith(("http://", "https://")):
+            raise _Invalid("must start with http:// or https://", "write the full provider URL", ("url",))
+        if self.body_format == "text" and self.body is not None and not isinstance(self.body, Template):
+            raise _Invalid("format text needs a string body", "use format: json for a mapping body", ("format",))
+        if self.body_format == "form" and self.body is not None and not isinstance(self.body, dict):
+            raise _Invalid("format form needs a mapping body", "write the body as key: value pairs", ("format",))
+        return self
+
+    @property
+    def body_format(self) -> str:
+        return self.format or ("text" if isinstance(self.body, Template) else "json")
+
+
+class _Smtp(_Section):
+    type: Literal["smtp"] = Field(description="http or smtp")
+    host: Text = Field(description="the SMTP server's host name")
+    port: Int = Field(587, ge=1, le=65535, description="a port number 1-65535 (587 for STARTTLS)")
+    starttls: StrictBool = Field(True, description="true or false")
+    sender: Text = Field(alias="from", description="the sender address, e.g. cascade-alerts@example.net")
+    username: Secret = Field("", description=_SECRET_FIX)
+    password: Secret = Field("", description=_SECRET_FIX)
+    subject: TemplateText = Field(compile_template("[Cascade L{{labels.level}}] {{labels.alertname}} "
+                                                   "{{labels.site}}/{{labels.cabinet}} {{status}}"),
+                                  description=_TEMPLATE_FIX)
+    body: TemplateText = Field(compile_template("{{annotations.summary}}\n\n{{annotations.diagnosis}}\n\n"
+                                                "Action: {{annotations.action}}\n"), description=_TEMPLATE_FIX)
+
+
+_Provider = Annotated[_Http | _Smtp, Field(discriminator="type")]
+
+
+class _Delivery(_Section):
+    channel: _Channel = Field(description=f"one of {', '.join(CHANNELS)}")
+    provider: Text = Field(description="the name of an entry under providers:")
+    to: tuple[OptionalText, ...] = Field(("",), description="a list of recipients (phone numbers, app audiences, "
+                                                            "e-mail addresses); leave it out for a feed")
+    levels: tuple[Level, ...] = Field(("1", "2", "3"), description="a list of alert levels among 1, 2, 3, e.g. [2, 3]")
+    send_resolved: StrictBool = Field(True, description="true or false")
+
+
+class _NotifierFile(_Section):
+    notifier: _Settings = Field(default_factory=_Settings, description="concurrency, delivery_log and retry (all optional)")
+    providers: Annotated[dict[str, _Provider], Names] = Field(
+        description="named providers, each with type: http or smtp (see config/notifier.example.yaml)")
+    receivers: Annotated[dict[str, tuple[_Delivery, ...]], Names] = Field(
+        description="one list of deliveries per Alertmanager receiver name (see config/notifier.example.yaml)")
+
+    @model_validator(mode="after")
+    def _references(self) -> _NotifierFile:
+        if not self.providers:
+            raise _Invalid("is empty", "define at least one provider", ("providers",))
+        if not self.receivers:
+            raise _Invalid("is empty", "define at least one receiver", ("receivers",))
+        for name, deliveries in self.receivers.items():
+            for i, delivery in enumerate(deliveries):
+                provider = self.providers.get(delivery.provider)
+                if provider is None:
+                    raise _Invalid(f"unknown provider {delivery.provider!r}",
+                                   f"use one of {sorted(self.providers)} or add it under providers:",
+                                   ("receivers", name, i, "provider"))
+                if delivery.channel == "email" and provider.type != "smtp":
+                    raise _Invalid("channel email needs an smtp provider", "point it at a provider with type: smtp",
+                                   ("receivers", name, i, "provider"))
+                if provider.type == "smtp" and not all(delivery.to):
+                    raise _Invalid("e-mail needs recipient addresses", "list addresses under to:",
+                                   ("receivers", name, i, "to"))
+        return self
+
+
+# ---------------------------------------------------------------- validated file -> runtime config
+
+def _provider(name: str, spec: _Http | _Smtp) -> HttpProvider | SmtpProvider:
+    if isinstance(spec, _Smtp):
+        return SmtpProvider(name=name, host=spec.host, port=spec.port, starttls=spec.starttls, sender=spec.sender,
+                            subject=spec.subject, body=spec.body, username=spec.username, password=spec.password)
+    return HttpProvider(name=name, method=spec.method, url=spec.url, headers=dict(spec.headers), body=spec.body,
+                        body_format=spec.body_format, auth=HttpAuth(**spec.auth.model_dump()))
+
+
+def _delivery(spec: _Delivery) -> Delivery:
+    return Delivery(channel=spec.channel, provider=spec.provider, recipients=spec.to, levels=frozenset(spec.levels),
+                    send_resolved=spec.send_resolved)
+
+
+# ---------------------------------------------------------------- pydantic error -> ConfigError
+
+_MAPPING_ERRORS = {"model_type", "model_attributes_type", "dict_type", "union_tag_not_found"}
+_LIST_ERRORS = {"list_type", "tuple_type"}
+# The same words as core.validation: a value "is not an integer", not "Input should be a valid integer".
+_PROBLEMS = {
+    "int_type": "is not an integer", "int_parsing": "is not an integer", "int_from_float": "is not an integer",
+    "float_type": "is not a number", "float_parsing": "is not a number", "finite_number": "is not a finite number",
+    "bool_type": "is not true or false", "bool_parsing": "is not true or false", "string_type": "is not text",
+}
+
+
+def _config_error(err: ValidationError, source: str) -> ConfigError:
+    """The first problem as ``source: dotted.key: problem - fix``; unknown keys come first, all listed.
+
+    Local rather than :func:`core.validation.validation_error`: that one names keys through
+    discriminated unions with the tag (``providers.sms.http.url``) and finds no description below a
+    ``dict[str, Model]``, and the notifier file is made of both.
+    """
+    errors = err.errors(include_url=False)
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    if unknown:
+        parent = tuple(unknown[0]["loc"][:-1])
+        names = sorted({str(e["loc"][-1]) for e in unknown if tuple(e["loc"][:-1]) == parent})
+        path, _, tp = _locate(parent)
+        allowed = sorted(_keys(tp)) if _is_model(tp) else []
+        close = difflib.get_close_matches(names[0], allowed, n=1) if len(names) == 1 else []
+        hint = f"did you mean {close[0]!r}? Otherwise " if close else ""
+        return ConfigError(source, _dotted(path), f"unknown key(s) {names}",
+                           f"{hint}remove them or use one of {allowed}")
+
+    first = errors[0]
+    kind, value = first["type"], first.get("input")
+    path, info, tp = _locate(tuple(first["loc"]))
+    description = info.description if info is not None else None
+    error = (first.get("ctx") or {}).get("error")
+
+    if isinstance(error, _Invalid):
+        return ConfigError(source, _dotted([*path, *error.at]), error.problem,
+                           error.fix or description or "see config/notifier.example.yaml")
+    if kind in ("union_tag_invalid", "union_tag_not_found") and isinstance(value, dict):
+        tags = _tags(tp)
+        path = [*path, "type"]
+        if "type" not in value:
+            return ConfigError(source, _dotted(path), "missing", f"add type: {' or '.join(tags)}")
+        return ConfigError(source, _dotted(path), f"{_short(value['type'])} is not supported", f"use one of {tags}")
+    if kind == "missing":
+        name = path[-1] if path else "it"
+        return ConfigError(source, _dotted(path), "missing",
+                           f"add {name}: {description}" if description else f"add {name}: "
+                           "(see config/notifier.example.yaml)")
+    if kind in _MAPPING_ERRORS:
+        return ConfigError(source, _dotted(path), f"expected a mapping, got {_kind(value)}",
+                           description or "write key: value pairs here")
+    if kind in _LIST_ERRORS:
+        return ConfigError(source, _dotted(path), f"expected a list, got {_kind(value)}",
+                           description or "write a YAML list (- item)")
+    fix = description or "see config/notifier.example.yaml"
+    if kind == "literal_error":
+        return ConfigError(source, _dotted(path), f"{_short(value)} is not supported", fix)
+    if isinstance(error, Exception):  # a ValueError from a validator, e.g. core.validation's bool-as-number
+        problem, _, own_fix = str(error).partition(". Fix: ")
+        return ConfigError(source, _dotted(path), problem, own_fix or fix)
+    if kind in _PROBLEMS:
+        return ConfigError(source, _dotted(path), f"{_short(value)} {_PROBLEMS[kind]}", fix)
+    message = str(first["msg"])
+    problem = f"{_short(value)} {message[0].lower()}{message[1:]}" if message else f"{_short(value)} is not valid"
+    return ConfigError(source, _dotted(path), problem.replace(" input should be ", " is not "), fix)
+
+
+def _locate(loc: Sequence[int | str]) -> tuple[list[str | int], FieldInfo | None, Any]:
+    """Follow ``loc`` through the models: the key path as written (union tags dropped), the last
+    model field passed (its description is the fix) and the type reached."""
+    path: list[str | int] = []
+    info: FieldInfo | None = None
+    tp: Any = _NotifierFile
+    i = 0
+    while i < len(loc):
+        part = loc[i]
+        tp = _unwrap(tp)
+        if get_origin(tp) in (Union, types.UnionType):
+            members = [_unwrap(a) for a in get_args(tp) if a is not type(None)]
+            by_tag = {tag: m for m in members for tag in _tags(m)}
+            if isinstance(part, str) and part in by_tag:
+                tp = by_tag[part]  # a discriminated union's tag: pydantic's, not a key in the file
+                i += 1
+            else:
+                tp = members[0] if len(members) == 1 else Any
+            continue
+        if _is_model(tp):
+            found = next(((key, f) for key, f in tp.model_fields.items() if (f.alias or key) == part), None)
+            info = found[1] if found else None
+            tp = found[1].annotation if found else Any
+            path.append(str(part))
+        elif get_origin(tp) is dict:
+            if part != "[key]":
+                path.append(str(part))
+            tp = get_args(tp)[1]
+        elif get_origin(tp) in (tuple, list):
+            path.append(part)
+            tp = get_args(tp)[0]
+        else:
+            path.append(part)
+            tp = Any
+        i += 1
+    return path, info, _unwrap(tp)
+
+
+def _unwrap(tp: Any) -> Any:
+    while get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    return tp
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _keys(model: type[BaseModel]) -> list[str]:
+    return [f.alias or key for key, f in model.model_fields.items()]
+
+
+def _tags(tp: Any) -> list[str]:
+    """The ``type:`` values a model (or each model of a union) accepts."""
+    tp = _unwrap(tp)
+    if get_origin(tp) in (Union, types.UnionType):
+        return [tag for member in get_args(tp) for tag in _tags(member)]
+    if _is_model(tp) and "type" in tp.model_fields:
+        return [str(t) for t in get_args(tp.model_fields["type"].annotation)]
+    return []
+
+
+def _dotted(path: Sequence[str | int]) -> str:
+    key = ""
+    for part in path:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return key or "(file)"
+
+
+def _kind(value: Any) -> str:
+    """What a value is, without showing it (a misplaced mapping may hold a secret)."""
+    return {dict: "a mapping", list: "a list", str: "text", type(None): "nothing", bool: "true/false"}.get(
+        type(value), type(value).__name__)
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float))
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``value`` as YAML writes it (``true``, ``null``), otherwise its repr, cut to ``limit``."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    try:
+        text = repr(value)
+    except ValueError:
+        return "a very large integer"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

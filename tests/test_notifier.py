@@ -26,7 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from notifier import ConfigError, build_app, load_config, parse_config, serve, sign_hmac
+from notifier import ConfigError, NotifierConfig, build_app, load_config, parse_config, serve, sign_hmac
 from notifier.delivery import compute_backoff
 from notifier.server import DISPATCHER_KEY
 from tests.fixtures.procs import free_port
@@ -468,6 +468,225 @@ def test_unknown_channel_and_key(tmp_path):
     data = make_config("http://x")
     data["providers"]["sms"]["retries"] = 3
     assert "unknown key(s) ['retries']" in _config_error(tmp_path, data)
+
+
+def _set(*path: str | int, value: Any) -> Any:
+    """A change to make_config(): ``value`` at ``path`` (``DELETE`` removes the key)."""
+    def change(data: dict[str, Any]) -> None:
+        node: Any = data
+        for part in path[:-1]:
+            node = node[part]
+        if value is DELETE:
+            del node[path[-1]]
+        else:
+            node[path[-1]] = value
+    return change
+
+
+DELETE = object()
+_NO_SMS_SECRET = {k: v for k, v in ENV.items() if k != "SMS_SECRET"}
+_PLACEHOLDER_FIX = "use placeholders like {{labels.site}}, {{annotations.summary}}, {{recipient}}"
+_SECRET_FIX = "put the value in an environment variable and write ${VAR_NAME} here"
+
+# (change, env, dotted key, text of the problem, text of the fix). Every message must read
+# "<file>: <key>: <problem> - <fix>".
+BAD_CONFIGS = {
+    # unknown key at each level, all unknown keys of the level listed, the allowed ones offered
+    "unknown key, top level": (_set("notifiers", value={}), None, "(file)", "unknown key(s) ['notifiers']",
+                               "did you mean 'notifier'? Otherwise remove them or use one of ['notifier', 'providers', 'receivers']"),
+    "unknown key, notifier": (_set("notifier", "threads", value=2), None, "notifier", "unknown key(s) ['threads']",
+                              "use one of ['concurrency', 'delivery_log', 'retry']"),
+    "unknown key, retry": (_set("notifier", "retry", "backoff", value=2), None, "notifier.retry",
+                           "unknown key(s) ['backoff']", "use one of ['attempts', 'initial_delay_s', 'max_delay_s', 'timeout_s']"),
+    "unknown key, http provider": (_set("providers", "sms", "retries", value=3), None, "providers.sms",
+                                   "unknown key(s) ['retries']", "'auth', 'body', 'format', 'headers', 'method', 'type', 'url'"),
+    "unknown key, smtp provider": (_set("providers", "mail", "tls", value=True), None, "providers.mail",
+                                   "unknown key(s) ['tls']", "'starttls'"),
+    "unknown key, auth of its type": (_set("providers", "app-push", "auth", "secret", value="${SMS_SECRET}"), None,
+                                      "providers.app-push.auth", "unknown key(s) ['secret']", "use one of ['token', 'type']"),
+    "unknown key, delivery": (_set("receivers", "critical", 1, "recipients", value=["+1"]), None, "receivers.critical[1]",
+                              "unknown key(s) ['recipients']", "'channel', 'levels', 'provider', 'send_resolved', 'to'"),
+    # wrong type
+    "text for a number": (_set("notifier", "concurrency", value="many"), None, "notifier.concurrency",
+                          "'many' is not an integer", "a whole number >= 1"),
+    "fraction for an integer": (_set("notifier", "retry", "attempts", value=2.5), None, "notifier.retry.attempts",
+                                "2.5 is not an integer", "total tries per message"),
+    "number out of range": (_set("providers", "mail", "port", value=70000), None, "providers.mail.port", "70000",
+                            "a port number 1-65535"),
+    "text for a boolean": (_set("providers", "mail", "starttls", value="yes"), None, "providers.mail.starttls",
+                           "'yes' is not true or false", "true or false"),
+    "mapping for text": (_set("providers", "mail", "host", value={"name": "smtp"}), None, "providers.mail.host",
+                         "expected text, got a mapping", "the SMTP server's host name"),
+    "list for a mapping": (_set("providers", "voice", "headers", value=["X-A: 1"]), None, "providers.voice.headers",
+                           "expected a mapping, got a list", "header: value pairs"),
+    "text for a list": (_set("receivers", "ops", 0, "to", value="ops"), None, "receivers.ops[0].to",
+                        "expected a list, got text", "a list of recipients"),
+    "mapping for a receiver's list": (_set("receivers", "ops", value={"channel": "app"}), None, "receivers.ops",
+                                      "expected a list, got a mapping", "one list of deliveries per Alertmanager receiver"),
+    "unknown level": (_set("receivers", "ops", 1, "levels", value=[3, 4]), None, "receivers.ops[1].levels[1]",
+                      "'4' is not supported", "a list of alert levels among 1, 2, 3"),
+    "unknown method": (_set("providers", "voice", "method", value="DELETE"), None, "providers.voice.method",
+                       "'DELETE' is not supported", "GET, POST, PUT or PATCH"),
+    "unknown provider type": (_set("providers", "sms", "type", value="ftp"), None, "providers.sms.type",
+                              "'ftp' is not supported", "use one of ['http', 'smtp']"),
+    "unknown auth type": (_set("providers", "sms", "auth", "type", value="oauth"), None, "providers.sms.auth.type",
+                          "'oauth' is not supported", "use one of ['none', 'bearer', 'basic', 'hmac']"),
+    "empty mapping": (lambda data: data.clear(), None, "providers", "missing", "add providers:"),
+    # a boolean where a number belongs (YAML reads yes/true as booleans)
+    "bool as integer": (_set("notifier", "retry", "attempts", value=True), None, "notifier.retry.attempts", "true",
+                        "a whole number >= 1: total tries per message"),
+    "bool as port": (_set("providers", "mail", "port", value=False), None, "providers.mail.port", "false",
+                     "a port number 1-65535"),
+    "bool as seconds": (_set("notifier", "retry", "timeout_s", value=True), None, "notifier.retry.timeout_s", "true",
+                        "seconds > 0 per request"),
+    # missing key
+    "missing url": (_set("providers", "sms", "url", value=DELETE), None, "providers.sms.url", "missing",
+                    "add url: the provider's full http:// or https:// URL"),
+    "missing from": (_set("providers", "mail", "from", value=DELETE), None, "providers.mail.from", "missing",
+                     "add from: the sender address"),
+    "missing type": (_set("providers", "feed", "type", value=DELETE), None, "providers.feed.type", "missing",
+                     "add type: http or smtp"),
+    "missing token": (_set("providers", "app-push", "auth", "token", value=DELETE), None,
+                      "providers.app-push.auth.token", "missing", "add token: an environment reference like ${VAR_NAME}"),
+    "missing channel": (_set("receivers", "regulator", 0, "channel", value=DELETE), None, "receivers.regulator[0].channel",
+                        "missing", "add channel: one of app, sms, voice, email, feed"),
+    "missing receivers": (_set("receivers", value=DELETE), None, "receivers", "missing", "add receivers:"),
+    "empty providers": (_set("providers", value={}), None, "providers", "is empty", "define at least one provider"),
+    # literal secret: refused, and never repeated in the message
+    "literal token": (_set("providers", "app-push", "auth", "token", value="plain-token"), None,
+                      "providers.app-push.auth.token", "secrets must not be written in the file", _SECRET_FIX),
+    "number as password": (_set("providers", "mail", "password", value=123456), None, "providers.mail.password",
+                           "secrets must not be written in the file", _SECRET_FIX),
+    "secret with a literal default": (_set("providers", "voice", "auth", "password", value="${VOICE_PASS:-hunter2}"),
+                                      None, "providers.voice.auth.password", "secrets must not be written", _SECRET_FIX),
+    "secret inside text": (_set("providers", "sms", "auth", "secret", value="key-${SMS_SECRET}"), None,
+                           "providers.sms.auth.secret", "secrets must not be written", _SECRET_FIX),
+    # unset environment variable: in a secret and in ordinary text
+    "unset secret variable": (lambda data: None, _NO_SMS_SECRET, "providers.sms.auth.secret",
+                              "environment variable SMS_SECRET is not set", "export SMS_SECRET before starting"),
+    "unset variable in a url": (_set("providers", "feed", "url", value="${FEED_URL}/warnings"), None,
+                                "providers.feed.url", "environment variable FEED_URL is not set", "export FEED_URL"),
+    "unset variable in a recipient": (_set("receivers", "ops", 0, "to", value=["${OPS_AUDIENCE}"]), None,
+                                      "receivers.ops[0].to[0]", "OPS_AUDIENCE is not set", "export OPS_AUDIENCE"),
+    # bad template placeholder, wherever templates are
+    "placeholder in a body": (_set("providers", "sms", "body", "text", value="{{label.site}}"), None,
+                              "providers.sms.body.text", "unknown placeholder {{label.site}}", _PLACEHOLDER_FIX),
+    "placeholder in a body list": (_set("providers", "feed", "body", value={"tags": ["ok", "{{labels}}"]}), None,
+                                   "providers.feed.body.tags[1]", "unknown placeholder {{labels}}", _PLACEHOLDER_FIX),
+    "placeholder in a url": (_set("providers", "voice", "url", value="http://x/{{phone}}"), None, "providers.voice.url",
+                             "unknown placeholder {{phone}}", _PLACEHOLDER_FIX),
+    "placeholder in a header": (_set("providers", "voice", "headers", "X-Cabinet", value="{{labels.cabinet"), None,
+                                "providers.voice.headers.X-Cabinet", "malformed placeholder", _PLACEHOLDER_FIX),
+    "placeholder in a subject": (_set("providers", "mail", "subject", value="{{alertname}}"), None,
+                                 "providers.mail.subject", "unknown placeholder {{alertname}}", _PLACEHOLDER_FIX),
+    # checks across keys
+    "email through http": (_set("receivers", "critical", 3, "provider", value="app-push"), None,
+                           "receivers.critical[3].provider", "channel email needs an smtp provider", "type: smtp"),
+    "e-mail without addresses": (_set("receivers", "critical", 3, "to", value=DELETE), None, "receivers.critical[3].to",
+                                 "e-mail needs recipient addresses", "list addresses under to:"),
+    "form body as text": (_set("providers", "voice", "format", value="form"), None, "providers.voice.format",
+                          "format form needs a mapping body", "write the body as key: value pairs"),
+    "url without scheme": (_set("providers", "feed", "url", value="feed.example/api"), None, "providers.feed.url",
+                           "must start with http:// or https://", "write the full provider URL"),
+}
+
+
+@pytest.mark.parametrize("change, env, key, problem, fix", list(BAD_CONFIGS.values()), ids=list(BAD_CONFIGS))
+def test_bad_config_names_file_key_and_fix(tmp_path, change, env, key, problem, fix):
+    data = make_config("http://x")
+    change(data)
+    message = _config_error(tmp_path, data, env)
+    where = f"{tmp_path / 'notifier.yaml'}: {key}: "
+    assert message.startswith(where), message
+    rest = message.removeprefix(where)
+    # (lower case: a boolean is spelt true or True depending on the message)
+    assert problem.lower() in rest.lower() and fix in rest, message
+    assert rest.lower().index(problem.lower()) < rest.rindex(fix), message
+    assert "plain-token" not in message and "123456" not in message and "hunter2" not in message
+
+
+def test_config_error_parts_are_attributes():
+    data = make_config("http://x")
+    data["notifier"]["retry"]["attempts"] = 0
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, source="notifier.yaml", env=ENV)
+    assert (err.value.source, err.value.key) == ("notifier.yaml", "notifier.retry.attempts")
+    assert err.value.fix == "a whole number >= 1: total tries per message"
+    assert str(err.value) == f"notifier.yaml: notifier.retry.attempts: {err.value.problem} - {err.value.fix}"
+
+
+def test_unquoted_numbers_are_text_and_names_may_be_numbers(tmp_path):
+    path = tmp_path / "notifier.yaml"
+    data = make_config("http://x")
+    data["receivers"]["ops"][1]["to"] = [8613800000009]  # a phone number written without quotes
+    data["receivers"][2] = [{"channel": "app", "provider": "app-push", "to": ["ops"], "levels": [2, "3"]}]
+    path.write_text(yaml.safe_dump(data))
+    config = load_config(path, env=ENV)
+    assert config.receivers["ops"][1].recipients == ("8613800000009",)
+    assert config.receivers["2"][0].levels == frozenset({"2", "3"})
+
+
+def test_env_references_resolve_in_text_secrets_and_templates():
+    data = make_config("${BASE_URL:-http://fallback}")
+    data["providers"]["mail"]["host"] = "${SMTP_HOST}"
+    config = parse_config(data, env={**ENV, "SMTP_HOST": "mail.test"})
+    assert config.providers["feed"].url.source == "http://fallback/feed"
+    assert config.providers["mail"].host == "mail.test" and config.providers["mail"].password == "s3cret-mail"
+    assert config.providers["app-push"].auth.token == "tok-123"
+    assert config.providers["sms"].body_format == "form" and config.providers["voice"].body_format == "text"
+    assert config.providers["feed"].auth.type == "none" and config.providers["feed"].method == "POST"
+
+
+# Arbitrary YAML-like trees, with the file's own keys and values mixed in so that validation gets deep.
+_KEYS = st.sampled_from(["notifier", "providers", "receivers", "retry", "attempts", "timeout_s", "concurrency",
+                         "delivery_log", "type", "url", "body", "format", "auth", "token", "secret", "headers",
+                         "host", "port", "from", "password", "channel", "provider", "to", "levels", "sms", "mail",
+                         "critical"]) | st.text(max_size=6) | st.integers(-2, 5)
+_LEAVES = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+           | st.sampled_from(["http", "smtp", "hmac", "bearer", "none", "json", "form", "text", "sms", "app", "email",
+                              "mail", "http://x/{{recipient}}", "{{nope}}", "{{labels.site", "${APP_TOKEN}", "${UNSET}",
+                              "${X:-1}", "3", ""]))
+_TREES = st.recursive(_LEAVES, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=5),
+                      max_leaves=25)
+
+
+def _parses_or_config_error(data: Any) -> None:
+    try:
+        config = parse_config(data, source="fuzz.yaml", env=ENV)
+    except ConfigError as err:
+        assert err.source == "fuzz.yaml" and err.key and err.problem and err.fix
+        assert str(err) == f"fuzz.yaml: {err.key}: {err.problem} - {err.fix}"
+    else:
+        assert isinstance(config, NotifierConfig)
+
+
+@given(_TREES)
+def test_parse_config_on_any_tree_returns_or_raises_config_error(data):
+    _parses_or_config_error(data)
+
+
+@given(st.data())
+def test_parse_config_on_a_damaged_valid_config_returns_or_raises_config_error(data):
+    config = make_config("http://x", 25)
+    node: Any = config
+    while True:  # walk down a random path of the valid config, then replace, add or delete there
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        key = data.draw(st.sampled_from(keys))
+        child = node[key]
+        if isinstance(child, (dict, list)) and child and data.draw(st.booleans()):
+            node = child
+            continue
+        action = data.draw(st.sampled_from(["replace", "add", "delete"]))
+        if action == "replace":
+            node[key] = data.draw(_TREES)
+        elif action == "add" and isinstance(node, dict):
+            node[data.draw(_KEYS)] = data.draw(_TREES)
+        elif isinstance(node, dict):
+            del node[key]
+        else:
+            node.pop(key)
+        break
+    _parses_or_config_error(config)
 
 
 def test_missing_file_says_what_to_pass(tmp_path):
