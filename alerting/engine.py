@@ -56,7 +56,7 @@ _RATE_MAXLEN = 256  # bounds memory if a cabinet polls much faster than the wind
 class _TargetState:
     """Per (site, cabinet, slot): input buffers and per-rule level state."""
 
-    __slots__ = ("battery", "buffers", "prev", "holds", "rules", "failing", "notice")
+    __slots__ = ("battery", "buffers", "prev", "holds", "rules", "failing", "notice", "context")
 
     def __init__(self) -> None:
         self.battery: str | None = None
@@ -68,6 +68,8 @@ class _TargetState:
         # the hot path tests one attribute per target and does nothing more while no rule fails.
         self.failing: set[str] | None = None
         self.notice: dict[str, str] | None = None  # labels of the active RULE_FAILED notice
+        # Baselines from the cabinet poll being evaluated (rules with ``minus:``); None when unused.
+        self.context: dict[str, Any] | None = None
 
     def forget_history(self) -> None:
         """A different battery is in the slot: its rates and jumps start afresh."""
@@ -150,6 +152,24 @@ def _extractor(inp: Input) -> Callable[[Any, _TargetState, float], float | None]
     key = inp.key
     name = inp.fields[0]
     if inp.kind == "field":
+        if inp.minus is not None:
+            base = inp.minus if inp.minus != "cabinet_min" else f"cabinet_min:{name}"
+            absolute_fallback = inp.minus == "cabinet_min"
+
+            def excess(obj, ts, now):
+                a = _number(getattr(obj, name))
+                if a is None:
+                    return None
+                b = ts.context.get(base) if ts.context is not None else None
+                if b is None:
+                    return a if absolute_fallback else None
+                if type(b) is dict:  # cabinet_min: the lowest *other* slot (slot -> its baseline)
+                    b = b.get(getattr(obj, "slot", None))
+                    if b is None:
+                        return a
+                return _number(a - b)
+
+            return excess
         if inp.per is None:
             return lambda obj, ts, now: _number(getattr(obj, name))
         per = inp.per
@@ -269,6 +289,23 @@ def _extractor(inp: Input) -> Callable[[Any, _TargetState, float], float | None]
     raise ValueError(f"cannot compile input kind {inp.kind!r}")
 
 
+def _context(needs: list[tuple[str, str]], reading: CabinetReading) -> dict[str, Any]:
+    """Baselines from one cabinet poll: the cabinet temperature, and per field the lowest value among
+    the *other* slots (slot -> baseline), so one slot's excursion never raises its own baseline."""
+    ctx: dict[str, Any] = {}
+    for minus, field in needs:
+        if minus == "cabinet_temperature_c":
+            ctx[minus] = _number(reading.cabinet_temperature_c)
+            continue
+        values = sorted((v, s.slot) for s in reading.slots if (v := _number(getattr(s, field))) is not None)
+        if len(values) < 2:
+            ctx[f"cabinet_min:{field}"] = {}  # nobody to compare with: absolute values
+            continue
+        (low, low_slot), (second, _) = values[0], values[1]
+        ctx[f"cabinet_min:{field}"] = {slot: (second if slot == low_slot else low) for _, slot in values}
+    return ctx
+
+
 class _Program:
     """Everything precompiled from one RuleSet; replaced wholesale by set_threshold."""
 
@@ -285,6 +322,9 @@ class _Program:
                         index[inp.key] = len(extractors)
                         extractors.append(_extractor(inp))
             self.scopes[scope] = (extractors, [_Compiled(r, index) for r in scoped])
+        # (baseline, field) pairs slot rules measure against (``minus:``): computed once per poll.
+        self.context_needs = sorted({(inp.minus, inp.fields[0]) for r in rules.values() if r.scope == "slot"
+                                     for inp in r.inputs if inp.minus is not None})
         self._tables: dict[tuple, list[_Table]] = {}
 
     def tables(self, scope: str, cabinet_model: str, chemistry: int | None) -> list[_Table]:
@@ -427,6 +467,7 @@ class Engine:
                       site, cab, None, out)
         extractors, compiled = prog.scopes["slot"]
         if compiled:
+            context = _context(prog.context_needs, reading) if prog.context_needs else None
             for slot in reading.slots:
                 if slot.battery_state == BatteryState.EMPTY:
                     slot = _compartment_only(slot)
@@ -434,9 +475,12 @@ class Engine:
                 ts = self._target(site, cab, sid)
                 battery = slot.battery_id
                 if battery is not None and battery != ts.battery:
-                    if ts.battery is not None:
-                        ts.forget_history()
+                    # A different pack, or the first one into an empty slot: rates and jumps of
+                    # the compartment's sensors before it (an empty slot at cabinet temperature) are
+                    # not this pack's, and would read as a sudden rise.
+                    ts.forget_history()
                     ts.battery = battery
+                ts.context = context
                 values = self._extract(extractors, slot, ts, now, cab, sid)
                 chem = slot.chemistry
                 if chem is not None and type(chem) is not int:

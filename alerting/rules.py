@@ -29,6 +29,7 @@ from core.durations import parse_duration
 from core.errors import CascadeError
 from core.model import (
     CABINET_FIELDS,
+    DERIVED_SLOT_FIELDS,
     FIELD_CATEGORIES,
     SLOT_FIELDS,
     BmsProtection,
@@ -95,7 +96,7 @@ class RuleError(CascadeError):
         super().__init__(reason, source=file, key=key, message=": ".join(where) + f": {reason}")
 
 
-SLOT_FIELD_KINDS = {k: FIELD_CATEGORIES[k] for k in SLOT_FIELDS}
+SLOT_FIELD_KINDS = {**{k: FIELD_CATEGORIES[k] for k in SLOT_FIELDS}, **DERIVED_SLOT_FIELDS}
 CABINET_FIELD_KINDS = {k: FIELD_CATEGORIES[k] for k in CABINET_FIELDS}
 
 
@@ -131,14 +132,16 @@ class Input:
     mask: int = 0  # flag
     up_only: bool = False  # jump: count increases only (cumulative counters)
     per: str | None = None  # field: divide by this field (e.g. max_charge_current_a)
+    minus: str | None = None  # field (slot scope): subtract a baseline, see BASELINES
 
     @property
     def key(self) -> tuple:
-        return (self.kind, self.fields, self.window_s, self.mask, self.up_only, self.per)
+        return (self.kind, self.fields, self.window_s, self.mask, self.up_only, self.per, self.minus)
 
     def describe(self) -> str:
         if self.kind == "field":
-            return self.fields[0] + (f" / {self.per}" if self.per else "")
+            return (self.fields[0] + (f" / {self.per}" if self.per else "")
+                    + (f" − {BASELINES[self.minus]}" if self.minus else ""))
         if self.kind == "rate_of":
             return f"d({self.fields[0]})/dt per min over {self.window_s:g}s"
         if self.kind == "delta":
@@ -471,6 +474,13 @@ def _field(ctx: _Ctx, key: str, name: Any, kinds: dict[str, str], want: str) -> 
     return name
 
 
+BASELINES = {
+    "cabinet_min": "the lowest value of the same field among the cabinet's other slots (absolute when none reports)",
+    "cabinet_temperature_c": "the cabinet's temperature (no decision when the cabinet reports none)",
+}
+"""What a slot value may be measured against (``minus:``): context from the same cabinet poll."""
+
+
 def _parse_input(ctx: _Ctx, key: str, raw: Any, kinds: dict[str, str]) -> Input:
     if not isinstance(raw, dict):
         ctx.fail(key, f"must be a mapping with one of: {', '.join(INPUT_KINDS)}")
@@ -478,7 +488,7 @@ def _parse_input(ctx: _Ctx, key: str, raw: Any, kinds: dict[str, str]) -> Input:
     if len(found) != 1:
         ctx.fail(key, f"needs exactly one of {', '.join(INPUT_KINDS[:-1])} (found {found or 'none'})")
     kind = found[0]
-    extra = set(raw) - {kind, "window", "mask", "direction", "per"}
+    extra = set(raw) - {kind, "window", "mask", "direction", "per", "minus"}
     if extra:
         ctx.fail(f"{key}.{sorted(extra)[0]}", "unknown input option")
     sub = f"{key}.{kind}"
@@ -486,7 +496,13 @@ def _parse_input(ctx: _Ctx, key: str, raw: Any, kinds: dict[str, str]) -> Input:
         per = raw.get("per")
         if per is not None:
             per = _field(ctx, f"{key}.per", per, kinds, "number")
-        return Input("field", (_field(ctx, sub, raw[kind], kinds, "number"),), per=per)
+        minus = raw.get("minus")
+        if minus is not None and (minus not in BASELINES or kinds is not SLOT_FIELD_KINDS or per is not None):
+            ctx.fail(f"{key}.minus", f"{minus!r} is not a baseline of a slot field; use one of {sorted(BASELINES)} "
+                                     "(without per:)")
+        return Input("field", (_field(ctx, sub, raw[kind], kinds, "number"),), per=per, minus=minus)
+    if "minus" in raw:
+        ctx.fail(f"{key}.minus", "only a field input takes a baseline (minus:)")
     if kind == "rate_of":
         window = ctx.duration(f"{key}.window", raw.get("window", 120))
         if window <= 0:

@@ -28,6 +28,7 @@ __all__ = [
     "EmergencyState",
     "SlotReading",
     "CABINET_FIELDS",
+    "DERIVED_SLOT_FIELDS",
     "FIELD_CATEGORIES",
     "FIELD_KINDS",
     "SLOT_FIELDS",
@@ -54,6 +55,7 @@ class Chemistry(enum.IntEnum):
     NMC = 2  # ternary lithium
     LMO = 3  # lithium manganese oxide
     NA_ION = 4  # sodium-ion
+    LTO = 5  # lithium titanate
 
 
 class ChargerProtection(enum.IntFlag):
@@ -120,6 +122,7 @@ class SlotReading:
     battery_id: str | None = None
     chemistry: int | None = None  # Chemistry
     nominal_voltage_v: float | None = None
+    cell_count: int | None = None  # cells in series (BMS); with chemistry gives the nominal voltage
     nominal_capacity_ah: float | None = None
     max_charge_current_a: float | None = None
     max_discharge_current_a: float | None = None
@@ -152,6 +155,39 @@ class SlotReading:
     output_enabled: bool | None = None
     # Fields whose value is a sensor at or past its limit (kept as the limit, "at least"/"at most")
     over_range: tuple[str, ...] = ()
+
+    # -- derived values the rules read (DERIVED_SLOT_FIELDS) -------------------------------------
+    @property
+    def hottest_temperature_c(self) -> float | None:
+        """The hottest temperature any sensor of this pack reports: pack, hottest cell, surface.
+        A cabinet that reports only some of them loses nothing."""
+        values = [v for v in (self.temperature_c, self.cell_temperature_max_c, self.surface_temperature_c)
+                  if v is not None]
+        return max(values) if values else None
+
+    @property
+    def coldest_temperature_c(self) -> float | None:
+        """The coldest temperature of the pack: pack or coldest cell (charging below 0 °C plates lithium)."""
+        values = [v for v in (self.temperature_c, self.cell_temperature_min_c) if v is not None]
+        return min(values) if values else None
+
+    @property
+    def pack_nominal_voltage_v(self) -> float | None:
+        """The nominal voltage the BMS reports, else cell count × the chemistry's nominal cell voltage,
+        else ``None`` (never a guessed default: rules relative to it then cannot decide, and say so)."""
+        if self.nominal_voltage_v:
+            return self.nominal_voltage_v
+        from core.chemistry import nominal_pack_voltage  # the table imports this module
+
+        return nominal_pack_voltage(self.chemistry, self.cell_count)
+
+    @property
+    def electrical_limits_unknown(self) -> bool | None:
+        """True for a pack that reports a voltage but neither a nominal voltage nor chemistry and cell
+        count: its voltage rules cannot decide. ``None`` when no pack voltage is reported."""
+        if self.voltage_v is None or self.battery_state == BatteryState.EMPTY:
+            return None
+        return self.pack_nominal_voltage_v is None
 
 
 @dataclass(slots=True)
@@ -224,6 +260,12 @@ def _field_kinds() -> dict[str, type]:
 
 FIELD_KINDS: dict[str, type] = _field_kinds()
 """Every scalar field of a reading (slot and cabinet) → ``bool``, ``int``, ``float`` or ``str``."""
+
+DERIVED_SLOT_FIELDS: dict[str, str] = {
+    "hottest_temperature_c": "number", "coldest_temperature_c": "number", "pack_nominal_voltage_v": "number",
+    "electrical_limits_unknown": "bool",
+}
+"""Values computed from a slot reading (properties of :class:`SlotReading`) that rules may read."""
 
 FIELD_CATEGORIES: dict[str, str] = {
     name: "bool" if kind is bool else "number" if kind in (int, float) else "str" for name, kind in FIELD_KINDS.items()}

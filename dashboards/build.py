@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alerting.rules import DEFAULT_CATALOGUE, Input, Level, Rule, RuleSet, load_rules
+from alerting.rules import DEFAULT_CATALOGUE, Level, Rule, RuleSet, load_rules
 from core.errors import InputError
 from dashboards.panels import (
     DETECTED_MAPPINGS,
@@ -76,12 +76,16 @@ class Watched:
     """A reading field a panel colours by the levels of the catalogue rule that watches it."""
 
     rule: str  # catalogue rule id
-    field: str  # the rule's input must be this field as is (not a ratio, rate or difference)
+    field: str  # the rule's input must be this field (not a ratio, rate or difference; a baseline is allowed)
     unit: str  # the rule's unit: a rule rescaled to another unit must not colour this axis
 
 
-PACK_TEMPERATURE = Watched("over_temperature", "temperature_c", "°C")
-H2 = Watched("h2_gas", "h2_ppm", "ppm")
+# The rule reads the hottest of pack, cell and surface temperature; the panels that plot one of
+# them (or the hottest-battery gauge) are coloured by the same levels.
+PACK_TEMPERATURE = Watched("over_temperature", "hottest_temperature_c", "°C")
+# h2_gas measures the excess over the cabinet's lowest other slot; the panel plots the reading,
+# which equals the excess wherever the cabinet's other slots read ~0 ppm (the normal case).
+H2 = Watched("h2_gas", "h2_ppm", "ppm over cabinet")
 CO = Watched("cabinet_co", "co_ppm", "ppm")
 
 # Grafana colours a value with the highest step it reaches (value >= step): the same test as the
@@ -104,7 +108,8 @@ def _watching_rule(rules: RuleSet, watched: Watched) -> Rule:
     rule = rules.get(watched.rule)
     if rule is None:
         raise _fail(rules, watched, "no such rule in the catalogue")
-    if rule.input != Input("field", (watched.field,)):
+    inp = rule.input
+    if inp is None or inp.kind != "field" or inp.fields != (watched.field,) or inp.per is not None:
         found = rule.input.describe() if rule.input else "a fusion score"
         raise _fail(rules, watched, f"the rule now measures {found}, not {watched.field}")
     if rule.unit != watched.unit:
@@ -203,9 +208,11 @@ def fleet_offline_cabinets() -> Panel:
 
 
 def fleet_hottest_battery(rules: RuleSet) -> Panel:
-    # The gauge is the max of the slots' temperature_c (exporters/prometheus.py): over_temperature.
+    # The gauge is the max over slots of hottest_temperature_c (exporters/prometheus.py), which is
+    # what over_temperature reads; a sensor at its limit shows the limit ("at least").
     return bargauge("Hottest battery per cabinet",
-                    "Highest pack temperature in each cabinet at its last poll, hottest first. "
+                    "Highest battery temperature (pack, cell or surface sensor) in each cabinet at its last "
+                    "poll, hottest first. "
                     f"Colours: {_levels_text(rules, PACK_TEMPERATURE)} ({PACK_TEMPERATURE.rule}).",
                     [prom(f"sort_desc(cascade_cabinet_battery_temperature_max_celsius{{{PROM_SITE}}})",
                           legend="{{site}}/{{cabinet}}", instant=True)],

@@ -93,7 +93,8 @@ class PipelineMetrics:
         for name in reading.over_range:
             self.over_range.labels(name).inc()
         labels = (reading.site, reading.cabinet_id)
-        temps = [s.temperature_c for s in reading.slots if s.temperature_c is not None]
+        # The hottest sensor of each battery (pack, hottest cell, surface): what over_temperature reads.
+        temps = [t for s in reading.slots if (t := s.hottest_temperature_c) is not None]
         gases = [s.h2_ppm for s in reading.slots if s.h2_ppm is not None]
         occupied = charging = protected = 0
         for slot in reading.slots:

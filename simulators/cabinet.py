@@ -227,7 +227,7 @@ class Runaway:
 
 _EMPTY_SLOT: dict[str, Any] = {
     # D-B.2 and D-B.3 fields read as zero when no pack is docked.
-    "battery_maker": "", "battery_id": "", "chemistry": 0, "nominal_voltage_v": 0.0,
+    "battery_maker": "", "battery_id": "", "chemistry": 0, "nominal_voltage_v": 0.0, "cell_count": None,
     "nominal_capacity_ah": 0.0, "max_charge_current_a": 0.0, "max_discharge_current_a": 0.0,
     "undervoltage_protection_v": 0.0, "soc_pct": 0, "temperature_c": 0.0, "voltage_v": 0.0,
     "charge_current_a": 0.0, "soh_pct": 0.0, "charge_start_time_s": 0, "expected_end_time_s": 0,
@@ -372,6 +372,7 @@ class SlotState:
             "battery_id": b.battery_id,
             "chemistry": int(b.chemistry),
             "nominal_voltage_v": b.nominal_voltage_v,
+            "cell_count": b.cells,
             "nominal_capacity_ah": b.nominal_capacity_ah,
             "max_charge_current_a": b.max_charge_current_a,
             "max_discharge_current_a": b.max_discharge_current_a,

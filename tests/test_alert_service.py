@@ -113,7 +113,7 @@ async def test_transitions_reach_alertmanager_raise_escalate_clear(tmp_path, ale
                            policy=ActionPolicy(perform=frozenset()))
     async with service:
         assert service.handle_reading in pipeline.hooks
-        kinds = [h["kind"] for h in await feed(service, engine_clock, 50)]
+        kinds = [h["kind"] for h in await feed(service, engine_clock, 50, seconds=300)]
         assert kinds == ["raise"]
         firing = await eventually(lambda: am_alerts(am, alertname="over_temperature"))
         labels = firing[0]["labels"]
@@ -150,7 +150,7 @@ async def test_push_failures_are_counted_and_recovered_when_alertmanager_returns
     failures = lambda: pipeline.registry.get_sample_value("cascade_alert_push_failures_total")  # noqa: E731
     async with service:
         started = time.monotonic()
-        await feed(service, engine_clock, 50)
+        await feed(service, engine_clock, 50, seconds=300)  # level 1 holds 5 minutes
         assert time.monotonic() - started < 0.5, "the hook must not wait for Alertmanager"
         await eventually(lambda: failures() >= 2)
         assert service.pusher.pending and not service.pusher.up
@@ -169,7 +169,7 @@ async def test_ack_and_thresholds_over_http_and_cli(tmp_path, engine_clock):
     add_routes(pipeline.app, service)
     async with service, pipeline, aiohttp.ClientSession() as http:
         base = f"http://127.0.0.1:{pipeline.metrics_port}"
-        await feed(service, engine_clock, 50)
+        await feed(service, engine_clock, 50, seconds=300)  # level 1 holds 5 minutes
 
         async with http.get(f"{base}/api/alerts") as resp:
             alerts = (await resp.json())["alerts"]
@@ -192,10 +192,10 @@ async def test_ack_and_thresholds_over_http_and_cli(tmp_path, engine_clock):
                 assert expected in (await r.json())["error"], bad
 
         url = f"{base}/api/thresholds/over_temperature/1"
-        async with http.put(url, json={"value": 47, "who": "noc-alice", "reason": "summer"}) as r:
+        async with http.put(url, json={"value": 52, "who": "noc-alice", "reason": "summer"}) as r:
             assert r.status == 200
             entry = await r.json()
-        assert (entry["old"], entry["new"], entry["who"], entry["reason"]) == (45.0, 47.0, "noc-alice", "summer")
+        assert (entry["old"], entry["new"], entry["who"], entry["reason"]) == (50.0, 52.0, "noc-alice", "summer")
         audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
         assert audit == [entry]
         async with http.put(url, json={"value": 60, "who": "x", "reason": "y"}) as r:
@@ -208,7 +208,7 @@ async def test_ack_and_thresholds_over_http_and_cli(tmp_path, engine_clock):
         async with http.get(f"{base}/api/thresholds") as r:
             doc = await r.json()
         rule = next(r for r in doc["rules"] if r["id"] == "over_temperature")
-        assert rule["levels"]["1"]["threshold"] == 47 and doc["audit"] == [entry]
+        assert rule["levels"]["1"]["threshold"] == 52 and doc["audit"] == [entry]
 
         # The CLI talks to the same API (run in a thread: it is blocking and this loop serves it).
         async def cli(*argv: str) -> int:
@@ -444,7 +444,7 @@ async def test_a_cut_off_cut_short_by_a_crash_is_reissued_at_start(tmp_path, eng
 async def test_alerts_of_a_rule_dropped_from_the_catalogue_are_cleared_through_the_outputs(tmp_path, engine_clock):
     before = make_engine(engine_clock, tmp_path)
     before.evaluate(reading(50.0))
-    engine_clock.now += 25
+    engine_clock.now += 300  # level 1 holds 5 minutes
     assert [t.to_level for t in before.evaluate(reading(50.0))] == [1]
     pipeline = Pipeline(make_config(tmp_path, []))
     after = make_engine(engine_clock, tmp_path, rules=("h2_gas",))  # over_temperature no longer exists

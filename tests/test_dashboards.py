@@ -129,7 +129,7 @@ def test_thresholds_follow_the_catalogue(tmp_path: Path) -> None:
         rules["h2_gas"]["levels"][1] = 25
         rules["cabinet_co"]["levels"][3] = 250.5
     models = build_all(load_rules(_catalogue_copy(tmp_path, edit)))
-    expected = {"over_temperature": {1: 45, 2: 52, 3: 70}, "h2_gas": {1: 25, 2: 100, 3: 400},
+    expected = {"over_temperature": {1: 50, 2: 52, 3: 70}, "h2_gas": {1: 25, 2: 100, 3: 400},
                 "cabinet_co": {1: 30, 2: 100, 3: 250.5}}
     steps = _value_steps(models)
     assert set(steps) == set(THRESHOLD_PANELS), "a panel gained or lost value thresholds: update THRESHOLD_PANELS"
@@ -145,8 +145,8 @@ def test_thresholds_follow_the_catalogue(tmp_path: Path) -> None:
     (lambda rules: rules.pop("h2_gas"), r"catalogue\.yaml: rule 'h2_gas': no such rule.*'h2_ppm'"),
     (lambda rules: rules["cabinet_co"]["levels"].pop(3), r"rule 'cabinet_co': the rule has no level 3.*'co_ppm'"),
     (lambda rules: rules["over_temperature"].update(input={"field": "cell_temperature_max_c"}),
-     r"rule 'over_temperature': the rule now measures cell_temperature_max_c, not temperature_c"),
-    (lambda rules: rules["h2_gas"].update(unit="%"), r"rule 'h2_gas': the rule's unit is '%', not 'ppm'"),
+     r"rule 'over_temperature': the rule now measures cell_temperature_max_c, not hottest_temperature_c"),
+    (lambda rules: rules["h2_gas"].update(unit="%"), r"rule 'h2_gas': the rule's unit is '%', not 'ppm over cabinet'"),
     (lambda rules: rules["cabinet_co"].update(compare="<", levels={1: 300, 2: 100, 3: 30}),
      r"rule 'cabinet_co': level 1, 2, 3 compares with '<'"),
 ], ids=["rule-gone", "level-gone", "other-field", "other-unit", "falling"])

@@ -55,7 +55,7 @@ def test_transition_carries_labels_annotations_and_protective_action():
 def test_kinds_raise_escalate_deescalate_clear_and_one_alert_per_target():
     clock = ManualClock()
     engine = Engine(CATALOGUE.only(["over_temperature"]), clock=clock)
-    temps = [46, 46, 56, 56, 71, 71, 60, 60, 40, 40]
+    temps = [51] * 11 + [56, 56, 71, 71, 60, 60, 40, 40]  # level 1 holds 5 minutes (30 s steps)
     out = feed(engine, clock, [cab(SlotReading(1, temperature_c=v)) for v in temps])
     assert [(t.kind, t.to_level) for t in out] == [
         ("raise", 1), ("escalate", 2), ("escalate", 3), ("deescalate", 2), ("clear", 0)]

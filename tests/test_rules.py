@@ -68,15 +68,20 @@ _SIMPLE = [r for r in CATALOGUE.values() if not r.fusion and r.input.kind in ("f
 def _reading(rule, value, guard_ok=True, chemistry=None) -> CabinetReading:
     """A reading whose rule input equals ``value`` (guard satisfied)."""
     values: dict = {}
+    cabinet_values: dict = {}
     inp = rule.input
     if inp.kind == "field":
-        values[inp.fields[0]] = value
+        values[_SETTABLE.get(inp.fields[0], inp.fields[0])] = value
         if inp.per:
-            values[inp.per] = 1.0
+            values[_SETTABLE.get(inp.per, inp.per)] = 1.0
+        if inp.minus == "cabinet_temperature_c":
+            cabinet_values["cabinet_temperature_c"] = 0.0  # the excess over the cabinet is the value
     elif inp.kind == "delta":
         values[inp.fields[0]], values[inp.fields[1]] = value, 0.0
     elif inp.kind == "flag":
         values[inp.fields[0]] = inp.mask if value >= 1 else 0
+    elif inp.kind == "bool" and inp.fields[0] == "electrical_limits_unknown":
+        values.update(voltage_v=50.0, nominal_voltage_v=None if value >= 1 else 48.0)
     elif inp.kind == "bool":
         values[inp.fields[0]] = value >= 1
     if rule.when is not None:
@@ -86,8 +91,13 @@ def _reading(rule, value, guard_ok=True, chemistry=None) -> CabinetReading:
         values[g.fields[0]] = ok if guard_ok else bad
     if rule.scope == "slot":
         slot = SlotReading(slot=1, battery_id="B1", chemistry=chemistry, **values)
-        return CabinetReading("c1", "s1", "m1", 0, slots=[slot])
+        return CabinetReading("c1", "s1", "m1", 0, slots=[slot], **cabinet_values)
     return CabinetReading("c1", "s1", "m1", 0, **values)
+
+
+# Derived values (core.model.DERIVED_SLOT_FIELDS) are set through the field they come from.
+_SETTABLE = {"hottest_temperature_c": "temperature_c", "coldest_temperature_c": "temperature_c",
+             "pack_nominal_voltage_v": "nominal_voltage_v"}
 
 
 def _drive(engine, clock, rule, value, seconds, step=10.0):
