@@ -66,7 +66,8 @@ def test_level_timings_match_urgency():
     assert routes["critical"]["group_wait"] in ("0s", "1s")
     assert routes["critical"]["repeat_interval"] == "5m"
     assert routes["warning"]["repeat_interval"] == "1h"
-    assert routes["notice"]["repeat_interval"] == "4h"
+    assert routes["notice"]["repeat_interval"] == "24h"  # standing notices: one daily digest per site
+    assert routes["notice"]["group_by"] == ["site"]
     assert routes["regulator"]["continue"] is True
 
 
@@ -206,7 +207,7 @@ async def test_level1_goes_to_the_app_only(alertmanager_factory, notifier_chain)
     notifier_url, provider = notifier_chain
     # Same routing with the notice group_wait shortened so the test need not wait 30s.
     text = render_alertmanager_config(SHIPPED_ALERTMANAGER_CONFIG.read_text(), notifier_url)
-    marker = "    - matchers: ['level=\"1\"']\n      receiver: notice\n      group_wait: 30s"
+    marker = "      receiver: notice\n      group_by: [site]\n      group_wait: 30s"
     assert marker in text
     am = alertmanager_factory(text.replace(marker, marker.replace("30s", "1s")))
     await asyncio.to_thread(am.post_alerts, [_alert("soc_drift", "1")])
