@@ -22,26 +22,17 @@ from prometheus_client import CollectorRegistry
 from alerting.actions import ActionPolicy
 from alerting.api import add_routes
 from alerting.engine import Engine
-from alerting.rules import DEFAULT_CATALOGUE, PROTECTIVE_ACTIONS, RuleError, RuleSet, load_rules
+from alerting.rules import DEFAULT_CATALOGUE, RuleError, RuleSet, load_rules
 from alerting.service import AlertService
 from alerting.state import AlertStore
-from cascade.config import AppConfig, ConfigError
+from cascade.config import ActionsSection, AlertingSection, AppConfig, ConfigError
 from cascade.pipeline import Pipeline
+from core.validation import validate
 
 __all__ = ["ALERTING_DEFAULTS", "alert_service_for", "alerting_settings", "build_engine", "start_app"]
 
-ALERTING_DEFAULTS: dict[str, Any] = {
-    "enabled": True,
-    "rules": None,  # None = the shipped catalogue
-    "state_file": "var/alerts.json",
-    "audit_file": "var/threshold-audit.jsonl",
-    "alertmanager_url": "http://127.0.0.1:9093",
-    "resend_interval_s": 60.0,
-    "generator_url": None,
-    "actions": {},
-    "api_token": None,  # bearer token for ack / set-threshold; usually ${CASCADE_API_TOKEN}
-}
-_ACTION_KEYS = {"perform", "rules", "retry_s"}
+#: Every ``alerting:`` key with its default (the schema is :class:`cascade.config.AlertingSection`).
+ALERTING_DEFAULTS: dict[str, Any] = AlertingSection().model_dump()
 #: At most one alert-state write per this many seconds; a crash loses at most this much of
 #: alert-state changes (they re-derive from live data after the restart, docs/warnings.md).
 STATE_SAVE_INTERVAL_S = 1.0
@@ -55,71 +46,22 @@ def _beside(path: str, suffix: str) -> Path:
 
 
 def alerting_settings(config: AppConfig) -> dict[str, Any]:
-    """``config.alerting`` checked and completed with defaults; raises ConfigError naming the key."""
-    raw = config.alerting or {}
-    src = config.source
-    for key in raw:
-        if key not in ALERTING_DEFAULTS:
-            raise ConfigError(src, f"alerting.{key}", "unknown key", f"use one of {sorted(ALERTING_DEFAULTS)}")
-    s = {**ALERTING_DEFAULTS, **raw}
-    if not isinstance(s["enabled"], bool):
-        raise ConfigError(src, "alerting.enabled", f"{s['enabled']!r} is not true/false", "write true or false")
-    for key in ("rules", "generator_url", "api_token"):
-        if s[key] is not None and not (isinstance(s[key], str) and s[key]):
-            raise ConfigError(src, f"alerting.{key}", f"{s[key]!r} is not text", "give a path/URL or leave it out")
-    for key in ("state_file", "audit_file"):
-        if not isinstance(s[key], str) or not s[key]:
-            raise ConfigError(src, f"alerting.{key}", f"{s[key]!r} is not a path", f"e.g. {ALERTING_DEFAULTS[key]}")
-    url = s["alertmanager_url"]
-    if url is not None and not (isinstance(url, str) and url.startswith(("http://", "https://"))):
-        raise ConfigError(src, "alerting.alertmanager_url", f"{url!r} is not an http(s) URL",
-                          "e.g. http://127.0.0.1:9093, or null to push nothing")
-    resend = s["resend_interval_s"]
-    if isinstance(resend, bool) or not isinstance(resend, (int, float)) or not resend > 0:
-        raise ConfigError(src, "alerting.resend_interval_s", f"{resend!r} is not a positive number",
-                          "seconds between re-sends to Alertmanager, e.g. 60")
-    s["policy"] = _action_policy(src, s["actions"])
+    """``config.alerting`` validated (:class:`~cascade.config.AlertingSection`) and completed with
+    defaults, plus ``"policy"`` (an :class:`ActionPolicy`); raises ConfigError naming the key."""
+    section = validate(AlertingSection, config.alerting or {}, config.source, key="alerting", error=ConfigError)
+    s = section.model_dump()
+    s["policy"] = _action_policy(section.actions)
     if s["rules"] is None:
         s["rules"] = str(DEFAULT_CATALOGUE)
     if s["policy"].overrides:  # checked against the rules here too, so `cascade check-config` sees it
-        _check_action_rules(src, _load_rules(src, s["rules"]), s["policy"])
+        _check_action_rules(config.source, _load_rules(config.source, s["rules"]), s["policy"])
     return s
 
 
-def _action_policy(src: str, doc: Any) -> ActionPolicy:
-    if not isinstance(doc, dict):
-        raise ConfigError(src, "alerting.actions", "expected a mapping", f"keys: {sorted(_ACTION_KEYS)}")
-    for key in doc:
-        if key not in _ACTION_KEYS:
-            raise ConfigError(src, f"alerting.actions.{key}", "unknown key", f"use one of {sorted(_ACTION_KEYS)}")
-    perform = doc.get("perform", sorted(PROTECTIVE_ACTIONS))
-    if not isinstance(perform, list) or any(p not in PROTECTIVE_ACTIONS for p in perform):
-        raise ConfigError(src, "alerting.actions.perform", f"{perform!r} is not a list of protective actions",
-                          f"list some of {sorted(PROTECTIVE_ACTIONS)} ([] = observe only)")
-    overrides: dict[tuple[str, int], str | None] = {}
-    rules = doc.get("rules") or {}
-    if not isinstance(rules, dict):
-        raise ConfigError(src, "alerting.actions.rules", "expected a mapping",
-                          "e.g. rules: {thermal_runaway: {2: none}}")
-    for rule, levels in rules.items():
-        if not isinstance(levels, dict):
-            raise ConfigError(src, f"alerting.actions.rules.{rule}", "expected {level: action}",
-                              "e.g. {2: none, 3: slot_cutoff}")
-        for level, action in levels.items():
-            key = f"alerting.actions.rules.{rule}.{level}"
-            if level not in (1, 2, 3):
-                raise ConfigError(src, key, f"level {level!r} is not 1, 2 or 3", "use level numbers 1-3")
-            if action in (None, "none"):
-                action = None
-            elif action not in PROTECTIVE_ACTIONS:
-                raise ConfigError(src, key, f"{action!r} is not a protective action",
-                                  f"use one of {sorted(PROTECTIVE_ACTIONS)} or none")
-            overrides[(str(rule), level)] = action
-    retry = doc.get("retry_s", 10.0)
-    if isinstance(retry, bool) or not isinstance(retry, (int, float)) or not retry > 0:
-        raise ConfigError(src, "alerting.actions.retry_s", f"{retry!r} is not a positive number",
-                          "seconds between retries of a failed action, e.g. 10")
-    return ActionPolicy(frozenset(perform), overrides, float(retry))
+def _action_policy(actions: ActionsSection) -> ActionPolicy:
+    """The validated ``alerting.actions`` as the policy the action runner applies."""
+    overrides = {(rule, level): action for rule, levels in actions.rules.items() for level, action in levels.items()}
+    return ActionPolicy(frozenset(actions.perform), overrides, actions.retry_s)
 
 
 def _load_rules(src: str, path: str) -> RuleSet:
@@ -127,6 +69,9 @@ def _load_rules(src: str, path: str) -> RuleSet:
         return load_rules(path)
     except (RuleError, OSError) as err:
         raise ConfigError(src, "alerting.rules", str(err), "fix the rule file or leave the key out") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(src, "alerting.rules", f"{path} is not a UTF-8 text file",
+                          "give a rule YAML file or leave the key out") from err
 
 
 def _check_action_rules(src: str, rules: RuleSet, policy: ActionPolicy) -> None:

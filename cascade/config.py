@@ -1,7 +1,12 @@
 """The run configuration (``cascade run --config FILE``), validated before the first poll.
 
-Every error names the file, the key and what to do. See ``config/local.yaml`` for a commented
-example and ``docs/configuration.md`` for every key.
+Every section is a pydantic model (:mod:`core.validation`): unknown keys are errors at every level,
+numbers may be written as text (``${PORT:-502}`` expands to ``"502"``) but never as ``true``, and
+every error names the file, the dotted key and what to do, on one line. What a schema cannot say
+(files exist, profiles load, read plans fit, cabinet ids are unique) is checked right after.
+The ``alerting:`` section is validated by :func:`cascade.app.alerting_settings` with
+:class:`AlertingSection`. See ``config/local.yaml`` for a commented example and
+``docs/configuration.md`` for every key (its reference tables are :func:`config_reference`).
 """
 
 from __future__ import annotations
@@ -11,23 +16,40 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
+from annotated_types import Ge, Gt, Le, Lt, MinLen
+from pydantic import AfterValidator, BaseModel, BeforeValidator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
+from alerting.rules import PROTECTIVE_ACTIONS
 from collectors.modbus.device import KIND as MODBUS
 from collectors.modbus.planner import plan_reads
 from collectors.modbus.profile import Profile, ProfileError, find_profile
 from collectors.modbus.settings import CabinetConfig, ModbusSettings
 from core.env import expand_env
 from core.errors import InputError
-from exporters.influx.sink import InfluxConfig
+from core.validation import Bool, Field, Float, Int, Model, validate
+from exporters.influx.sink import InfluxConfig, InfluxConfigError
 
-__all__ = ["AppConfig", "ConfigError", "load_config"]
+__all__ = ["ActionsSection", "AlertingSection", "AppConfig", "Cabinet", "CabinetEntry", "ConfigError",
+           "FleetFile", "InfluxSection", "MetricsSection", "PollSection", "RunConfig", "config_reference",
+           "load_config"]
 
 
 class ConfigError(InputError):
-    """A configuration that cannot be used; the message names the file, the key and the fix."""
+    """A configuration that cannot be used; the message names the file, the key and the fix, on one line."""
+
+    def __init__(self, source: str | Path, key: str, problem: str, fix: str) -> None:
+        super().__init__(_one_line(str(source)), _one_line(key), _one_line(problem), _one_line(fix))
+
+
+def _one_line(text: str) -> str:
+    """Line breaks (a YAML parser's report, a key or path that contains one) written as ``\\n``."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 @dataclass(slots=True)
@@ -53,6 +75,275 @@ class AppConfig:
         return {MODBUS: ModbusSettings(self.cabinets, self.profiles, self.jitter, self.backoff_cap_s)}
 
 
+# --- value types -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Shown:
+    """How :func:`config_reference` names a type (pydantic ignores this marker)."""
+
+    name: str
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError(f"{value!r} contains a NUL character")
+    return value
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    return value
+
+
+def _none_word(value: Any) -> Any:
+    return None if value == "none" else value
+
+
+def _level(value: int) -> int:
+    if value not in (1, 2, 3):
+        raise ValueError(f"level {value} is not 1, 2 or 3. Fix: use level numbers 1-3")
+    return value
+
+
+Text = Annotated[str, MinLen(1)]
+"""Non-empty text."""
+PathText = Annotated[str, MinLen(1), AfterValidator(_no_nul), _Shown("path")]
+"""A file or directory; relative paths are relative to the configuration file."""
+HttpUrl = Annotated[str, AfterValidator(_http_url), _Shown("http(s) URL")]
+ProtectiveAction = Literal[tuple(sorted(PROTECTIVE_ACTIONS))]  # type: ignore[valid-type]
+Level = Annotated[Int, AfterValidator(_level), _Shown("level 1..3")]
+ActionOrNone = Annotated[ProtectiveAction | None, BeforeValidator(_none_word),  # type: ignore[valid-type]
+                         _Shown("a protective action or none")]
+
+
+def _shown(default: str) -> dict[str, Any]:
+    """``json_schema_extra`` for a default that :func:`config_reference` writes in words."""
+    return {"shown_default": default}
+
+
+class _Section(Model):
+    """A section in which a key written without a value (its lines commented out) is left out."""
+
+    absent_if_null: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        if isinstance(data, dict) and cls.absent_if_null:
+            return {k: v for k, v in data.items() if not (k in cls.absent_if_null and v is None)}
+        return data
+
+
+# --- cabinets ----------------------------------------------------------------------------------
+
+_CAB: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(CabinetConfig)}
+_ID = "a unique cabinet id, e.g. C0001 (the cabinet tag and label)"
+_HOST = "the Modbus TCP address of the cabinet, e.g. 10.20.0.11"
+
+
+class CabinetEntry(_Section):
+    """One cabinet as written (inline, in a fleet file, or as ``defaults``): every key optional."""
+
+    id: Text | None = Field(default=None, description=_ID)
+    host: Text | None = Field(default=None, description=_HOST)
+    port: Int = Field(default=_CAB["port"], ge=1, le=65535, description="the Modbus TCP port, 1-65535, e.g. 502")
+    device_id: Int = Field(
+        default=_CAB["device_id"], ge=0, le=255,
+        description="the Modbus unit id, 0-255 (cabinets behind one gateway differ only in this)")
+    site: Text = Field(default=_CAB["site"], description="the site the cabinet belongs to (the site tag and label)")
+    profile: PathText = Field(
+        default=_CAB["profile"],
+        description="a register profile: a name from profiles/ or a path to its YAML (docs/register-map.md)")
+    slots: Int | None = Field(
+        default=_CAB["slots"], ge=1, le=256, json_schema_extra=_shown("the profile's"),
+        description="the number of slots fitted, 1-256, or leave it out for the profile's")
+    interval_s: Float = Field(default=_CAB["interval_s"], gt=0, description="seconds between polls, e.g. 5")
+    timeout_s: Float = Field(default=_CAB["timeout_s"], gt=0,
+                             description="seconds to wait for each Modbus answer, e.g. 2")
+    busy_retries: Int = Field(
+        default=_CAB["busy_retries"], ge=0,
+        description="retries when the device answers 'server busy' (the only retried answer), e.g. 3")
+    busy_backoff_s: Float = Field(default=_CAB["busy_backoff_s"], ge=0,
+                                  description="seconds before a busy retry, growing linearly, e.g. 0.05")
+    max_gap: Int | None = Field(
+        default=_CAB["max_gap"], ge=0, json_schema_extra=_shown("the profile's"),
+        description="unused registers a read may bridge (0 reads only mapped registers), or leave it out for the "
+        "profile's")
+
+
+class Cabinet(CabinetEntry):
+    """A complete cabinet: an entry with ``defaults`` applied; ``id`` and ``host`` are required."""
+
+    id: Text = Field(description=_ID)
+    host: Text = Field(description=_HOST)
+
+
+class FleetFile(Model):
+    """A fleet file: ``cabinets:`` with one entry per cabinet (``cascade simulate`` writes one)."""
+
+    cabinets: list[CabinetEntry] = Field(description="a list of cabinets, each {id, host, port, ...}")
+
+
+# --- the other run sections -------------------------------------------------------------------
+
+
+class PollSection(Model):
+    """How the fleet is polled."""
+
+    jitter: Float = Field(
+        default=0.1, ge=0, lt=1,
+        description="a fraction of the interval, 0 <= jitter < 1, e.g. 0.1 (so a fleet does not poll in lockstep)")
+    backoff_cap_s: Float = Field(
+        default=60.0, gt=0,
+        description="the longest wait in seconds between reconnect attempts to a dead cabinet, e.g. 60")
+
+
+class MetricsSection(Model):
+    """Where Prometheus /metrics, /health and the alert HTTP API are served."""
+
+    host: Text = Field(default="127.0.0.1",
+                       description="the address to listen on, e.g. 127.0.0.1 (0.0.0.0 in a container)")
+    port: Int = Field(default=9108, ge=0, le=65535, description="a TCP port number (0 = any free port)")
+
+
+_INFLUX: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(InfluxConfig)}
+_SINK_DOC = "docs/influxdb-sink.md"
+
+
+class InfluxSection(Model):
+    """The InfluxDB sink (``exporters.influx.InfluxConfig``); its own rules are checked too."""
+
+    url: HttpUrl = Field(description="the http(s)://host:port of the InfluxDB server, e.g. http://127.0.0.1:8086")
+    # Not required here: a missing spool_dir is reported by the sink's own check, at key `influxdb`.
+    spool_dir: str = Field(
+        default="", json_schema_extra=_shown("(required)"),
+        description="a writable directory for readings kept while InfluxDB is down, e.g. ../var/spool")
+    api: Literal["v1", "v2"] = Field(
+        default=_INFLUX["api"],
+        description="v1 (POST /write: InfluxDB 1.x, 2.x via DBRP, 3.x) or v2 (token/org/bucket)")
+    database: str = Field(default=_INFLUX["database"], description="the database to write to (required with api v1)")
+    retention_policy: str = Field(default=_INFLUX["retention_policy"],
+                                  description="the v1 retention policy, or leave it out for the database's default")
+    username: str = Field(default=_INFLUX["username"], description="v1 basic auth user (with password, or neither)")
+    password: str = Field(default=_INFLUX["password"],
+                          description="v1 basic auth password, usually ${CASCADE_INFLUX_PASSWORD}")
+    token: str = Field(default=_INFLUX["token"], description="the v2 token (v1 without username: sent as 'Token ...')")
+    org: str = Field(default=_INFLUX["org"], description="the v2 organisation (required with api v2)")
+    bucket: str = Field(default=_INFLUX["bucket"], description="the v2 bucket (required with api v2)")
+    batch_size: Int = Field(default=_INFLUX["batch_size"], ge=1, description="lines per write request, e.g. 5000")
+    flush_interval_s: Float = Field(
+        default=_INFLUX["flush_interval_s"], gt=0,
+        description="the longest time in seconds a line waits in memory while the server is up, e.g. 1")
+    gzip: Bool = Field(default=_INFLUX["gzip"], description="true or false: compress request bodies")
+    max_buffer_lines: Int = Field(default=_INFLUX["max_buffer_lines"], ge=1,
+                                  description="the in-memory bound in lines, >= batch_size")
+    spool_max_bytes: Int = Field(default=_INFLUX["spool_max_bytes"], ge=64 * 1024,
+                                 description="the disk spool bound in bytes, >= 65536")
+    timeout_s: Float = Field(default=_INFLUX["timeout_s"], gt=0,
+                             description="seconds per request and for the final flush")
+    precision: Literal["ns"] = Field(default=_INFLUX["precision"], description="ns (the encoder writes nanoseconds)")
+    retry_initial_s: Float = Field(
+        default=_INFLUX["retry_initial_s"], gt=0,
+        description="the first retry wait in seconds while the server is down, e.g. 0.5")
+    retry_max_s: Float = Field(default=_INFLUX["retry_max_s"], gt=0,
+                               description="the longest retry wait in seconds, >= retry_initial_s")
+
+    def sink_config(self, spool_dir: str | None = None) -> InfluxConfig:
+        """The sink's own config; ``spool_dir`` replaces the written one (made relative to the file)."""
+        values = self.model_dump()
+        if spool_dir is not None:
+            values["spool_dir"] = spool_dir
+        return InfluxConfig(**values)
+
+    @model_validator(mode="after")
+    def _sink_accepts_it(self) -> InfluxSection:
+        try:
+            self.sink_config().validate()
+        except InfluxConfigError as err:  # "influx.KEY: why (got value)"
+            raise ValueError(f"{str(err).removeprefix('influx.')}. Fix: see {_SINK_DOC}") from None
+        return self
+
+
+# --- alerting ------------------------------------------------------------------------------------
+
+_ACTIONS = sorted(PROTECTIVE_ACTIONS)
+
+
+class ActionsSection(_Section):
+    """``alerting.actions``: which protective actions are carried out."""
+
+    absent_if_null = ("rules",)
+
+    perform: list[ProtectiveAction] = Field(  # type: ignore[valid-type]
+        default=_ACTIONS, description=f"list some of {_ACTIONS} ([] = observe only)")
+    rules: dict[Text, dict[Level, ActionOrNone]] = Field(
+        default={},
+        description=f"per catalogue rule and level 1-3: one of {_ACTIONS} or none, "
+        "e.g. {thermal_runaway: {2: none}}")
+    retry_s: Float = Field(default=10.0, gt=0, description="seconds between retries of a failed action, e.g. 10")
+
+
+class AlertingSection(Model):
+    """``alerting:``: tiered warnings, the alert service and protective actions (docs/alert-service.md)."""
+
+    enabled: Bool = Field(default=True,
+                          description="true or false (false: no engine, no alert service, no routes)")
+    rules: PathText | None = Field(
+        default=None, json_schema_extra=_shown("the shipped catalogue"),
+        description="a rule file (docs/warnings.md), or leave it out for the shipped catalogue")
+    state_file: PathText = Field(default="var/alerts.json",
+                                 description="where active alerts and acks are kept, e.g. var/alerts.json")
+    audit_file: PathText = Field(
+        default="var/threshold-audit.jsonl",
+        description="where run-time threshold changes are logged, e.g. var/threshold-audit.jsonl")
+    alertmanager_url: HttpUrl | None = Field(
+        default="http://127.0.0.1:9093",
+        description="e.g. http://127.0.0.1:9093, or null to push nothing (evaluate and act only)")
+    resend_interval_s: Float = Field(default=60.0, gt=0,
+                                     description="seconds between re-sends to Alertmanager, e.g. 60")
+    generator_url: Text | None = Field(
+        default=None, description="a link shown as the alert's source (e.g. a Grafana dashboard), or leave it out")
+    actions: ActionsSection = Field(default=ActionsSection(), json_schema_extra=_shown("see alerting.actions"),
+                                    description="a mapping, e.g. {perform: [stop_charging], retry_s: 10}")
+    api_token: Text | None = Field(
+        default=None,
+        description="the bearer token ack and set-threshold require, usually ${CASCADE_API_TOKEN}; leave it out "
+        "only on loopback")
+
+
+# --- the file ------------------------------------------------------------------------------------
+
+
+class RunConfig(_Section):
+    """A run configuration file as written (before fleet files, defaults and profiles)."""
+
+    absent_if_null = ("cabinets", "fleet_files", "defaults", "poll", "metrics", "alerting")
+
+    cabinets: list[CabinetEntry] = Field(
+        default=[], json_schema_extra={"shown_type": "list of cabinets"},
+        description="a list of cabinets, each {id, host, port, ...} (see the cabinet keys)")
+    fleet_files: list[PathText] = Field(
+        default=[], description="a list of files with cabinets: (the simulator writes one), e.g. [../var/fleet.yaml]")
+    defaults: CabinetEntry = Field(default=CabinetEntry(), json_schema_extra=_shown("`{}`"),
+                                   description="cabinet keys merged into every cabinet entry, e.g. {interval_s: 5}")
+    poll: PollSection = Field(default=PollSection(), json_schema_extra=_shown("see poll"),
+                              description="a mapping, e.g. {jitter: 0.1, backoff_cap_s: 60}")
+    influxdb: InfluxSection | None = Field(
+        default=None, json_schema_extra=_shown("none: no storage"),
+        description="a mapping, e.g. {url: http://127.0.0.1:8086, database: cascade, spool_dir: ../var/spool} "
+        f"({_SINK_DOC})")
+    metrics: MetricsSection = Field(default=MetricsSection(), json_schema_extra=_shown("see metrics"),
+                                    description="a mapping, e.g. {host: 127.0.0.1, port: 9108}")
+    status_interval_s: Float = Field(default=10.0, ge=0,
+                                     description="seconds between one-line status logs (0 = off)")
+    alerting: dict[str, Any] = Field(
+        default={}, json_schema_extra={"shown_default": "see alerting", "shown_type": "mapping"},
+        description="a mapping of the alerting keys (docs/alert-service.md#configuration)")
+
+# --- loading -------------------------------------------------------------------------------------
+
 _PATH_KEYS = {"state_file", "audit_file", "rules"}
 
 
@@ -73,30 +364,58 @@ def _read_yaml(path: Path, key: str = "(file)") -> Any:
         return _expand_env(yaml.safe_load(path.read_text(encoding="utf-8")), path, os.environ)
     except OSError as err:
         raise ConfigError(path, key, f"cannot read {path}: {err.strerror}", "check the path") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(path, key, f"not UTF-8 text ({err.reason})", "save the file as UTF-8 YAML") from err
     except yaml.YAMLError as err:
-        raise ConfigError(path, key, f"not valid YAML: {err}", "fix the YAML syntax") from err
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(path, key, f"not valid YAML{at}: {problem}", "fix the YAML syntax") from err
 
 
-def _build(cls: type, values: Any, source: Path, key: str, fix: str) -> Any:
-    if not isinstance(values, dict):
-        raise ConfigError(source, key, f"expected a mapping, got {values!r}", fix)
-    known = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    for name in values:
-        if name not in known:
-            raise ConfigError(source, f"{key}.{name}", "unknown key", f"use one of {sorted(known)}")
+def _exists(path: Path) -> bool:
     try:
-        obj = cls(**values)
-    except TypeError as err:
-        raise ConfigError(source, key, str(err), fix) from err
-    for name, value in values.items():
-        expected = known[name].type if isinstance(known[name].type, str) else ""
-        if "float" in expected and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-            raise ConfigError(source, f"{key}.{name}", f"{value!r} is not a number", "give a number")
-        if expected.startswith("int") and (not isinstance(value, int) or isinstance(value, bool)):
-            raise ConfigError(source, f"{key}.{name}", f"{value!r} is not an integer", "give an integer")
-        if expected == "str" and not isinstance(value, str):
-            raise ConfigError(source, f"{key}.{name}", f"{value!r} is not text", "quote the value")
-    return obj
+        return path.exists()
+    except OSError:  # e.g. a name too long: reading it reports the error
+        return True
+
+
+def _fleet_entries(source: Path, run: RunConfig) -> list[tuple[Path, str, CabinetEntry]]:
+    """Every cabinet entry, inline and from fleet files, with the file and key it came from."""
+    entries = [(source, f"cabinets[{i}]", entry) for i, entry in enumerate(run.cabinets)]
+    for i, name in enumerate(run.fleet_files):
+        fleet_path = _relative_to(source, name)
+        if not _exists(fleet_path):
+            raise ConfigError(source, f"fleet_files[{i}]", f"{fleet_path} does not exist",
+                              "start the simulator first (it writes the fleet file) or fix the path")
+        doc = _read_yaml(fleet_path)
+        if isinstance(doc, list):  # a bare list of cabinets
+            doc = {"cabinets": doc}
+        if not isinstance(doc, dict):
+            raise ConfigError(fleet_path, "(top level)", f"expected cabinets: with a list, got {doc!r:.60}",
+                              "see docs/configuration.md")
+        fleet = validate(FleetFile, doc, fleet_path, error=ConfigError)
+        entries.extend((fleet_path, f"cabinets[{j}]", entry) for j, entry in enumerate(fleet.cabinets))
+    return entries
+
+
+def _profile(name: str, entry_source: Path, key: str, profiles: dict[str, Profile]) -> Profile:
+    if name not in profiles:
+        ref = name
+        if ref.endswith((".yaml", ".yml")) and not Path(ref).is_absolute():
+            candidate = entry_source.parent / ref
+            ref = str(candidate) if _exists(candidate) else ref
+        try:
+            profiles[name] = find_profile(ref)
+        except ProfileError as err:
+            raise ConfigError(entry_source, f"{key}.profile", str(err), "fix the profile or its name") from err
+        except OSError as err:
+            raise ConfigError(entry_source, f"{key}.profile", f"cannot read {ref}: {err.strerror}",
+                              "fix the profile or its name") from err
+        except UnicodeDecodeError as err:
+            raise ConfigError(entry_source, f"{key}.profile", f"{ref} is not a UTF-8 text file",
+                              "give a profile YAML file or a name from profiles/") from err
+    return profiles[name]
 
 
 def load_config(path: str | Path) -> AppConfig:
@@ -104,102 +423,121 @@ def load_config(path: str | Path) -> AppConfig:
     source = Path(path)
     doc = _read_yaml(source)
     if not isinstance(doc, dict):
-        raise ConfigError(source, "(top level)", "expected a mapping", "see config/local.yaml")
-    known = {"cabinets", "fleet_files", "defaults", "influxdb", "metrics", "poll", "status_interval_s", "alerting"}
-    for key in doc:
-        if key not in known:
-            raise ConfigError(source, key, "unknown key", f"use one of {sorted(known)}")
+        raise ConfigError(source, "(top level)", f"expected a mapping of sections, got {doc!r:.60}",
+                          "see config/local.yaml and docs/configuration.md")
+    run = validate(RunConfig, doc, source, error=ConfigError)
 
-    defaults = doc.get("defaults") or {}
-    if not isinstance(defaults, dict):
-        raise ConfigError(source, "defaults", "expected a mapping", "e.g. defaults: {interval_s: 5}")
-    entries: list[tuple[Path, str, Any]] = []
-    for key in ("cabinets", "fleet_files"):
-        if not isinstance(doc.get(key) or [], list):
-            raise ConfigError(source, key, f"expected a list, got {doc[key]!r}", "see docs/configuration.md")
-    for i, entry in enumerate(doc.get("cabinets") or []):
-        entries.append((source, f"cabinets[{i}]", entry))
-    for i, name in enumerate(doc.get("fleet_files") or []):
-        if not isinstance(name, str) or not name:
-            raise ConfigError(source, f"fleet_files[{i}]", f"{name!r} is not a path", "e.g. fleet.yaml")
-        fleet_path = (source.parent / name) if not Path(name).is_absolute() else Path(name)
-        if not fleet_path.exists():
-            raise ConfigError(source, f"fleet_files[{i}]", f"{fleet_path} does not exist",
-                              "start the simulator first (it writes the fleet file) or fix the path")
-        fleet = _read_yaml(fleet_path)
-        items = fleet.get("cabinets") if isinstance(fleet, dict) else fleet
-        if not isinstance(items, list):
-            raise ConfigError(fleet_path, "cabinets", "expected a list of cabinets", "see docs/configuration.md")
-        entries.extend((fleet_path, f"cabinets[{j}]", e) for j, e in enumerate(items))
+    defaults = run.defaults.model_dump(exclude_unset=True)
+    entries = _fleet_entries(source, run)
     if not entries:
         raise ConfigError(source, "cabinets", "no cabinets configured", "list cabinets or fleet_files")
-
     cabinets: list[CabinetConfig] = []
     profiles: dict[str, Profile] = {}
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     for entry_source, key, entry in entries:
-        if not isinstance(entry, dict):
-            raise ConfigError(entry_source, key, f"expected a mapping, got {entry!r}", "give id, host, port")
-        merged = {**defaults, **entry}
-        cabinet = _build(CabinetConfig, merged, entry_source, key, "each cabinet needs id and host")
+        cabinet = validate(Cabinet, {**defaults, **entry.model_dump(exclude_unset=True)}, entry_source, key=key,
+                           error=ConfigError)
         if cabinet.id in seen:
-            raise ConfigError(entry_source, f"{key}.id", f"cabinet {cabinet.id!r} is listed twice",
-                              "give every cabinet a unique id")
-        seen.add(cabinet.id)
-        if cabinet.interval_s <= 0 or cabinet.timeout_s <= 0:
-            raise ConfigError(entry_source, key, "interval_s and timeout_s must be positive", "e.g. interval_s: 5")
-        if cabinet.busy_retries < 0 or cabinet.busy_backoff_s < 0:
-            raise ConfigError(entry_source, key, "busy_retries and busy_backoff_s cannot be negative",
-                              "e.g. busy_retries: 3")
-        if cabinet.slots is not None and not 1 <= cabinet.slots <= 256:
-            raise ConfigError(entry_source, f"{key}.slots", f"{cabinet.slots}", "use 1..256 (or leave it out)")
-        if cabinet.profile not in profiles:
-            profile_ref = cabinet.profile
-            if profile_ref.endswith((".yaml", ".yml")) and not Path(profile_ref).is_absolute():
-                candidate = entry_source.parent / profile_ref
-                profile_ref = str(candidate) if candidate.exists() else profile_ref
-            try:
-                profiles[cabinet.profile] = find_profile(profile_ref)
-            except ProfileError as err:
-                raise ConfigError(entry_source, f"{key}.profile", str(err), "fix the profile or its name") from err
+            raise ConfigError(entry_source, f"{key}.id", f"cabinet {cabinet.id!r} is listed twice "
+                              f"(first at {seen[cabinet.id]})", "give every cabinet a unique id")
+        seen[cabinet.id] = f"{entry_source}: {key}"
+        profile = _profile(cabinet.profile, entry_source, key, profiles)
         try:  # the read plan is built at start-up anyway: a slot count the map cannot hold fails here
-            plan_reads(profiles[cabinet.profile], cabinet.slots, max_gap=cabinet.max_gap)
+            plan_reads(profile, cabinet.slots, max_gap=cabinet.max_gap)
         except ValueError as err:
             raise ConfigError(entry_source, key, str(err), "check slots and max_gap against the profile") from err
-        cabinets.append(cabinet)
+        cabinets.append(CabinetConfig(**cabinet.model_dump()))
 
-    influx_doc = doc.get("influxdb")
     influx = None
-    if isinstance(influx_doc, dict) and isinstance(influx_doc.get("spool_dir"), str):
-        influx_doc = {**influx_doc, "spool_dir": str(_relative_to(source, influx_doc["spool_dir"]))}
-    if influx_doc is not None:
-        influx = _build(InfluxConfig, influx_doc, source, "influxdb", "see docs/influxdb-sink.md")
-        try:
-            influx.validate()
-        except ValueError as err:
-            raise ConfigError(source, "influxdb", str(err), "see docs/influxdb-sink.md") from err
-
-    metrics = doc.get("metrics") or {}
-    poll = doc.get("poll") or {}
-    for name, section, allowed in (("metrics", metrics, {"host", "port"}),
-                                   ("poll", poll, {"jitter", "backoff_cap_s"})):
-        if not isinstance(section, dict):
-            raise ConfigError(source, name, "expected a mapping", f"keys: {sorted(allowed)}")
-        for key in section:
-            if key not in allowed:
-                raise ConfigError(source, f"{name}.{key}", "unknown key", f"use one of {sorted(allowed)}")
-    jitter = poll.get("jitter", 0.1)
-    if not isinstance(jitter, (int, float)) or not 0 <= jitter < 1:
-        raise ConfigError(source, "poll.jitter", f"{jitter!r}", "a fraction of the interval, 0 <= jitter < 1")
-    port = metrics.get("port", 9108)
-    if not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ConfigError(source, "metrics.port", f"{port!r}", "a TCP port number (0 = any free port)")
-    alerting = doc.get("alerting") or {}
-    if not isinstance(alerting, dict):
-        raise ConfigError(source, "alerting", "expected a mapping", "see docs/warnings.md")
-    alerting = {key: str(_relative_to(source, value)) if key in _PATH_KEYS and isinstance(value, str) else value
-                for key, value in alerting.items()}
+    if run.influxdb is not None:
+        influx = run.influxdb.sink_config(spool_dir=str(_relative_to(source, run.influxdb.spool_dir)))
+    alerting = {key: str(_relative_to(source, value)) if key in _PATH_KEYS and isinstance(value, str) and value
+                else value for key, value in run.alerting.items()}
     return AppConfig(source=str(source), cabinets=cabinets, profiles=profiles, influxdb=influx,
-                     metrics_host=str(metrics.get("host", "127.0.0.1")), metrics_port=port, jitter=float(jitter),
-                     backoff_cap_s=float(poll.get("backoff_cap_s", 60.0)),
-                     status_interval_s=float(doc.get("status_interval_s", 10.0)), alerting=alerting)
+                     metrics_host=run.metrics.host, metrics_port=run.metrics.port, jitter=run.poll.jitter,
+                     backoff_cap_s=run.poll.backoff_cap_s, status_interval_s=run.status_interval_s,
+                     alerting=alerting)
+
+
+# --- reference docs ------------------------------------------------------------------------------
+
+_REFERENCE: tuple[tuple[str, type[BaseModel]], ...] = (
+    ("Top level", RunConfig),
+    ("Cabinet keys (`cabinets[]`, fleet files, `defaults`)", Cabinet),
+    ("`poll`", PollSection),
+    ("`metrics`", MetricsSection),
+    ("`influxdb`", InfluxSection),
+    ("`alerting`", AlertingSection),
+    ("`alerting.actions`", ActionsSection),
+)
+_SCALARS = {int: "integer", float: "number", str: "text", bool: "true/false", type(None): "null"}
+
+
+def _range(metadata: list[Any]) -> str:
+    bounds: dict[type, Any] = {}
+    for m in metadata:
+        for kind, attr in ((Ge, "ge"), (Gt, "gt"), (Le, "le"), (Lt, "lt")):
+            if isinstance(m, kind):
+                bounds[kind] = getattr(m, attr)
+    if Ge in bounds and Le in bounds:
+        return f" {bounds[Ge]}..{bounds[Le]}"
+    text = ", ".join(f"{sign} {bounds[kind]}" for kind, sign in ((Gt, ">"), (Ge, ">="), (Lt, "<"), (Le, "<="))
+                     if kind in bounds)
+    return f" {text}" if text else ""
+
+
+def _type_text(tp: Any, metadata: list[Any]) -> str:
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Annotated:
+        return _type_text(args[0], [*args[1:], *metadata])
+    shown = next((m.name for m in metadata if isinstance(m, _Shown)), None)
+    if shown is not None:
+        return shown
+    if origin in (Union, UnionType):
+        return " or ".join(_type_text(a, metadata if a is not type(None) else []) for a in args)
+    if origin is Literal:
+        names = [f"`{a}`" for a in args]
+        return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    if origin is list:
+        return f"list of {_type_text(args[0], [])}"
+    if origin is dict:
+        return f"mapping of {_type_text(args[0], [])} to {_type_text(args[1], [])}"
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return "mapping"
+    return _SCALARS.get(tp, getattr(tp, "__name__", str(tp))) + _range(metadata)
+
+
+def _yaml_text(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, str):
+        return value or '""'
+    if isinstance(value, list):
+        return "[" + ", ".join(_yaml_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_yaml_text(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _default_text(info: FieldInfo) -> str:
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    if "shown_default" in extra:
+        return str(extra["shown_default"])
+    if info.default is PydanticUndefined:
+        return "(required)"
+    return f"`{_yaml_text(info.default)}`"
+
+
+def config_reference() -> str:
+    """The key tables of docs/configuration.md ("Reference"), generated from the models here."""
+    lines: list[str] = []
+    for title, model in _REFERENCE:
+        lines += [f"### {title}", "",
+                  "| key | type | default | meaning |", "|---|---|---|---|"]
+        for name, info in model.model_fields.items():
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            kind = str(extra.get("shown_type") or _type_text(info.annotation, list(info.metadata)))
+            meaning = (info.description or "").replace("|", "\\|")
+            lines.append(f"| `{name}` | {kind} | {_default_text(info)} | {meaning} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
