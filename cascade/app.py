@@ -19,7 +19,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from alerting.actions import ActionPolicy
+from alerting.actions import ALLOWED_COMMANDS, ActionPolicy
 from alerting.api import add_routes
 from alerting.engine import Engine
 from alerting.rules import DEFAULT_CATALOGUE, RuleError, RuleSet, load_rules
@@ -55,7 +55,26 @@ def alerting_settings(config: AppConfig) -> dict[str, Any]:
         s["rules"] = str(DEFAULT_CATALOGUE)
     if s["policy"].overrides:  # checked against the rules here too, so `cascade check-config` sees it
         _check_action_rules(config.source, _load_rules(config.source, s["rules"]), s["policy"])
+    if s["enabled"]:
+        _check_action_commands(config, s["policy"])
     return s
+
+
+def _check_action_commands(config: AppConfig, policy: ActionPolicy) -> None:
+    """Every protective action the policy performs must be something each cabinet's profile can do:
+    refused at start-up, not discovered as an error at every poll during an incident."""
+    if not policy.perform:
+        return
+    used = sorted({c.profile for c in config.cabinets})
+    for name in used:
+        profile = config.profiles[name]
+        missing = sorted(ALLOWED_COMMANDS - set(profile.commands))
+        if missing:
+            raise ConfigError(config.source, "alerting.actions.perform",
+                              f"protective actions {sorted(policy.perform)} write {', '.join(missing)}, which "
+                              f"profile {name!r}{'' if str(profile.source) == name else f' ({profile.source})'} "
+                              "does not define",
+                              f"add commands.{missing[0]} to that profile, or write perform: [] to observe only")
 
 
 def _action_policy(actions: ActionsSection) -> ActionPolicy:

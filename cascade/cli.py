@@ -43,12 +43,14 @@ def _run_async(coro) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from cascade.config import ConfigError, load_config
-    from collectors.modbus.profile import ProfileError
+    from cascade.app import alerting_settings
+    from cascade.config import load_config
+    from core.errors import CascadeError
 
     try:
         config = load_config(args.config)
-    except (ConfigError, ProfileError) as err:
+        alerting_settings(config)  # refused here, as one line, not as a traceback from start-up
+    except CascadeError as err:
         print(f"cascade: configuration error: {err}", file=sys.stderr)
         return 2
 
@@ -61,27 +63,44 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from cascade.config import ConfigError, load_config
-    from collectors.modbus.planner import minimum_reads, plan_reads
-    from collectors.modbus.profile import ProfileError
+    import json
+
+    from cascade.app import alerting_settings
+    from cascade.config import ConfigError, load_config, read_plans
+    from core.errors import CascadeError
 
     try:
         config = load_config(args.config)
-    except (ConfigError, ProfileError) as err:
+        settings = alerting_settings(config)  # everything `cascade run` refuses at start-up
+        plans = read_plans(config)
+    except (ConfigError, CascadeError) as err:
         print(f"cascade: configuration error: {err}", file=sys.stderr)
         return 2
-    from cascade.app import alerting_settings
-    try:
-        alerting_settings(config)
-    except ConfigError as err:
-        print(f"cascade: configuration error: {err}", file=sys.stderr)
-        return 2
+    if args.json:
+        doc = {"config": str(args.config), "cabinets": len(config.cabinets), "profiles": sorted(config.profiles),
+               "read_plans": plans, "alerting": {"enabled": settings["enabled"], "rules": settings["rules"],
+                                                  "perform": sorted(settings["policy"].perform)},
+               "influxdb": None if config.influxdb is None else {"url": config.influxdb.url,
+                                                                  "api": config.influxdb.api},
+               "metrics": f"http://{config.metrics_host}:{config.metrics_port}/metrics"}
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return 0
     print(f"{args.config}: OK — {len(config.cabinets)} cabinets, {len(config.profiles)} profiles")
-    for name, profile in config.profiles.items():
-        plan = plan_reads(profile)
-        print(f"  profile {name} ({profile.source}): {len(profile.cabinet_fields)} cabinet fields, "
-              f"{len(profile.slot_fields)} slot fields x {profile.slot_count} slots, "
-              f"{len(plan)} reads per poll (minimum {minimum_reads(profile)})")
+    for plan in plans:
+        cabinets = plan["cabinets"]
+        shown = ", ".join(cabinets[:3]) + (f" and {len(cabinets) - 3} more" if len(cabinets) > 3 else "")
+        print(f"  profile {plan['profile']} ({plan['source']}), {plan['slots']} slots, max_gap {plan['max_gap']}: "
+              f"{plan['requests']} reads per poll (minimum {plan['minimum_requests']}) for {shown}")
+        for read in plan["reads"]:
+            fields = read["fields"]
+            places = sorted({f.split(":", 1)[0] for f in fields}, key=lambda p: (p != "cabinet", len(p), p))
+            names = sorted({f.split(":", 1)[1] for f in fields})
+            print(f"    {read['register']:<8} {read['address']:>6} +{read['count']:<3} "
+                  f"{', '.join(places[:2])}{' ...' if len(places) > 2 else ''}: {', '.join(names)}")
+        print(f"    commands: {', '.join(plan['commands']) or '(none)'}")
+    perform = sorted(settings["policy"].perform)
+    print(f"  alerting: {'on' if settings['enabled'] else 'off'}; protective actions performed: "
+          f"{', '.join(perform) or 'none (observe only)'}")
     if config.influxdb:
         print(f"  influxdb: {config.influxdb.url} api {config.influxdb.api}")
     print(f"  metrics: http://{config.metrics_host}:{config.metrics_port}/metrics")
@@ -146,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "names, and print the read plan. Exits 2 on the first error, naming "
                                        "the file, the key and the fix.")
     check.add_argument("--config", required=True, metavar="FILE")
+    check.add_argument("--json", action="store_true", help="print the checked configuration and the read plans as JSON")
     check.set_defaults(func=_cmd_check_config)
 
     sim = sub.add_parser("simulate", help="serve a simulated fleet of Modbus cabinets",

@@ -541,3 +541,29 @@ def config_reference() -> str:
             lines.append(f"| `{name}` | {kind} | {_default_text(info)} | {meaning} |")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def read_plans(config: AppConfig) -> list[dict[str, Any]]:
+    """The Modbus read plan of every (profile, slots, max_gap) the configuration's cabinets use:
+    which registers each poll reads, in how many requests, and which fields each read carries.
+    What ``cascade check-config`` prints (``--json``: this list as is)."""
+    from collectors.modbus.planner import minimum_reads, plan_reads
+
+    groups: dict[tuple[str, int | None, int | None], list[str]] = {}
+    for cabinet in config.cabinets:
+        groups.setdefault((cabinet.profile, cabinet.slots, cabinet.max_gap), []).append(cabinet.id)
+    plans = []
+    for (name, slots, max_gap), ids in groups.items():
+        profile = config.profiles[name]
+        slot_count = slots or profile.slot_count
+        plan = plan_reads(profile, slot_count, max_gap=max_gap)
+        plans.append({
+            "profile": name, "source": str(profile.source), "cabinets": ids, "slots": slot_count,
+            "max_gap": profile.max_gap if max_gap is None else max_gap, "requests": len(plan),
+            "minimum_requests": minimum_reads(profile, slot_count),
+            "commands": sorted(profile.commands),
+            "reads": [{"register": r.register_type, "address": r.address, "count": r.count,
+                       "fields": [f"{'cabinet' if f.slot is None else f'slot {f.slot}'}:{f.spec.field}"
+                                  for f in r.fields]} for r in plan],
+        })
+    return plans
