@@ -189,3 +189,24 @@ async def test_a_point_that_cannot_be_encoded_is_counted_and_the_rest_is_written
     assert registry.get_sample_value("cascade_line_encode_errors_total") >= 1
     rows = influxdb.query("SELECT count(voltage_v) FROM slot WHERE slot = '2'")
     assert rows and rows[0]["count"] > 0
+
+
+async def test_a_wrong_unit_id_says_which_unit_and_function_and_what_to_check(stack: Stack) -> None:
+    """A gateway answers a unit it does not know with a Modbus exception; the error must name the
+    unit id tried and point at it, not read like a broken device."""
+    from dataclasses import replace
+
+    from collectors.modbus.device import ModbusCabinet
+    from collectors.runner import PollFailed
+
+    good = stack.config.cabinets[0]
+    wrong = replace(good, device_id=good.device_id + 40)
+    cabinet = ModbusCabinet(wrong, stack.config.profiles[wrong.profile])
+    try:
+        with pytest.raises(PollFailed) as failed:
+            await cabinet.fetch()
+    finally:
+        await cabinet.close()
+    text = str(failed.value)
+    assert f"unit id {wrong.device_id} on {wrong.host}:{wrong.port}" in text
+    assert "read_" in text and "gateway path unavailable" in text and "device_id" in text

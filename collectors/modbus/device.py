@@ -30,6 +30,17 @@ KIND = "modbus"  # the source kind: metrics label and config name
 log = logging.getLogger("cascade.collectors.modbus")
 
 _BUSY = 0x06  # Modbus exception code "server device busy": the only one worth retrying
+# Modbus exception codes (Modbus Application Protocol v1.1b3, section 7) and what to check first.
+_EXCEPTIONS: dict[int, tuple[str, str]] = {
+    1: ("illegal function", "the profile's register type (holding/input/coil/discrete) for this device"),
+    2: ("illegal data address", "the profile's addresses and slots.base/stride against the vendor's map"),
+    3: ("illegal data value", "the read sizes: lower the profile's max_gap or this device's read limit"),
+    4: ("server device failure", "the unit id (device_id): many gateways answer 4 for a unit that does not "
+                                 "exist; then the device itself"),
+    6: ("server device busy", "the poll interval and other masters polling the same device"),
+    10: ("gateway path unavailable", "the gateway's routing and the unit id (device_id)"),
+    11: ("gateway target failed to respond", "the unit id (device_id) and the serial line behind the gateway"),
+}
 _READ = {
     "holding": "read_holding_registers",
     "input": "read_input_registers",
@@ -93,10 +104,17 @@ class ModbusCabinet:
                     return response
                 code = getattr(response, "exception_code", None)
                 if code != _BUSY or attempt == self.config.busy_retries:
-                    raise PollFailed("busy" if code == _BUSY else "exception",
-                                     f"{method} answered with Modbus exception {code}")
+                    raise PollFailed("busy" if code == _BUSY else "exception", self._exception_text(method, args, code))
                 await asyncio.sleep(self.config.busy_backoff_s * (attempt + 1))
         raise AssertionError("unreachable")
+
+    def _exception_text(self, method: str, args: tuple[object, ...], code: int | None) -> str:
+        """What a Modbus exception means for this device and what to check: names the unit id and
+        function tried, because a wrong unit id behind a gateway looks like a device fault."""
+        name, hint = _EXCEPTIONS.get(code or -1, ("unknown exception", "the device's manual"))
+        at = f" at address {args[0]}" if args else ""
+        return (f"{method}{at} to unit id {self.config.device_id} on {self.config.host}:{self.config.port} "
+                f"answered Modbus exception {code} ({name}); check {hint}")
 
     def _drop(self) -> None:
         if self._client is not None:
