@@ -34,7 +34,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,8 +111,8 @@ class AlertService:
         self.failed: dict[AlertKey, FailedAction] = self._load_failed()
         self._fired: dict[AlertKey, dict[str, str]] = {}  # labels last fired per alert (to resolve exactly)
         self._done: dict[AlertKey, int] = {}  # alert -> highest level whose action was started
-        self._tasks: set[asyncio.Task] = set()
-        self._retry_task: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._retry_task: asyncio.Task[None] | None = None
         self._running = False
         self._transitions = Counter("cascade_alert_transitions_total", "Alert level transitions",
                                     ["kind", "level"], registry=registry)
@@ -241,7 +241,7 @@ class AlertService:
         for command in self.actions.plan(t, action):
             self._spawn(self._run_command(command, battery))
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro, name="protective-action")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

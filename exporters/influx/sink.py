@@ -150,7 +150,7 @@ class InfluxSink:
         self._rng = rng or random.Random()
         self._buffer: list[str] = []
         self._spool: DiskSpool | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._client: Any = None
         self._write_api: Any = None
