@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     names = list(_SUITES) if name == "all" else [name]
     status = 0
     for suite in names:
-        print(f"== {suite} ==", flush=True)
+        if len(names) > 1:  # one suite: its output alone (so --json output is clean JSON)
+            print(f"== {suite} ==", flush=True)
         module = importlib.import_module(_SUITES[suite])
         status |= module.main(argv if name != "all" else [])
     return status

@@ -202,7 +202,7 @@ def _first_times(transitions: list[Transition], keep: Callable[[Transition], boo
     over the transitions ``keep`` selects."""
     any_rule: dict[int, float] = {}
     per_rule: dict[str, dict[int, float]] = {}
-    action = None
+    action = cutoff = None
     for t in transitions:
         if t.kind not in _ALARM_KINDS or not keep(t):
             continue
@@ -211,7 +211,12 @@ def _first_times(transitions: list[Transition], keep: Callable[[Transition], boo
         per_rule.setdefault(t.rule, {}).setdefault(t.to_level, t.at)  # the levels the rule itself reached
         if t.protective_action is not None and action is None:
             action = (t.at, t.protective_action, t.rule)
-    return {"any": any_rule, "per_rule": per_rule, "action": action}
+        if t.protective_action in _CUTOFFS and cutoff is None:
+            cutoff = (t.at, t.protective_action, t.rule)
+    return {"any": any_rule, "per_rule": per_rule, "action": action, "cutoff": cutoff}
+
+
+_CUTOFFS = ("slot_cutoff", "cabinet_cutoff")
 
 
 def analyse_trace(readings: Sequence[tuple[float, CabinetReading]], rules: RuleSet, *, onset: float | None,
@@ -233,11 +238,20 @@ def analyse_trace(readings: Sequence[tuple[float, CabinetReading]], rules: RuleS
     alarms: Counter = Counter()
     by_rule: Counter = Counter()
     actions = 0
+    since: dict[Any, float] = {}  # alert -> when its level last changed
+    standing = 0.0  # longest time an alert stayed at one level (seconds; still standing at the end counts)
     for t in transitions:
         if t.kind in _ALARM_KINDS:
             alarms[t.to_level] += 1
             by_rule[f"{t.rule}@L{t.to_level}"] += 1
             actions += t.protective_action is not None
+        if t.key in since:
+            standing = max(standing, t.at - since.pop(t.key))
+        if t.to_level:
+            since[t.key] = t.at
+    end = readings[-1][0] if readings else 0.0
+    for at in since.values():
+        standing = max(standing, end - at)
     per_1000 = (lambda n: n * 1000 / hours) if hours > 0 else (lambda n: None)
     out: dict[str, Any] = {
         "rules": len(rules),
@@ -248,6 +262,7 @@ def analyse_trace(readings: Sequence[tuple[float, CabinetReading]], rules: RuleS
             "protective_actions": actions,
             "protective_actions_per_1000_battery_hours": per_1000(actions),
             "by_rule": dict(by_rule.most_common()),
+            "longest_unchanged_alert_min": standing / 60,
         },
     }
     if onset is not None:
@@ -265,6 +280,8 @@ def analyse_trace(readings: Sequence[tuple[float, CabinetReading]], rules: RuleS
             "first_level_min": {str(n): rel(first["any"][n]) if n in first["any"] else None for n in _LEVELS},
             "first_action": None if first["action"] is None else {
                 "min": rel(first["action"][0]), "action": first["action"][1], "rule": first["action"][2]},
+            "first_cutoff": None if first["cutoff"] is None else {
+                "min": rel(first["cutoff"][0]), "action": first["cutoff"][1], "rule": first["cutoff"][2]},
             "per_rule": {rule: {str(n): rel(at) for n, at in levels.items()}
                          for rule, levels in sorted(first["per_rule"].items(), key=lambda kv: min(kv[1].values()))},
             "elsewhere_before_onset": {k: elsewhere[k] for k in ("1", "2", "3", "protective_actions")},
@@ -346,6 +363,9 @@ def format_trace_result(res: dict[str, Any]) -> str:
         acts = [res["rule_sets"][k]["onset"]["first_action"] for k in names]
         rows.append(["first protective action"] + [_fmt_min(a["min"] if a else None) for a in acts])
         rows.append(["  which"] + [f"{a['action']} ({a['rule']})" if a else "–" for a in acts])
+        cuts = [res["rule_sets"][k]["onset"]["first_cutoff"] for k in names]
+        rows.append(["first cut-off"] + [_fmt_min(a["min"] if a else None) for a in cuts])
+        rows.append(["  which"] + [f"{a['action']} ({a['rule']})" if a else "–" for a in cuts])
         rule_levels: dict[tuple[str, int], float] = {}
         for k in names:
             for rule, levels in res["rule_sets"][k]["onset"]["per_rule"].items():
@@ -369,6 +389,8 @@ def format_trace_result(res: dict[str, Any]) -> str:
         rows.append(["protective actions"]
                     + [_fmt_rate(res["rule_sets"][k]["rates"]["protective_actions_per_1000_battery_hours"],
                                  res["rule_sets"][k]["rates"]["protective_actions"]) for k in names])
+        rows.append(["longest unchanged alert (min)"]
+                    + [f"{res['rule_sets'][k]['rates']['longest_unchanged_alert_min']:.0f}" for k in names])
         keys = sorted({r for k in names for r in res["rule_sets"][k]["rates"]["by_rule"]},
                       key=lambda r: (-max(res["rule_sets"][k]["rates"]["by_rule"].get(r, 0) for k in names), r))
         for r in keys:
@@ -384,7 +406,8 @@ def format_summary(results: list[dict[str, Any]]) -> str:
     onset = [r for r in results if r["onset"] is not None]
     normal = [r for r in results if r["onset"] is None]
     if onset:
-        header = ["trace (minutes from onset)"] + [f"{k} {c}" for k in names for c in ("L1", "L2", "L3", "action")]
+        header = ["trace (minutes from onset)"] + [f"{k} {c}" for k in names
+                                                   for c in ("L1", "L2", "L3", "action", "cut-off")]
         rows = []
         for r in onset:
             row = [Path(r["trace"]).stem]
@@ -392,11 +415,12 @@ def format_summary(results: list[dict[str, Any]]) -> str:
                 o = r["rule_sets"][k]["onset"]
                 row += [_fmt_min(o["first_level_min"][str(n)]) for n in _LEVELS]
                 row.append(_fmt_min(o["first_action"]["min"] if o["first_action"] else None))
+                row.append(_fmt_min(o["first_cutoff"]["min"] if o["first_cutoff"] else None))
             rows.append(row)
         out.append(_table(rows, header))
     if normal:
         header = ["trace (per 1,000 battery-h)", "battery-h"] + [
-            f"{k} {c}" for k in names for c in ("L1", "L2", "L3", "actions")]
+            f"{k} {c}" for k in names for c in ("L1", "L2", "L3", "actions", "longest alert min")]
         rows = []
         for r in normal:
             row = [Path(r["trace"]).stem, f"{r['battery_hours']:.1f}"]
@@ -404,6 +428,7 @@ def format_summary(results: list[dict[str, Any]]) -> str:
                 rates = r["rule_sets"][k]["rates"]
                 row += [_fmt_rate(rates["per_1000_battery_hours"][str(n)], rates["alarms"][str(n)]) for n in _LEVELS]
                 row.append(_fmt_rate(rates["protective_actions_per_1000_battery_hours"], rates["protective_actions"]))
+                row.append(f"{rates['longest_unchanged_alert_min']:.0f}")
             rows.append(row)
         out.append(_table(rows, header))
     return "\n\n".join(out)
