@@ -141,7 +141,7 @@ class Input:
     def describe(self) -> str:
         if self.kind == "field":
             return (self.fields[0] + (f" / {self.per}" if self.per else "")
-                    + (f" − {BASELINES[self.minus]}" if self.minus else ""))
+                    + (f" − {_BASELINE_SHORT[self.minus]}" if self.minus else ""))
         if self.kind == "rate_of":
             return f"d({self.fields[0]})/dt per min over {self.window_s:g}s"
         if self.kind == "delta":
@@ -479,6 +479,7 @@ BASELINES = {
     "cabinet_temperature_c": "the cabinet's temperature (no decision when the cabinet reports none)",
 }
 """What a slot value may be measured against (``minus:``): context from the same cabinet poll."""
+_BASELINE_SHORT = {"cabinet_min": "lowest other slot", "cabinet_temperature_c": "cabinet temperature"}
 
 
 def _parse_input(ctx: _Ctx, key: str, raw: Any, kinds: dict[str, str]) -> Input:

@@ -291,3 +291,12 @@ def test_run_config_may_silence_a_fire_suppression_rule_and_act_on_others(tmp_pa
     engine = build_engine(config, settings)
     assert settings["policy"].overrides[("fire_suppression_triggered", 3)] is None
     assert engine.startup_transitions == []
+
+
+def test_the_catalogue_table_in_the_docs_is_generated_from_the_catalogue() -> None:
+    """docs/warnings.md's catalogue table is the generator's output (python -m alerting.catalogue_doc --write)."""
+    from alerting.catalogue_doc import BEGIN, DOC, END, catalogue_table
+
+    text = DOC.read_text(encoding="utf-8")
+    committed = text.split(BEGIN, 1)[1].split(END, 1)[0].lstrip("\n")
+    assert committed == catalogue_table(load_rules()), "run: python -m alerting.catalogue_doc --write"
