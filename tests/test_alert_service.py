@@ -32,21 +32,14 @@ from exporters.influx.sink import InfluxConfig
 from notifier import render_alertmanager_config
 from simulators.fleet import build_fleet
 from simulators.server import SimulatorServer
-from tests.fixtures.procs import free_port
+from tests.fixtures.clock import ManualClock
+from tests.fixtures.ports import free_port
 from tests.fixtures.prom import SHIPPED_ALERTMANAGER_CONFIG
 
 pytestmark = pytest.mark.timeout(120)
 
 SITE, CAB, SLOT = "site-01", "C0001", 3
 KEY = f"over_temperature@{SITE}/{CAB}/{SLOT}"
-
-
-class StepClock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_config(tmp_path: Path, cabinets: list[CabinetConfig], influx_url: str | None = None) -> AppConfig:
@@ -62,7 +55,7 @@ def reading(temperature_c: float, cabinet: str = CAB) -> CabinetReading:
                           slots=[SlotReading(slot=SLOT, temperature_c=temperature_c, battery_id="NM48-TEST0001")])
 
 
-async def feed(service: AlertService, clock: StepClock, temperature_c: float, seconds: float = 25,
+async def feed(service: AlertService, clock: ManualClock, temperature_c: float, seconds: float = 25,
                cabinet: str = CAB) -> list:
     """Hold a temperature for ``seconds`` of engine time (two readings, so ``for`` is met)."""
     before = len(service.store.history())
@@ -96,11 +89,11 @@ def shipped_alertmanager(factory, receiver_url: str):
 
 
 @pytest.fixture
-def engine_clock() -> StepClock:
-    return StepClock()
+def engine_clock() -> ManualClock:
+    return ManualClock(time.time())
 
 
-def make_engine(clock: StepClock, tmp_path: Path, rules=("over_temperature",)) -> Engine:
+def make_engine(clock: ManualClock, tmp_path: Path, rules=("over_temperature",)) -> Engine:
     return Engine(load_rules().only(list(rules)), clock=clock, state=AlertStore(tmp_path / "alerts.json"),
                   audit_path=tmp_path / "audit.jsonl")
 
@@ -420,6 +413,31 @@ async def test_an_empty_read_back_is_a_failed_action_and_retries_go_on(tmp_path,
             await eventually(lambda: service.failed[key].attempts >= 3)  # the retry loop is alive
             assert "returned no value" in service.failed[key].last_error
             assert service._retry_task is not None and not service._retry_task.done()
+
+
+async def test_a_relay_that_stays_closed_after_a_cut_off_is_a_failed_action(tmp_path, engine_clock):
+    """A welded or stuck relay: the cabinet acknowledges the write, but the read-back still says
+    closed. The cut-off did not happen: the action is failed, audited as failed, alerted at level 3
+    and retried; never recorded as "ok"."""
+    from tests.fixtures.bad_modbus import stuck_relay_server
+
+    async with stuck_relay_server() as port:
+        cabinet = CabinetConfig(id=CAB, host="127.0.0.1", port=port, site=SITE, interval_s=3600, timeout_s=0.5)
+        pipeline = Pipeline(make_config(tmp_path, [cabinet]))
+        policy = ActionPolicy(perform=frozenset({"stop_charging", "slot_cutoff"}), retry_s=0.2)
+        service = alert_service_for(pipeline, make_engine(engine_clock, tmp_path), alertmanager_url=None,
+                                    policy=policy)
+        async with service:
+            await feed(service, engine_clock, 75.0)  # over_temperature level 3 -> slot_cutoff
+            failed = await eventually(lambda: service.failed)
+            key = next(iter(failed))
+            assert str(key) == f"protective_action_failed@{SITE}/{CAB}/{SLOT}"
+            await eventually(lambda: service.failed[key].attempts >= 2)  # retried, still failing
+            assert "read back True, expected 0" in service.failed[key].last_error
+            records = [r for r in service.actions.recent if r.command == "slot_output"]
+            assert records and all(r.result == "failed" and r.readback == 1 for r in records)
+            assert not [r for r in service.actions.recent if r.ok], "a cut-off that did not happen is never ok"
+            assert service.store.worst_level() == 3
 
 
 async def test_a_cut_off_cut_short_by_a_crash_is_reissued_at_start(tmp_path, engine_clock, simulator):
