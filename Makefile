@@ -21,6 +21,7 @@ STAMP  := $(VENV)/.cascade-installed
 # Debian packages for the services the stack and the tests start themselves, with the
 # binaries each provides: one list, scripts/deb-packages.
 DEB_PACKAGES := $(shell awk '!/^[[:space:]]*(\#|$$)/ {print $$1}' scripts/deb-packages)
+DEB_BINARIES := $(shell awk '!/^[[:space:]]*(\#|$$)/ {for (i = 2; i <= NF; i++) print $$i}' scripts/deb-packages)
 
 .PHONY: help deps venv run run-services test bench check clean distclean
 
