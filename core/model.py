@@ -17,7 +17,9 @@ import dataclasses
 import enum
 import functools
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 __all__ = [
     "BatteryState",
@@ -29,6 +31,7 @@ __all__ = [
     "SlotReading",
     "CABINET_FIELDS",
     "DERIVED_SLOT_FIELDS",
+    "ExtraValue",
     "FIELD_CATEGORIES",
     "FIELD_KINDS",
     "SLOT_FIELDS",
@@ -112,6 +115,16 @@ def describe_flags(flag_type: type[enum.IntFlag], value: int | None) -> str:
     return ",".join(names)
 
 
+ExtraValue = float | int | bool | str
+"""A value of a vendor register Cascade has no field for (a profile's ``extra:``)."""
+
+_NO_EXTRA: Mapping[str, ExtraValue] = MappingProxyType({})
+
+
+def _no_extra() -> Mapping[str, ExtraValue]:
+    return _NO_EXTRA  # one shared, read-only empty mapping: no allocation per reading
+
+
 @dataclass(slots=True)
 class SlotReading:
     """One cabinet slot (battery compartment) and the pack in it, at one poll."""
@@ -155,6 +168,13 @@ class SlotReading:
     output_enabled: bool | None = None
     # Fields whose value is a sensor at or past its limit (kept as the limit, "at least"/"at most")
     over_range: tuple[str, ...] = ()
+    # Vendor bits of bms_protection the profile's `bits:` map gives no Cascade meaning, at the vendor's bit
+    # positions (None: the profile has no bits map, its word is in Cascade's layout; 0: none set)
+    bms_protection_unmapped: int | None = None
+    # Vendor bits of charger_protection without a Cascade meaning (as bms_protection_unmapped)
+    charger_protection_unmapped: int | None = None
+    # Values of the profile's per-slot `extra:` registers (no Cascade field), by extra name
+    extra: Mapping[str, ExtraValue] = field(default_factory=_no_extra)
 
     # -- derived values the rules read (DERIVED_SLOT_FIELDS) -------------------------------------
     @property
@@ -224,15 +244,31 @@ class CabinetReading:
     slots: list[SlotReading] = field(default_factory=list)
     # Cabinet fields whose value is a sensor at or past its limit (kept as the limit)
     over_range: tuple[str, ...] = ()
+    # P-5.2.2.3 cabinet air gas sensors (the compartment ones are SlotReading.h2_ppm / voc_ppm)
+    cabinet_h2_ppm: float | None = None  # hydrogen in the cabinet air: off-gas of any pack
+    cabinet_voc_ppm: float | None = None  # electrolyte vapour in the cabinet air
+    # Cabinet door switch: True = open (service or forced entry)
+    door_open: bool | None = None
+    # Vendor bits of emergency_state without a Cascade meaning (see SlotReading.bms_protection_unmapped)
+    emergency_state_unmapped: int | None = None
+    # Vendor bits of device_fault_code the profile's bits map does not count as device faults
+    device_fault_code_unmapped: int | None = None
+    # Vendor bits of distribution_state without a Cascade meaning
+    distribution_state_unmapped: int | None = None
+    # Values of the profile's cabinet-wide `extra:` registers (no Cascade field), by extra name
+    extra: Mapping[str, ExtraValue] = field(default_factory=_no_extra)
 
 
 def _field_names(cls: type, skip: set[str]) -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(cls) if f.name not in skip)
 
 
-SLOT_FIELDS = _field_names(SlotReading, {"slot", "over_range"})
+# Not fields a profile maps: the vendor bits a `bits:` map leaves without meaning, and `extra` values.
+_UNMAPPED_FIELDS = {"bms_protection_unmapped", "charger_protection_unmapped", "emergency_state_unmapped",
+                    "device_fault_code_unmapped", "distribution_state_unmapped", "extra"}
+SLOT_FIELDS = _field_names(SlotReading, {"slot", "over_range", *_UNMAPPED_FIELDS})
 CABINET_FIELDS = _field_names(
-    CabinetReading, {"cabinet_id", "site", "model", "timestamp_ns", "slots", "over_range"}
+    CabinetReading, {"cabinet_id", "site", "model", "timestamp_ns", "slots", "over_range", *_UNMAPPED_FIELDS}
 )
 
 

@@ -254,9 +254,14 @@ class SlotState:
     charger_protection: int = 0
     bms_protection: int = 0  # flags set by scenarios; physics adds derived ones in report()
     valve_acoustic_events: int = 0
+    # Raw vendor bits without a Cascade meaning (a profile's `bits:` map leaves them out): what a
+    # vendor's own status bits look like on the wire. Set by tests; 0 on a healthy cabinet.
+    bms_protection_unmapped: int = 0
+    charger_protection_unmapped: int = 0
     runaway: Runaway | None = None
     next_event_s: float = math.inf  # next swap: pick-up when full, docking when empty
     surface_c: float = 20.0  # compartment air, tracks ambient when empty
+    docks: int = 0  # packs docked since the simulation started (a vendor's swap counter)
 
     @property
     def energised(self) -> bool:
@@ -275,6 +280,7 @@ class SlotState:
 
     def dock(self, battery: Battery, now: float) -> None:
         self.battery, self.full = battery, False
+        self.docks += 1
         self.charge_start_time_s, self.expected_end_time_s = int(now), 0
         self.charger_protection &= ChargerProtection.OPERATOR_CUTOFF  # new pack, fresh handshake
         if not battery.handshake_ok:
@@ -346,6 +352,12 @@ class SlotState:
             "valve_acoustic_events": self.valve_acoustic_events,
             "charger_protection": int(self.charger_protection),
             "output_enabled": self.output_enabled,
+            "bms_protection_unmapped": self.bms_protection_unmapped,
+            "charger_protection_unmapped": self.charger_protection_unmapped,
+            # Vendor registers without a Cascade field (profiles' `extra:`): the charger module's
+            # heat sink runs warmer than the compartment while it delivers power.
+            "extra": {"charger_module_temp_c": self.surface_c + 3.0 + 0.25 * self.current_a
+                      + 0.5 * _wiggle(t, self.phase + 3, 1300)},
         }
         b = self.battery
         if b is None:
@@ -428,6 +440,11 @@ class CabinetState:
     water_detected: bool = False
     smoke_detected: bool = False
     flame_detected: bool = False
+    door_open: bool = False
+    # Raw vendor bits without a Cascade meaning (see SlotState.bms_protection_unmapped)
+    emergency_state_unmapped: int = 0
+    device_fault_code_unmapped: int = 0
+    distribution_state_unmapped: int = 0
     # Scenario state, read by the register bank and the servers: (slot or None, field) → override
     # (see simulators.register_bank.Override), and when the cabinet stops answering.
     overrides: dict[tuple[int | None, str], Any] = field(default_factory=dict)
@@ -529,8 +546,29 @@ class CabinetState:
             "co_ppm": 2.5 + 2.0 * _wiggle(now, self.phase + 4, 3000) + 300 * _ramp(worst, 0.75, 1.0),
             "co2_ppm": 600 + 150 * _wiggle(now, self.phase + 5, 86400 / 3) + 800 * _ramp(worst, 0.8, 1.0),
             "water_detected": self.water_detected,
+            # Cabinet air: what the compartments vent, diluted, on a clean background.
+            "cabinet_h2_ppm": max(0.0, 0.5 + 0.4 * _wiggle(now, self.phase + 6, 4100))
+            + 0.2 * max((r.h2_ppm for r in runaways), default=0.0),
+            "cabinet_voc_ppm": max(0.0, 0.3 + 0.3 * _wiggle(now, self.phase + 7, 3300))
+            + 0.2 * max((r.voc_ppm for r in runaways), default=0.0),
+            "door_open": self.door_open,
+            "emergency_state_unmapped": self.emergency_state_unmapped,
+            "device_fault_code_unmapped": self.device_fault_code_unmapped,
+            "distribution_state_unmapped": self.distribution_state_unmapped,
+            "extra": self.extra_report(),
         }
         return values
+
+    def extra_report(self) -> dict[str, Any]:
+        """Signals vendors serve that Cascade has no field for (profiles' ``extra:`` registers); an
+        extra a profile names that is not here reads as zero, like an unmodelled field."""
+        now = self.now
+        cabinet_c = self.ambient_c(now) + 2.0 + self.input_power_w / 4000
+        return {
+            "fan_speed_rpm": max(0.0, 900 + 60 * (cabinet_c - 20) + 25 * _wiggle(now, self.phase + 8, 600)),
+            "humidity_pct": 45 + 8 * _wiggle(now, self.phase + 9, 86400 / 2),
+            "swap_count": 48_000 + sum(s.docks for s in self.slots),
+        }
 
     def slot_report(self, slot: int) -> dict[str, Any]:
         """The slot's fields (1-based slot number) at the current time."""

@@ -3,7 +3,10 @@
 Reads are computed on demand from :meth:`CabinetState.report` with
 :func:`collectors.modbus.codec.encode_value`, the exact inverse of the collector's decoder, so
 any profile works with no code change: a field the profile lacks is simply not served, and a
-field the profile has but the simulator does not model reads as zero.
+field the profile has but the simulator does not model reads as zero. The same holds for a
+profile's ``extra:`` registers (values from the report's ``extra`` mapping), for ``bits:`` maps
+(the report's Cascade flags written at the vendor's bit positions, plus the report's
+``<field>_unmapped`` raw vendor bits) and for ``bit`` fields sharing one register (ORed).
 
 Scenario faults sit between the state and the wire as :class:`Override` objects (a set or
 ramped value, a frozen value, a dead sensor, garbage words), keyed by (slot, field) on the
@@ -19,12 +22,11 @@ from __future__ import annotations
 
 import math
 import random
-import struct
 from dataclasses import dataclass
 from typing import Any
 
-from collectors.modbus.codec import encode_value
-from collectors.modbus.profile import FieldSpec, Profile
+from collectors.modbus.codec import FLOAT_TYPES, encode_raw, encode_value
+from collectors.modbus.profile import FieldSpec, Profile, unmapped_field
 
 from .cabinet import CabinetState
 
@@ -85,12 +87,23 @@ class Override:
         return _encode(spec, self.current(now))
 
 
-def _encode(spec: FieldSpec, value: Any) -> list[int]:
+def _encode(spec: FieldSpec, value: Any, unmapped: Any = 0) -> list[int]:
     if value is None:
         return list(spec.missing_words) if spec.missing_words else [0] * spec.words
-    if spec.data_type not in ("string", "bool") and isinstance(value, str):
+    if spec.data_type not in ("string", "bool", "bit") and isinstance(value, str):
         value = 0
+    if spec.bits is not None:
+        return encode_value(spec, value, unmapped=int(unmapped or 0))
     return encode_value(spec, value)
+
+
+def _report_words(spec: FieldSpec, report: dict[str, Any]) -> list[int]:
+    """The words of a field or extra from a report (a slot's or the cabinet's)."""
+    if spec.extra:
+        return _encode(spec, (report.get("extra") or {}).get(spec.field))
+    if spec.bits is not None:
+        return _encode(spec, report.get(spec.field), report.get(unmapped_field(spec.field)))
+    return _encode(spec, report.get(spec.field))
 
 
 def _garbage_words(spec: FieldSpec, rng: random.Random) -> list[int]:
@@ -102,30 +115,18 @@ def _garbage_words(spec: FieldSpec, rng: random.Random) -> list[int]:
     """
     if spec.data_type == "string":
         return [0xFFFE] * spec.words  # 0xFF/0xFE bytes are never valid UTF-8
-    if spec.data_type == "f32":
-        return _encode_raw_f32(spec, math.nan if rng.random() < 0.5 else 1e-41)
-    patterns = {"u16": [[0xFFFF]], "i16": [[0x8000], [0x7FFF]], "u32": [[0xFFFF, 0xFFFF]],
-                "i32": [[0x8000, 0x0000], [0x7FFF, 0xFFFF]]}.get(spec.data_type, [[0xFFFF] * spec.words])
-    for words in patterns:
-        ordered = words if spec.word_order == "big" else list(reversed(words))
-        if spec.missing_words and ordered == list(spec.missing_words):
+    if spec.data_type in FLOAT_TYPES:
+        denormal = 1e-41 if spec.data_type == "f32" else 1e-310
+        return encode_raw(spec, math.nan if rng.random() < 0.5 else denormal)
+    bits = 16 * spec.words
+    patterns = {"u16": [0xFFFF], "i16": [0x8000, 0x7FFF], "u32": [0xFFFFFFFF], "i32": [0x80000000, 0x7FFFFFFF],
+                "u64": [2**64 - 1], "i64": [2**63, 2**63 - 1]}.get(spec.data_type, [(1 << bits) - 1])
+    for raw in patterns:
+        words = encode_raw(spec, raw)
+        if spec.missing_words and words == list(spec.missing_words):
             continue  # the "no reading" sentinel would decode cleanly, as None
-        return ordered
+        return words
     return [0xFFFF] * spec.words
-
-
-def _encode_raw_f32(spec: FieldSpec, value: float) -> list[int]:
-    raw = struct.pack(">f", value)
-    words = [int.from_bytes(raw[0:2], "big"), int.from_bytes(raw[2:4], "big")]
-    return words if spec.word_order == "big" else words[::-1]
-
-
-def _decode_number(spec: FieldSpec, words: list[int]) -> float:
-    ordered = words if spec.word_order == "big" else words[::-1]
-    raw = b"".join(w.to_bytes(2, "big") for w in ordered)
-    fmt = {"u16": ">H", "i16": ">h", "u32": ">I", "i32": ">i", "f32": ">f", "bool": ">H"}[spec.data_type]
-    (number,) = struct.unpack(fmt, raw)
-    return number * spec.scale + spec.offset_value
 
 
 def reported_value(cabinet: CabinetState, slot: int | None, name: str, now: float) -> Any:
@@ -165,18 +166,21 @@ class RegisterBank:
         self.profile = profile
         self.slot_count = slot_count
         self._rng = random.Random(f"{seed}:garbage:{profile.model}")
-        # register type → address → (slot or None, spec or None for a bare command, word index)
-        self._map: dict[str, dict[int, tuple[int | None, FieldSpec | None, int]]] = {
+        # register type → address → (slot or None, the specs read there (several only for `bit` fields
+        # sharing a register; empty for a bare command), word index)
+        self._map: dict[str, dict[int, tuple[int | None, tuple[FieldSpec, ...], int]]] = {
             kind: {} for kind in ("holding", "input", "coil", "discrete")
         }
-        for spec in profile.cabinet_fields:
-            for word in range(spec.words):
-                self._map[spec.register_type][spec.address + word] = (None, spec, word)
-        for slot in range(1, slot_count + 1):
-            for spec in profile.slot_fields:
-                base = profile.slot_address(spec.register_type, spec.address, slot)
+        for slot in [None, *range(1, slot_count + 1)]:
+            specs = (*profile.cabinet_fields, *profile.cabinet_extras) if slot is None else \
+                (*profile.slot_fields, *profile.slot_extras)
+            for spec in specs:
+                base = spec.address if slot is None else profile.slot_address(spec.register_type, spec.address, slot)
+                mapping = self._map[spec.register_type]
                 for word in range(spec.words):
-                    self._map[spec.register_type][base + word] = (slot, spec, word)
+                    shared = mapping.get(base + word)
+                    together = shared[1] if shared is not None and spec.data_type == "bit" else ()
+                    mapping[base + word] = (slot, (*together, spec), word)
         # Writable addresses: the slot_output command per slot. A command address that is not
         # also a field still reads back (as the relay state), like a real coil.
         self._commands: dict[tuple[str, int], tuple[str, int | None]] = {}
@@ -185,7 +189,7 @@ class RegisterBank:
             for slot in slots:
                 kind, address = profile.command_address(name, slot)
                 self._commands[(kind, address)] = (name, slot)
-                self._map[kind].setdefault(address, (slot, None, 0))
+                self._map[kind].setdefault(address, (slot, (), 0))
 
     def is_mapped(self, register_type: str, address: int) -> bool:
         return address in self._map[register_type]
@@ -213,29 +217,32 @@ class RegisterBank:
             return None
         mapping = self._map[register_type]
         reports: dict[int | None, dict[str, Any]] = {}
-        encoded: dict[tuple[int | None, str], list[int]] = {}
+        encoded: dict[tuple[int | None, str, bool], list[int]] = {}
         out: list[int] = []
         for a in range(address, address + count):
             entry = mapping.get(a)
             if entry is None:
                 out.append(0)
                 continue
-            slot, spec, word = entry
-            if spec is None:
-                out.append(1 if cabinet.slots[slot - 1].output_enabled else 0)
+            slot, specs, word = entry
+            if not specs:  # a bare per-slot command: the relay state
+                out.append(1 if slot is not None and cabinet.slots[slot - 1].output_enabled else 0)
                 continue
-            key = (slot, spec.field)
-            words = encoded.get(key)
-            if words is None:
-                override = cabinet.overrides.get(key)
-                if override is not None:
-                    words = override.words(spec, now, self._rng)
-                else:
-                    if slot not in reports:
-                        reports[slot] = cabinet.report() if slot is None else cabinet.slot_report(slot)
-                    words = _encode(spec, reports[slot].get(spec.field))
-                encoded[key] = words
-            out.append(words[word])
+            value = 0
+            for spec in specs:
+                key = (slot, spec.field, spec.extra)
+                words = encoded.get(key)
+                if words is None:
+                    override = None if spec.extra else cabinet.overrides.get((slot, spec.field))
+                    if override is not None:
+                        words = override.words(spec, now, self._rng)
+                    else:
+                        if slot not in reports:
+                            reports[slot] = cabinet.report() if slot is None else cabinet.slot_report(slot)
+                        words = _report_words(spec, reports[slot])
+                    encoded[key] = words
+                value |= words[word]
+            out.append(value)
         if register_type in ("coil", "discrete"):
             return [bool(v) for v in out]
         return out

@@ -28,7 +28,7 @@ def test_prints_the_read_plan_per_profile(tmp_path: Path, capsys) -> None:
     assert main(["check-config", "--config", str(_config(tmp_path))]) == 0
     out = capsys.readouterr().out
     assert "10 reads per poll (minimum 10) for C1, C2" in out
-    assert "    input         0 +12  cabinet: " in out and "input_voltage_v" in out
+    assert "    input         0 +14  cabinet: " in out and "input_voltage_v" in out
     assert "commands: slot_output" in out and "protective actions performed: slot_cutoff, stop_charging" in out
 
 

@@ -187,3 +187,22 @@ def test_round_trip_through_real_influxd(influxdb):
 
 def _ident(name: str) -> str:
     return name.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def test_vendor_extras_are_stored_as_extra_fields_of_the_same_point() -> None:
+    """Registers a vendor sends with no Cascade field (profile ``extra:``) are never lost: they are
+    ``extra_<name>`` fields of the same cabinet/slot series and timestamp (InfluxDB merges them)."""
+    from core.model import CabinetReading, SlotReading
+    from exporters.influx.schema import encode_points, reading_to_lines
+
+    reading = CabinetReading("C1", "s1", "kestrel-k10", 1_700_000_000_000_000_000, door_open=False,
+                             extra={"fan_speed_rpm": 724, "swap_count": 48008},
+                             slots=[SlotReading(1, voltage_v=52.1, extra={"humidity_pct": 52.5}),
+                                    SlotReading(2, voltage_v=52.0)])
+    lines = reading_to_lines(reading)
+    assert len(lines) == 5  # cabinet, its extras, slot 1, slot 1's extras, slot 2
+    assert "cabinet,cabinet=C1,model=kestrel-k10,site=s1 extra_fan_speed_rpm=724i,extra_swap_count=48008i " \
+           "1700000000000000000" in lines
+    assert any(line.startswith("slot,cabinet=C1,site=s1,slot=1 extra_humidity_pct=52.5 ") for line in lines)
+    assert any("door_open=false" in line for line in lines)
+    assert encode_points([reading]) == (lines, [])  # nothing counted as unencodable

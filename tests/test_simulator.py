@@ -128,7 +128,7 @@ async def test_unmapped_addresses_are_illegal(served):
     client = await connect(fleet.cabinets[0].port)
     for result in (
         await client.read_input_registers(500, count=1, device_id=1),  # nothing there
-        await client.read_input_registers(12, count=1, device_id=1),  # just past the cabinet block
+        await client.read_input_registers(14, count=1, device_id=1),  # just past the cabinet block
         await client.read_input_registers(0, count=30, device_id=1),  # ends on an unmapped register
         await client.write_coil(0, True, device_id=1),  # not a command
     ):

@@ -4,6 +4,11 @@ A field whose registers are garbage becomes ``None`` and a :class:`FieldError` n
 cabinet, slot, register and reason; every other field of the poll is kept. A plausible value past
 the field's valid range is kept as the limit and its name listed in the reading's (or slot's)
 ``over_range``: a sensor at its limit is evidence of the worst case, not missing data.
+
+A profile's ``extra:`` registers land in ``reading.extra`` / ``slot.extra`` (name → value; a value
+that is missing or rejected is left out), named ``extra_<name>`` in errors and ``over_range``. A
+field with a ``bits:`` map holds Cascade's flags only; the vendor bits the map does not name are
+kept in ``<field>_unmapped``.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from core.model import FIELD_KINDS, CabinetReading, SlotReading
+from core.model import CabinetReading, SlotReading
 
 from .codec import DecodeError, OverRange
 from .planner import ReadRequest
@@ -55,21 +60,27 @@ def decode_poll(plan: Sequence[ReadRequest], responses: Sequence[Sequence[int] |
         if words is None:
             continue
         for item in request.fields:
-            spec = item.spec
             target = cabinet if item.slot is None else slots[item.slot - 1]
+            kind = item.kind
             try:
                 value = item.decode(words, item.index)
-                kind = FIELD_KINDS[spec.field]
-                if value is not None and type(value) is not kind:
+                if value is not None and type(value) is not kind and kind is not None:
                     value = _coerce(kind, value)
-                target[spec.field] = value
             except OverRange as err:
-                kind = FIELD_KINDS[spec.field]
-                target[spec.field] = _coerce(kind, err.limit) if kind is not float else float(err.limit)
-                over.setdefault(item.slot, []).append(spec.field)
+                value = float(err.limit) if kind is float or kind is None else _coerce(kind, err.limit)
+                over.setdefault(item.slot, []).append(item.label)
             except DecodeError as err:
-                errors.append(FieldError(cabinet_id, item.slot, spec.field, request.register_type,
+                errors.append(FieldError(cabinet_id, item.slot, item.label, request.register_type,
                                          request.address + item.index, str(err)))
+                continue
+            if item.extra:
+                if value is not None:
+                    extra = target.get("extra")
+                    if extra is None:
+                        extra = target["extra"] = {}
+                    extra[item.name] = value  # type: ignore[index]
+            else:
+                target[item.name] = value
     for where, names in over.items():
         (cabinet if where is None else slots[where - 1])["over_range"] = tuple(names)
     reading = CabinetReading(

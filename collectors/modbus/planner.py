@@ -16,8 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .codec import compile_decoder
-from .profile import REGISTER_TYPES, FieldSpec, Profile
+from core.model import FIELD_KINDS
+
+from .codec import compile_decoder, compile_unmapped
+from .profile import REGISTER_TYPES, FieldSpec, Profile, unmapped_field
 
 __all__ = ["FieldSlice", "ReadRequest", "MAX_BITS", "MAX_REGISTERS", "minimum_reads", "plan_reads"]
 
@@ -27,16 +29,35 @@ MAX_BITS = 2000  # ... and for function codes 1 and 2
 
 @dataclass(frozen=True, slots=True)
 class FieldSlice:
-    """One field inside a read's response: slot ``None`` means a cabinet-wide field."""
+    """One value inside a read's response: slot ``None`` means a cabinet-wide field.
+
+    Everything the decoder needs per poll is fixed here, at planning: the compiled decoder, the
+    name the value is stored under (a reading attribute, or the key in ``reading.extra``), the
+    type it is stored as and the label errors and ``over_range`` use (``extra_<name>`` for extras).
+    A field with a ``bits`` map has a second slice on the same words, ``unmapped``: the vendor
+    bits the map gives no meaning, stored in ``<field>_unmapped``.
+    """
 
     slot: int | None
     spec: FieldSpec
     index: int  # position of the field's first word in the response
     decode: Callable[[Sequence[int], int], object] = field(compare=False, repr=False, default=None)  # type: ignore[assignment]
+    unmapped: bool = False
+    name: str = field(init=False)
+    kind: type | None = field(init=False, compare=False, repr=False)
+    extra: bool = field(init=False, compare=False, repr=False)
+    label: str = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        spec = self.spec
         if self.decode is None:
-            object.__setattr__(self, "decode", compile_decoder(self.spec))
+            set_(self, "decode", compile_unmapped(spec) if self.unmapped else compile_decoder(spec))
+        name = unmapped_field(spec.field) if self.unmapped else spec.field
+        set_(self, "name", name)
+        set_(self, "extra", spec.extra)
+        set_(self, "kind", spec.value_kind if spec.extra else FIELD_KINDS.get(name))
+        set_(self, "label", f"extra_{name}" if spec.extra else name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +71,12 @@ class ReadRequest:
 
 
 def _field_extents(profile: Profile, slot_count: int) -> dict[str, list[tuple[int, int, int | None, FieldSpec]]]:
-    """(start, end exclusive, slot, spec) for every field and slot, grouped by register type."""
+    """(start, end exclusive, slot, spec) for every field, extra and slot, grouped by register type."""
     by_type: dict[str, list[tuple[int, int, int | None, FieldSpec]]] = {k: [] for k in REGISTER_TYPES}
-    for spec in profile.cabinet_fields:
+    for spec in (*profile.cabinet_fields, *profile.cabinet_extras):
         by_type[spec.register_type].append((spec.address, spec.address + spec.words, None, spec))
     for slot in range(1, slot_count + 1):
-        for spec in profile.slot_fields:
+        for spec in (*profile.slot_fields, *profile.slot_extras):
             start = profile.slot_address(spec.register_type, spec.address, slot)
             by_type[spec.register_type].append((start, start + spec.words, slot, spec))
     for extents in by_type.values():
@@ -103,8 +124,12 @@ def plan_reads(profile: Profile, slot_count: int | None = None, *, max_gap: int 
 def _request(register_type: str, group: list[tuple[int, int, int | None, FieldSpec]]) -> ReadRequest:
     start = group[0][0]
     end = max(e[1] for e in group)
-    return ReadRequest(register_type, start, end - start,
-                       tuple(FieldSlice(slot, spec, s - start) for s, _e, slot, spec in group))
+    fields: list[FieldSlice] = []
+    for s, _e, slot, spec in group:
+        fields.append(FieldSlice(slot, spec, s - start))
+        if spec.bits is not None:
+            fields.append(FieldSlice(slot, spec, s - start, unmapped=True))
+    return ReadRequest(register_type, start, end - start, tuple(fields))
 
 
 def minimum_reads(profile: Profile, slot_count: int | None = None, *, max_registers: int = MAX_REGISTERS) -> int:

@@ -8,7 +8,7 @@ day and a tag per pack would grow the series index without bound.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from core.events import AlertEvent, CommandResult, Point
 from core.model import BmsProtection, CabinetReading, ChargerProtection, EmergencyState, SlotReading, describe_flags
@@ -24,8 +24,8 @@ COMMAND_MEASUREMENT = "command"
 ALERT_MEASUREMENT = "alert"
 
 _CABINET_FIELDS = tuple(f.name for f in dataclasses.fields(CabinetReading)
-                        if f.name not in {"cabinet_id", "site", "model", "timestamp_ns", "slots", "over_range"})
-_SLOT_FIELDS = tuple(f.name for f in dataclasses.fields(SlotReading) if f.name not in {"slot", "over_range"})
+                        if f.name not in {"cabinet_id", "site", "model", "timestamp_ns", "slots", "over_range", "extra"})
+_SLOT_FIELDS = tuple(f.name for f in dataclasses.fields(SlotReading) if f.name not in {"slot", "over_range", "extra"})
 
 
 _CABINET_ENCODER = LineEncoder(CABINET_MEASUREMENT, ("site", "cabinet", "model"),
@@ -39,7 +39,8 @@ def reading_to_lines(reading: CabinetReading) -> list[str]:
     """One ``cabinet`` point and one ``slot`` point per slot, all at the poll's timestamp.
 
     A slot whose values cannot be encoded is skipped (and raises nothing): the rest of the
-    poll is still written. Returns the lines; ``len(slots) + 1 - len(lines)`` were skipped.
+    poll is still written. Vendor ``extra`` registers go as ``extra_<name>`` fields of the same
+    cabinet or slot point (one more line each, same series and time). Returns the lines.
     """
     ts = reading.timestamp_ns
     site, cabinet = reading.site, reading.cabinet_id
@@ -50,10 +51,13 @@ def reading_to_lines(reading: CabinetReading) -> list[str]:
                                       else describe_flags(EmergencyState, reading.emergency_state))
     # Fields at a sensor's limit, comma-separated ("temperature_c"): dashboards show them as "≥ value".
     fields["over_range"] = ",".join(reading.over_range) or None
+    cabinet_tags = {"site": site, "cabinet": cabinet, "model": reading.model}
     try:
-        lines.append(_CABINET_ENCODER.encode({"site": site, "cabinet": cabinet, "model": reading.model}, fields, ts))
+        lines.append(_CABINET_ENCODER.encode(cabinet_tags, fields, ts))
     except LineProtocolError:
         pass
+    if reading.extra:
+        _append_extra(lines, CABINET_MEASUREMENT, cabinet_tags, reading.extra, ts)
     for slot in reading.slots:
         fields = {name: getattr(slot, name) for name in _SLOT_FIELDS}
         fields["charger_protection_text"] = (None if slot.charger_protection is None
@@ -62,13 +66,25 @@ def reading_to_lines(reading: CabinetReading) -> list[str]:
                                          else describe_flags(BmsProtection, slot.bms_protection))
         fields["over_range"] = ",".join(slot.over_range) or None
         number = slot.slot
+        slot_tags = {"site": site, "cabinet": cabinet,
+                     "slot": _SLOT_NAMES[number] if 0 <= number < len(_SLOT_NAMES) else str(number)}
         try:
-            lines.append(_SLOT_ENCODER.encode(
-                {"site": site, "cabinet": cabinet,
-                 "slot": _SLOT_NAMES[number] if 0 <= number < len(_SLOT_NAMES) else str(number)}, fields, ts))
+            lines.append(_SLOT_ENCODER.encode(slot_tags, fields, ts))
         except LineProtocolError:
             pass
+        if slot.extra:
+            _append_extra(lines, SLOT_MEASUREMENT, slot_tags, slot.extra, ts)
     return lines
+
+
+def _append_extra(lines: list[str], measurement: str, tags: dict[str, str], extra: Mapping[str, object],
+                  ts: int) -> None:
+    """Vendor registers with no Cascade field, as ``extra_<name>`` fields of the same point (same
+    series and timestamp: InfluxDB merges them). Never lost; never read by a rule."""
+    try:
+        lines.append(encode_line(measurement, tags, {f"extra_{k}": v for k, v in extra.items()}, ts))  # type: ignore[misc]
+    except LineProtocolError:
+        pass
 
 
 def command_to_line(result: CommandResult) -> str:
@@ -113,7 +129,8 @@ def encode_points(points: Iterable[Point]) -> tuple[list[str], list[tuple[str, s
     for point in points:
         if isinstance(point, CabinetReading):
             encoded = reading_to_lines(point)
-            missing = len(point.slots) + 1 - len(encoded)
+            expected = 1 + len(point.slots) + bool(point.extra) + sum(1 for slot in point.slots if slot.extra)
+            missing = expected - len(encoded)
             lines.extend(encoded)
             if missing:
                 skipped.extend([(f"reading {point.site}/{point.cabinet_id}", "value not encodable")] * missing)
