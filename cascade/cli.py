@@ -4,6 +4,7 @@
     cascade simulate --cabinets 20              a simulated fleet of Modbus cabinets
     cascade scenario simulators/scenarios/thermal_runaway.yaml   inject a fault into it
     cascade check-config --config FILE          validate a configuration and its profiles
+    cascade probe --host H --profile NAME       read one device once: every field raw, decoded, judged
     cascade alerts list                         active warnings on a running collector
 """
 
@@ -107,6 +108,42 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_probe(args: argparse.Namespace) -> int:
+    import json
+
+    from collectors.modbus.device import ModbusCabinet
+    from collectors.modbus.probe import format_probe, probe
+    from collectors.modbus.profile import find_profile
+    from collectors.modbus.settings import CabinetConfig
+    from collectors.runner import PollFailed
+    from core.errors import CascadeError
+
+    try:
+        profile = find_profile(args.profile)
+        config = CabinetConfig(id=f"{args.host}:{args.port}/{args.unit}", host=args.host, port=args.port,
+                               device_id=args.unit, profile=args.profile, slots=args.slots, timeout_s=args.timeout)
+        cabinet = ModbusCabinet(config, profile)
+    except (CascadeError, ValueError) as err:
+        print(f"cascade probe: {err}", file=sys.stderr)
+        return 2
+
+    async def main() -> int:
+        try:
+            result = await probe(cabinet)
+        except PollFailed as err:
+            print(f"cascade probe: {args.host}:{args.port} unit id {args.unit}: {err}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps({"device": result.device, "profile": result.profile, "counts": result.counts(),
+                              "fields": [f.as_dict() for f in result.fields], "failed_reads": result.failed_reads},
+                             indent=2, default=str))
+        else:
+            print(format_probe(result))
+        bad = result.counts().get("rejected", 0) + len(result.failed_reads)
+        return 3 if bad else 0
+    return _run_async(main())
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from simulators.cli import run
     return _run_async(run(args))
@@ -167,6 +204,21 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", required=True, metavar="FILE")
     check.add_argument("--json", action="store_true", help="print the checked configuration and the read plans as JSON")
     check.set_defaults(func=_cmd_check_config)
+
+    pr = sub.add_parser("probe", help="read one device once with a profile; show every field raw and decoded",
+                        description="Connect to one Modbus TCP device, run the profile's read plan once and print "
+                                    "every field: its registers as sent, the decoded value and a verdict (ok, "
+                                    "missing, at the sensor's limit, rejected), and which other word/byte order "
+                                    "(ABCD, CDAB, BADC, DCBA) would give a plausible value. Exit 0 when every field "
+                                    "decodes, 3 when some are rejected or refused, 1 when the device cannot be read.")
+    pr.add_argument("--host", required=True)
+    pr.add_argument("--port", type=int, default=502)
+    pr.add_argument("--unit", type=int, default=1, help="Modbus unit id (device_id), default 1")
+    pr.add_argument("--profile", required=True, metavar="NAME|PATH", help="a profile in profiles/ or a YAML path")
+    pr.add_argument("--slots", type=int, default=None, help="slots to read (default: the profile's)")
+    pr.add_argument("--timeout", type=float, default=3.0, help="seconds per request")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=_cmd_probe)
 
     sim = sub.add_parser("simulate", help="serve a simulated fleet of Modbus cabinets",
                          description="Serve simulated cabinets over real Modbus TCP, driven by any register "

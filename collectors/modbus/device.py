@@ -121,11 +121,11 @@ class ModbusCabinet:
             self._client.close()
             self._client = None
 
-    async def fetch(self) -> Report:
-        """Run the read plan once and decode it. A read answered with a Modbus exception
-        loses only its own fields; a lost connection fails the whole poll."""
+    async def read_plan(self) -> tuple[list[list[int] | list[bool] | None], list[str]]:
+        """Run the read plan once: the raw words (bits) of each planned read, ``None`` for a read the
+        device refused with a Modbus exception (described in the second list). A lost connection
+        raises :class:`PollFailed`. ``fetch`` decodes these; ``cascade probe`` shows them raw."""
         responses: list[list[int] | list[bool] | None] = []
-        failed = 0
         failed_detail: list[str] = []
         for request in self.plan:
             try:
@@ -133,7 +133,6 @@ class ModbusCabinet:
             except PollFailed as err:
                 if err.kind != "exception":
                     raise
-                failed += 1
                 failed_detail.append(f"{request.register_type} {request.address}+{request.count}: {err}")
                 responses.append(None)
                 continue
@@ -141,7 +140,14 @@ class ModbusCabinet:
             if len(values) < request.count:
                 raise PollFailed("short", f"{request.register_type} {request.address}: asked for "
                                           f"{request.count} values, got {len(values)}")
-            responses.append(values)
+            responses.append(list(values))
+        return responses, failed_detail
+
+    async def fetch(self) -> Report:
+        """Run the read plan once and decode it. A read answered with a Modbus exception
+        loses only its own fields; a lost connection fails the whole poll."""
+        responses, failed_detail = await self.read_plan()
+        failed = len(failed_detail)
         if failed == len(self.plan):
             raise PollFailed("exception", "every read failed: " + "; ".join(failed_detail[:3]))
         reading, errors = decode_poll(self.plan, responses, cabinet_id=self.config.id, site=self.config.site,
