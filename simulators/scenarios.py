@@ -1,6 +1,6 @@
 """Fault scenarios: YAML timelines of faults applied to one cabinet (and slot) of the fleet.
 
-A scenario is validated when loaded; every error names the file, the key and the fix::
+A scenario is validated when loaded; every error is one line naming the file, the key and the fix::
 
     name: over_temperature
     description: Pack heats to 70 °C while charging.
@@ -9,20 +9,42 @@ A scenario is validated when loaded; every error names the file, the key and the
       - {at: 0s, ramp: {temperature_c: 70}, over: 5m}
       - {at: 5m, protect: {bms: [high_temperature]}}
 
-Step times (``at``, ``over``, ``for``, runaway ``duration``) are scenario time: a run started
-with ``speed`` 10 plays a 30-minute timeline in 3 minutes. The actions are listed in
-:data:`ACTIONS` and documented in ``docs/simulator.md``.
+The schema is pydantic models on :mod:`core.validation`: :class:`ScenarioDoc`, its
+:class:`TargetSection` and one step model per action (:data:`STEP_MODELS`), each key's fix as its
+description. What a schema cannot say is checked after, with the same file / key / fix errors:
+each step has exactly one action (which picks its model), slot fields and slot actions need
+``target.slot``, and the target exists in the running fleet (:func:`check_target`).
+
+Step times (``at``, ``over``, ``unreachable``, runaway ``duration``) are scenario time: a run
+started with ``speed`` 10 plays a 30-minute timeline in 3 minutes. The actions are listed in
+:data:`ACTIONS` and documented in ``docs/simulator.md`` (its key reference is
+:func:`scenario_reference`).
 """
 
 from __future__ import annotations
 
+import difflib
+import enum
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    PlainValidator,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
 from core.durations import DurationError
 from core.durations import parse_duration as _parse_duration
@@ -35,6 +57,7 @@ from core.model import (
     Chemistry,
     EmergencyState,
 )
+from core.validation import Bool, Field, Float, Int, Model, validate
 
 from .cabinet import CabinetState, Runaway, make_battery
 from .register_bank import CUTOFF_YIELDING_FIELDS, Override, cut_off_slot, release_override, reported_value
@@ -42,14 +65,18 @@ from .register_bank import CUTOFF_YIELDING_FIELDS, Override, cut_off_slot, relea
 __all__ = [
     "ACTIONS",
     "SCENARIO_DIR",
+    "STEP_MODELS",
     "Scenario",
+    "ScenarioDoc",
     "ScenarioError",
     "ScenarioRun",
     "Step",
+    "TargetSection",
     "check_target",
     "load_scenario",
     "parse_duration",
     "parse_scenario",
+    "scenario_reference",
 ]
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
@@ -70,16 +97,22 @@ ACTIONS = {
     "output": "true/false: the cabinet itself closes or opens the slot relay",
     "insert": "battery fields for a pack docked now, e.g. {chemistry: nmc, handshake: fail}",
 }
-_EXTRA_KEYS = {"ramp": {"over"}, "unreachable": {"mode"}}
 _SLOT_ONLY = {"runaway", "output", "insert", "protect", "clear_protect"}
-_FLAGS = {"charger": ChargerProtection, "bms": BmsProtection}
-_INSERT_KEYS = {"battery_id", "battery_maker", "chemistry", "nominal_voltage_v", "soc_pct", "handshake",
-                "temperature_c"}
+_FLAGS: dict[str, type[enum.IntFlag]] = {"charger": ChargerProtection, "bms": BmsProtection}
+_CHEMISTRIES = ("lfp", "nmc", "lmo", "na_ion")  # the chemistries the simulator has cell models for
 _run_ids = itertools.count(1)
 
 
 class ScenarioError(InputError):
-    """A scenario that cannot be used; the message names the file, the key and the fix."""
+    """A scenario that cannot be used; the message names the file, the key and the fix, on one line."""
+
+    def __init__(self, source: str | Path, key: str, problem: str, fix: str) -> None:
+        super().__init__(_one_line(str(source)), _one_line(key), _one_line(problem), _one_line(fix))
+
+
+def _one_line(text: str) -> str:
+    """Line breaks (in a key or a value the message quotes) written as ``\\n``."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def parse_duration(value: Any) -> float | None:
@@ -128,118 +161,393 @@ def _field_where(name: Any, slot: int | None, source: str, key: str) -> int | No
         return slot
     if name in CABINET_FIELDS:
         return None
-    raise ScenarioError(source, key, f"{name!r} is not a field of core.model",
-                        f"use a slot field ({', '.join(sorted(SLOT_FIELDS))}) or a cabinet field "
-                        f"({', '.join(sorted(CABINET_FIELDS))})")
+    raise ScenarioError(source, key, f"{name!r} is not a field of core.model", _field_fix(name))
 
 
-def _field_list(value: Any, source: str, key: str, slot: int | None, allow_all: bool = False) -> list[str] | str:
-    if allow_all and value == "all":
-        return "all"
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise ScenarioError(source, key, f"{value!r} is not a list of field names",
-                            "e.g. [temperature_c, h2_ppm]" + (" or all" if allow_all else ""))
-    for i, name in enumerate(value):
-        _field_where(name, slot, source, f"{key}[{i}]")
-    return list(value)
+# --- value types: each refuses with "problem. Fix: ..." or leaves the fix to the key's description ---
 
 
-def _flag_names(value: Any, source: str, key: str) -> dict[str, int]:
-    if not isinstance(value, dict) or not value or set(value) - set(_FLAGS):
-        raise ScenarioError(source, key, f"{value!r} is not a mapping of charger/bms flag lists",
-                            "e.g. {charger: [over_voltage_cutoff], bms: [over_voltage]}")
-    masks = {}
-    for group, names in value.items():
-        flags = _FLAGS[group]
-        if isinstance(names, str):
-            names = [names]
-        if not isinstance(names, list):
-            raise ScenarioError(source, f"{key}.{group}", f"{names!r} is not a list", "e.g. [over_voltage]")
-        mask = 0
-        for i, name in enumerate(names):
-            member = flags.__members__.get(str(name).upper())
-            if member is None:
-                raise ScenarioError(source, f"{key}.{group}[{i}]", f"{name!r} is not a {flags.__name__} flag",
-                                    f"use one of {', '.join(m.lower() for m in flags.__members__)}")
-            mask |= member
-        masks[group] = mask
-    return masks
+@dataclass(frozen=True)
+class _Shown:
+    """How :func:`scenario_reference` names a type (pydantic ignores this marker)."""
+
+    name: str
 
 
-def _parse_value(action: str, value: Any, step: dict, source: str, key: str, slot: int | None) -> tuple[Any, dict]:
-    options: dict[str, Any] = {}
-    if action in ("set", "ramp"):
-        if not isinstance(value, dict) or not value:
-            raise ScenarioError(source, key, f"{value!r} is not a mapping of field → value",
-                                "e.g. {temperature_c: 70}")
-        for name, v in value.items():
-            _field_where(name, slot, source, f"{key}.{name}")
-            numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
-            if action == "ramp" and not numeric:
-                raise ScenarioError(source, f"{key}.{name}", f"{v!r} is not a number", "ramp to a number")
-            if action == "set" and not (numeric or isinstance(v, (bool, str)) or v is None):
-                raise ScenarioError(source, f"{key}.{name}", f"{v!r} is not a number, bool or string",
-                                    "set a plain value")
-        if action == "ramp":
-            over = parse_duration(step.get("over"))
-            if over is None:
-                raise ScenarioError(source, key.rsplit(".", 1)[0] + ".over", f"{step.get('over')!r} is not a duration",
-                                    "give ramps a duration, e.g. over: 5m")
-            options["over"] = over
-        return dict(value), options
-    if action in ("freeze", "dead", "garbage"):
-        return _field_list(value, source, key, slot), options
-    if action == "release":
-        return _field_list(value, source, key, slot, allow_all=True), options
-    if action == "unreachable":
-        seconds = parse_duration(value)
-        if not seconds:
-            raise ScenarioError(source, key, f"{value!r} is not a positive duration", "e.g. unreachable: 2m")
-        mode = step.get("mode", "refuse")
-        if mode not in ("refuse", "silent"):
-            raise ScenarioError(source, key.rsplit(".", 1)[0] + ".mode", f"{mode!r}",
-                                "use refuse (connection refused) or silent (no answer, timeouts)")
-        options["mode"] = mode
-        return seconds, options
-    if action == "protect":
-        return _flag_names(value, source, key), options
-    if action == "clear_protect":
-        return ("all" if value == "all" else _flag_names(value, source, key)), options
-    if action == "emergency":
-        names = [value] if isinstance(value, str) else value
-        if not isinstance(names, list):
-            raise ScenarioError(source, key, f"{value!r} is not a list", "e.g. [suppression_by_smoke], or [] to clear")
-        mask = 0
-        for i, name in enumerate(names):
-            member = EmergencyState.__members__.get(str(name).upper())
-            if member is None:
-                raise ScenarioError(source, f"{key}[{i}]", f"{name!r} is not an emergency flag",
-                                    f"use one of {', '.join(m.lower() for m in EmergencyState.__members__)}")
-            mask |= member
-        return mask, options
-    if action == "runaway":
-        value = value or {}
-        duration = parse_duration(value.get("duration", "30m")) if isinstance(value, dict) else None
-        if not duration:
-            raise ScenarioError(source, f"{key}.duration", f"{value!r} has no positive duration",
-                                "e.g. runaway: {duration: 30m}")
-        return duration, options
-    if action == "output":
-        if not isinstance(value, bool):
-            raise ScenarioError(source, key, f"{value!r} is not true/false", "output: false opens the relay")
-        return value, options
-    if action == "insert":
-        value = value or {}
-        if not isinstance(value, dict) or set(value) - _INSERT_KEYS:
-            raise ScenarioError(source, key, f"{value!r} has unknown keys", f"use {sorted(_INSERT_KEYS)}")
-        if "chemistry" in value and str(value["chemistry"]).upper() not in ("LFP", "NMC", "LMO", "NA_ION"):
-            raise ScenarioError(source, f"{key}.chemistry", f"{value['chemistry']!r}", "use lfp, nmc, lmo or na_ion")
-        if value.get("handshake", "ok") not in ("ok", "fail"):
-            raise ScenarioError(source, f"{key}.handshake", f"{value['handshake']!r}", "use ok or fail")
-        return dict(value), options
-    raise AssertionError(action)
+def _yaml(value: Any, limit: int = 60) -> str:
+    """``value`` as YAML writes it (``true``, ``null``), otherwise its repr, cut to ``limit``."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too large to print
+        return "a very large integer"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _duration(value: Any) -> float:
+    try:
+        return _parse_duration(value)
+    except DurationError:
+        raise ValueError(f"{_yaml(value)} is not a duration") from None
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = _duration(value)
+    if seconds <= 0:
+        raise ValueError(f"{_yaml(value)} is not a positive duration")
+    return seconds
+
+
+def _one_or_list(value: Any) -> Any:
+    """``dead: h2_ppm`` is ``dead: [h2_ppm]``."""
+    return [value] if isinstance(value, str) else value
+
+
+def _not_empty(value: Any) -> Any:
+    if not value:
+        raise ValueError(f"{_yaml(value)} is empty")
+    return value
+
+
+def _or_all(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """``all`` as it is, anything else validated as the annotated type (keys stay the type's own)."""
+    return "all" if isinstance(value, str) and value == "all" else handler(value)
+
+
+def _field_fix(name: Any) -> str:
+    close = difflib.get_close_matches(str(name), [*SLOT_FIELDS, *CABINET_FIELDS], n=1)
+    hint = f"did you mean {close[0]!r}? Otherwise use" if close else "use"
+    return (f"{hint} a slot field ({', '.join(sorted(SLOT_FIELDS))}) or a cabinet field "
+            f"({', '.join(sorted(CABINET_FIELDS))})")
+
+
+def _known_field(name: str) -> str:
+    if name not in SLOT_FIELDS and name not in CABINET_FIELDS:
+        raise ValueError(f"{_yaml(name)} is not a field of core.model. Fix: {_field_fix(name)}")
+    return name
+
+
+def _flag_name(flags: type[enum.IntFlag]) -> Callable[[str], str]:
+    names = ", ".join(m.lower() for m in flags.__members__)
+    article = "an" if flags.__name__[0] in "AEIOU" else "a"
+
+    def check(name: str) -> str:
+        if name.upper() not in flags.__members__:
+            raise ValueError(f"{_yaml(name)} is not {article} {flags.__name__} flag. Fix: use one of {names}")
+        return name.upper().lower()  # the member's own name, however it was written
+    return check
+
+
+def _mask(flags: type[enum.IntFlag], names: list[str]) -> int:
+    mask = 0
+    for name in names:
+        mask |= flags.__members__[name.upper()]
+    return mask
+
+
+def _plain_value(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise ValueError(f"{_yaml(value)} is not a number, true/false, text or null")
+
+
+def _null_is_empty(value: Any) -> Any:
+    """``description:`` written without text is no description."""
+    return "" if value is None else value
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+Text = Annotated[str, AfterValidator(_not_empty), _Shown("text")]
+Duration = Annotated[float, BeforeValidator(_duration), _Shown("duration")]
+"""Scenario seconds from ``90``, ``90s``, ``5m``, ``3m30s``, ``1.5h`` or ``500ms``."""
+PositiveDuration = Annotated[float, BeforeValidator(_positive_duration), _Shown("duration > 0")]
+FieldName = Annotated[str, AfterValidator(_known_field), _Shown("field")]
+"""A field of :mod:`core.model` (whether the target has the slot it needs is checked after)."""
+FieldList = Annotated[list[FieldName], BeforeValidator(_one_or_list), AfterValidator(_not_empty),
+                      _Shown("list of fields")]
+SetValue = Annotated[Any, PlainValidator(_plain_value), _Shown("number, true/false, text or null")]
+ChargerFlags = Annotated[list[Annotated[str, AfterValidator(_flag_name(ChargerProtection))]],
+                         BeforeValidator(_one_or_list), _Shown("list of ChargerProtection flags")]
+BmsFlags = Annotated[list[Annotated[str, AfterValidator(_flag_name(BmsProtection))]],
+                     BeforeValidator(_one_or_list), _Shown("list of BmsProtection flags")]
+EmergencyFlags = Annotated[list[Annotated[str, AfterValidator(_flag_name(EmergencyState))]],
+                           BeforeValidator(_one_or_list), _Shown("list of EmergencyState flags")]
+ChemistryName = Annotated[Literal[_CHEMISTRIES], BeforeValidator(_lower)]  # type: ignore[valid-type]
+
+
+def _shown(default: str) -> dict[str, Any]:
+    """``json_schema_extra`` for a default that :func:`scenario_reference` writes in words."""
+    return {"shown_default": default}
+
+
+# --- the schema -----------------------------------------------------------------------------------
+
+
+class TargetSection(Model):
+    """``target:``: the cabinet (and slot) the steps act on."""
+
+    cabinet: Text = Field(description="the cabinet's id in the fleet, e.g. target: {cabinet: C0003, slot: 5}")
+    slot: Int | None = Field(
+        default=None, ge=1, json_schema_extra=_shown("none: the cabinet"),
+        description="the slot, counted from 1, e.g. slot: 5 (needed for slot fields and slot actions)")
+
+
+class ScenarioDoc(Model):
+    """A scenario file as written; each step is then validated by its action's model."""
+
+    name: Text = Field(description="the scenario's name, e.g. name: over_temperature")
+    description: Annotated[str, BeforeValidator(_null_is_empty)] = Field(
+        default="", description="what the scenario shows, in a sentence or two")
+    # Validated when left out too (validate_default): a missing target reports target.cabinet.
+    target: TargetSection = Field(default={}, json_schema_extra=_shown("(required)"),  # type: ignore[arg-type]
+                                  description="a mapping, e.g. target: {cabinet: C0003, slot: 5}")
+    steps: Annotated[list[dict[Any, Any]], AfterValidator(_not_empty)] = Field(
+        json_schema_extra={"shown_type": "list of steps"},
+        description="list the steps, each a mapping such as - {at: 0s, dead: [h2_ppm]}")
+
+
+class PackSpec(Model):
+    """``insert:``: the pack docked now; what is left out is random, as for any new pack."""
+
+    chemistry: ChemistryName | None = Field(default=None, json_schema_extra=_shown("random"),
+                                            description="use lfp, nmc, lmo or na_ion")
+    nominal_voltage_v: Float | None = Field(default=None, gt=0, json_schema_extra=_shown("random"),
+                                            description="the pack's nominal voltage in volts, e.g. 48 or 60")
+    soc_pct: Float | None = Field(default=None, ge=0, le=100, json_schema_extra=_shown("random"),
+                                  description="state of charge in percent, 0-100, e.g. 30")
+    battery_id: Text | None = Field(default=None, json_schema_extra=_shown("random"),
+                                    description="the pack's id as text, e.g. NM48-FAULTY001")
+    battery_maker: Text | None = Field(default=None, json_schema_extra=_shown("random"),
+                                       description="the maker's name as text, e.g. Tenpower")
+    temperature_c: Float | None = Field(default=None, json_schema_extra=_shown("random"),
+                                        description="the pack's temperature in °C when docked, e.g. 25")
+    handshake: Literal["ok", "fail"] = Field(
+        default="ok", description="ok, or fail: the charger does not recognise the pack and refuses to charge")
+
+
+class RunawaySpec(Model):
+    """``runaway:``: a thermal runaway in the target slot."""
+
+    duration: PositiveDuration = Field(default="30m",  # type: ignore[assignment]
+                                       description="from first off-gas to flame, e.g. duration: 30m")
+
+
+class ProtectFlags(Model):
+    """``protect:`` / ``clear_protect:``: protection bits by group."""
+
+    charger: ChargerFlags = Field(
+        default=[], description=f"ChargerProtection flags, e.g. [over_voltage_cutoff]: "
+        f"{', '.join(m.lower() for m in ChargerProtection.__members__)}")
+    bms: BmsFlags = Field(
+        default=[], description=f"BmsProtection flags, e.g. [over_voltage]: "
+        f"{', '.join(m.lower() for m in BmsProtection.__members__)}")
+
+    @model_validator(mode="after")
+    def _names_a_group(self) -> ProtectFlags:
+        if not self.model_fields_set:
+            raise ValueError("{} names no flags. Fix: e.g. {charger: [over_voltage_cutoff], bms: [over_voltage]}")
+        return self
+
+    def masks(self) -> dict[str, int]:
+        """Bit masks of the groups written (a group left out is left alone)."""
+        return {group: _mask(_FLAGS[group], getattr(self, group)) for group in _FLAGS if group in self.model_fields_set}
+
+
+def _action(description: str, **kwargs: Any) -> Any:
+    """The field of a step's action: its key names the action, its description is its fix."""
+    return Field(description=description, json_schema_extra=_shown("(one action)"), **kwargs)
+
+
+class StepModel(Model):
+    """A step as written: ``at`` and one action (a subclass each), with the action's own keys."""
+
+    action: ClassVar[str]
+
+    at: Duration = Field(description="the step's time from the start, e.g. at: 90s (90, 90s, 5m, 3m30s, 1.5h, 500ms)")
+
+    def value(self) -> Any:
+        """:attr:`Step.value`: what :class:`ScenarioRun` applies."""
+        return getattr(self, self.action)
+
+    def options(self) -> dict[str, Any]:
+        """:attr:`Step.options`: the action's own keys."""
+        return {}
+
+    def fields(self) -> list[tuple[str, str]]:
+        """The ``core.model`` fields the step names, each as (key under the action, name)."""
+        return []
+
+
+class _FieldsStep(StepModel):
+    def value(self) -> Any:
+        names = getattr(self, self.action)
+        return names if names == "all" else list(names)
+
+    def fields(self) -> list[tuple[str, str]]:
+        names = getattr(self, self.action)
+        return [] if names == "all" else [(f"[{i}]", name) for i, name in enumerate(names)]
+
+
+class SetStep(StepModel):
+    action: ClassVar[str] = "set"
+    set: Annotated[dict[FieldName, SetValue], AfterValidator(_not_empty)] = _action(
+        "a mapping of fields to values (number, true/false, text or null), e.g. {water_detected: true}")
+
+    def value(self) -> Any:
+        return dict(self.set)
+
+    def fields(self) -> list[tuple[str, str]]:
+        return [(f".{name}", name) for name in self.set]
+
+
+class RampStep(StepModel):
+    action: ClassVar[str] = "ramp"
+    ramp: Annotated[dict[FieldName, Float], AfterValidator(_not_empty)] = _action(
+        "a mapping of fields to numbers, e.g. {temperature_c: 70}")
+    over: Duration = Field(description="give ramps a duration, e.g. over: 5m")
+
+    def value(self) -> Any:
+        return dict(self.ramp)
+
+    def options(self) -> dict[str, Any]:
+        return {"over": self.over}
+
+    def fields(self) -> list[tuple[str, str]]:
+        return [(f".{name}", name) for name in self.ramp]
+
+
+class FreezeStep(_FieldsStep):
+    action: ClassVar[str] = "freeze"
+    freeze: FieldList = _action("a list of fields, e.g. [temperature_c]")
+
+
+class DeadStep(_FieldsStep):
+    action: ClassVar[str] = "dead"
+    dead: FieldList = _action("a list of fields, e.g. [temperature_c, h2_ppm]")
+
+
+class GarbageStep(_FieldsStep):
+    action: ClassVar[str] = "garbage"
+    garbage: FieldList = _action("a list of fields, e.g. [voltage_v, battery_id]")
+
+
+class ReleaseStep(_FieldsStep):
+    action: ClassVar[str] = "release"
+    release: Annotated[FieldList, WrapValidator(_or_all), _Shown("list of fields or `all`")] = _action(
+        "a list of fields, e.g. [temperature_c, h2_ppm], or all")
+
+
+class UnreachableStep(StepModel):
+    action: ClassVar[str] = "unreachable"
+    unreachable: PositiveDuration = _action("how long the cabinet stops answering, e.g. unreachable: 2m")
+    mode: Literal["refuse", "silent"] = Field(
+        default="refuse", description="refuse (connection refused) or silent (no answer, timeouts)")
+
+    def options(self) -> dict[str, Any]:
+        return {"mode": self.mode}
+
+
+class ProtectStep(StepModel):
+    action: ClassVar[str] = "protect"
+    protect: ProtectFlags = _action("a mapping of flag lists, e.g. {charger: [over_voltage_cutoff], bms: [over_voltage]}")
+
+    def value(self) -> Any:
+        return self.protect.masks()
+
+
+class ClearProtectStep(StepModel):
+    action: ClassVar[str] = "clear_protect"
+    clear_protect: Annotated[ProtectFlags, WrapValidator(_or_all), _Shown("mapping or `all`")] = _action(
+        "a mapping of flag lists, e.g. {bms: [over_voltage]}, or all (an operator cut-off stays)")
+
+    def value(self) -> Any:
+        flags: ProtectFlags | str = self.clear_protect
+        return flags if isinstance(flags, str) else flags.masks()
+
+
+class EmergencyStep(StepModel):
+    action: ClassVar[str] = "emergency"
+    emergency: EmergencyFlags = _action(
+        f"a list of EmergencyState flags, e.g. [suppression_by_smoke], or [] to clear: "
+        f"{', '.join(m.lower() for m in EmergencyState.__members__)}")
+
+    def value(self) -> Any:
+        return _mask(EmergencyState, self.emergency)
+
+
+class RunawayStep(StepModel):
+    action: ClassVar[str] = "runaway"
+    runaway: RunawaySpec | None = _action("a mapping, e.g. runaway: {duration: 30m} ({} or null: 30 minutes)")
+
+    def value(self) -> Any:
+        return (self.runaway or RunawaySpec()).duration
+
+
+class OutputStep(StepModel):
+    action: ClassVar[str] = "output"
+    output: Bool = _action("true closes the slot relay, false opens it (the cabinet's own cut-off)")
+
+
+class InsertStep(StepModel):
+    action: ClassVar[str] = "insert"
+    insert: PackSpec | None = _action("a mapping of pack keys, e.g. {chemistry: nmc, soc_pct: 30} ({} or null: random)")
+
+    def value(self) -> Any:
+        return {} if self.insert is None else self.insert.model_dump(exclude_unset=True, exclude_none=True)
+
+
+#: The model of each action's steps; a step's one action key picks its model.
+STEP_MODELS: dict[str, type[StepModel]] = {
+    model.action: model
+    for model in (SetStep, RampStep, FreezeStep, DeadStep, GarbageStep, ReleaseStep, UnreachableStep, ProtectStep,
+                  ClearProtectStep, EmergencyStep, RunawayStep, OutputStep, InsertStep)
+}
+assert list(STEP_MODELS) == list(ACTIONS), "every action has its step model, in the same order"
+_NOT_ACTIONS = sorted({key for model in STEP_MODELS.values() for key in model.model_fields} - set(ACTIONS))
+
+
+# --- parsing --------------------------------------------------------------------------------------
+
+
+def _one_action(entry: dict[Any, Any], source: str, where: str) -> str:
+    """The action of a step: exactly one of :data:`ACTIONS` (which then picks the step's model)."""
+    actions = [k for k in entry if k in STEP_MODELS]
+    one_of = f"each step exactly one of {', '.join(ACTIONS)}"
+    if len(actions) > 1:
+        raise ScenarioError(source, where, f"has {len(actions)} actions {actions}", f"give {one_of}")
+    if not actions:
+        unknown = [k for k in entry if k not in _NOT_ACTIONS]
+        if not unknown:
+            raise ScenarioError(source, where, "has no action", f"give {one_of}")
+        close = difflib.get_close_matches(str(unknown[0]), list(ACTIONS), n=1)
+        hint = f"did you mean {close[0]!r}? Otherwise give" if close else "give"
+        raise ScenarioError(source, f"{where}.{unknown[0]}", "unknown key, and the step has no action",
+                            f"{hint} {one_of}")
+    return actions[0]
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's complaint in one line: what, and where (line and column count from 1)."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem:
+        mark = err.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"{err.context + ': ' if err.context else ''}{err.problem}{where}"
+    return " ".join(str(err).split())
+
+
+def _parse_step(entry: dict[Any, Any], source: str, where: str, slot: int | None) -> Step:
+    action = _one_action(entry, source, where)
+    if action in _SLOT_ONLY and slot is None:
+        raise ScenarioError(source, f"{where}.{action}", "acts on a slot but the target has no slot",
+                            "add target.slot")
+    step = validate(STEP_MODELS[action], entry, source, key=where, error=ScenarioError)
+    for suffix, name in step.fields():
+        _field_where(name, slot, source, f"{where}.{action}{suffix}")
+    return Step(step.at, action, step.value(), step.options())
 
 
 def parse_scenario(text: str, source: str | Path = "<scenario>") -> Scenario:
@@ -248,54 +556,15 @@ def parse_scenario(text: str, source: str | Path = "<scenario>") -> Scenario:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ScenarioError(source, "(file)", f"not valid YAML: {err}", "fix the YAML syntax") from err
+        raise ScenarioError(source, "(file)", f"not valid YAML: {_yaml_problem(err)}", "fix the YAML syntax") from err
     if not isinstance(doc, dict):
-        raise ScenarioError(source, "(top level)", "expected a mapping", "see simulators/scenarios/*.yaml")
-    unknown = set(doc) - {"name", "description", "target", "steps"}
-    if unknown:
-        raise ScenarioError(source, sorted(unknown)[0], "unknown key", "use name, description, target, steps")
-    name = doc.get("name")
-    if not isinstance(name, str) or not name:
-        raise ScenarioError(source, "name", f"{name!r} is not a name", "e.g. name: over_temperature")
-    target = doc.get("target")
-    if not isinstance(target, dict) or not isinstance(target.get("cabinet"), str):
-        raise ScenarioError(source, "target.cabinet", f"{target!r} names no cabinet",
-                            "e.g. target: {cabinet: C0003, slot: 5}")
-    if set(target) - {"cabinet", "slot"}:
-        raise ScenarioError(source, "target", f"unknown keys {sorted(set(target) - {'cabinet', 'slot'})}",
-                            "use cabinet and slot")
-    slot = target.get("slot")
-    if slot is not None and (not isinstance(slot, int) or isinstance(slot, bool) or slot < 1):
-        raise ScenarioError(source, "target.slot", f"{slot!r} is not a slot number", "slots count from 1")
-    raw_steps = doc.get("steps")
-    if not isinstance(raw_steps, list) or not raw_steps:
-        raise ScenarioError(source, "steps", "missing or empty", "list the steps, e.g. - {at: 0s, dead: [h2_ppm]}")
-    steps = []
-    for i, entry in enumerate(raw_steps):
-        where = f"steps[{i}]"
-        if not isinstance(entry, dict):
-            raise ScenarioError(source, where, f"{entry!r} is not a mapping", "e.g. {at: 30s, freeze: [temperature_c]}")
-        at = parse_duration(entry.get("at"))
-        if at is None:
-            raise ScenarioError(source, f"{where}.at", f"{entry.get('at')!r} is not a time",
-                                "e.g. at: 90s (units ms, s, m, h)")
-        actions = [k for k in entry if k in ACTIONS]
-        if len(actions) != 1:
-            raise ScenarioError(source, where, f"has {len(actions)} actions {actions}",
-                                f"give each step exactly one of {', '.join(ACTIONS)}")
-        action = actions[0]
-        allowed = {"at", action} | _EXTRA_KEYS.get(action, set())
-        extra = set(entry) - allowed
-        if extra:
-            raise ScenarioError(source, f"{where}.{sorted(extra)[0]}", f"unknown key for a {action} step",
-                                f"use {sorted(allowed)}")
-        if action in _SLOT_ONLY and slot is None:
-            raise ScenarioError(source, f"{where}.{action}", "acts on a slot but the target has no slot",
-                                "add target.slot")
-        value, options = _parse_value(action, entry[action], entry, source, f"{where}.{action}", slot)
-        steps.append(Step(at, action, value, options))
+        raise ScenarioError(source, "(top level)", f"{_yaml(doc)} is not a mapping",
+                            "write name:, target: and steps: (see simulators/scenarios/*.yaml)")
+    parsed = validate(ScenarioDoc, doc, source, error=ScenarioError)
+    slot = parsed.target.slot
+    steps = [_parse_step(entry, source, f"steps[{i}]", slot) for i, entry in enumerate(parsed.steps)]
     steps.sort(key=lambda s: s.at_s)  # stable: steps at the same time keep file order
-    return Scenario(name=name, description=str(doc.get("description", "")), cabinet=target["cabinet"],
+    return Scenario(name=parsed.name, description=parsed.description, cabinet=parsed.target.cabinet,
                     slot=slot, steps=tuple(steps), source=source)
 
 
@@ -323,6 +592,76 @@ def check_target(scenario: Scenario, cabinet_ids: Mapping[str, int]) -> None:
     if scenario.slot is not None and scenario.slot > slots:
         raise ScenarioError(scenario.source, "target.slot", f"cabinet {scenario.cabinet} has {slots} slots",
                             f"use a slot from 1 to {slots}")
+
+# --- reference docs -------------------------------------------------------------------------------
+
+_REFERENCE: tuple[tuple[str, tuple[type[BaseModel], ...]], ...] = (
+    ("Top level", (ScenarioDoc,)),
+    ("`target`", (TargetSection,)),
+    ("Steps (`steps[]`): `at`, one action and that action's own keys", tuple(STEP_MODELS.values())),
+    ("`insert`", (PackSpec,)),
+    ("`runaway`", (RunawaySpec,)),
+    ("`protect`, `clear_protect`", (ProtectFlags,)),
+)
+_SCALARS = {int: "integer", float: "number", str: "text", bool: "true/false", type(None): "null"}
+
+
+def _range(metadata: list[Any]) -> str:
+    text = ", ".join(f"{sign} {getattr(m, attr)}" for kind, sign, attr in
+                     ((Gt, ">", "gt"), (Ge, ">=", "ge"), (Lt, "<", "lt"), (Le, "<=", "le"))
+                     for m in metadata if isinstance(m, kind))
+    return f" {text}" if text else ""
+
+
+def _type_text(tp: Any, metadata: list[Any]) -> str:
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Annotated:
+        return _type_text(args[0], [*args[1:], *metadata])
+    shown = [m.name for m in metadata if isinstance(m, _Shown)]
+    if shown:  # the outermost: a type built on another names itself
+        return shown[-1] + _range(metadata)
+    if origin in (Union, UnionType):
+        return " or ".join(_type_text(a, metadata if a is not type(None) else []) for a in args)
+    if origin is Literal:
+        names = [f"`{a}`" for a in args]
+        return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    if origin is list:
+        return f"list of {_type_text(args[0], [])}"
+    if origin is dict:
+        return f"mapping of {_type_text(args[0], [])} to {_type_text(args[1], [])}"
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return "mapping"
+    return _SCALARS.get(tp, getattr(tp, "__name__", str(tp))) + _range(metadata)
+
+
+def _default_text(info: FieldInfo) -> str:
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    if "shown_default" in extra:
+        return str(extra["shown_default"])
+    if info.default is PydanticUndefined:
+        return "(required)"
+    return f"`{info.default}`" if info.default != "" else '`""`'
+
+
+def scenario_reference() -> str:
+    """The key tables of docs/simulator.md ("Key reference"), generated from the models here."""
+    lines: list[str] = []
+    for title, models in _REFERENCE:
+        lines += [f"#### {title}", "", "| key | value | default | meaning |", "|---|---|---|---|"]
+        seen: set[str] = set()
+        for model in models:
+            for name, info in model.model_fields.items():
+                if name in seen:  # `at` is in every step model
+                    continue
+                seen.add(name)
+                extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+                kind = str(extra.get("shown_type") or _type_text(info.annotation, list(info.metadata)))
+                owner = getattr(model, "action", None)
+                key = f"`{name}` (with `{owner}`)" if owner and name not in (owner, "at") else f"`{name}`"
+                meaning = (info.description or "").replace("|", "\\|")
+                lines.append(f"| {key} | {kind} | {_default_text(info)} | {meaning} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
 
 
 @dataclass(slots=True)

@@ -7,15 +7,28 @@ import asyncio
 
 import aiohttp
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pymodbus.client import AsyncModbusTcpClient
 
 from collectors.modbus.decode import decode_poll
 from collectors.modbus.planner import plan_reads
 from collectors.modbus.profile import find_profile
-from core.model import BatteryState, BmsProtection, ChargerProtection
+from core.model import BatteryState, BmsProtection, ChargerProtection, EmergencyState
 from simulators import cli
 from simulators.fleet import Fleet, build_fleet
-from simulators.scenarios import SCENARIO_DIR, ScenarioError, load_scenario, parse_scenario
+from simulators.scenarios import (
+    ACTIONS,
+    SCENARIO_DIR,
+    STEP_MODELS,
+    ScenarioDoc,
+    ScenarioError,
+    TargetSection,
+    load_scenario,
+    parse_scenario,
+    scenario_reference,
+)
 from simulators.server import SimulatorServer
 from tests.fixtures.clock import ManualClock
 from tests.fixtures.ports import free_port_block
@@ -410,6 +423,243 @@ def test_targets_outside_the_fleet_are_rejected():
 def test_missing_scenario_file_names_the_shipped_ones():
     with pytest.raises(ScenarioError, match="thermal_runaway"):
         load_scenario("no_such_scenario")
+
+
+# --- one validation approach: pydantic models (core.validation), one-line errors ------------------
+
+_SLOT_HEAD = "name: t\ntarget: {cabinet: C0001, slot: 2}\n"
+_CAB_HEAD = "name: t\ntarget: {cabinet: C0001}\n"
+_ONE_STEP = "steps: [{at: 0s, dead: [h2_ppm]}]\n"
+
+
+def _steps(*steps: str) -> str:
+    """A scenario on C0001 slot 2 with these steps (flow mappings)."""
+    return _SLOT_HEAD + "steps:\n" + "".join(f"  - {step}\n" for step in steps)
+
+
+_BAD_SCENARIOS = [
+    # (what, YAML, key, problem fragment, fix fragment)
+    ("unknown key", _SLOT_HEAD + "stepz: []", "stepz", "unknown key", "did you mean 'steps'"),
+    ("unknown key", "name: t\ntarget: {cabinet: C0001, sloot: 2}\n" + _ONE_STEP, "target.sloot", "unknown key",
+     "did you mean 'slot'"),
+    ("unknown key", _steps("{at: 0s, dead: [h2_ppm], colour: red}"), "steps[0].colour", "unknown key",
+     "['at', 'dead']"),
+    ("unknown key", _steps("{at: 0s, dead: [h2_ppm], over: 1m}"), "steps[0].over", "unknown key", "['at', 'dead']"),
+    ("unknown key", _steps("{at: 0s, insert: {chemistri: lfp}}"), "steps[0].insert.chemistri", "unknown key",
+     "did you mean 'chemistry'"),
+    ("unknown key", _steps("{at: 0s, runaway: {durration: 20m}}"), "steps[0].runaway.durration", "unknown key",
+     "did you mean 'duration'"),
+    ("unknown key", _steps("{at: 0s, protect: {bmss: [insulation]}}"), "steps[0].protect.bmss", "unknown key",
+     "did you mean 'bms'"),
+    ("wrong type", "name: [t]\n" + "target: {cabinet: C0001}\n" + _ONE_STEP, "name", "['t'] is not text",
+     "name: over_temperature"),
+    ("wrong type", "name: t\ntarget: C0001\n" + _ONE_STEP, "target", "'C0001' is not a mapping",
+     "{cabinet: C0003, slot: 5}"),
+    ("wrong type", _SLOT_HEAD + "steps: {at: 0s}", "steps", "is not a list", "list the steps"),
+    ("wrong type", _steps("dead h2_ppm at 0s"), "steps[0]", "'dead h2_ppm at 0s' is not a mapping", "{at: 0s,"),
+    ("wrong type", "name: t\ntarget: {cabinet: C0001, slot: two}\n" + _ONE_STEP, "target.slot",
+     "'two' is not an integer", "counted from 1"),
+    ("wrong type", _steps("{at: 0s, ramp: {temperature_c: hot}, over: 1m}"), "steps[0].ramp.temperature_c",
+     "'hot' is not a number", "{temperature_c: 70}"),
+    ("wrong type", _steps("{at: 0s, dead: 5}"), "steps[0].dead", "5 is not a list", "[temperature_c, h2_ppm]"),
+    ("wrong type", _steps("{at: 0s, protect: [insulation]}"), "steps[0].protect", "is not a mapping",
+     "{charger: [over_voltage_cutoff], bms: [over_voltage]}"),
+    ("wrong type", _steps("{at: 0s, output: 0}"), "steps[0].output", "0 is not true or false", "slot relay"),
+    ("wrong type", _steps("{at: 0s, set: {battery_id: [1, 2]}}"), "steps[0].set.battery_id",
+     "is not a number, true/false, text or null", "{water_detected: true}"),
+    ("wrong type", _steps("{at: 0s, insert: {battery_id: 7}}"), "steps[0].insert.battery_id", "7 is not text",
+     "as text"),
+    ("bool as number", "name: t\ntarget: {cabinet: C0001, slot: true}\n" + _ONE_STEP, "target.slot",
+     "true is a boolean, not an integer", "counted from 1"),
+    ("bool as number", _steps("{at: 0s, ramp: {temperature_c: yes}, over: 1m}"), "steps[0].ramp.temperature_c",
+     "true is a boolean, not a number", "{temperature_c: 70}"),
+    ("bool as number", _steps("{at: 0s, insert: {soc_pct: on}}"), "steps[0].insert.soc_pct",
+     "true is a boolean, not a number", "0-100"),
+    ("bool as number", _steps("{at: true, dead: [h2_ppm]}"), "steps[0].at", "true is not a duration", "at: 90s"),
+    ("bad duration", _steps("{at: soon, dead: [h2_ppm]}"), "steps[0].at", "'soon' is not a duration", "at: 90s"),
+    ("bad duration", _steps("{at: -5, dead: [h2_ppm]}"), "steps[0].at", "-5 is not a duration", "1.5h"),
+    ("bad duration", _steps("{at: 0s, ramp: {temperature_c: 70}, over: fast}"), "steps[0].over",
+     "'fast' is not a duration", "over: 5m"),
+    ("bad duration", _steps("{at: 0s, unreachable: 0s}"), "steps[0].unreachable", "'0s' is not a positive duration",
+     "unreachable: 2m"),
+    ("bad duration", _steps("{at: 0s, runaway: {duration: a week}}"), "steps[0].runaway.duration",
+     "'a week' is not a duration", "duration: 30m"),
+    ("bad duration", _steps("{at: .inf, dead: [h2_ppm]}"), "steps[0].at", "inf is not a duration", "at: 90s"),
+    ("unknown field", _steps("{at: 0s, ramp: {temprature_c: 70}, over: 1m}"), "steps[0].ramp.temprature_c",
+     "'temprature_c' is not a field of core.model", "did you mean 'temperature_c'"),
+    ("unknown field", _steps("{at: 0s, dead: [temperature_c, h2ppm]}"), "steps[0].dead[1]",
+     "'h2ppm' is not a field of core.model", "did you mean 'h2_ppm'"),
+    ("unknown field", _steps("{at: 0s, set: {colour: red}}"), "steps[0].set.colour",
+     "'colour' is not a field of core.model", "or a cabinet field (cabinet_h2_ppm"),
+    ("unknown field", _steps("{at: 0s, release: [voltage]}"), "steps[0].release[0]",
+     "'voltage' is not a field of core.model", "did you mean 'voltage_v'"),
+    ("unknown action", _steps("{at: 0s, dea: [h2_ppm]}"), "steps[0].dea", "the step has no action",
+     "did you mean 'dead'? Otherwise give each step exactly one of set, ramp"),
+    ("unknown action", _steps("{at: 0s, explode: true}"), "steps[0].explode", "the step has no action",
+     "give each step exactly one of set, ramp"),
+    ("unknown action", _steps("{at: 0s, over: 1m}"), "steps[0]", "has no action", "exactly one of set, ramp"),
+    ("unknown action", _steps("{at: 0s, dead: [h2_ppm], freeze: [voc_ppm]}"), "steps[0]",
+     "has 2 actions ['dead', 'freeze']", "exactly one of set, ramp"),
+    ("unknown name", _steps("{at: 0s, protect: {bms: [too_hot]}}"), "steps[0].protect.bms[0]",
+     "'too_hot' is not a BmsProtection flag", "high_temperature"),
+    ("unknown name", _steps("{at: 0s, clear_protect: {charger: water}}"), "steps[0].clear_protect.charger[0]",
+     "'water' is not a ChargerProtection flag", "water_cutoff"),
+    ("unknown name", _steps("{at: 0s, emergency: [fire]}"), "steps[0].emergency[0]",
+     "'fire' is not an EmergencyState flag", "suppression_by_smoke"),
+    ("unknown name", _steps("{at: 0s, unreachable: 1m, mode: sulk}"), "steps[0].mode",
+     "'sulk' is not 'refuse' or 'silent'", "timeouts"),
+    ("unknown name", _steps("{at: 0s, insert: {chemistry: lto}}"), "steps[0].insert.chemistry", "'lto' is not",
+     "lfp, nmc, lmo or na_ion"),
+    ("unknown name", _steps("{at: 0s, insert: {handshake: maybe}}"), "steps[0].insert.handshake",
+     "'maybe' is not 'ok' or 'fail'", "refuses to charge"),
+    ("out of range", "name: t\ntarget: {cabinet: C0001, slot: 0}\n" + _ONE_STEP, "target.slot",
+     "0 is not greater than or equal to 1", "counted from 1"),
+    ("out of range", _steps("{at: 0s, insert: {soc_pct: 150}}"), "steps[0].insert.soc_pct", "150", "0-100"),
+    ("out of range", _steps("{at: 0s, insert: {nominal_voltage_v: 0}}"), "steps[0].insert.nominal_voltage_v",
+     "0 is not greater than 0", "48 or 60"),
+    ("out of range", _steps("{at: 0s, ramp: {temperature_c: .nan}, over: 1m}"), "steps[0].ramp.temperature_c",
+     "nan is not a finite number", "{temperature_c: 70}"),
+    ("missing", "name: t\n" + _ONE_STEP, "target.cabinet", "missing", "the cabinet's id in the fleet"),
+    ("missing", "target: {cabinet: C0001}\n" + _ONE_STEP, "name", "missing", "name: over_temperature"),
+    ("missing", _steps("{dead: [h2_ppm]}"), "steps[0].at", "missing", "at: 90s"),
+    ("missing", _steps("{at: 0s, ramp: {temperature_c: 70}}"), "steps[0].over", "missing", "over: 5m"),
+    ("empty", _SLOT_HEAD + "steps: []", "steps", "[] is empty", "list the steps"),
+    ("empty", "name: ''\ntarget: {cabinet: C0001}\n" + _ONE_STEP, "name", "'' is empty", "name: over_temperature"),
+    ("empty", _steps("{at: 0s, dead: []}"), "steps[0].dead", "[] is empty", "[temperature_c, h2_ppm]"),
+    ("empty", _steps("{at: 0s, ramp: {}, over: 1m}"), "steps[0].ramp", "{} is empty", "{temperature_c: 70}"),
+    ("empty", _steps("{at: 0s, protect: {}}"), "steps[0].protect", "names no flags", "{charger: [over_voltage_cutoff]"),
+    ("needs a slot", _CAB_HEAD + "steps: [{at: 0s, output: false}]", "steps[0].output",
+     "acts on a slot but the target has no slot", "add target.slot"),
+    ("needs a slot", _CAB_HEAD + "steps: [{at: 0s, dead: [water_detected, h2_ppm]}]", "steps[0].dead[1]",
+     "h2_ppm is a slot field but the target has no slot", "add target.slot"),
+    ("not a scenario", "[1, 2]", "(top level)", "[1, 2] is not a mapping", "name:, target: and steps:"),
+    ("not a scenario", "", "(top level)", "null is not a mapping", "name:, target: and steps:"),
+    ("not a scenario", "name: [unclosed", "(file)", "not valid YAML: while parsing a flow sequence",
+     "fix the YAML syntax"),
+]
+
+
+@pytest.mark.parametrize(("what", "text", "key", "problem", "fix"), _BAD_SCENARIOS,
+                         ids=[f"{case[0]}: {case[2]}" for case in _BAD_SCENARIOS])
+def test_bad_scenario_is_one_line_with_file_key_and_fix(tmp_path, what, text, key, problem, fix):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text + "\n", encoding="utf-8")
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(path)
+    err, message = info.value, str(info.value)
+    assert "\n" not in message and message.startswith(f"{path}: {key}: "), message
+    assert (err.source, err.key) == (str(path), key), message
+    assert problem in err.problem and fix in err.fix and message.endswith(f". Fix: {err.fix}"), message
+
+
+def test_every_shape_a_step_value_may_take():
+    """One name for a list, `all`, null for defaults, flag names in any case: as before the models."""
+    scenario = parse_scenario(_steps(
+        "{at: 1m, dead: h2_ppm}", "{at: 2m, release: all}", "{at: 3m, release: [h2_ppm, water_detected]}",
+        "{at: 4m, protect: {bms: HIGH_TEMPERATURE}}", "{at: 5m, clear_protect: all}",
+        "{at: 6m, clear_protect: {charger: [water_cutoff]}}", "{at: 7m, emergency: []}",
+        "{at: 8m, emergency: suppression_by_smoke}", "{at: 9m, runaway: null}", "{at: 10m, runaway: {}}",
+        "{at: 11m, insert: null}", "{at: 12m, insert: {chemistry: NMC, soc_pct: 30}}",
+        "{at: 13m, unreachable: 90s}", "{at: 14m, set: {water_detected: true, battery_id: X1, co_ppm: null}}",
+        "{at: 15m, output: false}", "{at: 16m, ramp: {temperature_c: 70}, over: 0}",
+        "{at: 0, freeze: [temperature_c]}"), "shapes.yaml")
+    got = [(s.at_s, s.action, s.value, dict(s.options)) for s in scenario.steps]
+    assert got == [
+        (0.0, "freeze", ["temperature_c"], {}),
+        (60.0, "dead", ["h2_ppm"], {}),
+        (120.0, "release", "all", {}),
+        (180.0, "release", ["h2_ppm", "water_detected"], {}),
+        (240.0, "protect", {"bms": BmsProtection.HIGH_TEMPERATURE}, {}),
+        (300.0, "clear_protect", "all", {}),
+        (360.0, "clear_protect", {"charger": ChargerProtection.WATER_CUTOFF}, {}),
+        (420.0, "emergency", 0, {}),
+        (480.0, "emergency", EmergencyState.SUPPRESSION_BY_SMOKE, {}),
+        (540.0, "runaway", 1800.0, {}),
+        (600.0, "runaway", 1800.0, {}),
+        (660.0, "insert", {}, {}),
+        (720.0, "insert", {"chemistry": "nmc", "soc_pct": 30.0}, {}),
+        (780.0, "unreachable", 90.0, {"mode": "refuse"}),
+        (840.0, "set", {"water_detected": True, "battery_id": "X1", "co_ppm": None}, {}),
+        (900.0, "output", False, {}),
+        (960.0, "ramp", {"temperature_c": 70.0}, {"over": 0.0}),
+    ]
+    assert type(scenario.steps[14].value["water_detected"]) is bool  # set keeps each value's own type
+    # Cabinet fields need no slot; the target is the cabinet then.
+    cabinet_only = parse_scenario(_CAB_HEAD + "steps: [{at: 0s, set: {water_detected: true, device_fault_code: 513}},"
+                                              " {at: 1s, unreachable: 1m, mode: silent}]\n")
+    assert cabinet_only.slot is None and cabinet_only.steps[0].value == {"water_detected": True,
+                                                                         "device_fault_code": 513}
+    assert cabinet_only.steps[1].options == {"mode": "silent"} and cabinet_only.length_s == 61
+
+
+def test_every_action_has_a_step_model_and_every_key_its_fix():
+    assert list(STEP_MODELS) == list(ACTIONS)
+    for model in (ScenarioDoc, TargetSection, *STEP_MODELS.values()):
+        assert all(info.description for info in model.model_fields.values()), model.__name__
+
+
+def test_docs_key_reference_is_generated_from_the_models():
+    text = (SCENARIO_DIR.parent.parent / "docs" / "simulator.md").read_text(encoding="utf-8")
+    begin, end = "<!-- scenario_reference: begin -->\n", "<!-- scenario_reference: end -->"
+    section = text[text.index(begin) + len(begin):text.index(end)]
+    assert section == scenario_reference(), (
+        "docs/simulator.md is out of date: paste the output of `.venv/bin/python -c \"from simulators.scenarios "
+        "import scenario_reference; print(scenario_reference(), end='')\"` between its scenario_reference markers")
+
+
+# YAML-ish trees from the keys and values scenarios use, hostile values anywhere.
+_FUZZ_KEYS = sorted({*ScenarioDoc.model_fields, *TargetSection.model_fields,
+                     *(name for model in STEP_MODELS.values() for name in model.model_fields),
+                     "chemistry", "soc_pct", "handshake", "duration", "charger", "bms", "temperature_c", "h2_ppm",
+                     "water_detected", "colour", "dea"})
+_fuzz_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.sampled_from(["0s", "90s", "5m", "3m30s", "-3m", "1.5h", "500ms", "soon", "C0001", "all", "refuse", "silent",
+                     "ok", "fail", "nmc", "LFP", "lto", "high_temperature", "water_cutoff", "suppression_by_smoke",
+                     "temperature_c", "h2_ppm", "water_detected", "temprature_c", "", "a\nb"]))
+_fuzz_keys = st.one_of(st.sampled_from(_FUZZ_KEYS), st.integers(0, 3), st.text(max_size=4))
+_fuzz_trees = st.recursive(_fuzz_scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                                  st.dictionaries(_fuzz_keys, inner, max_size=4)),
+                           max_leaves=20)
+# Steps that reach the action models: `at`, one action (mostly) and anything else; or a valid step
+# with at most one key replaced (near misses, and scenarios that parse).
+_GOOD_STEPS = [yaml.safe_load(step) for step in (
+    "{at: 0s, set: {water_detected: true}}", "{at: 1m, ramp: {temperature_c: 70}, over: 5m}",
+    "{at: 0s, freeze: [temperature_c]}", "{at: 0s, dead: h2_ppm}", "{at: 0s, garbage: [voltage_v]}",
+    "{at: 0s, release: all}", "{at: 30s, unreachable: 3m, mode: silent}", "{at: 0s, protect: {bms: [insulation]}}",
+    "{at: 0s, clear_protect: all}", "{at: 0s, emergency: []}", "{at: 0s, runaway: {duration: 30m}}",
+    "{at: 0s, output: false}", "{at: 0s, insert: {chemistry: nmc, soc_pct: 30, handshake: fail}}")]
+_fuzz_steps = st.one_of(
+    _fuzz_trees,
+    st.builds(lambda at, action, value, extra: {**extra, "at": at, action: value},
+              _fuzz_trees, st.sampled_from(list(ACTIONS)), _fuzz_trees,
+              st.dictionaries(_fuzz_keys, _fuzz_trees, max_size=2)),
+    st.builds(lambda step, change: {**step, **change}, st.sampled_from(_GOOD_STEPS),
+              st.dictionaries(_fuzz_keys, _fuzz_trees, max_size=1)))
+_fuzz_targets = st.fixed_dictionaries({"cabinet": st.just("C0001"), "slot": st.sampled_from([2, None])})
+_fuzz_docs = st.one_of(
+    _fuzz_trees,
+    st.fixed_dictionaries({"name": st.one_of(st.just("t"), _fuzz_scalars),
+                           "target": st.one_of(_fuzz_targets, _fuzz_trees), "steps": st.lists(_fuzz_steps, max_size=4)},
+                          optional={"description": _fuzz_trees}),
+    # A valid head: the steps decide.
+    st.fixed_dictionaries({"name": st.just("t"), "target": _fuzz_targets,
+                           "steps": st.lists(_fuzz_steps, min_size=1, max_size=4)}))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(_fuzz_docs.map(lambda doc: yaml.safe_dump(doc, allow_unicode=True)), st.text(max_size=120)))
+def test_scenario_trees_parse_or_are_refused_with_one_line_scenario_error(text):
+    try:
+        scenario = parse_scenario(text, "fuzz.yaml")
+    except ScenarioError as err:
+        message = str(err)
+        assert "\n" not in message and message.startswith("fuzz.yaml: ") and ". Fix: " in message, message
+        assert err.key and err.fix, message
+    else:
+        assert scenario.steps and all(step.action in ACTIONS for step in scenario.steps)
+        assert [s.at_s for s in scenario.steps] == sorted(s.at_s for s in scenario.steps)
 
 
 def test_a_pack_past_its_sensor_range_is_read_as_the_limit_and_escalates_to_level_3():
