@@ -59,6 +59,9 @@ class _Change:
     status: str
 
 
+_ACK_MARK = "cascade-ack:"  # marks the silences Cascade made for acknowledgements
+
+
 def _rfc3339(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -76,6 +79,10 @@ class AlertmanagerPusher:
         if resend_interval_s <= 0:
             raise ValueError("resend_interval_s must be > 0: Alertmanager drops alerts that are not re-sent")
         self.url = url.rstrip("/") + "/api/v2/alerts"
+        self.silences_url = url.rstrip("/") + "/api/v2/silences"
+        # Silences created for acknowledged alerts: label key -> Alertmanager silence id.
+        self.silences: dict[LabelKey, str] = {}
+        self._silence_tasks: set[asyncio.Task[None]] = set()
         self.resend_interval_s = float(resend_interval_s)
         self.generator_url = generator_url
         self._session = session
@@ -115,6 +122,8 @@ class AlertmanagerPusher:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._silence_tasks:  # an acknowledgement in flight still reaches Alertmanager (bounded)
+            await asyncio.wait(set(self._silence_tasks), timeout=self._timeout.total)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -130,6 +139,66 @@ class AlertmanagerPusher:
                 await self._session.close()
 
     # -- API (never blocks, never raises on I/O) ---------------------------------------------------
+
+    def silence(self, labels: Mapping[str, str], *, who: str, comment: str, until: float) -> None:
+        """Stop repeat notifications of exactly this alert until ``until`` (an acknowledgement):
+        an Alertmanager silence matching all its labels, created by ``who``. A different level is a
+        different label set, so an escalation pages again."""
+        self._spawn_silence(self._post_silence(dict(labels), who, comment, until))
+
+    def unsilence(self, labels: Mapping[str, str]) -> None:
+        """Expire the acknowledgement silence of this alert (it cleared or changed level), so a new
+        raise of the same alert pages again. Silences from before a restart are found by matcher."""
+        self._spawn_silence(self._expire_silence(dict(labels)))
+
+    def _spawn_silence(self, coro: Any) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(coro, name="alertmanager-silence")
+        except RuntimeError:  # no loop (tests driving the service synchronously): nothing to do
+            coro.close()
+            return
+        self._silence_tasks.add(task)
+        task.add_done_callback(self._silence_tasks.discard)
+
+    async def _post_silence(self, labels: dict[str, str], who: str, comment: str, until: float) -> None:
+        now = self._clock()
+        body = {"matchers": [{"name": k, "value": v, "isRegex": False, "isEqual": True}
+                             for k, v in sorted(labels.items())],
+                "startsAt": _rfc3339(now), "endsAt": _rfc3339(max(until, now + 60)),
+                "createdBy": f"{who} (acknowledged in Cascade)", "comment": f"{_ACK_MARK} {comment}".strip()}
+        try:
+            assert self._session is not None
+            async with self._session.post(self.silences_url, json=body, timeout=self._timeout) as resp:
+                if resp.status >= 300:
+                    raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status,
+                                                      message=(await resp.text())[:200])
+                self.silences[label_key(labels)] = (await resp.json())["silenceID"]
+            log.info("alertmanager: %s acknowledged by %s: repeat notifications silenced", labels.get("alertname"),
+                     who)
+        except Exception as err:  # noqa: BLE001 - the acknowledgement itself is stored; paging goes on
+            log.warning("alertmanager: could not silence acknowledged alert %s (%s); it keeps paging",
+                        labels.get("alertname"), err)
+
+    async def _expire_silence(self, labels: dict[str, str]) -> None:
+        key = label_key(labels)
+        ids = [self.silences.pop(key)] if key in self.silences else []
+        try:
+            assert self._session is not None
+            if not ids:  # made before a restart: find it by its exact matchers and our mark
+                async with self._session.get(self.silences_url, timeout=self._timeout) as resp:
+                    found = await resp.json() if resp.status < 300 else []
+                want = sorted(labels.items())
+                ids = [s["id"] for s in found if s.get("status", {}).get("state") in ("active", "pending")
+                       and str(s.get("comment", "")).startswith(_ACK_MARK)
+                       and sorted((m["name"], m["value"]) for m in s.get("matchers", [])) == want]
+            for silence_id in ids:
+                url = self.silences_url.removesuffix("silences") + f"silence/{silence_id}"
+                async with self._session.delete(url, timeout=self._timeout) as resp:
+                    if resp.status >= 300 and resp.status != 404:
+                        log.warning("alertmanager: expiring silence %s: HTTP %s", silence_id, resp.status)
+        except Exception as err:  # noqa: BLE001 - it expires at its end time anyway
+            log.warning("alertmanager: could not expire the acknowledgement silence of %s (%s)",
+                        labels.get("alertname"), err)
 
     def fire(self, labels: Mapping[str, str], annotations: Mapping[str, str], *, starts_at: float | None = None) -> None:
         """Alertmanager should hold this alert as firing until :meth:`resolve`."""

@@ -55,6 +55,9 @@ __all__ = ["ACTION_FAILED", "AlertService", "FailedAction"]
 log = logging.getLogger(__name__)
 
 ACTION_FAILED = "protective_action_failed"
+#: How long an acknowledgement silences repeat notifications of an alert that neither clears nor
+#: changes level; after that it pages again (someone acknowledged, nobody fixed it).
+ACK_SILENCE_S = 12 * 3600.0
 
 
 @dataclass(slots=True)
@@ -221,6 +224,7 @@ class AlertService:
         old = self._fired.get(key)
         if old is not None and old != labels:
             self.pusher.resolve(old)  # escalation/de-escalation: the old level's alert ends now
+            self.pusher.unsilence(old)  # an acknowledgement covered that level only: the new one pages
         self._fired[key] = labels
         self.pusher.fire(labels, annotations, starts_at=at)
 
@@ -228,6 +232,7 @@ class AlertService:
         labels = self._fired.pop(key, None)
         if self.pusher is not None and labels is not None:
             self.pusher.resolve(labels, annotations)
+            self.pusher.unsilence(labels)  # a later raise of the same alert must page again
 
     # -- protective actions --------------------------------------------------------------------
 
@@ -372,12 +377,20 @@ class AlertService:
         parsed = AlertKey.parse(key)
         failed = self.failed.get(parsed)
         if failed is None:
-            return _alert_dict(self.store.acknowledge(parsed, who, comment))
-        if not isinstance(who, str) or not who.strip():
-            raise ValueError("acknowledge needs who: the person acknowledging")
-        failed.ack = Ack(who.strip(), comment, self._clock(), 3)
-        self._save_failed()
-        return failed.to_dict()
+            result = _alert_dict(self.store.acknowledge(parsed, who, comment))
+        else:
+            if not isinstance(who, str) or not who.strip():
+                raise ValueError("acknowledge needs who: the person acknowledging")
+            failed.ack = Ack(who.strip(), comment, self._clock(), 3)
+            self._save_failed()
+            result = failed.to_dict()
+        # Acknowledged means someone is on it: stop the repeat calls and messages for this alert at
+        # this level (an escalation is a new label set and pages again; a clear ends the silence).
+        labels = self._fired.get(parsed)
+        if self.pusher is not None and labels is not None:
+            self.pusher.silence(labels, who=str(who).strip(), comment=comment,
+                                until=self._clock() + ACK_SILENCE_S)
+        return result
 
     # -- helpers --------------------------------------------------------------------------------
 

@@ -98,6 +98,46 @@ def make_engine(clock: ManualClock, tmp_path: Path, rules=("over_temperature",))
                   audit_path=tmp_path / "audit.jsonl")
 
 
+async def test_an_acknowledged_alert_stops_paging_until_it_changes_level(tmp_path, alertmanager_factory, engine_clock):
+    """Acknowledging stops the repeat calls: Alertmanager holds the alert silenced (it still shows, as
+    acknowledged). A change of level pages again, and a clear ends the silence, so a later raise of
+    the same alert is a new page."""
+    from tests.fixtures.prom import _http_json
+
+    am = shipped_alertmanager(alertmanager_factory, f"http://127.0.0.1:{free_port()}")
+    pipeline = Pipeline(make_config(tmp_path, []))
+    engine = make_engine(engine_clock, tmp_path)
+    service = alert_service_for(pipeline, engine, alertmanager_url=am.url, resend_interval_s=30,
+                                policy=ActionPolicy(perform=frozenset()))
+
+    def state(level: str) -> str | None:
+        found = am_alerts(am, alertname="over_temperature", level=level)
+        return found[0]["status"]["state"] if found else None
+
+    def live_silences() -> list[dict]:
+        return [x for x in _http_json("GET", f"{am.url}/api/v2/silences") if x["status"]["state"] == "active"]
+
+    async with service:
+        await feed(service, engine_clock, 75.0)  # level 3: the phone rings every 5 minutes until...
+        assert await eventually(lambda: state("3") == "active")
+        key = f"over_temperature@{SITE}/{CAB}/{SLOT}"
+        service.acknowledge(key, "noc-li", "on my way")
+        assert await eventually(lambda: state("3") == "suppressed")  # ...someone acknowledges: silence
+        [silence] = live_silences()
+        assert silence["createdBy"].startswith("noc-li") and "on my way" in silence["comment"]
+        assert {m["name"]: m["value"] for m in silence["matchers"]}["level"] == "3"
+        assert service.store.get(key).ack.who == "noc-li"
+
+        await feed(service, engine_clock, 60.0)  # de-escalates to level 2: a new label set, pages again
+        assert await eventually(lambda: state("2") == "active")
+        assert await eventually(lambda: not live_silences())  # the level-3 acknowledgement is over
+
+        service.acknowledge(key, "noc-li", "still on it")
+        assert await eventually(lambda: state("2") == "suppressed")
+        await feed(service, engine_clock, 30.0, seconds=5)  # clears
+        assert await eventually(lambda: not live_silences()), "a clear ends the silence"
+
+
 async def test_transitions_reach_alertmanager_raise_escalate_clear(tmp_path, alertmanager_factory, engine_clock):
     am = shipped_alertmanager(alertmanager_factory, f"http://127.0.0.1:{free_port()}")
     pipeline = Pipeline(make_config(tmp_path, []))
