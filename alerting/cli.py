@@ -26,6 +26,8 @@ import urllib.parse
 import urllib.request
 from typing import Any, TextIO
 
+from core.stackenv import stack_value
+
 __all__ = ["DEFAULT_URL", "add_arguments", "main", "run"]
 
 DEFAULT_URL = "http://127.0.0.1:9108"
@@ -38,7 +40,11 @@ class _Refused(Exception):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--url`` and the sub-commands to ``parser``."""
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"the running collector's HTTP API (default {DEFAULT_URL})")
+    port = stack_value("CASCADE_METRICS_PORT")
+    default = f"http://127.0.0.1:{port}" if port and port.isdigit() else DEFAULT_URL
+    parser.add_argument("--url", default=default,
+                        help=f"the running collector's HTTP API (default {default}: the running stack's metrics port "
+                             "from $CASCADE_METRICS_PORT or var/stack.env, else 9108)")
     parser.add_argument("--json", action="store_true", help="print the server's JSON instead of a table")
     parser.add_argument("--token", default=os.environ.get("CASCADE_API_TOKEN"),
                         help="API token for ack and set-threshold (default: $CASCADE_API_TOKEN)")

@@ -80,7 +80,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     if args.json:
         doc = {"config": str(args.config), "cabinets": len(config.cabinets), "profiles": sorted(config.profiles),
                "read_plans": plans, "alerting": {"enabled": settings["enabled"], "rules": settings["rules"],
-                                                  "perform": sorted(settings["policy"].perform)},
+                                                  "perform": sorted(settings["policy"].perform)
+                                                  if settings["enabled"] else []},
                "influxdb": None if config.influxdb is None else {"url": config.influxdb.url,
                                                                   "api": config.influxdb.api},
                "metrics": f"http://{config.metrics_host}:{config.metrics_port}/metrics"}
@@ -100,8 +101,10 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
                   f"{', '.join(places[:2])}{' ...' if len(places) > 2 else ''}: {', '.join(names)}")
         print(f"    commands: {', '.join(plan['commands']) or '(none)'}")
     perform = sorted(settings["policy"].perform)
-    print(f"  alerting: {'on' if settings['enabled'] else 'off'}; protective actions performed: "
-          f"{', '.join(perform) or 'none (observe only)'}")
+    if settings["enabled"]:
+        print(f"  alerting: on; protective actions performed: {', '.join(perform) or 'none (observe only)'}")
+    else:
+        print("  alerting: off (no warnings, no protective actions)")
     if config.influxdb:
         print(f"  influxdb: {config.influxdb.url} api {config.influxdb.api}")
     print(f"  metrics: http://{config.metrics_host}:{config.metrics_port}/metrics")

@@ -155,7 +155,7 @@ class CabinetEntry(_Section):
     site: Text = Field(default=_CAB["site"], description="the site the cabinet belongs to (the site tag and label)")
     profile: PathText = Field(
         default=_CAB["profile"],
-        description="a register profile: a name from profiles/ or a path to its YAML (docs/register-map.md)")
+        description="a register profile: a name from profiles/ or a path to its YAML (docs/profiles.md)")
     slots: Int | None = Field(
         default=_CAB["slots"], ge=1, le=256, json_schema_extra=_shown("the profile's"),
         description="the number of slots fitted, 1-256, or leave it out for the profile's")
@@ -408,7 +408,10 @@ def _profile(name: str, entry_source: Path, key: str, profiles: dict[str, Profil
         try:
             profiles[name] = find_profile(ref)
         except ProfileError as err:
-            raise ConfigError(entry_source, f"{key}.profile", str(err), "fix the profile or its name") from err
+            # The profile's own error, with its own fix (not a second "Fix:" of ours).
+            where = ": ".join(p for p in (err.source, err.key) if p)
+            raise ConfigError(entry_source, f"{key}.profile", f"{where}: {err.problem}" if where else err.problem,
+                              err.fix or "fix the profile or its name") from err
         except OSError as err:
             raise ConfigError(entry_source, f"{key}.profile", f"cannot read {ref}: {err.strerror}",
                               "fix the profile or its name") from err
@@ -563,7 +566,7 @@ def read_plans(config: AppConfig) -> list[dict[str, Any]]:
             "minimum_requests": minimum_reads(profile, slot_count),
             "commands": sorted(profile.commands),
             "reads": [{"register": r.register_type, "address": r.address, "count": r.count,
-                       "fields": [f"{'cabinet' if f.slot is None else f'slot {f.slot}'}:{f.spec.field}"
+                       "fields": [f"{'cabinet' if f.slot is None else f'slot {f.slot}'}:{f.label}"
                                   for f in r.fields]} for r in plan],
         })
     return plans

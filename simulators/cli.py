@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from collectors.modbus.profile import Profile, ProfileError, find_profile
+from core.stackenv import stack_value
 
 from .fleet import build_fleet
 from .scenarios import Scenario, ScenarioError, check_target, load_scenario
@@ -153,12 +154,19 @@ async def run(args: argparse.Namespace) -> int:
         log.info("simulator stopped")
 
 
+def _default_control_port() -> int:
+    value = stack_value("CASCADE_SIM_CONTROL_PORT")
+    return int(value) if value and value.isdigit() else 15019
+
+
 def _inject_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cascade scenario",
                                      description="Post scenario files to a running simulator's control endpoint.")
     parser.add_argument("files", nargs="*", metavar="FILE", help="scenario YAML files (or shipped names)")
     parser.add_argument("--host", default="127.0.0.1", help="simulator host (default 127.0.0.1)")
-    parser.add_argument("--control-port", type=int, default=15019, help="control endpoint port (default 15019)")
+    parser.add_argument("--control-port", type=int, default=_default_control_port(),
+                        help="control endpoint port (default: the running stack's, from $CASCADE_SIM_CONTROL_PORT "
+                             "or var/stack.env, else 15019)")
     parser.add_argument("--speed", type=float, default=None, help="time acceleration for these scenarios")
     parser.add_argument("--list", action="store_true", help="list running scenarios")
     parser.add_argument("--delete", action="append", default=[], metavar="ID", help="stop a running scenario")

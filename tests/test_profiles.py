@@ -111,9 +111,14 @@ def test_a_denormal_float_is_garbage_even_inside_the_valid_range() -> None:
     """31.5 °C as f32 read with the wrong word order is 2.4e-41: inside -40..300, but no measurement."""
     spec = FieldSpec("temperature_c", "holding", 0, "f32", valid=(-40, 300))
     swapped = list(reversed(encode_value(spec, 31.5)))
-    with pytest.raises(DecodeError, match="denormal float.*wrong word order"):
+    with pytest.raises(DecodeError, match="implausibly small float.*wrong word order"):
         decode_value(spec, swapped)
     assert decode_value(spec, encode_value(spec, 31.5)) == 31.5
+    # Not only denormals: 230 V from a CDAB device read as ABCD is 3.4e-17, normal but no measurement.
+    volts = FieldSpec("input_voltage_v", "input", 0, "f32", word_order="CDAB", valid=(0, 500))
+    wrong = FieldSpec("input_voltage_v", "input", 0, "f32", word_order="ABCD", valid=(0, 500))
+    with pytest.raises(DecodeError, match="implausibly small"):
+        decode_value(wrong, encode_value(volts, 230.0))
 
 
 def test_nan_float_is_rejected() -> None:

@@ -35,8 +35,12 @@ def _f32(value: float) -> float:
     return struct.unpack(">f", struct.pack(">f", value))[0]
 
 
-_finite32 = st.floats(width=32, allow_nan=False, allow_infinity=False, allow_subnormal=False)
-_finite64 = st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=False)
+# Measurements: finite, and zero or at least 1e-12 in size (smaller non-zero floats are rejected as
+# the mark of a wrong word order, codec._TINY).
+_finite32 = st.floats(width=32, allow_nan=False, allow_infinity=False, allow_subnormal=False).filter(
+    lambda v: v == 0 or abs(v) >= 1e-12)
+_finite64 = st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=False).filter(
+    lambda v: v == 0 or abs(v) >= 1e-12)
 
 
 @st.composite

@@ -100,7 +100,10 @@ _SENTINELS: dict[str, frozenset[int]] = {
     "u64": frozenset({2**64 - 1}), "i64": frozenset({2**63 - 1, 2**63}),
 }
 # Smallest normal float per width: a non-zero value below it is a decode artefact (wrong word order).
-_TINY = {"f32": 1.1754943508222875e-38, "f64": 2.2250738585072014e-308}
+# Below this a non-zero float is no sensor reading: denormals, and the tiny values a wrong word
+# order makes of ordinary ones (31.5 with swapped words is 2.4e-41; 230 V read as ABCD from a CDAB
+# device is 3.4e-17). No field Cascade reads has a resolution anywhere near 1e-12 of its unit.
+_TINY = {"f32": 1e-12, "f64": 1e-12}
 
 
 def _out_of_range(field: str, unit: str, value: float, lo: float, hi: float, raw: int | None,
@@ -190,7 +193,7 @@ def decode_value(spec: FieldSpec, words: Sequence[int]) -> float | int | bool | 
         if not math.isfinite(raw_value):
             raise DecodeError(f"{spec.field}: {raw_value} is not a finite number")
         if raw_value != 0 and abs(raw_value) < _TINY[kind]:
-            raise DecodeError(f"{spec.field}: {raw_value:g} is a denormal float, not a measurement "
+            raise DecodeError(f"{spec.field}: {raw_value:g} is an implausibly small float (denormal or near it), not a measurement "
                               f"(wrong word order? the profile says {spec.word_order!r})")
     elif kind == "u64" and raw_value > _INT64_MAX:
         what = "an error/no-value pattern" if raw_value == 2**64 - 1 else "beyond any real count"
@@ -313,7 +316,7 @@ def _compile_32(spec: FieldSpec) -> Callable[[Sequence[int], int], float | int |
             if not math.isfinite(value):
                 raise DecodeError(f"{field}: {value} is not a finite number")
             if value != 0 and abs(value) < tiny:
-                raise DecodeError(f"{field}: {value:g} is a denormal float, not a measurement "
+                raise DecodeError(f"{field}: {value:g} is an implausibly small float (denormal or near it), not a measurement "
                                   f"(wrong word order? the profile says {order!r})")
         else:
             value = unsigned - 0x100000000 if signed and unsigned & 0x80000000 else unsigned

@@ -92,9 +92,9 @@ def _alternatives(spec: FieldSpec, words: list[int]) -> list[tuple[str, Any]]:
     return out
 
 
-def _judge(spec: FieldSpec, words: list[int]) -> tuple[Any, str, str]:
+def _judge(decode: Any, words: list[int]) -> tuple[Any, str, str]:
     try:
-        value = decode_value(spec, words)
+        value = decode(words, 0)
     except OverRange as err:
         return err.limit, "at limit", str(err)
     except DecodeError as err:
@@ -123,12 +123,12 @@ async def probe(cabinet: ModbusCabinet) -> ProbeResult:
                 where = "cabinet" if item.slot is None else f"slot {item.slot}"
                 address = request.address + item.index
                 if words is None:
-                    fields.append(FieldProbe(where, spec.field, spec.register_type, address, [], None, spec.unit,
+                    fields.append(FieldProbe(where, item.label, spec.register_type, address, [], None, spec.unit,
                                              "not read", "the device refused this read (see below)"))
                     continue
                 raw = [int(w) for w in words[item.index: item.index + spec.words]]
-                value, verdict, note = _judge(spec, raw)
-                probe_ = FieldProbe(where, spec.field, spec.register_type, address, raw, value, spec.unit, verdict,
+                value, verdict, note = _judge(item.decode, raw)
+                probe_ = FieldProbe(where, item.label, spec.register_type, address, raw, value, spec.unit, verdict,
                                     note)
                 if verdict in ("rejected", "at limit"):
                     probe_.alternatives = _alternatives(spec, raw)
