@@ -7,7 +7,7 @@
 #   make check   promtool / amtool config checks, import contracts (import-linter), ruff, mypy
 #   make clean   remove local state (./var) and caches; `make distclean` also drops .venv
 #
-# Port overrides for `make run`: INFLUX_PORT PROM_PORT AM_PORT METRICS_PORT SIM_PORT
+# Port overrides for `make run`: INFLUX_PORT PROM_PORT AM_PORT METRICS_PORT SIM_PORT SIM_CONTROL_PORT
 # NOTIFY_PORT INBOX_PORT
 # (see README.md, "What runs where").
 
