@@ -547,7 +547,12 @@ def main(argv: list[str] | None = None) -> int:
         TRACE_DIR.mkdir(exist_ok=True)
         for trace in (traces.gas_first_runaway(slots=1), traces.slow_heating(slots=1)):
             path = TRACE_DIR / f"{trace.name}.csv"
-            rows = write_trace(trace.readings(), path, fields=_TRACE_FIELDS)
+            comments = [f"{trace.name}: {trace.description}"]
+            if trace.onset is not None:
+                comments.append(f"onset: {trace.onset:.0f}")
+            if trace.fault is not None:
+                comments.append("slot: " + "/".join(str(part) for part in trace.fault))
+            rows = write_trace(trace.readings(), path, fields=_TRACE_FIELDS, comments=comments)
             print(f"wrote {path.name}: {rows} rows")
     return 0
 
