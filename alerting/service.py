@@ -45,7 +45,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from alerting.actions import ActionPolicy, ActionRecord, ActionRunner, Command
 from alerting.alertmanager import AlertmanagerPusher
 from alerting.engine import Engine
-from alerting.state import Ack, Alert, AlertKey, Target, Transition, alert_labels
+from alerting.state import SEVERITY, Ack, Alert, AlertKey, Target, Transition, alert_labels
 from core.events import AlertEvent
 from core.model import CabinetReading
 from core.ports import Commander, EventHandler, ReadingFeed
@@ -55,6 +55,7 @@ __all__ = ["ACTION_FAILED", "AlertService", "FailedAction"]
 log = logging.getLogger(__name__)
 
 ACTION_FAILED = "protective_action_failed"
+CABINET_OFFLINE = "cabinet_offline"
 #: How long an acknowledgement silences repeat notifications of an alert that neither clears nor
 #: changes level; after that it pages again (someone acknowledged, nobody fixed it).
 ACK_SILENCE_S = 12 * 3600.0
@@ -97,7 +98,7 @@ class AlertService:
                  session: aiohttp.ClientSession | None = None, policy: ActionPolicy | None = None,
                  registry: CollectorRegistry | None = None, generator_url: str | None = None,
                  on_pushed: Callable[[list[dict[str, Any]], float], None] | None = None,
-                 failed_actions_path: str | Path | None = None) -> None:
+                 failed_actions_path: str | Path | None = None, offline_after_s: float | None = None) -> None:
         self._feed = feed
         self._emit = emit
         self.engine = engine
@@ -125,6 +126,12 @@ class AlertService:
         self._cabinet_level = Gauge("cascade_cabinet_alert_level", "Worst active alert level of the cabinet",
                                     ["site", "cabinet"], registry=registry)
         self._cabinets_seen: set[tuple[str, str]] = set(cabinets)  # (site, cabinet): every one gets a gauge
+        # A cabinet that stops reporting leaves every safety rule on it blind: after offline_after_s
+        # without a reading it is a level-2 cabinet_offline alert, raised here (no Prometheus needed).
+        self._offline_after_s = offline_after_s
+        self._last_seen: dict[tuple[str, str], float] = dict.fromkeys(self._cabinets_seen, clock())
+        self.offline: dict[AlertKey, float] = {}  # cabinet_offline alert -> since
+        self._offline_task: asyncio.Task[None] | None = None
         self._update_gauge()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -158,6 +165,10 @@ class AlertService:
                                 action, alert.key, alert.level)
                     self._start_action(restart, action)
         self._retry_task = asyncio.create_task(self._retry_loop(), name="protective-action-retry")
+        if self._offline_after_s:
+            now = self._clock()
+            self._last_seen = dict.fromkeys(self._last_seen, now)  # the watch starts now, not at construction
+            self._offline_task = asyncio.create_task(self._offline_loop(), name="cabinet-offline-watch")
         if self._feed is not None:
             self._feed.subscribe(self.handle_reading)
         return self
@@ -173,6 +184,11 @@ class AlertService:
         """Stop retrying and let in-flight cabinet writes finish (a cut-off half-sent helps nobody).
         Safe to call twice; start_app calls it before the pipeline closes its connections."""
         self._running = False
+        if self._offline_task is not None:
+            self._offline_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._offline_task
+            self._offline_task = None
         if self._retry_task is not None:
             self._retry_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -188,6 +204,10 @@ class AlertService:
 
     async def handle_reading(self, reading: CabinetReading) -> None:
         """The reading subscriber: evaluate, then fan out. Awaits no I/O."""
+        where = (reading.site, reading.cabinet_id)
+        self._last_seen[where] = self._clock()
+        if self.offline:
+            self._back_online(where)
         transitions = self.engine.evaluate(reading)
         if transitions:
             self.apply(transitions, reading.timestamp_ns)
@@ -369,6 +389,10 @@ class AlertService:
         """Active alerts, worst first: the engine's plus failed protective actions."""
         out = [_alert_dict(a) for a in self.store.active()]
         out += [f.to_dict() for f in self.failed.values()]
+        out += [{"key": str(key), "level": 2, "value": self._clock() - since, "raised_at": since, "updated_at": since,
+                 "battery": None, "protective_action": None, "labels": self._fired.get(key, {}),
+                 "annotations": {}, "acknowledged": False, "ack": None, "source": "service"}
+                for key, since in self.offline.items()]
         out.sort(key=lambda a: (-a["level"], a["key"]))
         return out
 
@@ -394,13 +418,61 @@ class AlertService:
 
     # -- helpers --------------------------------------------------------------------------------
 
+    # -- silent cabinets --------------------------------------------------------------------------
+
+    async def _offline_loop(self) -> None:
+        assert self._offline_after_s
+        while True:
+            await asyncio.sleep(min(10.0, self._offline_after_s / 3))
+            self.check_offline()
+
+    def check_offline(self) -> None:
+        """Raise ``cabinet_offline`` (level 2) for every cabinet silent longer than ``offline_after_s``."""
+        if not self._offline_after_s:
+            return
+        now = self._clock()
+        for (site, cabinet), seen in self._last_seen.items():
+            key = AlertKey(CABINET_OFFLINE, site, cabinet, None)
+            if now - seen < self._offline_after_s or key in self.offline:
+                continue
+            self.offline[key] = seen
+            labels = alert_labels(CABINET_OFFLINE, 2, site, cabinet)
+            silent = now - seen
+            annotations = {
+                "summary": f"L2 cabinet {site}/{cabinet} silent for {silent:.0f} s: its safety sensors are unwatched",
+                "diagnosis": (f"No reading from {cabinet} for {silent:.0f} s (limit {self._offline_after_s:g} s): "
+                              "no rule can see its temperatures, gases or protections while it is silent."),
+                "action": "Check the cabinet's power and network link; send someone if it stays silent.",
+            }
+            log.warning("cabinet %s/%s silent for %.0f s: cabinet_offline raised", site, cabinet, silent)
+            self._fire(key, labels, annotations, now)
+            self._submit([_alert_event(CABINET_OFFLINE, site, cabinet, None, SEVERITY[2], 2, 0, "raise", silent,
+                                       None, annotations, int(now * 1e9))])
+            self._transitions.labels("raise", "2").inc()
+        self._update_gauge()
+
+    def _back_online(self, where: tuple[str, str]) -> None:
+        key = AlertKey(CABINET_OFFLINE, where[0], where[1], None)
+        if self.offline.pop(key, None) is None:
+            return
+        annotations = {"summary": f"Cabinet {where[0]}/{where[1]} reports again",
+                       "diagnosis": "Readings arrive again; its safety rules see it again.", "action": "None."}
+        log.info("cabinet %s/%s reports again: cabinet_offline cleared", *where)
+        self._resolve(key, annotations)
+        self._submit([_alert_event(CABINET_OFFLINE, where[0], where[1], None, SEVERITY[2], 0, 2, "clear", None,
+                                   None, annotations, time.time_ns())])
+        self._transitions.labels("clear", "2").inc()
+        self._update_gauge()
+
     def _update_gauge(self) -> None:
-        counts = {1: 0, 2: 0, 3: len(self.failed)}
+        counts = {1: 0, 2: len(self.offline), 3: len(self.failed)}
         worst: dict[tuple[str, str], int] = {}
         for alert in self.store.active():
             counts[alert.level] = counts.get(alert.level, 0) + 1
             where = (alert.key.site, alert.key.cabinet)
             worst[where] = max(worst.get(where, 0), alert.level)
+        for key in self.offline:
+            worst[(key.site, key.cabinet)] = max(worst.get((key.site, key.cabinet), 0), 2)
         for key in self.failed:
             worst[(key.site, key.cabinet)] = 3
         for level in (1, 2, 3):

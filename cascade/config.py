@@ -303,6 +303,10 @@ class AlertingSection(Model):
         description="e.g. http://127.0.0.1:9093, or null to push nothing (evaluate and act only)")
     resend_interval_s: Float = Field(default=60.0, gt=0,
                                      description="seconds between re-sends to Alertmanager, e.g. 60")
+    offline_after_s: Float = Field(
+        default=60.0, ge=10,
+        description="seconds without a reading before a cabinet is a cabinet_offline warning (its safety sensors "
+                    "are unwatched), e.g. 60; at least 10")
     generator_url: Text | None = Field(
         default=None, description="a link shown as the alert's source (e.g. a Grafana dashboard), or leave it out")
     actions: ActionsSection = Field(default=ActionsSection(), json_schema_extra=_shown("see alerting.actions"),

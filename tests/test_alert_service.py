@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client import CollectorRegistry
 
 from alerting import cli as alerts_cli
 from alerting.actions import ActionPolicy, ActionRunner, Command, ForbiddenCommand, check_command
@@ -510,3 +511,34 @@ async def test_alerts_of_a_rule_dropped_from_the_catalogue_are_cleared_through_t
     async with service:
         assert service.active_alerts() == []
     assert pipeline.registry.get_sample_value("cascade_alert_transitions_total", {"kind": "clear", "level": "1"}) == 1
+
+
+async def test_a_silent_cabinet_is_a_warning_within_its_limit_and_clears_when_it_reports(
+        tmp_path, alertmanager_factory, engine_clock):
+    """A cabinet that stops reporting leaves its safety rules blind: after offline_after_s it is a
+    level-2 cabinet_offline alert in Alertmanager (no Prometheus involved), cleared by its next reading."""
+    am = shipped_alertmanager(alertmanager_factory, f"http://127.0.0.1:{free_port()}")
+    engine_clock.now = time.time() - 100  # the 75 s this test moves on stay in Alertmanager's past
+    engine = make_engine(engine_clock, tmp_path)
+    registry = CollectorRegistry()
+    service = AlertService(engine, alertmanager_url=am.url, registry=registry, cabinets=[(SITE, CAB), (SITE, "C0002")],
+                           policy=ActionPolicy(perform=frozenset()), clock=engine_clock, offline_after_s=60)
+    async with service:
+        await service.handle_reading(reading(25.0))  # C0001 reports; C0002 never does
+        engine_clock.now += 45
+        await service.handle_reading(reading(25.0))
+        service.check_offline()
+        assert not service.offline  # 45 s: within the limit
+        engine_clock.now += 30  # C0002 silent 75 s since the watch started, C0001 30 s
+        service.check_offline()
+        assert [str(k) for k in service.offline] == [f"cabinet_offline@{SITE}/C0002"]
+        firing = await eventually(lambda: am_alerts(am, alertname="cabinet_offline"))
+        assert firing[0]["labels"]["level"] == "2" and firing[0]["labels"]["cabinet"] == "C0002"
+        assert registry.get_sample_value("cascade_cabinet_alert_level", {"site": SITE, "cabinet": "C0002"}) == 2
+        assert [a["key"] for a in service.active_alerts()] == [f"cabinet_offline@{SITE}/C0002"]
+        service.check_offline()
+        assert len([k for k in service.offline]) == 1  # raised once, not again every check
+        await service.handle_reading(reading(25.0, cabinet="C0002"))  # it reports again
+        assert not service.offline
+        assert await eventually(lambda: not [a for a in am_alerts(am, alertname="cabinet_offline")
+                                             if a["status"]["state"] == "active"])
