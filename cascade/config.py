@@ -16,14 +16,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import UnionType
-from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from annotated_types import Ge, Gt, Le, Lt, MinLen
+from annotated_types import MinLen
 from pydantic import AfterValidator, BaseModel, BeforeValidator, model_validator
-from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 
 from alerting.rules import PROTECTIVE_ACTIONS
 from collectors.modbus.device import KIND as MODBUS
@@ -32,7 +29,19 @@ from collectors.modbus.profile import Profile, ProfileError, find_profile
 from collectors.modbus.settings import CabinetConfig, ModbusSettings
 from core.env import expand_env
 from core.errors import InputError
-from core.validation import Bool, Field, Float, Int, Model, validate
+from core.validation import (
+    Bool,
+    Field,
+    Float,
+    Int,
+    Model,
+    Shown,
+    default_text,
+    one_line,
+    shown_default,
+    type_text,
+    validate,
+)
 from exporters.influx.sink import InfluxConfig, InfluxConfigError
 
 __all__ = ["ActionsSection", "AlertingSection", "AppConfig", "Cabinet", "CabinetEntry", "ConfigError",
@@ -44,12 +53,9 @@ class ConfigError(InputError):
     """A configuration that cannot be used; the message names the file, the key and the fix, on one line."""
 
     def __init__(self, source: str | Path, key: str, problem: str, fix: str) -> None:
-        super().__init__(_one_line(str(source)), _one_line(key), _one_line(problem), _one_line(fix))
+        super().__init__(one_line(str(source)), one_line(key), one_line(problem), one_line(fix))
 
 
-def _one_line(text: str) -> str:
-    """Line breaks (a YAML parser's report, a key or path that contains one) written as ``\\n``."""
-    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 @dataclass(slots=True)
@@ -78,13 +84,6 @@ class AppConfig:
 # --- value types -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Shown:
-    """How :func:`config_reference` names a type (pydantic ignores this marker)."""
-
-    name: str
-
-
 def _no_nul(value: str) -> str:
     if "\x00" in value:
         raise ValueError(f"{value!r} contains a NUL character")
@@ -109,18 +108,13 @@ def _level(value: int) -> int:
 
 Text = Annotated[str, MinLen(1)]
 """Non-empty text."""
-PathText = Annotated[str, MinLen(1), AfterValidator(_no_nul), _Shown("path")]
+PathText = Annotated[str, MinLen(1), AfterValidator(_no_nul), Shown("path")]
 """A file or directory; relative paths are relative to the configuration file."""
-HttpUrl = Annotated[str, AfterValidator(_http_url), _Shown("http(s) URL")]
+HttpUrl = Annotated[str, AfterValidator(_http_url), Shown("http(s) URL")]
 ProtectiveAction = Literal[tuple(sorted(PROTECTIVE_ACTIONS))]  # type: ignore[valid-type]
-Level = Annotated[Int, AfterValidator(_level), _Shown("level 1..3")]
+Level = Annotated[Int, AfterValidator(_level), Shown("level 1..3")]
 ActionOrNone = Annotated[ProtectiveAction | None, BeforeValidator(_none_word),  # type: ignore[valid-type]
-                         _Shown("a protective action or none")]
-
-
-def _shown(default: str) -> dict[str, Any]:
-    """``json_schema_extra`` for a default that :func:`config_reference` writes in words."""
-    return {"shown_default": default}
+                         Shown("a protective action or none")]
 
 
 class _Section(Model):
@@ -157,7 +151,7 @@ class CabinetEntry(_Section):
         default=_CAB["profile"],
         description="a register profile: a name from profiles/ or a path to its YAML (docs/profiles.md)")
     slots: Int | None = Field(
-        default=_CAB["slots"], ge=1, le=256, json_schema_extra=_shown("the profile's"),
+        default=_CAB["slots"], ge=1, le=256, json_schema_extra=shown_default("the profile's"),
         description="the number of slots fitted, 1-256, or leave it out for the profile's")
     interval_s: Float = Field(default=_CAB["interval_s"], gt=0, description="seconds between polls, e.g. 5")
     timeout_s: Float = Field(default=_CAB["timeout_s"], gt=0,
@@ -168,7 +162,7 @@ class CabinetEntry(_Section):
     busy_backoff_s: Float = Field(default=_CAB["busy_backoff_s"], ge=0,
                                   description="seconds before a busy retry, growing linearly, e.g. 0.05")
     max_gap: Int | None = Field(
-        default=_CAB["max_gap"], ge=0, json_schema_extra=_shown("the profile's"),
+        default=_CAB["max_gap"], ge=0, json_schema_extra=shown_default("the profile's"),
         description="unused registers a read may bridge (0 reads only mapped registers), or leave it out for the "
         "profile's")
 
@@ -218,7 +212,7 @@ class InfluxSection(Model):
     url: HttpUrl = Field(description="the http(s)://host:port of the InfluxDB server, e.g. http://127.0.0.1:8086")
     # Not required here: a missing spool_dir is reported by the sink's own check, at key `influxdb`.
     spool_dir: str = Field(
-        default="", json_schema_extra=_shown("(required)"),
+        default="", json_schema_extra=shown_default("(required)"),
         description="a writable directory for readings kept while InfluxDB is down, e.g. ../var/spool")
     api: Literal["v1", "v2"] = Field(
         default=_INFLUX["api"],
@@ -291,7 +285,7 @@ class AlertingSection(Model):
     enabled: Bool = Field(default=True,
                           description="true or false (false: no engine, no alert service, no routes)")
     rules: PathText | None = Field(
-        default=None, json_schema_extra=_shown("the shipped catalogue"),
+        default=None, json_schema_extra=shown_default("the shipped catalogue"),
         description="a rule file (docs/warnings.md), or leave it out for the shipped catalogue")
     state_file: PathText = Field(default="var/alerts.json",
                                  description="where active alerts and acks are kept, e.g. var/alerts.json")
@@ -309,7 +303,7 @@ class AlertingSection(Model):
                     "are unwatched), e.g. 60; at least 10")
     generator_url: Text | None = Field(
         default=None, description="a link shown as the alert's source (e.g. a Grafana dashboard), or leave it out")
-    actions: ActionsSection = Field(default=ActionsSection(), json_schema_extra=_shown("see alerting.actions"),
+    actions: ActionsSection = Field(default=ActionsSection(), json_schema_extra=shown_default("see alerting.actions"),
                                     description="a mapping, e.g. {perform: [stop_charging], retry_s: 10}")
     api_token: Text | None = Field(
         default=None,
@@ -330,15 +324,15 @@ class RunConfig(_Section):
         description="a list of cabinets, each {id, host, port, ...} (see the cabinet keys)")
     fleet_files: list[PathText] = Field(
         default=[], description="a list of files with cabinets: (the simulator writes one), e.g. [../var/fleet.yaml]")
-    defaults: CabinetEntry = Field(default=CabinetEntry(), json_schema_extra=_shown("`{}`"),
+    defaults: CabinetEntry = Field(default=CabinetEntry(), json_schema_extra=shown_default("`{}`"),
                                    description="cabinet keys merged into every cabinet entry, e.g. {interval_s: 5}")
-    poll: PollSection = Field(default=PollSection(), json_schema_extra=_shown("see poll"),
+    poll: PollSection = Field(default=PollSection(), json_schema_extra=shown_default("see poll"),
                               description="a mapping, e.g. {jitter: 0.1, backoff_cap_s: 60}")
     influxdb: InfluxSection | None = Field(
-        default=None, json_schema_extra=_shown("none: no storage"),
+        default=None, json_schema_extra=shown_default("none: no storage"),
         description="a mapping, e.g. {url: http://127.0.0.1:8086, database: cascade, spool_dir: ../var/spool} "
         f"({_SINK_DOC})")
-    metrics: MetricsSection = Field(default=MetricsSection(), json_schema_extra=_shown("see metrics"),
+    metrics: MetricsSection = Field(default=MetricsSection(), json_schema_extra=shown_default("see metrics"),
                                     description="a mapping, e.g. {host: 127.0.0.1, port: 9108}")
     status_interval_s: Float = Field(default=10.0, ge=0,
                                      description="seconds between one-line status logs (0 = off)")
@@ -477,64 +471,6 @@ _REFERENCE: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`alerting`", AlertingSection),
     ("`alerting.actions`", ActionsSection),
 )
-_SCALARS = {int: "integer", float: "number", str: "text", bool: "true/false", type(None): "null"}
-
-
-def _range(metadata: list[Any]) -> str:
-    bounds: dict[type, Any] = {}
-    for m in metadata:
-        for kind, attr in ((Ge, "ge"), (Gt, "gt"), (Le, "le"), (Lt, "lt")):
-            if isinstance(m, kind):
-                bounds[kind] = getattr(m, attr)
-    if Ge in bounds and Le in bounds:
-        return f" {bounds[Ge]}..{bounds[Le]}"
-    text = ", ".join(f"{sign} {bounds[kind]}" for kind, sign in ((Gt, ">"), (Ge, ">="), (Lt, "<"), (Le, "<="))
-                     if kind in bounds)
-    return f" {text}" if text else ""
-
-
-def _type_text(tp: Any, metadata: list[Any]) -> str:
-    origin, args = get_origin(tp), get_args(tp)
-    if origin is Annotated:
-        return _type_text(args[0], [*args[1:], *metadata])
-    shown = next((m.name for m in metadata if isinstance(m, _Shown)), None)
-    if shown is not None:
-        return shown
-    if origin in (Union, UnionType):
-        return " or ".join(_type_text(a, metadata if a is not type(None) else []) for a in args)
-    if origin is Literal:
-        names = [f"`{a}`" for a in args]
-        return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
-    if origin is list:
-        return f"list of {_type_text(args[0], [])}"
-    if origin is dict:
-        return f"mapping of {_type_text(args[0], [])} to {_type_text(args[1], [])}"
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return "mapping"
-    return _SCALARS.get(tp, getattr(tp, "__name__", str(tp))) + _range(metadata)
-
-
-def _yaml_text(value: Any) -> str:
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    if isinstance(value, str):
-        return value or '""'
-    if isinstance(value, list):
-        return "[" + ", ".join(_yaml_text(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_yaml_text(v)}" for k, v in value.items()) + "}"
-    return str(value)
-
-
-def _default_text(info: FieldInfo) -> str:
-    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-    if "shown_default" in extra:
-        return str(extra["shown_default"])
-    if info.default is PydanticUndefined:
-        return "(required)"
-    return f"`{_yaml_text(info.default)}`"
-
-
 def config_reference() -> str:
     """The key tables of docs/configuration.md ("Reference"), generated from the models here."""
     lines: list[str] = []
@@ -543,9 +479,9 @@ def config_reference() -> str:
                   "| key | type | default | meaning |", "|---|---|---|---|"]
         for name, info in model.model_fields.items():
             extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-            kind = str(extra.get("shown_type") or _type_text(info.annotation, list(info.metadata)))
+            kind = str(extra.get("shown_type") or type_text(info.annotation, list(info.metadata)))
             meaning = (info.description or "").replace("|", "\\|")
-            lines.append(f"| `{name}` | {kind} | {_default_text(info)} | {meaning} |")
+            lines.append(f"| `{name}` | {kind} | {default_text(info)} | {meaning} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 

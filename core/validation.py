@@ -22,12 +22,15 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
+from annotated_types import Ge, Gt, Le, Lt
 from pydantic import AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
 from core.errors import InputError
 
@@ -232,3 +235,84 @@ def validate(model: type[M], data: Any, source: str | Path, *, key: str = "",
         return model.model_validate(data)
     except ValidationError as err:
         raise validation_error(err, model, source, key, error) from None
+
+
+# -- generated key references (docs tables built from the models) -----------------------------------
+
+@dataclass(frozen=True)
+class Shown:
+    """``Annotated[..., Shown("a port")]``: how a generated key reference names a type (pydantic ignores it)."""
+
+    name: str
+
+
+def shown_default(default: str) -> dict[str, Any]:
+    """``json_schema_extra`` for a default a key reference writes in words (``"the profile's"``)."""
+    return {"shown_default": default}
+
+
+def one_line(text: str) -> str:
+    """Line breaks (a YAML parser's report, a key or value a message quotes) written as ``\\n``."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+_SCALARS = {int: "integer", float: "number", str: "text", bool: "true/false", type(None): "null"}
+
+
+def _range(metadata: list[Any]) -> str:
+    bounds: dict[type, Any] = {}
+    for m in metadata:
+        for kind, attr in ((Ge, "ge"), (Gt, "gt"), (Le, "le"), (Lt, "lt")):
+            if isinstance(m, kind):
+                bounds[kind] = getattr(m, attr)
+    if Ge in bounds and Le in bounds:
+        return f" {bounds[Ge]}..{bounds[Le]}"
+    text = ", ".join(f"{sign} {bounds[kind]}" for kind, sign in ((Gt, ">"), (Ge, ">="), (Lt, "<"), (Le, "<="))
+                     if kind in bounds)
+    return f" {text}" if text else ""
+
+
+def type_text(tp: Any, metadata: list[Any] | None = None) -> str:
+    """A field's type in words for a key reference: ``integer 1..65535``, ``list of text``, ``mapping``."""
+    metadata = list(metadata or [])
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Annotated:
+        return type_text(args[0], [*args[1:], *metadata])
+    shown = [m.name for m in metadata if isinstance(m, Shown)]
+    if shown:  # the outermost: a type built on another names itself
+        return shown[-1] + _range(metadata)
+    if origin in (Union, UnionType):
+        return " or ".join(type_text(a, metadata if a is not type(None) else []) for a in args)
+    if origin is Literal:
+        names = [f"`{a}`" for a in args]
+        return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    if origin is list:
+        return f"list of {type_text(args[0])}"
+    if origin is dict:
+        return f"mapping of {type_text(args[0])} to {type_text(args[1])}"
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return "mapping"
+    return _SCALARS.get(tp, getattr(tp, "__name__", str(tp))) + _range(metadata)
+
+
+def yaml_text(value: Any) -> str:
+    """``value`` as YAML writes it: ``null``, ``true``, ``[a, b]``, ``{k: v}``; ``""`` for empty text."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, str):
+        return value or '""'
+    if isinstance(value, list):
+        return "[" + ", ".join(yaml_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {yaml_text(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def default_text(info: FieldInfo) -> str:
+    """A field's default for a key reference: in words when the model says so, else as YAML."""
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    if "shown_default" in extra:
+        return str(extra["shown_default"])
+    if info.default is PydanticUndefined:
+        return "(required)"
+    return f"`{yaml_text(info.default)}`"

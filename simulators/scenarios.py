@@ -29,11 +29,9 @@ import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import UnionType
-from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from annotated_types import Ge, Gt, Le, Lt
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -43,8 +41,6 @@ from pydantic import (
     WrapValidator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 
 from core.durations import DurationError
 from core.durations import parse_duration as _parse_duration
@@ -57,7 +53,19 @@ from core.model import (
     Chemistry,
     EmergencyState,
 )
-from core.validation import Bool, Field, Float, Int, Model, validate
+from core.validation import (
+    Bool,
+    Field,
+    Float,
+    Int,
+    Model,
+    Shown,
+    default_text,
+    one_line,
+    shown_default,
+    type_text,
+    validate,
+)
 
 from .cabinet import CabinetState, Runaway, make_battery
 from .register_bank import CUTOFF_YIELDING_FIELDS, Override, cut_off_slot, release_override, reported_value
@@ -107,12 +115,7 @@ class ScenarioError(InputError):
     """A scenario that cannot be used; the message names the file, the key and the fix, on one line."""
 
     def __init__(self, source: str | Path, key: str, problem: str, fix: str) -> None:
-        super().__init__(_one_line(str(source)), _one_line(key), _one_line(problem), _one_line(fix))
-
-
-def _one_line(text: str) -> str:
-    """Line breaks (in a key or a value the message quotes) written as ``\\n``."""
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+        super().__init__(one_line(str(source)), one_line(key), one_line(problem), one_line(fix))
 
 
 def parse_duration(value: Any) -> float | None:
@@ -165,13 +168,6 @@ def _field_where(name: Any, slot: int | None, source: str, key: str) -> int | No
 
 
 # --- value types: each refuses with "problem. Fix: ..." or leaves the fix to the key's description ---
-
-
-@dataclass(frozen=True)
-class _Shown:
-    """How :func:`scenario_reference` names a type (pydantic ignores this marker)."""
-
-    name: str
 
 
 def _yaml(value: Any, limit: int = 60) -> str:
@@ -261,27 +257,25 @@ def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
 
-Text = Annotated[str, AfterValidator(_not_empty), _Shown("text")]
-Duration = Annotated[float, BeforeValidator(_duration), _Shown("duration")]
+Text = Annotated[str, AfterValidator(_not_empty), Shown("text")]
+Duration = Annotated[float, BeforeValidator(_duration), Shown("duration")]
 """Scenario seconds from ``90``, ``90s``, ``5m``, ``3m30s``, ``1.5h`` or ``500ms``."""
-PositiveDuration = Annotated[float, BeforeValidator(_positive_duration), _Shown("duration > 0")]
-FieldName = Annotated[str, AfterValidator(_known_field), _Shown("field")]
+PositiveDuration = Annotated[float, BeforeValidator(_positive_duration), Shown("duration > 0")]
+FieldName = Annotated[str, AfterValidator(_known_field), Shown("field")]
 """A field of :mod:`core.model` (whether the target has the slot it needs is checked after)."""
 FieldList = Annotated[list[FieldName], BeforeValidator(_one_or_list), AfterValidator(_not_empty),
-                      _Shown("list of fields")]
-SetValue = Annotated[Any, PlainValidator(_plain_value), _Shown("number, true/false, text or null")]
+                      Shown("list of fields")]
+SetValue = Annotated[Any, PlainValidator(_plain_value), Shown("number, true/false, text or null")]
 ChargerFlags = Annotated[list[Annotated[str, AfterValidator(_flag_name(ChargerProtection))]],
-                         BeforeValidator(_one_or_list), _Shown("list of ChargerProtection flags")]
+                         BeforeValidator(_one_or_list), Shown("list of ChargerProtection flags")]
 BmsFlags = Annotated[list[Annotated[str, AfterValidator(_flag_name(BmsProtection))]],
-                     BeforeValidator(_one_or_list), _Shown("list of BmsProtection flags")]
+                     BeforeValidator(_one_or_list), Shown("list of BmsProtection flags")]
 EmergencyFlags = Annotated[list[Annotated[str, AfterValidator(_flag_name(EmergencyState))]],
-                           BeforeValidator(_one_or_list), _Shown("list of EmergencyState flags")]
+                           BeforeValidator(_one_or_list), Shown("list of EmergencyState flags")]
 ChemistryName = Annotated[Literal[_CHEMISTRIES], BeforeValidator(_lower)]  # type: ignore[valid-type]
 
 
-def _shown(default: str) -> dict[str, Any]:
-    """``json_schema_extra`` for a default that :func:`scenario_reference` writes in words."""
-    return {"shown_default": default}
+
 
 
 # --- the schema -----------------------------------------------------------------------------------
@@ -292,7 +286,7 @@ class TargetSection(Model):
 
     cabinet: Text = Field(description="the cabinet's id in the fleet, e.g. target: {cabinet: C0003, slot: 5}")
     slot: Int | None = Field(
-        default=None, ge=1, json_schema_extra=_shown("none: the cabinet"),
+        default=None, ge=1, json_schema_extra=shown_default("none: the cabinet"),
         description="the slot, counted from 1, e.g. slot: 5 (needed for slot fields and slot actions)")
 
 
@@ -303,7 +297,7 @@ class ScenarioDoc(Model):
     description: Annotated[str, BeforeValidator(_null_is_empty)] = Field(
         default="", description="what the scenario shows, in a sentence or two")
     # Validated when left out too (validate_default): a missing target reports target.cabinet.
-    target: TargetSection = Field(default={}, json_schema_extra=_shown("(required)"),  # type: ignore[arg-type]
+    target: TargetSection = Field(default={}, json_schema_extra=shown_default("(required)"),  # type: ignore[arg-type]
                                   description="a mapping, e.g. target: {cabinet: C0003, slot: 5}")
     steps: Annotated[list[dict[Any, Any]], AfterValidator(_not_empty)] = Field(
         json_schema_extra={"shown_type": "list of steps"},
@@ -313,17 +307,17 @@ class ScenarioDoc(Model):
 class PackSpec(Model):
     """``insert:``: the pack docked now; what is left out is random, as for any new pack."""
 
-    chemistry: ChemistryName | None = Field(default=None, json_schema_extra=_shown("random"),
+    chemistry: ChemistryName | None = Field(default=None, json_schema_extra=shown_default("random"),
                                             description="use lfp, nmc, lmo or na_ion")
-    nominal_voltage_v: Float | None = Field(default=None, gt=0, json_schema_extra=_shown("random"),
+    nominal_voltage_v: Float | None = Field(default=None, gt=0, json_schema_extra=shown_default("random"),
                                             description="the pack's nominal voltage in volts, e.g. 48 or 60")
-    soc_pct: Float | None = Field(default=None, ge=0, le=100, json_schema_extra=_shown("random"),
+    soc_pct: Float | None = Field(default=None, ge=0, le=100, json_schema_extra=shown_default("random"),
                                   description="state of charge in percent, 0-100, e.g. 30")
-    battery_id: Text | None = Field(default=None, json_schema_extra=_shown("random"),
+    battery_id: Text | None = Field(default=None, json_schema_extra=shown_default("random"),
                                     description="the pack's id as text, e.g. NM48-FAULTY001")
-    battery_maker: Text | None = Field(default=None, json_schema_extra=_shown("random"),
+    battery_maker: Text | None = Field(default=None, json_schema_extra=shown_default("random"),
                                        description="the maker's name as text, e.g. Tenpower")
-    temperature_c: Float | None = Field(default=None, json_schema_extra=_shown("random"),
+    temperature_c: Float | None = Field(default=None, json_schema_extra=shown_default("random"),
                                         description="the pack's temperature in °C when docked, e.g. 25")
     handshake: Literal["ok", "fail"] = Field(
         default="ok", description="ok, or fail: the charger does not recognise the pack and refuses to charge")
@@ -359,7 +353,7 @@ class ProtectFlags(Model):
 
 def _action(description: str, **kwargs: Any) -> Any:
     """The field of a step's action: its key names the action, its description is its fix."""
-    return Field(description=description, json_schema_extra=_shown("(one action)"), **kwargs)
+    return Field(description=description, json_schema_extra=shown_default("(one action)"), **kwargs)
 
 
 class StepModel(Model):
@@ -437,7 +431,7 @@ class GarbageStep(_FieldsStep):
 
 class ReleaseStep(_FieldsStep):
     action: ClassVar[str] = "release"
-    release: Annotated[FieldList, WrapValidator(_or_all), _Shown("list of fields or `all`")] = _action(
+    release: Annotated[FieldList, WrapValidator(_or_all), Shown("list of fields or `all`")] = _action(
         "a list of fields, e.g. [temperature_c, h2_ppm], or all")
 
 
@@ -461,7 +455,7 @@ class ProtectStep(StepModel):
 
 class ClearProtectStep(StepModel):
     action: ClassVar[str] = "clear_protect"
-    clear_protect: Annotated[ProtectFlags, WrapValidator(_or_all), _Shown("mapping or `all`")] = _action(
+    clear_protect: Annotated[ProtectFlags, WrapValidator(_or_all), Shown("mapping or `all`")] = _action(
         "a mapping of flag lists, e.g. {bms: [over_voltage]}, or all (an operator cut-off stays)")
 
     def value(self) -> Any:
@@ -603,46 +597,6 @@ _REFERENCE: tuple[tuple[str, tuple[type[BaseModel], ...]], ...] = (
     ("`runaway`", (RunawaySpec,)),
     ("`protect`, `clear_protect`", (ProtectFlags,)),
 )
-_SCALARS = {int: "integer", float: "number", str: "text", bool: "true/false", type(None): "null"}
-
-
-def _range(metadata: list[Any]) -> str:
-    text = ", ".join(f"{sign} {getattr(m, attr)}" for kind, sign, attr in
-                     ((Gt, ">", "gt"), (Ge, ">=", "ge"), (Lt, "<", "lt"), (Le, "<=", "le"))
-                     for m in metadata if isinstance(m, kind))
-    return f" {text}" if text else ""
-
-
-def _type_text(tp: Any, metadata: list[Any]) -> str:
-    origin, args = get_origin(tp), get_args(tp)
-    if origin is Annotated:
-        return _type_text(args[0], [*args[1:], *metadata])
-    shown = [m.name for m in metadata if isinstance(m, _Shown)]
-    if shown:  # the outermost: a type built on another names itself
-        return shown[-1] + _range(metadata)
-    if origin in (Union, UnionType):
-        return " or ".join(_type_text(a, metadata if a is not type(None) else []) for a in args)
-    if origin is Literal:
-        names = [f"`{a}`" for a in args]
-        return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
-    if origin is list:
-        return f"list of {_type_text(args[0], [])}"
-    if origin is dict:
-        return f"mapping of {_type_text(args[0], [])} to {_type_text(args[1], [])}"
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return "mapping"
-    return _SCALARS.get(tp, getattr(tp, "__name__", str(tp))) + _range(metadata)
-
-
-def _default_text(info: FieldInfo) -> str:
-    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-    if "shown_default" in extra:
-        return str(extra["shown_default"])
-    if info.default is PydanticUndefined:
-        return "(required)"
-    return f"`{info.default}`" if info.default != "" else '`""`'
-
-
 def scenario_reference() -> str:
     """The key tables of docs/simulator.md ("Key reference"), generated from the models here."""
     lines: list[str] = []
@@ -655,11 +609,11 @@ def scenario_reference() -> str:
                     continue
                 seen.add(name)
                 extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-                kind = str(extra.get("shown_type") or _type_text(info.annotation, list(info.metadata)))
+                kind = str(extra.get("shown_type") or type_text(info.annotation, list(info.metadata)))
                 owner = getattr(model, "action", None)
                 key = f"`{name}` (with `{owner}`)" if owner and name not in (owner, "at") else f"`{name}`"
                 meaning = (info.description or "").replace("|", "\\|")
-                lines.append(f"| {key} | {kind} | {_default_text(info)} | {meaning} |")
+                lines.append(f"| {key} | {kind} | {default_text(info)} | {meaning} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
