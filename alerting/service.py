@@ -98,7 +98,8 @@ class AlertService:
                  session: aiohttp.ClientSession | None = None, policy: ActionPolicy | None = None,
                  registry: CollectorRegistry | None = None, generator_url: str | None = None,
                  on_pushed: Callable[[list[dict[str, Any]], float], None] | None = None,
-                 failed_actions_path: str | Path | None = None, offline_after_s: float | None = None) -> None:
+                 failed_actions_path: str | Path | None = None, offline_after_s: float | None = None,
+                 escalate_after_s: float | None = None) -> None:
         self._feed = feed
         self._emit = emit
         self.engine = engine
@@ -131,6 +132,10 @@ class AlertService:
         self._offline_after_s = offline_after_s
         self._last_seen: dict[tuple[str, str], float] = dict.fromkeys(self._cabinets_seen, clock())
         self.offline: dict[AlertKey, float] = {}  # cabinet_offline alert -> since
+        # A level-3 alert nobody acknowledged within escalate_after_s also pages the next on-call:
+        # a copy of it with escalation="1" (routed to critical-escalation), until ack or clear.
+        self._escalate_after_s = escalate_after_s
+        self.escalated: dict[AlertKey, dict[str, str]] = {}  # alert -> labels of its escalation copy
         self._offline_task: asyncio.Task[None] | None = None
         self._update_gauge()
 
@@ -165,10 +170,10 @@ class AlertService:
                                 action, alert.key, alert.level)
                     self._start_action(restart, action)
         self._retry_task = asyncio.create_task(self._retry_loop(), name="protective-action-retry")
-        if self._offline_after_s:
+        if self._offline_after_s or self._escalate_after_s:
             now = self._clock()
             self._last_seen = dict.fromkeys(self._last_seen, now)  # the watch starts now, not at construction
-            self._offline_task = asyncio.create_task(self._offline_loop(), name="cabinet-offline-watch")
+            self._offline_task = asyncio.create_task(self._watch_loop(), name="offline-and-escalation-watch")
         if self._feed is not None:
             self._feed.subscribe(self.handle_reading)
         return self
@@ -245,6 +250,7 @@ class AlertService:
         if old is not None and old != labels:
             self.pusher.resolve(old)  # escalation/de-escalation: the old level's alert ends now
             self.pusher.unsilence(old)  # an acknowledgement covered that level only: the new one pages
+            self._end_escalation(key)  # the escalation copy was of the old level
         self._fired[key] = labels
         self.pusher.fire(labels, annotations, starts_at=at)
 
@@ -253,6 +259,7 @@ class AlertService:
         if self.pusher is not None and labels is not None:
             self.pusher.resolve(labels, annotations)
             self.pusher.unsilence(labels)  # a later raise of the same alert must page again
+        self._end_escalation(key)
 
     # -- protective actions --------------------------------------------------------------------
 
@@ -412,19 +419,47 @@ class AlertService:
         # this level (an escalation is a new label set and pages again; a clear ends the silence).
         labels = self._fired.get(parsed)
         if self.pusher is not None and labels is not None:
-            self.pusher.silence(labels, who=str(who).strip(), comment=comment,
-                                until=self._clock() + ACK_SILENCE_S)
+            for fired in (labels, self.escalated.get(parsed)):  # the escalation copy too: someone is on it
+                if fired is not None:
+                    self.pusher.silence(fired, who=str(who).strip(), comment=comment,
+                                        until=self._clock() + ACK_SILENCE_S)
         return result
 
     # -- helpers --------------------------------------------------------------------------------
 
     # -- silent cabinets --------------------------------------------------------------------------
 
-    async def _offline_loop(self) -> None:
-        assert self._offline_after_s
+    async def _watch_loop(self) -> None:
+        period = min(10.0, *(x / 3 for x in (self._offline_after_s, self._escalate_after_s) if x))
         while True:
-            await asyncio.sleep(min(10.0, self._offline_after_s / 3))
+            await asyncio.sleep(period)
             self.check_offline()
+            self.check_escalation()
+
+    def check_escalation(self) -> None:
+        """Page the next on-call for every level-3 alert left unacknowledged for ``escalate_after_s``."""
+        if not self._escalate_after_s or self.pusher is None:
+            return
+        now = self._clock()
+        waiting = [(a.key, a.updated_at, a.annotations) for a in self.store.active() if a.level == 3 and a.ack is None]
+        waiting += [(f.key, f.raised_at, f.annotations) for f in self.failed.values() if f.ack is None]
+        for key, since, notes_before in waiting:
+            labels = self._fired.get(key)
+            if key in self.escalated or labels is None or now - since < self._escalate_after_s:
+                continue
+            copy = {**labels, "escalation": "1"}
+            self.escalated[key] = copy
+            minutes = (now - since) / 60
+            notes = {**notes_before, "summary": f"ESCALATED, unacknowledged for {minutes:.0f} min: "
+                                                f"{notes_before.get('summary', key.rule)}"}
+            log.warning("alert %s at level 3 unacknowledged for %.0f min: paging the next on-call", key, minutes)
+            self.pusher.fire(copy, notes, starts_at=now)
+
+    def _end_escalation(self, key: AlertKey) -> None:
+        copy = self.escalated.pop(key, None)
+        if copy is not None and self.pusher is not None:
+            self.pusher.resolve(copy)
+            self.pusher.unsilence(copy)
 
     def check_offline(self) -> None:
         """Raise ``cabinet_offline`` (level 2) for every cabinet silent longer than ``offline_after_s``."""

@@ -141,6 +141,7 @@ async def start_app(config: AppConfig) -> AsyncIterator[Pipeline]:
     service = alert_service_for(pipeline, engine, alertmanager_url=settings["alertmanager_url"],
                                 resend_interval_s=float(settings["resend_interval_s"]), policy=settings["policy"],
                                 offline_after_s=float(settings["offline_after_s"]),
+                                escalate_after_s=settings["escalate_after_s"],
                                 generator_url=settings["generator_url"],
                                 failed_actions_path=_beside(settings["state_file"], "-failed-actions.json"))
     add_routes(pipeline.app, service, token=settings["api_token"])

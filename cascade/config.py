@@ -297,6 +297,10 @@ class AlertingSection(Model):
         description="e.g. http://127.0.0.1:9093, or null to push nothing (evaluate and act only)")
     resend_interval_s: Float = Field(default=60.0, gt=0,
                                      description="seconds between re-sends to Alertmanager, e.g. 60")
+    escalate_after_s: Float | None = Field(
+        default=600.0, ge=30,
+        description="seconds a level-3 alert may stay unacknowledged before it also pages the next on-call "
+                    "(receiver critical-escalation), e.g. 600; null = never")
     offline_after_s: Float = Field(
         default=60.0, ge=10,
         description="seconds without a reading before a cabinet is a cabinet_offline warning (its safety sensors "

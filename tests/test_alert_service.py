@@ -22,7 +22,7 @@ from alerting.api import add_routes
 from alerting.engine import Engine
 from alerting.rules import load_rules
 from alerting.service import ACTION_FAILED, AlertService
-from alerting.state import AlertStore
+from alerting.state import AlertKey, AlertStore
 from cascade.app import alert_service_for, alerting_settings
 from cascade.config import AppConfig, ConfigError
 from cascade.pipeline import Pipeline
@@ -542,3 +542,38 @@ async def test_a_silent_cabinet_is_a_warning_within_its_limit_and_clears_when_it
         assert not service.offline
         assert await eventually(lambda: not [a for a in am_alerts(am, alertname="cabinet_offline")
                                              if a["status"]["state"] == "active"])
+
+
+async def test_an_unacknowledged_level_3_alert_pages_the_next_on_call(tmp_path, alertmanager_factory, engine_clock):
+    """Nobody acknowledges a level-3 alert within escalate_after_s: a copy with escalation="1" goes to
+    the critical-escalation receiver (the next on-call); acknowledging silences both; a clear ends both."""
+    am = shipped_alertmanager(alertmanager_factory, f"http://127.0.0.1:{free_port()}")
+    engine_clock.now = time.time() - 1000  # the ten minutes this test moves on stay in Alertmanager's past
+    engine = make_engine(engine_clock, tmp_path)
+    service = AlertService(engine, alertmanager_url=am.url, registry=CollectorRegistry(), resend_interval_s=900,
+                           policy=ActionPolicy(perform=frozenset()), clock=engine_clock, escalate_after_s=600)
+    key = f"over_temperature@{SITE}/{CAB}/{SLOT}"
+
+    def state(**labels: str) -> list[str]:
+        return [a["status"]["state"] for a in am_alerts(am, alertname="over_temperature", **labels)]
+
+    async with service:
+        await feed(service, engine_clock, 75.0)
+        assert await eventually(lambda: state(level="3") == ["active"])
+        engine_clock.now += 300
+        service.check_escalation()
+        assert not service.escalated  # 5 minutes: the first on-call still has time
+        engine_clock.now += 301
+        service.check_escalation()
+        assert list(service.escalated) == [AlertKey.parse(key)]
+        assert await eventually(lambda: state(escalation="1") == ["active"])
+        escalated = am_alerts(am, alertname="over_temperature", escalation="1")[0]
+        assert escalated["receivers"][0]["name"] == "critical-escalation"
+        assert escalated["annotations"]["summary"].startswith("ESCALATED, unacknowledged for 10 min")
+        service.check_escalation()
+        assert len(am_alerts(am, alertname="over_temperature")) == 2  # escalated once, not again
+
+        service.acknowledge(key, "noc-wang", "on my way")  # both stop ringing
+        assert await eventually(lambda: sorted(state()) == ["suppressed", "suppressed"])
+        await feed(service, engine_clock, 30.0, seconds=5)  # clears: the copy ends with it
+        assert not service.escalated

@@ -49,6 +49,8 @@ def test_render_refuses_a_foreign_config():
      "regulator,critical"),
     ({"level": "2", "rule": "overtemp", "alertname": "overtemp", "site": "s", "cabinet": "c"}, "regulator,warning"),
     ({"level": "1", "rule": "soc_drift", "alertname": "soc_drift", "site": "s", "cabinet": "c"}, "notice"),
+    ({"level": "3", "rule": "thermal_runaway", "alertname": "thermal_runaway", "site": "s", "cabinet": "c",
+      "escalation": "1"}, "critical-escalation"),
     ({"level": "3", "component": "collector", "alertname": "CascadeCollectorDown"}, "ops"),
     ({"level": "3", "component": "notifier", "alertname": "CascadeNotifierDown"}, "ops-fallback,ops"),
     ({"alertname": "Unlabelled"}, "ops"),
@@ -221,6 +223,6 @@ def test_default_fixture_runs_the_shipped_routing(alertmanager):
         status = json.load(resp)
     assert status["cluster"]["status"] == "disabled"
     assert "receiver: critical" in status["config"]["original"]
-    assert alertmanager.config_path.read_text().count("/webhook/") == 5
+    assert alertmanager.config_path.read_text().count("/webhook/") == 6
     alertmanager.post_alerts([_alert("thermal_runaway", "3")])
     assert [a["labels"]["rule"] for a in alertmanager.alerts()] == ["thermal_runaway"]
