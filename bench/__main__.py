@@ -16,7 +16,11 @@ _SUITES = {"collector": "bench.collector", "lineprotocol": "bench.lineprotocol",
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    name = argv.pop(0) if argv and not argv[0].startswith("-") else "all"
+    if argv and argv[0] in ("-h", "--help"):  # help never runs anything
+        argv = []
+        name = "-h"
+    else:
+        name = argv.pop(0) if argv and not argv[0].startswith("-") else "all"
     if name in ("-h", "--help") or (name not in _SUITES and name != "all"):
         print(__doc__)
         print("suites: " + ", ".join(_SUITES) + ", all")

@@ -28,7 +28,7 @@ from collectors.modbus.profile import Profile, ProfileError, find_profile
 from core.stackenv import stack_value
 
 from .fleet import build_fleet
-from .scenarios import Scenario, ScenarioError, check_target, load_scenario
+from .scenarios import SCENARIO_DIR, Scenario, ScenarioError, check_target, load_scenario
 from .server import SimulatorServer
 
 __all__ = ["add_arguments", "inject_main", "run"]
@@ -168,7 +168,7 @@ def _inject_parser() -> argparse.ArgumentParser:
                         help="control endpoint port (default: the running stack's, from $CASCADE_SIM_CONTROL_PORT "
                              "or var/stack.env, else 15019)")
     parser.add_argument("--speed", type=float, default=None, help="time acceleration for these scenarios")
-    parser.add_argument("--list", action="store_true", help="list running scenarios")
+    parser.add_argument("--list", action="store_true", help="list the shipped scenarios and the running ones")
     parser.add_argument("--delete", action="append", default=[], metavar="ID", help="stop a running scenario")
     return parser
 
@@ -215,10 +215,19 @@ def inject_main(argv: Sequence[str] | None = None) -> int:
                 print(f"delete {run_id}: {body.get('error', code)}", file=sys.stderr)
                 status = 1
         if args.list:
-            _code, body = _request(f"{base}/scenarios")
+            print("shipped scenarios (cascade scenario NAME [--speed N]):")
+            for path in sorted(SCENARIO_DIR.glob("*.yaml")):
+                shipped = load_scenario(path)
+                print(f"  {shipped.name:<22} {' '.join(shipped.description.split())[:90]}")
+            try:
+                _code, body = _request(f"{base}/scenarios")
+            except (urllib.error.URLError, OSError) as err:
+                print(f"running: (no simulator at {base}: {getattr(err, 'reason', err)})")
+                return status
+            print("running:" + ("" if body.get("scenarios") else " none"))
             for entry in body.get("scenarios", []):
                 state = "finished" if entry["finished"] else f"step {entry['steps_applied']}/{entry['steps']}"
-                print(f"{entry['id']}\t{entry['name']}\t{entry['target']['cabinet']} slot "
+                print(f"  {entry['id']}\t{entry['name']}\t{entry['target']['cabinet']} slot "
                       f"{entry['target']['slot']}\t{state}")
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)

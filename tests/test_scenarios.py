@@ -335,7 +335,7 @@ async def test_the_timer_applies_outages_without_reads(live):
     assert not server.is_listening(port)
 
 
-async def test_runtime_injection_through_the_control_endpoint(live, tmp_path):
+async def test_runtime_injection_through_the_control_endpoint(live, tmp_path, capsys):
     fleet, server, clock = await live(cabinets=12, control=True)
     url = server.control_url
     text = (SCENARIO_DIR / "handshake_failure.yaml").read_text()
@@ -376,7 +376,12 @@ async def test_runtime_injection_through_the_control_endpoint(live, tmp_path):
     assert [r.scenario.name for r in fleet.runs.values()] == ["stuck_sensor"]
     assert next(iter(fleet.runs.values())).speed == 10
     assert await asyncio.to_thread(cli.inject_main, ["--list", "--control-port", str(port)]) == 0
+    listed = capsys.readouterr().out
+    assert "shipped scenarios" in listed and "  thermal_runaway " in listed  # the shipped ones, by name
+    assert "running:" in listed and "stuck_sensor" in listed.split("running:", 1)[1]
     closed = port + 1000 if port + 1000 < 65535 else port - 1000
+    assert await asyncio.to_thread(cli.inject_main, ["--list", "--control-port", str(closed)]) == 0  # shipped only
+    assert "no simulator at" in capsys.readouterr().out
     assert await asyncio.to_thread(cli.inject_main, ["stuck_sensor", "--control-port", str(closed)]) == 2
 
 
