@@ -181,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     duration = min(max(args.duration, 5.0), 600.0)
+
+    def _terminated(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)  # so the simulators below are stopped (finally), not orphaned
+
+    signal.signal(signal.SIGTERM, _terminated)
     with tempfile.TemporaryDirectory(prefix="cascade-bench-") as tmp:
         procs, fleet = _start_simulators(args.cabinets, args.slots, args.per_port, args.workers, Path(tmp),
                                          args.profile)
