@@ -368,3 +368,38 @@ async def test_down_with_nothing_to_retry_does_not_spin_the_event_loop(tmp_path,
         before = drains
         await asyncio.sleep(0.5)
         assert drains - before < 50
+
+
+async def test_a_batch_too_large_for_the_server_is_written_in_halves_and_loses_nothing(tmp_path):
+    """An InfluxDB-2-style server with a body limit below one batch answers 413 Request Entity Too
+    Large: the sink writes the batch again in halves (down to single lines) instead of dropping all
+    of it as rejected. Only a single line the server still refuses is lost, and counted."""
+    stored: list[str] = []
+    requests: list[int] = []
+
+    async def write(request: web.Request) -> web.Response:
+        lines = (await request.read()).decode().splitlines()
+        requests.append(len(lines))
+        if len(lines) > 120 or any("huge" in line for line in lines):  # one line is over the limit alone
+            return web.Response(status=413, text='{"code":"request too large","message":"request too large"}')
+        stored.extend(lines)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/write", write)
+    runner, url = await start_app(app)
+    try:
+        registry = CollectorRegistry()
+        config = InfluxConfig(url=url, database="x", spool_dir=str(tmp_path / "spool"), gzip=False, batch_size=1000,
+                              flush_interval_s=0.05, retry_initial_s=0.05, retry_max_s=0.1, timeout_s=5)
+        batch = _tagged("ok", 999) + ["m,b=huge v=1i 5"]
+        async with InfluxSink(config, registry=registry) as sink:
+            sink.submit_lines(batch)
+            await _until(lambda: sink.stats.lines_written + sink.stats.lines_rejected == len(batch))
+            stats = sink.stats
+    finally:
+        await runner.cleanup()
+    assert sorted(stored) == sorted(batch[:-1])  # every good line, once
+    assert (stats.lines_written, stats.lines_rejected, stats.lines_dropped) == (999, 1, 0)
+    assert stats.spool_lines == 0 and max(requests) == 1000 and min(requests) == 1
+    assert registry.get_sample_value("cascade_influx_batch_splits_total") >= 3

@@ -160,6 +160,7 @@ class InfluxSink:
         self._retry_at = 0.0
         self._last_write_time: float | None = None
         self._seen_errors: set[str] = set()
+        self._split_logged = False
         self._counts = dict.fromkeys(("written", "rejected", "spooled", "replayed", "dropped"), 0)
         self._metrics = _Metrics(registry if registry is not None else CollectorRegistry(), self)
 
@@ -324,6 +325,29 @@ class InfluxSink:
     # -- writing -------------------------------------------------------------------------------
 
     async def _write(self, batch: list[str]) -> _Outcome:
+        """Write one batch; a batch the server finds too large (HTTP 413) is written in halves, down
+        to single lines, so a server body limit below one batch never costs the good lines."""
+        outcome = await self._write_once(batch)
+        if outcome.status != 413 or len(batch) < 2:
+            return outcome
+        if self._split_logged is False:
+            self._split_logged = True
+            log.warning("influx sink: the server refuses a %d-line batch as too large (HTTP 413); writing it "
+                        "in smaller parts (lower influxdb.batch_size to avoid the extra requests)", len(batch))
+        self._count_split()
+        half = len(batch) // 2
+        first, second = await self._write(batch[:half]), await self._write(batch[half:])
+        if "error" in (first.result, second.result):
+            # Spooled and retried whole; a resent line of the half that was stored overwrites itself.
+            return first if first.result == "error" else second
+        rejected = first.rejected + second.rejected
+        return _Outcome("rejected" if rejected else "ok", rejected=rejected, status=first.status or second.status,
+                        message=first.message or second.message)
+
+    def _count_split(self) -> None:
+        self._metrics.splits.inc()
+
+    async def _write_once(self, batch: list[str]) -> _Outcome:
         started = time.perf_counter()
         try:
             if self.config.api == "v1":
@@ -446,6 +470,9 @@ class _Metrics:
         self.encode_errors = Counter("cascade_line_encode_errors_total",
                                      "Points (cabinet, slot, alert, command) that could not be encoded as line "
                                      "protocol; skipped, the rest written", registry=registry)
+        self.splits = Counter("cascade_influx_batch_splits_total",
+                              "Batches the server refused as too large (HTTP 413), written again in halves",
+                              registry=registry)
         self.written = Counter("cascade_influx_lines_written", "Lines stored by the server", registry=registry)
         self.rejected = Counter("cascade_influx_lines_rejected", "Lines the server refused (bad line, type "
                                 "conflict); not retried", registry=registry)
