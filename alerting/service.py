@@ -147,7 +147,9 @@ class AlertService:
             # After a restart the store still holds active alerts; Alertmanager may have timed
             # them out meanwhile, so tell it again what is firing.
             for alert in self.store.active():
-                self._fire(alert.key, alert.labels, alert.annotations, alert.raised_at)
+                # The current level's label set started at the last level change (updated_at), which
+                # is the startsAt Alertmanager already holds for it: the same, so it stays one alert.
+                self._fire(alert.key, alert.labels, alert.annotations, alert.updated_at)
         # Alerts the engine cleared at start-up because the catalogue no longer has their rule or
         # level: resolve them everywhere (Alertmanager, InfluxDB, gauges) instead of letting them linger.
         stale = list(getattr(self.engine, "startup_transitions", []))

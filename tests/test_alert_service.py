@@ -577,3 +577,35 @@ async def test_an_unacknowledged_level_3_alert_pages_the_next_on_call(tmp_path, 
         assert await eventually(lambda: sorted(state()) == ["suppressed", "suppressed"])
         await feed(service, engine_clock, 30.0, seconds=5)  # clears: the copy ends with it
         assert not service.escalated
+
+
+async def test_a_restart_re_pushes_an_escalated_alert_with_the_start_alertmanager_holds(
+        tmp_path, alertmanager_factory, engine_clock):
+    """After a restart the active alerts are pushed again; an alert that changed level must keep the
+    startsAt of its current level (what Alertmanager holds), not the first raise."""
+    from datetime import datetime
+
+    am = shipped_alertmanager(alertmanager_factory, f"http://127.0.0.1:{free_port()}")
+    engine_clock.now = time.time() - 300
+    engine = make_engine(engine_clock, tmp_path)
+    service = AlertService(engine, alertmanager_url=am.url, registry=CollectorRegistry(), resend_interval_s=600,
+                           policy=ActionPolicy(perform=frozenset()), clock=engine_clock)
+
+    def starts(level: str) -> float | None:
+        found = am_alerts(am, alertname="over_temperature", level=level)
+        return datetime.fromisoformat(found[0]["startsAt"].replace("Z", "+00:00")).timestamp() if found else None
+
+    async with service:
+        await feed(service, engine_clock, 60.0)  # level 2
+        engine_clock.now += 60
+        await feed(service, engine_clock, 75.0)  # level 3 at this time
+        level3_at = engine.state.get(f"over_temperature@{SITE}/{CAB}/{SLOT}").updated_at
+        assert await eventually(lambda: starts("3") is not None)
+        held = starts("3")
+    assert held == pytest.approx(level3_at, abs=0.01)
+    restarted = AlertService(make_engine(engine_clock, tmp_path), alertmanager_url=am.url, resend_interval_s=600,
+                             registry=CollectorRegistry(), policy=ActionPolicy(perform=frozenset()), clock=engine_clock)
+    async with restarted:
+        await asyncio.sleep(0.5)
+        assert starts("3") == pytest.approx(level3_at, abs=0.01)
+        assert len(am_alerts(am, alertname="over_temperature", level="3")) == 1
