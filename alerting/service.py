@@ -34,7 +34,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from alerting.alertmanager import AlertmanagerPusher
 from alerting.engine import Engine
 from alerting.state import SEVERITY, Ack, Alert, AlertKey, Target, Transition, alert_labels
 from core.events import AlertEvent
-from core.model import CabinetReading
+from core.model import BatteryState, CabinetReading
 from core.ports import Commander, EventHandler, ReadingFeed
 
 __all__ = ["ACTION_FAILED", "AlertService", "FailedAction"]
@@ -98,7 +98,8 @@ class AlertService:
                  session: aiohttp.ClientSession | None = None, policy: ActionPolicy | None = None,
                  registry: CollectorRegistry | None = None, generator_url: str | None = None,
                  on_pushed: Callable[[list[dict[str, Any]], float], None] | None = None,
-                 failed_actions_path: str | Path | None = None, offline_after_s: float | None = None,
+                 failed_actions_path: str | Path | None = None,
+                 offline_after_s: float | Mapping[tuple[str, str], float] | None = None,
                  escalate_after_s: float | None = None) -> None:
         self._feed = feed
         self._emit = emit
@@ -129,9 +130,17 @@ class AlertService:
         self._cabinets_seen: set[tuple[str, str]] = set(cabinets)  # (site, cabinet): every one gets a gauge
         # A cabinet that stops reporting leaves every safety rule on it blind: after offline_after_s
         # without a reading it is a level-2 cabinet_offline alert, raised here (no Prometheus needed).
-        self._offline_after_s = offline_after_s
+        # One limit for all, or per (site, cabinet) (the app passes two poll intervals plus the timeout).
+        self._offline_limits: dict[tuple[str, str], float] = (
+            {k: float(v) for k, v in offline_after_s.items()} if isinstance(offline_after_s, Mapping)
+            else dict.fromkeys(self._cabinets_seen, float(offline_after_s)) if offline_after_s else {})
+        self._offline_after_s = min(self._offline_limits.values(), default=None)
         self._last_seen: dict[tuple[str, str], float] = dict.fromkeys(self._cabinets_seen, clock())
+        # Whether each cabinet was charging a battery at its last reading: a silent cabinet that was
+        # (or whose state is unknown) is level 2, one that was idle level 1.
+        self._charging: dict[tuple[str, str], bool] = {}
         self.offline: dict[AlertKey, float] = {}  # cabinet_offline alert -> since
+        self._offline_level: dict[AlertKey, int] = {}
         # A level-3 alert nobody acknowledged within escalate_after_s also pages the next on-call:
         # a copy of it with escalation="1" (routed to critical-escalation), until ack or clear.
         self._escalate_after_s = escalate_after_s
@@ -213,6 +222,8 @@ class AlertService:
         """The reading subscriber: evaluate, then fan out. Awaits no I/O."""
         where = (reading.site, reading.cabinet_id)
         self._last_seen[where] = self._clock()
+        self._charging[where] = any(slot.battery_state == BatteryState.CHARGING or (slot.charge_current_a or 0) > 0.5
+                                    for slot in reading.slots)
         if self.offline:
             self._back_online(where)
         transitions = self.engine.evaluate(reading)
@@ -398,7 +409,7 @@ class AlertService:
         """Active alerts, worst first: the engine's plus failed protective actions."""
         out = [_alert_dict(a) for a in self.store.active()]
         out += [f.to_dict() for f in self.failed.values()]
-        out += [{"key": str(key), "level": 2, "value": self._clock() - since, "raised_at": since, "updated_at": since,
+        out += [{"key": str(key), "level": self._offline_level.get(key, 2), "value": self._clock() - since, "raised_at": since, "updated_at": since,
                  "battery": None, "protective_action": None, "labels": self._fired.get(key, {}),
                  "annotations": {}, "acknowledged": False, "ack": None, "source": "service"}
                 for key, since in self.offline.items()]
@@ -433,6 +444,7 @@ class AlertService:
 
     async def _watch_loop(self) -> None:
         period = min(10.0, *(x / 3 for x in (self._offline_after_s, self._escalate_after_s) if x))
+        period = max(period, 1.0)
         while True:
             await asyncio.sleep(period)
             self.check_offline()
@@ -464,52 +476,60 @@ class AlertService:
             self.pusher.unsilence(copy)
 
     def check_offline(self) -> None:
-        """Raise ``cabinet_offline`` (level 2) for every cabinet silent longer than ``offline_after_s``."""
-        if not self._offline_after_s:
+        """Raise ``cabinet_offline`` for every cabinet silent longer than its limit: level 2 when it was
+        charging at its last reading (or never reported), level 1 when it was idle."""
+        if not self._offline_limits:
             return
         now = self._clock()
         for (site, cabinet), seen in self._last_seen.items():
             key = AlertKey(CABINET_OFFLINE, site, cabinet, None)
-            if now - seen < self._offline_after_s or key in self.offline:
+            limit = self._offline_limits.get((site, cabinet))
+            if limit is None or now - seen < limit or key in self.offline:
                 continue
             self.offline[key] = seen
-            labels = alert_labels(CABINET_OFFLINE, 2, site, cabinet)
+            level = self._offline_level[key] = 2 if self._charging.get((site, cabinet), True) else 1
+            labels = alert_labels(CABINET_OFFLINE, level, site, cabinet)
             silent = now - seen
             annotations = {
-                "summary": f"L2 cabinet {site}/{cabinet} silent for {silent:.0f} s: its safety sensors are unwatched",
-                "diagnosis": (f"No reading from {cabinet} for {silent:.0f} s (limit {self._offline_after_s:g} s): "
-                              "no rule can see its temperatures, gases or protections while it is silent."),
+                "summary": f"L{level} cabinet {site}/{cabinet} silent for {silent:.0f} s: its safety sensors are "
+                           "unwatched",
+                "diagnosis": (f"No reading from {cabinet} for {silent:.0f} s (limit {limit:g} s): no rule can see "
+                              "its temperatures, gases or protections while it is silent"
+                              + (", and it was charging." if level == 2 else ".")),
                 "action": "Check the cabinet's power and network link; send someone if it stays silent.",
             }
             log.warning("cabinet %s/%s silent for %.0f s: cabinet_offline raised", site, cabinet, silent)
             self._fire(key, labels, annotations, now)
-            self._submit([_alert_event(CABINET_OFFLINE, site, cabinet, None, SEVERITY[2], 2, 0, "raise", silent,
+            self._submit([_alert_event(CABINET_OFFLINE, site, cabinet, None, SEVERITY[level], level, 0, "raise", silent,
                                        None, annotations, int(now * 1e9))])
-            self._transitions.labels("raise", "2").inc()
+            self._transitions.labels("raise", str(level)).inc()
         self._update_gauge()
 
     def _back_online(self, where: tuple[str, str]) -> None:
         key = AlertKey(CABINET_OFFLINE, where[0], where[1], None)
         if self.offline.pop(key, None) is None:
             return
+        level = self._offline_level.pop(key, 2)
         annotations = {"summary": f"Cabinet {where[0]}/{where[1]} reports again",
                        "diagnosis": "Readings arrive again; its safety rules see it again.", "action": "None."}
         log.info("cabinet %s/%s reports again: cabinet_offline cleared", *where)
         self._resolve(key, annotations)
-        self._submit([_alert_event(CABINET_OFFLINE, where[0], where[1], None, SEVERITY[2], 0, 2, "clear", None,
+        self._submit([_alert_event(CABINET_OFFLINE, where[0], where[1], None, SEVERITY[level], 0, level, "clear", None,
                                    None, annotations, time.time_ns())])
-        self._transitions.labels("clear", "2").inc()
+        self._transitions.labels("clear", str(level)).inc()
         self._update_gauge()
 
     def _update_gauge(self) -> None:
-        counts = {1: 0, 2: len(self.offline), 3: len(self.failed)}
+        counts = {1: 0, 2: 0, 3: len(self.failed)}
+        for level in self._offline_level.values():
+            counts[level] += 1
         worst: dict[tuple[str, str], int] = {}
         for alert in self.store.active():
             counts[alert.level] = counts.get(alert.level, 0) + 1
             where = (alert.key.site, alert.key.cabinet)
             worst[where] = max(worst.get(where, 0), alert.level)
-        for key in self.offline:
-            worst[(key.site, key.cabinet)] = max(worst.get((key.site, key.cabinet), 0), 2)
+        for key, level in self._offline_level.items():
+            worst[(key.site, key.cabinet)] = max(worst.get((key.site, key.cabinet), 0), level)
         for key in self.failed:
             worst[(key.site, key.cabinet)] = 3
         for level in (1, 2, 3):

@@ -118,6 +118,13 @@ def build_engine(config: AppConfig, settings: dict[str, Any], registry: Collecto
     return Engine(rules, state=store, audit_path=settings["audit_file"], registry=registry)
 
 
+def _offline_limits(config: AppConfig, configured: float | None) -> dict[tuple[str, str], float]:
+    """Seconds of silence after which each cabinet is offline: the configured value, else two poll
+    intervals plus the request timeout (a missed poll can be a hiccup; two are not), at least 10 s."""
+    return {(c.site, c.id): configured if configured is not None else max(10.0, 2 * c.interval_s + c.timeout_s)
+            for c in config.cabinets}
+
+
 def alert_service_for(pipeline: Pipeline, engine: Engine, **options: Any) -> AlertService:
     """The alert service wired to ``pipeline``: it subscribes to its readings, commands its sources'
     devices, stores its events (alert changes, command records) through its sink and registers
@@ -140,7 +147,7 @@ async def start_app(config: AppConfig) -> AsyncIterator[Pipeline]:
     engine = build_engine(config, settings, pipeline.registry)
     service = alert_service_for(pipeline, engine, alertmanager_url=settings["alertmanager_url"],
                                 resend_interval_s=float(settings["resend_interval_s"]), policy=settings["policy"],
-                                offline_after_s=float(settings["offline_after_s"]),
+                                offline_after_s=_offline_limits(config, settings["offline_after_s"]),
                                 escalate_after_s=settings["escalate_after_s"],
                                 generator_url=settings["generator_url"],
                                 failed_actions_path=_beside(settings["state_file"], "-failed-actions.json"))

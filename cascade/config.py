@@ -301,10 +301,11 @@ class AlertingSection(Model):
         default=600.0, ge=30,
         description="seconds a level-3 alert may stay unacknowledged before it also pages the next on-call "
                     "(receiver critical-escalation), e.g. 600; null = never")
-    offline_after_s: Float = Field(
-        default=60.0, ge=10,
-        description="seconds without a reading before a cabinet is a cabinet_offline warning (its safety sensors "
-                    "are unwatched), e.g. 60; at least 10")
+    offline_after_s: Float | None = Field(
+        default=None, ge=10, json_schema_extra=shown_default("2 × interval_s + timeout_s, per cabinet"),
+        description="seconds without a reading before a cabinet raises cabinet_offline (its safety sensors are "
+                    "unwatched): level 2 if it was charging, 1 if idle; leave it out for two poll intervals plus "
+                    "the request timeout of each cabinet (at least 10)")
     generator_url: Text | None = Field(
         default=None, description="a link shown as the alert's source (e.g. a Grafana dashboard), or leave it out")
     actions: ActionsSection = Field(default=ActionsSection(), json_schema_extra=shown_default("see alerting.actions"),

@@ -542,6 +542,21 @@ async def test_a_silent_cabinet_is_a_warning_within_its_limit_and_clears_when_it
         assert not service.offline
         assert await eventually(lambda: not [a for a in am_alerts(am, alertname="cabinet_offline")
                                              if a["status"]["state"] == "active"])
+        # C0001's last reading charged nothing: when it goes silent, that is level 1 (nothing is charging
+        # unwatched); C0002 was never seen: its state is unknown, so it was level 2 above.
+        engine_clock.now += 61
+        service.check_offline()
+        assert service.active_alerts()[0]["level"] == 1
+        assert registry.get_sample_value("cascade_cabinet_alert_level", {"site": SITE, "cabinet": CAB}) == 1
+
+
+def test_offline_limits_default_to_two_poll_intervals_plus_the_timeout(tmp_path):
+    from cascade.app import _offline_limits
+
+    config = make_config(tmp_path, [CabinetConfig(id="A", host="h", site=SITE, interval_s=5, timeout_s=2),
+                                    CabinetConfig(id="B", host="h", site=SITE, interval_s=1, timeout_s=1)])
+    assert _offline_limits(config, None) == {(SITE, "A"): 12.0, (SITE, "B"): 10.0}  # at least 10 s
+    assert _offline_limits(config, 45.0) == {(SITE, "A"): 45.0, (SITE, "B"): 45.0}
 
 
 async def test_an_unacknowledged_level_3_alert_pages_the_next_on_call(tmp_path, alertmanager_factory, engine_clock):
