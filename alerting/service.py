@@ -141,6 +141,7 @@ class AlertService:
         self._charging: dict[tuple[str, str], bool] = {}
         self.offline: dict[AlertKey, float] = {}  # cabinet_offline alert -> since
         self._offline_level: dict[AlertKey, int] = {}
+        self._offline_notes: dict[AlertKey, dict[str, str]] = {}
         # A level-3 alert nobody acknowledged within escalate_after_s also pages the next on-call:
         # a copy of it with escalation="1" (routed to critical-escalation), until ack or clear.
         self._escalate_after_s = escalate_after_s
@@ -411,7 +412,8 @@ class AlertService:
         out += [f.to_dict() for f in self.failed.values()]
         out += [{"key": str(key), "level": self._offline_level.get(key, 2), "value": self._clock() - since, "raised_at": since, "updated_at": since,
                  "battery": None, "protective_action": None, "labels": self._fired.get(key, {}),
-                 "annotations": {}, "acknowledged": False, "ack": None, "source": "service"}
+                 "annotations": self._offline_notes.get(key, {}), "acknowledged": False, "ack": None,
+                 "source": "service"}
                 for key, since in self.offline.items()]
         out.sort(key=lambda a: (-a["level"], a["key"]))
         return out
@@ -498,6 +500,7 @@ class AlertService:
                               + (", and it was charging." if level == 2 else ".")),
                 "action": "Check the cabinet's power and network link; send someone if it stays silent.",
             }
+            self._offline_notes[key] = annotations
             log.warning("cabinet %s/%s silent for %.0f s: cabinet_offline raised", site, cabinet, silent)
             self._fire(key, labels, annotations, now)
             self._submit([_alert_event(CABINET_OFFLINE, site, cabinet, None, SEVERITY[level], level, 0, "raise", silent,
@@ -510,6 +513,7 @@ class AlertService:
         if self.offline.pop(key, None) is None:
             return
         level = self._offline_level.pop(key, 2)
+        self._offline_notes.pop(key, None)
         annotations = {"summary": f"Cabinet {where[0]}/{where[1]} reports again",
                        "diagnosis": "Readings arrive again; its safety rules see it again.", "action": "None."}
         log.info("cabinet %s/%s reports again: cabinet_offline cleared", *where)

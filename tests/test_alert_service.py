@@ -536,6 +536,7 @@ async def test_a_silent_cabinet_is_a_warning_within_its_limit_and_clears_when_it
         assert firing[0]["labels"]["level"] == "2" and firing[0]["labels"]["cabinet"] == "C0002"
         assert registry.get_sample_value("cascade_cabinet_alert_level", {"site": SITE, "cabinet": "C0002"}) == 2
         assert [a["key"] for a in service.active_alerts()] == [f"cabinet_offline@{SITE}/C0002"]
+        assert "silent for 75 s" in service.active_alerts()[0]["annotations"]["summary"]
         service.check_offline()
         assert len([k for k in service.offline]) == 1  # raised once, not again every check
         await service.handle_reading(reading(25.0, cabinet="C0002"))  # it reports again
