@@ -371,6 +371,25 @@ def _self_heating(m: float, base: float, slope: float, since: float, tau: float,
     return at_onset + (t_max - at_onset) * (1 - math.exp(-m / rise_min))
 
 
+def _runaway_trace(name: str, title: str, seed: int, step: float, minutes: float, cab: str,
+                   readings: Callable[[random.Random], Iterator[CabinetReading]], header: list[str], slot: int,
+                   hot: Callable[[float], float], t_nom: float) -> LibraryTrace:
+    """A runaway trace of ``minutes`` from T0; ``hot(m)`` is the failing cell's true temperature at
+    ``m`` minutes from nominal onset (the onset is found where it rises past 20 °C/min)."""
+    return LibraryTrace(name, title, seed, step, minutes / 60, cab, readings, header, slot,
+                        lambda t: hot((t - t_nom) / 60), T0, T0 + minutes * 60)
+
+
+def _runaway_polls(cabinet: _Runaway, step: float, minutes: float, t_nom: float,
+                   fault: Callable[[float, random.Random], dict[str, Any]], rng: random.Random,
+                   aftermath: Callable[[float], dict[str, Any]]) -> Iterator[CabinetReading]:
+    """Every poll of a runaway trace: ``m`` minutes from nominal onset, the faulty slot's values from
+    ``fault(m)``, the cabinet's own sensors (smoke, flame, CO, air) from ``aftermath(m)``."""
+    for t in _times(step, minutes / 60):
+        m = (t - t_nom) / 60
+        yield cabinet.poll(t, step, m, fault(m, rng), rng, cabinet=aftermath(m))
+
+
 class _Runaway:
     """Shared machinery of a one-cabinet runaway trace: healthy packs in the other slots, the
     failing pack from ``fault(m)`` (true values), BMS loss above ``bms_dies_c``."""
@@ -468,14 +487,10 @@ def lfp_overcharge() -> LibraryTrace:
         return f
 
     def readings(rng: random.Random) -> Iterator[CabinetReading]:
-        cabinet = _Runaway(cab, 4, slot, rng, air=air)
-        for t in _times(step, (before + after) / 60):
-            m = (t - t_nom) / 60
-            smoke = m >= m_smoke + 0.5
-            co = 2.0 + (80.0 if m >= m_smoke else 0.0) + (800.0 if m >= 0 else 0.0)
-            yield cabinet.poll(t, step, m, fault(m, rng), rng, cabinet={
-                "co_ppm": co, "smoke_detected": smoke, "flame_detected": m >= 0.3,
-                "cabinet_temperature_c": air - 1 + (15.0 if m >= 0 else 0.0)})
+        return _runaway_polls(_Runaway(cab, 4, slot, rng, air=air), step, before + after, t_nom, fault, rng,
+                              lambda m: {"co_ppm": 2.0 + (80.0 if m >= m_smoke else 0.0) + (800.0 if m >= 0 else 0.0),
+                                         "smoke_detected": m >= m_smoke + 0.5, "flame_detected": m >= 0.3,
+                                         "cabinet_temperature_c": air - 1 + (15.0 if m >= 0 else 0.0)})
 
     header = [
         "physics: a 15s LFP 20 Ah e-bike pack (48 V class) whose charger keeps 10 A (0.5C) flowing past full: "
@@ -500,9 +515,8 @@ def lfp_overcharge() -> LibraryTrace:
         "H2 doubling every 2 min from 5 ppm in the slot compartment, VOC 400 ppm at venting, BMS lost above 200 °C, "
         "sensor lags and resolutions (module docstring).",
     ]
-    return LibraryTrace(name, "LFP overcharge: charger keeps 0.5C flowing past full, runaway after ~60 min", seed,
-                        step, (before + after) / 60, cab, readings, header, slot,
-                        lambda t: hot((t - t_nom) / 60), T0, T0 + (before + after) * 60)
+    title = "LFP overcharge: charger keeps 0.5C flowing past full, runaway after ~60 min"
+    return _runaway_trace(name, title, seed, step, before + after, cab, readings, header, slot, hot, t_nom)
 
 
 def nmc_overcharge() -> LibraryTrace:
@@ -546,13 +560,10 @@ def nmc_overcharge() -> LibraryTrace:
         return f
 
     def readings(rng: random.Random) -> Iterator[CabinetReading]:
-        cabinet = _Runaway(cab, 4, slot, rng, air=air)
-        for t in _times(step, (before + after) / 60):
-            m = (t - t_nom) / 60
-            co = 2.0 + (15.0 if m >= m_vent else 0.0) + (900.0 if m >= 0 else 0.0)
-            yield cabinet.poll(t, step, m, fault(m, rng), rng, cabinet={
-                "co_ppm": co, "smoke_detected": m >= 0.3, "flame_detected": m >= 0.5,
-                "cabinet_temperature_c": air - 1 + (20.0 if m >= 0 else 0.0)})
+        return _runaway_polls(_Runaway(cab, 4, slot, rng, air=air), step, before + after, t_nom, fault, rng,
+                              lambda m: {"co_ppm": 2.0 + (15.0 if m >= m_vent else 0.0) + (900.0 if m >= 0 else 0.0),
+                                         "smoke_detected": m >= 0.3, "flame_detected": m >= 0.5,
+                                         "cabinet_temperature_c": air - 1 + (20.0 if m >= 0 else 0.0)})
 
     header = [
         "physics: a 13s NMC 20 Ah e-bike pack overcharged at 0.5C (10 A) by a charger whose voltage regulation "
@@ -578,9 +589,8 @@ def nmc_overcharge() -> LibraryTrace:
         "self-heating time constant 3 min (~110 °C hottest cell at onset), 700 °C peak, VOC 150 ppm at first "
         "venting decaying over ~4 min, BMS lost above 200 °C, sensor lags and resolutions.",
     ]
-    return LibraryTrace(name, "NMC overcharge: first venting 6.4 min before runaway, H2 only at runaway", seed, step,
-                        (before + after) / 60, cab, readings, header, slot, lambda t: hot((t - t_nom) / 60),
-                        T0, T0 + (before + after) * 60)
+    title = "NMC overcharge: first venting 6.4 min before runaway, H2 only at runaway"
+    return _runaway_trace(name, title, seed, step, before + after, cab, readings, header, slot, hot, t_nom)
 
 
 def internal_short() -> LibraryTrace:
@@ -617,12 +627,10 @@ def internal_short() -> LibraryTrace:
         return f
 
     def readings(rng: random.Random) -> Iterator[CabinetReading]:
-        cabinet = _Runaway(cab, 6, slot, rng, air=air)
-        for t in _times(step, (before + after) / 60):
-            m = (t - t_nom) / 60
-            yield cabinet.poll(t, step, m, fault(m, rng), rng, cabinet={
-                "co_ppm": 2.0 + (700.0 if m >= 0 else 0.0), "smoke_detected": m >= 0.3,
-                "flame_detected": m >= 0.6, "cabinet_temperature_c": air - 1 + (15.0 if m >= 0 else 0.0)})
+        return _runaway_polls(_Runaway(cab, 6, slot, rng, air=air), step, before + after, t_nom, fault, rng,
+                              lambda m: {"co_ppm": 2.0 + (700.0 if m >= 0 else 0.0), "smoke_detected": m >= 0.3,
+                                         "flame_detected": m >= 0.6,
+                                         "cabinet_temperature_c": air - 1 + (15.0 if m >= 0 else 0.0)})
 
     header = [
         "physics: a fully charged 13s NMC pack resting in its slot (no current) develops an internal short in one "
@@ -643,9 +651,8 @@ def internal_short() -> LibraryTrace:
         "0.55/0.30/0.08, venting 1 min before onset, BMS high-temperature flag at 60 °C on its hottest NTC, "
         "BMS lost above 200 °C, sensor lags and resolutions.",
     ]
-    return LibraryTrace(name, "internal short: slow self-heating of a resting pack, late venting, no early gas", seed,
-                        step, (before + after) / 60, cab, readings, header, slot, lambda t: hot((t - t_nom) / 60),
-                        T0, T0 + (before + after) * 60)
+    title = "internal short: slow self-heating of a resting pack, late venting, no early gas"
+    return _runaway_trace(name, title, seed, step, before + after, cab, readings, header, slot, hot, t_nom)
 
 
 def external_heating() -> LibraryTrace:
@@ -717,9 +724,8 @@ def external_heating() -> LibraryTrace:
         "slot, pack lag, venting at 125 °C, self-heating time constant 2 min, 700 °C peak, CO 150 ppm from the "
         "fire, cabinet +1.2 °C/min, BMS lost above 200 °C, sensor lags and resolutions.",
     ]
-    return LibraryTrace(name, "external heating: a fire beside the cabinet heats slot 1 into runaway", seed, step,
-                        (before + after) / 60, cab, readings, header, slot, lambda t: hot((t - t_nom) / 60),
-                        T0, T0 + (before + after) * 60)
+    title = "external heating: a fire beside the cabinet heats slot 1 into runaway"
+    return _runaway_trace(name, title, seed, step, before + after, cab, readings, header, slot, hot, t_nom)
 
 
 def mechanical_abuse() -> LibraryTrace:
@@ -757,12 +763,10 @@ def mechanical_abuse() -> LibraryTrace:
         return f
 
     def readings(rng: random.Random) -> Iterator[CabinetReading]:
-        cabinet = _Runaway(cab, 4, slot, rng, air=air)
-        for t in _times(step, (before + after) / 60):
-            m = (t - t_nom) / 60
-            yield cabinet.poll(t, step, m, fault(m, rng), rng, cabinet={
-                "co_ppm": 2.0 + (900.0 if m >= 0.1 else 0.0), "smoke_detected": m >= 0.3,
-                "flame_detected": m >= 0.5, "cabinet_temperature_c": air - 1 + (20.0 if m >= 0 else 0.0)})
+        return _runaway_polls(_Runaway(cab, 4, slot, rng, air=air), step, before + after, t_nom, fault, rng,
+                              lambda m: {"co_ppm": 2.0 + (900.0 if m >= 0.1 else 0.0), "smoke_detected": m >= 0.3,
+                                         "flame_detected": m >= 0.5,
+                                         "cabinet_temperature_c": air - 1 + (20.0 if m >= 0 else 0.0)})
 
     header = [
         "physics: a charging 13s NMC pack is crushed (mechanical damage: a nail-like penetration of a cell) "
@@ -781,9 +785,8 @@ def mechanical_abuse() -> LibraryTrace:
         "flag on the first poll, venting 5 s after the crush, BMS lost after 30 s, smoke after 18 s, sensor lags "
         "and resolutions.",
     ]
-    return LibraryTrace(name, "mechanical abuse: crush/nail, runaway within seconds, no precursor", seed, step,
-                        (before + after) / 60, cab, readings, header, slot, lambda t: hot((t - t_nom) / 60),
-                        T0, T0 + (before + after) * 60)
+    title = "mechanical abuse: crush/nail, runaway within seconds, no precursor"
+    return _runaway_trace(name, title, seed, step, before + after, cab, readings, header, slot, hot, t_nom)
 
 
 CELL_ONLY_PROFILE = frozenset({"battery_id", "chemistry", "nominal_voltage_v", "nominal_capacity_ah",
@@ -821,10 +824,9 @@ def cell_temps_only() -> LibraryTrace:
     def readings(rng: random.Random) -> Iterator[CabinetReading]:
         cabinet = _Runaway(cab, 4, slot, rng, air=air, profile=CELL_ONLY_PROFILE,
                            cabinet_fields=frozenset({"cabinet_temperature_c", "smoke_detected"}))
-        for t in _times(step, (before + after) / 60):
-            m = (t - t_nom) / 60
-            yield cabinet.poll(t, step, m, fault(m, rng), rng, cabinet={
-                "smoke_detected": m >= 0.3, "cabinet_temperature_c": air - 1 + (15.0 if m >= 0 else 0.0)})
+        return _runaway_polls(cabinet, step, before + after, t_nom, fault, rng,
+                              lambda m: {"smoke_detected": m >= 0.3,
+                                         "cabinet_temperature_c": air - 1 + (15.0 if m >= 0 else 0.0)})
 
     header = [
         "physics: a cabinet whose register profile carries only cell temperatures (hottest and coldest cell), "
@@ -842,9 +844,8 @@ def cell_temps_only() -> LibraryTrace:
         "NTC coupling 0.70/0.15, BMS high-temperature flag at 60 °C, BMS lost above 200 °C, 1 °C resolution "
         "of BMS cell temperatures.",
     ]
-    return LibraryTrace(name, "cell temperatures only (no pack temperature field), slow self-heating to runaway",
-                        seed, step, (before + after) / 60, cab, readings, header, slot,
-                        lambda t: hot((t - t_nom) / 60), T0, T0 + (before + after) * 60)
+    title = "cell temperatures only (no pack temperature field), slow self-heating to runaway"
+    return _runaway_trace(name, title, seed, step, before + after, cab, readings, header, slot, hot, t_nom)
 
 
 # --- normal days -----------------------------------------------------------------------------

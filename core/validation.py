@@ -34,8 +34,8 @@ from pydantic_core import PydanticUndefined
 
 from core.errors import InputError
 
-__all__ = ["Bool", "Field", "Float", "Int", "Model", "ValidationError", "format_key", "validate",
-           "validation_error"]
+__all__ = ["Bool", "Field", "Float", "Int", "Model", "Shown", "ValidationError", "default_text", "format_key",
+           "one_line", "short_value", "shown_default", "type_text", "validate", "validation_error", "yaml_text"]
 
 M = TypeVar("M", bound=BaseModel)
 E = TypeVar("E", bound=InputError)
@@ -44,13 +44,13 @@ E = TypeVar("E", bound=InputError)
 def _int_not_bool(value: Any) -> Any:
     # YAML reads `yes`/`true` as booleans, and Python's bool is an int: a number field must say no.
     if isinstance(value, bool):
-        raise ValueError(f"{_short(value)} is a boolean, not an integer")
+        raise ValueError(f"{short_value(value)} is a boolean, not an integer")
     return value
 
 
 def _float_not_bool(value: Any) -> Any:
     if isinstance(value, bool):
-        raise ValueError(f"{_short(value)} is a boolean, not a number")
+        raise ValueError(f"{short_value(value)} is a boolean, not a number")
     return value
 
 
@@ -60,7 +60,7 @@ def _bool_or_text(value: Any) -> Any:
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
-    raise ValueError(f"{_short(value)} is not true or false")
+    raise ValueError(f"{short_value(value)} is not true or false")
 
 
 Int = Annotated[int, BeforeValidator(_int_not_bool)]
@@ -171,7 +171,7 @@ _PROBLEMS = {
 }
 
 
-def _short(value: Any, limit: int = 60) -> str:
+def short_value(value: Any, limit: int = 60) -> str:
     """``value`` as YAML writes it (``true``, ``null``), otherwise its repr, cut to ``limit``."""
     if value is None or isinstance(value, bool):
         return {None: "null", True: "true", False: "false"}[value]
@@ -213,7 +213,7 @@ def validation_error(err: ValidationError, model: type[BaseModel], source: str |
             problem, _, own_fix = message.partition(". Fix: ")
             return error(source, where, problem, own_fix)
         return error(source, where, message, fix or "see the reference docs for this key")
-    value = _short(first.get("input"))
+    value = short_value(first.get("input"))
     ctx = first.get("ctx") or {}
     if kind in _PROBLEMS:
         problem = f"{value} {_PROBLEMS[kind]}"

@@ -31,7 +31,7 @@ from pydantic.fields import FieldInfo
 
 from core.env import MissingEnv, expand_text
 from core.errors import CascadeError
-from core.validation import Field, Float, Int, Model, ValidationError
+from core.validation import Field, Float, Int, Model, ValidationError, short_value
 
 from .templates import Template, TemplateError, compile_template
 
@@ -196,7 +196,7 @@ def _as_text(value: Any, empty: bool) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)  # phone numbers (and ports in hosts, ...) written without quotes
     if not isinstance(value, str):
-        raise _Invalid(f"{_short(value)} is not text" if _scalar(value) else f"expected text, got {_kind(value)}")
+        raise _Invalid(f"{short_value(value)} is not text" if _scalar(value) else f"expected text, got {_kind(value)}")
     if not empty and not value:
         raise _Invalid("is empty")
     return value
@@ -471,7 +471,7 @@ def _config_error(err: ValidationError, source: str) -> ConfigError:
         path = [*path, "type"]
         if "type" not in value:
             return ConfigError(source, _dotted(path), "missing", f"add type: {' or '.join(tags)}")
-        return ConfigError(source, _dotted(path), f"{_short(value['type'])} is not supported", f"use one of {tags}")
+        return ConfigError(source, _dotted(path), f"{short_value(value['type'])} is not supported", f"use one of {tags}")
     if kind == "missing":
         name = path[-1] if path else "it"
         return ConfigError(source, _dotted(path), "missing",
@@ -485,14 +485,14 @@ def _config_error(err: ValidationError, source: str) -> ConfigError:
                            description or "write a YAML list (- item)")
     fix = description or "see config/notifier.example.yaml"
     if kind == "literal_error":
-        return ConfigError(source, _dotted(path), f"{_short(value)} is not supported", fix)
+        return ConfigError(source, _dotted(path), f"{short_value(value)} is not supported", fix)
     if isinstance(error, Exception):  # a ValueError from a validator, e.g. core.validation's bool-as-number
         problem, _, own_fix = str(error).partition(". Fix: ")
         return ConfigError(source, _dotted(path), problem, own_fix or fix)
     if kind in _PROBLEMS:
-        return ConfigError(source, _dotted(path), f"{_short(value)} {_PROBLEMS[kind]}", fix)
+        return ConfigError(source, _dotted(path), f"{short_value(value)} {_PROBLEMS[kind]}", fix)
     message = str(first["msg"])
-    problem = f"{_short(value)} {message[0].lower()}{message[1:]}" if message else f"{_short(value)} is not valid"
+    problem = f"{short_value(value)} {message[0].lower()}{message[1:]}" if message else f"{short_value(value)} is not valid"
     return ConfigError(source, _dotted(path), problem.replace(" input should be ", " is not "), fix)
 
 
@@ -575,12 +575,3 @@ def _scalar(value: Any) -> bool:
     return value is None or isinstance(value, (bool, int, float))
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    """``value`` as YAML writes it (``true``, ``null``), otherwise its repr, cut to ``limit``."""
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    try:
-        text = repr(value)
-    except ValueError:
-        return "a very large integer"
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -62,6 +62,7 @@ from core.validation import (
     Shown,
     default_text,
     one_line,
+    short_value,
     shown_default,
     type_text,
     validate,
@@ -170,28 +171,19 @@ def _field_where(name: Any, slot: int | None, source: str, key: str) -> int | No
 # --- value types: each refuses with "problem. Fix: ..." or leaves the fix to the key's description ---
 
 
-def _yaml(value: Any, limit: int = 60) -> str:
-    """``value`` as YAML writes it (``true``, ``null``), otherwise its repr, cut to ``limit``."""
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    try:
-        text = repr(value)
-    except ValueError:  # an integer too large to print
-        return "a very large integer"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _duration(value: Any) -> float:
     try:
         return _parse_duration(value)
     except DurationError:
-        raise ValueError(f"{_yaml(value)} is not a duration") from None
+        raise ValueError(f"{short_value(value)} is not a duration") from None
 
 
 def _positive_duration(value: Any) -> float:
     seconds = _duration(value)
     if seconds <= 0:
-        raise ValueError(f"{_yaml(value)} is not a positive duration")
+        raise ValueError(f"{short_value(value)} is not a positive duration")
     return seconds
 
 
@@ -202,7 +194,7 @@ def _one_or_list(value: Any) -> Any:
 
 def _not_empty(value: Any) -> Any:
     if not value:
-        raise ValueError(f"{_yaml(value)} is empty")
+        raise ValueError(f"{short_value(value)} is empty")
     return value
 
 
@@ -220,7 +212,7 @@ def _field_fix(name: Any) -> str:
 
 def _known_field(name: str) -> str:
     if name not in SLOT_FIELDS and name not in CABINET_FIELDS:
-        raise ValueError(f"{_yaml(name)} is not a field of core.model. Fix: {_field_fix(name)}")
+        raise ValueError(f"{short_value(name)} is not a field of core.model. Fix: {_field_fix(name)}")
     return name
 
 
@@ -230,7 +222,7 @@ def _flag_name(flags: type[enum.IntFlag]) -> Callable[[str], str]:
 
     def check(name: str) -> str:
         if name.upper() not in flags.__members__:
-            raise ValueError(f"{_yaml(name)} is not {article} {flags.__name__} flag. Fix: use one of {names}")
+            raise ValueError(f"{short_value(name)} is not {article} {flags.__name__} flag. Fix: use one of {names}")
         return name.upper().lower()  # the member's own name, however it was written
     return check
 
@@ -245,7 +237,7 @@ def _mask(flags: type[enum.IntFlag], names: list[str]) -> int:
 def _plain_value(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    raise ValueError(f"{_yaml(value)} is not a number, true/false, text or null")
+    raise ValueError(f"{short_value(value)} is not a number, true/false, text or null")
 
 
 def _null_is_empty(value: Any) -> Any:
@@ -552,7 +544,7 @@ def parse_scenario(text: str, source: str | Path = "<scenario>") -> Scenario:
     except yaml.YAMLError as err:
         raise ScenarioError(source, "(file)", f"not valid YAML: {_yaml_problem(err)}", "fix the YAML syntax") from err
     if not isinstance(doc, dict):
-        raise ScenarioError(source, "(top level)", f"{_yaml(doc)} is not a mapping",
+        raise ScenarioError(source, "(top level)", f"{short_value(doc)} is not a mapping",
                             "write name:, target: and steps: (see simulators/scenarios/*.yaml)")
     parsed = validate(ScenarioDoc, doc, source, error=ScenarioError)
     slot = parsed.target.slot
