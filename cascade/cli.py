@@ -152,6 +152,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return _run_async(run(args))
 
 
+def _cmd_simulate_vehicles(args: argparse.Namespace) -> int:
+    from simulators.vehicles import run
+    return run(args)
+
+
 def _cmd_scenario(args: argparse.Namespace) -> int:
     from simulators.cli import inject_main
     return inject_main(args.argv)
@@ -180,6 +185,43 @@ def _cmd_inbox(args: argparse.Namespace) -> int:
 def _cmd_alerts(args: argparse.Namespace) -> int:
     from alerting.cli import main as alerts_main
     return alerts_main(args)
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from cascade.config import load_config
+    from cascade.vehicles import IngestWorker
+    from core.errors import CascadeError
+
+    try:
+        config = load_config(args.config)
+        if config.vehicles is None:
+            print(f"cascade: configuration error: {args.config}: no `vehicles` section. Fix: add one "
+                  "(docs/vehicles.md)", file=sys.stderr)
+            return 2
+        worker = IngestWorker(config.vehicles, config.influxdb, worker=args.worker)
+    except CascadeError as err:
+        print(f"cascade: configuration error: {err}", file=sys.stderr)
+        return 2
+
+    async def main() -> int:
+        async with worker:
+            await asyncio.Event().wait()
+        return 0
+    return _run_async(main())
+
+
+def _cmd_devices(args: argparse.Namespace) -> int:
+    from cascade.vehicles import provision
+    from core.errors import CascadeError
+
+    try:
+        paths = provision(args.out, count=args.count, fleet=args.fleet, prefix=args.prefix)
+    except CascadeError as err:
+        print(f"cascade: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.count} devices of fleet {args.fleet} in {paths['devices']}; broker files {paths['passwd']}, "
+          f"{paths['acl']}")
+    return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -233,6 +275,17 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     sim.set_defaults(func=_cmd_simulate)
 
+    vsim = sub.add_parser("simulate-vehicles", help="simulated vehicles riding a city grid, reporting over MQTT/HTTPS",
+                          description="Simulated delivery e-bikes riding a real street grid, swapping batteries at "
+                                      "the simulated cabinets and reporting at the standard's rates over MQTT and "
+                                      "HTTPS (docs/vehicle-simulator.md).")
+    try:
+        from simulators.vehicles import add_arguments as add_vehicle_arguments
+        add_vehicle_arguments(vsim)
+    except ImportError:  # simulator not installed in this build
+        pass
+    vsim.set_defaults(func=_cmd_simulate_vehicles)
+
     for name, func, help_text in (
         ("scenario", _cmd_scenario, "inject a fault scenario file into a running simulator"),
         ("replay", _cmd_replay, "replay a recorded trace through the warning engine"),
@@ -256,6 +309,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help="address to listen on (0.0.0.0 in containers so Alertmanager can reach it)")
     notify.add_argument("--port", type=int, default=9120)
     notify.set_defaults(func=_cmd_notify)
+
+    ingest = sub.add_parser("ingest", help="run one vehicle ingest worker (MQTT shared subscription + HTTPS)",
+                            description="Receive vehicle reports over MQTT (one share of the group's shared "
+                                        "subscription) and HTTPS batches, check who sent them, store them in "
+                                        "InfluxDB and count every refusal by reason (docs/vehicles.md).")
+    ingest.add_argument("--config", required=True, metavar="FILE", help="YAML configuration with a `vehicles` section")
+    ingest.add_argument("--worker", type=int, default=1, metavar="N",
+                        help="this worker's number, 1..N: ports and spool directory are offset by it")
+    ingest.set_defaults(func=_cmd_ingest)
+
+    devices = sub.add_parser("devices", help="provision vehicle devices: ids, secrets, the broker's passwd and ACL")
+    devices_sub = devices.add_subparsers(dest="action", metavar="ACTION", required=True)
+    prov = devices_sub.add_parser("provision", help="write devices.json, passwd (hashed) and acl for N devices",
+                                  description="Add N devices (ids PREFIX000001..) with random secrets to "
+                                              "OUT/devices.json, keeping devices already there, and write "
+                                              "Mosquitto's password file and ACL next to it.")
+    prov.add_argument("--count", type=int, required=True)
+    prov.add_argument("--fleet", default="bj", help="the fleet (topic level) of the new devices, default bj")
+    prov.add_argument("--prefix", default="V", help="device id prefix, default V")
+    prov.add_argument("--out", default="var/devices", metavar="DIR")
+    prov.set_defaults(func=_cmd_devices)
 
     inbox = sub.add_parser("inbox", help="local stand-in for the SMS / voice / app providers (prints what arrives)",
                            description="Accept the notifier's provider requests (POST /app, /sms, /voice or any "

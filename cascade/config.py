@@ -27,6 +27,7 @@ from collectors.modbus.device import KIND as MODBUS
 from collectors.modbus.planner import plan_reads
 from collectors.modbus.profile import Profile, ProfileError, find_profile
 from collectors.modbus.settings import CabinetConfig, ModbusSettings
+from collectors.vehicles.settings import HttpsSettings, MqttSettings, VehicleSettings
 from core.env import expand_env
 from core.errors import InputError
 from core.validation import (
@@ -72,6 +73,7 @@ class AppConfig:
     backoff_cap_s: float = 60.0
     status_interval_s: float = 10.0
     alerting: dict[str, Any] = field(default_factory=dict)
+    vehicles: VehicleSettings | None = None  # vehicle ingest workers (`cascade ingest`)
 
     def source_settings(self) -> dict[str, object]:
         """Source kind → the settings its builder takes (``collectors.SOURCE_KINDS``).
@@ -344,6 +346,9 @@ class RunConfig(_Section):
     alerting: dict[str, Any] = Field(
         default={}, json_schema_extra={"shown_default": "see alerting", "shown_type": "mapping"},
         description="a mapping of the alerting keys (docs/alert-service.md#configuration)")
+    vehicles: VehicleSettings | None = Field(
+        default=None, json_schema_extra=shown_default("none: no vehicle ingest"),
+        description="vehicle ingest over MQTT and HTTPS for `cascade ingest` (docs/vehicles.md)")
 
 # --- loading -------------------------------------------------------------------------------------
 
@@ -459,10 +464,27 @@ def load_config(path: str | Path) -> AppConfig:
         influx = run.influxdb.sink_config(spool_dir=str(_relative_to(source, run.influxdb.spool_dir)))
     alerting = {key: str(_relative_to(source, value)) if key in _PATH_KEYS and isinstance(value, str) and value
                 else value for key, value in run.alerting.items()}
+    vehicles = run.vehicles
+    if vehicles is not None:
+        vehicles = _vehicle_paths(source, vehicles)
     return AppConfig(source=str(source), cabinets=cabinets, profiles=profiles, influxdb=influx,
                      metrics_host=run.metrics.host, metrics_port=run.metrics.port, jitter=run.poll.jitter,
                      backoff_cap_s=run.poll.backoff_cap_s, status_interval_s=run.status_interval_s,
-                     alerting=alerting)
+                     alerting=alerting, vehicles=vehicles)
+
+
+def _vehicle_paths(source: Path, vehicles: VehicleSettings) -> VehicleSettings:
+    """File names in the vehicles section, relative to the configuration file."""
+    def rel(value: str) -> str:
+        return str(_relative_to(source, value)) if value else value
+
+    update: dict[str, Any] = {"devices": rel(vehicles.devices)}
+    if vehicles.mqtt is not None:
+        update["mqtt"] = vehicles.mqtt.model_copy(update={"tls_ca": rel(vehicles.mqtt.tls_ca)})
+    if vehicles.https is not None:
+        update["https"] = vehicles.https.model_copy(update={"cert": rel(vehicles.https.cert),
+                                                            "key": rel(vehicles.https.key)})
+    return vehicles.model_copy(update=update)
 
 
 # --- reference docs ------------------------------------------------------------------------------
@@ -475,6 +497,9 @@ _REFERENCE: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`influxdb`", InfluxSection),
     ("`alerting`", AlertingSection),
     ("`alerting.actions`", ActionsSection),
+    ("`vehicles`", VehicleSettings),
+    ("`vehicles.mqtt`", MqttSettings),
+    ("`vehicles.https`", HttpsSettings),
 )
 def config_reference() -> str:
     """The key tables of docs/configuration.md ("Reference"), generated from the models here."""

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias
 
-from core.model import CabinetReading
+from core.model import CabinetReading, VehicleReading
 
 __all__ = ["AlertEvent", "CommandResult", "Point", "RejectedValue", "Report"]
 
@@ -82,5 +82,5 @@ class AlertEvent:
     timestamp_ns: int = 0
 
 
-Point: TypeAlias = CabinetReading | AlertEvent | CommandResult
+Point: TypeAlias = CabinetReading | VehicleReading | AlertEvent | CommandResult
 """Anything a sink stores."""

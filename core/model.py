@@ -29,6 +29,8 @@ __all__ = [
     "Chemistry",
     "EmergencyState",
     "SlotReading",
+    "VehicleReading",
+    "VehicleState",
     "CABINET_FIELDS",
     "DERIVED_SLOT_FIELDS",
     "ExtraValue",
@@ -48,6 +50,15 @@ class BatteryState(enum.IntEnum):
     DISCHARGING = 3
     FAULT = 4
     IDLE = 5
+
+
+class VehicleState(enum.IntEnum):
+    """D-A.2 vehicle state: parked / ready / riding / charging."""
+
+    PARKED = 0
+    READY = 1
+    RIDING = 2
+    CHARGING = 3
 
 
 class Chemistry(enum.IntEnum):
@@ -257,6 +268,36 @@ class CabinetReading:
     distribution_state_unmapped: int | None = None
     # Values of the profile's cabinet-wide `extra:` registers (no Cascade field), by extra name
     extra: Mapping[str, ExtraValue] = field(default_factory=_no_extra)
+
+
+@dataclass(slots=True)
+class VehicleReading:
+    """One report of one vehicle over cellular (MQTT or HTTPS): Annex A (D-A.2…D-A.4) and the
+    swap-vehicle Table 1 (V-5.7): position with altitude, vehicle code, speed, odometer, and the pack.
+
+    The pack is a :class:`SlotReading` (``slot`` 1: the vehicle's battery bay) with the same field
+    names as a cabinet slot, so one battery is one identity (``battery_id``) wherever it sits, its
+    history follows it across swaps, and the battery rules of the catalogue read it unchanged.
+    ``timestamp_ns`` is the device's own time of the report (V-4.6), ``received_ns`` the platform's.
+    """
+
+    vehicle_id: str
+    fleet: str
+    timestamp_ns: int
+    received_ns: int = 0
+    model: str | None = None
+    sequence: int | None = None
+    state: int | None = None  # VehicleState
+    powered_on: bool | None = None
+    position_valid: bool | None = None
+    latitude_deg: float | None = None
+    longitude_deg: float | None = None
+    altitude_m: float | None = None
+    speed_kmh: float | None = None
+    odometer_km: float | None = None
+    battery: SlotReading | None = None
+    # Vehicle fields whose value was at or past its limit (kept as the limit, as for cabinets)
+    over_range: tuple[str, ...] = ()
 
 
 def _field_names(cls: type, skip: set[str]) -> frozenset[str]:

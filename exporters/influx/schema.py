@@ -11,17 +11,28 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 
 from core.events import AlertEvent, CommandResult, Point
-from core.model import BmsProtection, CabinetReading, ChargerProtection, EmergencyState, SlotReading, describe_flags
+from core.model import (
+    BmsProtection,
+    CabinetReading,
+    ChargerProtection,
+    EmergencyState,
+    SlotReading,
+    VehicleReading,
+    describe_flags,
+)
 
 from .lineprotocol import FieldValue, LineEncoder, LineProtocolError, encode_line
 
 __all__ = ["ALERT_MEASUREMENT", "CABINET_MEASUREMENT", "COMMAND_MEASUREMENT", "SLOT_MEASUREMENT",
-           "alert_to_line", "command_to_line", "encode_points", "reading_to_lines"]
+           "VEHICLE_BATTERY_MEASUREMENT", "VEHICLE_MEASUREMENT", "alert_to_line", "command_to_line",
+           "encode_points", "reading_to_lines", "vehicle_to_lines"]
 
 CABINET_MEASUREMENT = "cabinet"
 SLOT_MEASUREMENT = "slot"
 COMMAND_MEASUREMENT = "command"
 ALERT_MEASUREMENT = "alert"
+VEHICLE_MEASUREMENT = "vehicle"
+VEHICLE_BATTERY_MEASUREMENT = "vehicle_battery"
 
 _CABINET_FIELDS = tuple(f.name for f in dataclasses.fields(CabinetReading)
                         if f.name not in {"cabinet_id", "site", "model", "timestamp_ns", "slots", "over_range", "extra"})
@@ -33,6 +44,18 @@ _CABINET_ENCODER = LineEncoder(CABINET_MEASUREMENT, ("site", "cabinet", "model")
 _SLOT_ENCODER = LineEncoder(SLOT_MEASUREMENT, ("site", "cabinet", "slot"),
                             (*_SLOT_FIELDS, "charger_protection_text", "bms_protection_text", "over_range"))
 _SLOT_NAMES = tuple(str(n) for n in range(257))
+_VEHICLE_FIELDS = ("model", "sequence", "state", "powered_on", "position_valid", "latitude_deg", "longitude_deg",
+                   "altitude_m", "speed_kmh", "odometer_km")
+_VEHICLE_ENCODER = LineEncoder(VEHICLE_MEASUREMENT, ("fleet", "vehicle"),
+                               (*_VEHICLE_FIELDS, "battery_id", "lag_s", "over_range"))
+_BATTERY_FIELDS = tuple(name for name in _SLOT_FIELDS
+                        if name not in {"charger_protection", "charger_protection_unmapped", "charge_start_time_s",
+                                        "expected_end_time_s", "surface_temperature_c", "h2_ppm", "voc_ppm",
+                                        "module_pressure_kpa", "valve_acoustic_events", "output_enabled",
+                                        "insulation_resistance_kohm"})
+_VEHICLE_BATTERY_ENCODER = LineEncoder(VEHICLE_BATTERY_MEASUREMENT, ("fleet", "vehicle"),
+                                       (*_BATTERY_FIELDS, "bms_protection_text", "latitude_deg", "longitude_deg",
+                                        "over_range"))
 
 
 def reading_to_lines(reading: CabinetReading) -> list[str]:
@@ -87,6 +110,37 @@ def _append_extra(lines: list[str], measurement: str, tags: dict[str, str], extr
         pass
 
 
+def vehicle_to_lines(reading: VehicleReading) -> list[str]:
+    """A ``vehicle`` point and, when the report carries the pack, a ``vehicle_battery`` point, both at
+    the device's own report time (so a report stored twice is one point). The battery point has the
+    same field names as a cabinet ``slot`` point and the vehicle's position (P-5.2.1e: where each
+    battery is): ``WHERE battery_id = '…'`` over ``slot`` and ``vehicle_battery`` is the pack's history
+    across swaps. A point that cannot be encoded is skipped (the other is still written)."""
+    ts = reading.timestamp_ns
+    tags = {"fleet": reading.fleet, "vehicle": reading.vehicle_id}
+    battery = reading.battery
+    fields: dict[str, FieldValue] = {name: getattr(reading, name) for name in _VEHICLE_FIELDS}
+    fields["battery_id"] = None if battery is None else battery.battery_id
+    fields["lag_s"] = round((reading.received_ns - ts) / 1e9, 3) if reading.received_ns else None
+    fields["over_range"] = ",".join(reading.over_range) or None
+    lines: list[str] = []
+    try:
+        lines.append(_VEHICLE_ENCODER.encode(tags, fields, ts))
+    except LineProtocolError:
+        pass
+    if battery is not None:
+        fields = {name: getattr(battery, name) for name in _BATTERY_FIELDS}
+        fields["bms_protection_text"] = (None if battery.bms_protection is None
+                                         else describe_flags(BmsProtection, battery.bms_protection))
+        fields["latitude_deg"], fields["longitude_deg"] = reading.latitude_deg, reading.longitude_deg
+        fields["over_range"] = ",".join(battery.over_range) or None
+        try:
+            lines.append(_VEHICLE_BATTERY_ENCODER.encode(tags, fields, ts))
+        except LineProtocolError:
+            pass
+    return lines
+
+
 def command_to_line(result: CommandResult) -> str:
     """A protective or operator command and its read-back (who, what, when, result)."""
     return encode_line(
@@ -134,6 +188,13 @@ def encode_points(points: Iterable[Point]) -> tuple[list[str], list[tuple[str, s
             lines.extend(encoded)
             if missing:
                 skipped.extend([(f"reading {point.site}/{point.cabinet_id}", "value not encodable")] * missing)
+            continue
+        if isinstance(point, VehicleReading):
+            encoded = vehicle_to_lines(point)
+            missing = 1 + (point.battery is not None) - len(encoded)
+            lines.extend(encoded)
+            if missing:
+                skipped.extend([(f"vehicle {point.fleet}/{point.vehicle_id}", "value not encodable")] * missing)
             continue
         try:
             if isinstance(point, AlertEvent):

@@ -1,0 +1,128 @@
+"""HTTPS ingest for devices that post batches of reports, and the downlink they poll.
+
+``POST /v1/telemetry`` with a JSON array of reports (or one report) and four headers:
+``X-Cascade-Device`` (the vehicle id), ``X-Cascade-Timestamp`` (ms since the epoch, within ±5 min of
+ours), ``X-Cascade-Nonce`` (unique per request within the window) and ``X-Cascade-Signature``
+(:func:`.trust.sign` with the device's secret). The reply says, per report, whether it was stored or
+why not; good reports in a batch are kept when others are refused.
+
+``GET /v1/commands`` (same headers, empty body signed): the commands waiting for this device.
+Every reply carries ``server_time_ms`` (V-4.6: the device calibrates its clock from it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from .ingest import VehicleIngest
+from .settings import HttpsSettings
+from .trust import NonceCache, freshness, verify
+from .wire import WireError, decode_batch
+
+__all__ = ["DOWNLINK", "Downlink", "https_app"]
+
+_HEADERS = ("X-Cascade-Device", "X-Cascade-Timestamp", "X-Cascade-Nonce", "X-Cascade-Signature")
+
+
+class Downlink:
+    """Commands waiting for devices that poll (bounded per device; the oldest dropped first)."""
+
+    def __init__(self, per_device: int = 32) -> None:
+        self._queues: defaultdict[str, deque[dict[str, Any]]] = defaultdict(lambda: deque(maxlen=per_device))
+
+    def put(self, device: str, command: dict[str, Any]) -> None:
+        self._queues[device].append(command)
+
+    def take(self, device: str) -> list[dict[str, Any]]:
+        queue = self._queues.pop(device, None)
+        return list(queue) if queue else []
+
+
+DOWNLINK: web.AppKey[Downlink] = web.AppKey("downlink", Downlink)
+
+
+def https_app(settings: HttpsSettings, ingest: VehicleIngest, *, downlink: Downlink | None = None,
+              clock: Callable[[], float] = time.time) -> web.Application:
+    """The aiohttp application (TLS is the site's: ``web.TCPSite(..., ssl_context=...)``)."""
+    nonces = NonceCache(ingest.window_s)
+    downlink = downlink or Downlink()
+
+    def refuse(status: int, reason: str, detail: str, device: str = "?") -> web.Response:
+        ingest.refuse("https", reason, detail, device)
+        return web.json_response({"error": reason, "detail": detail, "server_time_ms": int(clock() * 1000)},
+                                 status=status)
+
+    async def authenticate(request: web.Request, body: bytes) -> str | web.Response:
+        values = [request.headers.get(h, "") for h in _HEADERS]
+        missing = [h for h, v in zip(_HEADERS, values) if not v]
+        if missing:
+            return refuse(400, "bad_request", f"missing header(s): {', '.join(missing)}")
+        device, stamp, nonce, signature = values
+        known = ingest.devices.get(device)
+        if known is None:
+            return refuse(401, "unknown_device", f"device {device[:70]!r} is not provisioned", device[:70])
+        try:
+            ts = int(stamp)
+        except ValueError:
+            return refuse(400, "bad_request", f"X-Cascade-Timestamp {stamp[:30]!r} is not an integer", device)
+        now = clock()
+        late = freshness(ts, now, ingest.window_s)
+        if late is not None:
+            return refuse(401, late, f"request time {ts} ms is {ts / 1000 - now:+.0f} s from ours", device)
+        if len(nonce) > 128 or not verify(known.secret, ts, nonce, body, signature):
+            return refuse(401, "bad_signature", "X-Cascade-Signature does not match the body", device)
+        if nonces.seen(device, nonce, now):
+            return refuse(409, "replayed", f"nonce {nonce[:40]!r} was already used", device)
+        return device
+
+    async def telemetry(request: web.Request) -> web.Response:
+        if request.content_length is not None and request.content_length > settings.max_body_bytes:
+            return refuse(413, "too_large", f"body of {request.content_length} bytes; the limit is "
+                          f"{settings.max_body_bytes}")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return refuse(413, "too_large", f"body larger than {settings.max_body_bytes} bytes")
+        who = await authenticate(request, body)
+        if isinstance(who, web.Response):
+            return who
+        items = decode_batch(body) if body.lstrip()[:1] == b"[" else [body]
+        if len(items) > settings.max_batch:
+            return refuse(413, "too_large", f"{len(items)} reports; a batch holds at most {settings.max_batch}", who)
+        results: list[dict[str, Any]] = []
+        accepted = 0
+        for index, item in enumerate(items):
+            if isinstance(item, WireError):
+                ingest.refuse("https", item.reason, str(item), who)
+                results.append({"index": index, "reason": item.reason, "detail": str(item)})
+                continue
+            outcome = ingest.accept(item, transport="https", device=who, check_time=False)
+            if outcome.ok:
+                accepted += 1
+                if outcome.fields_rejected:
+                    results.append({"index": index, "seq": outcome.seq, "stored": True,
+                                    "values_rejected": outcome.fields_rejected})
+            else:
+                results.append({"index": index, "seq": outcome.seq, "reason": outcome.reason,
+                                "detail": outcome.detail})
+        status = 200 if accepted or not items else 422
+        return web.json_response({"accepted": accepted, "refused": [r for r in results if "reason" in r],
+                                  "partial": [r for r in results if "reason" not in r],
+                                  "server_time_ms": int(clock() * 1000)}, status=status)
+
+    async def commands(request: web.Request) -> web.Response:
+        who = await authenticate(request, b"")
+        if isinstance(who, web.Response):
+            return who
+        return web.json_response({"commands": downlink.take(who), "server_time_ms": int(clock() * 1000)})
+
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app.router.add_post("/v1/telemetry", telemetry)
+    app.router.add_get("/v1/commands", commands)
+    app[DOWNLINK] = downlink
+    return app

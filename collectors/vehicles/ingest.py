@@ -1,0 +1,178 @@
+"""Vehicle ingest: bytes of one report in, a stored :class:`~core.model.VehicleReading` or a refusal out.
+
+Shared by both transports (:mod:`.mqtt`, :mod:`.https`). The worker holds no state that correctness
+depends on, so any number of workers may share one stream (MQTT 5 shared subscriptions) and a
+vehicle's reports may reach different workers (docs/vehicles.md, "Several workers"):
+
+* storage is idempotent: a report is stored at the device's own timestamp under the vehicle's
+  series, so a report stored twice (a redelivery that reached another worker) is one point;
+* "latest" is by device time, never by arrival (InfluxDB ``last()``), so out-of-order arrival across
+  workers cannot make an older position current;
+* de-duplication and rate limits here are per worker: they keep redeliveries and floods off the
+  write path, they are not what makes the count right.
+
+    ingest = VehicleIngest(registry, sink=sink, metrics=IngestMetrics(registry=prom))
+    outcome = ingest.accept(payload, transport="mqtt", device="V0001", fleet="bj")
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from core.model import VehicleReading
+from core.ports import PointSink
+
+from .trust import REPLAY_WINDOW_S, DeviceRegistry, Gate, freshness
+from .wire import WireError, decode, to_reading
+
+__all__ = ["REASONS", "IngestMetrics", "Outcome", "VehicleIngest"]
+
+log = logging.getLogger("cascade.vehicles")
+
+REASONS = {
+    "not_json": "the payload is not JSON",
+    "schema": "the payload is not a report (wrong type or missing field)",
+    "too_large": "the payload is larger than a report can be",
+    "unknown_device": "no such device is provisioned",
+    "wrong_device": "the report names another device than the one that sent it",
+    "wrong_topic": "the topic is not this device's",
+    "stale": "the report's time is more than five minutes in the past",
+    "future": "the report's time is more than five minutes in the future",
+    "duplicate": "this report (sequence number) was already received",
+    "replayed": "the sequence number is far behind this device's",
+    "rate_limited": "the device sends faster than its limit",
+    "bad_signature": "the signature does not match the body",
+    "bad_request": "the request is missing a header or is malformed",
+}
+"""Every refusal reason (the ``reason`` label) and what it means (docs/vehicles.md)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one report: stored (``reason`` empty) or refused with a reason and detail."""
+
+    reason: str = ""
+    detail: str = ""
+    vehicle: str = ""
+    seq: int | None = None
+    fields_rejected: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.reason
+
+
+class IngestMetrics:
+    """``cascade_vehicle_*`` series on ``registry`` (a private one when None)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        registry = registry if registry is not None else CollectorRegistry()
+        self.accepted = Counter("cascade_vehicle_reports_total", "Vehicle reports stored, by transport",
+                                ["transport"], registry=registry)
+        self.rejected = Counter("cascade_vehicle_rejected_total",
+                                "Vehicle reports refused (nothing of them stored), by transport and reason",
+                                ["transport", "reason"], registry=registry)
+        self.values_rejected = Counter("cascade_vehicle_values_rejected_total",
+                                       "Values dropped from otherwise stored vehicle reports, by field",
+                                       ["field"], registry=registry)
+        self.over_range = Counter("cascade_vehicle_values_over_range_total",
+                                  "Vehicle values at or past a sensor's range, kept as the limit", ["field"],
+                                  registry=registry)
+        self.tracked = Gauge("cascade_vehicle_tracked", "Vehicles this worker holds de-duplication state for",
+                             registry=registry)
+        self.lag = Histogram("cascade_vehicle_ingest_lag_seconds",
+                             "Platform receive time minus the device's report time",
+                             buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600), registry=registry)
+        for transport in ("mqtt", "https"):  # every series exists from the start (rates, absent())
+            self.accepted.labels(transport)
+            for reason in REASONS:
+                self.rejected.labels(transport, reason)
+
+
+class VehicleIngest:
+    """Decode, authenticate, check and store one report at a time (``accept``, synchronous, no I/O)."""
+
+    def __init__(self, devices: DeviceRegistry, *, sink: PointSink | None, metrics: IngestMetrics | None = None,
+                 gate: Gate | None = None, clock: Callable[[], float] = time.time,
+                 window_s: float = REPLAY_WINDOW_S,
+                 on_reading: Callable[[VehicleReading], None] | None = None) -> None:
+        self.devices = devices
+        self.sink = sink
+        self.metrics = metrics if metrics is not None else IngestMetrics()
+        self.gate = gate if gate is not None else Gate()
+        self.clock = clock
+        self.window_s = window_s
+        self.on_reading = on_reading
+        self._logged: set[tuple[str, str]] = set()
+
+    def accept(self, data: bytes, *, transport: str, device: str | None, fleet: str | None = None,
+               check_time: bool = True) -> Outcome:
+        """Store one report sent by the authenticated ``device`` (``None``: take the id from the
+        report, for trusted bridges). ``fleet``: the fleet named by the MQTT topic, checked against
+        the device's. ``check_time``: refuse reports outside the replay window (MQTT; an HTTPS post is
+        checked once, on its signed header, so a device may post reports it buffered offline)."""
+        now = self.clock()
+        try:
+            msg = decode(data)
+        except WireError as err:
+            return self._refuse(transport, err.reason, str(err), device or "?")
+        sender = device if device is not None else msg.vehicle
+        if msg.vehicle != sender:
+            return self._refuse(transport, "wrong_device",
+                                f"report names vehicle {msg.vehicle!r}, sent by {sender!r}", sender, msg.seq)
+        known = self.devices.get(sender)
+        if known is None:
+            return self._refuse(transport, "unknown_device", f"device {sender!r} is not provisioned", sender, msg.seq)
+        if fleet is not None and fleet != known.fleet:
+            return self._refuse(transport, "wrong_topic",
+                                f"topic fleet {fleet!r}; device {sender!r} belongs to {known.fleet!r}", sender, msg.seq)
+        if check_time:
+            late = freshness(msg.ts, now, self.window_s)
+            if late is not None:
+                return self._refuse(transport, late, f"report time {msg.ts} ms is {msg.ts / 1000 - now:+.0f} s "
+                                    f"from the platform's clock (window ±{self.window_s:.0f} s)", sender, msg.seq)
+        refused = self.gate.admit(sender, msg.seq, msg.ts, now)
+        if refused is not None:
+            return self._refuse(transport, refused, f"seq {msg.seq}", sender, msg.seq)
+        reading, problems = to_reading(msg, fleet=known.fleet, received_ns=int(now * 1e9))
+        for problem in problems:
+            self.metrics.values_rejected.labels(problem.field).inc()
+            self._log_once(sender, f"field:{problem.field}", "rejected value: %s", problem)
+        over = reading.over_range + (reading.battery.over_range if reading.battery is not None else ())
+        for name in over:
+            self.metrics.over_range.labels(name).inc()
+            self._log_once(sender, f"over:{name}", "vehicle %s: %s is at or past its sensor's range; kept as the "
+                           "limit", sender, name)
+        if self.sink is not None:
+            self.sink.submit((reading,))
+        if self.on_reading is not None:
+            self.on_reading(reading)
+        self.metrics.accepted.labels(transport).inc()
+        self.metrics.lag.observe(max(0.0, now - msg.ts / 1000.0))
+        return Outcome(vehicle=sender, seq=msg.seq, fields_rejected=len(problems))
+
+    def refuse(self, transport: str, reason: str, detail: str, device: str = "?") -> Outcome:
+        """Count and log a refusal decided by a transport (bad signature, malformed request)."""
+        return self._refuse(transport, reason, detail, device)
+
+    def _refuse(self, transport: str, reason: str, detail: str, device: str, seq: int | None = None) -> Outcome:
+        self.metrics.rejected.labels(transport, reason).inc()
+        self._log_once(device, reason, "refused %s report from %s: %s (%s)", transport, device, REASONS[reason], detail)
+        return Outcome(reason=reason, detail=detail, vehicle=device, seq=seq)
+
+    def _log_once(self, device: str, what: str, fmt: str, *args: object) -> None:
+        """Log a problem once per device and kind (the counters keep the rate); bounded."""
+        key = (device, what)
+        if key in self._logged:
+            return
+        if len(self._logged) < 100_000:
+            self._logged.add(key)
+        log.warning(fmt, *args)
+
+    def update_gauges(self) -> None:
+        self.metrics.tracked.set(len(self.gate))

@@ -1,0 +1,114 @@
+"""MQTT ingest: one worker's share of the vehicles' stream (MQTT 5 shared subscription, QoS 1).
+
+Topic tree (docs/vehicles.md): ``cascade/v1/<fleet>/<vehicle>/<kind>`` with ``kind`` one of
+``telemetry`` (device → platform, QoS 1), ``event`` (device → platform), ``cmd`` (platform → device,
+downlink), ``ack`` (device → platform, command acknowledgements) and ``reject`` (platform → device:
+why a report was refused, with the platform's clock for time calibration). The broker's ACL lets a
+device publish only under its own id (``%u``); the worker checks the report names the same id.
+
+Workers subscribe to ``$share/<group>/cascade/v1/+/+/telemetry``: the broker gives each message to
+one worker of the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Callable
+
+import aiomqtt
+import msgspec
+
+from .ingest import VehicleIngest
+from .settings import MqttSettings
+
+__all__ = ["TOPIC_ROOT", "MqttIngest", "shared_subscription", "topic"]
+
+log = logging.getLogger("cascade.vehicles.mqtt")
+
+TOPIC_ROOT = "cascade/v1"
+KINDS = ("telemetry", "event", "cmd", "ack", "reject")
+_REJECT_EVERY_S = 5.0  # at most one rejection event per device this often (no amplification)
+_QUIET = frozenset({"rate_limited", "duplicate"})  # refusals not answered (a flood or a redelivery)
+
+
+def topic(fleet: str, vehicle: str, kind: str = "telemetry") -> str:
+    return f"{TOPIC_ROOT}/{fleet}/{vehicle}/{kind}"
+
+
+def shared_subscription(group: str) -> str:
+    return f"$share/{group}/{TOPIC_ROOT}/+/+/telemetry"
+
+
+class MqttIngest:
+    """Consumes the shared subscription until cancelled; reconnects with back-off."""
+
+    def __init__(self, settings: MqttSettings, ingest: VehicleIngest, *, client_id: str,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.ingest = ingest
+        self.client_id = client_id
+        self.clock = clock
+        self.connected = asyncio.Event()
+        self.received = 0
+        self._answered: dict[str, float] = {}
+        self._encoder = msgspec.json.Encoder()
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if not self.settings.tls_ca:
+            return None
+        return ssl.create_default_context(cafile=self.settings.tls_ca)
+
+    async def run(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self._session()
+            except aiomqtt.MqttError as err:
+                self.connected.clear()
+                log.warning("MQTT %s:%s: %s; reconnecting in %.1f s", self.settings.host, self.settings.port,
+                            err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+            else:
+                delay = 0.5
+
+    async def _session(self) -> None:
+        s = self.settings
+        async with aiomqtt.Client(
+                s.host, s.port, username=s.username or None, password=s.password or None,
+                identifier=self.client_id, protocol=aiomqtt.ProtocolVersion.V5, keepalive=s.keepalive_s,
+                tls_context=self._tls(), max_queued_incoming_messages=10_000) as client:
+            await client.subscribe(shared_subscription(s.group), qos=1)
+            self.connected.set()
+            log.info("MQTT ingest %s subscribed to %s on %s:%s", self.client_id, shared_subscription(s.group),
+                     s.host, s.port)
+            async for message in client.messages:
+                self.received += 1
+                await self._handle(client, message)
+
+    async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        parts = message.topic.value.split("/")
+        payload = message.payload
+        data = payload if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
+        if len(parts) != 5 or parts[4] != "telemetry":
+            self.ingest.refuse("mqtt", "wrong_topic", f"topic {message.topic.value[:120]!r}")
+            return
+        fleet, vehicle = parts[2], parts[3]
+        outcome = self.ingest.accept(bytes(data), transport="mqtt", device=vehicle, fleet=fleet)
+        if outcome.ok or outcome.reason in _QUIET:
+            return
+        now = self.clock()
+        if now - self._answered.get(vehicle, 0.0) < _REJECT_EVERY_S:
+            return
+        if len(self._answered) > 100_000:
+            self._answered.clear()
+        self._answered[vehicle] = now
+        event = {"seq": outcome.seq, "reason": outcome.reason, "detail": outcome.detail,
+                 "server_time_ms": int(now * 1000)}
+        try:
+            await client.publish(topic(fleet, vehicle, "reject"), self._encoder.encode(event), qos=0)
+        except aiomqtt.MqttError as err:
+            log.debug("rejection event for %s not sent: %s", vehicle, err)
