@@ -128,6 +128,12 @@ class AlertService:
         self._cabinet_level = Gauge("cascade_cabinet_alert_level", "Worst active alert level of the cabinet",
                                     ["site", "cabinet"], registry=registry)
         self._cabinets_seen: set[tuple[str, str]] = set(cabinets)  # (site, cabinet): every one gets a gauge
+        # One series per active alert (1 while active, removed on clear), so Prometheus and Grafana show
+        # the engine's safety alerts too: the rule CascadeSafetyAlert mirrors them on Prometheus' alerts
+        # page (routed to no receiver: the alert service already pages through Alertmanager).
+        self._alert_active = Gauge("cascade_alert_active", "1 for every active safety alert of the engine",
+                                   ["rule", "level", "site", "cabinet", "slot"], registry=registry)
+        self._alert_series: set[tuple[str, str, str, str, str]] = set()
         # A cabinet that stops reporting leaves every safety rule on it blind: after offline_after_s
         # without a reading it is a level-2 cabinet_offline alert, raised here (no Prometheus needed).
         # One limit for all, or per (site, cabinet) (the app passes two poll intervals plus the timeout).
@@ -528,14 +534,23 @@ class AlertService:
         for level in self._offline_level.values():
             counts[level] += 1
         worst: dict[tuple[str, str], int] = {}
+        series: set[tuple[str, str, str, str, str]] = set()
         for alert in self.store.active():
             counts[alert.level] = counts.get(alert.level, 0) + 1
             where = (alert.key.site, alert.key.cabinet)
             worst[where] = max(worst.get(where, 0), alert.level)
+            series.add(_series(alert.key, alert.level))
         for key, level in self._offline_level.items():
             worst[(key.site, key.cabinet)] = max(worst.get((key.site, key.cabinet), 0), level)
+            series.add(_series(key, level))
         for key in self.failed:
             worst[(key.site, key.cabinet)] = 3
+            series.add(_series(key, 3))
+        for gone in self._alert_series - series:
+            self._alert_active.remove(*gone)
+        for labels in series - self._alert_series:
+            self._alert_active.labels(*labels).set(1)
+        self._alert_series = series
         for level in (1, 2, 3):
             self._active.labels(str(level)).set(counts[level])
         self._cabinets_seen |= worst.keys()
@@ -590,3 +605,8 @@ def _failed_record(command: Command, error: str) -> ActionRecord:
                           command.cabinet, command.slot, command.value, "failed")
     record.error = error
     return record
+
+
+def _series(key: AlertKey, level: int) -> tuple[str, str, str, str, str]:
+    """The ``cascade_alert_active`` labels of an alert: rule, level, site, cabinet, slot ("" for none)."""
+    return (key.rule, str(level), key.site, key.cabinet, "" if key.slot is None else str(key.slot))

@@ -54,6 +54,9 @@ def test_render_refuses_a_foreign_config():
     ({"level": "3", "component": "collector", "alertname": "CascadeCollectorDown"}, "ops"),
     ({"level": "3", "component": "notifier", "alertname": "CascadeNotifierDown"}, "ops-fallback,ops"),
     ({"alertname": "Unlabelled"}, "ops"),
+    # Prometheus' mirror of an engine alert is shown, never sent (the engine's own alert pages).
+    ({"alertname": "CascadeSafetyAlert", "mirror": "engine", "level": "3", "rule": "thermal_runaway", "site": "s",
+      "cabinet": "c"}, "null"),
 ])
 def test_routing_by_level(labels, receivers):
     amtool = require_binary("amtool")

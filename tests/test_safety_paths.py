@@ -100,3 +100,14 @@ async def test_cabinet_alert_level_gauge_shows_the_worst_slot() -> None:
     assert gauge("cascade_cabinet_alert_level", {"site": "s1", "cabinet": "c1"}) == 3
     assert gauge("cascade_cabinet_alert_level", {"site": "s1", "cabinet": "c2"}) == 0
     assert gauge("cascade_alerts_active", {"level": "1"}) == 1 and gauge("cascade_alerts_active", {"level": "3"}) == 1
+    # Every active alert is its own series for Prometheus (CascadeSafetyAlert mirrors it); a cleared one goes.
+    def active(slot: int, level: int) -> float | None:
+        return gauge("cascade_alert_active", {"rule": "over_temperature", "level": str(level), "site": "s1",
+                                              "cabinet": "c1", "slot": str(slot)})
+    assert (active(1, 1), active(2, 3), active(4, 2)) == (1, 1, 1)
+    for _ in range(12):
+        clock.advance(30)
+        slots = [SlotReading(n, battery_id=f"B{n}", temperature_c=25.0) for n in temperatures]
+        service.apply(engine.evaluate(CabinetReading("c1", "s1", "m", int(clock.now * 1e9), slots=slots)))
+    assert not engine.state.active()
+    assert (active(1, 1), active(2, 3), active(4, 2)) == (None, None, None)
