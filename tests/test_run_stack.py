@@ -3,6 +3,7 @@ the shell ignores SIGINT, an interrupt still stops the whole stack and leaves no
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -53,10 +54,11 @@ def test_a_backgrounded_stack_stops_on_sigint(tmp_path: Path) -> None:
                                             "echo $! > stack.pid; wait"],
                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
+    services: set[int] = set()
     try:
         wait_http(f"http://127.0.0.1:{ports['PROM_PORT']}/-/ready", timeout_s=90)
         pid = int((tmp_path / "stack.pid").read_text())
-        services = _descendants(pid)
+        services = _descendants(pid)  # the services run in their own sessions: found by parentage
         assert len(services) >= 3, "influxd, alertmanager and prometheus run under the stack"
         os.kill(pid, signal.SIGINT)
         deadline = time.monotonic() + 60
@@ -69,6 +71,6 @@ def test_a_backgrounded_stack_stops_on_sigint(tmp_path: Path) -> None:
         if outer.poll() is None:
             os.killpg(outer.pid, signal.SIGKILL)
             outer.wait(timeout=10)
-        for p in _descendants(outer.pid):
-            with __import__("contextlib").suppress(ProcessLookupError):
+        for p in services | _descendants(outer.pid):  # never leave a service behind, pass or fail
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
