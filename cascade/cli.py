@@ -154,7 +154,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_simulate_vehicles(args: argparse.Namespace) -> int:
     from simulators.vehicles import run
-    return run(args)
+    return asyncio.run(run(args))
 
 
 def _cmd_scenario(args: argparse.Namespace) -> int:
