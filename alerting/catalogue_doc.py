@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from alerting.i18n import AlertTexts
 from alerting.rules import Level, Rule, RuleSet, load_rules
 from core.model import Chemistry
 
@@ -66,9 +67,11 @@ def _overrides(rule: Rule) -> str:
 
 
 def catalogue_table(rules: RuleSet) -> str:
-    """One markdown row per rule: scope, input, levels 1-3 (threshold, hold, action), timing, overrides, source."""
-    rows = ["| rule | scope | input | L1 | L2 | L3 | hold / clear | overrides (L1/L2/L3) | source |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    """One markdown row per rule: name (English / Simplified Chinese, as pages show it), scope, input,
+    levels 1-3 (threshold, hold, action), timing, overrides, source."""
+    zh = AlertTexts("zh_CN")
+    rows = ["| rule | name / 名称 | scope | input | L1 | L2 | L3 | hold / clear | overrides (L1/L2/L3) | source |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for rule in rules.values():
         levels = {lv.level: lv for lv in rule.levels}
         timing = []
@@ -76,7 +79,7 @@ def catalogue_table(rules: RuleSet) -> str:
             timing.append(f"hyst {rule.hysteresis:g}")
         if rule.clear_for_s:
             timing.append(f"clear after {_duration(rule.clear_for_s)}")
-        cells = [f"`{rule.id}`", rule.scope, _input(rule), *(_level(rule, levels.get(n)) for n in (1, 2, 3)),
+        cells = [f"`{rule.id}`", f"{rule.name} / {zh.rule_text(rule.name)}", rule.scope, _input(rule), *(_level(rule, levels.get(n)) for n in (1, 2, 3)),
                  "; ".join(timing) or "–", _overrides(rule), rule.source]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows) + "\n"

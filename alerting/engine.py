@@ -35,13 +35,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
+from alerting.i18n import DEFAULT_LANGUAGE, N_, AlertTexts, for_level
 from alerting.rules import Input, Rule, RuleError, RuleSet, finite_number, short_repr
 from alerting.state import Alert, AlertStore, Target, Transition, alert_labels
 from core.model import BatteryState, CabinetReading, SlotReading
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RULE_FAILED", "Engine", "Transition", "Target"]
+__all__ = ["RULE_FAILED", "Engine", "Target", "Transition", "render_annotations"]
 
 #: Alert (rule id) the engine raises itself, at level 1, for a target where a rule raised an exception.
 #: Reserved: a catalogue rule may not use it.
@@ -341,7 +342,9 @@ class Engine:
     ``clock`` returns seconds since the epoch; replay passes the trace's clock so ``for``,
     rates and transition times run at trace time. ``registry`` takes ``cascade_rule_errors_total``
     (the app passes the pipeline's to export it); None keeps it on a private registry, so engines
-    built in tests and benches never collide on the global one.
+    built in tests and benches never collide on the global one. ``language`` (``zh_CN``, the
+    default, or ``en``) is the language of the alert texts (summary, diagnosis, action;
+    alerting/i18n.py).
     """
 
     def __init__(
@@ -352,7 +355,10 @@ class Engine:
         state: AlertStore | None = None,
         audit_path: str | Path | None = None,
         registry: CollectorRegistry | None = None,
+        language: str = DEFAULT_LANGUAGE,
     ) -> None:
+        #: Alert texts in the operators' language (ValueError for an unsupported one, at start-up).
+        self.texts = AlertTexts(language)
         if not isinstance(rules, RuleSet):
             rules = RuleSet(list(rules))
         if RULE_FAILED in rules:
@@ -430,20 +436,24 @@ class Engine:
                 # again on its first reading, with no `for` delay.
                 log.info("stored alert %s cleared at start-up: rules are re-checked from scratch", key)
                 out.append(_notice_cleared(
-                    alert.labels, "Cleared at start-up: rule failures are re-checked from scratch after a restart; "
-                    "a rule that still fails raises it again on its first reading.", alert.battery, now, key[1:]))
+                    self.texts, alert.labels, self.texts.tr(
+                        "Cleared at start-up: rule failures are re-checked from scratch after a restart; "
+                        "a rule that still fails raises it again on its first reading."), alert.battery, now, key[1:]))
                 continue
+            values: dict[str, Any]
             if rule is None:
-                why = f"rule {key.rule!r} is no longer in the catalogue"
+                why, values = N_("rule {rule!r} is no longer in the catalogue"), {"rule": key.rule}
             elif (rule.scope == "slot") != (key.slot is not None):
-                why = f"rule {key.rule!r} is now a {rule.scope}-scope rule"
+                why, values = N_("rule {rule!r} is now a {scope}-scope rule"), {"rule": key.rule, "scope": rule.scope}
             elif all(lv.level != alert.level for lv in rule.levels):
                 have = ", ".join(str(lv.level) for lv in rule.levels)
-                why = f"rule {key.rule!r} no longer has level {alert.level} (it has {have})"
+                why, values = (N_("rule {rule!r} no longer has level {level} (it has {have})"),
+                               {"rule": key.rule, "level": alert.level, "have": have})
             else:
                 continue
-            log.warning("stored alert %s L%d cleared at start-up: %s", key, alert.level, why)
-            out.append(_retired(alert, why, now))
+            # The log stays English (for whoever reads it next to the code); the alert speaks the operators' language.
+            log.warning("stored alert %s L%d cleared at start-up: %s", key, alert.level, why.format_map(values))
+            out.append(_retired(self.texts, alert, self.texts.tr(why, **values), now))
         if out:
             self.state.apply(out)
         return out
@@ -613,12 +623,13 @@ class Engine:
         ts.failing = failing or None
         if failing and ts.notice is None:
             order = [c.id for c in compiled if c.id in failing]
-            notice = _notice_raised(order, failed, ts, now, target)
+            notice = _notice_raised(self.texts, order, failed, ts, now, target)
             ts.notice = notice.labels
             out.append(notice)
         elif not failing and ts.notice is not None:
-            diagnosis = f"Cleared: rule {', '.join(recovered)} evaluates again at {_where(target)}."
-            out.append(_notice_cleared(ts.notice, diagnosis, ts.battery, now, target))
+            diagnosis = self.texts.tr("Cleared: rule {rules} evaluates again at {where}.",
+                                      rules=", ".join(recovered), where=_place(self.texts, target))
+            out.append(_notice_cleared(self.texts, ts.notice, diagnosis, ts.battery, now, target))
             ts.notice = None
 
     def _fuse(self, c: _Compiled, values: list, ts: _TargetState, now: float) -> float | None:
@@ -656,23 +667,11 @@ class Engine:
         else:
             kind, shown = ("escalate" if new > old else "deescalate"), new
         lv = tab.raw.get(shown)  # a level the rule no longer has (stored before a catalogue change)
-        fmt = {
-            "value": value, "threshold": lv.threshold if lv is not None else "-", "level": shown, "site": site,
-            "cabinet": cab, "slot": sid if sid is not None else "-",
-            "battery": battery or "(unknown)", "rule": rule.id,
-            "evidence": "; ".join(self._evidence) if c.terms else "",
-        }
-        diagnosis = _render(rule.diagnosis, fmt)
-        action = _render(rule.action, fmt)
-        if kind == "clear":
-            diagnosis = f"Cleared: {rule.description} back within limits (value {value:g})."
+        evidence = "; ".join(self._evidence) if c.terms else ""
+        annotations = render_annotations(self.texts, rule, shown, value, lv.threshold if lv is not None else "-",
+                                         (site, cab, sid), battery, evidence=evidence, cleared=kind == "clear")
+        diagnosis, action = annotations["diagnosis"], annotations["action"]
         labels = alert_labels(rule.id, shown, site, cab, sid, battery)
-        where = f"{site}/{cab}" + (f" slot {sid}" if sid is not None else "")
-        annotations = {
-            "summary": f"L{shown} {rule.description} at {where}",
-            "diagnosis": diagnosis,
-            "action": action,
-        }
         return Transition(
             rule=rule.id,
             target=Target(site, cab, sid, battery),
@@ -753,17 +752,54 @@ def _advance(rs: _RuleState, tab: _Table, x: float, now: float) -> int:
     return new
 
 
-def _retired(alert: Alert, why: str, now: float) -> Transition:
+def render_annotations(texts: AlertTexts, rule: Rule, level: int, value: Any, threshold: Any,
+                       target: tuple[str, str, int | None], battery: str | None, *, evidence: str = "",
+                       cleared: bool = False) -> dict[str, str]:
+    """A transition's ``summary``, ``diagnosis`` and ``action`` in ``texts``' language.
+
+    The summary leads with the level, then what (the rule's name and the value with its unit),
+    then where: ``L3 电池温度过高 85.2 °C（site-01/C0003 5号仓）`` /
+    ``L3 Battery over-temperature 85.2 °C at site-01/C0003 slot 5``. The action is the part for
+    this level when the rule writes one per level. ``evidence`` is the fusion rule's
+    ``label=value (share); ...`` with English labels. Never raises (alerting/i18n.py).
+    """
+    site, cab, sid = target
+    if evidence and texts.language != "en":
+        for term in rule.fusion:
+            label = term.input.describe()
+            evidence = evidence.replace(f"{label}=", f"{texts.ptr('evidence', label)}=")
+    fmt = {
+        "value": value, "threshold": threshold, "level": level, "site": site, "cabinet": cab,
+        "slot": sid if sid is not None else "-", "battery": battery or texts.tr("(unknown)"), "rule": rule.id,
+        "evidence": evidence,
+    }
+    name = texts.rule_text(rule.name or rule.description)
+    reading = texts.reading(value, rule.unit, rule.diagnosis)
+    diagnosis = texts.rule_text(rule.diagnosis, fmt)
+    if cleared:
+        diagnosis = texts.tr("Cleared: {name} back within limits ({reading}).", name=name,
+                             reading=reading or texts.tr("value {value}", value=_number_text(value)))
+    return {
+        "summary": texts.tr("L{level} {name}{reading} at {where}", level=level, name=name,
+                            reading=f" {reading}" if reading else "", where=_place(texts, target)),
+        "diagnosis": diagnosis,
+        "action": for_level(texts.rule_text(rule.action, fmt), level),
+    }
+
+
+def _retired(texts: AlertTexts, alert: Alert, why: str, now: float) -> Transition:
     """The clear transition for a stored alert the current rules cannot evaluate any more. Its
     labels are the ones the alert was fired with, so Alertmanager resolves exactly that alert."""
     key, shown = alert.key, alert.level
-    where = f"{key.site}/{key.cabinet}" + (f" slot {key.slot}" if key.slot is not None else "")
-    diagnosis = f"Cleared at start-up: {why}; the alert can no longer be evaluated."
-    action = ("None for the retired alert. If the condition may persist, check the site: the current "
-              "rules raise it again from live data.")
+    where = _place(texts, (key.site, key.cabinet, key.slot))
+    diagnosis = texts.tr("Cleared at start-up: {why}; the alert can no longer be evaluated.", why=why)
+    action = texts.tr("None for the retired alert. If the condition may persist, check the site: the current "
+                      "rules raise it again from live data.")
     # The labels it was fired with (so Alertmanager resolves exactly that alert), level made exact.
     labels = {**alert.labels, **alert_labels(key.rule, shown, key.site, key.cabinet, key.slot, alert.battery)}
-    annotations = {**alert.annotations, "summary": f"Cleared L{shown} {key.rule} at {where} (rule changed)",
+    annotations = {**alert.annotations,
+                   "summary": texts.tr("Cleared L{level} {rule} at {where} (rule changed)", level=shown,
+                                       rule=key.rule, where=where),
                    "diagnosis": diagnosis, "action": action}
     return Transition(
         rule=key.rule, target=Target(key.site, key.cabinet, key.slot, alert.battery),
@@ -812,48 +848,59 @@ def _notice_labels(target: tuple[str, str, int | None], battery: str | None, fai
     return alert_labels(RULE_FAILED, 1, site, cab, sid, battery, failed_rule=failed_rule)
 
 
-def _notice_raised(rule_ids: list[str], failed: dict[str, str], ts: _TargetState, now: float,
+def _notice_raised(texts: AlertTexts, rule_ids: list[str], failed: dict[str, str], ts: _TargetState, now: float,
                    target: tuple[str, str, int | None]) -> Transition:
     """Level 1 and no protective action: a software fault is no reason to cut a slot off, but the
     rule that failed no longer protects this target, and someone must know that."""
     site, cab, sid = target
     first = rule_ids[0]
-    where = f"{site}/{cab}" + (f" slot {sid}" if sid is not None else "")
+    where = _place(texts, target)
     kept = ts.rules.get(first)
-    error = failed.get(first, "see the log")
-    diagnosis = (f"Rule {first} raised an error at {where} ({error}): while it fails it cannot change its "
-                 f"alert here, kept at L{kept.level if kept is not None else 0}; the other "
-                 f"rules are evaluated as usual. Failing here: {', '.join(rule_ids)}.")
-    action = (f"Not a battery fault: a software fault in Cascade. Report it with the log line 'rule {first} "
-              f"failed' (metric cascade_rule_errors_total{{rule=\"{first}\"}}); until it is fixed, watch "
-              f"{where} by other means for what {first} checks.")
+    error = failed.get(first) or texts.tr("see the log")
+    diagnosis = texts.tr("Rule {rule} raised an error at {where} ({error}): while it fails it cannot change its "
+                         "alert here, kept at L{level}; the other rules are evaluated as usual. "
+                         "Failing here: {rules}.", rule=first, where=where, error=error,
+                         level=kept.level if kept is not None else 0, rules=", ".join(rule_ids))
+    action = texts.tr("Not a battery fault: a software fault in Cascade. Report it with the log line 'rule {rule} "
+                      "failed' (metric {metric}); until it is fixed, watch {where} by other means for what "
+                      "{rule} checks.", rule=first, where=where,
+                      metric=f'cascade_rule_errors_total{{rule="{first}"}}')
     return Transition(
         rule=RULE_FAILED, target=Target(site, cab, sid, ts.battery), from_level=0, to_level=1, kind="raise",
         value=None, at=now, diagnosis=diagnosis, action=action, protective_action=None,
         labels=_notice_labels(target, ts.battery, first),
-        annotations={"summary": f"L1 rule {first} cannot be evaluated at {where}", "diagnosis": diagnosis,
-                     "action": action},
+        annotations={"summary": texts.tr("L1 rule {rule} cannot be evaluated at {where}", rule=first, where=where),
+                     "diagnosis": diagnosis, "action": action},
     )
 
 
-def _notice_cleared(labels: dict[str, str], diagnosis: str, battery: str | None, now: float,
+def _notice_cleared(texts: AlertTexts, labels: dict[str, str], diagnosis: str, battery: str | None, now: float,
                     target: tuple[str, str, int | None]) -> Transition:
     """Clears with the labels the notice was raised with, so Alertmanager resolves exactly it."""
     site, cab, sid = target
-    where = f"{site}/{cab}" + (f" slot {sid}" if sid is not None else "")
+    nothing = texts.tr("None.")
     return Transition(
         rule=RULE_FAILED, target=Target(site, cab, sid, battery), from_level=1, to_level=0, kind="clear",
-        value=None, at=now, diagnosis=diagnosis, action="None.", protective_action=None, labels=dict(labels),
-        annotations={"summary": f"Cleared L1 rule evaluation failure at {where}", "diagnosis": diagnosis,
-                     "action": "None."},
+        value=None, at=now, diagnosis=diagnosis, action=nothing, protective_action=None, labels=dict(labels),
+        annotations={"summary": texts.tr("Cleared L1 rule evaluation failure at {where}",
+                                         where=_place(texts, target)),
+                     "diagnosis": diagnosis, "action": nothing},
     )
 
 
-def _render(template: str, values: dict[str, Any]) -> str:
+def _place(texts: AlertTexts, target: tuple[str, str, int | None]) -> str:
+    """Where, in words: ``site-01/C0003 slot 5`` (``site-01/C0003 5号仓``), or ``site-01/C0003``."""
+    site, cab, sid = target
+    if sid is None:
+        return f"{site}/{cab}"
+    return texts.tr("{site}/{cabinet} slot {slot}", site=site, cabinet=cab, slot=sid)
+
+
+def _number_text(value: Any) -> str:
     try:
-        return template.format_map(values)
-    except (ValueError, TypeError, KeyError, IndexError):
-        return template  # a format spec that does not fit the value: show the raw text
+        return f"{value:g}"
+    except (ValueError, TypeError):
+        return str(value)
 
 
 def _append_jsonl(path: Path, entry: dict[str, Any]) -> None:

@@ -77,7 +77,7 @@ _PLACEHOLDERS = frozenset(
 )
 _RULE_KEYS = frozenset(
     {
-        "id", "description", "source", "scope", "input", "compare", "levels", "for", "hysteresis",
+        "id", "name", "description", "source", "scope", "input", "compare", "levels", "for", "hysteresis",
         "clear_for", "when", "overrides", "diagnosis", "action", "unit",
     }
 )
@@ -208,6 +208,9 @@ class Rule:
     action: str
     unit: str = ""
     file: str = "<rules>"
+    #: Short display name for pages and dashboards ("Battery over-temperature"); the description
+    #: when the rule file gives none. Translated like the other texts (alerting/i18n.py).
+    name: str = ""
     _resolved: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -380,6 +383,9 @@ def _parse_rule(raw: Any, file: str, index: int) -> Rule:
             ctx.fail(key, "required text is missing (P-5.4.7 needs a diagnosis and a suggested action)")
     for key in ("diagnosis", "action"):
         _check_template(ctx, key, raw[key])
+    name = raw.get("name", raw["description"])
+    if not isinstance(name, str) or not name.strip():
+        ctx.fail("name", "must be a short display name (text), e.g. 'Battery over-temperature'; or leave it out")
     scope = raw.get("scope")
     if scope not in SCOPES:
         ctx.fail("scope", f"{scope!r} is not one of {', '.join(SCOPES)}")
@@ -431,6 +437,7 @@ def _parse_rule(raw: Any, file: str, index: int) -> Rule:
         action=raw["action"].strip(),
         unit=str(raw.get("unit", "")),
         file=file,
+        name=name.strip(),
     )
     _check_read_only(ctx, rule)
     _validate_resolved(rule)

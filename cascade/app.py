@@ -115,7 +115,8 @@ def build_engine(config: AppConfig, settings: dict[str, Any], registry: Collecto
     _check_action_rules(config.source, rules, settings["policy"])
     # Writes coalesced to one per STATE_SAVE_INTERVAL_S under a burst; start_app flushes on exit.
     store = AlertStore(settings["state_file"], save_interval_s=STATE_SAVE_INTERVAL_S)
-    return Engine(rules, state=store, audit_path=settings["audit_file"], registry=registry)
+    return Engine(rules, state=store, audit_path=settings["audit_file"], registry=registry,
+                  language=settings.get("language", "zh_CN"))
 
 
 def _offline_limits(config: AppConfig, configured: float | None) -> dict[tuple[str, str], float]:

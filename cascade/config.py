@@ -312,6 +312,8 @@ class AlertingSection(Model):
         default=None, description="a link shown as the alert's source (e.g. a Grafana dashboard), or leave it out")
     actions: ActionsSection = Field(default=ActionsSection(), json_schema_extra=shown_default("see alerting.actions"),
                                     description="a mapping, e.g. {perform: [stop_charging], retry_s: 10}")
+    language: Literal["zh_CN", "en"] = Field(
+        default="zh_CN", description="the language of alert texts (summary, diagnosis, action): zh_CN or en")
     api_token: Text | None = Field(
         default=None,
         description="the bearer token ack and set-threshold require, usually ${CASCADE_API_TOKEN}; leave it out "

@@ -11,11 +11,16 @@ the notifier uses. A pydantic error becomes one :class:`ConfigError`:
 
 Secrets never live in the file: token, password, secret and username fields must be ``${ENV_VAR}``
 references, resolved from the environment when the config is loaded.
+
+Language: ``notifier.language`` (``zh_CN``, the default, or ``en``) for every message, overridden
+per delivery (``language:``) and per recipient (``to: [{to: "+44...", language: en}]``); times are
+shown in ``notifier.timezone`` (default ``Asia/Shanghai``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import difflib
 import os
 import re
@@ -33,6 +38,7 @@ from core.env import MissingEnv, expand_text
 from core.errors import CascadeError
 from core.validation import Field, Float, Int, Model, ValidationError, short_value
 
+from .i18n import DEFAULT_LANGUAGE, LANGUAGES, normalize_language
 from .templates import Template, TemplateError, compile_template
 
 __all__ = [
@@ -54,6 +60,9 @@ CHANNELS: tuple[str, ...] = get_args(_Channel)
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _LEVELS = ("1", "2", "3")
 _MAX_BODY_DEPTH = 64  # a body nested deeper is a mistake (or a YAML anchor referring to itself)
+DEFAULT_TIMEZONE = "Asia/Shanghai"
+# China has had one offset and no daylight saving since 1991: usable without a tz database.
+_CHINA = dt.timezone(dt.timedelta(hours=8), "UTC+08:00")
 
 
 class ConfigError(CascadeError):
@@ -117,6 +126,12 @@ class Delivery:
     recipients: tuple[str, ...]
     levels: frozenset[str] = frozenset(_LEVELS)
     send_resolved: bool = True
+    language: str = DEFAULT_LANGUAGE  # the delivery's own, else notifier.language
+    recipient_languages: Mapping[str, str] = field(default_factory=dict, hash=False)  # recipient -> its language
+
+    def language_for(self, recipient: str) -> str:
+        """The language ``recipient`` is written to in."""
+        return self.recipient_languages.get(recipient, self.language)
 
 
 @dataclass(frozen=True)
@@ -127,6 +142,8 @@ class NotifierConfig:
     concurrency: int = 8
     delivery_log: str | None = None
     source: str = "<config>"
+    language: str = DEFAULT_LANGUAGE
+    timezone: dt.tzinfo = _CHINA
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> NotifierConfig:
@@ -155,13 +172,17 @@ def parse_config(data: Any, source: str = "<config>", env: Mapping[str, str] | N
         spec = _NotifierFile.model_validate(data, context={"env": env})
     except ValidationError as err:
         raise _config_error(err, source) from None
+    language = spec.notifier.language
     return NotifierConfig(
         providers={name: _provider(name, p) for name, p in spec.providers.items()},
-        receivers={name: tuple(_delivery(d) for d in deliveries) for name, deliveries in spec.receivers.items()},
+        receivers={name: tuple(_delivery(d, language) for d in deliveries)
+                   for name, deliveries in spec.receivers.items()},
         retry=RetryPolicy(**spec.notifier.retry.model_dump()),
         concurrency=spec.notifier.concurrency,
         delivery_log=spec.notifier.delivery_log,
         source=source,
+        language=language,
+        timezone=spec.notifier.timezone,
     )
 
 
@@ -249,6 +270,52 @@ def _secret(value: Any, info: ValidationInfo) -> str:
     return _expand(value, info)
 
 
+def _language(value: Any) -> str:
+    try:
+        return normalize_language(value)
+    except ValueError:
+        raise _Invalid(f"{short_value(value)} is not a supported language",
+                       f"use {' or '.join(LANGUAGES)} (Simplified Chinese, English)") from None
+
+
+def _timezone(value: Any, info: ValidationInfo) -> dt.tzinfo:
+    if isinstance(value, dt.tzinfo):  # the default
+        return value
+    name = _text(value, info)
+    if name.upper() == "UTC":
+        return dt.UTC
+    try:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, ImportError):
+        if name in ("Asia/Shanghai", "PRC", "Asia/Chongqing", "Asia/Harbin", "Asia/Urumqi"):
+            return _CHINA  # no tz database on this machine (slim images); China needs none
+        raise _Invalid(f"unknown time zone {name!r}", "an IANA time zone name, e.g. Asia/Shanghai or UTC") from None
+
+
+def _recipient(value: Any, info: ValidationInfo) -> tuple[str, str | None]:
+    """A recipient: its address (a bare number is text), or ``{to: address, language: en}``."""
+    if isinstance(value, tuple):  # the default, already parsed
+        return value
+    if not isinstance(value, dict):
+        return _optional_text(value, info), None
+    value = _str_keys(value)
+    unknown = sorted(set(value) - {"to", "language"})
+    if unknown:
+        raise _Invalid(f"unknown key(s) {unknown}", "a recipient with its own language is {to: ..., language: en}")
+    if "to" not in value:
+        raise _Invalid("missing", "add to: the phone number, app audience or e-mail address", ("to",))
+    try:
+        address = _text(value["to"], info)
+    except _Invalid as err:
+        raise _Invalid(err.problem, err.fix or "the phone number, app audience or e-mail address", ("to",)) from None
+    try:
+        language = _language(value["language"]) if "language" in value else None
+    except _Invalid as err:
+        raise _Invalid(err.problem, err.fix, ("language",)) from None
+    return address, language
+
+
 def _level(value: Any) -> Any:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
@@ -270,6 +337,11 @@ Secret = Annotated[str, PlainValidator(_secret)]
 StrictBool = Annotated[bool, Strict()]
 """``true`` or ``false`` (not ``"yes"``, not ``1``)."""
 Level = Annotated[Literal["1", "2", "3"], BeforeValidator(_level)]
+Language = Annotated[str, PlainValidator(_language)]
+"""``zh_CN`` or ``en`` (also ``zh``, ``zh-CN``, ``en_US``)."""
+TimeZone = Annotated[dt.tzinfo, PlainValidator(_timezone)]
+Recipient = Annotated[tuple[str, str | None], PlainValidator(_recipient)]
+"""An address, or ``{to: address, language: en}``."""
 Names = BeforeValidator(_str_keys)
 
 _SECRET_FIX = "an environment reference like ${VAR_NAME}; secrets never go in the file"
@@ -300,6 +372,10 @@ class _Settings(_Section):
     delivery_log: Text | None = Field(None, description="a file for the JSON-lines delivery log "
                                                         "(relative to this file), or leave it out")
     retry: _Retry = Field(default_factory=_Retry, description="attempts, initial_delay_s, max_delay_s, timeout_s")
+    language: Language = Field(DEFAULT_LANGUAGE, description=f"the language of every message: {' or '.join(LANGUAGES)}"
+                                                             " (Simplified Chinese, English)")
+    timezone: TimeZone = Field(_CHINA, description="the time zone of the times in messages, an IANA name, "
+                                                   f"e.g. {DEFAULT_TIMEZONE} (the default) or UTC")
 
 
 class _NoAuth(_Section):
@@ -363,11 +439,8 @@ class _Smtp(_Section):
     sender: Text = Field(alias="from", description="the sender address, e.g. cascade-alerts@example.net")
     username: Secret = Field("", description=_SECRET_FIX)
     password: Secret = Field("", description=_SECRET_FIX)
-    subject: TemplateText = Field(compile_template("[Cascade L{{labels.level}}] {{labels.alertname}} "
-                                                   "{{labels.site}}/{{labels.cabinet}} {{status}}"),
-                                  description=_TEMPLATE_FIX)
-    body: TemplateText = Field(compile_template("{{annotations.summary}}\n\n{{annotations.diagnosis}}\n\n"
-                                                "Action: {{annotations.action}}\n"), description=_TEMPLATE_FIX)
+    subject: TemplateText = Field(compile_template("{{message.subject}}"), description=_TEMPLATE_FIX)
+    body: TemplateText = Field(compile_template("{{message.email}}"), description=_TEMPLATE_FIX)
 
 
 _Provider = Annotated[_Http | _Smtp, Field(discriminator="type")]
@@ -376,10 +449,13 @@ _Provider = Annotated[_Http | _Smtp, Field(discriminator="type")]
 class _Delivery(_Section):
     channel: _Channel = Field(description=f"one of {', '.join(CHANNELS)}")
     provider: Text = Field(description="the name of an entry under providers:")
-    to: tuple[OptionalText, ...] = Field(("",), description="a list of recipients (phone numbers, app audiences, "
-                                                            "e-mail addresses); leave it out for a feed")
+    to: tuple[Recipient, ...] = Field((("", None),), description="a list of recipients (phone numbers, app audiences, "
+                                      "e-mail addresses), each either the address or {to: address, language: en}; "
+                                      "leave it out for a feed")
     levels: tuple[Level, ...] = Field(("1", "2", "3"), description="a list of alert levels among 1, 2, 3, e.g. [2, 3]")
     send_resolved: StrictBool = Field(True, description="true or false")
+    language: Language | None = Field(None, description=f"this delivery's language: {' or '.join(LANGUAGES)}; "
+                                                        "leave it out for notifier.language")
 
 
 class _NotifierFile(_Section):
@@ -405,7 +481,7 @@ class _NotifierFile(_Section):
                 if delivery.channel == "email" and provider.type != "smtp":
                     raise _Invalid("channel email needs an smtp provider", "point it at a provider with type: smtp",
                                    ("receivers", name, i, "provider"))
-                if provider.type == "smtp" and not all(delivery.to):
+                if provider.type == "smtp" and not all(address for address, _ in delivery.to):
                     raise _Invalid("e-mail needs recipient addresses", "list addresses under to:",
                                    ("receivers", name, i, "to"))
         return self
@@ -421,9 +497,11 @@ def _provider(name: str, spec: _Http | _Smtp) -> HttpProvider | SmtpProvider:
                         body_format=spec.body_format, auth=HttpAuth(**spec.auth.model_dump()))
 
 
-def _delivery(spec: _Delivery) -> Delivery:
-    return Delivery(channel=spec.channel, provider=spec.provider, recipients=spec.to, levels=frozenset(spec.levels),
-                    send_resolved=spec.send_resolved)
+def _delivery(spec: _Delivery, language: str) -> Delivery:
+    return Delivery(channel=spec.channel, provider=spec.provider, recipients=tuple(address for address, _ in spec.to),
+                    levels=frozenset(spec.levels), send_resolved=spec.send_resolved,
+                    language=spec.language or language,
+                    recipient_languages={address: own for address, own in spec.to if own})
 
 
 # ---------------------------------------------------------------- pydantic error -> ConfigError

@@ -18,6 +18,7 @@ import aiohttp
 
 from .config import Delivery, NotifierConfig
 from .delivery_log import DeliveryLog, DeliveryRecord
+from .messages import compose
 from .metrics import NotifyMetrics
 from .providers import Outcome, send_message
 from .webhook import WebhookAlert
@@ -77,6 +78,8 @@ class Dispatcher:
             "fingerprint": alert.fingerprint, "starts_at": alert.starts_at, "ends_at": alert.ends_at,
             "generator_url": alert.generator_url, "labels": alert.labels, "annotations": alert.annotations,
             "target": describe_target(alert.labels),
+            # The ready-made texts ({{message.sms}}, ...) in this recipient's language.
+            "message": compose(alert, delivery.language_for(recipient), self._config.timezone),
         }
         attempt = 0
         outcome = Outcome(ok=False, error="not attempted")

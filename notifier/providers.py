@@ -103,7 +103,8 @@ async def _send_smtp(provider: SmtpProvider, context: Mapping[str, Any], timeout
     message["From"] = provider.sender
     message["To"] = str(context.get("recipient", ""))
     message["Subject"] = provider.subject.render(context).replace("\n", " ")
-    message.set_content(provider.body.render(context))
+    # base64: Chinese (or a °C) survives any relay, with or without 8BITMIME.
+    message.set_content(provider.body.render(context), charset="utf-8", cte="base64")
     # smtplib is blocking; a thread keeps the event loop (and other pages) moving.
     return await asyncio.to_thread(_smtp_transaction, provider, message, timeout_s)
 

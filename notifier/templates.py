@@ -3,7 +3,8 @@
 Deliberately tiny (no logic, no filters): provider templates are written by operators, and a
 template that cannot fail at render time cannot lose a critical page. Names are checked when the
 config loads; a label or annotation the alert does not carry (``slot`` on a cabinet-level alert)
-renders as an empty string.
+renders as an empty string. ``{{message.<name>}}`` are the ready-made texts in the recipient's
+language (notifier/messages.py: ``message.sms``, ``message.voice``, ...).
 
     >>> t = compile_template("{{labels.site}}/{{labels.cabinet}} slot {{labels.slot}}")
     >>> t.render({"labels": {"site": "s1", "cabinet": "c7"}})
@@ -19,10 +20,13 @@ from typing import Any
 
 from core.errors import CascadeError
 
+from .messages import MESSAGE_FIELDS
+
 __all__ = ["PLACEHOLDERS", "Template", "TemplateError", "compile_template", "render_tree"]
 
 PLACEHOLDERS = ("recipient", "receiver", "status", "fingerprint", "starts_at", "ends_at", "generator_url",
-                "channel", "target", "labels.<name>", "annotations.<name>")
+                "channel", "target", "labels.<name>", "annotations.<name>",
+                *(f"message.{name}" for name in MESSAGE_FIELDS))
 _PLAIN = frozenset(p for p in PLACEHOLDERS if "." not in p)
 _FIELD = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)\s*\}\}")
 
@@ -57,7 +61,8 @@ def compile_template(text: str) -> Template:
     for match in _FIELD.finditer(text):
         name = match.group(1)
         path = tuple(name.split("."))
-        if not (name in _PLAIN or (len(path) == 2 and path[0] in ("labels", "annotations"))):
+        if not (name in _PLAIN or (len(path) == 2 and path[0] in ("labels", "annotations"))
+                or (len(path) == 2 and path[0] == "message" and path[1] in MESSAGE_FIELDS)):
             raise TemplateError(f"unknown placeholder {{{{{name}}}}} (known: {', '.join(PLACEHOLDERS)})")
         parts.append(text[pos:match.start()])
         parts.append(path)

@@ -47,9 +47,24 @@ def test_transition_carries_labels_annotations_and_protective_action():
     assert t.labels == {"alertname": "over_temperature", "rule": "over_temperature", "level": "3",
                         "severity": "critical", "site": "s1", "cabinet": "c1", "slot": "3", "battery": "B9"}
     assert set(t.annotations) == {"summary", "diagnosis", "action"}
-    assert "75.0 °C" in t.diagnosis and "slot 3" in t.action
+    # Simplified Chinese by default: level, what with value and unit, where; the level-3 part of the action.
+    assert t.annotations["summary"] == "L3 电池温度过高 75.0 °C（s1/c1 3号仓）"
+    assert "75.0 °C" in t.diagnosis and t.action == "切断该仓输出，人员远离，检查电池 B9。"
+    assert t.annotations["diagnosis"] == t.diagnosis and t.annotations["action"] == t.action
     assert t.protective_action == "slot_cutoff"
     assert str(t.key) == "over_temperature@s1/c1/3"
+
+
+def test_alert_texts_in_english_by_option():
+    clock = ManualClock()
+    engine = Engine(CATALOGUE.only(["over_temperature"]), clock=clock, language="en")
+    [t] = feed(engine, clock, [cab(SlotReading(3, battery_id="B9", temperature_c=75))] * 2)
+    assert t.annotations == {
+        "summary": "L3 Battery over-temperature 75.0 °C at s1/c1 slot 3",
+        "diagnosis": "Battery temperature 75.0 °C ≥ 70 °C (level 3, hottest of pack, cell and surface sensors).",
+        "action": "Cut off the slot, keep staff clear, inspect battery B9."}
+    with pytest.raises(ValueError, match="unsupported language 'fr'"):
+        Engine(CATALOGUE.only(["over_temperature"]), clock=clock, language="fr")
 
 
 def test_kinds_raise_escalate_deescalate_clear_and_one_alert_per_target():
@@ -316,7 +331,7 @@ def test_stored_alert_at_a_level_the_rule_no_longer_has_is_cleared_at_start_up(t
     [t] = restarted.startup_transitions
     assert (t.rule, t.kind, t.from_level, t.to_level, t.protective_action) == ("hot", "clear", 3, 0, None)
     assert t.target.battery == "B1" and t.labels["level"] == "3" and t.labels["slot"] == "1"
-    assert "no longer has level 3" in t.diagnosis and "no longer has level 3" in caplog.text
+    assert "已没有 3 级" in t.diagnosis and "no longer has level 3" in caplog.text  # alert in Chinese, log in English
     assert restarted.state.active() == [] and AlertStore(path).active() == []  # store and engine agree
     # Evaluation goes on normally: nothing raised, nothing stuck, the other rules still work.
     out = feed(restarted, clock, [cab(SlotReading(1, battery_id="B1", temperature_c=20), water_detected=True)])
@@ -335,7 +350,7 @@ def test_stored_alert_of_a_removed_rule_is_cleared_at_start_up_and_not_resent(tm
     restarted = Engine(_hot(drop_wet=True), clock=clock, state=AlertStore(path))
     assert [(t.rule, t.kind, t.from_level, t.target.slot) for t in restarted.startup_transitions] == [
         ("wet", "clear", 3, None)]
-    assert "no longer in the catalogue" in restarted.startup_transitions[0].diagnosis
+    assert "已不在规则库中" in restarted.startup_transitions[0].diagnosis
     assert AlertStore(path).active() == []
     again = Engine(_hot(drop_wet=True), clock=clock, state=AlertStore(path))
     assert again.startup_transitions == []  # reconciled once, not on every start
@@ -417,7 +432,7 @@ def test_a_failing_rule_is_counted_logged_once_per_change_and_raises_a_notice_un
     assert notice.target == Target("s1", "c1", 1, "B1") and str(notice.key) == "rule_evaluation_failed@s1/c1/1"
     assert notice.labels == {"alertname": RULE_FAILED, "rule": RULE_FAILED, "level": "1", "severity": "notice",
                              "site": "s1", "cabinet": "c1", "slot": "1", "battery": "B1", "failed_rule": "hot"}
-    assert "rule hot" in notice.annotations["summary"] and "ZeroDivisionError" in notice.diagnosis
+    assert "规则 hot" in notice.annotations["summary"] and "ZeroDivisionError" in notice.diagnosis
     assert rule_errors(registry, "hot") == 1
     [failure] = logged("rule hot failed")
     assert failure.levelno == logging.ERROR and failure.exc_info[0] is ZeroDivisionError  # with its traceback
@@ -459,7 +474,7 @@ def test_a_stored_rule_failure_notice_is_rechecked_after_a_restart(tmp_path, mon
     restarted = Engine(_hot(), clock=clock, state=AlertStore(path))
     [t] = restarted.startup_transitions
     assert (t.rule, t.kind, t.from_level, t.to_level, t.labels["failed_rule"]) == (RULE_FAILED, "clear", 1, 0, "hot")
-    assert "re-checked" in t.diagnosis and "no longer in the catalogue" not in t.diagnosis
+    assert "重新检查" in t.diagnosis and "已不在规则库中" not in t.diagnosis
     assert [str(a.key) for a in AlertStore(path).active()] == ["wet@s1/c1"]
     break_rule(monkeypatch, restarted)  # still broken: raised again on the first reading, no `for` delay
     assert [(t.rule, t.kind) for t in feed(restarted, clock, [HOT_AND_WET])] == [(RULE_FAILED, "raise")]

@@ -127,5 +127,8 @@ async def test_critical_webhook_reaches_the_inbox_as_voice_sms_and_app(inbox, tm
     assert sorted(m["channel"] for m in body["messages"]) == ["app", "sms", "voice"]
     sms = next(m for m in body["messages"] if m["channel"] == "sms")
     assert sms["body"]["to"] == "+8613800000001"
-    assert sms["body"]["text"].startswith("Cascade L3 firing: Thermal-runaway precursor (site-01/C0003 slot 5)")
-    assert "INBOX voice → +8613800000001: Cascade critical alert. Thermal-runaway precursor." in inbox.out.getvalue()
+    # Simplified Chinese by default: level and place first, the place said once, no rule ids read aloud.
+    assert sms["body"]["text"].startswith("【Cascade】三级预警：site-01/C0003 5号仓"), sms["body"]["text"]
+    voice = next(m for m in body["messages"] if m["channel"] == "voice")["body"]["speech"]
+    assert voice.startswith("电池安全三级预警。site-01，C0003号柜，5号仓"), voice
+    assert "thermal_runaway" not in voice and voice.count("C0003") == 1

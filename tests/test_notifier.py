@@ -13,6 +13,8 @@ import random
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from email import message_from_string
+from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
 
@@ -262,8 +264,12 @@ async def test_critical_fans_out_to_voice_sms_app_and_email(provider, smtp, star
 
     (email,) = mail.messages
     assert email["to"] == ["safety@example.test"]
-    assert "Subject: [Cascade L3] thermal_runaway s1/c7 firing" in email["data"]
-    assert "Evacuate and cut power" in email["data"]
+    # Default subject and body: the ready-made e-mail in the default language, Simplified Chinese.
+    sent = message_from_string(email["data"], policy=default_policy)
+    assert sent["Subject"] == '【Cascade】三级预警：s1/c7 4号仓 Slot 4 at 92 °C, "rising" 3 K/min'
+    body = sent.get_content()
+    assert "处置：Evacuate and cut power" in body and "电池：B-0042" in body
+    assert "开始时间：2026年1月1日 08:00:00（UTC+08:00）" in body  # Asia/Shanghai, no nanoseconds
     assert email["login"] == b"mailer"  # authenticated with the credentials from the environment
 
     log = notifier.log()
@@ -495,7 +501,7 @@ BAD_CONFIGS = {
     "unknown key, top level": (_set("notifiers", value={}), None, "(file)", "unknown key(s) ['notifiers']",
                                "did you mean 'notifier'? Otherwise remove them or use one of ['notifier', 'providers', 'receivers']"),
     "unknown key, notifier": (_set("notifier", "threads", value=2), None, "notifier", "unknown key(s) ['threads']",
-                              "use one of ['concurrency', 'delivery_log', 'retry']"),
+                              "use one of ['concurrency', 'delivery_log', 'language', 'retry', 'timezone']"),
     "unknown key, retry": (_set("notifier", "retry", "backoff", value=2), None, "notifier.retry",
                            "unknown key(s) ['backoff']", "use one of ['attempts', 'initial_delay_s', 'max_delay_s', 'timeout_s']"),
     "unknown key, http provider": (_set("providers", "sms", "retries", value=3), None, "providers.sms",
@@ -505,7 +511,8 @@ BAD_CONFIGS = {
     "unknown key, auth of its type": (_set("providers", "app-push", "auth", "secret", value="${SMS_SECRET}"), None,
                                       "providers.app-push.auth", "unknown key(s) ['secret']", "use one of ['token', 'type']"),
     "unknown key, delivery": (_set("receivers", "critical", 1, "recipients", value=["+1"]), None, "receivers.critical[1]",
-                              "unknown key(s) ['recipients']", "'channel', 'levels', 'provider', 'send_resolved', 'to'"),
+                              "unknown key(s) ['recipients']",
+                              "'channel', 'language', 'levels', 'provider', 'send_resolved', 'to'"),
     # wrong type
     "text for a number": (_set("notifier", "concurrency", value="many"), None, "notifier.concurrency",
                           "'many' is not an integer", "a whole number >= 1"),

@@ -300,3 +300,23 @@ def test_the_catalogue_table_in_the_docs_is_generated_from_the_catalogue() -> No
     text = DOC.read_text(encoding="utf-8")
     committed = text.split(BEGIN, 1)[1].split(END, 1)[0].lstrip("\n")
     assert committed == catalogue_table(load_rules()), "run: python -m alerting.catalogue_doc --write"
+
+
+def test_rule_name_is_a_short_display_name_defaulting_to_the_description():
+    assert CATALOGUE["over_temperature"].name == "Battery over-temperature"
+    assert all(rule.name and len(rule.name) <= 40 for rule in CATALOGUE.values())
+    text = """
+rules:
+  - id: hot
+    {NAME}description: Pack temperature high
+    source: P-5.2.1c
+    diagnosis: "x"
+    action: "y"
+    scope: cabinet
+    input: {field: cabinet_temperature_c}
+    levels: {1: 45}
+"""
+    assert parse_rules(text.replace("{NAME}", ""))["hot"].name == "Pack temperature high"
+    assert parse_rules(text.replace("{NAME}", "name: Hot pack\n    "))["hot"].name == "Hot pack"
+    with pytest.raises(RuleError, match="key 'name': must be a short display name"):
+        parse_rules(text.replace("{NAME}", "name: [1, 2]\n    "))
