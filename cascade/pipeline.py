@@ -196,7 +196,8 @@ class Pipeline:
                  f"rejected values {self.field_errors_total}"]
         if self.sink is not None:
             stats = self.sink.stats
-            lag = "n/a" if not stats.last_write_time else f"{max(0.0, time.time() - stats.last_write_time):.1f}s"
+            # The sink measures the lag on the monotonic clock: a wall-clock jump must not show an hour of lag.
+            lag = "n/a" if stats.write_lag_s is None else f"{stats.write_lag_s:.1f}s"
             parts += [f"write lag {lag}", f"buffered {stats.buffered_lines}", f"spool {stats.spool_lines} lines"]
         return " | ".join(parts)
 

@@ -340,8 +340,9 @@ async def test_unexpected_write_error_spools_the_batch_instead_of_losing_it(tmp_
 
 
 async def test_down_with_nothing_to_retry_does_not_spin_the_event_loop(tmp_path, monkeypatch):
-    """Down, with the spool write failing (disk full): the batch is dropped (counted) and there is
-    nothing left to retry with. The flush loop must wait, not call _drain in a loop that never yields."""
+    """Down, with the spool write failing (disk full): the batch stays in memory (not dropped) and is
+    what the retries send. The flush loop must retry on its backoff, not call _drain in a loop that
+    never yields."""
     from tests.fixtures.procs import free_port
 
     config = InfluxConfig(url=f"http://127.0.0.1:{free_port()}", database="x", spool_dir=str(tmp_path / "spool"),
@@ -359,12 +360,13 @@ async def test_down_with_nothing_to_retry_does_not_spin_the_event_loop(tmp_path,
 
     monkeypatch.setattr(sink, "_drain", counting_drain)
     async with sink:
-        def disk_full(batch):
+        def disk_full(batch, **kwargs):
             raise OSError(28, "No space left on device")
 
         monkeypatch.setattr(sink._spool, "append", disk_full)
         sink.submit_lines(_tagged("a"))
-        await _until(lambda: sink.stats.lines_dropped == 100 and not sink.stats.up)
+        await _until(lambda: not sink.stats.up and not sink.stats.spool_writable)
+        assert sink.stats.buffered_lines == 100 and sink.stats.lines_dropped == 0
         before = drains
         await asyncio.sleep(0.5)
         assert drains - before < 50

@@ -5,21 +5,27 @@ Lines go into a bounded in-memory buffer; a background task writes them in batch
 errors) goes to the :class:`~exporters.influx.spool.DiskSpool`; while the server is down the task
 retries the oldest spooled batch with exponential backoff and jitter, and when it is back the spool is
 replayed in order before any newer data. Bad lines (HTTP 400/422 "partial write") are counted and
-logged once per distinct error, never retried. See docs/influxdb-sink.md.
+logged once per distinct error, never retried. When the spool itself cannot be written (disk full,
+read-only), lines stay in memory up to ``max_buffer_lines``; the oldest beyond that are dropped and
+counted by reason, and the spool is probed until it takes data again. All durations (backoff, flush
+interval, write lag) use the monotonic clock, so a wall-clock jump changes none of them.
+See docs/influxdb-sink.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gzip
 import json
 import logging
+import os
 import random
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import aiohttp
@@ -40,6 +46,12 @@ _MIB = 1024 * 1024
 _RETRYABLE = {401, 403, 404, 408, 429}
 _GZIP_IN_THREAD_BYTES = 256 * 1024
 _SEEN_ERRORS_LIMIT = 256
+# Why lines were lost (label of cascade_influx_lines_dropped_by_reason_total): the configured spool
+# bound; the disk under the spool is full; the spool cannot be written for another reason (read-only
+# file system, permissions). The last two drop the oldest lines in memory beyond max_buffer_lines.
+DropReason = Literal["spool_bound", "spool_full", "spool_unwritable"]
+_DROP_REASONS: tuple[DropReason, ...] = ("spool_bound", "spool_full", "spool_unwritable")
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 class InfluxConfigError(CascadeError):
@@ -114,7 +126,8 @@ class InfluxConfig:
 
 @dataclass(frozen=True)
 class SinkStats:
-    """A snapshot for a status line. Times are from the sink's ``clock`` (epoch seconds by default)."""
+    """A snapshot for a status line. ``last_write_time`` is from the sink's ``clock`` (epoch seconds by
+    default); ``write_lag_s`` is measured on the monotonic clock, so a wall-clock jump does not move it."""
 
     up: bool
     buffered_lines: int
@@ -127,6 +140,8 @@ class SinkStats:
     lines_dropped: int
     last_write_time: float | None
     write_lag_s: float | None
+    spool_writable: bool = True
+    dropped_by_reason: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -151,17 +166,24 @@ class InfluxSink:
         self._buffer: list[str] = []
         self._spool: DiskSpool | None = None
         self._task: asyncio.Task[None] | None = None
+        self._sync_task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._client: Any = None
         self._write_api: Any = None
         self._open = False
         self._up = True
         self._failures = 0
-        self._retry_at = 0.0
-        self._last_write_time: float | None = None
+        self._retry_at = 0.0  # time.monotonic() of the next server retry while down
+        self._last_write_time: float | None = None  # wall clock (self._clock), for display
+        self._last_write_mono: float | None = None  # time.monotonic(), for write_lag_s
+        self._spool_fault: DropReason | None = None  # why the spool cannot be written; None = writable
+        self._spool_failures = 0
+        self._spool_retry_at = 0.0  # time.monotonic() of the next spool probe while it is not writable
+        self._spool_probe_bytes = 0  # size of the batch that could not be spooled: the probe writes as much
         self._seen_errors: set[str] = set()
         self._split_logged = False
         self._counts = dict.fromkeys(("written", "rejected", "spooled", "replayed", "dropped"), 0)
+        self._dropped_by_reason: dict[str, int] = dict.fromkeys(_DROP_REASONS, 0)
         self._metrics = _Metrics(registry if registry is not None else CollectorRegistry(), self)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -180,6 +202,7 @@ class InfluxSink:
         self._wake = asyncio.Event()
         self._open = True
         self._task = asyncio.create_task(self._run(), name="influx-sink-flush")
+        self._sync_task = asyncio.create_task(self._sync_loop(), name="influx-sink-spool-fsync")
         if self._spool.depth_lines:
             log.info("influx sink: %d lines in the spool from an earlier run will be replayed first",
                      self._spool.depth_lines)
@@ -187,10 +210,11 @@ class InfluxSink:
 
     async def __aexit__(self, *exc: object) -> None:
         self._open = False
-        assert self._task is not None and self._spool is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        assert self._task is not None and self._sync_task is not None and self._spool is not None
+        for task in (self._task, self._sync_task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         try:
             # Last chance to deliver; whatever the server does not take now is kept on disk.
             if not self._up:
@@ -200,12 +224,18 @@ class InfluxSink:
         except (TimeoutError, Exception) as err:  # noqa: BLE001 - shutdown must finish
             log.warning("influx sink: final flush incomplete (%s); the rest stays in the spool", err)
         finally:
-            self._spill_buffer()
+            self._spill_buffer(force=True)
+            if self._buffer:
+                reason = self._spool_fault or "spool_unwritable"
+                log.error("influx sink: %d lines lost at exit: the server did not take them and the spool in %s "
+                          "cannot be written (%s)", len(self._buffer), self.config.spool_dir, reason)
+                self._drop(len(self._buffer), reason)
+                self._buffer.clear()
             if self._client is not None:
                 await self._client.close()
             if self._owns_session and self._session is not None:
                 await self._session.close()
-            self._spool.close()
+            self._spool.close()  # fsyncs what the sync task has not
 
     # -- API -----------------------------------------------------------------------------------
 
@@ -248,20 +278,22 @@ class InfluxSink:
     @property
     def stats(self) -> SinkStats:
         spool = self._spool
-        now = self._clock()
         c = self._counts
         return SinkStats(
             up=self._up, buffered_lines=len(self._buffer),
             spool_lines=spool.depth_lines if spool else 0, spool_bytes=spool.depth_bytes if spool else 0,
             lines_written=c["written"], lines_rejected=c["rejected"], lines_spooled=c["spooled"],
             lines_replayed=c["replayed"], lines_dropped=c["dropped"], last_write_time=self._last_write_time,
-            write_lag_s=None if self._last_write_time is None else max(0.0, now - self._last_write_time))
+            write_lag_s=None if self._last_write_mono is None else time.monotonic() - self._last_write_mono,
+            spool_writable=self._spool_fault is None, dropped_by_reason=dict(self._dropped_by_reason))
 
     # -- background task -----------------------------------------------------------------------
 
     async def _run(self) -> None:
         assert self._wake is not None and self._spool is not None
         while self._open:
+            if self._spool_fault is not None and time.monotonic() >= self._spool_retry_at:
+                self._probe_spool()
             if self._up:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow our cancel at exit.
                 with contextlib.suppress(TimeoutError):
@@ -272,8 +304,9 @@ class InfluxSink:
                 # Down: keep memory small and the data durable; retry when the backoff says so.
                 self._spill_buffer()
                 delay = self._retry_at - time.monotonic()
-                if delay > 0 or not len(self._spool):
-                    # Nothing to retry with (e.g. the spool write failed): wait, never spin the loop.
+                if delay > 0 or not (len(self._spool) or self._buffer):
+                    # Nothing to retry with: wait, never spin the loop. (With the spool not writable,
+                    # the buffer is what the retry sends.)
                     await asyncio.sleep(min(delay, self.config.flush_interval_s) if delay > 0
                                         else self.config.flush_interval_s)
                     continue
@@ -284,6 +317,26 @@ class InfluxSink:
             except Exception:  # a bug must not silently stop delivery; log and keep going
                 log.exception("influx sink: unexpected error in the flush loop")
                 self._mark_down()
+
+    async def _sync_loop(self) -> None:
+        """fsync what was spooled, in a thread: spooling happens inside submit() and must not wait for
+        the disk (an fsync can take a second on a busy disk). Spooled lines are durable within
+        ``flush_interval_s``, the same window lines in the buffer have."""
+        assert self._spool is not None
+        while True:
+            await asyncio.sleep(self.config.flush_interval_s)
+            fd = self._spool.sync_handle()
+            if fd is None:
+                continue
+            try:
+                await asyncio.to_thread(_fsync_and_close, fd)
+            except OSError as err:
+                key = f"fsync {err.errno}"
+                if key not in self._seen_errors:
+                    self._seen_errors.add(key)
+                    log.error("influx sink: fsync of the spool in %s failed (%s); the last spooled batches may not "
+                              "survive a crash (they are still replayed while this process runs)",
+                              self.config.spool_dir, err)
 
     async def _drain(self) -> None:
         """Write the spool (oldest first), then the buffer, until empty or the server fails."""
@@ -307,13 +360,15 @@ class InfluxSink:
                 if token is None:
                     self._buffer[:0] = batch  # not known to be written: keep it (a resend is idempotent)
                 else:
-                    self._count("dropped", self._spool.release(token))
+                    self._drop(self._spool.release(token), "spool_bound")
                 raise
             if outcome.result == "error":
                 if token is None:
-                    self._to_spool(batch)
+                    if not self._to_spool(batch):
+                        self._buffer[:0] = batch  # older than the buffer: it goes first on the retry
+                        self._trim_buffer()
                 else:
-                    self._count("dropped", self._spool.release(token))
+                    self._drop(self._spool.release(token), "spool_bound")
                 self._mark_down()
                 return
             self._count("written", len(batch) - outcome.rejected)
@@ -400,32 +455,90 @@ class InfluxSink:
 
     # -- spool and state -----------------------------------------------------------------------
 
-    def _spill(self, count: int) -> None:
-        batch = self._buffer[:count]
-        del self._buffer[:count]
-        for start in range(0, len(batch), self.config.batch_size):
-            self._to_spool(batch[start:start + self.config.batch_size])
+    def _spill(self, count: int, *, force: bool = False) -> None:
+        """Move the oldest ``count`` buffered lines to the spool, batch by batch. What the spool cannot
+        take stays in memory, where only the oldest lines beyond ``max_buffer_lines`` are dropped."""
+        size = self.config.batch_size
+        while count > 0 and self._buffer:
+            n = min(size, count)
+            if not self._to_spool(self._buffer[:n], force=force):
+                break
+            del self._buffer[:n]
+            count -= n
+        self._trim_buffer()
 
-    def _spill_buffer(self) -> None:
+    def _spill_buffer(self, *, force: bool = False) -> None:
         if self._buffer and self._spool is not None:
-            self._spill(len(self._buffer))
+            self._spill(len(self._buffer), force=force)
 
-    def _to_spool(self, batch: list[str]) -> None:
-        assert self._spool is not None
-        before = self._spool.spooled_lines
+    def _to_spool(self, batch: list[str], *, force: bool = False) -> bool:
+        """Append ``batch`` to the spool; False when the spool cannot take it (the caller keeps it).
+        While the spool is not writable this touches the disk only when a probe is due (or ``force``)."""
+        spool = self._spool
+        assert spool is not None
+        if self._spool_fault is not None and not force and time.monotonic() < self._spool_retry_at:
+            return False
+        spooled, dropped = spool.spooled_lines, spool.dropped_lines
         try:
-            dropped = self._spool.append(batch)
+            spool.append(batch, sync=False)  # fsync'd by _sync_loop, off the event loop
         except OSError as err:
-            dropped = len(batch)
-            self._log_once(_Outcome("error", message=f"spool write failed: {err}; check free space and "
-                                                     f"permissions of {self.config.spool_dir}"), len(batch))
-        self._count("spooled", self._spool.spooled_lines - before)
-        self._count("dropped", dropped)
+            self._spool_failed(err, _record_bytes(batch))
+            return False
+        finally:  # the bound may have dropped old batches before the write failed
+            self._drop(spool.dropped_lines - dropped, "spool_bound")
+        self._count("spooled", spool.spooled_lines - spooled)
+        self._spool_ok()
+        return True
+
+    def _trim_buffer(self) -> None:
+        """The memory bound, reached only when the spool cannot be written: drop the oldest lines."""
+        excess = len(self._buffer) - self.config.max_buffer_lines
+        if excess > 0:
+            del self._buffer[:excess]
+            self._drop(excess, self._spool_fault or "spool_unwritable")
+
+    def _probe_spool(self) -> None:
+        """Is the spool writable again? Probed with as many bytes as the batch that failed, so a disk
+        with a little space back does not flap between writable and full."""
+        assert self._spool is not None
+        try:
+            self._spool.check_writable(self._spool_probe_bytes)
+        except OSError as err:
+            self._spool_failed(err, self._spool_probe_bytes)
+        else:
+            self._spool_ok(probe=True)
+
+    def _spool_failed(self, err: OSError, size: int) -> None:
+        reason: DropReason = "spool_full" if err.errno in _DISK_FULL else "spool_unwritable"
+        self._spool_failures += 1
+        self._spool_probe_bytes = size
+        self._spool_retry_at = time.monotonic() + self._backoff(self._spool_failures)
+        if self._spool_fault != reason:
+            what = "the disk is full" if reason == "spool_full" else "it is not writable"
+            log.error("influx sink: cannot write the spool in %s, %s (%s); keeping up to %d lines in memory and "
+                      "dropping the oldest beyond that (cascade_influx_lines_dropped_by_reason_total{reason=\"%s\"}) "
+                      "until it takes data again — free space or fix permissions/mount of spool_dir",
+                      self.config.spool_dir, what, err, self.config.max_buffer_lines, reason)
+        self._spool_fault = reason
+
+    def _spool_ok(self, *, probe: bool = False) -> None:
+        if self._spool_fault is not None:
+            log.warning("influx sink: the spool in %s is writable again (was %s); lines in memory are spooled "
+                        "and replayed in order", self.config.spool_dir, self._spool_fault)
+        self._spool_fault = None
+        if not probe:  # only a real append ends the backoff: a probe cannot prove every batch fits
+            self._spool_failures = 0
 
     def _count(self, name: str, n: int) -> None:
         if n:
             self._counts[name] += n
             getattr(self._metrics, name).inc(n)
+
+    def _drop(self, n: int, reason: DropReason) -> None:
+        if n:
+            self._count("dropped", n)
+            self._dropped_by_reason[reason] += n
+            self._metrics.dropped_by_reason.labels(reason).inc(n)
 
     def _mark_up(self) -> None:
         if not self._up:
@@ -433,14 +546,19 @@ class InfluxSink:
         self._up = True
         self._failures = 0
         self._last_write_time = self._clock()
+        self._last_write_mono = time.monotonic()
 
     def _mark_down(self) -> None:
         self._up = False
         self._failures += 1
+        # Monotonic: a wall-clock jump must neither stall the retries nor fire them all at once.
+        self._retry_at = time.monotonic() + self._backoff(self._failures)
+
+    def _backoff(self, failures: int) -> float:
         cfg = self.config
-        ceiling = min(cfg.retry_max_s, cfg.retry_initial_s * 2 ** min(self._failures - 1, 30))
+        ceiling = min(cfg.retry_max_s, cfg.retry_initial_s * 2 ** min(failures - 1, 30))
         # "Equal jitter": at least half the backoff, so many cabinets do not retry in lockstep.
-        self._retry_at = time.monotonic() + ceiling * (0.5 + 0.5 * self._rng.random())
+        return float(ceiling * (0.5 + 0.5 * self._rng.random()))
 
     def _log_once(self, outcome: _Outcome, lines: int) -> None:
         key = f"{outcome.status} {_error_key(outcome.message)}"
@@ -479,8 +597,14 @@ class _Metrics:
         self.spooled = Counter("cascade_influx_lines_spooled", "Lines written to the disk spool", registry=registry)
         self.replayed = Counter("cascade_influx_lines_replayed", "Spooled lines delivered from the spool",
                                 registry=registry)
-        self.dropped = Counter("cascade_influx_lines_dropped", "Lines lost: spool bound exceeded or spool "
-                               "write failed", registry=registry)
+        self.dropped = Counter("cascade_influx_lines_dropped", "Lines lost: spool bound exceeded, or memory "
+                               "bound exceeded while the spool could not be written", registry=registry)
+        self.dropped_by_reason = Counter(
+            "cascade_influx_lines_dropped_by_reason", "Lines lost, by reason: spool_bound (spool_max_bytes), "
+            "spool_full (disk full), spool_unwritable (read-only, permissions); sums to "
+            "cascade_influx_lines_dropped_total", ["reason"], registry=registry)
+        for reason in _DROP_REASONS:
+            self.dropped_by_reason.labels(reason)
         Gauge("cascade_influx_spool_lines", "Lines waiting in the disk spool", registry=registry) \
             .set_function(lambda: sink._spool.depth_lines if sink._spool else 0)
         Gauge("cascade_influx_spool_bytes", "Bytes of batches waiting in the disk spool", registry=registry) \
@@ -489,6 +613,9 @@ class _Metrics:
             .set_function(lambda: len(sink._buffer))
         Gauge("cascade_influx_up", "1 unless the last write attempt failed", registry=registry) \
             .set_function(lambda: 1 if sink._up else 0)
+        Gauge("cascade_influx_spool_writable", "0 while the spool directory cannot be written (disk full, "
+              "read-only): lines beyond max_buffer_lines are being dropped", registry=registry) \
+            .set_function(lambda: 1 if sink._spool_fault is None else 0)
 
 
 def _classify(status: int, text: str, lines: int) -> _Outcome:
@@ -531,6 +658,18 @@ def _error_key(message: str) -> str:
     """The error without the offending line text or counts, so one kind of error logs once."""
     key = re.sub(r"unable to parse '.*?': ", "unable to parse: ", message, flags=re.S)
     return re.sub(r"dropped=\d+|\d+", "#", key)[:300]
+
+
+def _fsync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _record_bytes(batch: list[str]) -> int:
+    """About the spool record size of ``batch`` (ASCII estimate; the probe needs no more)."""
+    return 16 + sum(4 + len(line) for line in batch)
 
 
 def _body(batch: list[str]) -> bytes:

@@ -31,10 +31,18 @@ are counted in ``torn_batches`` only.)
 
 Delivery is at-least-once: a crash between a successful write and ``commit()`` replays that batch,
 which InfluxDB stores idempotently (same series and timestamp overwrite). Not thread-safe: one owner.
+
+A full or read-only disk: ``append`` raises the ``OSError`` and leaves nothing behind (a partial
+record is truncated away, a segment it created is removed), so the caller can keep the batch and
+try again later. Removing batches (``commit``, the bound) only needs the cursor file rewritten; if
+that fails too, the removal still holds in memory, the failure is logged once and the cursor is
+rewritten at the next removal. A restart before that replays batches already written, which is
+the at-least-once case above. ``check_writable()`` tells whether the directory takes data again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
@@ -55,6 +63,7 @@ _HEADER = struct.Struct("<4sIII")
 _LEN = struct.Struct("<I")
 _MAX_SEGMENT_BYTES = 64 * 1024 * 1024
 _SUFFIX = ".seg"
+_PROBE_BYTES = 4096  # one page: what the smallest record needs on tmpfs and most file systems
 
 
 class SpoolError(CascadeError):
@@ -95,6 +104,8 @@ class DiskSpool:
         self._active: int | None = None  # segment id this process appends to
         self._active_fd: int | None = None
         self._active_size = 0
+        self._cursor_failed = False  # the last cursor rewrite failed (logged once until it works again)
+        self._unsynced = False  # the active segment has appends not fsync'd yet (append(sync=False))
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -111,8 +122,11 @@ class DiskSpool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def append(self, batch: Sequence[str]) -> int:
-        """Store ``batch`` at the tail; returns how many lines were dropped to stay in bounds."""
+    def append(self, batch: Sequence[str], *, sync: bool = True) -> int:
+        """Store ``batch`` at the tail; returns how many lines were dropped to stay in bounds.
+
+        ``sync=False`` leaves the fsync to whoever calls :meth:`sync_handle` (off the event loop), so
+        an async caller never waits for the disk; the segment is fsync'd at the latest when closed."""
         if not batch:
             return 0
         record = _encode_record(batch)
@@ -123,18 +137,19 @@ class DiskSpool:
             return len(batch)
         dropped = 0
         while self.depth_bytes + len(record) > self.max_bytes:
-            dropped += self._pop(dropped=True)
+            dropped += self._pop(dropped=True, sync=sync)
         if dropped:
             log.warning("spool full (%d bytes): dropped the %d oldest lines", self.max_bytes, dropped)
         fd = self._writable_segment()
         offset = self._active_size
         try:
             _write_all(fd, record)
-            if self._fsync:
+            if self._fsync and sync:
                 os.fsync(fd)
+            elif self._fsync:
+                self._unsynced = True
         except OSError:
-            # The segment may now end in a partial record: never append after it.
-            self.close()
+            self._abandon_segment(offset)
             raise
         self._active_size += len(record)
         assert self._active is not None
@@ -187,8 +202,40 @@ class DiskSpool:
                     "counted as dropped", record.lines)
         return record.lines
 
+    def check_writable(self, size: int = 0) -> None:
+        """Raise the ``OSError`` (ENOSPC, EROFS, EACCES, ...) if ``size`` bytes (at least a page) cannot
+        be written to the directory now; the probe file is removed either way."""
+        path = self.directory / "probe.tmp"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                _write_all(fd, bytes(max(size, _PROBE_BYTES)))
+                if self._fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+
+    def sync_handle(self) -> int | None:
+        """A duplicate of the active segment's descriptor if it has appends not fsync'd yet, else None.
+        The caller fsyncs and closes it, e.g. in a thread (the duplicate stays valid even if the spool
+        moves on to a new segment meanwhile)."""
+        if not self._unsynced or self._active_fd is None:
+            return None
+        self._unsynced = False
+        return os.dup(self._active_fd)
+
     def close(self) -> None:
         if self._active_fd is not None:
+            if self._unsynced:
+                self._unsynced = False
+                try:
+                    os.fsync(self._active_fd)
+                except OSError as err:  # closing must go on; the batches are still readable from the cache
+                    log.error("spool: fsync of %s failed (%s); its last batches may not survive a crash",
+                              self._segment_path(self._active or 0), err)
             os.close(self._active_fd)
             self._active_fd = None
             self._active = None
@@ -213,7 +260,7 @@ class DiskSpool:
             return self._records[0]
         return None
 
-    def _pop(self, *, dropped: bool) -> int:
+    def _pop(self, *, dropped: bool, sync: bool = True) -> int:
         """Remove the oldest record; returns the lines counted (0 for a claimed one dropped in flight)."""
         record = self._records.popleft()
         self._head = None
@@ -233,9 +280,21 @@ class DiskSpool:
             cursor = (self._records[0].segment, self._records[0].offset)
         else:
             cursor = (record.segment, record.offset + record.size)
-        self._write_cursor(*cursor)
+        self._write_cursor(*cursor, sync=sync)
         self._delete_segments_before(cursor[0])
         return counted
+
+    def _abandon_segment(self, offset: int) -> None:
+        """A write to the active segment failed: cut it back to its last whole record (removing it if
+        that leaves it empty) and close it, so a full disk neither keeps a torn tail nor fills up with
+        empty segments. If even the truncate fails, the torn tail is skipped when the spool is opened."""
+        assert self._active_fd is not None and self._active is not None
+        path = self._segment_path(self._active)
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._active_fd, offset)
+            if offset == 0:
+                path.unlink()
+        self.close()
 
     def _writable_segment(self) -> int:
         if self._active_fd is not None and self._active_size >= self._segment_bytes:
@@ -259,7 +318,8 @@ class DiskSpool:
         cursor_segment, cursor_offset = self._read_cursor(segments)
         for segment in segments:
             if segment < cursor_segment:
-                self._segment_path(segment).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # read-only at start: the sink still starts
+                    self._segment_path(segment).unlink(missing_ok=True)
                 continue
             start = cursor_offset if segment == cursor_segment else 0
             self._scan(segment, start)
@@ -304,21 +364,37 @@ class DiskSpool:
             log.error("spool: unreadable cursor file %s; replaying from the oldest segment", path)
             return (segments[0] if segments else 0), 0
 
-    def _write_cursor(self, segment: int, offset: int) -> None:
+    def _write_cursor(self, segment: int, offset: int, *, sync: bool = True) -> None:
         tmp = self.directory / "cursor.tmp"
-        with open(tmp, "w") as f:
-            f.write(f"{segment} {offset}\n")
-            if self._fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, self.directory / "cursor")
+        try:
+            with open(tmp, "w") as f:
+                f.write(f"{segment} {offset}\n")
+                if self._fsync and sync:  # unsynced, a crash can only make it older: replay, never loss
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, self.directory / "cursor")
+        except OSError as err:
+            # Full or read-only disk: the batch is gone from the spool in memory either way; a stale
+            # cursor only makes a restart replay batches already written (at-least-once).
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            if not self._cursor_failed:
+                log.error("spool: cannot update %s (%s); a restart now would replay batches already written "
+                          "(duplicates are harmless in InfluxDB); retried at the next removal",
+                          self.directory / "cursor", err)
+            self._cursor_failed = True
+            return
+        if self._cursor_failed:
+            log.info("spool: cursor file %s updated again", self.directory / "cursor")
+            self._cursor_failed = False
 
     def _delete_segments_before(self, segment: int) -> None:
         for old in self._segments():
             if old >= segment:
                 break
             if old != self._active:
-                self._segment_path(old).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # read-only: removed at the next open
+                    self._segment_path(old).unlink(missing_ok=True)
 
 
 def _encode_record(batch: Sequence[str]) -> bytes:
