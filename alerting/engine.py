@@ -356,6 +356,7 @@ class Engine:
         audit_path: str | Path | None = None,
         registry: CollectorRegistry | None = None,
         language: str = DEFAULT_LANGUAGE,
+        elapsed: Callable[[], float] | None = None,
     ) -> None:
         #: Alert texts in the operators' language (ValueError for an unsupported one, at start-up).
         self.texts = AlertTexts(language)
@@ -365,6 +366,10 @@ class Engine:
             raise RuleError(rules[RULE_FAILED].file, RULE_FAILED, "id",
                             "reserved: the engine raises this alert itself when a rule fails; choose another id")
         self.clock = clock
+        # Durations (`for`, clear delays, rate windows, fusion holds) run on a clock that never jumps:
+        # a wall-clock step of an hour must neither raise a 5-minute rule at once nor delay it an hour.
+        # The wall clock stamps transitions. An injected clock (replay, tests) serves as both.
+        self._elapsed = elapsed
         self.state = state if state is not None else AlertStore()
         self.audit_path = Path(audit_path) if audit_path is not None else None
         self.audit: list[dict[str, Any]] = []  # this process's threshold changes
@@ -467,13 +472,14 @@ class Engine:
         """Evaluate every rule for this reading; return (and store) the level transitions."""
         prog = self._program  # one snapshot: a concurrent set_threshold swaps it atomically
         now = self.clock()
+        tick = self._tick()
         out: list[Transition] = []
         site, cab, cab_model = reading.site, reading.cabinet_id, reading.model
         extractors, compiled = prog.scopes["cabinet"]
         if compiled:
             ts = self._target(site, cab, None)
-            values = self._extract(extractors, reading, ts, now, cab, None)
-            self._run(compiled, prog.tables("cabinet", cab_model, None), values, ts, now,
+            values = self._extract(extractors, reading, ts, tick, cab, None)
+            self._run(compiled, prog.tables("cabinet", cab_model, None), values, ts, now, tick,
                       site, cab, None, out)
         extractors, compiled = prog.scopes["slot"]
         if compiled:
@@ -491,15 +497,23 @@ class Engine:
                     ts.forget_history()
                     ts.battery = battery
                 ts.context = context
-                values = self._extract(extractors, slot, ts, now, cab, sid)
+                values = self._extract(extractors, slot, ts, tick, cab, sid)
                 chem = slot.chemistry
                 if chem is not None and type(chem) is not int:
                     chem = None  # garbage chemistry: fall back to base thresholds
-                self._run(compiled, prog.tables("slot", cab_model, chem), values, ts, now,
+                self._run(compiled, prog.tables("slot", cab_model, chem), values, ts, now, tick,
                           site, cab, sid, out)
         if out:
             self.state.apply(out)
         return out
+
+    def _tick(self) -> float:
+        """The steady clock durations run on: ``elapsed`` if given, else the monotonic clock while
+        ``clock`` is the wall clock, else ``clock`` itself (replay swaps in the trace's clock)."""
+        if self._elapsed is not None:
+            return self._elapsed()
+        clock = self.clock
+        return time.monotonic() if clock is time.time else clock()
 
     def _target(self, site: str, cab: str, slot: int | None) -> _TargetState:  # noqa: D401
         key = (site, cab, slot)
@@ -512,7 +526,8 @@ class Engine:
                 ts.battery = alert.battery
         return ts
 
-    def _run(self, compiled, tables, values, ts, now, site, cab, sid, out) -> None:
+    def _run(self, compiled, tables, values, ts, now, tick, site, cab, sid, out) -> None:
+        """``now``: wall time (transition stamps); ``tick``: the steady clock (every duration)."""
         states = ts.rules
         failed: dict[str, str] | None = None  # rule id -> error, only once a rule raised
         for c, tab in zip(compiled, tables):
@@ -520,7 +535,7 @@ class Engine:
                 if c.terms is None:
                     v = values[c.idx]
                 else:
-                    v = self._fuse(c, values, ts, now)
+                    v = self._fuse(c, values, ts, tick)
                 if v is None:
                     continue
                 x = v * tab.sign
@@ -536,7 +551,7 @@ class Engine:
                         continue  # fast path: nothing active, nothing met
                     rs = states[c.id] = _RuleState()
                 old = rs.level
-                new = _advance(rs, tab, x, now)
+                new = _advance(rs, tab, x, tick)
                 if new != old:
                     # Level changes only once its transition exists: engine and store never disagree.
                     out.append(self._transition(c, tab, old, new, v, now, site, cab, sid, ts.battery))

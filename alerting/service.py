@@ -100,12 +100,16 @@ class AlertService:
                  on_pushed: Callable[[list[dict[str, Any]], float], None] | None = None,
                  failed_actions_path: str | Path | None = None,
                  offline_after_s: float | Mapping[tuple[str, str], float] | None = None,
-                 escalate_after_s: float | None = None) -> None:
+                 escalate_after_s: float | None = None, elapsed: Callable[[], float] | None = None) -> None:
         self._feed = feed
         self._emit = emit
         self.engine = engine
         self.store = engine.state
         self._clock = clock
+        # Silence and escalation are durations: measured on a clock that never jumps (a wall-clock step
+        # must neither raise every cabinet offline at once nor hide a silent one for an hour). The wall
+        # clock stamps what is stored and shown. An injected clock (tests) serves as both.
+        self._elapsed: Callable[[], float] = elapsed or (time.monotonic if clock is time.time else clock)
         registry = registry if registry is not None else CollectorRegistry()
         self.pusher = None if alertmanager_url is None else AlertmanagerPusher(
             alertmanager_url, resend_interval_s=resend_interval_s, session=session, registry=registry, clock=clock,
@@ -142,6 +146,8 @@ class AlertService:
             else dict.fromkeys(self._cabinets_seen, float(offline_after_s)) if offline_after_s else {})
         self._offline_after_s = min(self._offline_limits.values(), default=None)
         self._last_seen: dict[tuple[str, str], float] = dict.fromkeys(self._cabinets_seen, clock())
+        self._last_tick: dict[tuple[str, str], float] = dict.fromkeys(self._cabinets_seen, self._elapsed())
+        self._waiting_tick: dict[AlertKey, float] = {}  # unacknowledged level-3 alert -> when first seen (steady)
         # Whether each cabinet was charging a battery at its last reading: a silent cabinet that was
         # (or whose state is unknown) is level 2, one that was idle level 1.
         self._charging: dict[tuple[str, str], bool] = {}
@@ -189,8 +195,9 @@ class AlertService:
                     self._start_action(restart, action)
         self._retry_task = asyncio.create_task(self._retry_loop(), name="protective-action-retry")
         if self._offline_after_s or self._escalate_after_s:
-            now = self._clock()
+            now, tick = self._clock(), self._elapsed()
             self._last_seen = dict.fromkeys(self._last_seen, now)  # the watch starts now, not at construction
+            self._last_tick = dict.fromkeys(self._last_seen, tick)
             self._offline_task = asyncio.create_task(self._watch_loop(), name="offline-and-escalation-watch")
         if self._feed is not None:
             self._feed.subscribe(self.handle_reading)
@@ -229,6 +236,7 @@ class AlertService:
         """The reading subscriber: evaluate, then fan out. Awaits no I/O."""
         where = (reading.site, reading.cabinet_id)
         self._last_seen[where] = self._clock()
+        self._last_tick[where] = self._elapsed()
         self._charging[where] = any(slot.battery_state == BatteryState.CHARGING or (slot.charge_current_a or 0) > 0.5
                                     for slot in reading.slots)
         if self.offline:
@@ -462,16 +470,21 @@ class AlertService:
         """Page the next on-call for every level-3 alert left unacknowledged for ``escalate_after_s``."""
         if not self._escalate_after_s or self.pusher is None:
             return
-        now = self._clock()
+        now, tick = self._clock(), self._elapsed()
         waiting = [(a.key, a.updated_at, a.annotations) for a in self.store.active() if a.level == 3 and a.ack is None]
         waiting += [(f.key, f.raised_at, f.annotations) for f in self.failed.values() if f.ack is None]
-        for key, since, notes_before in waiting:
+        # How long each has waited, on the steady clock from when this watch first saw it (the wall-clock
+        # age, never negative, for what it had waited before: an alert restored at start-up).
+        ticks = {key: self._waiting_tick.get(key, tick - max(0.0, now - since)) for key, since, _ in waiting}
+        self._waiting_tick = ticks
+        for key, _since, notes_before in waiting:
             labels = self._fired.get(key)
-            if key in self.escalated or labels is None or now - since < self._escalate_after_s:
+            waited = tick - ticks[key]
+            if key in self.escalated or labels is None or waited < self._escalate_after_s:
                 continue
             copy = {**labels, "escalation": "1"}
             self.escalated[key] = copy
-            minutes = (now - since) / 60
+            minutes = waited / 60
             notes = {**notes_before, "summary": f"ESCALATED, unacknowledged for {minutes:.0f} min: "
                                                 f"{notes_before.get('summary', key.rule)}"}
             log.warning("alert %s at level 3 unacknowledged for %.0f min: paging the next on-call", key, minutes)
@@ -488,16 +501,16 @@ class AlertService:
         charging at its last reading (or never reported), level 1 when it was idle."""
         if not self._offline_limits:
             return
-        now = self._clock()
+        now, tick = self._clock(), self._elapsed()
         for (site, cabinet), seen in self._last_seen.items():
             key = AlertKey(CABINET_OFFLINE, site, cabinet, None)
             limit = self._offline_limits.get((site, cabinet))
-            if limit is None or now - seen < limit or key in self.offline:
+            silent = tick - self._last_tick.get((site, cabinet), tick)
+            if limit is None or silent < limit or key in self.offline:
                 continue
             self.offline[key] = seen
             level = self._offline_level[key] = 2 if self._charging.get((site, cabinet), True) else 1
             labels = alert_labels(CABINET_OFFLINE, level, site, cabinet)
-            silent = now - seen
             annotations = {
                 "summary": f"L{level} cabinet {site}/{cabinet} silent for {silent:.0f} s: its safety sensors are "
                            "unwatched",

@@ -100,12 +100,15 @@ class VehicleIngest:
     def __init__(self, devices: DeviceRegistry, *, sink: PointSink | None, metrics: IngestMetrics | None = None,
                  gate: Gate | None = None, clock: Callable[[], float] = time.time,
                  window_s: float = REPLAY_WINDOW_S,
-                 on_reading: Callable[[VehicleReading], None] | None = None) -> None:
+                 on_reading: Callable[[VehicleReading], None] | None = None,
+                 elapsed: Callable[[], float] | None = None) -> None:
         self.devices = devices
         self.sink = sink
         self.metrics = metrics if metrics is not None else IngestMetrics()
         self.gate = gate if gate is not None else Gate()
-        self.clock = clock
+        self.clock = clock  # wall clock: report freshness, receive time
+        # Rate-limit refills are durations: on a clock that never jumps (an injected clock serves as both).
+        self.elapsed: Callable[[], float] = elapsed or (time.monotonic if clock is time.time else clock)
         self.window_s = window_s
         self.on_reading = on_reading
         self._logged: set[tuple[str, str]] = set()
@@ -136,7 +139,7 @@ class VehicleIngest:
             if late is not None:
                 return self._refuse(transport, late, f"report time {msg.ts} ms is {msg.ts / 1000 - now:+.0f} s "
                                     f"from the platform's clock (window ±{self.window_s:.0f} s)", sender, msg.seq)
-        refused = self.gate.admit(sender, msg.seq, msg.ts, now)
+        refused = self.gate.admit(sender, msg.seq, msg.ts, self.elapsed())
         if refused is not None:
             return self._refuse(transport, refused, f"seq {msg.seq}", sender, msg.seq)
         reading, problems = to_reading(msg, fleet=known.fleet, received_ns=int(now * 1e9))

@@ -100,14 +100,15 @@ class MqttIngest:
         outcome = self.ingest.accept(bytes(data), transport="mqtt", device=vehicle, fleet=fleet)
         if outcome.ok or outcome.reason in _QUIET:
             return
-        now = self.clock()
-        if now - self._answered.get(vehicle, 0.0) < _REJECT_EVERY_S:
+        tick = time.monotonic()  # the throttle is a duration; server_time_ms is the wall clock
+        last = self._answered.get(vehicle)
+        if last is not None and tick - last < _REJECT_EVERY_S:
             return
         if len(self._answered) > 100_000:
             self._answered.clear()
-        self._answered[vehicle] = now
+        self._answered[vehicle] = tick
         event = {"seq": outcome.seq, "reason": outcome.reason, "detail": outcome.detail,
-                 "server_time_ms": int(now * 1000)}
+                 "server_time_ms": int(self.clock() * 1000)}
         try:
             await client.publish(topic(fleet, vehicle, "reject"), self._encoder.encode(event), qos=0)
         except aiomqtt.MqttError as err:

@@ -162,7 +162,7 @@ class Gate:
                 del self._state[next(iter(self._state))]
             self._state[device] = [seq, 1, ts_ms, self.burst - 1.0, now]
             return None
-        tokens = min(self.burst, state[3] + (now - state[4]) * self.rate_per_s)
+        tokens = min(self.burst, state[3] + max(0.0, now - state[4]) * self.rate_per_s)
         state[4] = now
         if tokens < 1.0:
             state[3] = tokens
