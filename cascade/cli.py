@@ -310,6 +310,24 @@ def build_parser() -> argparse.ArgumentParser:
     notify.add_argument("--port", type=int, default=9120)
     notify.set_defaults(func=_cmd_notify)
 
+    from cascade.backup import add_arguments as add_backup_arguments
+    from cascade.backup import add_restore_arguments, run_backup, run_restore
+    bk = sub.add_parser("backup", help="back up InfluxDB, alert state, audit logs, device registry and configs "
+                                       "into one checksummed archive",
+                        description="Back up the InfluxDB database (influxd backup -portable over its RPC port), the "
+                                    "alert state, failed actions, threshold audit, notifier delivery log, vehicle "
+                                    "device registry and the configuration into a .tar.gz with a MANIFEST.json "
+                                    "(docs/backup.md). Exit 2 on bad input.")
+    add_backup_arguments(bk)
+    bk.set_defaults(func=run_backup)
+    rs = sub.add_parser("restore", help="verify a backup, restore it into a new InfluxDB database, check it, then "
+                                        "switch over",
+                        description="Check every checksum, restore the database under a new name, compare counts and "
+                                    "sample points with the manifest, then write the state files (docs/backup.md). "
+                                    "Exit 0 ok, 1 a check failed, 2 bad input or damaged archive.")
+    add_restore_arguments(rs)
+    rs.set_defaults(func=run_restore)
+
     ingest = sub.add_parser("ingest", help="run one vehicle ingest worker (MQTT shared subscription + HTTPS)",
                             description="Receive vehicle reports over MQTT (one share of the group's shared "
                                         "subscription) and HTTPS batches, check who sent them, store them in "
