@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry, Counter
 from alerting.i18n import DEFAULT_LANGUAGE, N_, AlertTexts, for_level
 from alerting.rules import Input, Rule, RuleError, RuleSet, finite_number, short_repr
 from alerting.state import Alert, AlertStore, Target, Transition, alert_labels
-from core.model import BatteryState, CabinetReading, SlotReading
+from core.model import VEHICLE_MODEL, BatteryState, CabinetReading, SlotReading
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,11 @@ _RATE_MAXLEN = 256  # bounds memory if a cabinet polls much faster than the wind
 class _TargetState:
     """Per (site, cabinet, slot): input buffers and per-rule level state."""
 
-    __slots__ = ("battery", "buffers", "prev", "holds", "rules", "failing", "notice", "context")
+    __slots__ = ("battery", "buffers", "prev", "holds", "rules", "failing", "notice", "context", "vehicle")
 
     def __init__(self) -> None:
         self.battery: str | None = None
+        self.vehicle = False  # a vehicle's pack (core.model.VEHICLE_MODEL): no slot, no cabinet action
         self.buffers: dict[tuple, deque] = {}  # rate_of windows
         self.prev: dict[tuple, float] = {}  # jump: previous value
         self.holds: dict[tuple, tuple[float, float]] = {}  # fusion hold: (strength, at)
@@ -482,6 +483,7 @@ class Engine:
             self._run(compiled, prog.tables("cabinet", cab_model, None), values, ts, now, tick,
                       site, cab, None, out)
         extractors, compiled = prog.scopes["slot"]
+        vehicle = cab_model == VEHICLE_MODEL
         if compiled:
             context = _context(prog.context_needs, reading) if prog.context_needs else None
             for slot in reading.slots:
@@ -497,6 +499,7 @@ class Engine:
                     ts.forget_history()
                     ts.battery = battery
                 ts.context = context
+                ts.vehicle = vehicle
                 values = self._extract(extractors, slot, ts, tick, cab, sid)
                 chem = slot.chemistry
                 if chem is not None and type(chem) is not int:
@@ -554,7 +557,7 @@ class Engine:
                 new = _advance(rs, tab, x, tick)
                 if new != old:
                     # Level changes only once its transition exists: engine and store never disagree.
-                    out.append(self._transition(c, tab, old, new, v, now, site, cab, sid, ts.battery))
+                    out.append(self._transition(c, tab, old, new, v, now, site, cab, sid, ts.battery, ts.vehicle))
                     rs.level = new
                 if new == 0 and rs.down_since is None and not any(rs.since):
                     del states[c.id]
@@ -673,7 +676,7 @@ class Engine:
                 evidence.append(f"{label}={v if v is None else round(v, 3)} ({weight * s:.2f})")
         return score if seen else None
 
-    def _transition(self, c, tab, old, new, value, now, site, cab, sid, battery) -> Transition:
+    def _transition(self, c, tab, old, new, value, now, site, cab, sid, battery, vehicle=False) -> Transition:
         rule = c.rule
         if new == 0:
             kind, shown = "clear", old
@@ -684,9 +687,11 @@ class Engine:
         lv = tab.raw.get(shown)  # a level the rule no longer has (stored before a catalogue change)
         evidence = "; ".join(self._evidence) if c.terms else ""
         annotations = render_annotations(self.texts, rule, shown, value, lv.threshold if lv is not None else "-",
-                                         (site, cab, sid), battery, evidence=evidence, cleared=kind == "clear")
+                                         (site, cab, sid), battery, evidence=evidence, cleared=kind == "clear",
+                                         vehicle=vehicle)
         diagnosis, action = annotations["diagnosis"], annotations["action"]
-        labels = alert_labels(rule.id, shown, site, cab, sid, battery)
+        # A vehicle's pack: `vehicle` names it (routing still groups by `cabinet`, the target's device id).
+        labels = alert_labels(rule.id, shown, site, cab, sid, battery, **({"vehicle": cab} if vehicle else {}))
         return Transition(
             rule=rule.id,
             target=Target(site, cab, sid, battery),
@@ -697,7 +702,10 @@ class Engine:
             at=now,
             diagnosis=diagnosis,
             action=action,
-            protective_action=lv.protective_action if lv is not None and kind in ("raise", "escalate") else None,
+            # A cabinet's cut-off has no counterpart on a vehicle (its commands are part of the vehicle
+            # functions): the alert tells people what to do instead (the action text).
+            protective_action=(lv.protective_action if lv is not None and kind in ("raise", "escalate")
+                               and not vehicle else None),
             labels=labels,
             annotations=annotations,
         )
@@ -769,7 +777,7 @@ def _advance(rs: _RuleState, tab: _Table, x: float, now: float) -> int:
 
 def render_annotations(texts: AlertTexts, rule: Rule, level: int, value: Any, threshold: Any,
                        target: tuple[str, str, int | None], battery: str | None, *, evidence: str = "",
-                       cleared: bool = False) -> dict[str, str]:
+                       cleared: bool = False, vehicle: bool = False) -> dict[str, str]:
     """A transition's ``summary``, ``diagnosis`` and ``action`` in ``texts``' language.
 
     The summary leads with the level, then what (the rule's name and the value with its unit),
@@ -796,9 +804,11 @@ def render_annotations(texts: AlertTexts, rule: Rule, level: int, value: Any, th
                              reading=reading or texts.tr("value {value}", value=_number_text(value)))
     return {
         "summary": texts.tr("L{level} {name}{reading} at {where}", level=level, name=name,
-                            reading=f" {reading}" if reading else "", where=_place(texts, target)),
+                            reading=f" {reading}" if reading else "",
+                            where=_vehicle_place(texts, target) if vehicle else _place(texts, target)),
         "diagnosis": diagnosis,
-        "action": for_level(texts.rule_text(rule.action, fmt), level),
+        "action": (_vehicle_action(texts, level, battery) if vehicle
+                   else for_level(texts.rule_text(rule.action, fmt), level)),
     }
 
 
@@ -901,6 +911,23 @@ def _notice_cleared(texts: AlertTexts, labels: dict[str, str], diagnosis: str, b
                                          where=_place(texts, target)),
                      "diagnosis": diagnosis, "action": nothing},
     )
+
+
+def _vehicle_place(texts: AlertTexts, target: tuple[str, str, int | None]) -> str:
+    """Where a vehicle's pack is: ``bj/V000123 battery`` (``bj/V000123号车 电池``)."""
+    return texts.tr("{fleet}/{vehicle} battery", fleet=target[0], vehicle=target[1])
+
+
+def _vehicle_action(texts: AlertTexts, level: int, battery: str | None) -> str:
+    """What to do about a vehicle's pack: the cabinet actions (cut off a slot) do not apply to it."""
+    pack = battery or texts.tr("(unknown)")
+    if level >= 3:
+        return texts.tr("Call the rider now: stop, get off, keep away from the battery and from buildings and "
+                        "people; send staff. Battery {battery}.", battery=pack)
+    if level == 2:
+        return texts.tr("Tell the rider to end the ride and swap battery {battery} at the nearest station; "
+                        "inspect it before it is issued again.", battery=pack)
+    return texts.tr("Watch battery {battery}; inspect it at its next swap.", battery=pack)
 
 
 def _place(texts: AlertTexts, target: tuple[str, str, int | None]) -> str:

@@ -235,10 +235,11 @@ class AlertService:
     async def handle_reading(self, reading: CabinetReading) -> None:
         """The reading subscriber: evaluate, then fan out. Awaits no I/O."""
         where = (reading.site, reading.cabinet_id)
-        self._last_seen[where] = self._clock()
-        self._last_tick[where] = self._elapsed()
-        self._charging[where] = any(slot.battery_state == BatteryState.CHARGING or (slot.charge_current_a or 0) > 0.5
-                                    for slot in reading.slots)
+        if where in self._offline_limits:  # watched for silence (cabinets; a vehicle's rate is its own rule)
+            self._last_seen[where] = self._clock()
+            self._last_tick[where] = self._elapsed()
+            self._charging[where] = any(slot.battery_state == BatteryState.CHARGING
+                                        or (slot.charge_current_a or 0) > 0.5 for slot in reading.slots)
         if self.offline:
             self._back_online(where)
         transitions = self.engine.evaluate(reading)

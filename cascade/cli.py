@@ -51,6 +51,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
         alerting_settings(config)  # refused here, as one line, not as a traceback from start-up
+        if config.vehicles is not None and config.vehicles.watch and config.vehicles.mqtt is not None:
+            from collectors.vehicles.trust import DeviceRegistry
+            DeviceRegistry.load(config.vehicles.devices)  # the vehicle watch checks reports against it
     except CascadeError as err:
         print(f"cascade: configuration error: {err}", file=sys.stderr)
         return 2

@@ -28,6 +28,8 @@ from collectors.modbus.planner import plan_reads
 from collectors.modbus.profile import Profile, ProfileError, find_profile
 from collectors.modbus.settings import CabinetConfig, ModbusSettings
 from collectors.vehicles.settings import HttpsSettings, MqttSettings, VehicleSettings
+from collectors.vehicles.watch import KIND as VEHICLES
+from collectors.vehicles.watch import VehicleWatchSettings
 from core.env import expand_env
 from core.errors import InputError
 from core.validation import (
@@ -78,9 +80,15 @@ class AppConfig:
     def source_settings(self) -> dict[str, object]:
         """Source kind → the settings its builder takes (``collectors.SOURCE_KINDS``).
 
-        Today every cabinet is polled over Modbus; pushed kinds add their own entry here.
+        Cabinets are polled over Modbus; with a ``vehicles`` section (``watch: true``) the vehicle watch
+        feeds every report of its fleets to the warning engine (collectors/vehicles/watch.py).
         """
-        return {MODBUS: ModbusSettings(self.cabinets, self.profiles, self.jitter, self.backoff_cap_s)}
+        kinds: dict[str, object] = {
+            MODBUS: ModbusSettings(self.cabinets, self.profiles, self.jitter, self.backoff_cap_s)}
+        v = self.vehicles
+        if v is not None and v.watch and v.mqtt is not None:
+            kinds[VEHICLES] = VehicleWatchSettings(v.mqtt, v.devices, tuple(v.watch_fleets), v.replay_window_s)
+        return kinds
 
 
 # --- value types -------------------------------------------------------------------------------

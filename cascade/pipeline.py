@@ -151,6 +151,9 @@ class Pipeline:
     async def handle(self, report: Report) -> None:
         """Fan one report out to the sink, the exporter and the subscribers."""
         reading = report.reading
+        if report.watch_only:
+            await self._call_hooks(reading)
+            return
         self.readings_total += len(reading.slots)
         if report.errors:
             self.field_errors_total += len(report.errors)
@@ -165,6 +168,9 @@ class Pipeline:
         if self.sink is not None:
             self.sink.submit((reading,))
         self.metrics.observe(reading, report.requests, [e.field for e in report.errors], report.source)
+        await self._call_hooks(reading)
+
+    async def _call_hooks(self, reading: CabinetReading) -> None:
         for hook in self.hooks:
             try:
                 outcome = hook(reading)

@@ -15,6 +15,8 @@ from collectors.modbus.settings import ModbusSettings
 from collectors.modbus.source import KIND as MODBUS
 from collectors.modbus.source import ModbusSource
 from collectors.runner import PollMetrics
+from collectors.vehicles.watch import KIND as VEHICLES
+from collectors.vehicles.watch import VehicleWatchSettings, VehicleWatchSource
 from core.ports import Emit, Source
 
 __all__ = ["SOURCE_KINDS", "SourceBuilder", "build_source"]
@@ -24,6 +26,7 @@ SourceBuilder = Callable[..., Source]
 
 SOURCE_KINDS: dict[str, tuple[type, SourceBuilder]] = {
     MODBUS: (ModbusSettings, ModbusSource),
+    VEHICLES: (VehicleWatchSettings, VehicleWatchSource),
 }
 """Source kind → (its settings type, its builder)."""
 

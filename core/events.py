@@ -43,6 +43,9 @@ class Report:
     requests: int = 0
     failed_reads: int = 0
     source: str = ""  # the source kind that produced it (metrics label)
+    # Evaluated by the warning engine only: another process stores and exports it (vehicle reports,
+    # stored by the ingest workers; the watch in `cascade run` only feeds the engine).
+    watch_only: bool = False
 
 
 @dataclass(slots=True)

@@ -29,6 +29,7 @@ __all__ = [
     "Chemistry",
     "EmergencyState",
     "SlotReading",
+    "VEHICLE_MODEL",
     "VehicleReading",
     "VehicleState",
     "CABINET_FIELDS",
@@ -268,6 +269,11 @@ class CabinetReading:
     distribution_state_unmapped: int | None = None
     # Values of the profile's cabinet-wide `extra:` registers (no Cascade field), by extra name
     extra: Mapping[str, ExtraValue] = field(default_factory=_no_extra)
+
+
+VEHICLE_MODEL = "vehicle"
+"""The ``model`` of a :class:`CabinetReading` that carries a vehicle's pack (its one slot) to the warning
+engine: the battery rules read it as they read a cabinet slot; alerts say vehicle, not cabinet."""
 
 
 @dataclass(slots=True)

@@ -149,6 +149,8 @@ def _level(t: Texts, level: str) -> str:
 def _engine_place(t: Texts, labels: Mapping[str, str]) -> str:
     """The place as the engine writes it in a summary (alerting/engine.py ``_place``)."""
     site, cabinet, slot = labels.get("site", ""), labels.get("cabinet", ""), labels.get("slot", "")
+    if labels.get("vehicle"):
+        return t.tr("{fleet}/{vehicle} battery", fleet=site, vehicle=labels["vehicle"])
     if slot:
         return t.tr("{site}/{cabinet} slot {slot}", site=site, cabinet=cabinet, slot=slot)
     return "/".join(v for v in (site, cabinet) if v)
@@ -164,6 +166,8 @@ def _place(t: Texts, labels: Mapping[str, str]) -> str:
 
 def _voice_place(t: Texts, labels: Mapping[str, str]) -> str:
     site, cabinet, slot = labels.get("site", ""), labels.get("cabinet", ""), labels.get("slot", "")
+    if labels.get("vehicle"):
+        return t.ptr("voice", "{fleet}, vehicle {vehicle}, its battery", fleet=site, vehicle=labels["vehicle"])
     if cabinet and slot:
         return t.ptr("voice", "{site}, cabinet {cabinet}, slot {slot}", site=site, cabinet=cabinet, slot=slot)
     if cabinet:

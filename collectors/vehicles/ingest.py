@@ -61,6 +61,7 @@ class Outcome:
     vehicle: str = ""
     seq: int | None = None
     fields_rejected: int = 0
+    reading: VehicleReading | None = None  # what was stored
 
     @property
     def ok(self) -> bool:
@@ -157,7 +158,7 @@ class VehicleIngest:
             self.on_reading(reading)
         self.metrics.accepted.labels(transport).inc()
         self.metrics.lag.observe(max(0.0, now - msg.ts / 1000.0))
-        return Outcome(vehicle=sender, seq=msg.seq, fields_rejected=len(problems))
+        return Outcome(vehicle=sender, seq=msg.seq, fields_rejected=len(problems), reading=reading)
 
     def refuse(self, transport: str, reason: str, detail: str, device: str = "?") -> Outcome:
         """Count and log a refusal decided by a transport (bad signature, malformed request)."""

@@ -16,10 +16,12 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import aiomqtt
 import msgspec
+
+from core.model import VehicleReading
 
 from .ingest import VehicleIngest
 from .settings import MqttSettings
@@ -43,14 +45,24 @@ def shared_subscription(group: str) -> str:
 
 
 class MqttIngest:
-    """Consumes the shared subscription until cancelled; reconnects with back-off."""
+    """Consumes the shared subscription until cancelled; reconnects with back-off.
+
+    ``subscriptions``: topic filters instead of the group's shared subscription (the warning watch
+    takes every report of its fleets); ``answer``: publish rejection events (the ingest workers do;
+    a watch stays silent); ``on_accepted``: awaited with every accepted reading.
+    """
 
     def __init__(self, settings: MqttSettings, ingest: VehicleIngest, *, client_id: str,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, subscriptions: Sequence[str] | None = None,
+                 answer: bool = True,
+                 on_accepted: Callable[[VehicleReading], Awaitable[None]] | None = None) -> None:
         self.settings = settings
         self.ingest = ingest
         self.client_id = client_id
         self.clock = clock
+        self.subscriptions = list(subscriptions) if subscriptions else [shared_subscription(settings.group)]
+        self.answer = answer
+        self.on_accepted = on_accepted
         self.connected = asyncio.Event()
         self.received = 0
         self._answered: dict[str, float] = {}
@@ -81,9 +93,10 @@ class MqttIngest:
                 s.host, s.port, username=s.username or None, password=s.password or None,
                 identifier=self.client_id, protocol=aiomqtt.ProtocolVersion.V5, keepalive=s.keepalive_s,
                 tls_context=self._tls(), max_queued_incoming_messages=10_000) as client:
-            await client.subscribe(shared_subscription(s.group), qos=1)
+            for subscription in self.subscriptions:
+                await client.subscribe(subscription, qos=1)
             self.connected.set()
-            log.info("MQTT ingest %s subscribed to %s on %s:%s", self.client_id, shared_subscription(s.group),
+            log.info("MQTT %s subscribed to %s on %s:%s", self.client_id, ", ".join(self.subscriptions),
                      s.host, s.port)
             async for message in client.messages:
                 self.received += 1
@@ -98,7 +111,9 @@ class MqttIngest:
             return
         fleet, vehicle = parts[2], parts[3]
         outcome = self.ingest.accept(bytes(data), transport="mqtt", device=vehicle, fleet=fleet)
-        if outcome.ok or outcome.reason in _QUIET:
+        if outcome.ok and self.on_accepted is not None and outcome.reading is not None:
+            await self.on_accepted(outcome.reading)
+        if outcome.ok or outcome.reason in _QUIET or not self.answer:
             return
         tick = time.monotonic()  # the throttle is a duration; server_time_ms is the wall clock
         last = self._answered.get(vehicle)

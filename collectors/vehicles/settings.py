@@ -6,7 +6,7 @@ from typing import Annotated
 
 from annotated_types import MinLen
 
-from core.validation import Field, Float, Int, Model
+from core.validation import Bool, Field, Float, Int, Model
 
 __all__ = ["HttpsSettings", "MqttSettings", "VehicleSettings"]
 
@@ -48,3 +48,8 @@ class VehicleSettings(Model):
     rate_per_s: Float = Field(default=0.5, gt=0, description="reports per second a device may keep sending")
     burst: Float = Field(default=30, ge=1, description="reports a device may send at once before the rate applies")
     replay_window_s: Float = Field(default=300, gt=0, description="± seconds a report's time may be from ours")
+    watch: Bool = Field(default=True,
+                        description="true: `cascade run` evaluates the battery rules on every report of the "
+                                    "fleets in watch_fleets (its own MQTT subscription); false: vehicles are stored only")
+    watch_fleets: list[Text] = Field(default=["+"],
+                                     description="the fleets this `cascade run` watches, e.g. [bj, sh]; [\"+\"] = all")
