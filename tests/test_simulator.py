@@ -243,18 +243,17 @@ def test_fleet_file_lists_every_cabinet(tmp_path):
     assert len(doc["cabinets"]) == 5
 
 
-def test_many_cabinets_are_cheap():
+def test_a_thousand_cabinet_fleet_serves_every_planned_read():
+    # Speed is the collector bench's business (`cascade bench collector`); here: every read of every
+    # planned request is answered, with the registers it asked for.
     clock = ManualClock()
     fleet: Fleet = build_fleet([("reference-cabinet", find_profile("reference-cabinet"))], cabinets=1000,
                                clock=clock)
     clock.now += 5
-    import time
-
-    started = time.perf_counter()
     for cab in fleet.cabinets[:200]:
         for request in plan_reads(cab.profile, cab.slot_count):
-            assert fleet.read(cab, request.register_type, request.address, request.count) is not None
-    assert time.perf_counter() - started < 5  # 200 cabinet polls; generous for slow CI
+            registers = fleet.read(cab, request.register_type, request.address, request.count)
+            assert registers is not None and len(registers) == request.count
 
 
 def _args(tmp_path, base: int, **overrides) -> argparse.Namespace:
