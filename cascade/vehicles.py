@@ -108,7 +108,10 @@ def mosquitto_conf(*, port: int, passwd: Path, acl: Path, host: str = "127.0.0.1
         # Started as root, Mosquitto would switch to user `mosquitto`, who cannot read these files.
         f"user {getpass.getuser()}",
         "per_listener_settings false", "allow_anonymous false", f"password_file {passwd}", f"acl_file {acl}",
-        "persistence false", "max_inflight_messages 100", "max_queued_messages 10000",
+        # A worker that falls behind must find its messages queued, not dropped: a deep queue per client
+        # (bounded in bytes), while the worker buffers what it received (collectors/vehicles/mqtt.py).
+        "persistence false", "max_inflight_messages 100", "max_queued_messages 1000000",
+        "max_queued_bytes 1073741824",
         f"listener {port} {host}",
     ]
     if tls_port is not None:

@@ -222,11 +222,17 @@ async def test_https_refuses_forged_replayed_stale_unknown_and_oversized(devices
         big = b"[" + b",".join([report("V000002", 10 + i, int(time.time() * 1000)) for i in range(200)]) + b"]"
         status, answer = await post(_headers(devices, "V000002", big), big)
         assert status == 413 and answer["error"] == "too_large"
+        # A device that was offline posts what it buffered: one request, many reports, no rate limit hit.
+        now_ms = int(time.time() * 1000)
+        buffered = b"[" + b",".join([report("V000002", 1000 + i, now_ms - 3_000_000 + i * 60_000)
+                                     for i in range(45)]) + b"]"
+        status, answer = await post(_headers(devices, "V000002", buffered), buffered)
+        assert status == 200 and answer["accepted"] == 45 and not answer["refused"], answer
         # Another device's valid signature over a report that names V000002: refused per report.
         status, answer = await post(_headers(devices, "V000003", body))
         assert status == 422 and answer["refused"][0]["reason"] == "wrong_device"
     await server.close()
-    assert len(sink.points) == 1
+    assert len(sink.points) == 1 + 45
     for reason in ("bad_signature", "stale", "unknown_device", "bad_request", "replayed", "too_large", "wrong_device"):
         assert rejected(ingest.metrics, "https", reason) >= 1, reason
 

@@ -91,6 +91,8 @@ def https_app(settings: HttpsSettings, ingest: VehicleIngest, *, downlink: Downl
         who = await authenticate(request, body)
         if isinstance(who, web.Response):
             return who
+        if ingest.gate.charge(who, ingest.elapsed()) is not None:  # one token per request, not per report
+            return refuse(429, "rate_limited", "the device posts faster than its limit", who)
         items = decode_batch(body) if body.lstrip()[:1] == b"[" else [body]
         if len(items) > settings.max_batch:
             return refuse(413, "too_large", f"{len(items)} reports; a batch holds at most {settings.max_batch}", who)
@@ -101,7 +103,7 @@ def https_app(settings: HttpsSettings, ingest: VehicleIngest, *, downlink: Downl
                 ingest.refuse("https", item.reason, str(item), who)
                 results.append({"index": index, "reason": item.reason, "detail": str(item)})
                 continue
-            outcome = ingest.accept(item, transport="https", device=who, check_time=False)
+            outcome = ingest.accept(item, transport="https", device=who, check_time=False, charge=False)
             if outcome.ok:
                 accepted += 1
                 if outcome.fields_rejected:

@@ -115,11 +115,13 @@ class VehicleIngest:
         self._logged: set[tuple[str, str]] = set()
 
     def accept(self, data: bytes, *, transport: str, device: str | None, fleet: str | None = None,
-               check_time: bool = True) -> Outcome:
+               check_time: bool = True, charge: bool = True) -> Outcome:
         """Store one report sent by the authenticated ``device`` (``None``: take the id from the
         report, for trusted bridges). ``fleet``: the fleet named by the MQTT topic, checked against
         the device's. ``check_time``: refuse reports outside the replay window (MQTT; an HTTPS post is
-        checked once, on its signed header, so a device may post reports it buffered offline)."""
+        checked once, on its signed header, so a device may post reports it buffered offline).
+        ``charge``: count the report against the device's rate limit (MQTT); an HTTPS request is
+        charged once, whatever the number of reports it carries."""
         now = self.clock()
         try:
             msg = decode(data)
@@ -140,7 +142,7 @@ class VehicleIngest:
             if late is not None:
                 return self._refuse(transport, late, f"report time {msg.ts} ms is {msg.ts / 1000 - now:+.0f} s "
                                     f"from the platform's clock (window ±{self.window_s:.0f} s)", sender, msg.seq)
-        refused = self.gate.admit(sender, msg.seq, msg.ts, self.elapsed())
+        refused = self.gate.admit(sender, msg.seq, msg.ts, self.elapsed(), charge=charge)
         if refused is not None:
             return self._refuse(transport, refused, f"seq {msg.seq}", sender, msg.seq)
         reading, problems = to_reading(msg, fleet=known.fleet, received_ns=int(now * 1e9))

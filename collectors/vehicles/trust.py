@@ -155,19 +155,38 @@ class Gate:
     def __len__(self) -> int:
         return len(self._state)
 
-    def admit(self, device: str, seq: int, ts_ms: int, now: float) -> str | None:
+    def admit(self, device: str, seq: int, ts_ms: int, now: float, *, charge: bool = True) -> str | None:
+        """``charge``: take a token for this report (MQTT); an HTTPS batch is charged once per request
+        (:meth:`charge`) and its reports, buffered while the device was offline, only de-duplicated."""
         state = self._state.get(device)
         if state is None:
             if len(self._state) >= self.max_devices:
                 del self._state[next(iter(self._state))]
-            self._state[device] = [seq, 1, ts_ms, self.burst - 1.0, now]
+            self._state[device] = [seq, 1, ts_ms, self.burst - (1.0 if charge else 0.0), now]
             return None
+        if charge and self._take(state, now):
+            return "rate_limited"
+        return self._dedupe(state, seq, ts_ms)
+
+    def charge(self, device: str, now: float) -> str | None:
+        """Take one token for a request of ``device``: ``rate_limited`` when its bucket is empty."""
+        state = self._state.get(device)
+        if state is None:
+            return None  # its first report creates its state (with a full bucket less this request)
+        return "rate_limited" if self._take(state, now) else None
+
+    def _take(self, state: list[float], now: float) -> bool:
+        """Refill, then take a token; True when there was none."""
         tokens = min(self.burst, state[3] + max(0.0, now - state[4]) * self.rate_per_s)
         state[4] = now
         if tokens < 1.0:
             state[3] = tokens
-            return "rate_limited"
+            return True
         state[3] = tokens - 1.0
+        return False
+
+    @staticmethod
+    def _dedupe(state: list[float], seq: int, ts_ms: int) -> str | None:
         high = int(state[0])
         bitmap = int(state[1])
         if seq > high:
