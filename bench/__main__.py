@@ -11,7 +11,7 @@ import sys
 __all__ = ["main"]
 
 _SUITES = {"collector": "bench.collector", "lineprotocol": "bench.lineprotocol", "warnings": "bench.warnings",
-           "latency": "bench.latency"}
+           "latency": "bench.latency", "vehicles": "bench.vehicles"}
 
 
 def main(argv: list[str] | None = None) -> int:

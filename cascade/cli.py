@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, help_text in (
         ("scenario", _cmd_scenario, "inject a fault scenario file into a running simulator"),
         ("replay", _cmd_replay, "replay a recorded trace through the warning engine"),
-        ("bench", _cmd_bench, "run benchmarks (collector, line protocol, warnings)"),
+        ("bench", _cmd_bench, "run benchmarks (collector, line protocol, warnings, latency, vehicles)"),
     ):
         p = sub.add_parser(name, help=help_text, add_help=False, description=help_text)
         p.add_argument("argv", nargs=argparse.REMAINDER)
