@@ -45,6 +45,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from alerting.actions import ActionPolicy, ActionRecord, ActionRunner, Command
 from alerting.alertmanager import AlertmanagerPusher
 from alerting.engine import Engine
+from alerting.engine import _place as place_text
+from alerting.i18n import N_, AlertTexts
 from alerting.state import SEVERITY, Ack, Alert, AlertKey, Target, Transition, alert_labels
 from core.events import AlertEvent
 from core.model import BatteryState, CabinetReading
@@ -327,9 +329,9 @@ class AlertService:
             if existing is not None:
                 del self.failed[key]
                 self._save_failed()
-                self._resolve(key, {**existing.annotations,
-                                    "diagnosis": f"Resolved: {command.name}={command.value} now reads back "
-                                                 f"{record.readback} (by {record.actor})."})
+                self._resolve(key, {**existing.annotations, "diagnosis": self.engine.texts.tr(
+                    "Resolved: {name}={value} now reads back {readback} (by {actor}).", name=command.name,
+                    value=command.value, readback=record.readback, actor=record.actor)})
                 self._submit([_alert_event(ACTION_FAILED, command.site, command.cabinet, command.slot, "critical",
                                           0, 3, "clear", None, battery, existing.annotations, time.time_ns())])
                 self._update_gauge()
@@ -343,13 +345,18 @@ class AlertService:
             return
         labels = alert_labels(ACTION_FAILED, 3, command.site, command.cabinet, command.slot, battery,
                               protective_action=command.action)
-        where = f"{command.site}/{command.cabinet}" + (f" slot {command.slot}" if command.slot is not None else "")
+        t = self.engine.texts
+        where = place_text(t, (command.site, command.cabinet, command.slot))
+        what = _action_name(t, command.action)
         annotations = {
-            "summary": f"L3 protective action {command.action} FAILED at {where}",
-            "diagnosis": (f"{command.action} for {command.alert} ({command.actor}) could not set {command.name}="
-                          f"{command.value}: {record.error or 'no read-back'}. The slot may still be energised."),
-            "action": (f"Cut {where} off by hand (isolator / cabinet panel) now; check the cabinet's Modbus link. "
-                       f"Cascade retries every {self.actions.policy.retry_s:g}s."),
+            "summary": t.tr("L{level} {name}{reading} at {where}", level=3, reading="", where=where,
+                            name=t.tr("protective action {action} FAILED", action=what)),
+            "diagnosis": t.tr("{action} for {alert} ({actor}) could not set {name}={value}: {error}. The slot may "
+                              "still be energised.", action=what, alert=command.alert, actor=command.actor,
+                              name=command.name, value=command.value, error=record.error or t.tr("no read-back")),
+            "action": t.tr("Cut {where} off by hand (isolator or cabinet panel) now; check the cabinet's Modbus "
+                           "link. Cascade retries every {retry} s.", where=where,
+                           retry=f"{self.actions.policy.retry_s:g}"),
         }
         failed = FailedAction(command, labels, annotations, record.at, 1, record.error)
         self.failed[key] = failed
@@ -486,8 +493,9 @@ class AlertService:
             copy = {**labels, "escalation": "1"}
             self.escalated[key] = copy
             minutes = waited / 60
-            notes = {**notes_before, "summary": f"ESCALATED, unacknowledged for {minutes:.0f} min: "
-                                                f"{notes_before.get('summary', key.rule)}"}
+            notes = {**notes_before, "summary": self.engine.texts.tr(
+                "ESCALATED, unacknowledged for {minutes} min: {summary}", minutes=f"{minutes:.0f}",
+                summary=notes_before.get("summary", key.rule))}
             log.warning("alert %s at level 3 unacknowledged for %.0f min: paging the next on-call", key, minutes)
             self.pusher.fire(copy, notes, starts_at=now)
 
@@ -512,13 +520,20 @@ class AlertService:
             self.offline[key] = seen
             level = self._offline_level[key] = 2 if self._charging.get((site, cabinet), True) else 1
             labels = alert_labels(CABINET_OFFLINE, level, site, cabinet)
+            t = self.engine.texts
+            seconds = f"{silent:.0f}"
             annotations = {
-                "summary": f"L{level} cabinet {site}/{cabinet} silent for {silent:.0f} s: its safety sensors are "
-                           "unwatched",
-                "diagnosis": (f"No reading from {cabinet} for {silent:.0f} s (limit {limit:g} s): no rule can see "
-                              "its temperatures, gases or protections while it is silent"
-                              + (", and it was charging." if level == 2 else ".")),
-                "action": "Check the cabinet's power and network link; send someone if it stays silent.",
+                "summary": t.tr("L{level} {name}{reading} at {where}", level=level, reading="",
+                                where=place_text(t, (site, cabinet, None)),
+                                name=t.tr("cabinet silent for {seconds} s, its safety sensors unwatched",
+                                          seconds=seconds)),
+                "diagnosis": (t.tr("No reading from {cabinet} for {seconds} s (limit {limit} s): no rule can see its "
+                                   "temperatures, gases or protections while it is silent, and it was charging.",
+                                   cabinet=cabinet, seconds=seconds, limit=f"{limit:g}") if level == 2 else
+                              t.tr("No reading from {cabinet} for {seconds} s (limit {limit} s): no rule can see its "
+                                   "temperatures, gases or protections while it is silent.",
+                                   cabinet=cabinet, seconds=seconds, limit=f"{limit:g}")),
+                "action": t.tr("Check the cabinet's power and network link; send someone if it stays silent."),
             }
             self._offline_notes[key] = annotations
             log.warning("cabinet %s/%s silent for %.0f s: cabinet_offline raised", site, cabinet, silent)
@@ -534,8 +549,10 @@ class AlertService:
             return
         level = self._offline_level.pop(key, 2)
         self._offline_notes.pop(key, None)
-        annotations = {"summary": f"Cabinet {where[0]}/{where[1]} reports again",
-                       "diagnosis": "Readings arrive again; its safety rules see it again.", "action": "None."}
+        t = self.engine.texts
+        annotations = {"summary": t.tr("Cabinet {where} reports again", where=place_text(t, (where[0], where[1], None))),
+                       "diagnosis": t.tr("Readings arrive again; its safety rules see it again."),
+                       "action": t.tr("None.")}
         log.info("cabinet %s/%s reports again: cabinet_offline cleared", *where)
         self._resolve(key, annotations)
         self._submit([_alert_event(CABINET_OFFLINE, where[0], where[1], None, SEVERITY[level], 0, level, "clear", None,
@@ -624,3 +641,13 @@ def _failed_record(command: Command, error: str) -> ActionRecord:
 def _series(key: AlertKey, level: int) -> tuple[str, str, str, str, str]:
     """The ``cascade_alert_active`` labels of an alert: rule, level, site, cabinet, slot ("" for none)."""
     return (key.rule, str(level), key.site, key.cabinet, "" if key.slot is None else str(key.slot))
+
+
+_ACTION_NAMES = {"stop_charging": N_("stop charging"), "slot_cutoff": N_("slot cut-off"),
+                 "cabinet_cutoff": N_("cabinet cut-off")}
+
+
+def _action_name(texts: AlertTexts, action: str) -> str:
+    """A protective action as people say it (``停止充电``); its id when it has no name."""
+    name = _ACTION_NAMES.get(action)
+    return texts.tr(name) if name is not None else action

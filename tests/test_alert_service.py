@@ -347,7 +347,7 @@ async def test_protective_action_cuts_slot_off_and_is_audited(tmp_path, simulato
         assert held[0]["labels"] | {} == {"alertname": ACTION_FAILED, "rule": ACTION_FAILED, "level": "3",
                                           "severity": "critical", "site": SITE, "cabinet": CAB, "slot": str(SLOT),
                                           "battery": "NM48-TEST0001", "protective_action": "stop_charging"}
-        assert "by hand" in held[0]["annotations"]["action"]
+        assert "手动切断" in held[0]["annotations"]["action"]  # by hand, in the operators' language
         assert pipeline.registry.get_sample_value("cascade_alerts_active", {"level": "3"}) == 1
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://127.0.0.1:{pipeline.metrics_port}/api/actions") as resp:
@@ -536,7 +536,7 @@ async def test_a_silent_cabinet_is_a_warning_within_its_limit_and_clears_when_it
         assert firing[0]["labels"]["level"] == "2" and firing[0]["labels"]["cabinet"] == "C0002"
         assert registry.get_sample_value("cascade_cabinet_alert_level", {"site": SITE, "cabinet": "C0002"}) == 2
         assert [a["key"] for a in service.active_alerts()] == [f"cabinet_offline@{SITE}/C0002"]
-        assert "silent for 75 s" in service.active_alerts()[0]["annotations"]["summary"]
+        assert "75 秒无数据" in service.active_alerts()[0]["annotations"]["summary"]  # silent for 75 s
         service.check_offline()
         assert len([k for k in service.offline]) == 1  # raised once, not again every check
         await service.handle_reading(reading(25.0, cabinet="C0002"))  # it reports again
@@ -585,7 +585,7 @@ async def test_an_unacknowledged_level_3_alert_pages_the_next_on_call(tmp_path, 
         assert await eventually(lambda: state(escalation="1") == ["active"])
         escalated = am_alerts(am, alertname="over_temperature", escalation="1")[0]
         assert escalated["receivers"][0]["name"] == "critical-escalation"
-        assert escalated["annotations"]["summary"].startswith("ESCALATED, unacknowledged for 10 min")
+        assert escalated["annotations"]["summary"].startswith("已升级（10 分钟无人确认）")  # escalated after 10 min
         service.check_escalation()
         assert len(am_alerts(am, alertname="over_temperature")) == 2  # escalated once, not again
 
