@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="scenario YAML (or shipped name, e.g. thermal_runaway) to start with; repeatable")
     parser.add_argument("--control-port", type=int, default=15019, metavar="PORT",
                         help="HTTP control endpoint for runtime scenarios (default 15019; 0 = off)")
+    parser.add_argument("--state", default="", metavar="FILE",
+                        help="keep running scenarios here and resume them after a restart, so a fault nobody "
+                             "fixed is still there (make run: var/simulator-scenarios.json; default: off)")
     parser.add_argument("--fleet-file", default="var/fleet.yaml", metavar="PATH",
                         help="where to write the fleet file the collector config includes (default var/fleet.yaml)")
     parser.add_argument("--site-size", type=int, default=10, metavar="N", help="cabinets per site (default 10)")
@@ -123,7 +126,8 @@ async def run(args: argparse.Namespace) -> int:
     pymodbus_log = logging.getLogger("pymodbus")
     if pymodbus_log.level == logging.NOTSET:
         pymodbus_log.setLevel(logging.WARNING)  # one "Server listening." per port drowns the log at 1,000 ports
-    server = SimulatorServer(fleet, control_host=args.host, control_port=args.control_port)
+    server = SimulatorServer(fleet, control_host=args.host, control_port=args.control_port,
+                             state_path=getattr(args, "state", "") or None)
     try:
         await server.start()
     except RuntimeError as err:

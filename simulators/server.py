@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -96,8 +99,12 @@ class SimulatorServer:
     """Every port of a fleet, the scenario timer and (optionally) the control endpoint."""
 
     def __init__(self, fleet: Fleet, *, control_host: str = "127.0.0.1", control_port: int = 0,
-                 timer_s: float = 0.2) -> None:
+                 timer_s: float = 0.2, state_path: str | Path | None = None) -> None:
         self.fleet = fleet
+        # Running scenarios survive a restart of the simulator (`make run` again): a fault nobody fixed is
+        # still there, so the collector does not page "resolved" for it. Kept as posted, with start time.
+        self.state_path = Path(state_path) if state_path else None
+        self._saved: dict[str, dict[str, Any]] = {}
         self.control_host = control_host
         self.control_port = control_port
         self.timer_s = timer_s  # how often due scenario steps (outages) are checked
@@ -118,6 +125,7 @@ class SimulatorServer:
     async def start(self) -> None:
         """Open every port (and the control endpoint); raise RuntimeError naming a busy port."""
         try:
+            self.resume()
             await self.reconcile()
             if self.control_port:
                 self._runner = web.AppRunner(make_control_app(self), access_log=None)
@@ -131,6 +139,55 @@ class SimulatorServer:
             await self.stop()
             raise
         self._timer = asyncio.create_task(self._run_timer(), name="simulator scenario timer")
+
+    def remember(self, run_id: str, text: str, source: str, speed: float, started_s: float) -> None:
+        """Keep a posted scenario (its YAML, speed and start time) for :meth:`resume` after a restart."""
+        self._saved[run_id] = {"yaml": text, "source": source, "speed": speed, "started_s": started_s}
+        self._save()
+
+    def forget(self, run_id: str) -> None:
+        if self._saved.pop(run_id, None) is not None:
+            self._save()
+
+    def _save(self) -> None:
+        if self.state_path is None:
+            return
+        entries = [entry for run_id, entry in self._saved.items() if run_id in self.fleet.runs]
+        tmp = self.state_path.with_name(f".{self.state_path.name}.tmp")
+        try:
+            self.state_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"scenarios": entries}, ensure_ascii=False, indent=1), encoding="utf-8")
+            os.replace(tmp, self.state_path)
+        except OSError as err:
+            log.warning("%s: running scenarios not saved (%s); a restart will not resume them",
+                        self.state_path, err.strerror)
+
+    def resume(self) -> list[str]:
+        """Start again every scenario that was running when the simulator last stopped, from its original
+        start time: steps already due are played at once, the rest when due. Returns the run ids."""
+        if self.state_path is None or not self.state_path.exists():
+            return []
+        try:
+            entries = json.loads(self.state_path.read_text(encoding="utf-8"))["scenarios"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.warning("%s: cannot resume scenarios (%s); starting without them", self.state_path, err)
+            return []
+        resumed = []
+        now = self.fleet.clock()
+        for entry in entries:
+            try:
+                scenario = parse_scenario(entry["yaml"], entry.get("source", str(self.state_path)))
+                started, speed = float(entry["started_s"]), float(entry["speed"])
+                run = self.fleet.start_scenario(scenario, speed=speed, now=min(started, now))
+            except (ScenarioError, KeyError, TypeError, ValueError) as err:
+                log.warning("%s: a saved scenario cannot be resumed: %s", self.state_path, err)
+                continue
+            self._saved[run.id] = {**entry, "started_s": run.started_s}
+            resumed.append(run.id)
+            log.info("scenario %s resumed: %s on %s slot %s, started %.0f s ago (speed %g)", run.id, scenario.name,
+                     scenario.cabinet, scenario.slot, now - run.started_s, speed)
+        self._save()
+        return resumed
 
     async def stop(self) -> None:
         """Close everything; safe to call twice."""
@@ -194,11 +251,13 @@ def make_control_app(server: SimulatorServer) -> web.Application:
         except ValueError:
             return web.json_response({"error": f"speed={request.query.get('speed')!r}: use a number > 0"},
                                      status=400)
+        text = await request.text()
         try:
-            scenario = parse_scenario(await request.text(), source)
+            scenario = parse_scenario(text, source)
             run = fleet.start_scenario(scenario, speed=speed)
         except ScenarioError as err:
             return web.json_response({"error": str(err), "key": err.key}, status=400)
+        server.remember(run.id, text, source, speed, run.started_s)
         await server.reconcile()
         log.info("scenario %s started: %s on %s slot %s (speed %g)", run.id, scenario.name, scenario.cabinet,
                  scenario.slot, speed)
@@ -212,6 +271,7 @@ def make_control_app(server: SimulatorServer) -> web.Application:
         run_id = request.match_info["run_id"]
         if not fleet.stop_scenario(run_id):
             return web.json_response({"error": f"no scenario {run_id}", "known": sorted(fleet.runs)}, status=404)
+        server.forget(run_id)
         await server.reconcile()
         return web.json_response({"deleted": run_id})
 
