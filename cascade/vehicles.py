@@ -45,13 +45,16 @@ user ingest
 topic read cascade/v1/+/+/telemetry
 topic read cascade/v1/+/+/event
 topic read cascade/v1/+/+/ack
+topic read cascade/v1/+/+/packs
 topic write cascade/v1/+/+/reject
 topic write cascade/v1/+/+/cmd
 
-# A device (its broker user is its id) publishes only under its own id and reads only its own downlink.
+# A device (its broker user is its id: a vehicle, or a BLE gateway publishing `packs`) publishes only
+# under its own id and reads only its own downlink.
 pattern write cascade/v1/+/%u/telemetry
 pattern write cascade/v1/+/%u/event
 pattern write cascade/v1/+/%u/ack
+pattern write cascade/v1/+/%u/packs
 pattern read cascade/v1/+/%u/cmd
 pattern read cascade/v1/+/%u/reject
 """
