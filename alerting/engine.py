@@ -54,14 +54,21 @@ _INF = math.inf
 _RATE_MAXLEN = 256  # bounds memory if a cabinet polls much faster than the window needs
 
 
+JUMP_MAX_GAP_S = 180.0
+"""A ``jump`` compares consecutive readings at most this far apart by their own timestamps (a 10-point
+SOC jump needs ~6 min at 1C: 3 min of missed polls never adds up to one)."""
+
+
 class _TargetState:
     """Per (site, cabinet, slot): input buffers and per-rule level state."""
 
-    __slots__ = ("battery", "buffers", "prev", "holds", "rules", "failing", "notice", "context", "vehicle")
+    __slots__ = ("battery", "buffers", "prev", "holds", "rules", "failing", "notice", "context", "vehicle",
+                 "sample_t")
 
     def __init__(self) -> None:
         self.battery: str | None = None
         self.vehicle = False  # a vehicle's pack (core.model.VEHICLE_MODEL): no slot, no cabinet action
+        self.sample_t = 0.0  # the reading's own time (seconds): what change between readings is measured on
         self.buffers: dict[tuple, deque] = {}  # rate_of windows
         self.prev: dict[tuple, float] = {}  # jump: previous value
         self.holds: dict[tuple, tuple[float, float]] = {}  # fusion hold: (strength, at)
@@ -216,13 +223,19 @@ def _extractor(inp: Input) -> Callable[[Any, _TargetState, float], float | None]
     if inp.kind == "jump":
         up_only = inp.up_only
 
+        time_key = (*key, "t")
+
         def jump(obj, ts, now):
             v = _number(getattr(obj, name))
             if v is None:
                 return None
             prev = ts.prev.get(key)
             ts.prev[key] = v
-            if prev is None:
+            # Consecutive readings by their own times: after a gap (polls delayed or missed under load, a
+            # cabinet offline) or out of order, the previous value is stale, not the step before this one.
+            t, prev_t = ts.sample_t, ts.prev.get(time_key)
+            ts.prev[time_key] = t
+            if prev is None or (prev_t is not None and not 0.0 <= t - prev_t <= JUMP_MAX_GAP_S):
                 return None
             d = v - prev
             if up_only:
@@ -479,6 +492,7 @@ class Engine:
         extractors, compiled = prog.scopes["cabinet"]
         if compiled:
             ts = self._target(site, cab, None)
+            ts.sample_t = reading.timestamp_ns / 1e9
             values = self._extract(extractors, reading, ts, tick, cab, None)
             self._run(compiled, prog.tables("cabinet", cab_model, None), values, ts, now, tick,
                       site, cab, None, out)
@@ -499,6 +513,7 @@ class Engine:
                     ts.forget_history()
                     ts.battery = battery
                 ts.context = context
+                ts.sample_t = reading.timestamp_ns / 1e9
                 ts.vehicle = vehicle
                 values = self._extract(extractors, slot, ts, tick, cab, sid)
                 chem = slot.chemistry

@@ -70,3 +70,24 @@ def test_a_backward_wall_clock_jump_does_not_lock_a_vehicle_out() -> None:
     # negative: after the step, the device gets its tokens back as time passes.
     assert gate.admit("V1", 5, 0, steady - HOUR) == "rate_limited"
     assert gate.admit("V1", 6, 0, steady - HOUR + 4) is None
+
+
+# -- change between readings is measured on the readings' own times ------------------------------
+
+def _soc(clock: ManualClock, soc: float, sample_t: float) -> CabinetReading:
+    return CabinetReading("C1", "s1", "m", int(sample_t * 1e9), slots=[SlotReading(1, battery_id="B1", soc_pct=soc)])
+
+
+def test_a_soc_step_across_missed_polls_is_not_a_jump_but_a_step_between_close_readings_is() -> None:
+    clock = ManualClock()
+    engine = Engine(load_rules().only(["soc_jump"]), clock=clock)
+    t = clock.now
+    assert engine.evaluate(_soc(clock, 40.0, t)) == []
+    # Polls delayed and missed under load: the next reading is 8 minutes later (by its own time) and the
+    # pack charged 14 points meanwhile. That is charging, not a jump.
+    clock.advance(5)
+    assert engine.evaluate(_soc(clock, 54.0, t + 480)) == []
+    # Two readings 5 s apart that differ by 14 points are a jump, however late they arrive.
+    clock.advance(5)
+    raised = engine.evaluate(_soc(clock, 40.0, t + 485))
+    assert [(x.rule, x.to_level) for x in raised] == [("soc_jump", 1)]
