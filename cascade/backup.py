@@ -163,7 +163,8 @@ class _Influx:
                 return str(resp.headers.get("X-Influxdb-Version", "unknown"))
         except (OSError, urllib.error.URLError) as err:
             raise BackupError(f"InfluxDB does not answer: {_reason(err)}", source=f"{self.url}/ping",
-                              fix="start InfluxDB or give the right URL (influxdb.url / --influx-url)") from None
+                              fix="start InfluxDB, or give the configuration that names it (influxdb.url): when make run "
+                                  "moved its ports, --config var/run-local.yaml") from None
 
     def series(self, influxql: str, *, post: bool = False) -> list[dict[str, Any]]:
         """Every series of the answer (``name``, ``tags``, ``columns``, ``values``); times in ns.

@@ -91,7 +91,7 @@ def provision(out: str | Path, *, count: int, fleet: str, prefix: str = "V", ing
         raise CascadeError(f"could not be hashed with {tool}: {err}", source=passwd,
                            fix="install the Debian package mosquitto (make deps)") from None
     acl = out / "acl"
-    acl.write_text(ACL, encoding="utf-8")
+    _write_private(acl, ACL)
     return {"devices": devices_path, "passwd": passwd, "acl": acl, "ingest_password": password_path}
 
 
