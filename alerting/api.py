@@ -50,6 +50,20 @@ def add_routes(app: web.Application, service: AlertService, *, token: str | None
         return _error(401, "this action needs the API token: send 'Authorization: Bearer <token>' "
                            "(cascade alerts --token, or CASCADE_API_TOKEN)")
 
+    def cross_site(request: web.Request) -> web.Response | None:
+        """Refuse what a web page on another site could make a browser send (with or without a token:
+        loopback without one is the local default). A browser sends a cross-site request without a
+        preflight only as a "simple" request (text/plain, form bodies), and names the page's origin."""
+        content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            return _error(415, f"send the body as JSON with 'Content-Type: application/json' (got "
+                               f"{content_type or 'none'!r})")
+        origin = request.headers.get("Origin")
+        if origin is not None and urllib.parse.urlsplit(origin).netloc != request.host:
+            return _error(403, f"a request from the web page {origin[:100]!r} may not change alerts; use the "
+                               "API or `cascade alerts` directly")
+        return None
+
     async def list_alerts(request: web.Request) -> web.Response:
         return web.json_response({"alerts": service.active_alerts()})
 
@@ -59,8 +73,12 @@ def add_routes(app: web.Application, service: AlertService, *, token: str | None
     async def ack(request: web.Request) -> web.Response:
         if not authorised(request):
             return refused()
+        if (bad := cross_site(request)) is not None:
+            return bad
         key = urllib.parse.unquote(request.match_info["key"])
         body = await _json_body(request, {"who": str}, {"comment": str})
+        if (bad := _too_long(body, who=MAX_WHO, comment=MAX_COMMENT)) is not None:
+            return bad
         try:
             alert = service.acknowledge(key, body["who"], body.get("comment", ""))
         except KeyError:
@@ -82,9 +100,13 @@ def add_routes(app: web.Application, service: AlertService, *, token: str | None
             level = int(request.match_info["level"])
         except ValueError:
             return _error(400, f"level {request.match_info['level']!r} is not 1, 2 or 3")
+        if (bad := cross_site(request)) is not None:
+            return bad
         if rule_id not in engine.rules:
             return _error(404, f"no rule {rule_id!r}; list rules with GET /api/thresholds")
         body = await _json_body(request, {"value": (int, float), "who": str, "reason": str}, {})
+        if (bad := _too_long(body, who=MAX_WHO, reason=MAX_COMMENT)) is not None:
+            return bad
         try:
             entry = engine.set_threshold(rule_id, level, body["value"], body["who"], body["reason"])
         except (RuleError, ValueError) as err:
@@ -105,6 +127,23 @@ def add_routes(app: web.Application, service: AlertService, *, token: str | None
     app.router.add_get("/api/thresholds", thresholds)
     app.router.add_put("/api/thresholds/{rule}/{level}", set_threshold)
     app.router.add_get("/api/actions", actions)
+
+
+MAX_WHO = 64
+"""Characters of ``who`` (a person or service name) in an acknowledgement or threshold change."""
+MAX_COMMENT = 500
+"""Characters of an acknowledgement's ``comment`` or a threshold change's ``reason``: they are kept in
+the state file and the audit log, and a request must not be able to grow them without bound."""
+
+
+def _too_long(body: dict[str, Any], **limits: int) -> web.Response | None:
+    for name, limit in limits.items():
+        value = body.get(name)
+        if isinstance(value, str) and len(value) > limit:
+            return _error(400, f"{name!r} is {len(value)} characters; at most {limit}")
+        if name == "who" and isinstance(value, str) and not value.strip():
+            return _error(400, "'who' is empty; say who acts, e.g. noc-alice")
+    return None
 
 
 async def _json_body(request: web.Request, required: dict[str, Any], optional: dict[str, Any]) -> dict[str, Any]:

@@ -144,6 +144,8 @@ class NotifierConfig:
     source: str = "<config>"
     language: str = DEFAULT_LANGUAGE
     timezone: dt.tzinfo = _CHINA
+    webhook_token: str | None = None  # required as `Authorization: Bearer <token>` on /webhook when set
+    max_alerts: int = 100  # alerts one webhook request may carry
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> NotifierConfig:
@@ -158,15 +160,17 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(source, "(file)", f"not valid YAML: {err}", "fix the YAML syntax") from err
-    config = parse_config(data, source=source, env=os.environ if env is None else env)
+    config = parse_config(data, source=source, env=os.environ if env is None else env, base=Path(path).parent)
     if config.delivery_log and not Path(config.delivery_log).is_absolute():
         # Like every Cascade config: relative paths are relative to the file, not the working directory.
         config = dataclasses.replace(config, delivery_log=str(Path(path).parent / config.delivery_log))
     return config
 
 
-def parse_config(data: Any, source: str = "<config>", env: Mapping[str, str] | None = None) -> NotifierConfig:
-    """Validate an already-parsed config mapping (tests build these in code)."""
+def parse_config(data: Any, source: str = "<config>", env: Mapping[str, str] | None = None,
+                 base: Path | None = None) -> NotifierConfig:
+    """Validate an already-parsed config mapping (tests build these in code); ``base``: the directory
+    relative file names are resolved against (the config file's)."""
     env = os.environ if env is None else env
     try:
         spec = _NotifierFile.model_validate(data, context={"env": env})
@@ -183,7 +187,26 @@ def parse_config(data: Any, source: str = "<config>", env: Mapping[str, str] | N
         source=source,
         language=language,
         timezone=spec.notifier.timezone,
+        webhook_token=_webhook_token(spec.notifier.webhook_token_file, source, base),
+        max_alerts=spec.notifier.max_alerts_per_request,
     )
+
+
+def _webhook_token(name: str, source: str, base: Path | None) -> str | None:
+    """The token in ``name`` (relative to ``base``), or ``None`` when no file is configured."""
+    if not name:
+        return None
+    path = Path(name) if base is None or Path(name).is_absolute() else base / name
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(source, "notifier.webhook_token_file", f"{path} cannot be read: {err}",
+                          "create it with a random token (e.g. `openssl rand -hex 32 > FILE`) and give "
+                          "Alertmanager the same file (credentials_file)") from None
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise ConfigError(source, "notifier.webhook_token_file", f"{path} holds no usable token (16+ characters, "
+                          "no spaces)", "write a random token into it, e.g. `openssl rand -hex 32`")
+    return token
 
 
 # ---------------------------------------------------------------- value types of the file
@@ -376,6 +399,12 @@ class _Settings(_Section):
                                                              " (Simplified Chinese, English)")
     timezone: TimeZone = Field(_CHINA, description="the time zone of the times in messages, an IANA name, "
                                                    f"e.g. {DEFAULT_TIMEZONE} (the default) or UTC")
+    webhook_token_file: OptionalText = Field("", description="a file holding the token Alertmanager must send "
+                                                             "(Authorization: Bearer); relative to this file; "
+                                                             "empty: the webhook takes any request (loopback only)")
+    max_alerts_per_request: Int = Field(100, ge=1, le=10_000,
+                                        description="the most alerts one webhook request may carry (Alertmanager's "
+                                                    "max_alerts); a request with more is refused whole")
 
 
 class _NoAuth(_Section):

@@ -9,6 +9,7 @@ Routes:
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import random
 import time
@@ -74,6 +75,9 @@ async def serve(config_path: str, host: str, port: int) -> None:
     try:
         await web.TCPSite(runner, host, port).start()
         log.info("notifier listening on %s:%d with receivers %s", host, port, sorted(config.receivers))
+        if config.webhook_token is None:
+            log.warning("the webhook accepts requests from anyone who can reach %s:%d: set "
+                        "notifier.webhook_token_file (and give Alertmanager the same token)", host, port)
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
@@ -91,6 +95,12 @@ async def _handle_webhook(request: web.Request) -> web.Response:
     receiver = request.match_info["receiver"]
     config = request.app[CONFIG_KEY]
     webhooks = request.app[METRICS_KEY].webhooks
+    if config.webhook_token is not None:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {config.webhook_token}".encode()):
+            webhooks.labels("unknown", "unauthorized").inc()  # nothing from an unauthenticated request
+            return _error(401, "this webhook needs 'Authorization: Bearer <token>' (notifier.webhook_token_file; "
+                               "Alertmanager: http_config.authorization.credentials_file)")
     if receiver not in config.receivers:
         # Label the metric with a fixed value: receiver names from the URL are untrusted input.
         webhooks.labels("unknown", "unknown_receiver").inc()
@@ -101,6 +111,10 @@ async def _handle_webhook(request: web.Request) -> web.Response:
     except PayloadError as err:
         webhooks.labels(receiver, "bad_request").inc()
         return _error(400, str(err))
+    if len(alerts) > config.max_alerts:
+        webhooks.labels(receiver, "too_many_alerts").inc()
+        return _error(413, f"{len(alerts)} alerts in one request; at most {config.max_alerts} "
+                           "(notifier.max_alerts_per_request; Alertmanager: max_alerts)")
     started = request.app[DISPATCHER_KEY].dispatch(receiver, alerts)
     webhooks.labels(receiver, "accepted").inc()
     return web.json_response({"status": "accepted", "alerts": len(alerts), "deliveries": started})

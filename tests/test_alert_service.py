@@ -219,11 +219,30 @@ async def test_ack_and_thresholds_over_http_and_cli(tmp_path, engine_clock):
         async with http.post(f"{base}/api/alerts/h2_gas@{SITE}/{CAB}/1/ack", json={"who": "bob"}) as r:
             assert r.status == 404
             assert "GET /api/alerts" in (await r.json())["error"]
+        as_json = {"Content-Type": "application/json"}
         for bad, expected in (("not json", "not JSON"), ("[1]", "JSON object"), ('{"comment": "x"}', "missing 'who'"),
-                              ('{"who": 5}', "'who' must be a string"), ('{"who": " "}', "needs who")):
-            async with http.post(f"{base}/api/alerts/{KEY}/ack", data=bad) as r:
+                              ('{"who": 5}', "'who' must be a string"), ('{"who": " "}', "'who' is empty"),
+                              (json.dumps({"who": "x" * 65}), "at most 64"),
+                              (json.dumps({"who": "a", "comment": "c" * 501}), "at most 500")):
+            async with http.post(f"{base}/api/alerts/{KEY}/ack", data=bad, headers=as_json) as r:
                 assert r.status == 400, bad
                 assert expected in (await r.json())["error"], bad
+        # What a web page on another site could make a browser send is refused, token or not: a "simple"
+        # cross-site request (text/plain or a form), or any request naming a foreign Origin.
+        forged = json.dumps({"who": "evil", "comment": "acked by a web page"})
+        async with http.post(f"{base}/api/alerts/{KEY}/ack", data=forged,
+                             headers={"Content-Type": "text/plain", "Origin": "http://evil.example"}) as r:
+            assert r.status == 415
+        async with http.post(f"{base}/api/alerts/{KEY}/ack", data=forged,
+                             headers={**as_json, "Origin": "http://evil.example"}) as r:
+            assert r.status == 403
+        async with http.put(f"{base}/api/thresholds/over_temperature/1", data=forged,
+                            headers={"Content-Type": "application/x-www-form-urlencoded"}) as r:
+            assert r.status == 415
+        assert engine.state.get(KEY).ack.who == "noc-alice"  # none of them acknowledged anything
+        async with http.post(f"{base}/api/alerts/{KEY}/ack", json={"who": "noc-alice", "comment": "same origin"},
+                             headers={"Origin": base}) as r:
+            assert r.status == 200  # a page served by the collector itself may
 
         url = f"{base}/api/thresholds/over_temperature/1"
         async with http.put(url, json={"value": 52, "who": "noc-alice", "reason": "summer"}) as r:

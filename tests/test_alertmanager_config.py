@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from aiohttp import web
@@ -229,3 +230,55 @@ def test_default_fixture_runs_the_shipped_routing(alertmanager):
     assert alertmanager.config_path.read_text().count("/webhook/") == 6
     alertmanager.post_alerts([_alert("thermal_runaway", "3")])
     assert [a["labels"]["rule"] for a in alertmanager.alerts()] == ["thermal_runaway"]
+
+
+async def test_the_webhook_takes_only_alertmanager_with_the_token_and_bounded_requests(alertmanager_factory,
+                                                                                      tmp_path):
+    """A process on the same host cannot make the notifier page anyone: the webhook wants the token
+    Alertmanager reads from its credentials file, and a request carries at most max_alerts alerts."""
+    runners: list[web.AppRunner] = []
+    provider = _Provider()
+    provider_app = web.Application()
+    provider_app.router.add_post("/{tail:.*}", provider.handle)
+    provider_url = await _serve(provider_app, runners)
+    token = tmp_path / "notifier-webhook-token"
+    token.write_text("f" * 40 + "\n")
+    config = parse_config({
+        "notifier": {"retry": {"attempts": 1}, "webhook_token_file": str(token), "max_alerts_per_request": 5},
+        "providers": {"app": {"type": "http", "url": f"{provider_url}/app",
+                              "body": {"to": "{{recipient}}", "alert": "{{labels.alertname}}"}}},
+        "receivers": {name: [{"channel": "app", "provider": "app", "to": [name]}]
+                      for name in ("critical", "critical-escalation", "warning", "notice", "regulator", "ops")},
+    }, source="token.yaml", env={})
+    notifier_url = await _serve(build_app(config, registry=CollectorRegistry()), runners)
+    try:
+        payload = {"version": "4", "receiver": "critical", "status": "firing", "alerts": [
+            {"status": "firing", "labels": {"alertname": "forged", "level": "3"}, "annotations": {}}]}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{notifier_url}/webhook/critical", json=payload) as resp:
+                assert resp.status == 401
+            async with http.post(f"{notifier_url}/webhook/critical", json=payload,
+                                 headers={"Authorization": "Bearer not-the-token-0000000000"}) as resp:
+                assert resp.status == 401
+            many = {**payload, "alerts": payload["alerts"] * 6}
+            async with http.post(f"{notifier_url}/webhook/critical", json=many,
+                                 headers={"Authorization": f"Bearer {'f' * 40}"}) as resp:
+                assert resp.status == 413 and "at most 5" in (await resp.json())["error"]
+        assert provider.requests == []  # nothing forged was delivered
+        # Alertmanager, given the token file, gets through.
+        am = alertmanager_factory(render_alertmanager_config(SHIPPED_ALERTMANAGER_CONFIG.read_text(), notifier_url,
+                                                             token_file=str(token)))
+        await asyncio.to_thread(am.post_alerts, [_alert("thermal_runaway", "3")])
+        await _wait_for(lambda: provider.on("/app"), 10, "the level-3 page through the authenticated webhook")
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+
+
+def test_the_shipped_config_sends_the_token_and_caps_alerts():
+    doc = yaml.safe_load(SHIPPED_ALERTMANAGER_CONFIG.read_text())
+    hooks = [h for r in doc["receivers"] for h in r.get("webhook_configs", [])]
+    assert hooks and all(h["max_alerts"] == 100 for h in hooks)
+    assert all(h["http_config"]["authorization"] == {"type": "Bearer",
+                                                     "credentials_file": "/run/secrets/notifier_webhook_token"}
+               for h in hooks)

@@ -501,7 +501,7 @@ BAD_CONFIGS = {
     "unknown key, top level": (_set("notifiers", value={}), None, "(file)", "unknown key(s) ['notifiers']",
                                "did you mean 'notifier'? Otherwise remove them or use one of ['notifier', 'providers', 'receivers']"),
     "unknown key, notifier": (_set("notifier", "threads", value=2), None, "notifier", "unknown key(s) ['threads']",
-                              "use one of ['concurrency', 'delivery_log', 'language', 'retry', 'timezone']"),
+                              "use one of ['concurrency', 'delivery_log', 'language', 'max_alerts_per_request', 'retry', 'timezone', 'webhook_token_file']"),
     "unknown key, retry": (_set("notifier", "retry", "backoff", value=2), None, "notifier.retry",
                            "unknown key(s) ['backoff']", "use one of ['attempts', 'initial_delay_s', 'max_delay_s', 'timeout_s']"),
     "unknown key, http provider": (_set("providers", "sms", "retries", value=3), None, "providers.sms",
@@ -701,10 +701,12 @@ def test_missing_file_says_what_to_pass(tmp_path):
         load_config(tmp_path / "absent.yaml")
 
 
-def test_example_config_is_valid_and_matches_routing():
+def test_example_config_is_valid_and_matches_routing(tmp_path):
     env = {name: "x" for name in ("CASCADE_APP_PUSH_TOKEN", "CASCADE_SMS_HMAC_SECRET", "CASCADE_VOICE_USER",
                                   "CASCADE_VOICE_PASSWORD", "CASCADE_REGULATOR_TOKEN", "CASCADE_SMTP_USER",
                                   "CASCADE_SMTP_PASSWORD")}
+    (tmp_path / "token").write_text("0123456789abcdef0123456789abcdef\n")
+    env["CASCADE_NOTIFIER_TOKEN_FILE"] = str(tmp_path / "token")
     config = load_config(REPO / "config" / "notifier.example.yaml", env=env)
     channels = {name: {d.channel for d in deliveries} for name, deliveries in config.receivers.items()}
     assert {"voice", "sms", "app"} <= channels["critical"]
