@@ -1,17 +1,24 @@
 """Building blocks for Grafana dashboard JSON: datasource references, targets, panels, variables.
 
-Plain dicts, no Grafana SDK: the JSON model is small and stable, and the generator must run
-without extra dependencies. Every panel and target refers to a provisioned datasource by uid
-(provisioning/grafana/datasources/datasources.yml).
+Plain dicts, no Grafana SDK at run time: the generator must run without extra dependencies. The
+shapes follow Grafana 11's dashboard model (schemaVersion 39): tests/test_dashboards.py decodes every
+generated dashboard with the grafana-foundation-sdk models and fails on any key the models drop or any
+value of the wrong type, so a field Grafana would ignore cannot pass unnoticed. Every panel and target
+refers to a provisioned datasource by uid (provisioning/grafana/datasources/datasources.yml).
+
+Texts are written once per language with :func:`dashboards.i18n.t` (Simplified Chinese first).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from dashboards.i18n import t
+
 __all__ = [
-    "ALERTMANAGER", "INFLUX", "LEVEL_COLOURS", "PROMETHEUS", "annotation", "bargauge", "dashboard", "influx",
-    "influx_variable", "prom", "stat", "table", "textbox_variable", "timeseries",
+    "ALERTMANAGER", "INFLUX", "LEVEL_COLOURS", "PROMETHEUS", "annotation", "bargauge", "dashboard", "detected_mappings",
+    "influx", "influx_variable", "level_mappings", "prom", "right_axis", "stat", "table", "textbox_variable",
+    "timeseries",
 ]
 
 INFLUX = {"type": "influxdb", "uid": "cascade-influx"}
@@ -26,14 +33,21 @@ Panel = dict[str, Any]
 LEVEL_COLOURS = {1: "yellow", 2: "orange", 3: "red"}
 LEVEL_STEPS = [{"color": "green", "value": None}] + [{"color": colour, "value": level}
                                                      for level, colour in LEVEL_COLOURS.items()]
-LEVEL_MAPPINGS = [{"type": "value", "options": {
-    "0": {"text": "cleared", "color": "green", "index": 0},
-    "1": {"text": "1 notice", "color": "yellow", "index": 1},
-    "2": {"text": "2 warning", "color": "orange", "index": 2},
-    "3": {"text": "3 critical", "color": "red", "index": 3}}}]
-DETECTED_MAPPINGS = [{"type": "value", "options": {
-    "0": {"text": "clear", "color": "green", "index": 0},
-    "1": {"text": "DETECTED", "color": "red", "index": 1}}}]
+
+
+def level_mappings() -> list[dict[str, Any]]:
+    """Level numbers as the operators say them (0 = cleared)."""
+    return [{"type": "value", "options": {
+        "0": {"text": t("已恢复", "cleared"), "color": "green", "index": 0},
+        "1": {"text": t("1级 提示", "1 notice"), "color": "yellow", "index": 1},
+        "2": {"text": t("2级 警告", "2 warning"), "color": "orange", "index": 2},
+        "3": {"text": t("3级 严重", "3 critical"), "color": "red", "index": 3}}}]
+
+
+def detected_mappings() -> list[dict[str, Any]]:
+    return [{"type": "value", "options": {
+        "0": {"text": t("正常", "clear"), "color": "green", "index": 0},
+        "1": {"text": t("检测到", "DETECTED"), "color": "red", "index": 1}}}]
 
 
 # -- targets -------------------------------------------------------------------------------------
@@ -77,9 +91,12 @@ def _panel(kind: str, title: str, description: str, targets: list[dict[str, Any]
 
 def timeseries(title: str, description: str, targets: list[dict[str, Any]], *, unit: str = "", w: int = 12,
                h: int = 8, stack: bool = False, bars: bool = False, thresholds: list[dict[str, Any]] | None = None,
-               overrides: list[dict[str, Any]] | None = None) -> Panel:
+               overrides: list[dict[str, Any]] | None = None, axis_label: str = "") -> Panel:
+    """A graph; every series shares ``unit`` unless an override (:func:`right_axis`) moves it."""
     custom: dict[str, Any] = {"drawStyle": "bars" if bars else "line", "lineWidth": 1, "fillOpacity": 10,
                               "spanNulls": False, "showPoints": "never"}
+    if axis_label:
+        custom["axisLabel"] = axis_label
     if stack:
         custom["stacking"] = {"mode": "normal", "group": "A"}
     defaults: dict[str, Any] = {"custom": custom}
@@ -116,13 +133,27 @@ def bargauge(title: str, description: str, targets: list[dict[str, Any]], *, uni
 
 def table(title: str, description: str, targets: list[dict[str, Any]], *, w: int = 24, h: int = 8,
           sort_by: str = "", descending: bool = True, overrides: list[dict[str, Any]] | None = None,
-          transformations: list[dict[str, Any]] | None = None) -> Panel:
+          transformations: list[dict[str, Any]] | None = None, labels: dict[str, str] | None = None) -> Panel:
+    """A table; ``labels`` maps result columns to the headers shown (overrides still match the column)."""
     options: dict[str, Any] = {"showHeader": True, "cellHeight": "sm",
-                               "footer": {"show": False, "reducer": ["sum"], "fields": ""}}
+                               "footer": {"show": False, "reducer": ["sum"]}}
+    labels = labels or {}
     if sort_by:
-        options["sortBy"] = [{"displayName": sort_by, "desc": descending}]
-    return _panel("table", title, description, targets, w=w, h=h, options=options, overrides=overrides,
-                  transformations=transformations)
+        options["sortBy"] = [{"displayName": labels.get(sort_by, sort_by), "desc": descending}]
+    return _panel("table", title, description, targets, w=w, h=h, options=options,
+                  overrides=_with_labels(overrides or [], labels), transformations=transformations)
+
+
+def _with_labels(overrides: list[dict[str, Any]], labels: dict[str, str]) -> list[dict[str, Any]]:
+    """One override per column: the header (``displayName``) joins the column's other properties."""
+    merged = [dict(o, properties=list(o["properties"])) for o in overrides]
+    by_field = {o["matcher"]["options"]: o for o in merged if o["matcher"]["id"] == "byName"}
+    for field, label in labels.items():
+        if field not in by_field:
+            by_field[field] = {"matcher": {"id": "byName", "options": field}, "properties": []}
+            merged.append(by_field[field])
+        by_field[field]["properties"].append({"id": "displayName", "value": label})
+    return merged
 
 
 def override(field: str, **properties: Any) -> dict[str, Any]:
@@ -137,7 +168,15 @@ def color_cells(field: str, **properties: Any) -> dict[str, Any]:
 
 
 def link_override(field: str, title: str, url: str) -> dict[str, Any]:
-    return override(field, links=[{"title": title, "url": url}])
+    """A data link on a column; ``url`` should carry ``${__url_time_range}`` to keep the time range."""
+    return override(field, links=[{"title": title, "url": url, "targetBlank": False}])
+
+
+def right_axis(ref: str, unit: str, label: str) -> dict[str, Any]:
+    """The series of query ``ref`` on a second, right-hand axis in ``unit``: one unit per axis."""
+    return {"matcher": {"id": "byFrameRefID", "options": ref},
+            "properties": [{"id": "unit", "value": unit}, {"id": "custom.axisPlacement", "value": "right"},
+                           {"id": "custom.axisLabel", "value": label}]}
 
 
 # -- variables and annotations -------------------------------------------------------------------
@@ -146,7 +185,7 @@ def influx_variable(name: str, label: str, query: str, *, multi: bool = False, i
                     all_value: str | None = None, numeric_sort: bool = False) -> dict[str, Any]:
     """A query variable answered by InfluxDB (SHOW TAG VALUES ...), refreshed on dashboard load."""
     variable: dict[str, Any] = {"type": "query", "name": name, "label": label, "datasource": INFLUX,
-                                "query": query, "definition": query, "refresh": 1, "multi": multi,
+                                "query": query, "refresh": 1, "multi": multi,
                                 "includeAll": include_all, "sort": 3 if numeric_sort else 1,
                                 "current": {}, "options": [], "hide": 0, "regex": "", "skipUrlSync": False}
     if all_value is not None:
@@ -161,12 +200,29 @@ def textbox_variable(name: str, label: str, default: str = "", description: str 
 
 def annotation(name: str, query: str, *, color: str, text: str = "summary",
                tags: str = "rule,severity,kind", title: str = "") -> dict[str, Any]:
-    """An InfluxQL annotation query; ``text``/``tags``/``title`` name the result columns."""
+    """An InfluxQL annotation query; ``text``/``tags``/``title`` name the result columns.
+
+    Grafana 11's InfluxDB datasource reads an annotation only from its ``target``: the query runs when
+    the target has ``fromAnnotations`` and a ``query``, and the column mappings are read from the target.
+    The old top-level ``query``/``textColumn`` form is migrated into a target only when the annotation
+    already has one (``prepareAnnotation`` in Grafana's InfluxDB plugin), so without it the overlay
+    would stay empty without an error.
+    """
+    target = {"refId": "Anno", "query": query, "rawQuery": True, "resultFormat": "table",
+              "fromAnnotations": True, "textEditor": True, "textColumn": text, "tagsColumn": tags,
+              "titleColumn": title, "timeEndColumn": ""}
     return {"datasource": INFLUX, "enable": True, "hide": False, "iconColor": color, "name": name,
-            "query": query, "textColumn": text, "tagsColumn": tags, "titleColumn": title}
+            "target": target}
 
 
 # -- dashboard -----------------------------------------------------------------------------------
+
+def _cascade_links() -> list[dict[str, Any]]:
+    """Every dashboard links to the others (tag ``cascade``), keeping the time range and the variables."""
+    return [{"title": t("Cascade 仪表板", "Cascade dashboards"), "type": "dashboards", "tags": ["cascade"],
+             "asDropdown": True, "includeVars": True, "keepTime": True, "targetBlank": False,
+             "icon": "external link", "tooltip": "", "url": ""}]
+
 
 def _layout(panels: list[Panel]) -> list[Panel]:
     """Number the panels 1..n and place them left to right, wrapping at Grafana's 24 columns."""
@@ -191,7 +247,7 @@ def dashboard(uid: str, title: str, description: str, panels: list[Panel], *, ta
         "editable": editable, "graphTooltip": 1, "schemaVersion": 39, "version": 1,
         "timezone": "browser", "time": {"from": time_from, "to": "now"}, "refresh": refresh,
         "fiscalYearStartMonth": 0, "liveNow": False, "weekStart": "",
-        "timepicker": {}, "links": links or [],
+        "timepicker": {}, "links": links if links is not None else _cascade_links(),
         "templating": {"list": variables or []},
         "annotations": {"list": annotations or []},
         "panels": _layout(panels),
