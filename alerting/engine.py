@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry, Counter
 from alerting.i18n import DEFAULT_LANGUAGE, N_, AlertTexts, for_level
 from alerting.rules import Input, Rule, RuleError, RuleSet, finite_number, short_repr
 from alerting.state import Alert, AlertStore, Target, Transition, alert_labels
-from core.model import VEHICLE_MODEL, BatteryState, CabinetReading, SlotReading
+from core.model import UNCOMMANDED_MODELS, VEHICLE_MODEL, BatteryState, CabinetReading, SlotReading
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,12 @@ class _TargetState:
     """Per (site, cabinet, slot): input buffers and per-rule level state."""
 
     __slots__ = ("battery", "buffers", "prev", "holds", "rules", "failing", "notice", "context", "vehicle",
-                 "sample_t")
+                 "sample_t", "commandable")
 
     def __init__(self) -> None:
         self.battery: str | None = None
         self.vehicle = False  # a vehicle's pack (core.model.VEHICLE_MODEL): no slot, no cabinet action
+        self.commandable = True  # False for devices no cabinet command reaches (core.model.UNCOMMANDED_MODELS)
         self.sample_t = 0.0  # the reading's own time (seconds): what change between readings is measured on
         self.buffers: dict[tuple, deque] = {}  # rate_of windows
         self.prev: dict[tuple, float] = {}  # jump: previous value
@@ -498,6 +499,7 @@ class Engine:
                       site, cab, None, out)
         extractors, compiled = prog.scopes["slot"]
         vehicle = cab_model == VEHICLE_MODEL
+        commandable = cab_model not in UNCOMMANDED_MODELS
         if compiled:
             context = _context(prog.context_needs, reading) if prog.context_needs else None
             for slot in reading.slots:
@@ -515,6 +517,7 @@ class Engine:
                 ts.context = context
                 ts.sample_t = reading.timestamp_ns / 1e9
                 ts.vehicle = vehicle
+                ts.commandable = commandable
                 values = self._extract(extractors, slot, ts, tick, cab, sid)
                 chem = slot.chemistry
                 if chem is not None and type(chem) is not int:
@@ -572,7 +575,8 @@ class Engine:
                 new = _advance(rs, tab, x, tick)
                 if new != old:
                     # Level changes only once its transition exists: engine and store never disagree.
-                    out.append(self._transition(c, tab, old, new, v, now, site, cab, sid, ts.battery, ts.vehicle))
+                    out.append(self._transition(c, tab, old, new, v, now, site, cab, sid, ts.battery, ts.vehicle,
+                                                ts.commandable))
                     rs.level = new
                 if new == 0 and rs.down_since is None and not any(rs.since):
                     del states[c.id]
@@ -691,7 +695,8 @@ class Engine:
                 evidence.append(f"{label}={v if v is None else round(v, 3)} ({weight * s:.2f})")
         return score if seen else None
 
-    def _transition(self, c, tab, old, new, value, now, site, cab, sid, battery, vehicle=False) -> Transition:
+    def _transition(self, c, tab, old, new, value, now, site, cab, sid, battery, vehicle=False,
+                    commandable=True) -> Transition:
         rule = c.rule
         if new == 0:
             kind, shown = "clear", old
@@ -720,7 +725,7 @@ class Engine:
             # A cabinet's cut-off has no counterpart on a vehicle (its commands are part of the vehicle
             # functions): the alert tells people what to do instead (the action text).
             protective_action=(lv.protective_action if lv is not None and kind in ("raise", "escalate")
-                               and not vehicle else None),
+                               and commandable else None),
             labels=labels,
             annotations=annotations,
         )

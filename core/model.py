@@ -29,6 +29,8 @@ __all__ = [
     "Chemistry",
     "EmergencyState",
     "SlotReading",
+    "BLE_GATEWAY_MODEL",
+    "UNCOMMANDED_MODELS",
     "VEHICLE_MODEL",
     "VehicleReading",
     "VehicleState",
@@ -274,6 +276,11 @@ class CabinetReading:
 VEHICLE_MODEL = "vehicle"
 """The ``model`` of a :class:`CabinetReading` that carries a vehicle's pack (its one slot) to the warning
 engine: the battery rules read it as they read a cabinet slot; alerts say vehicle, not cabinet."""
+BLE_GATEWAY_MODEL = "ble-gateway"
+"""The ``model`` of a BLE gateway's report: the gateway as a cabinet of the packs it reads."""
+UNCOMMANDED_MODELS = frozenset({VEHICLE_MODEL, BLE_GATEWAY_MODEL})
+"""Readings of devices no cabinet command reaches: their alerts carry no protective action (the
+vehicle functions and the gateway's MOSFET control have their own, allow-listed path)."""
 
 
 @dataclass(slots=True)
