@@ -213,6 +213,11 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return _run_async(main())
 
 
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    from collectors.ble.gateway import run
+    return asyncio.run(run(args))
+
+
 def _cmd_devices(args: argparse.Namespace) -> int:
     from cascade.vehicles import provision
     from core.errors import CascadeError
@@ -330,6 +335,18 @@ def build_parser() -> argparse.ArgumentParser:
                                     "Exit 0 ok, 1 a check failed, 2 bad input or damaged archive.")
     add_restore_arguments(rs)
     rs.set_defaults(func=run_restore)
+
+    gw = sub.add_parser("gateway", help="run a BLE battery gateway: JBD/Daly packs over Bluetooth, uplink over MQTT",
+                        description="Scan for JBD and Daly BMS packs over Bluetooth, poll them over a bounded "
+                                    "number of links, and publish their readings over MQTT with a disk buffer "
+                                    "through uplink outages (docs/ble-gateway.md). --emulate N runs without a "
+                                    "radio, on emulated packs.")
+    try:
+        from collectors.ble.gateway import add_arguments as add_gateway_arguments
+        add_gateway_arguments(gw)
+    except ImportError:  # BLE extras not installed in this build
+        pass
+    gw.set_defaults(func=_cmd_gateway)
 
     ingest = sub.add_parser("ingest", help="run one vehicle ingest worker (MQTT shared subscription + HTTPS)",
                             description="Receive vehicle reports over MQTT (one share of the group's shared "

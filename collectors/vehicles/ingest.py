@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from core.model import VehicleReading
+from core.model import CabinetReading, VehicleReading
 from core.ports import PointSink
 
 from .trust import REPLAY_WINDOW_S, DeviceRegistry, Gate, freshness
-from .wire import WireError, decode, to_reading
+from .wire import FieldProblem, WireError, decode, to_reading
 
 __all__ = ["REASONS", "IngestMetrics", "Outcome", "VehicleIngest"]
 
@@ -62,6 +62,7 @@ class Outcome:
     seq: int | None = None
     fields_rejected: int = 0
     reading: VehicleReading | None = None  # what was stored
+    packs: CabinetReading | None = None  # a BLE gateway's packs, as stored (one slot per pack)
 
     @property
     def ok(self) -> bool:
@@ -161,6 +162,47 @@ class VehicleIngest:
         self.metrics.accepted.labels(transport).inc()
         self.metrics.lag.observe(max(0.0, now - msg.ts / 1000.0))
         return Outcome(vehicle=sender, seq=msg.seq, fields_rejected=len(problems), reading=reading)
+
+    def accept_packs(self, data: bytes, *, transport: str, device: str, fleet: str | None = None) -> Outcome:
+        """Store one BLE gateway report (``collectors.ble.wire.PackReport``) sent by ``device``: the
+        gateway as a cabinet of its packs (``cabinet``/``slot`` points, model ``ble-gateway``), the same
+        identity, topic and sequence checks as a vehicle report. Reports keep the time their packs were
+        read (a gateway forwards what it buffered through an uplink outage): no replay window on their
+        time, no rate limit (the sequence de-duplication refuses a replay), nothing of a buffer lost."""
+        from collectors.ble.wire import decode as decode_packs
+        from collectors.ble.wire import to_reading as packs_reading
+
+        now = self.clock()
+        try:
+            report = decode_packs(data)
+        except WireError as err:
+            return self._refuse(transport, err.reason, str(err), device)
+        if report.gateway != device:
+            return self._refuse(transport, "wrong_device", f"report names gateway {report.gateway!r}, sent by "
+                                f"{device!r}", device, report.seq)
+        known = self.devices.get(device)
+        if known is None:
+            return self._refuse(transport, "unknown_device", f"device {device!r} is not provisioned", device,
+                                report.seq)
+        if fleet is not None and fleet != known.fleet:
+            return self._refuse(transport, "wrong_topic", f"topic fleet {fleet!r}; device {device!r} belongs to "
+                                f"{known.fleet!r}", device, report.seq)
+        if report.ts / 1000.0 - now > self.window_s:
+            return self._refuse(transport, "future", f"report time {report.ts} ms is {report.ts / 1000 - now:+.0f} s "
+                                f"from the platform's clock", device, report.seq)
+        refused = self.gate.admit(device, report.seq, report.ts, self.elapsed(), charge=False)
+        if refused is not None:
+            return self._refuse(transport, refused, f"seq {report.seq}", device, report.seq)
+        problems: list[FieldProblem] = []
+        reading = packs_reading(report, fleet=known.fleet, problems=problems)
+        for problem in problems:
+            self.metrics.values_rejected.labels(problem.field.split("[")[0]).inc()
+            self._log_once(device, f"field:{problem.field}", "rejected value: %s", problem)
+        if self.sink is not None:
+            self.sink.submit((reading,))
+        self.metrics.accepted.labels(transport).inc()
+        self.metrics.lag.observe(max(0.0, now - report.ts / 1000.0))
+        return Outcome(vehicle=device, seq=report.seq, fields_rejected=len(problems), packs=reading)
 
     def refuse(self, transport: str, reason: str, detail: str, device: str = "?") -> Outcome:
         """Count and log a refusal decided by a transport (bad signature, malformed request)."""

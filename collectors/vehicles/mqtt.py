@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import aiomqtt
 import msgspec
 
-from core.model import VehicleReading
+from core.model import CabinetReading, VehicleReading
 
 from .ingest import VehicleIngest
 from .settings import MqttSettings
@@ -40,8 +40,8 @@ def topic(fleet: str, vehicle: str, kind: str = "telemetry") -> str:
     return f"{TOPIC_ROOT}/{fleet}/{vehicle}/{kind}"
 
 
-def shared_subscription(group: str) -> str:
-    return f"$share/{group}/{TOPIC_ROOT}/+/+/telemetry"
+def shared_subscription(group: str, kind: str = "telemetry") -> str:
+    return f"$share/{group}/{TOPIC_ROOT}/+/+/{kind}"
 
 
 class MqttIngest:
@@ -55,12 +55,13 @@ class MqttIngest:
     def __init__(self, settings: MqttSettings, ingest: VehicleIngest, *, client_id: str,
                  clock: Callable[[], float] = time.time, subscriptions: Sequence[str] | None = None,
                  answer: bool = True,
-                 on_accepted: Callable[[VehicleReading], Awaitable[None]] | None = None) -> None:
+                 on_accepted: Callable[[VehicleReading | CabinetReading], Awaitable[None]] | None = None) -> None:
         self.settings = settings
         self.ingest = ingest
         self.client_id = client_id
         self.clock = clock
-        self.subscriptions = list(subscriptions) if subscriptions else [shared_subscription(settings.group)]
+        self.subscriptions = list(subscriptions) if subscriptions else [
+            shared_subscription(settings.group), shared_subscription(settings.group, "packs")]
         self.answer = answer
         self.on_accepted = on_accepted
         self.connected = asyncio.Event()
@@ -108,13 +109,18 @@ class MqttIngest:
         parts = message.topic.value.split("/")
         payload = message.payload
         data = payload if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
-        if len(parts) != 5 or parts[4] != "telemetry":
+        if len(parts) != 5 or parts[4] not in ("telemetry", "packs"):
             self.ingest.refuse("mqtt", "wrong_topic", f"topic {message.topic.value[:120]!r}")
             return
         fleet, vehicle = parts[2], parts[3]
-        outcome = self.ingest.accept(bytes(data), transport="mqtt", device=vehicle, fleet=fleet)
-        if outcome.ok and self.on_accepted is not None and outcome.reading is not None:
-            await self.on_accepted(outcome.reading)
+        if parts[4] == "packs":  # a BLE gateway's report (collectors/ble)
+            outcome = self.ingest.accept_packs(bytes(data), transport="mqtt", device=vehicle, fleet=fleet)
+        else:
+            outcome = self.ingest.accept(bytes(data), transport="mqtt", device=vehicle, fleet=fleet)
+        if outcome.ok and self.on_accepted is not None:
+            accepted = outcome.reading if outcome.reading is not None else outcome.packs
+            if accepted is not None:
+                await self.on_accepted(accepted)
         if outcome.ok or outcome.reason in _QUIET or not self.answer:
             return
         tick = time.monotonic()  # the throttle is a duration; server_time_ms is the wall clock

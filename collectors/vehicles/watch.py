@@ -63,14 +63,16 @@ class VehicleWatchSource:
         # Its own counters (a private registry): the ingest workers count reports for Prometheus.
         self.ingest = VehicleIngest(DeviceRegistry.load(settings.devices), sink=None, metrics=IngestMetrics(),
                                     gate=Gate(rate_per_s=1e9, burst=1e9), window_s=settings.replay_window_s)
-        subscriptions = [f"{TOPIC_ROOT}/{fleet}/+/telemetry" for fleet in settings.fleets]
+        subscriptions = [f"{TOPIC_ROOT}/{fleet}/+/{kind}" for fleet in settings.fleets for kind in ("telemetry", "packs")]
         self.mqtt = MqttIngest(settings.mqtt, self.ingest, client_id=f"cascade-watch-{os.getpid()}",
                                subscriptions=subscriptions, answer=False, on_accepted=self._accepted)
         self._task: asyncio.Task[None] | None = None
 
-    async def _accepted(self, vehicle: VehicleReading) -> None:
-        if vehicle.battery is not None:
-            await self._emit(Report(as_engine_reading(vehicle), source=KIND, watch_only=True))
+    async def _accepted(self, reading: VehicleReading | CabinetReading) -> None:
+        if isinstance(reading, CabinetReading):  # a BLE gateway's packs: a cabinet of its packs
+            await self._emit(Report(reading, source=KIND, watch_only=True))
+        elif reading.battery is not None:
+            await self._emit(Report(as_engine_reading(reading), source=KIND, watch_only=True))
 
     def devices(self) -> Mapping[str, str]:
         return {}  # vehicles come and go by the thousand: no per-device series here (the workers count)
