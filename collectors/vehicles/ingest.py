@@ -90,6 +90,12 @@ class IngestMetrics:
         self.lag = Histogram("cascade_vehicle_ingest_lag_seconds",
                              "Platform receive time minus the device's report time",
                              buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600), registry=registry)
+        # BLE gateways are few (one per station or vehicle box): a series each, for the silent-gateway rule.
+        self.gateway_seen = Gauge("cascade_gateway_last_report_seconds",
+                                  "Unix time of the last pack report stored from each BLE gateway",
+                                  ["fleet", "gateway"], registry=registry)
+        self.gateway_packs = Gauge("cascade_gateway_packs", "Packs in the last report of each BLE gateway",
+                                   ["fleet", "gateway"], registry=registry)
         for transport in ("mqtt", "https"):  # every series exists from the start (rates, absent())
             self.accepted.labels(transport)
             for reason in REASONS:
@@ -202,6 +208,8 @@ class VehicleIngest:
             self.sink.submit((reading,))
         self.metrics.accepted.labels(transport).inc()
         self.metrics.lag.observe(max(0.0, now - report.ts / 1000.0))
+        self.metrics.gateway_seen.labels(known.fleet, device).set(now)
+        self.metrics.gateway_packs.labels(known.fleet, device).set(len(reading.slots))
         return Outcome(vehicle=device, seq=report.seq, fields_rejected=len(problems), packs=reading)
 
     def refuse(self, transport: str, reason: str, detail: str, device: str = "?") -> Outcome:
