@@ -57,6 +57,8 @@ def test_a_gateway_report_is_stored_as_a_cabinet_of_its_packs_with_the_vehicle_c
     assert [(s.slot, s.battery_id, s.voltage_v) for s in reading.slots] == [
         (1, "PACK-1", 52.1), (2, "PACK-2", 52.1), (3, "PACK-3", 52.1)]
     assert reading.slots[0].extra == {"mosfet_charge": True, "mosfet_discharge": True}
+    assert ingest.metrics.gateway_seen.labels("bj", "V000001")._value.get() > 0  # CascadeGatewaySilent reads it
+    assert ingest.metrics.gateway_packs.labels("bj", "V000001")._value.get() == 3
     # The same refusals as a vehicle report: a replay, another device's report, another fleet, garbage.
     assert ingest.accept_packs(_report("V000001", 7), transport="mqtt", device="V000001").reason == "duplicate"
     assert ingest.accept_packs(_report("V000002", 1), transport="mqtt", device="V000001").reason == "wrong_device"
