@@ -408,3 +408,27 @@ async def test_mosfet_command_never_switches_a_mosfet_on() -> None:
         result = await gw.switch_off(pack.address, charge=True, discharge=False, actor="t", reason="t")
     assert result.result == "ok" and pack.mosfet_writes == [0x03]  # both off: discharge stays off
     assert (pack.state.mosfet_charge, pack.state.mosfet_discharge) == (False, False)
+
+
+async def test_the_gateway_metrics_are_its_exact_counters(tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+
+    from collectors.ble.metrics import registry_for
+
+    radio = make_radio(4, latency_s=0.001)
+    sink = Reports()
+
+    class Uplink:
+        def counters(self) -> dict[str, int]:
+            return {"submitted": len(sink.reports), "sent": len(sink.reports), "buffered": 0, "dropped_buffer_full": 0}
+
+    async with _running(_gateway(radio, sink, max_connections=2)) as gw:
+        await _until(lambda: gw.stats.readings >= 8)
+        registry = registry_for(gw, Uplink())
+        value = registry.get_sample_value
+        assert value("cascade_gateway_packs_seen") == 4
+        assert 0 <= value("cascade_gateway_packs_connected") <= 2
+        assert value("cascade_gateway_readings_total") == gw.stats.readings
+        assert value("cascade_gateway_connects_total") == gw.stats.connects
+        assert value("cascade_gateway_uplink_reports_total", {"state": "submitted"}) == len(sink.reports)
+        assert b"cascade_gateway_uplink_buffered 0.0" in generate_latest(registry)

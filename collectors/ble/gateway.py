@@ -43,6 +43,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from bleak import BleakClient, BleakScanner
 from bleak.backends.client import BaseBleakClient
 from bleak.backends.device import BLEDevice
@@ -722,6 +723,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="JBD packs whose charge/discharge MOSFETs a protective action may switch off (repeatable; "
                         "default none); each command is read back and recorded in <buffer-dir>/mosfet-audit.jsonl")
     b.add_argument("--emulate", type=int, metavar="N", help="no radio: poll N emulated JBD/Daly packs")
+    parser.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+                        help="serve Prometheus /metrics on 127.0.0.1:PORT (default 0: off)")
 
 
 def _password(args: argparse.Namespace) -> str:
@@ -780,15 +783,39 @@ async def run(args: argparse.Namespace) -> int:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     tasks = [asyncio.create_task(gateway.run(), name="ble-gateway"), asyncio.create_task(uplink.run(), name="uplink")]
+    metrics: web.AppRunner | None = None
     try:
+        if getattr(args, "metrics_port", 0):
+            metrics = await _serve_metrics(gateway, uplink, args.metrics_port)
         await _until(stop, tasks)
     finally:
+        if metrics is not None:
+            await metrics.cleanup()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         log.info("gateway stopped: %d readings in %d reports; uplink %s", gateway.stats.readings,
                  gateway.stats.reports, uplink.counters())
     return 0
+
+
+async def _serve_metrics(gateway: Gateway, uplink: Any, port: int) -> web.AppRunner:
+    """``/metrics`` on 127.0.0.1:``port`` from the gateway's counters (collectors/ble/metrics.py)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from .metrics import registry_for
+
+    registry = registry_for(gateway, uplink)
+
+    async def handler(_request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
 
 
 async def _until(stop: asyncio.Event, tasks: Sequence[asyncio.Task[None]]) -> None:
