@@ -1101,6 +1101,74 @@ def build_regulator() -> dict[str, Any]:
         tags=["cascade", "regulator"], annotations=[alerts], editable=False, time_from="now-7d", refresh="1m")
 
 
+# -- alarm statistics: how many alarms, of which level, where, over any range ---------------------------
+# One incident is one `raise` (an escalation is the same incident, not another alarm); "reached level 3"
+# counts the raise at 3 or the escalation to 3. Every panel answers over the dashboard's time range.
+
+_RAISED = '"kind" = \'raise\''
+_REACHED_3 = '"level" = 3 AND ("kind" = \'raise\' OR "kind" = \'escalate\')'
+
+
+def stats_total() -> Panel:
+    return stat(t("告警事件总数", "Alarm incidents"),
+                t("时间范围内新触发的告警数（一次触发算一件，升级不重复计数），各等级合计。",
+                  "Alerts raised in the time range (one raise is one incident; an escalation is not counted "
+                  "again), all levels."),
+                [influx(f'SELECT count("level") FROM "alert" WHERE $timeFilter AND {_RAISED}')],
+                unit="none", w=6)
+
+
+def stats_by_level() -> Panel:
+    return stat(t("按触发等级", "By level at raise"),
+                t("按触发时的等级统计新告警：1 级提示、2 级警告、3 级严重。",
+                  "New alerts by the level they were raised at: 1 notice, 2 warning, 3 critical."),
+                [influx(f'SELECT count("level") FROM "alert" WHERE $timeFilter AND {_RAISED} GROUP BY "severity"',
+                        alias="$tag_severity")], unit="none", w=12)
+
+
+def stats_reached_3() -> Panel:
+    return stat(t("达到 3 级", "Reached level 3"),
+                t("时间范围内达到 3 级（严重）的告警：直接以 3 级触发或升级到 3 级。",
+                  "Alerts that reached level 3 (critical) in the range: raised at 3 or escalated to 3."),
+                [influx(f'SELECT count("level") FROM "alert" WHERE $timeFilter AND {_REACHED_3}')],
+                unit="none", w=6, thresholds=[{"color": "green", "value": None}, {"color": "red", "value": 1}])
+
+
+def stats_per_day() -> Panel:
+    query = (f'SELECT count("level") FROM "alert" WHERE $timeFilter AND {_RAISED} '
+             'GROUP BY time(1d), "severity" fill(0)')
+    return timeseries(t("每日新告警", "New alarms per day"),
+                      t("每天新触发的告警数，按等级。", "Alerts raised per day, by level."),
+                      [influx(query, alias="$tag_severity")], unit="none", w=24, h=7, bars=True, stack=True,
+                      axis_label=t("告警数", "alarms"))
+
+
+def stats_by_rule() -> Panel:
+    query = f'SELECT count("level") AS "n" FROM "alert" WHERE $timeFilter AND {_RAISED} GROUP BY "rule"'
+    return table(t("按规则", "By rule"), t("每条规则在时间范围内触发的告警数。",
+                                           "Alerts raised by each rule in the time range."),
+                 [influx(query, table_format=True)], w=12, h=9, sort_by="n",
+                 labels={"rule": t("规则", "rule"), "n": t("告警数", "alarms")})
+
+
+def stats_by_site() -> Panel:
+    query = f'SELECT count("level") AS "n" FROM "alert" WHERE $timeFilter AND {_RAISED} GROUP BY "site"'
+    return table(t("按站点", "By site"), t("每个站点在时间范围内触发的告警数。",
+                                           "Alerts raised at each site in the time range."),
+                 [influx(query, table_format=True)], w=12, h=9, sort_by="n",
+                 labels={"site": t("站点", "site"), "n": t("告警数", "alarms")})
+
+
+def build_alarm_stats() -> dict[str, Any]:
+    return dashboard(
+        "cascade-alarm-stats", t("Cascade / 告警统计", "Cascade / Alarm statistics"),
+        t("本月（或任意时间范围）有多少告警、什么等级、哪些规则、哪些站点：一次触发算一件，升级不重复计数。",
+          "How many alarms this month (or any range), of which level, from which rules and sites: one raise is "
+          "one incident, an escalation is not counted again."),
+        [stats_total(), stats_by_level(), stats_reached_3(), stats_per_day(), stats_by_rule(), stats_by_site()],
+        tags=["cascade", "noc", "regulator"], refresh="1m", time_from="now/M")
+
+
 # =================================================================================================
 
 # Every builder gets the rule catalogue; the vehicle, pipeline and regulator dashboards draw no value
@@ -1112,6 +1180,7 @@ DASHBOARDS: dict[str, Callable[[RuleSet], dict[str, Any]]] = {
     "cascade-vehicles": lambda _rules: build_vehicles(),
     "cascade-pipeline": lambda _rules: build_pipeline(),
     "cascade-regulator": lambda _rules: build_regulator(),
+    "cascade-alarm-stats": lambda _rules: build_alarm_stats(),
 }
 
 
