@@ -49,7 +49,6 @@ from dashboards.panels import (
     right_axis,
     stat,
     table,
-    textbox_variable,
     timeseries,
 )
 
@@ -753,10 +752,10 @@ def battery_alerts() -> Panel:
 
 
 def build_battery(rules: RuleSet) -> dict[str, Any]:
-    battery = textbox_variable("battery", t("电池编号", "Battery id"),
-                               description=t("BMS 上报的电池编号（battery_id 是字段而非标签，无法列出：请输入或粘贴）。",
-                                             "Battery id as the BMS reports it (battery_id is a field, not a tag, so "
-                                             "it cannot be listed: type or paste it)."))
+    # battery_id is a field (not a tag): listed with DISTINCT over the packs seen in the last 7 days, in
+    # cabinets and in vehicles; the list is searchable in Grafana's picker.
+    battery = influx_variable("battery", t("电池编号", "Battery id"),
+                              'SELECT DISTINCT("battery_id") FROM "slot", "vehicle_battery" WHERE time > now() - 7d')
     return dashboard(
         "cascade-battery", t("Cascade / 电池履历", "Cascade / Battery history"),
         t("按编号查看单个电池在各处的履历（P-6.3）：充电地点、SOC、温度、电压、循环次数与 SOH。",
@@ -1101,6 +1100,70 @@ def build_regulator() -> dict[str, Any]:
         tags=["cascade", "regulator"], annotations=[alerts], editable=False, time_from="now-7d", refresh="1m")
 
 
+# -- battery health: which packs are fading, which must leave service -----------------------------------
+# Per position (cabinet slot) the pack docked there now: battery_id is a field, so ranking is by where a
+# pack is, with its id shown; the battery history dashboard follows one pack everywhere.
+
+_NOW_IN_SLOTS = ('FROM "slot" WHERE time > now() - 1h AND "battery_state" != 0 '
+                 'GROUP BY "site", "cabinet", "slot"')
+
+
+def health_lowest_soh() -> Panel:
+    query = ('SELECT last("soh_pct") AS "soh", last("battery_id") AS "battery", last("charge_count") AS "cycles" '
+             + _NOW_IN_SLOTS)
+    return table(t("SOH 最低的电池", "Lowest state of health"),
+                 t("当前在仓电池按 BMS 上报的 SOH 从低到高排序（最近 1 小时）；低于 80% 的电池接近退役或梯次利用下限"
+                   "（D-4.2：800 次循环后 ≥ 70%）。",
+                   "Packs docked now, by the SOH their BMS reports, lowest first (last hour); below 80 % a pack nears "
+                   "the end of its second life (D-4.2: ≥ 70 % after 800 cycles)."),
+                 [influx(query, table_format=True)], w=12, h=10, sort_by="soh", descending=False,
+                 labels={"site": t("站点", "site"), "cabinet": t("换电柜", "cabinet"), "slot": t("仓位", "slot"),
+                         "soh": "SOH %", "battery": t("电池编号", "battery"), "cycles": t("充电次数", "cycles")},
+                 overrides=[_battery_history("battery")])
+
+
+def health_cell_spread() -> Panel:
+    query = ('SELECT last("cell_voltage_max_v") - last("cell_voltage_min_v") AS "spread_v", '
+             'last("battery_id") AS "battery" ' + _NOW_IN_SLOTS)
+    return table(t("单体压差最大的电池", "Widest cell-voltage spread"),
+                 t("当前在仓电池的单体最高与最低电压之差，从大到小：压差扩大是容量衰减不均或均衡失效的信号。",
+                   "Highest minus lowest cell voltage of each pack docked now, widest first: a growing spread is "
+                   "uneven fading or failed balancing."),
+                 [influx(query, table_format=True)], w=12, h=10, sort_by="spread_v",
+                 labels={"site": t("站点", "site"), "cabinet": t("换电柜", "cabinet"), "slot": t("仓位", "slot"),
+                         "spread_v": t("压差 V", "spread V"), "battery": t("电池编号", "battery")},
+                 overrides=[_battery_history("battery")])
+
+
+def health_nearing_limits() -> Panel:
+    query = ('SELECT count("soh") FROM (SELECT last("soh_pct") AS "soh" ' + _NOW_IN_SLOTS + ') WHERE "soh" < 80')
+    return stat(t("SOH 低于 80% 的在仓电池", "Docked packs below 80 % SOH"),
+                t("当前在仓、BMS 上报 SOH 低于 80% 的电池数：梯次利用验收与退役复核的候选。",
+                  "Packs docked now whose BMS reports SOH below 80 %: candidates for second-life review or "
+                  "retirement."),
+                [influx(query)], unit="none", w=6, thresholds=[{"color": "green", "value": None},
+                                                              {"color": "orange", "value": 1}])
+
+
+def health_soh_spread() -> Panel:
+    query = ('SELECT min("soh"), mean("soh"), max("soh") FROM (SELECT last("soh_pct") AS "soh" '
+             + _NOW_IN_SLOTS + ')')
+    return stat(t("在仓电池 SOH：最低 / 平均 / 最高", "Docked packs' SOH: lowest / mean / highest"),
+                t("当前在仓电池 BMS 上报 SOH 的最低、平均与最高值。",
+                  "Lowest, mean and highest SOH the BMS of each docked pack reports now."),
+                [influx(query, alias="$col")], unit="percent", w=18)
+
+
+def build_battery_health() -> dict[str, Any]:
+    return dashboard(
+        "cascade-battery-health", t("Cascade / 电池健康", "Cascade / Battery health"),
+        t("哪些电池在衰减、哪些该退出服务：在仓电池按 SOH 与单体压差排序，点击电池编号查看其履历。",
+          "Which packs are fading and which must leave service: packs docked now ranked by SOH and by cell "
+          "spread; click a battery id for its history."),
+        [health_nearing_limits(), health_soh_spread(), health_lowest_soh(), health_cell_spread()],
+        tags=["cascade", "noc"], refresh="5m", time_from="now-24h")
+
+
 # -- alarm statistics: how many alarms, of which level, where, over any range ---------------------------
 # One incident is one `raise` (an escalation is the same incident, not another alarm); "reached level 3"
 # counts the raise at 3 or the escalation to 3. Every panel answers over the dashboard's time range.
@@ -1181,6 +1244,7 @@ DASHBOARDS: dict[str, Callable[[RuleSet], dict[str, Any]]] = {
     "cascade-pipeline": lambda _rules: build_pipeline(),
     "cascade-regulator": lambda _rules: build_regulator(),
     "cascade-alarm-stats": lambda _rules: build_alarm_stats(),
+    "cascade-battery-health": lambda _rules: build_battery_health(),
 }
 
 

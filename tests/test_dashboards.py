@@ -59,7 +59,7 @@ from tests.fixtures.prom import SHIPPED_PROMETHEUS_DIR
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD_DIR = REPO / "dashboards"
 EXPECTED_UIDS = {"cascade-fleet", "cascade-cabinet", "cascade-battery", "cascade-vehicles", "cascade-pipeline",
-                 "cascade-regulator", "cascade-alarm-stats"}
+                 "cascade-regulator", "cascade-alarm-stats", "cascade-battery-health"}
 CJK = re.compile(r"[\u4e00-\u9fff]")
 
 # Panels whose queries are valid but legitimately return nothing in this test: (dashboard, English panel
@@ -619,7 +619,7 @@ async def test_every_query_returns_data_on_a_live_stack(influxdb, prometheus_fac
                                     "slot": "(" + "|".join(slots) + ")"},  # Grafana's regex form of "All"
                 "cascade-battery": {"battery": battery["battery_id"]},
                 "cascade-vehicles": {"fleet": ".*"},  # the "All" value
-                "cascade-pipeline": {}, "cascade-regulator": {}, "cascade-alarm-stats": {},
+                "cascade-pipeline": {}, "cascade-regulator": {}, "cascade-alarm-stats": {}, "cascade-battery-health": {},
             }
             # Wait for enough scrapes for rate() over 1m and the recording rules, then judge.
             deadline = time.monotonic() + 30
