@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from alerting.actions import ActionPolicy, ActionRecord, ActionRunner, Command
 from alerting.alertmanager import AlertmanagerPusher
@@ -140,6 +140,13 @@ class AlertService:
         self._alert_active = Gauge("cascade_alert_active", "1 for every active safety alert of the engine",
                                    ["rule", "level", "site", "cabinet", "slot"], registry=registry)
         self._alert_series: set[tuple[str, str, str, str, str]] = set()
+        # The on-call view: how many active alerts someone is on, and how long acknowledging took.
+        self._acknowledged = Gauge("cascade_alerts_acknowledged", "Active alerts acknowledged, by level",
+                                   ["level"], registry=registry)
+        self._ack_seconds = Histogram("cascade_alert_ack_seconds",
+                                      "Time from an alert's raise (at its current level) to its acknowledgement",
+                                      ["level"], buckets=(30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400),
+                                      registry=registry)
         # A cabinet that stops reporting leaves every safety rule on it blind: after offline_after_s
         # without a reading it is a level-2 cabinet_offline alert, raised here (no Prometheus needed).
         # One limit for all, or per (site, cabinet) (the app passes two poll intervals plus the timeout).
@@ -445,8 +452,14 @@ class AlertService:
         parsed = AlertKey.parse(key)
         failed = self.failed.get(parsed)
         if failed is None:
+            before = self.store.get(parsed)
+            first = None if before is None or before.ack is not None else (before.level, before.updated_at)
             result = _alert_dict(self.store.acknowledge(parsed, who, comment))
+            if first is not None:
+                self._ack_seconds.labels(str(first[0])).observe(max(0.0, self._clock() - first[1]))
         else:
+            if failed.ack is None:
+                self._ack_seconds.labels("3").observe(max(0.0, self._clock() - failed.raised_at))
             if not isinstance(who, str) or not who.strip():
                 raise ValueError("acknowledge needs who: the person acknowledging")
             failed.ack = Ack(who.strip(), comment, self._clock(), 3)
@@ -460,6 +473,7 @@ class AlertService:
                 if fired is not None:
                     self.pusher.silence(fired, who=str(who).strip(), comment=comment,
                                         until=self._clock() + ACK_SILENCE_S)
+        self._update_gauge()
         return result
 
     # -- helpers --------------------------------------------------------------------------------
@@ -582,8 +596,13 @@ class AlertService:
         for labels in series - self._alert_series:
             self._alert_active.labels(*labels).set(1)
         self._alert_series = series
+        acked = {1: 0, 2: 0, 3: sum(1 for f in self.failed.values() if f.ack is not None)}
+        for alert in self.store.active():
+            if alert.ack is not None:
+                acked[alert.level] = acked.get(alert.level, 0) + 1
         for level in (1, 2, 3):
             self._active.labels(str(level)).set(counts[level])
+            self._acknowledged.labels(str(level)).set(acked.get(level, 0))
         self._cabinets_seen |= worst.keys()
         for where in self._cabinets_seen:
             self._cabinet_level.labels(*where).set(worst.get(where, 0))

@@ -1164,6 +1164,65 @@ def build_battery_health() -> dict[str, Any]:
         tags=["cascade", "noc"], refresh="5m", time_from="now-24h")
 
 
+# -- on call: what is ringing, who is on it, how fast people acknowledge --------------------------------
+
+def oncall_active() -> Panel:
+    return stat(t("活动告警（按等级）", "Active alerts by level"),
+                t("当前活动的告警数，按等级（含保护动作失败）。", "Alerts active now, by level (failed protective "
+                                                           "actions included)."),
+                [prom("sum by (level) (cascade_alerts_active)", legend=t("{{level}} 级", "level {{level}}"),
+                      instant=True)], unit="none", w=8)
+
+
+def oncall_acknowledged() -> Panel:
+    return stat(t("已确认（按等级）", "Acknowledged by level"),
+                t("当前活动且已有人确认（正在处置）的告警数；确认后不再重复呼叫，直到升级或恢复。",
+                  "Active alerts someone has acknowledged (is on): their repeat calls stop until they escalate "
+                  "or clear."),
+                [prom("sum by (level) (cascade_alerts_acknowledged)", legend=t("{{level}} 级", "level {{level}}"),
+                      instant=True)], unit="none", w=8)
+
+
+def oncall_unacknowledged_critical() -> Panel:
+    return stat(t("未确认的 3 级告警", "Unacknowledged level-3 alerts"),
+                t("当前无人确认的 3 级告警：超过升级时限后会呼叫下一位值班人员。",
+                  "Level-3 alerts nobody has acknowledged: past the escalation time they page the next on-call."),
+                [prom('sum(cascade_alerts_active{level="3"}) - sum(cascade_alerts_acknowledged{level="3"})',
+                      legend=t("未确认", "unacknowledged"), instant=True)],
+                unit="none", w=8, thresholds=[{"color": "green", "value": None}, {"color": "red", "value": 1}])
+
+
+def oncall_time_to_ack() -> Panel:
+    targets = [prom(f"histogram_quantile({q}, sum by (le) (increase(cascade_alert_ack_seconds_bucket[1d])))",
+                    ref=ref, legend=legend)
+               for q, ref, legend in ((0.5, "A", t("中位数", "median")), (0.95, "B", "p95"))]
+    return timeseries(t("确认用时", "Time to acknowledge"),
+                      t("告警（按当前等级起算）到有人确认所用时间，过去 24 小时的中位数与 95 分位。",
+                        "Time from an alert (at its current level) to its acknowledgement: median and 95th "
+                        "percentile over the past 24 hours."), targets, unit="s", w=12,
+                      axis_label=t("用时", "time"))
+
+
+def oncall_active_list() -> Panel:
+    return table(t("活动告警明细", "Active alerts"),
+                 t("每条活动告警的规则、等级与位置（与 Prometheus 告警页 CascadeSafetyAlert 一致）。",
+                   "Every active alert's rule, level and place (as Prometheus' CascadeSafetyAlert shows them)."),
+                 [prom("cascade_alert_active == 1", instant=True, table_format=True)], w=12, h=8,
+                 labels={"rule": t("规则", "rule"), "level": t("等级", "level"), "site": t("站点", "site"),
+                         "cabinet": t("换电柜", "cabinet"), "slot": t("仓位", "slot")})
+
+
+def build_oncall() -> dict[str, Any]:
+    return dashboard(
+        "cascade-oncall", t("Cascade / 值班", "Cascade / On call"),
+        t("值班情况：现在什么在响、谁已在处置、多少 3 级告警无人确认、确认用了多久。",
+          "The on-call situation: what is ringing now, who is on it, which level-3 alerts nobody has "
+          "acknowledged, and how long acknowledging takes."),
+        [oncall_active(), oncall_acknowledged(), oncall_unacknowledged_critical(), oncall_time_to_ack(),
+         oncall_active_list()],
+        tags=["cascade", "noc"], refresh="10s", time_from="now-24h")
+
+
 # -- alarm statistics: how many alarms, of which level, where, over any range ---------------------------
 # One incident is one `raise` (an escalation is the same incident, not another alarm); "reached level 3"
 # counts the raise at 3 or the escalation to 3. Every panel answers over the dashboard's time range.
@@ -1245,6 +1304,7 @@ DASHBOARDS: dict[str, Callable[[RuleSet], dict[str, Any]]] = {
     "cascade-regulator": lambda _rules: build_regulator(),
     "cascade-alarm-stats": lambda _rules: build_alarm_stats(),
     "cascade-battery-health": lambda _rules: build_battery_health(),
+    "cascade-oncall": lambda _rules: build_oncall(),
 }
 
 

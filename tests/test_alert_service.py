@@ -216,6 +216,9 @@ async def test_ack_and_thresholds_over_http_and_cli(tmp_path, engine_clock):
             body = await r.json()
         assert body["ack"]["who"] == "noc-alice" and body["ack"]["comment"] == "on my way" and body["ack"]["level"] == 1
         assert engine.state.get(KEY).ack.who == "noc-alice"
+        # The on-call view: one level-1 alert acknowledged, about 300 s after it was raised.
+        assert pipeline.registry.get_sample_value("cascade_alerts_acknowledged", {"level": "1"}) == 1
+        assert pipeline.registry.get_sample_value("cascade_alert_ack_seconds_count", {"level": "1"}) == 1
         async with http.post(f"{base}/api/alerts/h2_gas@{SITE}/{CAB}/1/ack", json={"who": "bob"}) as r:
             assert r.status == 404
             assert "GET /api/alerts" in (await r.json())["error"]

@@ -59,7 +59,7 @@ from tests.fixtures.prom import SHIPPED_PROMETHEUS_DIR
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD_DIR = REPO / "dashboards"
 EXPECTED_UIDS = {"cascade-fleet", "cascade-cabinet", "cascade-battery", "cascade-vehicles", "cascade-pipeline",
-                 "cascade-regulator", "cascade-alarm-stats", "cascade-battery-health"}
+                 "cascade-regulator", "cascade-alarm-stats", "cascade-battery-health", "cascade-oncall"}
 CJK = re.compile(r"[\u4e00-\u9fff]")
 
 # Panels whose queries are valid but legitimately return nothing in this test: (dashboard, English panel
@@ -610,6 +610,11 @@ async def test_every_query_returns_data_on_a_live_stack(influxdb, prometheus_fac
                     ok=True, readback=0, error="", requested_at=now - 0.05, completed_at=now,
                     site=drill.state.site)),
             ])
+            # Someone on call acknowledges one active alert: the on-call dashboard's acknowledged count and
+            # time to acknowledge.
+            active = engine.state.active()
+            assert active, "no active alert to acknowledge"
+            service.acknowledge(str(active[0].key), "noc-test", "on my way")
             # Two vehicles of one fleet, as the ingest workers store them: position and pack.
             await asyncio.to_thread(_write, influxdb.url, _vehicle_lines(now))
             slots = [str(n) for n in range(1, drill.slot_count + 1)]
@@ -620,6 +625,7 @@ async def test_every_query_returns_data_on_a_live_stack(influxdb, prometheus_fac
                 "cascade-battery": {"battery": battery["battery_id"]},
                 "cascade-vehicles": {"fleet": ".*"},  # the "All" value
                 "cascade-pipeline": {}, "cascade-regulator": {}, "cascade-alarm-stats": {}, "cascade-battery-health": {},
+                "cascade-oncall": {},
             }
             # Wait for enough scrapes for rate() over 1m and the recording rules, then judge.
             deadline = time.monotonic() + 30
