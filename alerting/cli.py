@@ -26,12 +26,18 @@ import urllib.parse
 import urllib.request
 from typing import Any, TextIO
 
+from alerting.i18n import DEFAULT_LANGUAGE, LANGUAGES, N_, AlertTexts
 from core.stackenv import stack_value
 
 __all__ = ["DEFAULT_URL", "add_arguments", "main", "run"]
 
 DEFAULT_URL = "http://127.0.0.1:9108"
-_LEVEL_NAMES = {1: "notice", 2: "warning", 3: "CRITICAL"}
+_LEVEL_NAMES = {1: N_("notice"), 2: N_("warning"), 3: N_("CRITICAL")}
+_texts = AlertTexts(DEFAULT_LANGUAGE)  # set from --language in main()
+
+
+def tr(msgid: str, /, **values: Any) -> str:
+    return _texts.tr(msgid, **values)
 
 
 class _Refused(Exception):
@@ -46,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"the running collector's HTTP API (default {default}: the running stack's metrics port "
                              "from $CASCADE_METRICS_PORT or var/stack.env, else 9108)")
     parser.add_argument("--json", action="store_true", help="print the server's JSON instead of a table")
+    parser.add_argument("--language", default=os.environ.get("CASCADE_LANGUAGE", DEFAULT_LANGUAGE),
+                        choices=sorted(LANGUAGES), help="language of the output: zh_CN (default) or en "
+                                                      "(default: $CASCADE_LANGUAGE)")
     parser.add_argument("--token", default=os.environ.get("CASCADE_API_TOKEN"),
                         help="API token for ack and set-threshold (default: $CASCADE_API_TOKEN)")
     sub = parser.add_subparsers(dest="alerts_command", metavar="COMMAND", required=True)
@@ -66,7 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     """Run one parsed ``cascade alerts`` command; returns the exit status."""
+    global _texts
     out = out or sys.stdout
+    _texts = AlertTexts(getattr(args, "language", DEFAULT_LANGUAGE))
     base = args.url.rstrip("/")
     try:
         if args.alerts_command == "list":
@@ -79,13 +90,15 @@ def main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
             key = urllib.parse.quote(args.key, safe="@/")
             doc = _call("POST", f"{base}/api/alerts/{key}/ack", {"who": args.who, "comment": args.comment},
                         token=args.token)
-            _emit(out, args, doc, lambda d: f"acknowledged {d['key']} (level {d['level']}) as {d['ack']['who']}")
+            _emit(out, args, doc, lambda d: tr("acknowledged {key} (level {level}) as {who}", key=d["key"],
+                                               level=d["level"], who=d["ack"]["who"]))
         elif args.alerts_command == "set-threshold":
             value: Any = int(args.value) if args.value.is_integer() else args.value
             doc = _call("PUT", f"{base}/api/thresholds/{urllib.parse.quote(args.rule)}/{args.level}",
                         {"value": value, "who": args.who, "reason": args.reason}, token=args.token)
-            _emit(out, args, doc, lambda d: f"{d['rule']} level {d['level']}: {d['old']:g} -> {d['new']:g} "
-                                            f"(by {d['who']}: {d['reason']})")
+            _emit(out, args, doc, lambda d: tr("{rule} level {level}: {old} -> {new} (by {who}: {reason})",
+                                               rule=d["rule"], level=d["level"], old=f"{d['old']:g}",
+                                               new=f"{d['new']:g}", who=d["who"], reason=d["reason"]))
         elif args.alerts_command == "actions":
             doc = _call("GET", f"{base}/api/actions")
             _emit(out, args, doc, _format_actions)
@@ -133,29 +146,31 @@ def _emit(out: TextIO, args: argparse.Namespace, doc: Any, formatter) -> None:
 def _format_alerts(doc: dict[str, Any]) -> str:
     alerts = doc.get("alerts", [])
     if not alerts:
-        return "no active alerts"
+        return tr("no active alerts")
     lines = []
     for a in alerts:
         ack = a.get("ack")
-        seen = f"ack {ack['who']} {_when(ack['at'])}" + (f" \"{ack['comment']}\"" if ack["comment"] else "") \
-            if ack else "NOT ACKNOWLEDGED"
-        lines.append(f"L{a['level']} {_LEVEL_NAMES.get(a['level'], '?'):8} {a['key']}  since {_when(a['raised_at'])}"
-                     f"  {seen}")
+        seen = (tr("acknowledged by {who} at {when}", who=ack["who"], when=_when(ack["at"]))
+                + (f" \"{ack['comment']}\"" if ack["comment"] else "")) if ack else tr("NOT ACKNOWLEDGED")
+        level = tr(_LEVEL_NAMES[a["level"]]) if a["level"] in _LEVEL_NAMES else "?"
+        lines.append(f"L{a['level']} {level:8} {a['key']}  " + tr("since {when}", when=_when(a["raised_at"]))
+                     + f"  {seen}")
         notes = a.get("annotations", {})
-        for name in ("diagnosis", "action"):
+        for name, label in (("diagnosis", N_("diagnosis")), ("action", N_("action"))):
             if notes.get(name):
-                lines.append(f"    {name}: {notes[name]}")
+                lines.append(f"    {tr(label)}: {notes[name]}")
     return "\n".join(lines)
 
 
 def _format_rollup(doc: dict[str, Any]) -> str:
     if not doc:
-        return "all clear"
+        return tr("all clear")
     lines = []
     for site, s in sorted(doc.items()):
         lines.append(f"{site}: L{s['level']}")
         for cab, c in sorted(s["cabinets"].items()):
-            slots = ", ".join(f"slot {n}: L{lv}" for n, lv in sorted(c["slots"].items(), key=lambda kv: int(kv[0])))
+            slots = ", ".join(tr("slot {slot}: L{level}", slot=n, level=lv)
+                              for n, lv in sorted(c["slots"].items(), key=lambda kv: int(kv[0])))
             lines.append(f"  {cab}: L{c['level']}" + (f"  ({slots})" if slots else ""))
     return "\n".join(lines)
 
@@ -163,10 +178,13 @@ def _format_rollup(doc: dict[str, Any]) -> str:
 def _format_actions(doc: dict[str, Any]) -> str:
     actions = doc.get("actions", [])
     if not actions:
-        return "no protective actions"
+        return tr("no protective actions")
     return "\n".join(
-        f"{_when(a['at'])} {a['result'].upper():7} {a['action']} {a['site']}/{a['cabinet']} slot {a['slot']} "
-        f"{a['command']}={a['value']} read back {a['readback']} by {a['actor']}" + (f": {a['error']}" if a["error"] else "")
+        f"{_when(a['at'])} {a['result'].upper():7} "
+        + tr("{action} {site}/{cabinet} slot {slot} {command}={value} read back {readback} by {actor}",
+             action=a["action"], site=a["site"], cabinet=a["cabinet"], slot=a["slot"], command=a["command"],
+             value=a["value"], readback=a["readback"], actor=a["actor"])
+        + (f": {a['error']}" if a["error"] else "")
         for a in actions)
 
 
