@@ -44,6 +44,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from alerting.actions import ActionPolicy, ActionRecord, ActionRunner, Command
 from alerting.alertmanager import AlertmanagerPusher
+from alerting.categories import category_of
 from alerting.engine import Engine
 from alerting.engine import _place as place_text
 from alerting.i18n import N_, AlertTexts
@@ -623,7 +624,7 @@ def _alert_event(rule: str, site: str, cabinet: str, slot: int | None, severity:
         value = None
     return AlertEvent(rule, site, cabinet, slot, severity, level, from_level, kind, value, battery,
                       annotations.get("summary"), annotations.get("diagnosis"), annotations.get("action"),
-                      timestamp_ns)
+                      timestamp_ns, category_of(rule))
 
 
 def _ack_dict(ack: Ack) -> dict[str, Any]:

@@ -83,6 +83,7 @@ class AlertEvent:
     diagnosis: str | None = None
     action: str | None = None
     timestamp_ns: int = 0
+    category: str | None = None  # the regulator's alarm category (alerting/categories.py)
 
 
 Point: TypeAlias = CabinetReading | VehicleReading | AlertEvent | CommandResult

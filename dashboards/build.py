@@ -1086,6 +1086,25 @@ def regulator_actions() -> Panel:
                  overrides=_command_columns(), labels=_labels(*COMMAND_LABELS))
 
 
+def regulator_by_category() -> Panel:
+    from alerting.categories import CATEGORY_NAMES
+
+    query = ('SELECT count("level") AS "n" FROM "alert" WHERE $timeFilter AND "kind" = \'raise\' '
+             'GROUP BY "category", "severity"')
+    names = [{"type": "value", "options": {code: {"text": t(zh, en), "index": i}
+                                           for i, (code, (en, zh)) in enumerate(CATEGORY_NAMES.items())}}]
+    return table(t("按报警类别与等级", "By alarm category and level"),
+                 t("时间范围内新触发的告警数，按报警类别（GB/T 32960.3 通用报警标志，及换电柜特有的火灾、气体、进水、"
+                   "热失控前兆与设备故障类别）与等级；一次触发算一件。",
+                   "Alerts raised in the time range by alarm category (the general alarm flags of GB/T 32960.3, "
+                   "plus the cabinet's fire, gas, water, thermal-runaway-precursor and device-fault categories) "
+                   "and level; one raise is one incident."),
+                 [influx(query, table_format=True)], h=9, sort_by="n",
+                 overrides=[override("category", mappings=names)],
+                 labels={"category": t("报警类别", "category"), "severity": t("等级", "level"),
+                         "n": t("告警数", "alarms")})
+
+
 def build_regulator() -> dict[str, Any]:
     alerts = annotation(t("事件（2级及以上）", "Incidents (level ≥ 2)"),
                         'SELECT "summary", "level", "rule", "severity", "kind" FROM "alert" WHERE $timeFilter AND '
@@ -1096,7 +1115,7 @@ def build_regulator() -> dict[str, Any]:
           "Read-only fleet summary for regulators: monitoring coverage, active level-2/3 alerts, incidents and "
           "protective actions."),
         [regulator_cabinets(), regulator_batteries(), regulator_level2(), regulator_level3(),
-         regulator_incident_rate(), regulator_incidents(), regulator_actions()],
+         regulator_incident_rate(), regulator_by_category(), regulator_incidents(), regulator_actions()],
         tags=["cascade", "regulator"], annotations=[alerts], editable=False, time_from="now-7d", refresh="1m")
 
 

@@ -157,7 +157,7 @@ def command_to_line(result: CommandResult) -> str:
 def alert_to_line(event: AlertEvent) -> str:
     """One alert level change (measurement ``alert``; Grafana annotations and history read it)."""
     tags = {"site": event.site, "cabinet": event.cabinet, "slot": None if event.slot is None else str(event.slot),
-            "rule": event.rule, "severity": event.severity}
+            "rule": event.rule, "severity": event.severity, "category": event.category}
     value = event.value
     fields: dict[str, FieldValue] = {"level": event.level, "from_level": event.from_level, "kind": event.kind,
               "value": None if isinstance(value, bool) or not isinstance(value, (int, float)) else float(value),
