@@ -153,7 +153,7 @@ def _format_alerts(doc: dict[str, Any]) -> str:
         seen = (tr("acknowledged by {who} at {when}", who=ack["who"], when=_when(ack["at"]))
                 + (f" \"{ack['comment']}\"" if ack["comment"] else "")) if ack else tr("NOT ACKNOWLEDGED")
         level = tr(_LEVEL_NAMES[a["level"]]) if a["level"] in _LEVEL_NAMES else "?"
-        lines.append(f"L{a['level']} {level:8} {a['key']}  " + tr("since {when}", when=_when(a["raised_at"]))
+        lines.append(f"L{a['level']} {level:8} {a['key']}  " + tr("since {when}", when=_when(a.get("updated_at") or a["raised_at"]))
                      + f"  {seen}")
         notes = a.get("annotations", {})
         for name, label in (("diagnosis", N_("diagnosis")), ("action", N_("action"))):

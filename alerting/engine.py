@@ -387,7 +387,7 @@ class Engine:
         self._elapsed = elapsed
         self.state = state if state is not None else AlertStore()
         self.audit_path = Path(audit_path) if audit_path is not None else None
-        self.audit: list[dict[str, Any]] = []  # this process's threshold changes
+        self.audit: list[dict[str, Any]] = []  # threshold changes in force: re-applied at start, then this process's
         self._program = _Program(self._reapply_audit(rules))
         self._targets: dict[tuple, _TargetState] = {}
         self._lock = threading.Lock()
@@ -429,6 +429,7 @@ class Engine:
                     continue
                 current[rule.id] = rule.with_threshold(level, new)
                 applied += 1
+                self.audit.append(entry)  # GET /api/thresholds lists it after a restart too
             except (ValueError, KeyError, TypeError, OverflowError, AttributeError) as err:
                 log.warning("%s:%d: audit entry not re-applied: %s", self.audit_path, number, err)
         if applied:

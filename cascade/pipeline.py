@@ -199,7 +199,7 @@ class Pipeline:
         states = self.online()
         online = sum(1 for v in states.values() if v)
         parts = [f"devices online {online}/{len(states)}", f"readings/s {readings_per_s:.0f}",
-                 f"rejected values {self.field_errors_total}"]
+                 f"rejected values since start {self.field_errors_total}"]
         if self.sink is not None:
             stats = self.sink.stats
             # The sink measures the lag on the monotonic clock: a wall-clock jump must not show an hour of lag.

@@ -509,6 +509,8 @@ def test_audit_entries_with_unusable_numbers_are_skipped_at_start_up(tmp_path, c
     engine = Engine(CATALOGUE.only(["over_temperature"]), clock=ManualClock(), audit_path=audit)
     assert engine.rules["over_temperature"].levels[2].threshold == 68  # the one usable entry
     assert caplog.text.count("not re-applied") == 4
+    # The change in force is listed after the restart too (GET /api/thresholds shows engine.audit).
+    assert [(e["rule"], e["level"], e["new"]) for e in engine.audit] == [("over_temperature", 3, 68)]
 
 
 def test_an_input_that_raises_is_missing_data_for_its_rules_and_never_stops_the_reading(caplog):
