@@ -1190,7 +1190,7 @@ def oncall_active() -> Panel:
                 t("当前活动的告警数，按等级（含保护动作失败）。", "Alerts active now, by level (failed protective "
                                                            "actions included)."),
                 [prom("sum by (level) (cascade_alerts_active)", legend=t("{{level}} 级", "level {{level}}"),
-                      instant=True)], unit="none", w=8)
+                      instant=True)], unit="none", w=6)
 
 
 def oncall_acknowledged() -> Panel:
@@ -1199,7 +1199,7 @@ def oncall_acknowledged() -> Panel:
                   "Active alerts someone has acknowledged (is on): their repeat calls stop until they escalate "
                   "or clear."),
                 [prom("sum by (level) (cascade_alerts_acknowledged)", legend=t("{{level}} 级", "level {{level}}"),
-                      instant=True)], unit="none", w=8)
+                      instant=True)], unit="none", w=6)
 
 
 def oncall_unacknowledged_critical() -> Panel:
@@ -1208,7 +1208,16 @@ def oncall_unacknowledged_critical() -> Panel:
                   "Level-3 alerts nobody has acknowledged: past the escalation time they page the next on-call."),
                 [prom('sum(cascade_alerts_active{level="3"}) - sum(cascade_alerts_acknowledged{level="3"})',
                       legend=t("未确认", "unacknowledged"), instant=True)],
-                unit="none", w=8, thresholds=[{"color": "green", "value": None}, {"color": "red", "value": 1}])
+                unit="none", w=6, thresholds=[{"color": "green", "value": None}, {"color": "red", "value": 1}])
+
+
+def oncall_silences() -> Panel:
+    return stat(t("生效中的静默", "Active silences"),
+                t("Alertmanager 中生效的静默数：确认一条告警会为它加一条静默（升级或恢复时解除）。",
+                  "Silences in force in Alertmanager: acknowledging an alert adds one for it (lifted on escalation "
+                  "or clear)."),
+                [prom('sum(alertmanager_silences{state="active"}) or vector(0)', legend=t("静默", "silences"),
+                      instant=True)], unit="none", w=6)
 
 
 def oncall_time_to_ack() -> Panel:
@@ -1237,8 +1246,8 @@ def build_oncall() -> dict[str, Any]:
         t("值班情况：现在什么在响、谁已在处置、多少 3 级告警无人确认、确认用了多久。",
           "The on-call situation: what is ringing now, who is on it, which level-3 alerts nobody has "
           "acknowledged, and how long acknowledging takes."),
-        [oncall_active(), oncall_acknowledged(), oncall_unacknowledged_critical(), oncall_time_to_ack(),
-         oncall_active_list()],
+        [oncall_active(), oncall_acknowledged(), oncall_unacknowledged_critical(), oncall_silences(),
+         oncall_time_to_ack(), oncall_active_list()],
         tags=["cascade", "noc"], refresh="10s", time_from="now-24h")
 
 

@@ -581,6 +581,7 @@ async def test_every_query_returns_data_on_a_live_stack(influxdb, prometheus_fac
                 "global: {scrape_interval: 1s, evaluation_interval: 1s}\nrule_files: ['rules/*.yml']\n"
                 "scrape_configs:\n"
                 f"  - job_name: cascade\n    static_configs: [{{targets: ['127.0.0.1:{pipeline.metrics_port}']}}]\n"
+                f"  - job_name: alertmanager\n    static_configs: [{{targets: ['{alertmanager.url.split('//')[1]}']}}]\n"
                 "  - job_name: cascade-ingest\n"
                 f"    static_configs: [{{targets: ['127.0.0.1:{ingest_server.server_port}']}}]\n",
                 files={"rules/cascade-health.yml": rules})
