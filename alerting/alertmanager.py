@@ -140,11 +140,12 @@ class AlertmanagerPusher:
 
     # -- API (never blocks, never raises on I/O) ---------------------------------------------------
 
-    def silence(self, labels: Mapping[str, str], *, who: str, comment: str, until: float) -> None:
+    def silence(self, labels: Mapping[str, str], *, who: str, comment: str, until: float,
+                starts_in: float = 0.0) -> None:
         """Stop repeat notifications of exactly this alert until ``until`` (an acknowledgement):
-        an Alertmanager silence matching all its labels, created by ``who``. A different level is a
-        different label set, so an escalation pages again."""
-        self._spawn_silence(self._post_silence(dict(labels), who, comment, until))
+        an Alertmanager silence matching all its labels, created by ``who``, starting ``starts_in``
+        seconds from now. A different level is a different label set, so an escalation pages again."""
+        self._spawn_silence(self._post_silence(dict(labels), who, comment, until, starts_in))
 
     def unsilence(self, labels: Mapping[str, str]) -> None:
         """Expire the acknowledgement silence of this alert (it cleared or changed level), so a new
@@ -160,11 +161,12 @@ class AlertmanagerPusher:
         self._silence_tasks.add(task)
         task.add_done_callback(self._silence_tasks.discard)
 
-    async def _post_silence(self, labels: dict[str, str], who: str, comment: str, until: float) -> None:
+    async def _post_silence(self, labels: dict[str, str], who: str, comment: str, until: float,
+                            starts_in: float = 0.0) -> None:
         now = self._clock()
         body = {"matchers": [{"name": k, "value": v, "isRegex": False, "isEqual": True}
                              for k, v in sorted(labels.items())],
-                "startsAt": _rfc3339(now), "endsAt": _rfc3339(max(until, now + 60)),
+                "startsAt": _rfc3339(now + max(0.0, starts_in)), "endsAt": _rfc3339(max(until, now + 60)),
                 "createdBy": f"{who} (acknowledged in Cascade)", "comment": f"{_ACK_MARK} {comment}".strip()}
         try:
             assert self._session is not None

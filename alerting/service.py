@@ -62,6 +62,10 @@ CABINET_OFFLINE = "cabinet_offline"
 #: How long an acknowledgement silences repeat notifications of an alert that neither clears nor
 #: changes level; after that it pages again (someone acknowledged, nobody fixed it).
 ACK_SILENCE_S = 12 * 3600.0
+ACK_SILENCE_DELAY_S = 15.0
+"""An acknowledgement's silence starts this much later: a notification already batched for the
+regulator's feed (its route sends every 10 s) still goes out. Acknowledging is on-call's business; the
+regulator gets every level an alert reached."""
 
 
 @dataclass(slots=True)
@@ -103,7 +107,9 @@ class AlertService:
                  on_pushed: Callable[[list[dict[str, Any]], float], None] | None = None,
                  failed_actions_path: str | Path | None = None,
                  offline_after_s: float | Mapping[tuple[str, str], float] | None = None,
-                 escalate_after_s: float | None = None, elapsed: Callable[[], float] | None = None) -> None:
+                 escalate_after_s: float | None = None, elapsed: Callable[[], float] | None = None,
+                 ack_silence_delay_s: float = ACK_SILENCE_DELAY_S) -> None:
+        self._ack_silence_delay_s = ack_silence_delay_s
         self._feed = feed
         self._emit = emit
         self.engine = engine
@@ -148,6 +154,9 @@ class AlertService:
                                       "Time from an alert's raise (at its current level) to its acknowledgement",
                                       ["level"], buckets=(30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400),
                                       registry=registry)
+        for level in ("1", "2", "3"):  # every series from the start: increase() must see the first one
+            self._acknowledged.labels(level)
+            self._ack_seconds.labels(level)
         # A cabinet that stops reporting leaves every safety rule on it blind: after offline_after_s
         # without a reading it is a level-2 cabinet_offline alert, raised here (no Prometheus needed).
         # One limit for all, or per (site, cabinet) (the app passes two poll intervals plus the timeout).
@@ -473,7 +482,7 @@ class AlertService:
             for fired in (labels, self.escalated.get(parsed)):  # the escalation copy too: someone is on it
                 if fired is not None:
                     self.pusher.silence(fired, who=str(who).strip(), comment=comment,
-                                        until=self._clock() + ACK_SILENCE_S)
+                                        until=self._clock() + ACK_SILENCE_S, starts_in=self._ack_silence_delay_s)
         self._update_gauge()
         return result
 

@@ -109,7 +109,7 @@ async def test_an_acknowledged_alert_stops_paging_until_it_changes_level(tmp_pat
     pipeline = Pipeline(make_config(tmp_path, []))
     engine = make_engine(engine_clock, tmp_path)
     service = alert_service_for(pipeline, engine, alertmanager_url=am.url, resend_interval_s=30,
-                                policy=ActionPolicy(perform=frozenset()))
+                                policy=ActionPolicy(perform=frozenset()), ack_silence_delay_s=0)
 
     def state(level: str) -> str | None:
         found = am_alerts(am, alertname="over_temperature", level=level)
@@ -647,3 +647,24 @@ async def test_a_restart_re_pushes_an_escalated_alert_with_the_start_alertmanage
         await asyncio.sleep(0.5)
         assert starts("3") == pytest.approx(level3_at, abs=0.01)
         assert len(am_alerts(am, alertname="over_temperature", level="3")) == 1
+
+
+async def test_an_acknowledgement_lets_the_regulator_feed_catch_up_before_silencing(
+        tmp_path, alertmanager_factory, engine_clock):
+    """The silence of an acknowledgement starts 15 s later: a level change already batched for the
+    regulator's feed (its route sends every 10 s) still goes out; on-call's repeats stop after that."""
+    from tests.fixtures.prom import _http_json
+
+    am = shipped_alertmanager(alertmanager_factory, f"http://127.0.0.1:{free_port()}")
+    pipeline = Pipeline(make_config(tmp_path, []))
+    engine = make_engine(engine_clock, tmp_path)
+    service = alert_service_for(pipeline, engine, alertmanager_url=am.url, resend_interval_s=30,
+                                policy=ActionPolicy(perform=frozenset()))
+    async with service:
+        await feed(service, engine_clock, 75.0)
+        assert await eventually(lambda: bool(am_alerts(am, alertname="over_temperature", level="3")))
+        service.acknowledge(f"over_temperature@{SITE}/{CAB}/{SLOT}", "noc-li", "on my way")
+        assert await eventually(lambda: bool(_http_json("GET", f"{am.url}/api/v2/silences")))
+        [silence] = _http_json("GET", f"{am.url}/api/v2/silences")
+        assert silence["status"]["state"] == "pending"  # starts in 15 s, not now
+        assert am_alerts(am, alertname="over_temperature", level="3")[0]["status"]["state"] == "active"
