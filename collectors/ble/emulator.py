@@ -232,9 +232,13 @@ def make_radio(count: int, *, seed: int = 0, latency_s: float = 0.002, max_conne
         cells = 13 + n % 4
         # A healthy pack: cells within ~30 mV of each other, its sensors within ~2 °C (the warning rules
         # read spreads; a fault is injected on purpose, not drawn at random).
-        cell_mv, temp_c = rng.randint(3550, 3700), rng.randint(18, 32)
+        # One room: every pack within a few °C of the others; a nearly full pack no longer charges.
+        cell_mv, temp_c, soc = rng.randint(3550, 3700), 24 + rng.randint(-2, 2), rng.randint(20, 100)
+        current = rng.choice([-1, 1]) * rng.randint(0, 8000)
+        if soc >= 90:
+            current = -abs(current)
         state = PackState(cells_mv=[cell_mv + rng.randint(-15, 15) for _ in range(cells)],
-                          current_ma=rng.choice([-1, 1]) * rng.randint(0, 8000), soc_pct=rng.randint(20, 100),
+                          current_ma=current, soc_pct=soc,
                           temperatures_c=[float(temp_c + rng.randint(-1, 1)) for _ in range(rng.choice([2, 3, 4]))],
                           cycles=rng.randint(0, 900))
         name = f"xiaoxiang-{n:03d}" if protocol == "jbd" else f"DL-{n:03d}"

@@ -90,6 +90,9 @@ class GatewaySettings:
     state_file: str | None = None
     mosfet_allow: frozenset[str] = frozenset()  # packs whose MOSFETs may be switched off; none by default
     audit_file: str | None = None  # where each MOSFET command and its read-back is recorded (JSON lines)
+    # A BMS does not say its chemistry: the site does (the voltage rules are relative to the nominal voltage
+    # of chemistry × cells). None: unknown, and those rules say so.
+    chemistry: str | None = None
 
     def check(self) -> GatewaySettings:
         """Raise :class:`CascadeError` naming the flag and the fix for a setting that cannot work."""
@@ -556,7 +559,8 @@ class Gateway:
             self.flush()  # one entry per pack and report
         if not self._batch:
             self._batch_ts = int(self.wall() * 1000)
-        self._batch.append(pack_entry(address, pack.name, pack.protocol.name, pack.slot, sample, pack.hardware))
+        self._batch.append(pack_entry(address, pack.name, pack.protocol.name, pack.slot, sample, pack.hardware,
+                                      chemistry=self.settings.chemistry))
         self.stats.readings += 1
 
     def _count_frame_errors(self, pack: _Pack) -> None:
@@ -644,7 +648,7 @@ def _fets(sample: PackSample) -> dict[str, bool | None]:
 
 
 def pack_entry(address: str, name: str, protocol: str, slot: int, s: PackSample,
-               hardware: str | None = None) -> PackEntry:
+               hardware: str | None = None, *, chemistry: str | None = None) -> PackEntry:
     """A checked sample as the uplink's pack entry (``battery`` in the vehicle report's terms).
 
     ``temperature_c`` is the hottest sensor (the pack's temperature for the rules: the worst case),
@@ -659,7 +663,8 @@ def pack_entry(address: str, name: str, protocol: str, slot: int, s: PackSample,
         address=address, name=name[:64], protocol=protocol, slot=slot,  # type: ignore[arg-type]
         protection_unmapped=s.protection_unmapped, hardware=hardware,
         battery=PackBattery(
-            id=address.replace(":", ""), nominal_ah=s.nominal_ah, cells=s.cell_count, soc_pct=s.soc_pct,
+            id=address.replace(":", ""), chemistry=chemistry, nominal_ah=s.nominal_ah,  # type: ignore[arg-type]
+            cells=s.cell_count, soc_pct=s.soc_pct,
             temperature_c=s.temperature_max_c, voltage_v=s.voltage_v, current_a=current,
             cell_max_v=s.cell_max_v, cell_min_v=s.cell_min_v, cell_max_c=s.temperature_max_c,
             cell_min_c=s.temperature_min_c, state=state, cycles=s.cycles, protection=s.protection,  # type: ignore[arg-type]
@@ -723,6 +728,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="JBD packs whose charge/discharge MOSFETs a protective action may switch off (repeatable; "
                         "default none); each command is read back and recorded in <buffer-dir>/mosfet-audit.jsonl")
     b.add_argument("--emulate", type=int, metavar="N", help="no radio: poll N emulated JBD/Daly packs")
+    parser.add_argument("--chemistry", choices=("LFP", "NMC", "LMO", "NA_ION", "LTO"), default=None,
+                        help="the packs' chemistry (a BMS does not report it): with the cell count it gives the "
+                             "nominal voltage the voltage rules need (default: unknown, and they say so)")
     parser.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
                         help="serve Prometheus /metrics on 127.0.0.1:PORT (default 0: off)")
 
@@ -750,7 +758,7 @@ def build(args: argparse.Namespace) -> tuple[Gateway, Uplink]:
         scan_timeout_s=args.scan_timeout, rescan_s=args.rescan, request_timeout_s=args.request_timeout,
         batch_s=args.batch, adapter_reset_after=args.adapter_reset_after,
         state_file=str(buffer_dir / "state.json"), mosfet_allow=frozenset(a.upper() for a in args.mosfet_allow),
-        audit_file=str(buffer_dir / "mosfet-audit.jsonl")).check()
+        audit_file=str(buffer_dir / "mosfet-audit.jsonl"), chemistry=args.chemistry).check()
     uplink = Uplink(UplinkSettings(host=args.mqtt_host, port=args.mqtt_port, username=args.mqtt_user or args.gateway_id,
                                    password=_password(args), topic=topic(args.fleet, args.gateway_id),
                                    tls_ca=args.mqtt_ca, client_id=f"gateway-{args.gateway_id}"),
