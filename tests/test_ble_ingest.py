@@ -59,6 +59,9 @@ def test_a_gateway_report_is_stored_as_a_cabinet_of_its_packs_with_the_vehicle_c
     assert reading.slots[0].extra == {"mosfet_charge": True, "mosfet_discharge": True}
     assert ingest.metrics.gateway_seen.labels("bj", "V000001")._value.get() > 0  # CascadeGatewaySilent reads it
     assert ingest.metrics.gateway_packs.labels("bj", "V000001")._value.get() == 3
+    from exporters.influx.schema import encode_points
+    lines, skipped = encode_points([reading])
+    assert skipped == [] and len(lines) == 3 + 3  # a slot point and its extra (MOSFET states) per pack
     # The same refusals as a vehicle report: a replay, another device's report, another fleet, garbage.
     assert ingest.accept_packs(_report("V000001", 7), transport="mqtt", device="V000001").reason == "duplicate"
     assert ingest.accept_packs(_report("V000002", 1), transport="mqtt", device="V000001").reason == "wrong_device"

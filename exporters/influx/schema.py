@@ -75,10 +75,11 @@ def reading_to_lines(reading: CabinetReading) -> list[str]:
     # Fields at a sensor's limit, comma-separated ("temperature_c"): dashboards show them as "≥ value".
     fields["over_range"] = ",".join(reading.over_range) or None
     cabinet_tags = {"site": site, "cabinet": cabinet, "model": reading.model}
-    try:
-        lines.append(_CABINET_ENCODER.encode(cabinet_tags, fields, ts))
-    except LineProtocolError:
-        pass
+    if _has_values(fields):  # a BLE gateway (a "cabinet" of packs) has no cabinet values: no cabinet point
+        try:
+            lines.append(_CABINET_ENCODER.encode(cabinet_tags, fields, ts))
+        except LineProtocolError:
+            pass
     if reading.extra:
         _append_extra(lines, CABINET_MEASUREMENT, cabinet_tags, reading.extra, ts)
     for slot in reading.slots:
@@ -98,6 +99,14 @@ def reading_to_lines(reading: CabinetReading) -> list[str]:
         if slot.extra:
             _append_extra(lines, SLOT_MEASUREMENT, slot_tags, slot.extra, ts)
     return lines
+
+
+def _has_values(fields: Mapping[str, object]) -> bool:
+    return any(value is not None for value in fields.values())
+
+
+def _cabinet_point_expected(reading: CabinetReading) -> bool:
+    return any(getattr(reading, name) is not None for name in _CABINET_FIELDS) or bool(reading.over_range)
 
 
 def _append_extra(lines: list[str], measurement: str, tags: dict[str, str], extra: Mapping[str, object],
@@ -183,7 +192,8 @@ def encode_points(points: Iterable[Point]) -> tuple[list[str], list[tuple[str, s
     for point in points:
         if isinstance(point, CabinetReading):
             encoded = reading_to_lines(point)
-            expected = 1 + len(point.slots) + bool(point.extra) + sum(1 for slot in point.slots if slot.extra)
+            expected = (_cabinet_point_expected(point) + len(point.slots) + bool(point.extra)
+                        + sum(1 for slot in point.slots if slot.extra))
             missing = expected - len(encoded)
             lines.extend(encoded)
             if missing:
