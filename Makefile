@@ -5,6 +5,7 @@
 #   make test    install system services + venv, run the test suite
 #   make bench   run the benchmarks (python -m bench)
 #   make check   promtool / amtool config checks, import contracts (import-linter), ruff, mypy
+#   make mutate  mutation testing of the safety-critical modules (docs/testing.md)
 #   make clean   remove local state (./var) and caches; `make distclean` also drops .venv
 #
 # Port overrides for `make run`: INFLUX_PORT PROM_PORT AM_PORT METRICS_PORT SIM_PORT SIM_CONTROL_PORT
@@ -23,7 +24,7 @@ STAMP  := $(VENV)/.cascade-installed
 DEB_PACKAGES := $(shell awk '!/^[[:space:]]*(\#|$$)/ {print $$1}' scripts/deb-packages)
 DEB_BINARIES := $(shell awk '!/^[[:space:]]*(\#|$$)/ {for (i = 2; i <= NF; i++) print $$i}' scripts/deb-packages)
 
-.PHONY: help deps venv run run-services test bench check clean distclean
+.PHONY: help deps venv run run-services test bench check mutate clean distclean
 
 help:
 	@echo "Targets:"
@@ -33,6 +34,8 @@ help:
 	@echo "  make test          run the test suite (.venv/bin/pytest -q)"
 	@echo "  make bench         run the benchmarks (.venv/bin/python -m bench)"
 	@echo "  make check         promtool/amtool config checks; import-linter contracts, ruff and mypy"
+	@echo "  make mutate        mutation testing of the safety-critical modules (MUTATE_ARGS=\"engine spool\" for a subset;"
+	@echo "                     docs/testing.md)"
 	@echo "  make deps          apt-get install $(DEB_PACKAGES) (only if a binary is missing)"
 	@echo "  make venv          create .venv and install the project with [test] extras"
 	@echo "  make clean         remove ./var and caches (distclean: also .venv)"
@@ -63,6 +66,10 @@ bench: deps venv
 
 check: deps venv
 	@bash scripts/check-configs
+
+# Not part of `make test`: run it before resolving an issue that touches a safety-critical module.
+mutate: deps venv
+	bash scripts/mutate $(MUTATE_ARGS)
 
 clean:
 	rm -rf var .pytest_cache .hypothesis build

@@ -1,0 +1,371 @@
+"""The Modbus cabinet's poll and command path (collectors/modbus/device.py) against a scripted Modbus
+TCP peer on loopback: the requests on the wire (function, address, unit id), the busy retry, what
+each failure is called, and the read-back of a command. Written to kill the mutants `make mutate`
+found alive. The peer is a real TCP server speaking Modbus (like tests/fixtures/bad_modbus.py);
+Cascade's pymodbus client is used as it is in production."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from collectors.modbus.device import KIND, ModbusCabinet
+from collectors.modbus.profile import Profile, load_profile
+from collectors.modbus.settings import CabinetConfig
+from collectors.runner import PollFailed
+from tests.fixtures.clock import T0, ManualClock
+from tests.fixtures.ports import free_port
+
+PROFILE = """\
+model: scripted
+max_gap: 0
+slots:
+  count: 2
+  base: {input: 100, coil: 10, holding: 200}
+  stride: {input: 4, coil: 1, holding: 1}
+cabinet:
+  - {field: input_voltage_v, register: input, address: 0, type: u16}
+  - {field: door_open, register: discrete, address: 3}
+slot:
+  - {field: soc_pct, register: input, offset: 0, type: u16}
+commands:
+  slot_output: {register: coil, per_slot: true, offset: 0}
+  charge_limit: {register: holding, per_slot: true, offset: 0}
+  cabinet_fan: {register: holding, address: 50}
+"""
+
+READ_CODES = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
+
+
+@dataclass
+class Peer:
+    """A Modbus TCP server with a register/bit table. ``exceptions[fc]`` lists the exception codes to
+    answer requests of that function with, in turn; ``writes_ignored`` makes writes acknowledged but
+    not stored (a stuck relay); ``empty_reads`` answers reads with no values."""
+
+    port: int = 0
+    words: dict[tuple[str, int], int] = field(default_factory=dict)
+    exceptions: dict[int, list[int]] = field(default_factory=dict)
+    writes_ignored: bool = False
+    empty_reads: bool = False
+    silent: bool = False  # read every request, answer none (a device that hangs)
+    requests: list[tuple[int, int, int, int]] = field(default_factory=list)  # (unit, fc, address, count|value)
+    connections: list[asyncio.StreamWriter] = field(default_factory=list)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections.append(writer)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            while True:
+                transaction, _protocol, length, unit = struct.unpack(">HHHB", await reader.readexactly(7))
+                pdu = await reader.readexactly(length - 1)
+                fc, address, arg = pdu[0], *struct.unpack(">HH", pdu[1:5])
+                self.requests.append((unit, fc, address, arg))
+                if self.silent:
+                    continue
+                answer = self._answer(fc, address, arg, pdu)
+                writer.write(struct.pack(">HHHB", transaction, 0, len(answer) + 1, unit) + answer)
+                await writer.drain()
+        writer.close()
+
+    def _answer(self, fc: int, address: int, arg: int, pdu: bytes) -> bytes:
+        script = self.exceptions.get(fc)
+        if script:
+            return bytes([fc | 0x80, script.pop(0)])
+        if fc == 5:
+            if not self.writes_ignored:
+                self.words[("coil", address)] = 1 if arg == 0xFF00 else 0
+            return pdu
+        if fc == 6:
+            if not self.writes_ignored:
+                self.words[("holding", address)] = arg
+            return pdu
+        table = READ_CODES[fc]
+        if self.empty_reads:
+            return bytes([fc, 0])
+        values = [self.words.get((table, address + i), 0) for i in range(arg)]
+        if fc in (1, 2):
+            packed = bytearray((arg + 7) // 8)
+            for i, v in enumerate(values):
+                if v:
+                    packed[i // 8] |= 1 << (i % 8)
+            return bytes([fc, len(packed)]) + bytes(packed)
+        return bytes([fc, 2 * arg]) + b"".join(struct.pack(">H", v) for v in values)
+
+
+@contextlib.asynccontextmanager
+async def serve(peer: Peer, host: str = "127.0.0.1") -> AsyncIterator[Peer]:
+    server = await asyncio.start_server(peer.handle, host, 0)
+    peer.port = server.sockets[0].getsockname()[1]
+    try:
+        yield peer
+    finally:
+        server.close()
+        for writer in peer.connections:
+            writer.close()
+        await server.wait_closed()
+
+
+@pytest.fixture
+def profile(tmp_path: Path) -> Profile:
+    path = tmp_path / "scripted.yaml"
+    path.write_text(PROFILE, encoding="utf-8")
+    return load_profile(path)
+
+
+def _cabinet(profile: Profile, port: int, **kwargs: object) -> ModbusCabinet:
+    kwargs = {"host": "127.0.0.1", "timeout_s": 0.5, "busy_backoff_s": 0.001, **kwargs}
+    config = CabinetConfig(id="C9", port=port, device_id=7, site="north", **kwargs)  # type: ignore[arg-type]
+    return ModbusCabinet(config, profile, wall_clock=ManualClock(T0))
+
+
+# -- polling ----------------------------------------------------------------------------------------
+
+async def test_a_poll_reads_the_plan_with_the_unit_id_and_decodes_it(profile: Profile) -> None:
+    peer = Peer(words={("input", 0): 230, ("discrete", 3): 1, ("input", 100): 55, ("input", 104): 66})
+    async with serve(peer):
+        cabinet = _cabinet(profile, peer.port)
+        assert (cabinet.name, cabinet.slot_count, cabinet.interval_s) == ("C9", 2, 5.0)
+        before = time.time_ns()
+        report = await cabinet.fetch()
+        after = time.time_ns()
+        await cabinet.close()
+    assert peer.requests == [(7, 4, 0, 1), (7, 4, 100, 1), (7, 4, 104, 1), (7, 2, 3, 1)]
+    assert len(peer.connections) == 1  # one connection for the whole poll
+    assert before <= report.reading.timestamp_ns <= after
+    reading = report.reading
+    assert (reading.cabinet_id, reading.site, reading.model) == ("C9", "north", "scripted")
+    assert reading.input_voltage_v == 230.0 and reading.door_open is True
+    assert [s.soc_pct for s in reading.slots] == [55.0, 66.0]
+    assert report.errors == [] and report.requests == 4 and report.failed_reads == 0 and report.source == KIND == "modbus"
+
+
+async def test_the_configured_slot_count_and_gap_override_the_profile(profile: Profile) -> None:
+    cabinet = _cabinet(profile, 1, slots=1)
+    assert cabinet.slot_count == 1 and [r.address for r in cabinet.plan] == [0, 100, 3]
+    bridged = _cabinet(profile, 1, max_gap=3)  # the profile says 0: the two slot reads become one
+    assert [(r.register_type, r.address, r.count) for r in bridged.plan] == [
+        ("input", 0, 1), ("input", 100, 5), ("discrete", 3, 1)]
+
+
+async def test_a_read_refused_with_an_exception_loses_only_its_fields(profile: Profile) -> None:
+    peer = Peer(words={("input", 0): 230}, exceptions={2: [2]})  # the discrete read: illegal address
+    async with serve(peer):
+        report = await _cabinet(profile, peer.port).fetch()
+    assert report.reading.input_voltage_v == 230.0 and report.reading.door_open is None
+    assert report.failed_reads == 1 and report.requests == 4
+    [error] = report.errors
+    assert (error.cabinet_id, error.slot, error.field, error.register_type, error.address) == (
+        "C9", None, "(read)", "discrete", 0)
+    assert error.reason == (
+        f"discrete 3+1: read_discrete_inputs at address 3 to unit id 7 on 127.0.0.1:{peer.port} answered "
+        "Modbus exception 2 (illegal data address); check the profile's addresses and slots.base/stride "
+        "against the vendor's map")
+
+
+async def test_every_read_refused_fails_the_poll_naming_the_first_three(profile: Profile) -> None:
+    peer = Peer(exceptions={4: [1, 1, 1], 2: [1]})
+    async with serve(peer):
+        with pytest.raises(PollFailed) as info:
+            await _cabinet(profile, peer.port).fetch()
+    assert info.value.kind == "exception"
+    where = f"to unit id 7 on 127.0.0.1:{peer.port} answered Modbus exception 1 (illegal function); check the " \
+            "profile's register type (holding/input/coil/discrete) for this device"
+    assert str(info.value) == (f"every read failed: input 0+1: read_input_registers at address 0 {where}; "
+                               f"input 100+1: read_input_registers at address 100 {where}; "
+                               f"input 104+1: read_input_registers at address 104 {where}")
+
+
+async def test_a_busy_device_is_retried_with_backoff_then_answers(profile: Profile) -> None:
+    peer = Peer(words={("input", 0): 1}, exceptions={4: [6, 6, 6]})
+    async with serve(peer):
+        started = time.monotonic()
+        report = await _cabinet(profile, peer.port, busy_retries=3, busy_backoff_s=0.05).fetch()
+        elapsed = time.monotonic() - started
+    assert elapsed >= 0.05 * (1 + 2 + 3)  # the backoff grows with each retry
+    assert report.errors == [] and report.reading.input_voltage_v == 1.0
+    assert [r[1:] for r in peer.requests[:4]] == [(4, 0, 1)] * 4
+
+
+async def test_a_device_still_busy_after_the_retries_fails_the_poll_as_busy(profile: Profile) -> None:
+    peer = Peer(exceptions={4: [6, 6, 6]})
+    async with serve(peer):
+        with pytest.raises(PollFailed) as info:
+            await _cabinet(profile, peer.port, busy_retries=2).fetch()
+    assert info.value.kind == "busy"
+    assert len(peer.requests) == 3
+    assert "answered Modbus exception 6 (server device busy); check the poll interval" in str(info.value)
+
+
+@pytest.mark.parametrize("code", [9, 0])
+async def test_an_unknown_exception_code_points_at_the_manual(profile: Profile, code: int) -> None:
+    peer = Peer(exceptions={4: [code]})
+    async with serve(peer):
+        report = await _cabinet(profile, peer.port).fetch()
+    assert f"Modbus exception {code} (unknown exception); check the device's manual" in report.errors[0].reason
+
+
+async def test_a_short_answer_fails_the_poll(profile: Profile) -> None:
+    peer = Peer(empty_reads=True)
+    async with serve(peer):
+        with pytest.raises(PollFailed) as info:
+            await _cabinet(profile, peer.port).fetch()
+    assert info.value.kind == "short"
+    assert str(info.value).endswith("input 0: asked for 1 values, got 0")
+
+
+async def test_the_configured_host_is_the_one_polled(profile: Profile) -> None:
+    peer = Peer(words={("input", 0): 12})
+    async with serve(peer, host="127.0.0.2"):
+        cabinet = _cabinet(profile, peer.port, host="127.0.0.2")
+        report = await cabinet.fetch()
+        await cabinet.close()
+    assert report.reading.input_voltage_v == 12.0
+
+
+async def test_a_device_that_does_not_answer_is_asked_once_and_times_out(profile: Profile) -> None:
+    peer = Peer(silent=True)
+    async with serve(peer):
+        cabinet = _cabinet(profile, peer.port, timeout_s=0.2)
+        with pytest.raises(PollFailed) as info:
+            await cabinet.fetch()
+        await cabinet.close()
+    assert info.value.kind == "timeout" and str(info.value).startswith("no answer to read_input_registers: ")
+    assert peer.requests == [(7, 4, 0, 1)]  # no retry by the client: the runner owns retries
+
+
+async def test_nobody_listening_is_a_connect_failure_naming_the_address(profile: Profile) -> None:
+    port = free_port()
+    with pytest.raises(PollFailed) as info:
+        await _cabinet(profile, port).fetch()
+    assert info.value.kind == "connect"
+    assert f"cannot connect to 127.0.0.1:{port}" in str(info.value)
+
+
+async def test_a_dropped_connection_is_reopened_on_the_next_poll(profile: Profile) -> None:
+    peer = Peer(words={("input", 0): 5})
+    async with serve(peer):
+        cabinet = _cabinet(profile, peer.port)
+        await cabinet.fetch()
+        await cabinet.close()
+        report = await cabinet.fetch()
+        await cabinet.close()
+    assert report.reading.input_voltage_v == 5.0 and len(peer.requests) == 8
+
+
+# -- commands ---------------------------------------------------------------------------------------
+
+async def test_a_coil_command_is_written_read_back_and_reported_with_times(profile: Profile) -> None:
+    peer = Peer(words={("coil", 11): 1})
+    async with serve(peer):
+        cabinet = _cabinet(profile, peer.port)
+        result = await cabinet.command("slot_output", slot=2, value=0, actor="rule:x@level2")
+    assert peer.requests == [(7, 5, 11, 0x0000), (7, 1, 11, 1)]
+    assert (result.cabinet_id, result.command, result.slot, result.value, result.actor, result.site) == (
+        "C9", "slot_output", 2, 0, "rule:x@level2", "north")
+    assert (result.ok, result.readback, result.error) == (True, False, "")
+    assert (result.requested_at, result.completed_at) == (T0, T0)
+
+
+async def test_a_coil_switched_on_reads_back_true(profile: Profile) -> None:
+    peer = Peer()
+    async with serve(peer):
+        result = await _cabinet(profile, peer.port).command("slot_output", slot=1, value=1, actor="noc")
+    assert peer.requests[0] == (7, 5, 10, 0xFF00)
+    assert (result.ok, result.readback) == (True, True)
+
+
+async def test_a_register_command_is_written_and_read_back(profile: Profile) -> None:
+    peer = Peer()
+    async with serve(peer):
+        cabinet = _cabinet(profile, peer.port)
+        slot_result = await cabinet.command("charge_limit", slot=2, value=17, actor="noc")
+        cabinet_result = await cabinet.command("cabinet_fan", slot=None, value=3, actor="noc")
+    assert peer.requests == [(7, 6, 201, 17), (7, 3, 201, 1), (7, 6, 50, 3), (7, 3, 50, 1)]
+    assert (slot_result.ok, slot_result.readback, slot_result.error) == (True, 17, "")
+    assert (cabinet_result.ok, cabinet_result.readback) == (True, 3)
+
+
+async def test_a_relay_that_does_not_move_is_a_failed_command(profile: Profile) -> None:
+    peer = Peer(words={("coil", 10): 1, ("holding", 200): 9}, writes_ignored=True)
+    async with serve(peer):
+        cabinet = _cabinet(profile, peer.port)
+        coil = await cabinet.command("slot_output", slot=1, value=0, actor="rule")
+        register = await cabinet.command("charge_limit", slot=1, value=4, actor="rule")
+    assert (coil.ok, coil.readback, coil.error) == (False, True, "read back True, expected 0")
+    assert (register.ok, register.readback, register.error) == (False, 9, "read back 9, expected 4")
+
+
+async def test_an_empty_read_back_is_a_failed_command(profile: Profile) -> None:
+    peer = Peer(empty_reads=True)
+    async with serve(peer):
+        cabinet = _cabinet(profile, peer.port)
+        coil = await cabinet.command("slot_output", slot=1, value=0, actor="rule")
+        register = await cabinet.command("charge_limit", slot=1, value=0, actor="rule")
+    assert (coil.ok, coil.readback, coil.error) == (False, None, "read-back of coil 10 returned no value")
+    assert (register.ok, register.readback, register.error) == (False, None,
+                                                                "read-back of register 200 returned no value")
+
+
+async def test_commands_the_profile_cannot_address_fail_without_a_request(profile: Profile) -> None:
+    peer = Peer()
+    async with serve(peer):
+        cabinet = _cabinet(profile, peer.port)
+        unknown = await cabinet.command("fire_suppression", slot=1, value=0, actor="rule")
+        no_slot = await cabinet.command("slot_output", slot=None, value=0, actor="rule")
+    assert peer.requests == []
+    assert not unknown.ok and unknown.error == (
+        "\"profile scripted has no command 'fire_suppression'; it has ['cabinet_fan', 'charge_limit', "
+        "'slot_output']\"")
+    assert not no_slot.ok and no_slot.error == "command 'slot_output' is per slot: give a slot number"
+
+
+async def test_a_refused_write_is_a_failed_command_with_the_reason(profile: Profile) -> None:
+    peer = Peer(exceptions={5: [4]})
+    async with serve(peer):
+        result = await _cabinet(profile, peer.port).command("slot_output", slot=1, value=0, actor="rule")
+    assert not result.ok and result.readback is None
+    assert result.error.startswith("write_coil at address 10 to unit id 7 on 127.0.0.1:")
+    assert "Modbus exception 4 (server device failure)" in result.error
+
+
+async def test_closing_a_cabinet_that_never_connected_is_fine(profile: Profile) -> None:
+    cabinet = _cabinet(profile, free_port())
+    await cabinet.close()
+    await cabinet.close()
+
+
+async def test_a_value_the_register_cannot_hold_is_a_failed_command_and_logged(profile: Profile, caplog) -> None:
+    peer = Peer()
+    async with serve(peer):
+        result = await _cabinet(profile, peer.port).command("charge_limit", slot=1, value=70000, actor="noc")
+    assert not result.ok and result.readback is None
+    assert result.error == "unexpected error: 'H' format requires 0 <= number <= 65535"
+    crash, summary = [r for r in caplog.records if r.name == "cascade.collectors.modbus"]
+    assert (crash.levelno, crash.getMessage()) == (logging.ERROR,
+                                                   "command charge_limit cabinet=C9 slot=1: unexpected error")
+    assert crash.exc_info is not None
+    assert (summary.levelno, summary.getMessage()) == (
+        logging.ERROR, "command charge_limit cabinet=C9 slot=1 value=70000 by noc: FAILED "
+                       "(unexpected error: 'H' format requires 0 <= number <= 65535)")
+
+
+async def test_a_good_command_is_logged_at_info(profile: Profile, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="cascade.collectors.modbus")
+    peer = Peer()
+    async with serve(peer):
+        await _cabinet(profile, peer.port).command("slot_output", slot=2, value=0, actor="rule:x@level3")
+    assert [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "cascade.collectors.modbus"] == [
+        (logging.INFO, "command slot_output cabinet=C9 slot=2 value=0 by rule:x@level3: ok")]
+
+
+async def test_a_cabinet_that_cannot_be_reached_is_a_failed_command(profile: Profile) -> None:
+    result = await _cabinet(profile, free_port()).command("slot_output", slot=1, value=0, actor="rule")
+    assert not result.ok and result.error.startswith("cannot connect to 127.0.0.1:")

@@ -1,0 +1,108 @@
+"""Read planning (collectors/modbus/planner.py) at its limits, the numbers written here from the
+Modbus specification rather than imported: 125 registers or 2000 bits per read, addresses up to
+65535. Written to kill the mutants `make mutate` found alive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from collectors.modbus.decode import decode_poll
+from collectors.modbus.planner import minimum_reads, plan_reads
+from collectors.modbus.profile import Profile, load_profile
+
+PROFILE = """\
+model: edges
+max_gap: 124
+slots:
+  count: 2
+  base: {input: 65534}
+  stride: {input: 1}
+cabinet:
+  - {field: input_voltage_v, register: input, address: 0, type: u16}
+  - {field: input_current_a, register: input, address: 124, type: u16}
+  - {field: flame_detected, register: discrete, address: 0}
+  - {field: smoke_detected, register: discrete, address: 124}
+  - {field: water_detected, register: discrete, address: 248}
+  - {field: door_open, register: discrete, address: 300}
+slot:
+  - {field: voltage_v, register: input, offset: 0, type: u16}
+extra:
+  - {name: fan_speed_rpm, register: input, address: 5, type: u16, valid: [0, 100]}
+"""
+
+
+@pytest.fixture
+def profile(tmp_path: Path) -> Profile:
+    path = tmp_path / "edges.yaml"
+    path.write_text(PROFILE, encoding="utf-8")
+    return load_profile(path)
+
+
+def test_bits_are_read_up_to_2000_per_request_registers_up_to_125(profile: Profile) -> None:
+    plan = plan_reads(profile, 2)
+    assert [(r.register_type, r.address, r.count) for r in plan] == [
+        ("input", 0, 125),  # 0..124: exactly the register limit, one read
+        ("input", 65534, 2),  # the two slots, up to the last address
+        ("discrete", 0, 301),  # 301 bits: one read (a register read could not hold it)
+    ]
+    assert minimum_reads(profile, 2) == 3
+
+
+def test_the_register_limit_can_be_lowered_down_to_one(profile: Profile) -> None:
+    plan = plan_reads(profile, 2, max_registers=1)
+    assert [(r.register_type, r.address, r.count) for r in plan if r.register_type == "input"] == [
+        ("input", 0, 1), ("input", 5, 1), ("input", 124, 1), ("input", 65534, 1), ("input", 65535, 1)]
+    assert minimum_reads(profile, 2, max_registers=1) == 6  # 5 registers, then the 301 bits in one
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"max_registers": 0}, "max_registers must be 1..125, got 0"),
+    ({"max_registers": 126}, "max_registers must be 1..125, got 126"),
+    ({"max_gap": -1}, "max_gap must be >= 0, got -1"),
+])
+def test_impossible_limits_are_refused(profile: Profile, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        plan_reads(profile, 2, **kwargs)
+    assert str(info.value) == message
+
+
+def test_registers_end_at_65535(profile: Profile) -> None:
+    assert plan_reads(profile, 2)  # slot 2 is register 65535, the last one
+    with pytest.raises(ValueError) as info:
+        plan_reads(profile, 3)  # slot 3 would be register 65536
+    assert str(info.value) == "3 slots of profile edges need input registers beyond 65535"
+
+
+def test_minimum_reads_fits_exactly_125_registers_in_one_read(profile: Profile) -> None:
+    # input 0..124 is one read; the slot block is another; the bits a third.
+    assert minimum_reads(profile, 1) == 3
+
+
+def test_an_extra_past_its_range_is_kept_as_an_int_at_the_limit(profile: Profile) -> None:
+    plan = plan_reads(profile, 2)
+    words = [0] * 125
+    words[5] = 500
+    responses = [words, [0, 0], [False] * 301]
+    reading, errors = decode_poll(plan, responses, cabinet_id="C1", site="s", model="edges", slot_count=2,
+                                  timestamp_ns=1)
+    assert errors == []
+    assert reading.extra == {"fan_speed_rpm": 100} and type(reading.extra["fan_speed_rpm"]) is int
+    assert reading.over_range == ("extra_fan_speed_rpm",)
+
+
+def test_a_field_wider_than_one_read_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "wide.yaml"
+    path.write_text("""model: wide
+slots: {count: 1, base: {input: 100}, stride: {input: 4}}
+cabinet:
+  - {field: input_power_w, register: input, address: 10, type: u32}
+slot:
+  - {field: voltage_v, register: input, offset: 0, type: u16}
+""", encoding="utf-8")
+    profile = load_profile(path)
+    assert [(r.address, r.count) for r in plan_reads(profile, max_registers=2)] == [(10, 2), (100, 1)]
+    with pytest.raises(ValueError) as info:
+        plan_reads(profile, max_registers=1)
+    assert str(info.value) == "input_power_w is 2 registers, over the 1 limit"
