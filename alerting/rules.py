@@ -287,6 +287,20 @@ def _validate_resolved(rule: Rule) -> None:
         problem = validate_levels(levels)
         if problem:
             raise RuleError(rule.file, rule.id, f"overrides[{i}]", problem + " (after override)")
+    # Overrides that apply together (a chemistry one and a model one on the same pack) must stay
+    # ordered combined too: each (model, chemistry) any override names, and "any other".
+    models = sorted({m for o in rule.overrides for m in (o.model or ())}) + ["\0other"]
+    chemistries: list[int | None] = sorted({c for o in rule.overrides for c in (o.chemistry or ())}) + [None]
+    for cabinet_model in models:
+        for chemistry in chemistries:
+            together = [i for i, o in enumerate(rule.overrides) if o.matches(cabinet_model, chemistry)]
+            if len(together) < 2:
+                continue
+            levels, _ = _apply_overrides(rule, [rule.overrides[i] for i in together])
+            problem = validate_levels(levels)
+            if problem:
+                where = ", ".join(f"overrides[{i}]" for i in together)
+                raise RuleError(rule.file, rule.id, where, f"{problem} (when {where} apply together)")
 
 
 class RuleSet(Mapping[str, Rule]):
