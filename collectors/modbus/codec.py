@@ -109,11 +109,12 @@ _TINY = {"f32": 1e-12, "f64": 1e-12}
 def _out_of_range(field: str, unit: str, value: float, lo: float, hi: float, raw: int | None,
                   sentinels: frozenset[int]) -> DecodeError:
     """The error for a value outside ``lo..hi``: garbage (a sentinel) or :class:`OverRange`."""
+    shown = f"{value:g} {unit}".rstrip()  # no double space for a field without a unit
     if raw is not None and raw in sentinels:
         return DecodeError(f"{field}: raw 0x{raw:X} is an error/no-value pattern, not a measurement "
-                           f"({value:g} {unit} is outside the valid range {lo:g}..{hi:g})")
+                           f"({shown} is outside the valid range {lo:g}..{hi:g})")
     limit = hi if value > hi else lo
-    return OverRange(f"{field}: {value:g} {unit} beyond the valid range {lo:g}..{hi:g}: kept as "
+    return OverRange(f"{field}: {shown} beyond the valid range {lo:g}..{hi:g}: kept as "
                      f"{'at least' if value > hi else 'at most'} {limit:g} {unit}", limit)
 
 
