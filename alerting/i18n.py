@@ -19,13 +19,13 @@ and an English text that does not fit either is shown raw (the warning path must
 from __future__ import annotations
 
 import functools
-import gettext
 import logging
 import re
 import string
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
+
+from core.i18n import DEFAULT_LANGUAGE, DOMAIN, LANGUAGES, LOCALE_DIR, fill, normalize_language, translations
 
 __all__ = ["DEFAULT_LANGUAGE", "DOMAIN", "LANGUAGES", "LOCALE_DIR", "N_", "AlertTexts", "fill", "for_level",
            "normalize_language"]
@@ -36,45 +36,12 @@ log = logging.getLogger(__name__)
 _LEVEL_MARK = re.compile(r"(?:\bLevel ([1-3]):|([一二三])级：)\s*")
 _LEVEL_WORDS = {"一": 1, "二": 2, "三": 3}
 
-#: gettext domain: one catalogue for the engine and the notifier.
-DOMAIN = "cascade"
-#: ``locale/`` beside the packages (like ``profiles/``; the project is installed in place).
-LOCALE_DIR = Path(__file__).resolve().parent.parent / "locale"
-#: The languages Cascade ships; the first is the default. English is the source language.
-LANGUAGES = ("zh_CN", "en")
-DEFAULT_LANGUAGE = LANGUAGES[0]
-_ALIASES = {"zh": "zh_CN", "zh_cn": "zh_CN", "zh-cn": "zh_CN", "zh_hans": "zh_CN", "zh-hans": "zh_CN",
-            "zh_hans_cn": "zh_CN", "en": "en", "en_us": "en", "en-us": "en", "en_gb": "en", "en-gb": "en"}
-
-
-def normalize_language(value: Any) -> str:
-    """``zh_CN`` or ``en`` for the usual spellings (``zh``, ``zh-CN``, ``en_US``); ValueError otherwise."""
-    found = _ALIASES.get(str(value).strip().lower()) if isinstance(value, str) else None
-    if found is None:
-        raise ValueError(f"unsupported language {value!r}; use one of {', '.join(LANGUAGES)}")
-    return found
-
-
-@functools.cache
-def _translations(language: str) -> gettext.NullTranslations:
-    # fallback: English is the source text, so a missing en catalogue changes nothing.
-    return gettext.translation(DOMAIN, localedir=LOCALE_DIR, languages=[language], fallback=language == "en")
+_translations = translations
 
 
 def N_(msgid: str) -> str:
     """Marks ``msgid`` for the catalogue where it is translated later (``texts.tr(msgid)``)."""
     return msgid
-
-
-def fill(template: str, source: str, values: Mapping[str, Any]) -> str:
-    """``template`` (a translation) filled with ``values``; the English ``source`` when the translation
-    does not fit them; ``source`` unfilled when neither does. Never raises."""
-    for text in (template, source):
-        try:
-            return text.format_map(values)
-        except Exception:  # noqa: BLE001 - any bad placeholder or format spec: try the next text
-            continue
-    return source
 
 
 class AlertTexts:
