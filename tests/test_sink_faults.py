@@ -32,6 +32,7 @@ from exporters.influx.spool import DiskSpool
 from tests.fixtures.clock import ManualClock
 from tests.fixtures.procs import free_port
 from tests.fixtures.slowproxy import SlowProxy
+from tests.test_influx_sink import _metric, _seqs, _until
 
 _encoder = LineEncoder("slot", ["cabinet"], ["seq", "v"])
 _SEQ = re.compile(rb"seq=(\d+)i")
@@ -40,21 +41,6 @@ _SEQ = re.compile(rb"seq=(\d+)i")
 def _lines(start: int, count: int) -> list[str]:
     return [_encoder.encode({"cabinet": "c1"}, {"seq": n, "v": n / 4}, 1_700_000_000_000_000_000 + n)
             for n in range(start, start + count)]
-
-
-def _metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    return registry.get_sample_value(name, labels) or 0.0
-
-
-async def _until(condition, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
-
-
-def _seqs(influxdb) -> list[int]:
-    return [row["seq"] for row in influxdb.query("SELECT seq FROM slot")]
 
 
 def _first_seqs_sent() -> tuple[aiohttp.TraceConfig, list[int]]:

@@ -30,7 +30,7 @@ from typing import Literal
 
 from core.model import BmsProtection
 
-from .frames import FrameError, PackSample, Step
+from .frames import FrameError, PackSample, Step, map_bits
 
 __all__ = ["PROTECTION_BITS", "PROTOCOL", "DalyProtocol", "checksum", "map_protection", "request"]
 
@@ -61,15 +61,7 @@ PROTECTION_BITS: dict[int, BmsProtection] = {
 
 def map_protection(word: int) -> tuple[int, int]:
     """The Daly alarm bits (56) in Cascade's layout, and the bits without a Cascade meaning."""
-    mapped = unmapped = 0
-    for bit in range(56):
-        if word >> bit & 1:
-            flag = PROTECTION_BITS.get(bit)
-            if flag is None:
-                unmapped |= 1 << bit
-            else:
-                mapped |= flag
-    return mapped, unmapped
+    return map_bits(word, 56, PROTECTION_BITS)
 
 
 def checksum(body: bytes | bytearray) -> int:

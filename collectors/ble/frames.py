@@ -18,13 +18,14 @@ outside input, and a bad one costs only itself.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from core.errors import CascadeError
 
-__all__ = ["MAX_BUFFER", "BmsProtocol", "FrameError", "PackSample", "Reassembler", "Step", "check_plausible"]
+__all__ = ["MAX_BUFFER", "BmsProtocol", "FrameError", "PackSample", "Reassembler", "Step", "check_plausible",
+           "map_bits"]
 
 MAX_BUFFER = 1024
 """Bytes of unfinished frames kept per pack; a JBD frame is at most 4 + 255 + 3 bytes."""
@@ -177,6 +178,20 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
 }
 _CELL_V = (0.0, 5.0)
 _TEMP_C = (-40.0, 200.0)
+
+
+def map_bits(word: int, width: int, table: Mapping[int, int]) -> tuple[int, int]:
+    """A vendor's protection word (``width`` bits) in Cascade's layout through ``table`` (vendor bit →
+    ``BmsProtection`` flag), and the vendor bits without a Cascade meaning, at their positions."""
+    mapped = unmapped = 0
+    for bit in range(width):
+        if word >> bit & 1:
+            flag = table.get(bit)
+            if flag is None:
+                unmapped |= 1 << bit
+            else:
+                mapped |= flag
+    return mapped, unmapped
 
 
 def check_plausible(sample: PackSample) -> PackSample:

@@ -27,7 +27,7 @@ from typing import Literal
 
 from core.model import BmsProtection
 
-from .frames import FrameError, PackSample, Step
+from .frames import FrameError, PackSample, Step, map_bits
 
 __all__ = ["PROTECTION_BITS", "PROTOCOL", "JbdProtocol", "checksum", "map_protection", "mosfet_request", "request"]
 
@@ -56,15 +56,7 @@ PROTECTION_BITS: dict[int, BmsProtection] = {
 
 def map_protection(word: int) -> tuple[int, int]:
     """The JBD protection word in Cascade's layout, and its bits without a Cascade meaning."""
-    mapped = unmapped = 0
-    for bit in range(16):
-        if word >> bit & 1:
-            flag = PROTECTION_BITS.get(bit)
-            if flag is None:
-                unmapped |= 1 << bit
-            else:
-                mapped |= flag
-    return mapped, unmapped
+    return map_bits(word, 16, PROTECTION_BITS)
 
 
 def checksum(body: bytes | bytearray) -> int:
