@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from cascade.config import AppConfig
 from collectors import build_source
@@ -29,6 +29,7 @@ from core.model import CabinetReading
 from core.ports import Commander, ReadingHook, Source, UnknownDevice
 from exporters.influx.sink import InfluxSink
 from exporters.prometheus import PipelineMetrics
+from exporters.scrape import ScrapeSnapshot
 
 if TYPE_CHECKING:
     from alerting.service import AlertService
@@ -67,6 +68,7 @@ class Pipeline:
         self.config = config
         self.registry = registry or CollectorRegistry()
         self.metrics = PipelineMetrics(self.registry)
+        self.scrape = ScrapeSnapshot(self.registry)
         self.hooks: list[ReadingHook] = list(hooks or [])
         self.sources: list[Source] = [
             build_source(kind, settings, emit=self._emit, metrics=self.metrics, seed=seed)
@@ -217,7 +219,7 @@ class Pipeline:
             log.info("status: %s", self.status_line(rate))
 
     async def _metrics_handler(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=await self.scrape.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _health_handler(self, request: web.Request) -> web.Response:
         states = self.online()
