@@ -11,7 +11,8 @@ import sys
 __all__ = ["main"]
 
 _SUITES = {"collector": "bench.collector", "lineprotocol": "bench.lineprotocol", "warnings": "bench.warnings",
-           "latency": "bench.latency", "vehicles": "bench.vehicles"}
+           "latency": "bench.latency", "vehicles": "bench.vehicles",
+           "scrape": "bench.scrape"}
 
 
 def main(argv: list[str] | None = None) -> int:

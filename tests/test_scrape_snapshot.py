@@ -69,3 +69,13 @@ async def test_a_large_render_leaves_the_event_loop_running() -> None:
 def test_negative_max_age_is_refused() -> None:
     with pytest.raises(ValueError, match="max_age_s"):
         ScrapeSnapshot(CollectorRegistry(), max_age_s=-1)
+
+
+async def test_scrape_bench_reports_both_ways_on_a_real_collector_registry() -> None:
+    from bench.scrape import run_scrape_bench
+
+    figures = await run_scrape_bench(cabinets=30, repeat=2)
+    assert figures["series"] > 30 * 10  # every per-cabinet gauge of PipelineMetrics is there
+    for way in ("inline", "snapshot"):
+        assert figures[way]["bytes"] > 0
+        assert figures[way]["render_max_ms"] >= figures[way]["render_p50_ms"] > 0
