@@ -67,9 +67,37 @@ def _start_simulators(cabinets: int, slots: int, per_port: int, workers: int, wo
     return procs, fleet
 
 
+async def run_plain_bench(fleet: list[dict], *, interval_s: float, duration_s: float, slots: int,
+                          sim_pids: list[int] | None = None) -> dict:
+    """The same-run baseline: :mod:`bench.plainclient` on the same fleet, same reads, same schedule."""
+    from bench.plainclient import PlainCabinet
+    from collectors.modbus.planner import plan_reads
+    from collectors.modbus.profile import find_profile
+
+    profiles: dict[str, object] = {}
+    devices = []
+    for entry in fleet:
+        if entry["profile"] not in profiles:
+            profiles[entry["profile"]] = find_profile(entry["profile"])
+        plan = plan_reads(profiles[entry["profile"]], slots)
+        devices.append(PlainCabinet(entry["id"], entry["host"], entry["port"], entry.get("device_id", 1), plan,
+                                    slots, interval_s))
+    counts = {"polls": 0, "readings": 0, "requests": 0, "lines": 0, "field_errors": 0, "failures": 0,
+              "transitions": 0}
+
+    def on_result(device, result) -> None:
+        counts["polls"] += 1
+        counts["readings"] += result.slots
+        counts["requests"] += result.requests
+        counts["lines"] += len(result.lines)
+
+    return await _measure(devices, on_result, counts, _PollStats(counts), interval_s, duration_s, slots, profiles,
+                          None, sim_pids)
+
+
 async def run_collector_bench(fleet: list[dict], *, interval_s: float, duration_s: float, slots: int,
                               influx_url: str | None = None, spool_dir: str | None = None,
-                              warnings: bool = False) -> dict:
+                              warnings: bool = False, sim_pids: list[int] | None = None) -> dict:
     """Poll ``fleet`` for ``duration_s`` and measure; returns the figures."""
     from collectors.modbus.device import CabinetConfig, ModbusCabinet
     from collectors.modbus.profile import find_profile
@@ -104,11 +132,7 @@ async def run_collector_bench(fleet: list[dict], *, interval_s: float, duration_
         if engine is not None:
             counts["transitions"] += len(engine.evaluate(result.reading))
 
-    class _Failures:
-        def poll_done(self, *a) -> None: ...
-        def device_up(self, *a) -> None: ...
-        def poll_failed(self, *a) -> None:
-            counts["failures"] += 1
+    failures = _PollStats(counts)
 
     sink = None
     async with contextlib.AsyncExitStack() as stack:
@@ -116,25 +140,73 @@ async def run_collector_bench(fleet: list[dict], *, interval_s: float, duration_
             from exporters.influx.sink import InfluxConfig, InfluxSink
             sink = await stack.enter_async_context(InfluxSink(InfluxConfig(
                 url=influx_url, database="cascade", spool_dir=spool_dir or tempfile.mkdtemp())))
-        return await _measure(devices, on_result, counts, _Failures(), interval_s, duration_s, slots, profiles,
-                              sink)
+        return await _measure(devices, on_result, counts, failures, interval_s, duration_s, slots, profiles,
+                              sink, sim_pids)
 
 
-async def _measure(devices, on_result, counts, failures, interval_s, duration_s, slots, profiles, sink) -> dict:
+class _PollStats:
+    """The runner's metrics hook: counts failures, keeps poll durations for the percentiles."""
+
+    def __init__(self, counts: dict) -> None:
+        self.counts = counts
+        self.durations: list[float] = []
+
+    def poll_done(self, device: str, duration_s: float) -> None:
+        self.durations.append(duration_s)
+
+    def device_up(self, *a) -> None: ...
+
+    def poll_failed(self, *a) -> None:
+        self.counts["failures"] += 1
+
+
+def _cpu_of(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far (Linux /proc; 0 where unreadable)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _measure(devices, on_result, counts, failures, interval_s, duration_s, slots, profiles, sink,
+                   sim_pids=None) -> dict:
     from collectors.modbus.planner import minimum_reads
     from collectors.runner import PollRunner
 
     warmup = min(interval_s * 2, duration_s / 3)
-    async with PollRunner(devices, on_result=on_result, metrics=failures, seed=1):
+    stop_started = None
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(PollRunner(devices, on_result=on_result, metrics=failures, seed=1))
         await asyncio.sleep(warmup)
         start_counts = dict(counts)
+        failures.durations.clear()
+        sim0 = _cpu_of(sim_pids or [])
         wall0, cpu0 = time.monotonic(), time.process_time()
         await asyncio.sleep(duration_s - warmup)
         wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
+        sim_cpu = _cpu_of(sim_pids or []) - sim0
         # Snapshot before shutdown: requests cut off by stopping are not failures of the fleet.
         delta = {k: counts[k] - start_counts[k] for k in counts}
+        durations = list(failures.durations)
+        stop_started = time.monotonic()
+    shutdown_s = time.monotonic() - stop_started
     profile = next(iter(profiles.values()))
     return {
+        "poll_p50_s": _percentile(durations, 0.50), "poll_p95_s": _percentile(durations, 0.95),
+        "poll_p99_s": _percentile(durations, 0.99), "shutdown_s": shutdown_s,
+        "simulator_cpu_share": sim_cpu / wall if sim_pids else None,
         "cabinets": len(devices), "slots": slots, "interval_s": interval_s, "measured_s": wall,
         "offered_readings_per_s": len(devices) * slots / interval_s,
         "readings_per_s": delta["readings"] / wall, "polls_per_s": delta["polls"] / wall,
@@ -158,6 +230,13 @@ def _print(figures: dict) -> None:
     print(f"  requests per poll     {figures['requests_per_poll']:10.2f}   "
           f"(theoretical minimum {figures['minimum_requests_per_poll']})")
     print(f"  poll failures         {figures['poll_failures']:10d}   field errors {figures['field_errors']}")
+    if figures["poll_p50_s"] is not None:
+        print(f"  poll latency ms       p50 {figures['poll_p50_s'] * 1e3:.0f}  p95 {figures['poll_p95_s'] * 1e3:.0f}  "
+              f"p99 {figures['poll_p99_s'] * 1e3:.0f}   (interval {figures['interval_s'] * 1e3:.0f})")
+    if figures["simulator_cpu_share"] is not None:
+        print(f"  simulator CPU share   {figures['simulator_cpu_share']:10.2f}   (the simulators, apart from the "
+              "collector)")
+    print(f"  shutdown              {figures['shutdown_s']:10.2f} s")
     print(f"  warning transitions   {figures['transitions']:10d}   (0 unless --warnings)")
     if figures["influx_lines_written"] is not None:
         print(f"  InfluxDB lines written{figures['influx_lines_written']:10d}   (sink in the same process: "
@@ -178,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also evaluate every reading with the shipped warning catalogue")
     parser.add_argument("--influx", metavar="URL", help="also write every reading to this InfluxDB 1.x "
                         "(database cascade, loopback only), so the sink's CPU is measured too")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the same-run baseline (a plain batched pymodbus client, bench/plainclient.py)")
     args = parser.parse_args(argv)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     duration = min(max(args.duration, 5.0), 600.0)
@@ -190,10 +271,13 @@ def main(argv: list[str] | None = None) -> int:
         procs, fleet = _start_simulators(args.cabinets, args.slots, args.per_port, args.workers, Path(tmp),
                                          args.profile)
         try:
+            pids = [p.pid for p in procs]
             figures = asyncio.run(run_collector_bench(fleet, interval_s=args.interval, duration_s=duration,
                                                       influx_url=args.influx, spool_dir=str(Path(tmp) / "spool"),
                                                       warnings=args.warnings,
-                                                      slots=args.slots))
+                                                      slots=args.slots, sim_pids=pids))
+            baseline = None if args.no_baseline else asyncio.run(run_plain_bench(
+                fleet, interval_s=args.interval, duration_s=duration, slots=args.slots, sim_pids=pids))
         finally:
             for proc in procs:
                 with contextlib.suppress(ProcessLookupError):
@@ -202,6 +286,15 @@ def main(argv: list[str] | None = None) -> int:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=10)
     _print(figures)
+    if baseline is not None:
+        print("baseline: a plain batched pymodbus client (same reads, struct decode, influxdb_client Point), "
+              "same simulators, same run")
+        print(f"  readings/s            {baseline['readings_per_s']:10.0f}")
+        print(f"  CPU s / 1000 readings {baseline['cpu_s_per_1000_readings']:10.4f}")
+        print(f"  poll latency ms       p50 {baseline['poll_p50_s'] * 1e3:.0f}  p95 {baseline['poll_p95_s'] * 1e3:.0f}  "
+              f"p99 {baseline['poll_p99_s'] * 1e3:.0f}")
+        ratio = baseline["cpu_s_per_1000_readings"] / max(figures["cpu_s_per_1000_readings"], 1e-9)
+        print(f"  Cascade is {ratio:.2f}x the baseline per reading (CPU; > 1 means cheaper; target >= 3)")
     return 0
 
 

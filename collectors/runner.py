@@ -98,10 +98,17 @@ class PollRunner(Generic[T]):
         # answer is released by its transport closing. Bounded, so shutdown cannot hang.
         await asyncio.wait_for(asyncio.gather(*(d.close() for d in self._devices), return_exceptions=True),
                                grace_s)
-        if self._tasks:
-            _done, pending = await asyncio.wait(self._tasks, timeout=grace_s)
-            if pending:
-                log.warning("%d poll tasks did not stop within %.0f s", len(pending), grace_s)
+        pending = {t for t in self._tasks if not t.done()}
+        deadline = time.monotonic() + grace_s  # real time, whatever clock the schedule runs on
+        # A cancellation can be swallowed by a library that catches it while its I/O completes (3.11's
+        # wait_for does when the answer and the cancel arrive together); such a task goes on to sleep a
+        # whole interval. Cancel what is still running again until it stops, within the grace.
+        while pending and (left := deadline - time.monotonic()) > 0:
+            _done, pending = await asyncio.wait(pending, timeout=min(0.1, left))
+            for task in pending:
+                task.cancel()
+        if pending:
+            log.warning("%d poll tasks did not stop within %.0f s", len(pending), grace_s)
         self._tasks.clear()
 
     def _set_online(self, device: Any, up: bool, cause: str = "") -> None:
@@ -125,9 +132,7 @@ class PollRunner(Generic[T]):
         while True:
             started = self._clock()
             try:
-                if self._timeout_s:
-                    result = await asyncio.wait_for(device.fetch(), self._timeout_s)
-                else:
+                async with asyncio.timeout(self._timeout_s or None):  # None: no limit
                     result = await device.fetch()
             except asyncio.CancelledError:
                 raise

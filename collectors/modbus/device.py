@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Callable
 
-from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from collectors.runner import PollFailed
@@ -22,6 +21,7 @@ from .decode import FieldError, decode_poll
 from .planner import ReadRequest, plan_reads
 from .profile import Profile
 from .settings import CabinetConfig
+from .tcp import ModbusTcpLink
 
 __all__ = ["KIND", "CabinetConfig", "ModbusCabinet"]
 
@@ -61,18 +61,17 @@ class ModbusCabinet:
         self.slot_count = config.slots or profile.slot_count
         self.plan: list[ReadRequest] = plan_reads(profile, self.slot_count, max_gap=config.max_gap)
         self._wall_clock = wall_clock
-        self._client: AsyncModbusTcpClient | None = None
+        self._client: ModbusTcpLink | None = None
         # One request in flight per connection: Modbus TCP devices often mishandle pipelining.
         self._lock = asyncio.Lock()
 
-    async def _connected(self) -> AsyncModbusTcpClient:
+    async def _connected(self) -> ModbusTcpLink:
         if self._client is not None and self._client.connected:
             return self._client
         if self._client is not None:
             self._client.close()
-        # retries=0 and no automatic reconnect: the shared runner owns retry policy and backoff.
-        client = AsyncModbusTcpClient(self.config.host, port=self.config.port, timeout=self.config.timeout_s,
-                                      retries=0, reconnect_delay=0)
+        # No retries and no automatic reconnect: the shared runner owns retry policy and backoff.
+        client = ModbusTcpLink(self.config.host, self.config.port, timeout=self.config.timeout_s)
         try:
             ok = await client.connect()
         except (OSError, ModbusException) as err:

@@ -1,0 +1,182 @@
+"""A lean Modbus TCP client link: the six requests Cascade sends, nothing else on the hot path.
+
+The collector bench showed pymodbus's client spending as much CPU per read as all of Cascade's
+decoding (transaction manager, PDU objects, a debug string per request). This link keeps the parts
+that matter for a collector — one connection, one request in flight, MBAP framing, transaction ids,
+Modbus exception responses, timeouts — and decodes a response with one ``struct.unpack_from``
+straight from the receive buffer. It answers like pymodbus's ``AsyncModbusTcpClient`` (the same
+method names, ``registers``/``bits``, ``isError()``, ``exception_code``) and raises pymodbus's own
+exception types, so :class:`collectors.modbus.device.ModbusCabinet` keeps one error mapping.
+pymodbus stays where it carries its weight: the simulators' servers and its exception vocabulary.
+
+Framing (Modbus Messaging on TCP/IP Implementation Guide v1.0b, 3.1.3): MBAP header = transaction
+id (2), protocol id 0 (2), length of what follows (2), unit id (1); then the PDU.
+
+    link = ModbusTcpLink("10.0.0.5", 502, timeout=3.0)
+    await link.connect()
+    rr = await link.read_holding_registers(100, count=10, device_id=1)
+    rr.registers  # a tuple of ten ints
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+__all__ = ["LinkResponse", "ModbusTcpLink"]
+
+_HEADER = struct.Struct(">HHHBB")  # transaction, protocol, length, unit, function
+_REQUEST = struct.Struct(">HHHBBHH")  # ... + address, count (or value)
+_MAX_FRAME = 260  # MBAP (7) + the largest PDU (253)
+
+
+class LinkResponse:
+    """One answer: ``registers`` (words) or ``bits``, or a Modbus exception (``isError()``)."""
+
+    __slots__ = ("registers", "bits", "exception_code", "function_code")
+
+    def __init__(self, function_code: int, registers: tuple[int, ...] = (), bits: list[bool] | None = None,
+                 exception_code: int | None = None) -> None:
+        self.function_code = function_code
+        self.registers = registers
+        self.bits = bits or []
+        self.exception_code = exception_code
+
+    def isError(self) -> bool:  # noqa: N802 - pymodbus's name, so callers need not know which client answered
+        return self.exception_code is not None
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[bytes] | None = None
+        self.transport: asyncio.Transport | None = None
+        self.lost: Exception | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer
+        buf += data
+        if len(buf) < 6:
+            return
+        size = 6 + (buf[4] << 8 | buf[5])
+        if size > _MAX_FRAME or size < 9:
+            self._fail(ModbusException(f"malformed MBAP header: length {size - 6}"))
+            return
+        if len(buf) < size:
+            return
+        frame = bytes(buf[:size])
+        del buf[:size]
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(frame)
+        # an answer nobody waits for (it came after a timeout) is dropped; the device drops the link anyway
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._fail(ConnectionException(f"connection closed by peer{': ' + str(exc) if exc else ''}"))
+
+    def _fail(self, err: Exception) -> None:
+        self.lost = err
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(err)
+        if self.transport is not None:
+            self.transport.close()
+
+
+class ModbusTcpLink:
+    """One Modbus TCP connection with at most one request in flight (the caller holds a lock)."""
+
+    def __init__(self, host: str, port: int = 502, *, timeout: float = 3.0) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
+        self._protocol: _Protocol | None = None
+        self._tid = 0
+
+    @property
+    def connected(self) -> bool:
+        p = self._protocol
+        return p is not None and p.transport is not None and p.lost is None
+
+    async def connect(self) -> bool:
+        loop = asyncio.get_running_loop()
+        try:
+            _transport, protocol = await asyncio.wait_for(
+                loop.create_connection(_Protocol, self.host, self.port), self.timeout)
+        except TimeoutError as err:
+            raise ConnectionException(f"no connection within {self.timeout:g} s") from err
+        self._protocol = protocol
+        return True
+
+    def close(self) -> None:
+        p, self._protocol = self._protocol, None
+        if p is not None and p.transport is not None:
+            p.transport.close()
+
+    async def read_holding_registers(self, address: int, *, count: int = 1, device_id: int = 1) -> LinkResponse:
+        return await self._read(3, address, count, device_id)
+
+    async def read_input_registers(self, address: int, *, count: int = 1, device_id: int = 1) -> LinkResponse:
+        return await self._read(4, address, count, device_id)
+
+    async def read_coils(self, address: int, *, count: int = 1, device_id: int = 1) -> LinkResponse:
+        return await self._read(1, address, count, device_id)
+
+    async def read_discrete_inputs(self, address: int, *, count: int = 1, device_id: int = 1) -> LinkResponse:
+        return await self._read(2, address, count, device_id)
+
+    async def write_coil(self, address: int, value: bool, *, device_id: int = 1) -> LinkResponse:
+        return await self._exchange(5, address, 0xFF00 if value else 0x0000, device_id)
+
+    async def write_register(self, address: int, value: int, *, device_id: int = 1) -> LinkResponse:
+        if not 0 <= value <= 0xFFFF:
+            raise ValueError(f"a register holds 0..65535, not {value}")  # the caller's mistake, not the link's
+        return await self._exchange(6, address, value, device_id)
+
+    async def _read(self, function: int, address: int, count: int, device_id: int) -> LinkResponse:
+        return await self._exchange(function, address, count, device_id)
+
+    async def _exchange(self, function: int, address: int, value: int, device_id: int) -> LinkResponse:
+        p = self._protocol
+        if p is None or p.transport is None or p.lost is not None:
+            raise ConnectionException("not connected")
+        self._tid = tid = (self._tid + 1) & 0xFFFF
+        waiter = p.waiter = asyncio.get_running_loop().create_future()
+        p.transport.write(_REQUEST.pack(tid, 0, 6, device_id, function, address, value))
+        try:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives as
+            # the answer does (the link closing on shutdown), leaving a poll task that will not stop.
+            async with asyncio.timeout(self.timeout):
+                frame = await waiter
+        except TimeoutError as err:
+            raise ModbusIOException(f"no answer within {self.timeout:g} s") from err
+        finally:
+            p.waiter = None
+        return _parse(frame, tid, device_id, function, value)
+
+
+def _parse(frame: bytes, tid: int, device_id: int, function: int, count: int) -> LinkResponse:
+    got_tid, protocol, _length, unit, got_function = _HEADER.unpack_from(frame)
+    if got_tid != tid or protocol != 0:
+        raise ModbusException(f"answer to transaction {got_tid} (protocol {protocol}), expected {tid}")
+    if unit != device_id and device_id != 0:
+        raise ModbusException(f"answer from unit {unit}, asked unit {device_id}")
+    if got_function == function | 0x80:
+        return LinkResponse(function, exception_code=frame[8])
+    if got_function != function:
+        raise ModbusException(f"answer with function {got_function}, asked {function}")
+    if function >= 5:  # writes echo address and value
+        return LinkResponse(function)
+    size = frame[8]
+    if len(frame) != 9 + size:
+        raise ModbusException(f"byte count {size} but {len(frame) - 9} data bytes")
+    # A short answer (fewer values than asked) is returned as it came: the caller names it "short".
+    if function >= 3:
+        if size % 2:
+            raise ModbusException(f"register answer with an odd byte count {size}")
+        return LinkResponse(function, registers=struct.unpack_from(f">{size // 2}H", frame, 9))
+    data: Any = frame[9:]
+    return LinkResponse(function, bits=[bool(data[i >> 3] >> (i & 7) & 1) for i in range(min(count, 8 * size))])

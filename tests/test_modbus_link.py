@@ -1,0 +1,152 @@
+"""The lean Modbus TCP link (collectors/modbus/tcp.py) against pymodbus's own client and server,
+and against a raw peer that answers with broken frames."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+
+import pytest
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+from collectors.modbus.planner import plan_reads
+from collectors.modbus.profile import find_profile
+from collectors.modbus.tcp import ModbusTcpLink
+from simulators.fleet import build_fleet
+from simulators.server import SimulatorServer
+from tests.fixtures.clock import ManualClock
+from tests.fixtures.ports import free_port_block
+
+_READERS = ("read_input_registers", "read_holding_registers", "read_coils", "read_discrete_inputs")
+_METHOD = {"input": "read_input_registers", "holding": "read_holding_registers", "coil": "read_coils",
+           "discrete": "read_discrete_inputs"}
+
+
+@pytest.mark.parametrize("profile_name", ["reference-cabinet", "volta-s8", "kestrel-k10"])
+async def test_every_planned_read_answers_as_pymodbus_reads_it(profile_name: str) -> None:
+    """Second implementation: pymodbus's client and the link read the same registers, word for word."""
+    clock = ManualClock()
+    base = free_port_block(1)
+    fleet = build_fleet([(profile_name, find_profile(profile_name))], cabinets=1, per_port=1, base_port=base,
+                        clock=clock, seed=3)
+    server = SimulatorServer(fleet, control_port=0, timer_s=3600)
+    await server.start()
+    cab = fleet.cabinets[0]
+    reference = AsyncModbusTcpClient("127.0.0.1", port=cab.port, timeout=2, retries=0)
+    link = ModbusTcpLink("127.0.0.1", cab.port, timeout=2)
+    try:
+        assert await reference.connect()
+        assert await link.connect()
+        for request in plan_reads(cab.profile, cab.slot_count):
+            method = _METHOD[request.register_type]
+            want = await getattr(reference, method)(request.address, count=request.count, device_id=cab.device_id)
+            got = await getattr(link, method)(request.address, count=request.count, device_id=cab.device_id)
+            assert not got.isError() and not want.isError()
+            if request.register_type in ("coil", "discrete"):
+                assert got.bits == list(want.bits[:request.count]), request
+            else:
+                assert list(got.registers) == list(want.registers), request
+        # an address the profile does not map: both see Modbus exception 2 (illegal data address)
+        refused = await link.read_holding_registers(60000, count=2, device_id=cab.device_id)
+        assert refused.isError() and refused.exception_code == 2
+    finally:
+        reference.close()
+        link.close()
+        await server.stop()
+
+
+@contextlib.asynccontextmanager
+async def _peer(answer):
+    """A raw TCP peer: ``answer(request_bytes) -> bytes | None`` (None: stay silent)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                request = await reader.readexactly(12)
+                reply = answer(request)
+                if reply == b"close":
+                    writer.close()
+                    return
+                if reply:
+                    writer.write(reply)
+                    await writer.drain()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+def _reply(request: bytes, pdu: bytes, *, tid_shift: int = 0, unit: int | None = None) -> bytes:
+    tid, _p, _l, req_unit = struct.unpack(">HHHB", request[:7])
+    return struct.pack(">HHHB", (tid + tid_shift) & 0xFFFF, 0, len(pdu) + 1,
+                       req_unit if unit is None else unit) + pdu
+
+
+async def _link(port: int, timeout: float = 1.0) -> ModbusTcpLink:
+    link = ModbusTcpLink("127.0.0.1", port, timeout=timeout)
+    assert await link.connect()
+    return link
+
+
+async def test_registers_and_bits_decode_from_the_frame() -> None:
+    def answer(req: bytes) -> bytes:
+        fc = req[7]
+        if fc == 3:
+            return _reply(req, bytes([3, 4]) + struct.pack(">HH", 0x1234, 0xFFFF))
+        return _reply(req, bytes([1, 2, 0b10100101, 0b1]))  # bits 0,2,5,7 then 8
+
+    async with _peer(answer) as port:
+        link = await _link(port)
+        assert (await link.read_holding_registers(10, count=2)).registers == (0x1234, 0xFFFF)
+        bits = (await link.read_coils(0, count=9)).bits
+        assert bits == [True, False, True, False, False, True, False, True, True]
+        link.close()
+
+
+@pytest.mark.parametrize(("reply", "error", "match"), [
+    (lambda r: _reply(r, bytes([3, 4, 0, 1, 0, 2]), tid_shift=1), ModbusException, "transaction"),
+    (lambda r: _reply(r, bytes([3, 4, 0, 1, 0, 2]), unit=9), ModbusException, "unit 9"),
+    (lambda r: _reply(r, bytes([4, 2, 0, 1])), ModbusException, "function 4"),
+    (lambda r: _reply(r, bytes([3, 3, 0, 1, 0])), ModbusException, "odd byte count"),
+    (lambda r: _reply(r, bytes([3, 9, 0, 1])), ModbusException, "byte count 9"),
+    (lambda r: struct.pack(">HHH", 1, 0, 999) + bytes(10), ModbusException, "malformed MBAP"),
+    (lambda r: None, ModbusIOException, "no answer within"),
+    (lambda r: b"close", ConnectionException, "closed by peer"),
+])
+async def test_a_broken_answer_is_an_error_that_names_it(reply, error, match) -> None:
+    async with _peer(reply) as port:
+        link = await _link(port, timeout=0.3)
+        with pytest.raises(error, match=match):
+            await link.read_holding_registers(0, count=2, device_id=1)
+        link.close()
+
+
+async def test_exception_response_and_short_answer_are_returned_for_the_caller_to_judge() -> None:
+    def answer(req: bytes) -> bytes:
+        return _reply(req, bytes([0x83, 6])) if req[8:10] == b"\x00\x01" else _reply(req, bytes([3, 2, 0, 7]))
+
+    async with _peer(answer) as port:
+        link = await _link(port)
+        busy = await link.read_holding_registers(1, count=2)
+        assert busy.isError() and busy.exception_code == 6
+        short = await link.read_holding_registers(2, count=3)
+        assert short.registers == (7,)  # fewer than asked: ModbusCabinet calls that a "short" poll
+        link.close()
+
+
+async def test_not_connected_and_refused_values_fail_before_sending() -> None:
+    link = ModbusTcpLink("127.0.0.1", 1, timeout=0.5)
+    assert not link.connected
+    with pytest.raises(ConnectionException, match="not connected"):
+        await link.read_coils(0, count=1)
+    async with _peer(lambda r: _reply(r, r[7:12])) as port:
+        link = await _link(port)
+        with pytest.raises(ValueError, match="0..65535"):
+            await link.write_register(5, 70000)
+        assert not (await link.write_register(5, 12)).isError()  # echo accepted
+        assert not (await link.write_coil(3, True)).isError()
+        link.close()
