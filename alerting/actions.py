@@ -33,10 +33,14 @@ from core.ports import Commander, EventHandler, UnknownDevice
 
 __all__ = [
     "ALLOWED_COMMANDS",
+    "CHARGING_COMMANDS",
+    "CONTROLS",
+    "CONTROL_COMMANDS",
     "ActionPolicy",
     "ActionRecord",
     "ActionRunner",
     "Command",
+    "ControlSpec",
     "ForbiddenCommand",
     "check_command",
 ]
@@ -48,16 +52,52 @@ ALLOWED_COMMANDS = frozenset({"slot_output"})
 _CUT_OFF = 0  # slot_output value that opens the relay
 
 
+@dataclass(frozen=True, slots=True)
+class ControlSpec:
+    """A remote-control command people may send (P-5.1.2.1–5; engineer role, docs/security.md).
+
+    ``command``: the profile command it writes (``commands:`` in the register profile); ``value``: the
+    value written, or None when the request gives it (then it must lie in ``limits``, raw register
+    units); ``slot``: the request must name a slot; ``confirm``: the request must say ``"confirm": true``
+    (everything but stopping, the safe direction).
+    """
+
+    command: str
+    value: int | None
+    slot: bool
+    confirm: bool
+    limits: tuple[int, int] = (0, 1)
+
+
+#: The remote-control commands, by the name a request uses. Starting charging re-energises a slot: the
+#: service refuses it while the slot (or its cabinet) has an active level-2/3 alert or a failed cut-off.
+CONTROLS: Mapping[str, ControlSpec] = {
+    "stop_charging": ControlSpec("slot_output", 0, slot=True, confirm=False),
+    "start_charging": ControlSpec("slot_output", 1, slot=True, confirm=True),
+    "fault_reset": ControlSpec("fault_reset", 1, slot=False, confirm=True),
+    "charge_current_limit": ControlSpec("charge_current_limit", None, slot=False, confirm=True, limits=(0, 65535)),
+    "charge_temperature_limit": ControlSpec("charge_temperature_limit", None, slot=False, confirm=True,
+                                            limits=(0, 65535)),
+}
+#: The commands an operator may send (starting and stopping charging); the rest are the engineer's.
+CHARGING_COMMANDS = frozenset({"stop_charging", "start_charging"})
+#: Profile commands a person may write; whatever a profile defines beyond these stays out of reach.
+CONTROL_COMMANDS = frozenset(spec.command for spec in CONTROLS.values())
+# Never, whatever a profile or this table says (P-3.3): defence in depth behind the allow-lists.
+_NEVER = ("suppress", "fire", "extinguish", "sprinkler", "aerosol", "deluge")
+
+
 class ForbiddenCommand(CascadeError):
-    """A command outside :data:`ALLOWED_COMMANDS`; nothing was sent."""
+    """A command outside :data:`ALLOWED_COMMANDS` (or :data:`CONTROL_COMMANDS`); nothing was sent."""
 
 
-def check_command(name: str) -> None:
-    """Raise :class:`ForbiddenCommand` unless ``name`` is an allowed protective command."""
-    if name not in ALLOWED_COMMANDS:
+def check_command(name: str, allowed: frozenset[str] = ALLOWED_COMMANDS) -> None:
+    """Raise :class:`ForbiddenCommand` unless ``name`` is in ``allowed`` (default: the protective
+    commands) and names nothing of fire suppression."""
+    if name not in allowed or any(word in name.lower() for word in _NEVER):
         raise ForbiddenCommand(
-            f"command {name!r} refused: Cascade only sends {sorted(ALLOWED_COMMANDS)}; fire suppression and "
-            "anything else stay under the cabinet's own control (P-3.3)")
+            f"command {name!r} refused: Cascade only sends {sorted(allowed)}; fire suppression and anything "
+            "else stay under the cabinet's own control (P-3.3)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +141,13 @@ class Command:
     action: str  # the protective action it serves (slot_cutoff, ...)
     rule: str
     level: int
-    alert: str  # the alert key it acts for
+    alert: str  # the alert key it acts for ("" for a remote-control command)
+    by: str = ""  # the person who sent a remote-control command (token subject); "" for a rule
+    reason: str = ""  # why, as they said it
 
     @property
     def actor(self) -> str:
-        return f"rule:{self.rule}@level{self.level}"
+        return f"user:{self.by}" if self.by else f"rule:{self.rule}@level{self.level}"
 
 
 @dataclass(slots=True)
@@ -125,6 +167,7 @@ class ActionRecord:
     result: str  # ok | failed | skipped
     readback: int | None = None
     error: str = ""
+    reason: str = ""
 
     @property
     def ok(self) -> bool:
@@ -166,18 +209,20 @@ class ActionRunner:
     async def execute(self, command: Command) -> ActionRecord:
         """Send one command (allow-list first), log it, write its ``command`` point; never raises
         on device errors. Actions not in ``policy.perform`` are recorded as skipped."""
-        check_command(command.name)
+        check_command(command.name, CONTROL_COMMANDS if command.by else ALLOWED_COMMANDS)
         now = self._clock()
         record = ActionRecord(now, now, command.actor, command.alert, command.action, command.name, command.site,
-                              command.cabinet, command.slot, command.value, "skipped")
-        if command.action not in self.policy.perform:
+                              command.cabinet, command.slot, command.value, "skipped", reason=command.reason)
+        # The policy governs what rules do on their own; a person's command is authorised by role instead.
+        if not command.by and command.action not in self.policy.perform:
             record.error = f"{command.action} is not in alerting.actions.perform: observed only"
             log.warning("protective action %s for %s by %s not performed (%s)", command.action, command.alert,
                         command.actor, record.error)
             self.recent.append(record)
             return record
         known = self.commander is not None and self.commander.slot_count(command.cabinet) is not None
-        if self.commander is None or not known or command.slot is None:
+        # A protective write always targets a slot; a person's command may be cabinet-wide (fault reset).
+        if self.commander is None or not known or (command.slot is None and not command.by):
             record.result = "failed"
             record.error = (f"cabinet {command.cabinet!r} is not configured in this collector; cut it off by hand"
                             if not known else "no slot to command")
@@ -201,8 +246,9 @@ class ActionRunner:
                 record.error = result.error
                 self._write_point(result)
         level = logging.INFO if record.ok else logging.ERROR
-        log.log(level, "protective action %s: %s %s=%s on %s/%s slot %s by %s: %s (read back %s)%s",
-                command.action, command.alert, command.name, command.value, command.site, command.cabinet,
+        log.log(level, "%s %s: %s %s=%s on %s/%s slot %s by %s: %s (read back %s)%s",
+                "remote command" if command.by else "protective action", command.action,
+                command.alert or command.reason, command.name, command.value, command.site, command.cabinet,
                 command.slot, command.actor, record.result.upper(), record.readback,
                 f": {record.error}" if record.error else "")
         self.recent.append(record)

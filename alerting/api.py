@@ -9,46 +9,47 @@
 | ``POST /api/alerts/{key}/ack`` | body ``{"who", "comment"}`` → 200 the alert; 404 unknown key; 400 bad body |
 | ``GET /api/thresholds`` | ``{"rules": [...], "audit": [...]}`` base thresholds and this run's changes |
 | ``PUT /api/thresholds/{rule}/{level}`` | body ``{"value", "who", "reason"}`` → 200 the audit entry; 400 invalid; 404 rule |
-| ``GET /api/actions`` | ``{"actions": [...]}`` recent protective actions, newest last (``?limit=N``) |
+| ``GET /api/actions`` | ``{"actions": [...]}`` recent protective actions and remote commands, newest last (``?limit=N``) |
+| ``POST /api/cabinets/{cabinet}/commands`` | body ``{"command", "slot", "value", "reason", "confirm"}`` → 200 the record (read back); 502 the cabinet refused; 400/404/409 not sent |
 
-With an API token configured (``alerting.api_token``), ack and PUT need ``Authorization: Bearer
-<token>`` (401 otherwise). Alert keys contain slashes (``rule@site/cabinet/slot``); send them as they are or percent-encoded.
-Errors are ``{"error": "..."}`` saying what to send instead.
+Who may call what is :class:`alerting.auth.ApiAuth`'s business (docs/security.md): with an issuer
+configured every route needs a bearer JWT and a role (viewer and regulator read, a regulator without
+personal data; operator acknowledges; engineer also changes thresholds and commands cabinets; admin all),
+and the token's subject is recorded as who acted. Alert keys contain slashes (``rule@site/cabinet/slot``);
+send them as they are or percent-encoded. Errors are ``{"error": "..."}`` saying what to send instead.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import urllib.parse
 from typing import Any
 
 from aiohttp import web
 
+from alerting.actions import CHARGING_COMMANDS, ForbiddenCommand
+from alerting.auth import ApiAuth, redact_alert, redact_entries
 from alerting.rules import RuleError
-from alerting.service import AlertService
+from alerting.service import AlertService, ControlRefused
+from core.auth import ACK, CHARGING, CONTROL, READ, THRESHOLDS, Principal
 
 __all__ = ["add_routes"]
 
 
-def add_routes(app: web.Application, service: AlertService, *, token: str | None = None) -> None:
+def add_routes(app: web.Application, service: AlertService, *, token: str | None = None,
+               auth: ApiAuth | None = None) -> None:
     """Register the alert routes on ``app`` (call before the app's runner is set up).
 
-    With ``token``, the routes that change something (acknowledge, set a threshold) need
-    ``Authorization: Bearer <token>`` (P-5.1.2.7: only authorised people act); reading stays open,
-    like /metrics.
+    ``auth`` decides who may do what (P-5.1.2.7; :class:`~alerting.auth.ApiAuth`). Without it, ``token``
+    is the deprecated shared API token (changes need it, reading stays open); with neither, the API is
+    open except for remote cabinet control.
     """
     engine = service.engine
+    auth = auth if auth is not None else ApiAuth(api_token=token)
 
-    def authorised(request: web.Request) -> bool:
-        if not token:
-            return True
-        given = request.headers.get("Authorization", "")
-        return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
-
-    def refused() -> web.Response:
-        return _error(401, "this action needs the API token: send 'Authorization: Bearer <token>' "
-                           "(cascade alerts --token, or CASCADE_API_TOKEN)")
+    def who_acts(principal: Principal, body: dict[str, Any]) -> str:
+        """The token's subject when there is one: the audit names who acted, not who they say they are."""
+        return principal.subject if principal.via == "jwt" else body["who"]
 
     def cross_site(request: web.Request) -> web.Response | None:
         """Refuse what a web page on another site could make a browser send (with or without a token:
@@ -65,22 +66,27 @@ def add_routes(app: web.Application, service: AlertService, *, token: str | None
         return None
 
     async def list_alerts(request: web.Request) -> web.Response:
-        return web.json_response({"alerts": service.active_alerts()})
+        principal = await auth.require(request, READ)
+        alerts = service.active_alerts()
+        if not principal.can(READ):
+            alerts = [redact_alert(a) for a in alerts]
+        return web.json_response({"alerts": alerts})
 
     async def rollup(request: web.Request) -> web.Response:
+        await auth.require(request, READ)
         return web.json_response(_json_keys(service.store.rollup()))
 
     async def ack(request: web.Request) -> web.Response:
-        if not authorised(request):
-            return refused()
+        principal = await auth.require(request, ACK)
         if (bad := cross_site(request)) is not None:
             return bad
         key = urllib.parse.unquote(request.match_info["key"])
-        body = await _json_body(request, {"who": str}, {"comment": str})
+        by_token = principal.via == "jwt"
+        body = await _json_body(request, {} if by_token else {"who": str}, {"comment": str, "who": str})
         if (bad := _too_long(body, who=MAX_WHO, comment=MAX_COMMENT)) is not None:
             return bad
         try:
-            alert = service.acknowledge(key, body["who"], body.get("comment", ""))
+            alert = service.acknowledge(key, who_acts(principal, body), body.get("comment", ""))
         except KeyError:
             return _error(404, f"no active alert {key!r}; list active alerts with GET /api/alerts "
                                "(it may have cleared already)")
@@ -89,12 +95,13 @@ def add_routes(app: web.Application, service: AlertService, *, token: str | None
         return web.json_response(alert)
 
     async def thresholds(request: web.Request) -> web.Response:
+        principal = await auth.require(request, READ)
         rules = [_rule_dict(r) for r in engine.rules.values()]
-        return web.json_response({"rules": rules, "audit": engine.audit})
+        audit = engine.audit if principal.can(READ) else redact_entries(engine.audit, "who", "reason")
+        return web.json_response({"rules": rules, "audit": audit})
 
     async def set_threshold(request: web.Request) -> web.Response:
-        if not authorised(request):
-            return refused()
+        principal = await auth.require(request, THRESHOLDS)
         rule_id = request.match_info["rule"]
         try:
             level = int(request.match_info["level"])
@@ -104,22 +111,51 @@ def add_routes(app: web.Application, service: AlertService, *, token: str | None
             return bad
         if rule_id not in engine.rules:
             return _error(404, f"no rule {rule_id!r}; list rules with GET /api/thresholds")
-        body = await _json_body(request, {"value": (int, float), "who": str, "reason": str}, {})
+        by_token = principal.via == "jwt"
+        body = await _json_body(request, {"value": (int, float), "reason": str, **({} if by_token else {"who": str})},
+                                {"who": str})
         if (bad := _too_long(body, who=MAX_WHO, reason=MAX_COMMENT)) is not None:
             return bad
         try:
-            entry = engine.set_threshold(rule_id, level, body["value"], body["who"], body["reason"])
+            entry = engine.set_threshold(rule_id, level, body["value"], who_acts(principal, body), body["reason"])
         except (RuleError, ValueError) as err:
             return _error(400, str(err))
         return web.json_response(entry)
 
     async def actions(request: web.Request) -> web.Response:
+        principal = await auth.require(request, READ)
         try:
             limit = int(request.query.get("limit", "100"))
         except ValueError:
             return _error(400, "limit must be an integer, e.g. ?limit=20")
         records = list(service.actions.recent)[-max(limit, 0):] if limit > 0 else []
-        return web.json_response({"actions": [r.to_dict() for r in records]})
+        out = [r.to_dict() for r in records]
+        if not principal.can(READ):
+            out = redact_entries(out, "actor", "reason")
+        return web.json_response({"actions": out})
+
+    async def command(request: web.Request) -> web.Response:
+        principal = await auth.require(request, CHARGING)  # the least any command needs; more below
+        if (bad := cross_site(request)) is not None:
+            return bad
+        cabinet = request.match_info["cabinet"]
+        body = await _json_body(request, {"command": str, "reason": str},
+                                {"slot": int, "value": int, "confirm": bool})
+        if body["command"] not in CHARGING_COMMANDS:  # fault reset, parameters: the engineer's
+            principal = await auth.require(request, CONTROL)
+        if (bad := _too_long(body, reason=MAX_COMMENT, command=64)) is not None:
+            return bad
+        if not body["reason"].strip():
+            return _error(400, "'reason' is empty; say why, e.g. \"battery replaced, fault cleared on site\"")
+        try:
+            record = await service.control(cabinet, body["command"], slot=body.get("slot"), value=body.get("value"),
+                                           who=principal.subject, reason=body["reason"].strip(),
+                                           confirm=body.get("confirm", False))
+        except ControlRefused as err:
+            return _error(err.status, str(err))
+        except ForbiddenCommand as err:
+            return _error(403, str(err))
+        return web.json_response(record.to_dict(), status=200 if record.ok else 502)
 
     app.router.add_get("/api/alerts", list_alerts)
     app.router.add_get("/api/alerts/rollup", rollup)
@@ -127,6 +163,7 @@ def add_routes(app: web.Application, service: AlertService, *, token: str | None
     app.router.add_get("/api/thresholds", thresholds)
     app.router.add_put("/api/thresholds/{rule}/{level}", set_threshold)
     app.router.add_get("/api/actions", actions)
+    app.router.add_post("/api/cabinets/{cabinet}/commands", command)
 
 
 MAX_WHO = 64
@@ -159,7 +196,7 @@ async def _json_body(request: web.Request, required: dict[str, Any], optional: d
         if name not in body:
             raise _bad(f"missing {name!r}; send e.g. {example}")
     for name, kind in {**required, **optional}.items():
-        if name in body and (not isinstance(body[name], kind) or isinstance(body[name], bool)):
+        if name in body and (not isinstance(body[name], kind) or (isinstance(body[name], bool) and kind is not bool)):
             raise _bad(f"{name!r} must be {_kind_name(kind)}, got {body[name]!r}")
     unknown = set(body) - set(required) - set(optional)
     if unknown:
@@ -168,11 +205,11 @@ async def _json_body(request: web.Request, required: dict[str, Any], optional: d
 
 
 def _example(kind: Any) -> Any:
-    return 52 if kind == (int, float) else "text"
+    return 52 if kind in ((int, float), int) else True if kind is bool else "text"
 
 
 def _kind_name(kind: Any) -> str:
-    return "a number" if kind == (int, float) else "a string"
+    return {int: "an integer", bool: "true or false", str: "a string"}.get(kind, "a number")
 
 
 def _bad(message: str) -> web.HTTPBadRequest:

@@ -5,9 +5,12 @@
     cascade alerts rollup
     cascade alerts set-threshold over_temperature 2 52 --who noc-alice --reason "summer profile"
     cascade alerts actions
+    cascade alerts command C0003 stop_charging --slot 5 --reason "pack swollen, on site"   # engineer role
 
 ``--url`` (default http://127.0.0.1:9108, the collector's metrics port) names the running
-collector. Exit status: 0 done, 1 the server refused (unknown alert, invalid threshold), 2 the
+collector; ``--token`` (default ``$CASCADE_TOKEN``, else ``$CASCADE_API_TOKEN``) is sent as the bearer
+token on every call (docs/security.md: ``cascade token`` mints one locally). Exit status: 0 done, 1 the
+server refused (no or a bad token, unknown alert, invalid threshold, a command the cabinet refused), 2 the
 server cannot be reached or answered something unexpected.
 
 Wiring: ``add_arguments(parser)`` fills a (sub)parser, ``main(args)`` runs the parsed command;
@@ -26,6 +29,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, TextIO
 
+from alerting.actions import CONTROLS
 from alerting.i18n import DEFAULT_LANGUAGE, LANGUAGES, N_, AlertTexts
 from core.stackenv import stack_value
 
@@ -55,22 +59,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--language", default=os.environ.get("CASCADE_LANGUAGE", DEFAULT_LANGUAGE),
                         choices=sorted(LANGUAGES), help="language of the output: zh_CN (default) or en "
                                                       "(default: $CASCADE_LANGUAGE)")
-    parser.add_argument("--token", default=os.environ.get("CASCADE_API_TOKEN"),
-                        help="API token for ack and set-threshold (default: $CASCADE_API_TOKEN)")
+    parser.add_argument("--token", default=os.environ.get("CASCADE_TOKEN") or os.environ.get("CASCADE_API_TOKEN"),
+                        help="bearer token sent with every call: your token from the identity provider (or "
+                             "`cascade token` locally) (default: $CASCADE_TOKEN, else the deprecated shared "
+                             "$CASCADE_API_TOKEN)")
     sub = parser.add_subparsers(dest="alerts_command", metavar="COMMAND", required=True)
     sub.add_parser("list", help="active alerts, worst first, with who acknowledged them")
     sub.add_parser("rollup", help="worst level per site, cabinet and slot")
     ack = sub.add_parser("ack", help="acknowledge an alert (you have seen it)")
     ack.add_argument("key", help="alert key as listed, e.g. over_temperature@site-01/C0003/5")
-    ack.add_argument("--who", required=True, help="your name (recorded)")
+    ack.add_argument("--who", help="your name (recorded; with a personal token the token's subject is recorded)")
     ack.add_argument("--comment", default="", help="what you are doing about it")
     thr = sub.add_parser("set-threshold", help="change a rule's base threshold at run time (audited)")
     thr.add_argument("rule", help="rule id, e.g. over_temperature")
     thr.add_argument("level", type=int, choices=(1, 2, 3))
     thr.add_argument("value", type=float)
-    thr.add_argument("--who", required=True, help="your name (recorded in the audit log)")
+    thr.add_argument("--who", help="your name (recorded in the audit log; with a personal token its subject)")
     thr.add_argument("--reason", required=True, help="why (recorded in the audit log)")
-    sub.add_parser("actions", help="recent protective actions and their read-back")
+    sub.add_parser("actions", help="recent protective actions and remote commands, with their read-back")
+    cmd = sub.add_parser("command", help="command a cabinet: stop/start charging a slot, fault reset, a parameter "
+                                         "(engineer role; written, read back and audited)")
+    cmd.add_argument("cabinet", help="cabinet id, e.g. C0003")
+    cmd.add_argument("name", choices=sorted(CONTROLS), help="what to do")
+    cmd.add_argument("--slot", type=int, help="slot number (start_charging, stop_charging)")
+    cmd.add_argument("--value", type=int, help="the value for a parameter, in the profile's raw register units")
+    cmd.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    cmd.add_argument("--confirm", action="store_true",
+                     help="go ahead with a command that changes how the cabinet charges (all but stop_charging)")
 
 
 def main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
@@ -79,29 +94,37 @@ def main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     _texts = AlertTexts(getattr(args, "language", DEFAULT_LANGUAGE))
     base = args.url.rstrip("/")
+    token = args.token
     try:
         if args.alerts_command == "list":
-            doc = _call("GET", f"{base}/api/alerts")
+            doc = _call("GET", f"{base}/api/alerts", token=token)
             _emit(out, args, doc, _format_alerts)
         elif args.alerts_command == "rollup":
-            doc = _call("GET", f"{base}/api/alerts/rollup")
+            doc = _call("GET", f"{base}/api/alerts/rollup", token=token)
             _emit(out, args, doc, _format_rollup)
         elif args.alerts_command == "ack":
             key = urllib.parse.quote(args.key, safe="@/")
-            doc = _call("POST", f"{base}/api/alerts/{key}/ack", {"who": args.who, "comment": args.comment},
-                        token=args.token)
+            body = {"comment": args.comment, **({"who": args.who} if args.who else {})}
+            doc = _call("POST", f"{base}/api/alerts/{key}/ack", body, token=token)
             _emit(out, args, doc, lambda d: tr("acknowledged {key} (level {level}) as {who}", key=d["key"],
                                                level=d["level"], who=d["ack"]["who"]))
         elif args.alerts_command == "set-threshold":
             value: Any = int(args.value) if args.value.is_integer() else args.value
-            doc = _call("PUT", f"{base}/api/thresholds/{urllib.parse.quote(args.rule)}/{args.level}",
-                        {"value": value, "who": args.who, "reason": args.reason}, token=args.token)
+            body = {"value": value, "reason": args.reason, **({"who": args.who} if args.who else {})}
+            doc = _call("PUT", f"{base}/api/thresholds/{urllib.parse.quote(args.rule)}/{args.level}", body,
+                        token=token)
             _emit(out, args, doc, lambda d: tr("{rule} level {level}: {old} -> {new} (by {who}: {reason})",
                                                rule=d["rule"], level=d["level"], old=f"{d['old']:g}",
                                                new=f"{d['new']:g}", who=d["who"], reason=d["reason"]))
         elif args.alerts_command == "actions":
-            doc = _call("GET", f"{base}/api/actions")
+            doc = _call("GET", f"{base}/api/actions", token=token)
             _emit(out, args, doc, _format_actions)
+        elif args.alerts_command == "command":
+            body = {"command": args.name, "reason": args.reason, "confirm": args.confirm}
+            body |= {k: v for k, v in (("slot", args.slot), ("value", args.value)) if v is not None}
+            doc = _call("POST", f"{base}/api/cabinets/{urllib.parse.quote(args.cabinet, safe='')}/commands", body,
+                        token=token)
+            _emit(out, args, doc, lambda d: _format_actions({"actions": [d]}))
         else:  # argparse's choices make this unreachable
             raise AssertionError(args.alerts_command)
     except _Refused as err:
@@ -130,7 +153,7 @@ def _call(method: str, url: str, body: Any = None, token: str | None = None) -> 
         with urllib.request.urlopen(request, timeout=10) as resp:
             return json.load(resp)
     except urllib.error.HTTPError as err:
-        if 400 <= err.code < 500:
+        if 400 <= err.code < 500 or err.code == 502:  # 502: the cabinet refused a command (the record says why)
             try:
                 message = json.load(err).get("error") or err.reason
             except ValueError:
@@ -150,7 +173,7 @@ def _format_alerts(doc: dict[str, Any]) -> str:
     lines = []
     for a in alerts:
         ack = a.get("ack")
-        seen = (tr("acknowledged by {who} at {when}", who=ack["who"], when=_when(ack["at"]))
+        seen = (tr("acknowledged by {who} at {when}", who=ack["who"] or "-", when=_when(ack["at"]))
                 + (f" \"{ack['comment']}\"" if ack["comment"] else "")) if ack else tr("NOT ACKNOWLEDGED")
         level = tr(_LEVEL_NAMES[a["level"]]) if a["level"] in _LEVEL_NAMES else "?"
         lines.append(f"L{a['level']} {level:8} {a['key']}  " + tr("since {when}", when=_when(a.get("updated_at") or a["raised_at"]))
