@@ -6,19 +6,24 @@ ours), ``X-Cascade-Nonce`` (unique per request within the window) and ``X-Cascad
 (:func:`.trust.sign` with the device's secret). The reply says, per report, whether it was stored or
 why not; good reports in a batch are kept when others are refused.
 
-``GET /v1/commands`` (same headers, empty body signed): the commands waiting for this device.
-Every reply carries ``server_time_ms`` (V-4.6: the device calibrates its clock from it).
+``GET /v1/commands`` (same headers, empty body signed): the commands waiting for this device, each
+handed out once (the command service sends it again if no acknowledgement comes). ``POST /v1/acks``
+(same headers, signed body): one acknowledgement or a JSON array of them (:mod:`.commands`), each for
+the signing device only, handed to ``on_ack`` (the worker's :class:`~.commands.DownlinkBridge`, which
+publishes it for the command service). Every reply carries ``server_time_ms`` (V-4.6: the device
+calibrates its clock from it).
 """
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
+from .commands import Ack, Command, CommandWireError, decode_acks
 from .ingest import VehicleIngest
 from .settings import HttpsSettings
 from .trust import NonceCache, freshness, verify
@@ -30,27 +35,65 @@ _HEADERS = ("X-Cascade-Device", "X-Cascade-Timestamp", "X-Cascade-Nonce", "X-Cas
 
 
 class Downlink:
-    """Commands waiting for devices that poll (bounded per device; the oldest dropped first)."""
+    """Commands waiting for devices that poll: by id (a retry replaces its earlier copy), at most
+    ``per_device`` per device (the oldest dropped first); expired ones are never handed out."""
 
-    def __init__(self, per_device: int = 32) -> None:
-        self._queues: defaultdict[str, deque[dict[str, Any]]] = defaultdict(lambda: deque(maxlen=per_device))
+    def __init__(self, per_device: int = 32, clock: Callable[[], float] = time.time) -> None:
+        self.per_device = per_device
+        self.clock = clock
+        self._queues: dict[str, dict[str, Command]] = {}
+        self._puts = 0
 
-    def put(self, device: str, command: dict[str, Any]) -> None:
-        self._queues[device].append(command)
+    def put(self, device: str, command: Command) -> None:
+        queue = self._queues.setdefault(device, {})
+        queue.pop(command.id, None)
+        queue[command.id] = command
+        while len(queue) > self.per_device:
+            del queue[next(iter(queue))]
+        self._puts += 1
+        if self._puts % 1000 == 0:  # devices that never poll (MQTT ones): their commands expire here
+            self.prune()
 
-    def take(self, device: str) -> list[dict[str, Any]]:
+    def prune(self) -> None:
+        """Forget every expired command."""
+        now_ms = self.clock() * 1000
+        for device in list(self._queues):
+            live = {k: c for k, c in self._queues[device].items() if c.expires_ms > now_ms}
+            if live:
+                self._queues[device] = live
+            else:
+                del self._queues[device]
+
+    def drop(self, device: str, command_id: str) -> None:
+        """Forget a command that was acknowledged (through any worker)."""
+        queue = self._queues.get(device)
+        if queue is not None:
+            queue.pop(command_id, None)
+            if not queue:
+                del self._queues[device]
+
+    def take(self, device: str) -> list[Command]:
+        """The device's live commands, oldest first, each handed out once."""
         queue = self._queues.pop(device, None)
-        return list(queue) if queue else []
+        now_ms = self.clock() * 1000
+        return [c for c in queue.values() if c.expires_ms > now_ms] if queue else []
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())
 
 
 DOWNLINK: web.AppKey[Downlink] = web.AppKey("downlink", Downlink)
 
 
 def https_app(settings: HttpsSettings, ingest: VehicleIngest, *, downlink: Downlink | None = None,
+              on_ack: Callable[[str, Ack], bool] | None = None,
               clock: Callable[[], float] = time.time) -> web.Application:
-    """The aiohttp application (TLS is the site's: ``web.TCPSite(..., ssl_context=...)``)."""
+    """The aiohttp application (TLS is the site's: ``web.TCPSite(..., ssl_context=...)``).
+
+    ``on_ack(fleet, ack)``: forwards a verified acknowledgement (False: it could not be taken now);
+    without it ``POST /v1/acks`` answers 503."""
     nonces = NonceCache(ingest.window_s)
-    downlink = downlink or Downlink()
+    downlink = downlink if downlink is not None else Downlink(clock=clock)
 
     def refuse(status: int, reason: str, detail: str, device: str = "?") -> web.Response:
         ingest.refuse("https", reason, detail, device)
@@ -121,10 +164,42 @@ def https_app(settings: HttpsSettings, ingest: VehicleIngest, *, downlink: Downl
         who = await authenticate(request, b"")
         if isinstance(who, web.Response):
             return who
-        return web.json_response({"commands": downlink.take(who), "server_time_ms": int(clock() * 1000)})
+        return web.json_response({"commands": [msgspec.to_builtins(c) for c in downlink.take(who)],
+                                  "server_time_ms": int(clock() * 1000)})
+
+    async def acks(request: web.Request) -> web.Response:
+        body = await request.read()
+        who = await authenticate(request, body)
+        if isinstance(who, web.Response):
+            return who
+        if on_ack is None:
+            return web.json_response({"error": "unavailable", "detail": "this worker has no broker connection to "
+                                      "forward acknowledgements; post again later",
+                                      "server_time_ms": int(clock() * 1000)}, status=503)
+        try:
+            items = decode_acks(body)
+        except CommandWireError as err:
+            return web.json_response({"error": err.reason, "detail": str(err), "server_time_ms": int(clock() * 1000)},
+                                     status=413 if err.reason == "too_large" else 400)
+        device = ingest.devices.get(who)
+        assert device is not None  # authenticated above
+        accepted, refused = 0, []
+        for index, ack in enumerate(items):
+            if ack.vehicle != who:
+                refused.append({"index": index, "id": ack.id, "reason": "wrong_device",
+                                "detail": f"acknowledgement names vehicle {ack.vehicle!r}, sent by {who!r}"})
+            elif not on_ack(device.fleet, ack):
+                refused.append({"index": index, "id": ack.id, "reason": "busy", "detail": "post it again later"})
+            else:
+                downlink.drop(who, ack.id)
+                accepted += 1
+        status = 200 if accepted or not items else 422
+        return web.json_response({"accepted": accepted, "refused": refused, "server_time_ms": int(clock() * 1000)},
+                                 status=status)
 
     app = web.Application(client_max_size=settings.max_body_bytes)
     app.router.add_post("/v1/telemetry", telemetry)
     app.router.add_get("/v1/commands", commands)
+    app.router.add_post("/v1/acks", acks)
     app[DOWNLINK] = downlink
     return app

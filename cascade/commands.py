@@ -1,0 +1,572 @@
+"""Remote vehicle commands (V-5.4, D-5.1.5.1): power on/off, motor lock/unlock, arm/disarm.
+
+    async with VehicleCommandService(mqtt_settings, devices, audit_path="var/vehicle-commands.jsonl",
+                                     emit=pipeline.submit, pusher=alerts.pusher) as commands:
+        record = commands.issue("V000001", "motor_lock", who="user:alice")
+        record = await commands.wait(record.id, timeout_s=30)     # ok | failed | rejected | expired
+
+Every command gets an id and an expiry and goes out QoS 1 on ``cascade/v1/<fleet>/<vehicle>/cmd``.
+MQTT devices receive it there; the ingest workers hold it for HTTPS devices, which poll
+``GET /v1/commands`` (``collectors.vehicles.commands.DownlinkBridge``). The device's acknowledgement
+comes back on ``.../ack`` (an HTTPS device posts it, its worker publishes it), with the device's state
+after the command: the command counts as done only when that read-back shows what it asked for.
+Unacknowledged, it is sent again every ``retry_s`` up to ``max_attempts`` times; still unacknowledged at
+its expiry it is an alert (``vehicle_command_unacknowledged``) through Alertmanager, like every warning.
+
+Who, what, when and the result (with the read-back) are appended to an audit file (JSON lines), stored
+as a ``command`` point (InfluxDB, the same measurement as cabinet cut-offs) and counted in Prometheus.
+Commands come from the CLI and the HTTP API (:func:`add_command_routes`) as ``user:<name>`` and from
+the warning engine as ``rule:<rule>@level<n>``, for a rule that names a ``vehicle_command``
+(:func:`forward_vehicle_commands`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import ssl
+import time
+import urllib.parse
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiomqtt
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from alerting.i18n import DEFAULT_LANGUAGE, AlertTexts
+from alerting.state import SEVERITY
+from alerting.vehicle_commands import (
+    COMMAND_UNACKNOWLEDGED,
+    command_alert_labels,
+    command_alert_texts,
+    command_cleared_texts,
+)
+from collectors.vehicles.commands import (
+    COMMANDS,
+    EXPECTED_STATE,
+    Ack,
+    Command,
+    CommandWireError,
+    decode_ack,
+    encode,
+)
+from collectors.vehicles.mqtt import TOPIC_ROOT, topic
+from collectors.vehicles.settings import MqttSettings
+from collectors.vehicles.trust import DeviceRegistry
+from core.auth import CONTROL, READ
+from core.errors import CascadeError
+from core.events import AlertEvent, CommandResult
+from core.ports import EventHandler
+
+__all__ = ["CommandMetrics", "CommandRecord", "CommandRefused", "VehicleCommandService", "add_command_routes",
+           "forward_vehicle_commands", "vehicle_commands_for"]
+
+log = logging.getLogger("cascade.commands")
+
+DONE = ("ok", "failed", "rejected", "expired")
+
+
+class CommandRefused(CascadeError):
+    """A command that is never sent: ``reason`` is ``unknown_vehicle``, ``unknown_command`` or ``bad_request``."""
+
+    def __init__(self, problem: str, *, fix: str, reason: str = "bad_request") -> None:
+        super().__init__(problem, fix=fix)
+        self.reason = reason
+
+
+class _Pusher(Protocol):
+    """What the service needs of :class:`alerting.alertmanager.AlertmanagerPusher`."""
+
+    def fire(self, labels: Mapping[str, str], annotations: Mapping[str, str], *,
+             starts_at: float | None = None) -> None: ...
+
+    def resolve(self, labels: Mapping[str, str], annotations: Mapping[str, str] | None = None) -> None: ...
+
+
+@dataclass(slots=True)
+class CommandRecord:
+    """One command, from issue to result. ``status``: pending, then ok, failed, rejected or expired."""
+
+    id: str
+    vehicle: str
+    fleet: str
+    command: str
+    who: str
+    reason: str
+    issued_at: float
+    expires_at: float
+    level: int = 0  # the level of the rule that asked (0: a person)
+    attempts: int = 0
+    status: str = "pending"
+    completed_at: float | None = None
+    state: dict[str, bool] | None = None  # the device's state after the command (its read-back)
+    detail: str = ""
+    _sent_at: float = field(default=0.0, repr=False)
+
+    @property
+    def done(self) -> bool:
+        return self.status in DONE
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        del out["_sent_at"]
+        return out
+
+    def wire(self) -> Command:
+        return Command(id=self.id, vehicle=self.vehicle, command=self.command,  # type: ignore[arg-type]
+                       issued_ms=int(self.issued_at * 1000), expires_ms=int(self.expires_at * 1000),
+                       attempt=self.attempts)
+
+
+class CommandMetrics:
+    """The ``cascade_vehicle_command*`` series on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.commands = Counter("cascade_vehicle_commands_total",
+                                "Vehicle commands by outcome: sent (issued), acked (done, read back), failed (the "
+                                "device answered failed, rejected, or read back another state), expired",
+                                ["command", "outcome"], registry=registry)
+        self.publishes = Counter("cascade_vehicle_command_publishes_total",
+                                 "Vehicle command publishes, first sends and retries", ["command"], registry=registry)
+        self.pending = Gauge("cascade_vehicle_commands_pending", "Vehicle commands waiting for an acknowledgement",
+                             registry=registry)
+        for command in COMMANDS:  # every series from the start (rates, increase())
+            self.publishes.labels(command)
+            for outcome in ("sent", "acked", "failed", "expired"):
+                self.commands.labels(command, outcome)
+
+
+class VehicleCommandService:
+    """Issues vehicle commands and follows each to its acknowledgement or expiry (module docstring).
+
+    ``emit`` stores the ``command`` points and the alert events (the pipeline's sink); ``pusher`` is
+    the alert service's Alertmanager pusher (None: the expiry alert is logged and stored only).
+    """
+
+    def __init__(self, mqtt: MqttSettings, devices: DeviceRegistry, *, audit_path: str | Path | None = None,
+                 emit: EventHandler | None = None, pusher: _Pusher | None = None,
+                 language: str = DEFAULT_LANGUAGE, registry: CollectorRegistry | None = None,
+                 clock: Callable[[], float] = time.time, expiry_s: float = 120.0, retry_s: float = 20.0,
+                 max_attempts: int = 3, client_id: str = "cascade-commands", history: int = 1000) -> None:
+        if not (expiry_s > 0 and retry_s > 0 and max_attempts >= 1):
+            raise ValueError("expiry_s and retry_s must be > 0 and max_attempts >= 1")
+        self.mqtt = mqtt
+        self.devices = devices
+        self.audit_path = Path(audit_path) if audit_path is not None else None
+        self._emit = emit
+        self.pusher = pusher
+        self.texts = AlertTexts(language)
+        self.clock = clock
+        self.expiry_s, self.retry_s, self.max_attempts = expiry_s, retry_s, max_attempts
+        self.client_id = client_id
+        self.records: OrderedDict[str, CommandRecord] = OrderedDict()
+        self.history = history
+        self.alerts: dict[tuple[str, str], dict[str, str]] = {}  # (vehicle, command) -> labels of its alert
+        self.connected = asyncio.Event()
+        self.metrics = CommandMetrics(registry if registry is not None else CollectorRegistry())
+        self._outbox: asyncio.Queue[CommandRecord] = asyncio.Queue()
+        self._changed = asyncio.Condition()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> VehicleCommandService:
+        self._tasks = [asyncio.create_task(self._run(), name="vehicle-commands-mqtt"),
+                       asyncio.create_task(self._watch(), name="vehicle-commands-watch")]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    # -- issuing -----------------------------------------------------------------------------------
+
+    def issue(self, vehicle: str, command: str, *, who: str, reason: str = "", expiry_s: float | None = None,
+              level: int = 0) -> CommandRecord:
+        """Send ``command`` to ``vehicle`` on behalf of ``who`` (``user:alice``, ``rule:theft@level3``);
+        returns its record at once (pending). :class:`CommandRefused` when it cannot be sent at all."""
+        if command not in COMMANDS:
+            raise CommandRefused(f"unknown command {command[:40]!r}", fix=f"use one of {', '.join(COMMANDS)}",
+                                 reason="unknown_command")
+        device = self.devices.get(vehicle)
+        if device is None:
+            raise CommandRefused(f"vehicle {vehicle[:70]!r} is not a provisioned device",
+                                 fix="check the vehicle id (devices.json, `cascade devices provision`)",
+                                 reason="unknown_vehicle")
+        if not who or not who.strip():
+            raise CommandRefused("no one named", fix="say who asks (--who NAME): it is recorded")
+        now = self.clock()
+        expiry = self.expiry_s if expiry_s is None else expiry_s
+        if not 0 < expiry <= 86400:
+            raise CommandRefused(f"expiry {expiry!r} s is out of range", fix="use 1..86400 seconds")
+        record = CommandRecord(id=f"c-{secrets.token_hex(8)}", vehicle=vehicle, fleet=device.fleet, command=command,
+                               who=who.strip()[:120], reason=reason[:500], issued_at=now, expires_at=now + expiry,
+                               level=level)
+        self.records[record.id] = record
+        while len(self.records) > self.history:  # forget the oldest finished ones
+            oldest = next((r for r in self.records.values() if r.done), None)
+            if oldest is None:
+                break
+            del self.records[oldest.id]
+        self.metrics.commands.labels(command, "sent").inc()
+        self._audit(record, "sent")
+        log.info("vehicle command %s %s for %s/%s by %s (expires in %.0f s)", record.id, command, device.fleet,
+                 vehicle, record.who, expiry)
+        self._send(record)
+        self._update_gauge()
+        return record
+
+    def get(self, command_id: str) -> CommandRecord | None:
+        return self.records.get(command_id)
+
+    def recent(self, vehicle: str | None = None, limit: int = 100) -> list[CommandRecord]:
+        """Recent commands, newest last (of one vehicle when given)."""
+        found = [r for r in self.records.values() if vehicle is None or r.vehicle == vehicle]
+        return found[-limit:]
+
+    async def wait(self, command_id: str, timeout_s: float) -> CommandRecord:
+        """The record once it is done, or as it stands after ``timeout_s``; KeyError for an unknown id."""
+        record = self.records[command_id]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                async with self._changed:
+                    await self._changed.wait_for(lambda: record.done)
+        return record
+
+    def on_transition(self, transition: Any) -> CommandRecord | None:
+        """The engine's side: a raise or escalation of a rule with a ``vehicle_command`` commands the
+        vehicle (the alert's ``cabinet``), unless the same command to it is already pending."""
+        name = getattr(transition, "vehicle_command", None)
+        if not name or transition.kind not in ("raise", "escalate"):
+            return None
+        vehicle = transition.target.cabinet
+        if any(r.vehicle == vehicle and r.command == name and not r.done for r in self.records.values()):
+            return None
+        who = f"rule:{transition.rule}@level{transition.to_level}"
+        try:
+            return self.issue(vehicle, name, who=who, reason=transition.annotations.get("summary", ""),
+                              level=transition.to_level)
+        except CommandRefused as err:
+            log.error("%s asked for %s on %s: not sent: %s", who, name, vehicle, err)
+            return None
+
+    # -- acknowledgements ------------------------------------------------------------------------
+
+    def handle_ack(self, vehicle: str, ack: Ack) -> CommandRecord | None:
+        """An acknowledgement that arrived on ``vehicle``'s ack topic (the broker vouches for the
+        sender). Finishes its command: ok only when the device's read-back shows the state asked for."""
+        record = self.records.get(ack.id)
+        if record is None or ack.vehicle != vehicle or record.vehicle != vehicle:
+            log.info("acknowledgement %s from %s matches no pending command of it; ignored", ack.id[:40], vehicle)
+            return None
+        if record.done:
+            return record  # a repeated acknowledgement (a retry answered twice)
+        state = None if ack.state is None else {k: v for k, v in (("power", ack.state.power),
+                                                                  ("locked", ack.state.locked),
+                                                                  ("armed", ack.state.armed)) if v is not None}
+        record.state = state
+        key, wanted = EXPECTED_STATE[record.command]
+        if ack.result != "ok":
+            status, detail = ack.result, ack.detail or f"the vehicle answered {ack.result}"
+        elif state is None or state.get(key) is None:
+            status, detail = "failed", f"acknowledged without a read-back of {key}"
+        elif state[key] != wanted:
+            status, detail = "failed", f"acknowledged, but {key} reads back {state[key]} instead of {wanted}"
+        else:
+            status, detail = "ok", ack.detail
+        self._finish(record, status, detail)
+        return record
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _send(self, record: CommandRecord) -> None:
+        record.attempts += 1
+        record._sent_at = self.clock()
+        self.metrics.publishes.labels(record.command).inc()
+        if record.attempts > 1:
+            self._audit(record, "retry")
+        self._outbox.put_nowait(record)
+
+    def _finish(self, record: CommandRecord, status: str, detail: str) -> None:
+        now = self.clock()
+        record.status, record.detail, record.completed_at = status, detail, now
+        outcome = {"ok": "acked", "expired": "expired"}.get(status, "failed")
+        self.metrics.commands.labels(record.command, outcome).inc()
+        self._audit(record, status)
+        key, wanted = EXPECTED_STATE[record.command]
+        readback = None if record.state is None else record.state.get(key)
+        self._store([CommandResult(cabinet_id=record.vehicle, command=record.command, slot=None, value=wanted,
+                                   actor=_actor(record.who), requested_at=record.issued_at, ok=status == "ok",
+                                   readback=readback, error=detail if status != "ok" else "", completed_at=now,
+                                   site=record.fleet)])
+        level = logging.INFO if status == "ok" else logging.ERROR
+        log.log(level, "vehicle command %s %s for %s/%s by %s: %s after %d attempt(s)%s; state %s", record.id,
+                record.command, record.fleet, record.vehicle, record.who, status.upper(), record.attempts,
+                f" ({detail})" if detail else "", record.state)
+        if status == "expired":
+            self._raise_alert(record)
+        elif status == "ok":
+            self._clear_alert(record)
+        self._update_gauge()
+        self._notify()
+
+    def _raise_alert(self, record: CommandRecord) -> None:
+        level = max(2, record.level)
+        labels = command_alert_labels(level, record.fleet, record.vehicle, record.command)
+        notes = command_alert_texts(self.texts, fleet=record.fleet, vehicle=record.vehicle, command=record.command,
+                                    who=record.who, attempts=record.attempts,
+                                    waited_s=record.expires_at - record.issued_at, level=level)
+        old = self.alerts.get((record.vehicle, record.command))
+        if self.pusher is not None:
+            if old is not None and old != labels:
+                self.pusher.resolve(old)
+            self.pusher.fire(labels, notes, starts_at=record.expires_at)
+        self.alerts[(record.vehicle, record.command)] = labels
+        self._store([_event(record, level, 0, "raise", notes, self.clock())])
+
+    def _clear_alert(self, record: CommandRecord) -> None:
+        """A command of the same kind went through: the earlier unacknowledged one's alert ends."""
+        labels = self.alerts.pop((record.vehicle, record.command), None)
+        if labels is None:
+            return
+        notes = command_cleared_texts(self.texts, fleet=record.fleet, vehicle=record.vehicle, command=record.command,
+                                      command_id=record.id)
+        if self.pusher is not None:
+            self.pusher.resolve(labels, notes)
+        self._store([_event(record, 0, int(labels["level"]), "clear", notes, self.clock())])
+
+    def _store(self, points: list[CommandResult] | list[AlertEvent]) -> None:
+        if self._emit is None:
+            return
+        try:
+            self._emit(points)
+        except Exception as err:  # noqa: BLE001 - storing history must not stop a command
+            log.warning("vehicle command points not stored: %s", err)
+
+    def _audit(self, record: CommandRecord, event: str) -> None:
+        if self.audit_path is None:
+            return
+        entry = {"at": self.clock(), "event": event, "id": record.id, "fleet": record.fleet,
+                 "vehicle": record.vehicle, "command": record.command, "who": record.who, "reason": record.reason,
+                 "attempt": record.attempts, "expires_at": record.expires_at, "result": record.status,
+                 "state": record.state, "detail": record.detail}
+        try:
+            self.audit_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.audit_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        except OSError as err:
+            log.error("vehicle command audit %s not written: %s", self.audit_path, err)
+
+    def _update_gauge(self) -> None:
+        self.metrics.pending.set(sum(1 for r in self.records.values() if not r.done))
+
+    def _notify(self) -> None:
+        async def wake() -> None:
+            async with self._changed:
+                self._changed.notify_all()
+        with contextlib.suppress(RuntimeError):  # no running loop: nobody can be waiting
+            asyncio.get_running_loop().create_task(wake())
+
+    async def _watch(self) -> None:
+        """Retries and expiries, on the clock (coarse: a command lives for seconds to minutes)."""
+        period = max(0.1, min(1.0, self.retry_s / 4))
+        while True:
+            await asyncio.sleep(period)
+            self.check()
+
+    def check(self) -> None:
+        """Send again what waited ``retry_s`` (up to ``max_attempts``); expire what is past its expiry."""
+        now = self.clock()
+        for record in [r for r in self.records.values() if not r.done]:
+            if now >= record.expires_at:
+                self._finish(record, "expired", f"no acknowledgement after {record.attempts} attempt(s)")
+            elif record.attempts < self.max_attempts and now - record._sent_at >= self.retry_s:
+                log.info("vehicle command %s %s for %s: no acknowledgement in %.0f s, sending again (%d of %d)",
+                         record.id, record.command, record.vehicle, self.retry_s, record.attempts + 1,
+                         self.max_attempts)
+                self._send(record)
+
+    async def _run(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self._session()
+            except aiomqtt.MqttError as err:
+                self.connected.clear()
+                log.warning("vehicle commands: MQTT %s:%s: %s; reconnecting in %.1f s", self.mqtt.host,
+                            self.mqtt.port, err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def _session(self) -> None:
+        s = self.mqtt
+        tls = ssl.create_default_context(cafile=s.tls_ca) if s.tls_ca else None
+        async with aiomqtt.Client(s.host, s.port, username=s.username or None, password=s.password or None,
+                                  identifier=self.client_id, protocol=aiomqtt.ProtocolVersion.V5,
+                                  keepalive=s.keepalive_s, tls_context=tls) as client:
+            await client.subscribe(f"{TOPIC_ROOT}/+/+/ack", qos=1)
+            self.connected.set()
+            log.info("vehicle commands: connected to %s:%s, listening for acknowledgements", s.host, s.port)
+            sender = asyncio.create_task(self._publish(client), name="vehicle-commands-publish")
+            try:
+                async for message in client.messages:
+                    self._received(message.topic.value, message.payload)
+            finally:
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
+
+    async def _publish(self, client: aiomqtt.Client) -> None:
+        while True:
+            record = await self._outbox.get()
+            if record.done:
+                continue
+            try:
+                await client.publish(topic(record.fleet, record.vehicle, "cmd"), encode(record.wire()), qos=1)
+            except aiomqtt.MqttError:
+                self._outbox.put_nowait(record)  # sent again once reconnected (the retries go on meanwhile)
+                raise
+
+    def _received(self, where: str, payload: object) -> None:
+        parts = where.split("/")
+        if len(parts) != 5 or parts[4] != "ack":
+            return
+        data = payload if isinstance(payload, bytes) else str(payload or "").encode()
+        try:
+            ack = decode_ack(data)
+        except CommandWireError as err:
+            log.warning("unreadable acknowledgement on %s: %s", where[:120], err)
+            return
+        self.handle_ack(parts[3], ack)
+
+
+def _actor(who: str) -> str:
+    return who if who.startswith(("rule:", "user:")) else f"user:{who}"
+
+
+def _event(record: CommandRecord, level: int, from_level: int, kind: str, notes: dict[str, str],
+           now: float) -> AlertEvent:
+    severity = SEVERITY.get(level or from_level, "warning")
+    return AlertEvent(COMMAND_UNACKNOWLEDGED, record.fleet, record.vehicle, None, severity, level, from_level, kind,
+                      None, None, notes.get("summary"), notes.get("diagnosis"), notes.get("action"),
+                      int(now * 1e9), "device_fault")
+
+
+def vehicle_commands_for(config: Any, alerts: Any, pipeline: Any, settings: Mapping[str, Any],
+                         **options: Any) -> VehicleCommandService | None:
+    """The command service of ``cascade run``: on the vehicles' broker (``vehicles.mqtt``; None without
+    one), storing through the pipeline, alerting through the alert service's Alertmanager pusher, its
+    audit (``vehicle-commands.jsonl``) beside the threshold audit. ``options``: service keywords."""
+    vehicles = getattr(config, "vehicles", None)
+    if vehicles is None or vehicles.mqtt is None:
+        return None
+    return VehicleCommandService(
+        vehicles.mqtt, DeviceRegistry.load(vehicles.devices),
+        audit_path=Path(settings["audit_file"]).with_name("vehicle-commands.jsonl"), emit=pipeline.submit,
+        pusher=alerts.pusher, language=settings.get("language", DEFAULT_LANGUAGE), registry=pipeline.registry,
+        client_id=f"cascade-commands-{os.getpid()}", **options)
+
+
+def forward_vehicle_commands(alerts: Any, commands: VehicleCommandService) -> None:
+    """Hand every transition the alert service fans out to ``commands`` too (rules with a
+    ``vehicle_command``). The alert service has no transition listener of its own, so this wraps its
+    ``apply``: the alert goes out first, then the command."""
+    apply = alerts.apply
+
+    def apply_and_command(transitions: Iterable[Any], timestamp_ns: int | None = None) -> None:
+        transitions = list(transitions)
+        apply(transitions, timestamp_ns)
+        for t in transitions:
+            commands.on_transition(t)
+
+    alerts.apply = apply_and_command
+
+
+# -- HTTP API ----------------------------------------------------------------------------------------
+
+
+def add_command_routes(app: web.Application, commands: VehicleCommandService, *, auth: Any = None) -> None:
+    """``POST /api/vehicles/{vehicle}/commands`` body ``{"command", "who", "reason"?, "wait_s"?, "expiry_s"?}``
+    → 200 the finished record (or 202 still pending after ``wait_s``, default 0); 400 bad command or body,
+    404 unknown vehicle. ``GET /api/vehicles/commands`` (``?vehicle=``, ``?limit=``) and
+    ``GET /api/vehicles/commands/{id}`` read records.
+
+    ``auth``: the alert API's :class:`alerting.auth.ApiAuth` (anything with ``await require(request,
+    permission)``). A command acts on a vehicle on the road (a power-off stops it), so issuing one needs
+    the ``control`` permission, as a cabinet's remote control does, and the token's subject is recorded
+    as who asked; reading needs ``read`` (a regulator's token sees the records without who and why).
+    Without ``auth`` the routes are open, like the alert API without one (loopback, tests).
+    """
+
+    async def who_may(request: web.Request, permission: str) -> Any:
+        return None if auth is None else await auth.require(request, permission)
+
+    async def issue(request: web.Request) -> web.Response:
+        principal = await who_may(request, CONTROL)
+        if request.headers.get("Content-Type", "").split(";")[0].strip().lower() != "application/json":
+            return _error(415, "send the body as JSON with 'Content-Type: application/json'")
+        origin = request.headers.get("Origin")
+        if origin is not None and urllib.parse.urlsplit(origin).netloc != request.host:
+            return _error(403, f"a request from the web page {origin[:100]!r} may not command vehicles")
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, 'the body is not JSON; send {"command": "motor_lock", "who": "alice"}')
+        subject = str(getattr(principal, "subject", "") or "")
+        if not isinstance(body, dict) or not isinstance(body.get("command"), str) or not (
+                subject or isinstance(body.get("who"), str)):
+            return _error(400, 'send {"command": "<one of ' + ", ".join(COMMANDS) + '>", "who": "<your name>"}')
+        try:
+            wait_s = min(120.0, max(0.0, float(body.get("wait_s", 0))))
+            expiry_s = None if body.get("expiry_s") is None else float(body["expiry_s"])
+        except (TypeError, ValueError):
+            return _error(400, "wait_s and expiry_s are numbers of seconds")
+        who = (subject or str(body.get("who", ""))).strip()
+        try:
+            record = commands.issue(request.match_info["vehicle"], body["command"], who=_actor(who) if who else "",
+                                    reason=str(body.get("reason", "")), expiry_s=expiry_s)
+        except CommandRefused as err:
+            return _error(404 if err.reason == "unknown_vehicle" else 400, str(err))
+        if wait_s:
+            record = await commands.wait(record.id, wait_s)
+        return web.json_response(record.to_dict(), status=200 if record.done else 202)
+
+    def shown(request_principal: Any, record: CommandRecord) -> dict[str, Any]:
+        out = record.to_dict()
+        if request_principal is not None and not request_principal.can(READ):  # a regulator: no personal data
+            out["who"] = "user" if out["who"].startswith("user:") else out["who"]
+            out["reason"] = ""
+        return out
+
+    async def listing(request: web.Request) -> web.Response:
+        principal = await who_may(request, READ)
+        try:
+            limit = max(1, min(1000, int(request.query.get("limit", "100"))))
+        except ValueError:
+            return _error(400, "limit is a whole number")
+        found = commands.recent(request.query.get("vehicle"), limit)
+        return web.json_response({"commands": [shown(principal, r) for r in found]})
+
+    async def one(request: web.Request) -> web.Response:
+        principal = await who_may(request, READ)
+        record = commands.get(request.match_info["id"])
+        if record is None:
+            return _error(404, f"no command {request.match_info['id'][:40]!r} in this run's records")
+        return web.json_response(shown(principal, record))
+
+    app.router.add_post("/api/vehicles/{vehicle}/commands", issue)
+    app.router.add_get("/api/vehicles/commands", listing)
+    app.router.add_get("/api/vehicles/commands/{id}", one)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)

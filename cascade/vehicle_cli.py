@@ -1,0 +1,156 @@
+"""``cascade vehicle``: command a vehicle through the running collector; export a vehicle's track.
+
+    cascade vehicle command V000001 motor_lock --who alice --reason "reported stolen"
+    cascade vehicle commands [--vehicle V000001]
+    cascade vehicle track V000001 --since 2h [--until now] --out track.geojson
+
+``command`` posts to the running ``cascade run`` (``--url``, default the stack's metrics port) and waits
+up to ``--wait`` seconds for the vehicle's acknowledgement. Exit status: 0 acknowledged (read back as
+asked), 1 refused, failed, expired or still pending after the wait, 2 the collector cannot be reached or
+the arguments are wrong. ``track`` reads InfluxDB directly (``--influx``, ``--db``; default the running
+stack's) and writes GeoJSON (``-`` or no ``--out``: standard output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, TextIO
+
+from collectors.vehicles.commands import COMMANDS
+from core.stackenv import stack_value
+
+__all__ = ["add_arguments", "main"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    port = stack_value("CASCADE_METRICS_PORT")
+    url = f"http://127.0.0.1:{port}" if port and port.isdigit() else "http://127.0.0.1:9108"
+    sub = parser.add_subparsers(dest="vehicle_command", metavar="ACTION", required=True)
+    cmd = sub.add_parser("command", help="send a remote command (power, motor lock, arming) and wait for its "
+                                         "acknowledgement",
+                         description="Send a command to a vehicle through the running collector; it is published "
+                                     "to the vehicle (MQTT) or queued for its next poll (HTTPS), retried, audited, "
+                                     "and an alert if never acknowledged (docs/vehicles.md, Commands).")
+    cmd.add_argument("vehicle", help="vehicle code, e.g. V000001")
+    cmd.add_argument("command", choices=COMMANDS)
+    cmd.add_argument("--who", required=True, help="your name (recorded in the audit)")
+    cmd.add_argument("--reason", default="", help="why (recorded in the audit)")
+    cmd.add_argument("--wait", type=float, default=30.0, metavar="S",
+                     help="seconds to wait for the acknowledgement (default 30; 0 = do not wait)")
+    cmd.add_argument("--expiry", type=float, default=None, metavar="S",
+                     help="seconds after which an unacknowledged command lapses (default: the collector's, 120)")
+    for p in (cmd, lst := sub.add_parser("commands", help="recent commands and their results")):
+        p.add_argument("--url", default=url, help=f"the running collector's HTTP API (default {url})")
+        p.add_argument("--token", default=os.environ.get("CASCADE_TOKEN") or os.environ.get("CASCADE_API_TOKEN"),
+                       help="bearer token for the API: commanding a vehicle needs a person's token with the "
+                            "control permission (`cascade token --role engineer --sub NAME` locally; default: "
+                            "$CASCADE_TOKEN, else $CASCADE_API_TOKEN)")
+        p.add_argument("--json", action="store_true", help="print the server's JSON")
+    lst.add_argument("--vehicle", default=None, help="only this vehicle")
+    track = sub.add_parser("track", help="export a vehicle's track (positions over a time range) as GeoJSON",
+                           description="Read the positions a vehicle reported between --since and --until from "
+                                       "InfluxDB and write them as a GeoJSON FeatureCollection: one LineString "
+                                       "with a time per point (coordTimes), optionally every report as a Point.")
+    track.add_argument("vehicle")
+    track.add_argument("--since", default="24h",
+                       help="start: ISO 8601 (2026-12-06T08:00:00Z), an age (2h, 7d) or epoch ms (default 24h)")
+    track.add_argument("--until", default="now", help="end, written the same way (default now)")
+    track.add_argument("--out", default="-", metavar="FILE", help="GeoJSON file to write (default -: standard output)")
+    track.add_argument("--points", action="store_true", help="also every report as a Point feature")
+    influx = stack_value("CASCADE_INFLUX_URL") or "http://127.0.0.1:8086"
+    track.add_argument("--influx", default=influx, metavar="URL", help=f"InfluxDB 1.x URL (default {influx})")
+    track.add_argument("--db", default=stack_value("CASCADE_INFLUX_DB") or "cascade", help="database (default cascade)")
+
+
+def main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    if args.vehicle_command == "track":
+        return _track(args, out)
+    if args.vehicle_command == "commands":
+        query = urllib.parse.urlencode({"vehicle": args.vehicle} if args.vehicle else {})
+        status, body = _request(args, "GET", f"/api/vehicles/commands{'?' + query if query else ''}")
+        if status is None:
+            return 2
+        for record in body.get("commands", []) if not args.json else []:
+            print(_line(record), file=out)
+        if args.json:
+            print(json.dumps(body, ensure_ascii=False, indent=1), file=out)
+        return 0 if status == 200 else 1
+    payload = {"command": args.command, "who": args.who, "reason": args.reason, "wait_s": args.wait}
+    if args.expiry is not None:
+        payload["expiry_s"] = args.expiry
+    status, body = _request(args, "POST", f"/api/vehicles/{urllib.parse.quote(args.vehicle)}/commands", payload,
+                            timeout=args.wait + 10)
+    if status is None:
+        return 2
+    if args.json:
+        print(json.dumps(body, ensure_ascii=False, indent=1), file=out)
+    elif "error" in body:
+        print(f"cascade vehicle command: refused: {body['error']}", file=sys.stderr)
+    else:
+        print(_line(body), file=out)
+    return 0 if status == 200 and body.get("status") == "ok" else 1
+
+
+def _line(record: dict[str, Any]) -> str:
+    state = record.get("state")
+    shown = ", ".join(f"{k}={v}" for k, v in state.items()) if state else "no read-back"
+    detail = f" ({record['detail']})" if record.get("detail") else ""
+    return (f"{record['id']} {record['fleet']}/{record['vehicle']} {record['command']} by {record['who']}: "
+            f"{record['status'].upper()} after {record['attempts']} attempt(s); {shown}{detail}")
+
+
+def _request(args: argparse.Namespace, method: str, path: str, payload: Any = None,
+             timeout: float = 15) -> tuple[int | None, dict[str, Any]]:
+    data = None if payload is None else json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json"} if data is not None else {}
+    if args.token:
+        headers["Authorization"] = f"Bearer {args.token}"
+    request = urllib.request.Request(args.url.rstrip("/") + path, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        try:
+            return err.code, json.loads(err.read() or b"{}")
+        except ValueError:
+            return err.code, {"error": f"HTTP {err.code}"}
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        print(f"cascade vehicle: the collector at {args.url} cannot be reached ({err}). Fix: start it (make run) "
+              "or give --url", file=sys.stderr)
+        return None, {}
+
+
+def _track(args: argparse.Namespace, out: TextIO) -> int:
+    import aiohttp
+
+    from cascade.tracks import TrackError, fetch_track, parse_time, to_geojson
+
+    async def fetch() -> dict[str, Any]:
+        since, until = parse_time(args.since), parse_time(args.until)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            points = await fetch_track(session, args.influx, args.db, args.vehicle, since=since, until=until)
+        return to_geojson(args.vehicle, points, since=since, until=until, with_points=args.points)
+
+    try:
+        doc = asyncio.run(fetch())
+    except TrackError as err:
+        print(f"cascade vehicle track: {err}", file=sys.stderr)
+        return 2
+    text = json.dumps(doc, ensure_ascii=False)
+    if args.out == "-":
+        print(text, file=out)
+    else:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        props = doc["properties"]
+        print(f"{args.vehicle}: {props['points']} points from {props['start']} to {props['end']}, "
+              f"{props['distance_km']} km, written to {args.out}", file=out)
+    return 0
