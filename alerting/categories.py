@@ -1,6 +1,6 @@
 """Alarm categories for regulators: the general alarm flags of GB/T 32960.3 (Table 18, vehicle battery
-alarms) and, for what a swap cabinet adds (fire, gas, water, thermal-runaway precursors, device faults),
-Cascade's own categories. Every alert point carries its rule's category as a tag (``category``), so the
+alarms) and, for what a swap cabinet adds (fire, gas, water, thermal-runaway precursors, device faults)
+and the vehicle functions (anti-theft, reporting and clock), Cascade's own categories. Every alert point carries its rule's category as a tag (``category``), so the
 regulator view totals alarms by category and level.
 
     >>> category_of("soc_jump"), CATEGORY_NAMES["soc_jump"]
@@ -33,6 +33,9 @@ CATEGORY_NAMES: dict[str, tuple[str, str]] = {
     "cabinet_gas": ("Cabinet gas", "柜内气体报警"),
     "water": ("Water ingress", "进水报警"),
     "device_fault": ("Device or monitoring fault", "设备或监测故障"),
+    # ... and for the vehicle functions (swap-vehicle standard V-4.6, V-5.1, V-5.2, V-5.7, V-5.8)
+    "vehicle_theft": ("Vehicle anti-theft", "车辆防盗报警"),
+    "vehicle_reporting": ("Vehicle reporting or clock", "车辆数据上报或时钟异常"),
 }
 CATEGORIES = tuple(CATEGORY_NAMES)
 
@@ -56,6 +59,10 @@ _BY_RULE: dict[str, str] = {
     "cabinet_over_temperature": "cabinet_fire",
     "cabinet_co": "cabinet_gas", "cabinet_co2": "cabinet_gas",
     "cabinet_water": "water", "charger_water_cutoff": "water",
+    "wheel_motion_armed": "vehicle_theft", "geofence_exit": "vehicle_theft",
+    "vehicle_low_soc": "soc_low", "discharge_protection": "pack_under_voltage", "chemistry_mismatch": "storage_mismatch",
+    "clock_skew": "vehicle_reporting", "report_overdue": "vehicle_reporting",
+    "vehicle_command_unacknowledged": "vehicle_reporting",  # the device did not answer a remote command
 }
 
 

@@ -328,7 +328,7 @@ class _Program:
     def __init__(self, rules: RuleSet) -> None:
         self.rules = rules
         self.scopes: dict[str, tuple[list, list[_Compiled]]] = {}
-        for scope in ("cabinet", "slot"):
+        for scope in ("cabinet", "slot", "vehicle"):
             index: dict[tuple, int] = {}
             extractors = []
             scoped = [r for r in rules.values() if r.scope == scope]
@@ -491,15 +491,21 @@ class Engine:
         tick = self._tick()
         out: list[Transition] = []
         site, cab, cab_model = reading.site, reading.cabinet_id, reading.model
-        extractors, compiled = prog.scopes["cabinet"]
-        if compiled:
+        vehicle = cab_model == VEHICLE_MODEL
+        # A vehicle has no cabinet: its own rules (vehicle scope) read the report instead, at the same target.
+        scope, obj = ("vehicle", reading.vehicle) if vehicle else ("cabinet", reading)
+        extractors, compiled = prog.scopes[scope]
+        if compiled and obj is not None:
             ts = self._target(site, cab, None)
             ts.sample_t = reading.timestamp_ns / 1e9
-            values = self._extract(extractors, reading, ts, tick, cab, None)
-            self._run(compiled, prog.tables("cabinet", cab_model, None), values, ts, now, tick,
+            if vehicle:
+                ts.vehicle, ts.commandable = True, False
+                if obj.battery is not None and obj.battery.battery_id is not None:
+                    ts.battery = obj.battery.battery_id  # the pack a vehicle alert names
+            values = self._extract(extractors, obj, ts, tick, cab, None)
+            self._run(compiled, prog.tables(scope, cab_model, None), values, ts, now, tick,
                       site, cab, None, out)
         extractors, compiled = prog.scopes["slot"]
-        vehicle = cab_model == VEHICLE_MODEL
         commandable = cab_model not in UNCOMMANDED_MODELS
         if compiled:
             context = _context(prog.context_needs, reading) if prog.context_needs else None
@@ -707,9 +713,10 @@ class Engine:
             kind, shown = ("escalate" if new > old else "deescalate"), new
         lv = tab.raw.get(shown)  # a level the rule no longer has (stored before a catalogue change)
         evidence = "; ".join(self._evidence) if c.terms else ""
+        whole_vehicle = rule.scope == "vehicle"
         annotations = render_annotations(self.texts, rule, shown, value, lv.threshold if lv is not None else "-",
                                          (site, cab, sid), battery, evidence=evidence, cleared=kind == "clear",
-                                         vehicle=vehicle)
+                                         vehicle=vehicle and not whole_vehicle, whole_vehicle=whole_vehicle)
         diagnosis, action = annotations["diagnosis"], annotations["action"]
         # A vehicle's pack: `vehicle` names it (routing still groups by `cabinet`, the target's device id).
         labels = alert_labels(rule.id, shown, site, cab, sid, battery, **({"vehicle": cab} if vehicle else {}))
@@ -729,6 +736,8 @@ class Engine:
                                and commandable else None),
             labels=labels,
             annotations=annotations,
+            # What the rule asks of a vehicle (motor lock, power off); the app's vehicle command service sends it.
+            vehicle_command=rule.vehicle_command if vehicle and kind in ("raise", "escalate") else None,
         )
 
     # --- run-time thresholds (P-5.4.4) ---------------------------------------------------------
@@ -798,14 +807,16 @@ def _advance(rs: _RuleState, tab: _Table, x: float, now: float) -> int:
 
 def render_annotations(texts: AlertTexts, rule: Rule, level: int, value: Any, threshold: Any,
                        target: tuple[str, str, int | None], battery: str | None, *, evidence: str = "",
-                       cleared: bool = False, vehicle: bool = False) -> dict[str, str]:
+                       cleared: bool = False, vehicle: bool = False, whole_vehicle: bool = False) -> dict[str, str]:
     """A transition's ``summary``, ``diagnosis`` and ``action`` in ``texts``' language.
 
     The summary leads with the level, then what (the rule's name and the value with its unit),
     then where: ``L3 电池温度过高 85.2 °C（site-01/C0003 5号仓）`` /
     ``L3 Battery over-temperature 85.2 °C at site-01/C0003 slot 5``. The action is the part for
     this level when the rule writes one per level. ``evidence`` is the fusion rule's
-    ``label=value (share); ...`` with English labels. Never raises (alerting/i18n.py).
+    ``label=value (share); ...`` with English labels. ``vehicle``: a battery rule on a vehicle's pack
+    (the place is the vehicle's battery, the action what to do with the rider); ``whole_vehicle``: a
+    vehicle rule (the place is the vehicle, the action the rule's own). Never raises (alerting/i18n.py).
     """
     site, cab, sid = target
     if evidence and texts.language != "en":
@@ -826,7 +837,8 @@ def render_annotations(texts: AlertTexts, rule: Rule, level: int, value: Any, th
     return {
         "summary": texts.tr("L{level} {name}{reading} at {where}", level=level, name=name,
                             reading=f" {reading}" if reading else "",
-                            where=_vehicle_place(texts, target) if vehicle else _place(texts, target)),
+                            where=(_vehicle_place(texts, target) if vehicle else _whole_vehicle_place(texts, target)
+                                   if whole_vehicle else _place(texts, target))),
         "diagnosis": diagnosis,
         "action": (_vehicle_action(texts, level, battery) if vehicle
                    else for_level(texts.rule_text(rule.action, fmt), level)),
@@ -937,6 +949,11 @@ def _notice_cleared(texts: AlertTexts, labels: dict[str, str], diagnosis: str, b
 def _vehicle_place(texts: AlertTexts, target: tuple[str, str, int | None]) -> str:
     """Where a vehicle's pack is: ``bj/V000123 battery`` (``bj/V000123号车 电池``)."""
     return texts.tr("{fleet}/{vehicle} battery", fleet=target[0], vehicle=target[1])
+
+
+def _whole_vehicle_place(texts: AlertTexts, target: tuple[str, str, int | None]) -> str:
+    """Where a vehicle is: ``bj/V000123 vehicle`` (``bj/V000123号车``)."""
+    return texts.tr("{fleet}/{vehicle} vehicle", fleet=target[0], vehicle=target[1])
 
 
 def _vehicle_action(texts: AlertTexts, level: int, battery: str | None) -> str:

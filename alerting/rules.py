@@ -32,6 +32,7 @@ from core.model import (
     DERIVED_SLOT_FIELDS,
     FIELD_CATEGORIES,
     SLOT_FIELDS,
+    VEHICLE_FIELDS,
     BmsProtection,
     ChargerProtection,
     Chemistry,
@@ -41,6 +42,7 @@ from core.model import (
 __all__ = [
     "DEFAULT_CATALOGUE",
     "PROTECTIVE_ACTIONS",
+    "VEHICLE_COMMANDS",
     "FusionTerm",
     "Input",
     "Level",
@@ -60,10 +62,13 @@ DEFAULT_CATALOGUE = Path(__file__).with_name("catalogue.yaml")
 # Names the protective-action executor (another component) understands. Kept closed so a typo in
 # the catalogue is a start-up error rather than an action that silently never happens.
 PROTECTIVE_ACTIONS = frozenset({"stop_charging", "slot_cutoff", "cabinet_cutoff"})
+# Vehicle commands a rule may ask for when it raises on a vehicle (V-5.1 motor lock, V-5.10 cut the
+# discharge); the vehicle command service sends them. Closed for the same reason.
+VEHICLE_COMMANDS = frozenset({"motor_lock", "power_off"})
 
 INPUT_KINDS = ("field", "rate_of", "delta", "jump", "flag", "bool", "lost", "fusion")
 COMPARES = (">", ">=", "<", "<=")
-SCOPES = ("slot", "cabinet")
+SCOPES = ("slot", "cabinet", "vehicle")
 FLAG_TYPES: dict[str, type] = {
     "charger_protection": ChargerProtection,
     "bms_protection": BmsProtection,
@@ -78,7 +83,7 @@ _PLACEHOLDERS = frozenset(
 _RULE_KEYS = frozenset(
     {
         "id", "name", "description", "source", "scope", "input", "compare", "levels", "for", "hysteresis",
-        "clear_for", "when", "overrides", "diagnosis", "action", "unit",
+        "clear_for", "when", "overrides", "diagnosis", "action", "unit", "vehicle_command",
     }
 )
 
@@ -98,6 +103,8 @@ class RuleError(CascadeError):
 
 SLOT_FIELD_KINDS = {**{k: FIELD_CATEGORIES[k] for k in SLOT_FIELDS}, **DERIVED_SLOT_FIELDS}
 CABINET_FIELD_KINDS = {k: FIELD_CATEGORIES[k] for k in CABINET_FIELDS}
+VEHICLE_FIELD_KINDS = dict(VEHICLE_FIELDS)
+_SCOPE_KINDS = {"slot": SLOT_FIELD_KINDS, "cabinet": CABINET_FIELD_KINDS, "vehicle": VEHICLE_FIELD_KINDS}
 
 
 def finite_number(value: Any) -> float | None:
@@ -211,6 +218,8 @@ class Rule:
     #: Short display name for pages and dashboards ("Battery over-temperature"); the description
     #: when the rule file gives none. Translated like the other texts (alerting/i18n.py).
     name: str = ""
+    #: A vehicle command (VEHICLE_COMMANDS) to send when the rule raises or escalates on a vehicle.
+    vehicle_command: str | None = None
     _resolved: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -403,7 +412,13 @@ def _parse_rule(raw: Any, file: str, index: int) -> Rule:
     scope = raw.get("scope")
     if scope not in SCOPES:
         ctx.fail("scope", f"{scope!r} is not one of {', '.join(SCOPES)}")
-    kinds = SLOT_FIELD_KINDS if scope == "slot" else CABINET_FIELD_KINDS
+    kinds = _SCOPE_KINDS[scope]
+    vehicle_command = raw.get("vehicle_command")
+    if vehicle_command is not None:
+        if vehicle_command not in VEHICLE_COMMANDS:
+            ctx.fail("vehicle_command", f"{vehicle_command!r} is unknown; use one of {', '.join(sorted(VEHICLE_COMMANDS))}")
+        if scope == "cabinet":
+            ctx.fail("vehicle_command", "a cabinet rule cannot command a vehicle; use a vehicle or slot rule")
 
     raw_input = raw.get("input")
     fusion: tuple[FusionTerm, ...] = ()
@@ -418,6 +433,9 @@ def _parse_rule(raw: Any, file: str, index: int) -> Rule:
         ctx.fail("compare", f"{compare!r} is not one of {' '.join(COMPARES)}")
     default_for = ctx.duration("for", raw.get("for", 0))
     levels = _parse_levels(ctx, raw.get("levels"), compare, default_for)
+    if scope == "vehicle" and any(lv.protective_action for lv in levels):
+        ctx.fail("levels", "cabinet protective actions do not reach a vehicle; use vehicle_command: "
+                           + " or ".join(sorted(VEHICLE_COMMANDS)))
     hysteresis = ctx.number("hysteresis", raw.get("hysteresis", 0))
     if hysteresis < 0:
         ctx.fail("hysteresis", "must be ≥ 0 (it is how far back past the threshold a value must go to clear)")
@@ -452,6 +470,7 @@ def _parse_rule(raw: Any, file: str, index: int) -> Rule:
         unit=str(raw.get("unit", "")),
         file=file,
         name=name.strip(),
+        vehicle_command=vehicle_command,
     )
     _check_read_only(ctx, rule)
     _validate_resolved(rule)
@@ -488,7 +507,7 @@ def _check_template(ctx: _Ctx, key: str, text: str) -> None:
 
 def _field(ctx: _Ctx, key: str, name: Any, kinds: dict[str, str], want: str) -> str:
     if not isinstance(name, str) or name not in kinds:
-        scope = "slot" if kinds is SLOT_FIELD_KINDS else "cabinet"
+        scope = next(k for k, v in _SCOPE_KINDS.items() if v is kinds)
         ctx.fail(key, f"{name!r} is not a {scope} field of core.model; check spelling and scope")
     if kinds[name] != want:
         ctx.fail(key, f"field {name!r} is {kinds[name]}, this input needs a {want} field")

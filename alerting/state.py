@@ -117,6 +117,9 @@ class Transition:
     protective_action: str | None  # only on raise/escalate, for the level reached
     labels: dict[str, str]
     annotations: dict[str, str]
+    #: On a raise/escalate on a vehicle: the vehicle command its rule asks for (``motor_lock``,
+    #: ``power_off``; alerting.rules.VEHICLE_COMMANDS), else None. The vehicle is ``target.cabinet``.
+    vehicle_command: str | None = None
 
     @property
     def key(self) -> AlertKey:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import math
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,8 +33,11 @@ __all__ = [
     "BLE_GATEWAY_MODEL",
     "UNCOMMANDED_MODELS",
     "VEHICLE_MODEL",
+    "VehicleProfile",
     "VehicleReading",
     "VehicleState",
+    "DERIVED_VEHICLE_FIELDS",
+    "VEHICLE_FIELDS",
     "CABINET_FIELDS",
     "DERIVED_SLOT_FIELDS",
     "ExtraValue",
@@ -271,6 +275,8 @@ class CabinetReading:
     distribution_state_unmapped: int | None = None
     # Values of the profile's cabinet-wide `extra:` registers (no Cascade field), by extra name
     extra: Mapping[str, ExtraValue] = field(default_factory=_no_extra)
+    # A vehicle's report (model VEHICLE_MODEL): the vehicle-scope rules read it; its pack is slot 1
+    vehicle: VehicleReading | None = None
 
 
 VEHICLE_MODEL = "vehicle"
@@ -283,6 +289,29 @@ UNCOMMANDED_MODELS = frozenset({VEHICLE_MODEL, BLE_GATEWAY_MODEL})
 vehicle functions and the gateway's MOSFET control have their own, allow-listed path)."""
 
 
+@dataclass(frozen=True, slots=True)
+class VehicleProfile:
+    """What the user (or the operator) set for one vehicle: the fence around its home point (V-5.2), the
+    SOC below which the user is reminded (V-5.6) and the report intervals it must keep (V-5.7, V-5.8).
+    ``home_*`` None: the fence is centred where the vehicle was armed."""
+
+    low_soc_pct: float | None = None
+    fence_radius_m: float | None = None
+    home_latitude_deg: float | None = None
+    home_longitude_deg: float | None = None
+    report_on_s: float = 60.0
+    report_off_s: float = 3600.0
+
+
+_METRES_PER_DEG_LAT = 111_132.0
+
+
+def _distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Metres between two nearby WGS-84 points (equirectangular: exact enough within a city)."""
+    x = (lon2 - lon1) * math.cos(math.radians((lat1 + lat2) / 2))
+    return _METRES_PER_DEG_LAT * math.hypot(lat2 - lat1, x)
+
+
 @dataclass(slots=True)
 class VehicleReading:
     """One report of one vehicle over cellular (MQTT or HTTPS): Annex A (D-A.2…D-A.4) and the
@@ -292,6 +321,11 @@ class VehicleReading:
     names as a cabinet slot, so one battery is one identity (``battery_id``) wherever it sits, its
     history follows it across swaps, and the battery rules of the catalogue read it unchanged.
     ``timestamp_ns`` is the device's own time of the report (V-4.6), ``received_ns`` the platform's.
+
+    The vehicle watch adds what the vehicle-scope rules need besides the report: the vehicle's
+    ``profile`` (its user settings), ``fence_anchor`` (where it was armed, the fence centre when the
+    profile has no home point) and ``report_gap_intervals`` (the watch's silence check sends a reading
+    with only this when a vehicle falls silent).
     """
 
     vehicle_id: str
@@ -302,6 +336,7 @@ class VehicleReading:
     sequence: int | None = None
     state: int | None = None  # VehicleState
     powered_on: bool | None = None
+    armed: bool | None = None  # V-5.5: armed (设防) from the app; motion or leaving the fence is an alarm
     position_valid: bool | None = None
     latitude_deg: float | None = None
     longitude_deg: float | None = None
@@ -311,6 +346,70 @@ class VehicleReading:
     battery: SlotReading | None = None
     # Vehicle fields whose value was at or past its limit (kept as the limit, as for cabinets)
     over_range: tuple[str, ...] = ()
+    profile: VehicleProfile | None = None
+    fence_anchor: tuple[float, float] | None = None
+    # The gap before this report (or the silence so far), in report intervals of the power state the
+    # vehicle was in meanwhile (V-5.7, V-5.8: 1/min on, 1/h off): 1 is on time
+    report_gap_intervals: float | None = None
+
+    # -- derived values the vehicle-scope rules read (DERIVED_VEHICLE_FIELDS) --------------------------
+    @property
+    def fence_distance_ratio(self) -> float | None:
+        """Distance from the fence centre over the fence radius (V-5.2 alarms beyond 1.2); None without a
+        radius, a centre or a position fix."""
+        profile, lat, lon = self.profile, self.latitude_deg, self.longitude_deg
+        if profile is None or not profile.fence_radius_m or lat is None or lon is None:
+            return None
+        if profile.home_latitude_deg is not None and profile.home_longitude_deg is not None:
+            home = (profile.home_latitude_deg, profile.home_longitude_deg)
+        elif self.fence_anchor is not None:
+            home = self.fence_anchor
+        else:
+            return None
+        return _distance_m(home[0], home[1], lat, lon) / profile.fence_radius_m
+
+    @property
+    def soc_below_reminder_pct(self) -> float | None:
+        """How far the pack's SOC is below the user's reminder SOC (V-5.6); negative above it."""
+        profile, pack = self.profile, self.battery
+        if profile is None or profile.low_soc_pct is None or pack is None or pack.soc_pct is None:
+            return None
+        return profile.low_soc_pct - pack.soc_pct
+
+    @property
+    def below_discharge_protection_v(self) -> float | None:
+        """How far the pack's voltage is below its chemistry's discharge protection voltage (V-5.10) while
+        it drives the vehicle (drawing more than 1 A, or state discharging when no current is reported);
+        None at rest or when the chemistry or voltage is unknown. Negative: above it."""
+        pack = self.battery
+        if pack is None or pack.voltage_v is None:
+            return None
+        current = pack.charge_current_a
+        if not (current <= -1.0 if current is not None else pack.battery_state == BatteryState.DISCHARGING):
+            return None
+        from core.chemistry import discharge_protection_voltage  # the table imports this module
+
+        limit = discharge_protection_voltage(pack.chemistry, pack.pack_nominal_voltage_v)
+        return None if limit is None else limit - pack.voltage_v
+
+    @property
+    def chemistry_contradiction_v(self) -> float | None:
+        """Volts per cell by which the pack contradicts its declared chemistry (V-5.10): its declared
+        nominal voltage per cell away from the chemistry's, or, while it drives the vehicle, its highest
+        cell above the chemistry's end-of-charge voltage (no cell of that chemistry discharges there)."""
+        pack = self.battery
+        if pack is None:
+            return None
+        from core.chemistry import chemistry_contradiction_v
+
+        return chemistry_contradiction_v(pack)
+
+    @property
+    def clock_skew_s(self) -> float | None:
+        """Seconds between the device's clock and the platform's at receipt (V-4.6), either way."""
+        if not self.received_ns:
+            return None
+        return abs(self.timestamp_ns - self.received_ns) / 1e9
 
 
 def _field_names(cls: type, skip: set[str]) -> frozenset[str]:
@@ -322,7 +421,7 @@ _UNMAPPED_FIELDS = {"bms_protection_unmapped", "charger_protection_unmapped", "e
                     "device_fault_code_unmapped", "distribution_state_unmapped", "extra"}
 SLOT_FIELDS = _field_names(SlotReading, {"slot", "over_range", *_UNMAPPED_FIELDS})
 CABINET_FIELDS = _field_names(
-    CabinetReading, {"cabinet_id", "site", "model", "timestamp_ns", "slots", "over_range", *_UNMAPPED_FIELDS}
+    CabinetReading, {"cabinet_id", "site", "model", "timestamp_ns", "slots", "over_range", "vehicle", *_UNMAPPED_FIELDS}
 )
 
 
@@ -360,3 +459,23 @@ DERIVED_SLOT_FIELDS: dict[str, str] = {
 FIELD_CATEGORIES: dict[str, str] = {
     name: "bool" if kind is bool else "number" if kind in (int, float) else "str" for name, kind in FIELD_KINDS.items()}
 """Field → what a rule may do with it: ``number`` (compare, rate), ``bool`` or ``str``."""
+
+
+def _vehicle_field_kinds() -> dict[str, str]:
+    hints = typing.get_type_hints(VehicleReading)
+    out: dict[str, str] = {}
+    for f in dataclasses.fields(VehicleReading):
+        kind = _scalar_type(hints[f.name])
+        if kind is not None and kind is not str and f.name not in {"timestamp_ns", "received_ns", "sequence"}:
+            out[f.name] = "bool" if kind is bool else "number"
+    return out
+
+
+DERIVED_VEHICLE_FIELDS: dict[str, str] = {
+    "fence_distance_ratio": "number", "soc_below_reminder_pct": "number", "below_discharge_protection_v": "number",
+    "chemistry_contradiction_v": "number", "clock_skew_s": "number",
+}
+"""Values computed from a vehicle reading (properties of :class:`VehicleReading`) that rules may read."""
+
+VEHICLE_FIELDS: dict[str, str] = {**_vehicle_field_kinds(), **DERIVED_VEHICLE_FIELDS}
+"""What vehicle-scope rules may read → ``number`` or ``bool``: the report's own scalars and the derived values."""

@@ -149,7 +149,9 @@ def _level(t: Texts, level: str) -> str:
 def _engine_place(t: Texts, labels: Mapping[str, str]) -> str:
     """The place as the engine writes it in a summary (alerting/engine.py ``_place``)."""
     site, cabinet, slot = labels.get("site", ""), labels.get("cabinet", ""), labels.get("slot", "")
-    if labels.get("vehicle"):
+    if labels.get("vehicle"):  # a battery rule on its pack (slot 1), or a vehicle rule on the vehicle itself
+        if not slot:
+            return t.tr("{fleet}/{vehicle} vehicle", fleet=site, vehicle=labels["vehicle"])
         return t.tr("{fleet}/{vehicle} battery", fleet=site, vehicle=labels["vehicle"])
     if slot:
         return t.tr("{site}/{cabinet} slot {slot}", site=site, cabinet=cabinet, slot=slot)
@@ -167,6 +169,8 @@ def _place(t: Texts, labels: Mapping[str, str]) -> str:
 def _voice_place(t: Texts, labels: Mapping[str, str]) -> str:
     site, cabinet, slot = labels.get("site", ""), labels.get("cabinet", ""), labels.get("slot", "")
     if labels.get("vehicle"):
+        if not slot:
+            return t.ptr("voice", "{fleet}, vehicle {vehicle}", fleet=site, vehicle=labels["vehicle"])
         return t.ptr("voice", "{fleet}, vehicle {vehicle}, its battery", fleet=site, vehicle=labels["vehicle"])
     if cabinet and slot:
         return t.ptr("voice", "{site}, cabinet {cabinet}, slot {slot}", site=site, cabinet=cabinet, slot=slot)

@@ -59,9 +59,10 @@ from core.errors import CascadeError
 from core.model import Chemistry
 
 from .city import City, Route, chaoyang
+from .vehicle_commands import HttpsCommandPoller, VehicleControls
 
-__all__ = ["CabinetMirror", "HttpsTransport", "MqttTransport", "Pack", "Simulation", "Station", "Stats", "Swap", "Vehicle",
-           "add_arguments", "load_stations", "place_stations", "run"]
+__all__ = ["SCENARIOS", "CabinetMirror", "HttpsTransport", "MqttTransport", "Pack", "Script", "Simulation", "Station",
+           "Stats", "Swap", "Vehicle", "add_arguments", "load_stations", "parse_scenario", "place_stations", "run"]
 
 log = logging.getLogger("cascade.simulate_vehicles")
 
@@ -84,6 +85,24 @@ _R_CELL_OHM = 0.004
 _CHARGE_PER_H = 0.35  # station charging: SOC fraction per hour (CC then taper), empty to full in ~3 h
 _RIDE_TAU_S = 900.0  # pack warms toward its riding temperature with this time constant
 _REST_TAU_S = 2400.0  # and cools toward the air when parked
+
+SCENARIOS: dict[str, str] = {
+    "theft": "parked, switched off and armed; from AT it is pushed away along the street at 5 km/h (V-5.1)",
+    "geofence": "parked, switched off and armed; from AT it is carried away on a van, wheels still, at 15 km/h "
+                "(V-5.2)",
+    "low_soc": "rides on with its pack at 14 % and below, under the user's reminder level (V-5.6)",
+    "wrong_chemistry": "rides with an NMC pack whose BMS declares sodium-ion (V-5.10)",
+    "deep_discharge": "rides with an aged pack whose voltage collapses to 37 V under load, and its controller keeps "
+                      "drawing current: below the 38.4 V discharge protection (V-5.10)",
+    "clock_skew": "its clock runs 2 minutes fast and it ignores time calibration (V-4.6)",
+    "silent": "from AT its telematics unit sends nothing (V-5.7, V-5.8)",
+    "overheat": "rides; from AT its pack heats 3 °C a minute (an internal fault) up to 95 °C",
+}
+"""Scripted vehicles for the vehicle functions (``--scenario NAME[:VEHICLE[:AT]]``, docs/vehicle-simulator.md)."""
+_THEFT_KMH, _VAN_KMH = 5.0, 15.0  # V-5.1's test pushes the armed vehicle at 5 km/h
+_CLOCK_SKEW_MS = 120_000
+_DEEP_DISCHARGE_V = 37.0
+_OVERHEAT_C_PER_MIN, _OVERHEAT_MAX_C = 3.0, 95.0
 
 
 def _interp(table: Sequence[tuple[float, float]], x: float) -> float:
@@ -120,6 +139,7 @@ class Pack:
     temperature_c: float
     at_s: float = 0.0
     discharged_ah: float = 0.0
+    declared: Chemistry | None = None  # what its BMS reports, when that is not what it is (a scenario)
 
     @property
     def nominal_v(self) -> float:
@@ -205,7 +225,34 @@ class Activity:
     station: Station | None = None  # a ride to swap
 
 
-_WIRE_STATE = {"ride": "riding", "stop": "ready", "park": "parked", "swap": "parked"}
+_WIRE_STATE = {"ride": "riding", "stop": "ready", "park": "parked", "swap": "parked", "moved": "parked"}
+
+
+@dataclass(slots=True)
+class Script:
+    """A scenario (:data:`SCENARIOS`) played by one vehicle; ``at``: simulated seconds it starts."""
+
+    kind: str
+    at: float = 60.0
+
+
+def parse_scenario(text: str, vehicles: Sequence[str]) -> tuple[str, str, float]:
+    """``NAME[:VEHICLE[:AT]]`` → (name, vehicle, at seconds); the vehicle defaults to the first one, AT to
+    60. Raises ValueError saying what is wrong."""
+    name, _, rest = text.partition(":")
+    vehicle, _, at = rest.partition(":")
+    if name not in SCENARIOS:
+        raise ValueError(f"unknown scenario {name!r}; one of {', '.join(SCENARIOS)}")
+    vehicle = vehicle or vehicles[0]
+    if vehicle not in vehicles:
+        raise ValueError(f"vehicle {vehicle!r} is not one of the simulated vehicles")
+    try:
+        start = float(at) if at else 60.0
+    except ValueError:
+        raise ValueError(f"AT {at!r} is not a number of seconds") from None
+    if start < 0:
+        raise ValueError(f"AT {start:g} is negative")
+    return name, vehicle, start
 
 
 @dataclass(slots=True)
@@ -227,6 +274,9 @@ class Vehicle:
     transport: str = "mqtt"
     activity: Activity | None = None
     next_report: float = 0.0
+    script: Script | None = None
+    clock_offset_ms: int = 0  # the device clock minus the wall clock
+    calibrates: bool = True  # sets its clock from the platform's time calibration (V-4.6)
 
 
 class Simulation:
@@ -311,8 +361,11 @@ class Simulation:
             while act.end <= t:
                 act = self._next_activity(v, act.end)
             if t >= v.next_report:
-                out.append((v, self.report(v, t)))
-                v.next_report = t + (self.report_on_s if act.power else self.report_off_s)
+                report = self.report(v, t)
+                if v.script is None or not (v.script.kind == "silent" and t >= v.script.at):
+                    out.append((v, report))
+                # An armed vehicle that senses motion is awake: it reports at the powered-on rate.
+                v.next_report = t + (self.report_on_s if act.power or act.kind == "moved" else self.report_off_s)
             heapq.heappush(heap, (min(v.next_report, act.end), index))
         self.t = max(self.t, until)
         return out
@@ -346,6 +399,12 @@ class Simulation:
         act = v.activity
         assert act is not None
         self._commit(v, t)
+        script = v.script
+        if script is not None and script.kind in ("theft", "geofence"):
+            if act.kind == "moved":  # taken where it was going: parked there, still armed and off
+                v.node = act.route.nodes[-1] if act.route is not None else v.node
+                return self._begin(v, "park", t, 1e12, power=False)
+            return self._moved(v, t, _THEFT_KMH if script.kind == "theft" else _VAN_KMH)
         if act.kind == "ride":
             assert act.route is not None
             v.node = act.route.nodes[-1]
@@ -357,6 +416,58 @@ class Simulation:
             return self._start_parked(v, t, v.rng.uniform(600, 2700) if roll < 0.9 else
                                       v.rng.uniform(2700, 10800) if roll < 0.98 else v.rng.uniform(4 * 3600, 9 * 3600))
         return self._plan_ride(v, t)
+
+    def _moved(self, v: Vehicle, t: float, kmh: float) -> Activity:
+        """Moved away while armed and off (pushed or carried) to an intersection 1.5-4 km away."""
+        city = self.city
+        far = [n for n in range(city.node_count) if 1500 <= city.distance_m(v.node, n) <= 4000] or \
+            [max(range(city.node_count), key=lambda n: city.distance_m(v.node, n))]
+        route = city.route(v.node, v.rng.choice(far), v.rng)
+        act = self._begin(v, "moved", t, route.length_m / (kmh / 3.6), power=False, route=route, speed_mps=kmh / 3.6)
+        v.next_report = t  # the vehicle senses motion: it reports at once
+        return act
+
+    def script(self, vehicle_id: str, kind: str, at: float = 60.0) -> Vehicle:
+        """Make one vehicle play a scenario (:data:`SCENARIOS`) from simulated time ``at``. Call it before
+        stepping past ``at``."""
+        if kind not in SCENARIOS:
+            raise ValueError(f"unknown scenario {kind!r}; one of {', '.join(SCENARIOS)}")
+        v = next((x for x in self.vehicles if x.id == vehicle_id), None)
+        if v is None:
+            raise ValueError(f"vehicle {vehicle_id!r} is not simulated")
+        v.script = Script(kind, max(at, self.t))
+        t = self.t
+        if kind in ("theft", "geofence"):  # parked, off and armed until the scenario starts
+            self._begin(v, "park", t, max(v.script.at - t, 0.0), power=False)
+        else:  # a rider on the move
+            pack = v.pack
+            if kind == "clock_skew":
+                v.clock_offset_ms, v.calibrates = _CLOCK_SKEW_MS, False
+            elif kind == "low_soc":
+                pack.soc, v.swap_soc = 0.14, 0.0
+            elif kind == "deep_discharge":
+                pack.soc, v.swap_soc = 0.3, 0.0
+            elif kind == "wrong_chemistry":
+                v.pack = pack = _make_pack(v.rng, 9_000_000 + self.vehicles.index(v), 0.6, self.ambient_c(t))
+                pack.chemistry, pack.cells, pack.declared = Chemistry.NMC, 13, Chemistry.NA_ION
+            self._begin(v, "stop", t, 1.0, power=True)
+        v.next_report = t
+        self._heap = [(min(x.next_report, x.activity.end), i)  # type: ignore[union-attr]
+                      for i, x in enumerate(self.vehicles)]
+        heapq.heapify(self._heap)
+        return v
+
+    def calibrate(self, vehicle_id: str, event: dict[str, object]) -> None:
+        """The platform's time calibration (``clock_skew`` on the ``reject`` topic, or a ``stale`` /
+        ``future`` refusal): a device that calibrates sets its clock from it."""
+        v = next((x for x in self.vehicles if x.id == vehicle_id), None)
+        if v is None or not v.calibrates:
+            return
+        skew = event.get("skew_ms")
+        if isinstance(skew, int):
+            v.clock_offset_ms -= skew
+        elif event.get("reason") in ("stale", "future"):
+            v.clock_offset_ms = 0
 
     def _start_parked(self, v: Vehicle, t: float, duration_s: float) -> Activity:
         power = duration_s < 2700 and v.rng.random() < 0.5  # long stays: always switched off
@@ -426,7 +537,12 @@ class Simulation:
         soc, temp, odometer, lat, lon, _dist = self._state(v, act, t)
         pack = v.pack
         riding = act.kind == "ride"
+        script = v.script
+        if script is not None and script.kind == "overheat" and t >= script.at:  # an internal fault heats the pack
+            temp = min(_OVERHEAT_MAX_C, temp + _OVERHEAT_C_PER_MIN * (t - script.at) / 60)
         speed_kmh = current = 0.0
+        if act.kind == "moved" and script is not None and script.kind == "theft":
+            speed_kmh = _THEFT_KMH  # pushed: the wheels turn (on a van they do not)
         if riding:
             speed_kmh = min(MAX_SPEED_KMH, act.speed_mps * 3.6 * (1 + 0.06 * _wiggle(t, v.phase, 97)))
             ocv = pack.ocv_v(soc)
@@ -436,16 +552,21 @@ class Simulation:
         elif act.power:
             current = -0.3  # controller, lights, GPS
         voltage = pack.ocv_v(soc) + current * pack.resistance_ohm
+        if riding and script is not None and script.kind == "deep_discharge":  # collapses; nothing cuts it off
+            voltage = min(voltage, _DEEP_DISCHARGE_V)
         cell = voltage / pack.cells
         spread = pack.spread_v * (1.6 if soc < 0.15 else 1.0)
         v.seq += 1
         return Telemetry(
-            vehicle=v.id, ts=int(self.wall_s(t) * 1000), seq=v.seq, model=v.model, state=_WIRE_STATE[act.kind],  # type: ignore[arg-type]
-            power=act.power,
+            vehicle=v.id, ts=int(self.wall_s(t) * 1000) + v.clock_offset_ms, seq=v.seq, model=v.model,
+            state=_WIRE_STATE[act.kind], power=act.power,  # type: ignore[arg-type]
+            # Riders arm the vehicle when they park it switched off (V-5.5); a moved one stays armed.
+            armed=not act.power and act.kind in ("park", "moved"),
             pos=Position(valid=True, lat=round(lat, 6), lon=round(lon, 6), alt=self.city.altitude(lat, lon)),
             speed_kmh=round(speed_kmh, 1), odometer_km=round(odometer, 2),
             battery=Battery(
-                id=pack.id, maker=pack.maker, chemistry=pack.chemistry.name, nominal_v=pack.nominal_v,  # type: ignore[arg-type]
+                id=pack.id, maker=pack.maker, chemistry=(pack.declared or pack.chemistry).name,  # type: ignore[arg-type]
+                nominal_v=pack.nominal_v,
                 nominal_ah=pack.nominal_ah, cells=pack.cells, max_charge_a=round(pack.nominal_ah * 0.5, 1),
                 max_discharge_a=pack.nominal_ah * 2,
                 undervoltage_v=round(pack.cells * CELLS[pack.chemistry].cutoff_v, 1),
@@ -532,6 +653,7 @@ class Stats:
     lost: Counter[str] = field(default_factory=Counter)  # not delivered, by cause
     refused: Counter[str] = field(default_factory=Counter)  # refused by the platform, by its reason
     mirrored: Counter[str] = field(default_factory=Counter)  # swaps docked into the cabinet simulator: ok / failed
+    calibrations: int = 0  # time calibrations received (clock_skew on the reject topic)
 
 
 class MqttTransport:
@@ -551,6 +673,10 @@ class MqttTransport:
         self._locks: dict[str, asyncio.Lock] = {}
         self._retry_at: dict[str, float] = {}
         self._errors_logged: set[str] = set()
+        # Remote commands (simulators/vehicle_commands.py): payload of a command -> the acknowledgement to send.
+        self.on_command: Callable[[str, bytes], bytes | None] | None = None
+        # Time calibration (V-4.6): called with the vehicle and the reject-topic event carrying server_time_ms.
+        self.on_calibration: Callable[[str, dict[str, object]], None] | None = None
 
     def submit(self, vehicle: Vehicle, payload: bytes) -> None:
         try:
@@ -603,6 +729,8 @@ class MqttTransport:
             try:
                 await client.__aenter__()
                 await client.subscribe(topic(device.fleet, vid, "reject"), qos=0)
+                if self.on_command is not None:
+                    await client.subscribe(topic(device.fleet, vid, "cmd"), qos=1)
             except aiomqtt.MqttError as err:
                 self._retry_at[vid] = time.monotonic() + 30
                 reason = _connect_reason(err)
@@ -619,10 +747,21 @@ class MqttTransport:
     async def _read_rejects(self, vid: str, client: aiomqtt.Client) -> None:
         try:
             async for message in client.messages:
+                if self.on_command is not None and message.topic.value.endswith("/cmd"):
+                    ack = self.on_command(vid, bytes(message.payload))  # type: ignore[arg-type]
+                    if ack is not None:
+                        await client.publish(message.topic.value.removesuffix("/cmd") + "/ack", ack, qos=1)
+                    continue
                 try:
-                    reason = json.loads(message.payload)["reason"]  # type: ignore[arg-type]
+                    event = json.loads(message.payload)  # type: ignore[arg-type]
+                    reason = event["reason"]
                 except (ValueError, TypeError, KeyError):
-                    reason = "unreadable_reject"
+                    event, reason = None, "unreadable_reject"
+                if isinstance(event, dict) and "server_time_ms" in event and self.on_calibration is not None:
+                    self.on_calibration(vid, event)  # V-4.6: the platform's clock, to set ours from
+                if reason == "clock_skew":  # a stored report: a time calibration, not a refusal
+                    self.stats.calibrations += 1
+                    continue
                 self.stats.refused[str(reason)[:40]] += 1
         except aiomqtt.MqttError:
             await self._drop(vid)
@@ -829,6 +968,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds between status lines (default 10; 0 = none)")
     parser.add_argument("--duration", type=float, default=0.0, metavar="S",
                         help="stop after S wall-clock seconds (default 0: run until Ctrl-C / SIGTERM)")
+    parser.add_argument("--scenario", action="append", default=[], metavar="NAME[:VEHICLE[:AT]]",
+                        help="make a vehicle (default: the first) play a scenario from AT simulated seconds (default "
+                             f"60); repeatable. NAME: {', '.join(SCENARIOS)}")
 
 
 class _StartupError(Exception):
@@ -878,7 +1020,8 @@ def _status(sim: Simulation, stats: Stats, https: HttpsTransport | None, started
              f"{census['off']} off",
              "sent " + ", ".join(f"{k} {stats.sent[k]}" for k in ("mqtt", "https")) +
              (f", buffered {https.buffered}" if https is not None else "") + (f", lost {lost}" if lost else ""),
-             "refused " + (", ".join(f"{k} {n}" for k, n in sorted(stats.refused.items())) or "0"),
+             "refused " + (", ".join(f"{k} {n}" for k, n in sorted(stats.refused.items())) or "0") +
+             (f", calibrations {stats.calibrations}" if stats.calibrations else ""),
              f"swaps {sim.swap_count}" + (f" (waited {sim.swap_waits})" if sim.swap_waits else "") +
              (f", mirrored {stats.mirrored['ok']}/{stats.mirrored['ok'] + stats.mirrored['failed']}"
               if stats.mirrored else ""),
@@ -916,6 +1059,16 @@ async def run(args: argparse.Namespace) -> int:
     by_id = {d.id: d.fleet for d in devices}
     sim = Simulation(city, stations, [d.id for d in devices], fleet=by_id.__getitem__, seed=args.seed,
                      start_wall_s=time.time(), speed=args.speed, rate_scale=args.rate_scale, https_share=share)
+    try:
+        for text in args.scenario:
+            name, vehicle, at = parse_scenario(text, [v.id for v in sim.vehicles])
+            scripted = sim.script(vehicle, name, at)
+            if args.mqtt:  # `cascade run` watches the MQTT stream: a scenario reports there
+                scripted.transport = "mqtt"
+            log.info("scenario %s: vehicle %s %s (AT = %g s simulated)", name, vehicle, SCENARIOS[name], at)
+    except ValueError as err:
+        log.error("--scenario: %s. Fix: NAME[:VEHICLE[:AT]], e.g. --scenario theft:%s:120", err, sim.vehicles[0].id)
+        return 2
     per_device = args.speed * args.rate_scale / REPORT_ON_S
     if per_device > PLATFORM_RATE_PER_S:
         log.warning("--speed %g x --rate-scale %g: each vehicle reports %.2f times a second while on; the ingest's "
@@ -929,6 +1082,14 @@ async def run(args: argparse.Namespace) -> int:
         mqtt = MqttTransport(*mqtt_at, registry, stats, tls=tls)
     if args.https and n_https:
         https = HttpsTransport(args.https, registry, stats, tls=tls)
+    controls = VehicleControls()  # remote commands: lock, power, arming (simulators/vehicle_commands.py)
+    poller = None
+    if mqtt is not None:
+        mqtt.on_command = controls.handle
+        mqtt.on_calibration = sim.calibrate
+    if https is not None:
+        poller = HttpsCommandPoller(args.https, registry, controls,
+                                    [v.id for v in sim.vehicles if v.transport == "https"], tls=tls)
     if args.cabinet_control:
         if any(s.cabinet for s in stations):
             mirror = CabinetMirror(args.cabinet_control, stats)
@@ -946,10 +1107,10 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-    tasks = [asyncio.create_task(t.run(), name=type(t).__name__) for t in (mqtt, https, mirror) if t is not None]
+    tasks = [asyncio.create_task(t.run(), name=type(t).__name__) for t in (mqtt, https, mirror, poller) if t is not None]
     started = time.monotonic()
     try:
-        driver = asyncio.create_task(_drive(sim, mqtt, https, mirror), name="vehicle driver")
+        driver = asyncio.create_task(_drive(sim, mqtt, https, mirror, controls), name="vehicle driver")
         tasks.append(driver)
         if args.status_interval > 0:
             tasks.append(asyncio.create_task(_print_status(sim, stats, https, started, args.status_interval)))
@@ -975,13 +1136,13 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def _drive(sim: Simulation, mqtt: MqttTransport | None, https: HttpsTransport | None,
-                 mirror: CabinetMirror | None) -> None:
+                 mirror: CabinetMirror | None, controls: VehicleControls | None = None) -> None:
     """The one task that moves every vehicle: advance to "now", hand the due reports to the transports,
     sleep until the next event (at most a second, so Ctrl-C and the status line stay prompt)."""
     while True:
         now = (time.time() - sim.start_wall_s) * sim.speed
         for vehicle, msg in sim.step(now):
-            payload = encode(msg)
+            payload = encode(msg if controls is None else controls.adjust(msg))
             transport = https if vehicle.transport == "https" else mqtt
             if transport is not None:
                 transport.submit(vehicle, payload)

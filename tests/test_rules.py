@@ -5,13 +5,14 @@ P-5.2.2.2, D-5.4.1, V-5.10, D-B.4, GB/T 32960)."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from alerting.engine import Engine
 from alerting.rules import RuleError, load_rules, parse_rules
-from core.model import CabinetReading, Chemistry, SlotReading
+from core.model import VEHICLE_FIELDS, VEHICLE_MODEL, CabinetReading, Chemistry, SlotReading
 
 CASES = Path(__file__).with_name("rules_cases")
 CATALOGUE = load_rules()
@@ -92,6 +93,9 @@ def _reading(rule, value, guard_ok=True, chemistry=None) -> CabinetReading:
     if rule.scope == "slot":
         slot = SlotReading(slot=1, battery_id="B1", chemistry=chemistry, **values)
         return CabinetReading("c1", "s1", "m1", 0, slots=[slot], **cabinet_values)
+    if rule.scope == "vehicle":  # derived vehicle values are set directly: the rule reads attributes
+        vehicle = SimpleNamespace(**{**dict.fromkeys(VEHICLE_FIELDS), "battery": None, **values})
+        return CabinetReading("V1", "bj", VEHICLE_MODEL, 0, vehicle=vehicle)  # type: ignore[arg-type]
     return CabinetReading("c1", "s1", "m1", 0, **values)
 
 

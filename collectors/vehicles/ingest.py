@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -63,6 +63,7 @@ class Outcome:
     fields_rejected: int = 0
     reading: VehicleReading | None = None  # what was stored
     packs: CabinetReading | None = None  # a BLE gateway's packs, as stored (one slot per pack)
+    report_ts_ms: int | None = None  # a report refused as stale / future: its time (V-4.6 clock skew)
 
     @property
     def ok(self) -> bool:
@@ -147,8 +148,9 @@ class VehicleIngest:
         if check_time:
             late = freshness(msg.ts, now, self.window_s)
             if late is not None:
-                return self._refuse(transport, late, f"report time {msg.ts} ms is {msg.ts / 1000 - now:+.0f} s "
-                                    f"from the platform's clock (window ±{self.window_s:.0f} s)", sender, msg.seq)
+                outcome = self._refuse(transport, late, f"report time {msg.ts} ms is {msg.ts / 1000 - now:+.0f} s "
+                                       f"from the platform's clock (window ±{self.window_s:.0f} s)", sender, msg.seq)
+                return replace(outcome, report_ts_ms=msg.ts)
         refused = self.gate.admit(sender, msg.seq, msg.ts, self.elapsed(), charge=charge)
         if refused is not None:
             return self._refuse(transport, refused, f"seq {msg.seq}", sender, msg.seq)

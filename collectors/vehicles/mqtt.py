@@ -3,7 +3,8 @@
 Topic tree (docs/vehicles.md): ``cascade/v1/<fleet>/<vehicle>/<kind>`` with ``kind`` one of
 ``telemetry`` (device → platform, QoS 1), ``event`` (device → platform), ``cmd`` (platform → device,
 downlink), ``ack`` (device → platform, command acknowledgements) and ``reject`` (platform → device:
-why a report was refused, with the platform's clock for time calibration). The broker's ACL lets a
+why a report was refused, or a time calibration for a stored report whose clock is off; both carry the
+platform's clock, V-4.6). The broker's ACL lets a
 device publish only under its own id (``%u``); the worker checks the report names the same id.
 
 Workers subscribe to ``$share/<group>/cascade/v1/+/+/telemetry``: the broker gives each message to
@@ -23,6 +24,7 @@ import msgspec
 
 from core.model import CabinetReading, VehicleReading
 
+from .functions import CALIBRATE_AFTER_S
 from .ingest import VehicleIngest
 from .settings import MqttSettings
 
@@ -48,14 +50,20 @@ class MqttIngest:
     """Consumes the shared subscription until cancelled; reconnects with back-off.
 
     ``subscriptions``: topic filters instead of the group's shared subscription (the warning watch
-    takes every report of its fleets); ``answer``: publish rejection events (the ingest workers do;
-    a watch stays silent); ``on_accepted``: awaited with every accepted reading.
+    takes every report of its fleets); ``answer``: publish rejection events and time calibrations (the
+    ingest workers do; a watch stays silent); ``on_accepted``: awaited with every accepted reading;
+    ``calibrate_after_s``: a stored report whose time is further than this from ours gets a
+    ``clock_skew`` calibration on the ``reject`` topic (at most one per vehicle per 5 s);
+    ``on_clock_refused``: awaited with (fleet, vehicle, report time ms) for a report of a known device
+    refused as ``stale`` or ``future`` (the watch turns it into a clock-skew reading).
     """
 
     def __init__(self, settings: MqttSettings, ingest: VehicleIngest, *, client_id: str,
                  clock: Callable[[], float] = time.time, subscriptions: Sequence[str] | None = None,
                  answer: bool = True,
-                 on_accepted: Callable[[VehicleReading | CabinetReading], Awaitable[None]] | None = None) -> None:
+                 on_accepted: Callable[[VehicleReading | CabinetReading], Awaitable[None]] | None = None,
+                 calibrate_after_s: float = CALIBRATE_AFTER_S,
+                 on_clock_refused: Callable[[str, str, int], Awaitable[None]] | None = None) -> None:
         self.settings = settings
         self.ingest = ingest
         self.client_id = client_id
@@ -64,6 +72,8 @@ class MqttIngest:
             shared_subscription(settings.group), shared_subscription(settings.group, "packs")]
         self.answer = answer
         self.on_accepted = on_accepted
+        self.calibrate_after_ns = int(calibrate_after_s * 1e9)
+        self.on_clock_refused = on_clock_refused
         self.connected = asyncio.Event()
         self.received = 0
         self._answered: dict[str, float] = {}
@@ -121,7 +131,15 @@ class MqttIngest:
             accepted = outcome.reading if outcome.reading is not None else outcome.packs
             if accepted is not None:
                 await self.on_accepted(accepted)
-        if outcome.ok or outcome.reason in _QUIET or not self.answer:
+        elif outcome.report_ts_ms is not None and self.on_clock_refused is not None:
+            await self.on_clock_refused(fleet, vehicle, outcome.report_ts_ms)
+        if not self.answer:
+            return
+        reading = outcome.reading
+        if outcome.ok:
+            if reading is None or abs(reading.timestamp_ns - reading.received_ns) <= self.calibrate_after_ns:
+                return
+        elif outcome.reason in _QUIET:
             return
         tick = time.monotonic()  # the throttle is a duration; server_time_ms is the wall clock
         last = self._answered.get(vehicle)
@@ -130,8 +148,15 @@ class MqttIngest:
         if len(self._answered) > 100_000:
             self._answered.clear()
         self._answered[vehicle] = tick
-        event = {"seq": outcome.seq, "reason": outcome.reason, "detail": outcome.detail,
-                 "server_time_ms": int(self.clock() * 1000)}
+        if reading is not None:  # stored, but the device's clock is off: tell it ours (V-4.6)
+            server_ms, report_ms = reading.received_ns // 1_000_000, reading.timestamp_ns // 1_000_000
+            event = {"seq": outcome.seq, "reason": "clock_skew", "stored": True,
+                     "detail": f"report time is {(report_ms - server_ms) / 1000:+.1f} s from the platform's clock; "
+                               "set yours", "server_time_ms": server_ms, "report_ts": report_ms,
+                     "skew_ms": report_ms - server_ms}
+        else:
+            event = {"seq": outcome.seq, "reason": outcome.reason, "detail": outcome.detail,
+                     "server_time_ms": int(self.clock() * 1000)}
         try:
             await client.publish(topic(fleet, vehicle, "reject"), self._encoder.encode(event), qos=0)
         except aiomqtt.MqttError as err:

@@ -6,7 +6,9 @@ from typing import Annotated
 
 from annotated_types import MinLen
 
-from core.validation import Bool, Field, Float, Int, Model
+from core.validation import Bool, Field, Float, Int, Model, shown_default
+
+from .functions import VehicleFunctions
 
 __all__ = ["HttpsSettings", "MqttSettings", "VehicleSettings"]
 
@@ -51,5 +53,8 @@ class VehicleSettings(Model):
     watch: Bool = Field(default=True,
                         description="true: `cascade run` evaluates the battery rules on every report of the "
                                     "fleets in watch_fleets (its own MQTT subscription); false: vehicles are stored only")
+    functions: VehicleFunctions = Field(
+        default=VehicleFunctions(), json_schema_extra=shown_default("see vehicles.functions"),
+        description="the vehicle functions: fence, low-battery reminder per vehicle, report rates (docs/vehicles.md)")
     watch_fleets: list[Text] = Field(default=["+"],
                                      description="the fleets this `cascade run` watches, e.g. [bj, sh]; [\"+\"] = all")

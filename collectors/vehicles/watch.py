@@ -5,8 +5,17 @@ reach different workers). The warning engine keeps state per battery (`for` time
 so it must see every report of a vehicle, in one process: the watch takes a plain subscription to
 ``cascade/v1/<fleet>/+/telemetry`` for its fleets, checks each report as the workers do (device,
 topic, time, sequence), and hands the vehicle's pack to the engine as a one-slot reading of model
-:data:`~core.model.VEHICLE_MODEL`. It stores nothing (``Report.watch_only``). Several `cascade run`
-processes split the fleets between them (docs/vehicles.md, "Warnings").
+:data:`~core.model.VEHICLE_MODEL`, with the report itself for the vehicle-scope rules (arming, fence,
+reminder, discharge protection, chemistry, clock). It stores nothing (``Report.watch_only``). Several
+`cascade run` processes split the fleets between them (docs/vehicles.md, "Warnings").
+
+Besides the report the watch gives the engine what only it knows: each vehicle's settings
+(``vehicles.functions``: fence, reminder SOC), the fence centre of an armed vehicle without a home point
+(where it was armed), and the gap since the vehicle's previous report in report intervals (V-5.7, V-5.8).
+A vehicle that falls silent sends nothing to evaluate, so every ``silence_check_s`` the watch sends a
+reading with only that gap for each vehicle at least two intervals overdue (``report_overdue`` rule).
+A report refused for its time (beyond the replay window) becomes a reading with only the clock skew, so a
+device with a wrong clock raises ``clock_skew`` rather than looking silent.
 
     source = VehicleWatchSource(VehicleWatchSettings(mqtt, "var/devices/devices.json"), emit=pipeline.handle)
 """
@@ -16,20 +25,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from core.events import Report
-from core.model import VEHICLE_MODEL, CabinetReading, VehicleReading
+from core.model import VEHICLE_MODEL, CabinetReading, VehicleProfile, VehicleReading
 from core.ports import Emit
 
+from .functions import VehicleFunctions
 from .ingest import IngestMetrics, VehicleIngest
 from .mqtt import TOPIC_ROOT, MqttIngest
 from .settings import MqttSettings
 from .trust import REPLAY_WINDOW_S, DeviceRegistry, Gate
 
-__all__ = ["KIND", "VehicleWatchSettings", "VehicleWatchSource", "as_engine_reading"]
+__all__ = ["KIND", "VehicleTracker", "VehicleWatchSettings", "VehicleWatchSource", "as_engine_reading"]
 
 KIND = "vehicles"
 
@@ -40,15 +51,71 @@ class VehicleWatchSettings:
     devices: str
     fleets: Sequence[str] = field(default=("+",))
     replay_window_s: float = REPLAY_WINDOW_S
+    functions: VehicleFunctions = field(default_factory=VehicleFunctions)
 
 
 def as_engine_reading(vehicle: VehicleReading) -> CabinetReading:
-    """The pack of a vehicle report as the engine reads a cabinet: site = fleet, cabinet = vehicle, one
-    slot (the battery bay, 1) with the pack's fields, model :data:`VEHICLE_MODEL`."""
+    """A vehicle report as the engine reads it: site = fleet, cabinet = vehicle, the pack as one slot
+    (the battery bay, 1) with the pack's fields, model :data:`VEHICLE_MODEL`, and the report itself
+    (``vehicle``) for the vehicle-scope rules."""
     return CabinetReading(cabinet_id=vehicle.vehicle_id, site=vehicle.fleet, model=VEHICLE_MODEL,
                           timestamp_ns=vehicle.timestamp_ns, latitude_deg=vehicle.latitude_deg,
                           longitude_deg=vehicle.longitude_deg,
-                          slots=[vehicle.battery] if vehicle.battery is not None else [])
+                          slots=[vehicle.battery] if vehicle.battery is not None else [], vehicle=vehicle)
+
+
+class VehicleTracker:
+    """Per vehicle: when its last report arrived and in which power state, and its fence anchor.
+
+    ``note(reading, tick)`` completes a report with the vehicle's profile, fence anchor and report gap;
+    ``overdue(tick)`` lists the silence readings due. ``tick`` is a clock that never jumps (seconds).
+    A few dozen bytes per vehicle.
+    """
+
+    def __init__(self, functions: VehicleFunctions, *, clock: Callable[[], float] = time.time) -> None:
+        self.functions = functions
+        self.clock = clock
+        self._profiles = {vehicle: functions.profile(vehicle) for vehicle in functions.vehicles}
+        self._default = functions.profile("")
+        self._last: dict[str, tuple[float, bool | None, str]] = {}  # vehicle -> (tick, powered_on, fleet)
+        self._anchors: dict[str, tuple[float, float]] = {}  # armed vehicle -> where it was armed
+        self._told: dict[str, float] = {}  # silent vehicle -> the gap its last silence reading said
+
+    def profile(self, vehicle: str) -> VehicleProfile:
+        return self._profiles.get(vehicle, self._default)
+
+    def _interval(self, powered_on: bool | None) -> float:
+        return self.functions.report_off_s if powered_on is False else self.functions.report_on_s
+
+    def note(self, reading: VehicleReading, tick: float) -> None:
+        vid = reading.vehicle_id
+        reading.profile = self.profile(vid)
+        self._told.pop(vid, None)
+        last = self._last.get(vid)
+        if last is not None:
+            reading.report_gap_intervals = max(0.0, tick - last[0]) / self._interval(last[1])
+        self._last[vid] = (tick, reading.powered_on if reading.powered_on is not None else
+                           (last[1] if last is not None else None), reading.fleet)
+        if reading.armed:
+            if vid not in self._anchors and reading.latitude_deg is not None and reading.longitude_deg is not None:
+                self._anchors[vid] = (reading.latitude_deg, reading.longitude_deg)
+            reading.fence_anchor = self._anchors.get(vid)
+        elif reading.armed is False:
+            self._anchors.pop(vid, None)
+
+    def overdue(self, tick: float) -> list[VehicleReading]:
+        """A reading with only the silence so far for each vehicle two or more intervals overdue, at most
+        one per vehicle per report interval (a vehicle silent for days costs one reading an interval)."""
+        out = []
+        now_ns = int(self.clock() * 1e9)
+        told = self._told
+        for vid, (seen, powered_on, fleet) in self._last.items():
+            gap = (tick - seen) / self._interval(powered_on)
+            if gap >= 2.0 and gap - told.get(vid, 0.0) >= 1.0:
+                told[vid] = gap
+                out.append(VehicleReading(vehicle_id=vid, fleet=fleet, timestamp_ns=now_ns, powered_on=powered_on,
+                                          profile=self.profile(vid), report_gap_intervals=gap))
+        return out
 
 
 class VehicleWatchSource:
@@ -57,22 +124,51 @@ class VehicleWatchSource:
     kind = KIND
 
     def __init__(self, settings: VehicleWatchSettings, *, emit: Emit, metrics: Any = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, elapsed: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self._emit = emit
+        self._elapsed = elapsed
+        devices = DeviceRegistry.load(settings.devices)
+        settings.functions.check_vehicles((d.id for d in devices), source=settings.devices)
+        self.tracker = VehicleTracker(settings.functions)
         # Its own counters (a private registry): the ingest workers count reports for Prometheus.
-        self.ingest = VehicleIngest(DeviceRegistry.load(settings.devices), sink=None, metrics=IngestMetrics(),
+        self.ingest = VehicleIngest(devices, sink=None, metrics=IngestMetrics(),
                                     gate=Gate(rate_per_s=1e9, burst=1e9), window_s=settings.replay_window_s)
         subscriptions = [f"{TOPIC_ROOT}/{fleet}/+/{kind}" for fleet in settings.fleets for kind in ("telemetry", "packs")]
         self.mqtt = MqttIngest(settings.mqtt, self.ingest, client_id=f"cascade-watch-{os.getpid()}",
-                               subscriptions=subscriptions, answer=False, on_accepted=self._accepted)
-        self._task: asyncio.Task[None] | None = None
+                               subscriptions=subscriptions, answer=False, on_accepted=self._accepted,
+                               on_clock_refused=self._clock_refused)
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def _accepted(self, reading: VehicleReading | CabinetReading) -> None:
         if isinstance(reading, CabinetReading):  # a BLE gateway's packs: a cabinet of its packs
             await self._emit(Report(reading, source=KIND, watch_only=True))
-        elif reading.battery is not None:
+            return
+        self.tracker.note(reading, self._elapsed())
+        await self._emit(Report(as_engine_reading(reading), source=KIND, watch_only=True))
+
+    async def _clock_refused(self, fleet: str, vehicle: str, report_ts_ms: int) -> None:
+        """A report refused for its time (more than the replay window off): nothing of it is trusted but that
+        the device reported and how far its clock is off, so the clock rule sees it and the silence check
+        does not take a device with a wrong clock for a silent one."""
+        reading = VehicleReading(vehicle_id=vehicle, fleet=fleet, timestamp_ns=report_ts_ms * 1_000_000,
+                                 received_ns=time.time_ns())
+        self.tracker.note(reading, self._elapsed())
+        engine_reading = as_engine_reading(reading)
+        engine_reading.timestamp_ns = reading.received_ns  # its alert is stored at our time, not the wrong one
+        await self._emit(Report(engine_reading, source=KIND, watch_only=True))
+
+    async def check_silence(self) -> int:
+        """Send the silence readings due now (the loop calls it; tests may too). Returns how many."""
+        due = self.tracker.overdue(self._elapsed())
+        for reading in due:
             await self._emit(Report(as_engine_reading(reading), source=KIND, watch_only=True))
+        return len(due)
+
+    async def _silence_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.functions.silence_check_s)
+            await self.check_silence()
 
     def devices(self) -> Mapping[str, str]:
         return {}  # vehicles come and go by the thousand: no per-device series here (the workers count)
@@ -81,11 +177,14 @@ class VehicleWatchSource:
         return {}
 
     async def __aenter__(self) -> VehicleWatchSource:
-        self._task = asyncio.create_task(self.mqtt.run(), name="vehicle-watch")
+        self._tasks = [asyncio.create_task(self.mqtt.run(), name="vehicle-watch"),
+                       asyncio.create_task(self._silence_loop(), name="vehicle-silence")]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+        self._tasks = []

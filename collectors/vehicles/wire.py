@@ -84,7 +84,8 @@ class Battery(msgspec.Struct, frozen=True):
 
 class Telemetry(msgspec.Struct, frozen=True):
     """One vehicle report. ``ts`` is the device's clock in milliseconds since the epoch; ``seq``
-    increases by one per report (de-duplication of redeliveries and replays)."""
+    increases by one per report (de-duplication of redeliveries and replays); ``armed``: armed from
+    the app (V-5.5), so motion or leaving the fence is an alarm."""
 
     vehicle: str
     ts: int
@@ -93,6 +94,7 @@ class Telemetry(msgspec.Struct, frozen=True):
     model: str | None = None
     state: Literal["parked", "ready", "riding", "charging"] | None = None
     power: bool | None = None
+    armed: bool | None = None
     pos: Position | None = None
     speed_kmh: float | None = None
     odometer_km: float | None = None
@@ -257,7 +259,7 @@ def to_reading(msg: Telemetry, *, fleet: str, received_ns: int) -> tuple[Vehicle
     reading = VehicleReading(
         vehicle_id=msg.vehicle, fleet=fleet, timestamp_ns=msg.ts * 1_000_000, received_ns=received_ns,
         model=msg.model[:64] if msg.model else msg.model, sequence=msg.seq,
-        state=None if msg.state is None else int(VEHICLE_STATES[msg.state]), powered_on=msg.power,
+        state=None if msg.state is None else int(VEHICLE_STATES[msg.state]), powered_on=msg.power, armed=msg.armed,
         position_valid=valid, latitude_deg=lat, longitude_deg=lon, altitude_m=alt,
         speed_kmh=check("speed_kmh", msg.speed_kmh), odometer_km=check("odometer_km", msg.odometer_km),
         battery=battery,

@@ -44,8 +44,8 @@ _CABINET_ENCODER = LineEncoder(CABINET_MEASUREMENT, ("site", "cabinet", "model")
 _SLOT_ENCODER = LineEncoder(SLOT_MEASUREMENT, ("site", "cabinet", "slot"),
                             (*_SLOT_FIELDS, "charger_protection_text", "bms_protection_text", "over_range"))
 _SLOT_NAMES = tuple(str(n) for n in range(257))
-_VEHICLE_FIELDS = ("model", "sequence", "state", "powered_on", "position_valid", "latitude_deg", "longitude_deg",
-                   "altitude_m", "speed_kmh", "odometer_km")
+_VEHICLE_FIELDS = ("model", "sequence", "state", "powered_on", "armed", "position_valid", "latitude_deg",
+                   "longitude_deg", "altitude_m", "speed_kmh", "odometer_km")
 _VEHICLE_ENCODER = LineEncoder(VEHICLE_MEASUREMENT, ("fleet", "vehicle"),
                                (*_VEHICLE_FIELDS, "battery_id", "lag_s", "over_range"))
 _BATTERY_FIELDS = tuple(name for name in _SLOT_FIELDS
