@@ -38,7 +38,7 @@ ROOT = LOCALE_DIR.parent
 KEYWORDS: dict[str, Any] = {"tr": None, "ptr": ((1, "c"), 2), "N_": None}
 #: Rule keys whose text is shown to people.
 RULE_TEXT_KEYS = ("name", "description", "diagnosis", "action")
-_PYTHON_SOURCES = ("alerting", "notifier")
+_PYTHON_SOURCES = ("alerting", "notifier", "health")
 # A fixed date keeps the files byte-stable: they change only when a text changes.
 _EPOCH = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
 

@@ -42,18 +42,27 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from alerting.actions import ActionPolicy, ActionRecord, ActionRunner, Command
+from alerting.actions import (
+    CONTROL_COMMANDS,
+    CONTROLS,
+    ActionPolicy,
+    ActionRecord,
+    ActionRunner,
+    Command,
+    check_command,
+)
 from alerting.alertmanager import AlertmanagerPusher
 from alerting.categories import category_of
 from alerting.engine import Engine
 from alerting.engine import _place as place_text
 from alerting.i18n import N_, AlertTexts
 from alerting.state import SEVERITY, Ack, Alert, AlertKey, Target, Transition, alert_labels
+from core.errors import CascadeError
 from core.events import AlertEvent
 from core.model import BatteryState, CabinetReading
 from core.ports import Commander, EventHandler, ReadingFeed
 
-__all__ = ["ACTION_FAILED", "AlertService", "FailedAction"]
+__all__ = ["ACTION_FAILED", "AlertService", "ControlRefused", "FailedAction"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +75,14 @@ ACK_SILENCE_DELAY_S = 15.0
 """An acknowledgement's silence starts this much later: a notification already batched for the
 regulator's feed (its route sends every 10 s) still goes out. Acknowledging is on-call's business; the
 regulator gets every level an alert reached."""
+
+
+class ControlRefused(CascadeError):
+    """A remote-control request that was not sent to the cabinet: ``status`` (HTTP) and why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(slots=True)
@@ -108,8 +125,11 @@ class AlertService:
                  failed_actions_path: str | Path | None = None,
                  offline_after_s: float | Mapping[tuple[str, str], float] | None = None,
                  escalate_after_s: float | None = None, elapsed: Callable[[], float] | None = None,
-                 ack_silence_delay_s: float = ACK_SILENCE_DELAY_S) -> None:
+                 ack_silence_delay_s: float = ACK_SILENCE_DELAY_S,
+                 control_audit_path: str | Path | None = None) -> None:
         self._ack_silence_delay_s = ack_silence_delay_s
+        # Remote-control commands (who, what, when, result, read-back), one JSON line each, append-only.
+        self._control_audit_path = Path(control_audit_path) if control_audit_path is not None else None
         self._feed = feed
         self._emit = emit
         self.engine = engine
@@ -486,7 +506,71 @@ class AlertService:
         self._update_gauge()
         return result
 
-    # -- helpers --------------------------------------------------------------------------------
+    # -- remote control (P-5.1.2.1-5) ---------------------------------------------------------------
+
+    async def control(self, cabinet: str, name: str, *, slot: int | None, who: str, reason: str,
+                      value: int | None = None, confirm: bool = False) -> ActionRecord:
+        """Send a person's remote-control command (:data:`~alerting.actions.CONTROLS`) to a cabinet: written,
+        read back, logged, stored as a ``command`` point and appended to the control audit. Raises
+        :class:`ControlRefused` (nothing sent) for a request that is invalid, unconfirmed or unsafe now, and
+        :class:`~alerting.actions.ForbiddenCommand` for anything outside the allow-list. A device that
+        refuses or reads back otherwise gives a record with ``result == "failed"``."""
+        spec = CONTROLS.get(name)
+        if spec is None:
+            raise ControlRefused(400, f"unknown command {name!r}; use one of {sorted(CONTROLS)} (fire suppression "
+                                      "is never commandable)")
+        check_command(spec.command, CONTROL_COMMANDS)
+        commander = self.actions.commander
+        count = None if commander is None else commander.slot_count(cabinet)
+        site = next((s for s, c in sorted(self._cabinets_seen) if c == cabinet), None)
+        if count is None or site is None:
+            raise ControlRefused(404, f"no cabinet {cabinet!r} in this collector; list cabinets with GET "
+                                      "/api/alerts/rollup or check the fleet file")
+        if spec.slot and slot is None:
+            raise ControlRefused(400, f"{name} needs a slot: send \"slot\": 1..{count}")
+        if slot is not None and not 1 <= slot <= count:
+            raise ControlRefused(400, f"slot {slot} is not a slot of {cabinet} (1..{count})")
+        if spec.value is None:
+            low, high = spec.limits
+            if value is None or not low <= value <= high:
+                raise ControlRefused(400, f"{name} needs \"value\": an integer {low}..{high} (raw register units of "
+                                          "the cabinet's profile)")
+        elif value is not None and value != spec.value:
+            raise ControlRefused(400, f"{name} writes {spec.value}; leave \"value\" out")
+        if spec.confirm and not confirm:
+            raise ControlRefused(400, f"{name} changes how the cabinet charges: send \"confirm\": true to go ahead")
+        if name == "start_charging":
+            blocking = self._blocking_alerts(site, cabinet, slot)
+            if blocking:
+                raise ControlRefused(409, f"slot {slot} of {cabinet} is not re-energised while {', '.join(blocking)} "
+                                          "is active; clear the cause first (docs/security.md)")
+        command = Command(site, cabinet, slot, spec.command, spec.value if spec.value is not None else int(value or 0),
+                          name, "", 0, "", by=who, reason=reason)
+        record = await self.actions.execute(command)
+        self._append_control_audit(record)
+        return record
+
+    def _blocking_alerts(self, site: str, cabinet: str, slot: int | None) -> list[str]:
+        """Active level-2/3 alerts on the slot or its cabinet, failed cut-offs, a silent cabinet."""
+        def here(key: AlertKey) -> bool:
+            return key.site == site and key.cabinet == cabinet and key.slot in (None, slot)
+        found = [str(a.key) for a in self.store.active() if a.level >= 2 and here(a.key)]
+        found += [str(k) for k in self.failed if here(k)]
+        found += [str(k) for k in self.offline if here(k)]
+        return found
+
+    def _append_control_audit(self, record: ActionRecord) -> None:
+        if self._control_audit_path is None:
+            return
+        try:
+            self._control_audit_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self._control_audit_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:
+            log.error("remote command by %s not written to the audit %s: %s", record.actor,
+                      self._control_audit_path, err)
 
     # -- silent cabinets --------------------------------------------------------------------------
 

@@ -21,15 +21,19 @@ from prometheus_client import CollectorRegistry
 
 from alerting.actions import ALLOWED_COMMANDS, ActionPolicy
 from alerting.api import add_routes
+from alerting.auth import ApiAuth
 from alerting.engine import Engine
 from alerting.rules import DEFAULT_CATALOGUE, RuleError, RuleSet, load_rules
 from alerting.service import AlertService
 from alerting.state import AlertStore
+from cascade.commands import add_command_routes, forward_vehicle_commands, vehicle_commands_for
 from cascade.config import ActionsSection, AlertingSection, AppConfig, ConfigError
 from cascade.pipeline import Pipeline
+from cascade.tracks import add_track_routes
+from core.auth import TokenSettings, TokenVerifier
 from core.validation import validate
 
-__all__ = ["ALERTING_DEFAULTS", "alert_service_for", "alerting_settings", "build_engine", "start_app"]
+__all__ = ["ALERTING_DEFAULTS", "alert_service_for", "alerting_settings", "api_auth", "build_engine", "start_app"]
 
 #: Every ``alerting:`` key with its default (the schema is :class:`cascade.config.AlertingSection`).
 ALERTING_DEFAULTS: dict[str, Any] = AlertingSection().model_dump()
@@ -57,7 +61,25 @@ def alerting_settings(config: AppConfig) -> dict[str, Any]:
         _check_action_rules(config.source, _load_rules(config.source, s["rules"]), s["policy"])
     if s["enabled"]:
         _check_action_commands(config, s["policy"])
+    if s["auth"]["issuer"] and s["api_token"] and not s["auth"]["accept_api_token"]:
+        raise ConfigError(config.source, "alerting.api_token",
+                          "a shared API token next to auth.issuer would be ignored: the API takes the issuer's tokens",
+                          "remove api_token (give people tokens from the identity provider), or set "
+                          "auth.accept_api_token: true while clients move over (deprecated)")
     return s
+
+
+def api_auth(settings: dict[str, Any]) -> ApiAuth:
+    """Who may call the alert API, from :func:`alerting_settings` (docs/security.md)."""
+    a = settings["auth"]
+    verifier = None
+    if a["issuer"]:
+        verifier = TokenVerifier(TokenSettings(
+            issuer=a["issuer"], audience=a["audience"], jwks_url=a["jwks_url"], roles_claim=a["roles_claim"],
+            subject_claim=a["subject_claim"], leeway_s=float(a["leeway_s"]), algorithms=tuple(a["algorithms"]),
+            jwks_cache_s=float(a["jwks_cache_s"]), jwks_min_refresh_s=float(a["jwks_min_refresh_s"])))
+    return ApiAuth(verifier, api_token=settings["api_token"], accept_api_token=a["accept_api_token"],
+                   api_token_role=a["api_token_role"], language=settings.get("language", "zh_CN"))
 
 
 def _check_action_commands(config: AppConfig, policy: ActionPolicy) -> None:
@@ -151,11 +173,22 @@ async def start_app(config: AppConfig) -> AsyncIterator[Pipeline]:
                                 offline_after_s=_offline_limits(config, settings["offline_after_s"]),
                                 escalate_after_s=settings["escalate_after_s"],
                                 generator_url=settings["generator_url"],
-                                failed_actions_path=_beside(settings["state_file"], "-failed-actions.json"))
-    add_routes(pipeline.app, service, token=settings["api_token"])
+                                failed_actions_path=_beside(settings["state_file"], "-failed-actions.json"),
+                                control_audit_path=settings["control_audit_file"])
+    add_routes(pipeline.app, service, auth=api_auth(settings))
+    # Vehicle commands (docs/vehicles.md, "Commands"): from the HTTP API, the CLI and rules with a vehicle_command.
+    commands = vehicle_commands_for(config, service, pipeline, settings)
+    if commands is not None:
+        add_command_routes(pipeline.app, commands, auth=api_auth(settings))
+        forward_vehicle_commands(service, commands)
+    if config.vehicles is not None and config.influxdb is not None and config.influxdb.api == "v1":
+        add_track_routes(pipeline.app, config.influxdb.url, config.influxdb.database,
+                         username=config.influxdb.username, password=config.influxdb.password, auth=api_auth(settings))
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(engine.state.flush)  # runs last: the final alert changes reach the disk
         await stack.enter_async_context(service)
+        if commands is not None:
+            await stack.enter_async_context(commands)
         await stack.enter_async_context(pipeline)
         stack.push_async_callback(service.stop_actions)  # runs first on exit, while cabinets are connected
         pipeline.alerts = service  # for callers that want the service (tests, status)

@@ -401,6 +401,11 @@ def _collect(config_path: Path) -> tuple[AppConfig, list[_Item], list[dict[str, 
     state("failed-actions", failed, failed.name)
     audit = Path(settings["audit_file"])
     state("threshold-audit", audit, audit.name)
+    control = settings.get("control_audit_file")
+    if control:
+        state("control-audit", Path(control), Path(control).name)
+    if config.vehicles is not None:  # the vehicle command service keeps its audit beside the threshold audit
+        state("vehicle-command-audit", audit.with_name("vehicle-commands.jsonl"), "vehicle-commands.jsonl")
     config_dir = config_path.parent
     for path in sorted(config_dir.glob("*.y*ml")):
         log = _delivery_log(path)

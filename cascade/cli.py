@@ -213,6 +213,11 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return _run_async(main())
 
 
+def _cmd_vehicle(args: argparse.Namespace) -> int:
+    from cascade.vehicle_cli import main as vehicle_main
+    return vehicle_main(args)
+
+
 def _cmd_gateway(args: argparse.Namespace) -> int:
     from collectors.ble.gateway import run
     return asyncio.run(run(args))
@@ -310,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     from alerting.cli import add_arguments as add_alert_arguments
     add_alert_arguments(alerts)
     alerts.set_defaults(func=_cmd_alerts)
+    from cascade.issuer import add_arguments as add_issuer_arguments
+    add_issuer_arguments(sub)  # `cascade token`, `cascade issuer`: the local OIDC issuer (docs/security.md)
 
     notify = sub.add_parser("notify", help="run the notifier (Alertmanager webhook → app, SMS, call, e-mail)")
     notify.add_argument("--config", required=True, metavar="FILE")
@@ -357,6 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="this worker's number, 1..N: ports and spool directory are offset by it")
     ingest.set_defaults(func=_cmd_ingest)
 
+    vehicle = sub.add_parser("vehicle", help="command a vehicle (lock, power, arming); export its track as GeoJSON",
+                             description="Remote commands through a running `cascade run`, and track export from "
+                                         "InfluxDB (docs/vehicles.md, Commands and Tracks).")
+    from cascade.vehicle_cli import add_arguments as add_vehicle_cli_arguments
+    add_vehicle_cli_arguments(vehicle)
+    vehicle.set_defaults(func=_cmd_vehicle)
+
     devices = sub.add_parser("devices", help="provision vehicle devices: ids, secrets, the broker's passwd and ACL")
     devices_sub = devices.add_subparsers(dest="action", metavar="ACTION", required=True)
     prov = devices_sub.add_parser("provision", help="write devices.json, passwd (hashed) and acl for N devices",
@@ -368,6 +382,16 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--prefix", default="V", help="device id prefix, default V")
     prov.add_argument("--out", default="var/devices", metavar="DIR")
     prov.set_defaults(func=_cmd_devices)
+
+    from health.cli import add_arguments as add_health_arguments
+    from health.cli import run as run_health
+    hl = sub.add_parser("health", help="battery health: charge sessions, capacity, resistance, SOH, second-life "
+                                       "grades and their alerts; the grading report",
+                        description="Analyse the stored pack readings (docs/battery-health.md): `analyse` computes "
+                                    "and stores charge sessions and health, and pushes the grading alerts; `report` "
+                                    "exports the grades as CSV or JSON.")
+    add_health_arguments(hl)
+    hl.set_defaults(func=run_health)
 
     inbox = sub.add_parser("inbox", help="local stand-in for the SMS / voice / app providers (prints what arrives)",
                            description="Accept the notifier's provider requests (POST /app, /sms, /voice or any "

@@ -27,6 +27,7 @@ from collectors.modbus.device import KIND as MODBUS
 from collectors.modbus.planner import plan_reads
 from collectors.modbus.profile import Profile, ProfileError, find_profile
 from collectors.modbus.settings import CabinetConfig, ModbusSettings
+from collectors.vehicles.functions import VehicleFunctions, VehicleFunctionSettings
 from collectors.vehicles.settings import HttpsSettings, MqttSettings, VehicleSettings
 from collectors.vehicles.watch import KIND as VEHICLES
 from collectors.vehicles.watch import VehicleWatchSettings
@@ -47,7 +48,7 @@ from core.validation import (
 )
 from exporters.influx.sink import InfluxConfig, InfluxConfigError
 
-__all__ = ["ActionsSection", "AlertingSection", "AppConfig", "Cabinet", "CabinetEntry", "ConfigError",
+__all__ = ["ActionsSection", "AlertingSection", "AuthSection", "AppConfig", "Cabinet", "CabinetEntry", "ConfigError",
            "FleetFile", "InfluxSection", "MetricsSection", "PollSection", "RunConfig", "config_reference",
            "load_config"]
 
@@ -87,7 +88,8 @@ class AppConfig:
             MODBUS: ModbusSettings(self.cabinets, self.profiles, self.jitter, self.backoff_cap_s)}
         v = self.vehicles
         if v is not None and v.watch and v.mqtt is not None:
-            kinds[VEHICLES] = VehicleWatchSettings(v.mqtt, v.devices, tuple(v.watch_fleets), v.replay_window_s)
+            kinds[VEHICLES] = VehicleWatchSettings(v.mqtt, v.devices, tuple(v.watch_fleets), v.replay_window_s,
+                                                   v.functions)
         return kinds
 
 
@@ -289,6 +291,41 @@ class ActionsSection(_Section):
     retry_s: Float = Field(default=10.0, gt=0, description="seconds between retries of a failed action, e.g. 10")
 
 
+_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+_ROLES = ("viewer", "regulator", "operator", "engineer", "admin")
+
+
+class AuthSection(_Section):
+    """``alerting.auth``: who may call the alert API — OAuth 2.0 / OIDC bearer tokens (docs/security.md)."""
+
+    absent_if_null = ("issuer", "jwks_url")
+
+    issuer: HttpUrl | None = Field(
+        default=None,
+        description="the OpenID Connect issuer whose tokens the API accepts (their iss), e.g. "
+                    "https://sso.example/realms/cascade or http://127.0.0.1:9140 (`cascade issuer`); leave it out "
+                    "for no tokens (then only api_token, or nothing on loopback)")
+    audience: Text = Field(default="cascade-api", description="the aud a token must name, e.g. cascade-api")
+    jwks_url: HttpUrl | None = Field(
+        default=None, json_schema_extra=shown_default("the jwks_uri of the issuer's openid-configuration"),
+        description="where the issuer's signing keys are published, or leave it out to discover them")
+    roles_claim: Text = Field(default="roles",
+                              description="the dotted claim holding the roles, e.g. roles or realm_access.roles")
+    subject_claim: Text = Field(default="sub",
+                                description="the claim recorded as who acted, e.g. sub or preferred_username")
+    leeway_s: Float = Field(default=60.0, ge=0, le=300, description="seconds of clock skew allowed, 0..300")
+    algorithms: list[Literal[_ALGORITHMS]] = Field(  # type: ignore[valid-type]
+        default=["RS256", "ES256", "PS256", "EdDSA"], min_length=1,
+        description=f"signature algorithms accepted, some of {list(_ALGORITHMS)} (never none or HS*)")
+    jwks_cache_s: Float = Field(default=3600.0, gt=0, description="seconds the signing keys are cached, e.g. 3600")
+    jwks_min_refresh_s: Float = Field(
+        default=10.0, ge=0, description="at most one fetch of the keys per this many seconds for unknown key ids")
+    accept_api_token: Bool = Field(
+        default=False, description="true: also accept alerting.api_token (deprecated) next to tokens")
+    api_token_role: Literal[_ROLES] = Field(  # type: ignore[valid-type]
+        default="engineer", description=f"the role the shared api_token acts with, one of {list(_ROLES)}")
+
+
 class AlertingSection(Model):
     """``alerting:``: tiered warnings, the alert service and protective actions (docs/alert-service.md)."""
 
@@ -324,8 +361,13 @@ class AlertingSection(Model):
         default="zh_CN", description="the language of alert texts (summary, diagnosis, action): zh_CN or en")
     api_token: Text | None = Field(
         default=None,
-        description="the bearer token ack and set-threshold require, usually ${CASCADE_API_TOKEN}; leave it out "
-        "only on loopback")
+        description="deprecated shared bearer token for ack and set-threshold, usually ${CASCADE_API_TOKEN}; with "
+        "auth.issuer only accepted when auth.accept_api_token is true")
+    auth: AuthSection = Field(default=AuthSection(), json_schema_extra=shown_default("see alerting.auth"),
+                              description="a mapping, e.g. {issuer: http://127.0.0.1:9140, audience: cascade-api}")
+    control_audit_file: PathText = Field(
+        default="var/control-audit.jsonl",
+        description="where remote cabinet commands are logged (append-only), e.g. var/control-audit.jsonl")
 
 
 # --- the file ------------------------------------------------------------------------------------
@@ -362,7 +404,7 @@ class RunConfig(_Section):
 
 # --- loading -------------------------------------------------------------------------------------
 
-_PATH_KEYS = {"state_file", "audit_file", "rules"}
+_PATH_KEYS = {"state_file", "audit_file", "rules", "control_audit_file"}
 
 
 def _relative_to(source: Path, value: str) -> Path:
@@ -507,9 +549,12 @@ _REFERENCE: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`influxdb`", InfluxSection),
     ("`alerting`", AlertingSection),
     ("`alerting.actions`", ActionsSection),
+    ("`alerting.auth`", AuthSection),
     ("`vehicles`", VehicleSettings),
     ("`vehicles.mqtt`", MqttSettings),
     ("`vehicles.https`", HttpsSettings),
+    ("`vehicles.functions`", VehicleFunctions),
+    ("`vehicles.functions.defaults`, `vehicles.functions.vehicles.<id>`", VehicleFunctionSettings),
 )
 def config_reference() -> str:
     """The key tables of docs/configuration.md ("Reference"), generated from the models here."""

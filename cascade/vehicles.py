@@ -24,7 +24,8 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from collectors.vehicles.https import https_app
+from collectors.vehicles.commands import DownlinkBridge
+from collectors.vehicles.https import Downlink, https_app
 from collectors.vehicles.ingest import IngestMetrics, VehicleIngest
 from collectors.vehicles.mqtt import MqttIngest
 from collectors.vehicles.settings import VehicleSettings
@@ -40,14 +41,16 @@ INGEST_USER = "ingest"
 
 ACL = """\
 # Mosquitto ACL for Cascade (written by `cascade devices provision`; docs/vehicles.md).
-# The ingest workers read every report and answer on reject / cmd.
+# The ingest workers and the command service read every report and answer on reject / cmd. Commands
+# and acknowledgements also pass between them: a worker hands commands to the HTTPS devices that poll
+# it and publishes the acknowledgements they post (docs/vehicles.md, "Commands").
 user ingest
 topic read cascade/v1/+/+/telemetry
 topic read cascade/v1/+/+/event
-topic read cascade/v1/+/+/ack
+topic readwrite cascade/v1/+/+/ack
 topic read cascade/v1/+/+/packs
 topic write cascade/v1/+/+/reject
-topic write cascade/v1/+/+/cmd
+topic readwrite cascade/v1/+/+/cmd
 
 # A device (its broker user is its id: a vehicle, or a BLE gateway publishing `packs`) publishes only
 # under its own id and reads only its own downlink.
@@ -140,6 +143,8 @@ class IngestWorker:
                                     gate=Gate(rate_per_s=settings.rate_per_s, burst=settings.burst),
                                     window_s=settings.replay_window_s)
         self.mqtt: MqttIngest | None = None
+        self.downlink = Downlink()
+        self.bridge: DownlinkBridge | None = None  # commands for HTTPS devices, their acknowledgements
         self.https_port: int | None = None
         self.metrics_port: int | None = None
         self._stack = contextlib.AsyncExitStack()
@@ -160,10 +165,16 @@ class IngestWorker:
                 if https.cert:
                     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
                     tls.load_cert_chain(https.cert, https.key or None)
-                self.https_port = await self._serve(https_app(https, self.ingest), https.host,
-                                                    _port(https.port, offset), tls)
+                if self.settings.mqtt is not None:
+                    self.bridge = DownlinkBridge(self.settings.mqtt, self.downlink,
+                                                 client_id=f"cascade-ingest-{self.worker}-downlink")
+                    self._tasks.append(asyncio.create_task(self.bridge.run(), name="downlink-bridge"))
+                app = https_app(https, self.ingest, downlink=self.downlink,
+                                on_ack=None if self.bridge is None else self.bridge.publish_ack)
+                self.https_port = await self._serve(app, https.host, _port(https.port, offset), tls)
             if self.settings.mqtt is not None:
-                self.mqtt = MqttIngest(self.settings.mqtt, self.ingest, client_id=f"cascade-ingest-{self.worker}")
+                self.mqtt = MqttIngest(self.settings.mqtt, self.ingest, client_id=f"cascade-ingest-{self.worker}",
+                                       calibrate_after_s=self.settings.functions.calibrate_after_s)
                 self._tasks.append(asyncio.create_task(self.mqtt.run(), name="mqtt-ingest"))
             self._tasks.append(asyncio.create_task(self._gauges(), name="ingest-gauges"))
         except BaseException:

@@ -30,6 +30,7 @@ from typing import Any
 
 from alerting.rules import DEFAULT_CATALOGUE, Level, Rule, RuleSet, load_rules
 from core.errors import InputError
+from dashboards.health import build_second_life
 from dashboards.i18n import DEFAULT_LANGUAGE, language, t
 from dashboards.panels import (
     LEVEL_COLOURS,
@@ -40,10 +41,12 @@ from dashboards.panels import (
     color_cells,
     dashboard,
     detected_mappings,
+    geomap,
     influx,
     influx_variable,
     level_mappings,
     link_override,
+    map_layer,
     override,
     prom,
     right_axis,
@@ -64,6 +67,8 @@ GREEN: list[dict[str, Any]] = [{"color": "green", "value": None}]
 # Drill-down links keep the dashboard's time range (${__url_time_range} = from=...&to=...).
 CABINET_URL = ("/d/cascade-cabinet/cascade-cabinet?var-site=${__data.fields.site}"
                "&var-cabinet=${__data.fields.cabinet}&${__url_time_range}")
+VEHICLE_URL = ("/d/cascade-vehicle/cascade-vehicle?var-fleet=${__data.fields.fleet}&var-vehicle=${__value.raw}"
+               "&${__url_time_range}")
 BATTERY_URL = "/d/cascade-battery/cascade-battery?var-battery=${__value.raw}&${__url_time_range}"
 
 # Template-variable filters.
@@ -397,6 +402,39 @@ def fleet_locations() -> Panel:
                  overrides=[_open_cabinet()], labels=_labels("site", "cabinet", "latitude", "longitude"))
 
 
+# Where every cabinet and vehicle is, coloured by its worst active alert: the level of each alert is the
+# last level it changed to (0 once cleared), the worst per cabinet or vehicle (a vehicle's alerts carry
+# the vehicle id as cabinet). Vehicle rows are renamed to site/cabinet so one merged table holds both.
+_ACTIVE_LEVEL = ('SELECT max("lvl") AS "level" FROM (SELECT last("level") AS "lvl" FROM "alert" WHERE $timeFilter '
+                 'GROUP BY "site", "cabinet", "slot", "rule") GROUP BY "site", "cabinet"')
+
+
+def fleet_map() -> Panel:
+    cabinets = ('SELECT last("latitude_deg") AS "latitude", last("longitude_deg") AS "longitude" FROM "cabinet" '
+                'WHERE $timeFilter AND ' + FLEET_SITE + ' GROUP BY "site", "cabinet"')
+    vehicles = ('SELECT last("latitude_deg") AS "latitude", last("longitude_deg") AS "longitude" FROM "vehicle" '
+                'WHERE $timeFilter GROUP BY "fleet", "vehicle"')
+    return geomap(t("换电柜与车辆地图（按告警等级着色）", "Cabinets and vehicles by warning level"),
+                  t("每个换电柜与每辆车在时间范围内最近上报的位置，按其当前最高告警等级着色（绿色无告警，1 级黄、2 级橙、"
+                    "3 级红）；等级取时间范围内每条告警最后一次变化后的等级。",
+                    "Last reported position of every cabinet and vehicle in the time range, coloured by its worst "
+                    "active alert (green none, level 1 yellow, 2 orange, 3 red); an alert's level is the level of "
+                    "its last change in the time range."),
+                  [influx(cabinets, table_format=True), influx(vehicles, ref="B", table_format=True),
+                   influx(_ACTIVE_LEVEL, ref="C", table_format=True)],
+                  [map_layer("markers", t("换电柜与车辆", "Cabinets and vehicles"), color_field="level", size=8)],
+                  thresholds=LEVEL_STEPS, h=12,
+                  transformations=[
+                      {"id": "organize", "filter": {"id": "byRefId", "options": "B"},
+                       "options": {"excludeByName": {}, "indexByName": {},
+                                   "renameByName": {"fleet": "site", "vehicle": "cabinet"}}},
+                      {"id": "organize", "options": {"excludeByName": {"Time": True}, "indexByName": {},
+                                                     "renameByName": {}}},
+                      {"id": "merge", "options": {}},
+                      {"id": "filterByValue", "options": {"type": "exclude", "match": "any", "filters": [
+                          {"fieldName": "latitude", "config": {"id": "isNull", "options": {}}}]}}])
+
+
 def build_fleet(rules: RuleSet) -> dict[str, Any]:
     site = influx_variable("site", t("站点", "Site"), 'SHOW TAG VALUES FROM "cabinet" WITH KEY = "site"', multi=True,
                            include_all=True, all_value=".*")
@@ -412,7 +450,7 @@ def build_fleet(rules: RuleSet) -> dict[str, Any]:
          fleet_hottest_battery(rules), fleet_h2_max(rules),
          fleet_co(rules), fleet_slots(),
          fleet_input_power(), fleet_locations(),
-         fleet_poll_errors(), fleet_decode_errors()],
+         fleet_poll_errors(), fleet_decode_errors(), fleet_map()],
         tags=["cascade", "noc"], variables=[site], annotations=[alerts], refresh="10s", time_from="now-3h")
 
 
@@ -798,7 +836,8 @@ def vehicles_latest() -> Panel:
                  transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True},
                                                                  "indexByName": {}, "renameByName": {}}}],
                  overrides=[_battery_history("battery_id"), override("soc", unit="percent"),
-                            override("temperature", unit="celsius")],
+                            override("temperature", unit="celsius"),
+                            link_override("vehicle", t("打开车辆", "Open vehicle"), VEHICLE_URL)],
                  labels=_labels("fleet", "vehicle", "latitude", "longitude", "soc", "temperature", "battery_id"))
 
 
@@ -832,6 +871,18 @@ def vehicles_ingest_refused_share() -> Panel:
                       axis_label=t("拒收占比", "refused share"))
 
 
+def vehicles_commands() -> Panel:
+    return timeseries(t("远程命令（按结果）", "Remote commands by outcome"),
+                      t("每秒的车辆远程命令，按结果：sent 已下发，acked 已确认且回读一致，failed 车辆回复失败、拒绝或回读不一致，"
+                        "expired 过期未确认（即告警 vehicle_command_unacknowledged）。",
+                        "Vehicle remote commands per second by outcome: sent (issued), acked (acknowledged and read "
+                        "back as asked), failed (the vehicle answered failed or rejected, or read back another "
+                        "state), expired (never acknowledged: the vehicle_command_unacknowledged alert)."),
+                      [prom("sum by (outcome) (rate(cascade_vehicle_commands_total[$__rate_interval]))",
+                            legend="{{outcome}}")], unit="cps", w=8, h=10, bars=True,
+                      axis_label=t("条/秒", "commands/s"))
+
+
 def build_vehicles() -> dict[str, Any]:
     fleet = influx_variable("fleet", t("车队", "Fleet"), 'SHOW TAG VALUES FROM "vehicle" WITH KEY = "fleet"',
                             multi=True, include_all=True, all_value=".*")
@@ -841,7 +892,7 @@ def build_vehicles() -> dict[str, Any]:
           "Swap vehicles reporting over MQTT / HTTPS: how many report, where each is with which battery, and "
           "whether vehicle ingest is healthy."),
         [vehicles_reporting(), vehicles_ingest_reports(), vehicles_ingest_refused_share(),
-         vehicles_latest(), vehicles_ingest_rejected()],
+         vehicles_latest(), vehicles_commands(), vehicles_ingest_rejected()],
         tags=["cascade", "noc"], variables=[fleet], time_from="now-1h", refresh="30s")
 
 
@@ -1086,23 +1137,37 @@ def regulator_actions() -> Panel:
                  overrides=_command_columns(), labels=_labels(*COMMAND_LABELS))
 
 
-def regulator_by_category() -> Panel:
+def _alarms_by_category(title: str, description: str, where: str = "") -> Panel:
+    """Raises in the time range by alarm category (alerting/categories.py, named per language) and level."""
     from alerting.categories import CATEGORY_NAMES
 
-    query = ('SELECT count("level") AS "n" FROM "alert" WHERE $timeFilter AND "kind" = \'raise\' '
+    query = (f'SELECT count("level") AS "n" FROM "alert" WHERE $timeFilter AND "kind" = \'raise\' {where}'
              'GROUP BY "category", "severity"')
     names = [{"type": "value", "options": {code: {"text": t(zh, en), "index": i}
                                            for i, (code, (en, zh)) in enumerate(CATEGORY_NAMES.items())}}]
-    return table(t("按报警类别与等级", "By alarm category and level"),
-                 t("时间范围内新触发的告警数，按报警类别（GB/T 32960.3 通用报警标志，及换电柜特有的火灾、气体、进水、"
-                   "热失控前兆与设备故障类别）与等级；一次触发算一件。",
-                   "Alerts raised in the time range by alarm category (the general alarm flags of GB/T 32960.3, "
-                   "plus the cabinet's fire, gas, water, thermal-runaway-precursor and device-fault categories) "
-                   "and level; one raise is one incident."),
-                 [influx(query, table_format=True)], h=9, sort_by="n",
+    return table(title, description, [influx(query, table_format=True)], h=9, sort_by="n",
                  overrides=[override("category", mappings=names)],
                  labels={"category": t("报警类别", "category"), "severity": t("等级", "level"),
                          "n": t("告警数", "alarms")})
+
+
+def regulator_by_category() -> Panel:
+    return _alarms_by_category(
+        t("按报警类别与等级", "By alarm category and level"),
+        t("时间范围内新触发的告警数，按报警类别（GB/T 32960.3 通用报警标志，及换电柜特有的火灾、气体、进水、"
+          "热失控前兆与设备故障类别）与等级；一次触发算一件。",
+          "Alerts raised in the time range by alarm category (the general alarm flags of GB/T 32960.3, "
+          "plus the cabinet's fire, gas, water, thermal-runaway-precursor and device-fault categories) "
+          "and level; one raise is one incident."))
+
+
+def regulator_vehicle_categories() -> Panel:
+    # A vehicle's alerts carry its fleet as site: the vehicle alarms are the alerts of the vehicle fleets.
+    return _alarms_by_category(
+        t("车辆报警（按类别与等级）", "Vehicle alarms by category and level"),
+        t("时间范围内车辆（所选车队）新触发的告警数，按 GB/T 32960.3 式报警类别与等级；一次触发算一件。",
+          "Alerts raised on vehicles (of the fleets selected) in the time range, by GB/T 32960.3-style "
+          "alarm category and level; one raise is one incident."), where='AND "site" =~ /^$fleet$/ ')
 
 
 def build_regulator() -> dict[str, Any]:
@@ -1115,8 +1180,11 @@ def build_regulator() -> dict[str, Any]:
           "Read-only fleet summary for regulators: monitoring coverage, active level-2/3 alerts, incidents and "
           "protective actions."),
         [regulator_cabinets(), regulator_batteries(), regulator_level2(), regulator_level3(),
-         regulator_incident_rate(), regulator_by_category(), regulator_incidents(), regulator_actions()],
-        tags=["cascade", "regulator"], annotations=[alerts], editable=False, time_from="now-7d", refresh="1m")
+         regulator_incident_rate(), regulator_by_category(), regulator_vehicle_categories(), regulator_incidents(),
+         regulator_actions()],
+        tags=["cascade", "regulator"], annotations=[alerts], editable=False, time_from="now-7d", refresh="1m",
+        variables=[influx_variable("fleet", t("车队", "Vehicle fleet"), 'SHOW TAG VALUES FROM "vehicle" WITH KEY = '
+                                   '"fleet"', multi=True, include_all=True)])
 
 
 # -- battery health: which packs are fading, which must leave service -----------------------------------
@@ -1333,6 +1401,7 @@ DASHBOARDS: dict[str, Callable[[RuleSet], dict[str, Any]]] = {
     "cascade-alarm-stats": lambda _rules: build_alarm_stats(),
     "cascade-battery-health": lambda _rules: build_battery_health(),
     "cascade-oncall": lambda _rules: build_oncall(),
+    "cascade-second-life": lambda _rules: build_second_life(),
 }
 
 

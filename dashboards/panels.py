@@ -17,8 +17,8 @@ from dashboards.i18n import t
 
 __all__ = [
     "ALERTMANAGER", "INFLUX", "LEVEL_COLOURS", "PROMETHEUS", "annotation", "bargauge", "dashboard", "detected_mappings",
-    "influx", "influx_variable", "level_mappings", "prom", "right_axis", "stat", "table", "textbox_variable",
-    "timeseries",
+    "geomap", "influx", "influx_variable", "level_mappings", "map_layer", "prom", "right_axis", "stat", "table",
+    "textbox_variable", "timeseries",
 ]
 
 INFLUX = {"type": "influxdb", "uid": "cascade-influx"}
@@ -154,6 +154,44 @@ def _with_labels(overrides: list[dict[str, Any]], labels: dict[str, str]) -> lis
             merged.append(by_field[field])
         by_field[field]["properties"].append({"id": "displayName", "value": label})
     return merged
+
+
+def map_layer(kind: str, name: str, *, ref: str = "", latitude: str = "latitude", longitude: str = "longitude",
+              color: str = "green", color_field: str = "", size: int = 6, arrow: bool = False) -> dict[str, Any]:
+    """A Geomap data layer drawing the rows of query ``ref`` (every frame when empty) at their
+    ``latitude``/``longitude`` columns:
+    ``markers`` (one symbol per row, coloured by ``color_field`` through the panel's thresholds when given)
+    or ``route`` (the rows joined in time order, with direction arrows when ``arrow``)."""
+    style: dict[str, Any] = {"color": {"fixed": color, **({"field": color_field} if color_field else {})},
+                             "opacity": 0.8, "size": {"fixed": size, "min": 2, "max": 15},
+                             "symbol": {"fixed": "img/icons/marker/circle.svg", "mode": "fixed"}}
+    config: dict[str, Any] = {"style": style}
+    if kind == "route":
+        style["lineWidth"] = 3
+        config["arrow"] = 1 if arrow else 0
+    else:
+        config["showLegend"] = True
+    layer: dict[str, Any] = {"type": kind, "name": name, "config": config, "tooltip": True,
+                             "location": {"mode": "coords", "latitude": latitude, "longitude": longitude}}
+    if ref:
+        layer["filterData"] = {"id": "byRefId", "options": ref}
+    return layer
+
+
+def geomap(title: str, description: str, targets: list[dict[str, Any]], layers: list[dict[str, Any]], *,
+           w: int = 24, h: int = 12, thresholds: list[dict[str, Any]] | None = None,
+           transformations: list[dict[str, Any]] | None = None) -> Panel:
+    """A map fitted to its data (OpenStreetMap-based default basemap); ``layers`` from :func:`map_layer`.
+    ``thresholds`` colour the layers' ``color_field`` (e.g. the alert levels)."""
+    defaults: dict[str, Any] = {"color": {"mode": "thresholds"}, "thresholds": {
+        "mode": "absolute", "steps": thresholds or [{"color": "green", "value": None}]}}
+    return _panel("geomap", title, description, targets, unit="none", w=w, h=h, defaults=defaults,
+                  transformations=transformations,
+                  options={"view": {"id": "fit", "lat": 0, "lon": 0, "zoom": 13, "allLayers": True},
+                           "controls": {"showZoom": True, "mouseWheelZoom": True, "showAttribution": True,
+                                        "showScale": True, "showMeasure": False, "showDebug": False},
+                           "basemap": {"type": "default", "name": t("底图", "Basemap")},
+                           "layers": layers, "tooltip": {"mode": "details"}})
 
 
 def override(field: str, **properties: Any) -> dict[str, Any]:

@@ -42,6 +42,10 @@ STATE = {
     "alerts-failed-actions.json": (b'{"failed": []}\n', 0o640),
     "threshold-audit.jsonl": (b'{"at": 1, "who": "noc-alice", "rule": "over_temperature", "new": 52}\n', 0o644),
     "notify-deliveries.jsonl": (b'{"receiver": "sms", "ok": true}\n{"receiver": "voice", "ok": true}\n', 0o644),
+    "control-audit.jsonl": (b'{"action": "stop_charging", "actor": "user:eve", "result": "ok", "readback": 0}\n',
+                            0o644),
+    "vehicle-commands.jsonl": (b'{"id": "c1", "vehicle": "V000001", "command": "motor_lock", "event": "acked"}\n',
+                               0o644),
     "devices/devices.json": (b'{"devices": [{"id": "V000001", "fleet": "bj", "secret": "00ff"}]}\n', 0o600),
     "devices/ingest.password": (b"not-a-real-password\n", 0o600),
 }
@@ -111,6 +115,7 @@ influxdb: {{url: {source.url}, database: cascade, spool_dir: ../var/spool}}
 alerting:
   state_file: ../var/alerts.json
   audit_file: ../var/threshold-audit.jsonl
+  control_audit_file: ../var/control-audit.jsonl
   alertmanager_url: null
 vehicles: {{devices: ../var/devices/devices.json}}
 """, encoding="utf-8")
@@ -148,7 +153,7 @@ def test_backup_then_restore_into_a_fresh_influxdb(site: dict, tmp_path: Path,
     roles = {f.path: f.role for f in manifest.files}
     for name in STATE:
         assert roles[f"state/{name}"] in ("alert-state", "failed-actions", "threshold-audit", "delivery-log",
-                                          "devices")
+                                          "devices", "control-audit", "vehicle-command-audit")
     assert {"config/local.yaml", "config/notifier.local.yaml", "profiles/reference-cabinet.yaml"} <= set(roles)
     assert any(p.startswith("influxdb/") and p.endswith(".tar.gz") for p in roles)
     assert {f.path: f.mode for f in manifest.files}["state/devices/devices.json"] == 0o600

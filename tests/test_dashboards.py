@@ -38,12 +38,13 @@ from alerting.engine import Engine
 from alerting.rules import DEFAULT_CATALOGUE, load_rules
 from alerting.state import AlertStore
 from cascade.app import alert_service_for
+from cascade.commands import CommandMetrics
 from cascade.config import AppConfig
 from cascade.pipeline import Pipeline
 from collectors.modbus.profile import find_profile
 from collectors.vehicles.ingest import IngestMetrics
 from core.errors import CascadeError
-from core.events import CommandResult
+from core.events import AlertEvent, CommandResult
 from core.model import SlotReading, VehicleReading
 from dashboards import build_all, render
 from exporters.influx.lineprotocol import encode_line
@@ -55,11 +56,14 @@ from simulators.server import SimulatorServer
 from tests.fixtures.clock import ManualClock
 from tests.fixtures.ports import free_port_block
 from tests.fixtures.prom import SHIPPED_PROMETHEUS_DIR
+from tests.test_health_dashboard import BATTERY as HEALTH_BATTERY
+from tests.test_health_dashboard import health_lines
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD_DIR = REPO / "dashboards"
 EXPECTED_UIDS = {"cascade-fleet", "cascade-cabinet", "cascade-battery", "cascade-vehicles", "cascade-pipeline",
-                 "cascade-regulator", "cascade-alarm-stats", "cascade-battery-health", "cascade-oncall"}
+                 "cascade-regulator", "cascade-alarm-stats", "cascade-battery-health", "cascade-oncall",
+                 "cascade-vehicle", "cascade-second-life"}
 CJK = re.compile(r"[\u4e00-\u9fff]")
 
 # Panels whose queries are valid but legitimately return nothing in this test: (dashboard, English panel
@@ -522,13 +526,26 @@ def _vehicle_lines(now: float) -> list[str]:
     readings = [
         VehicleReading(vehicle_id=vehicle, fleet="fleet-bj", timestamp_ns=int((now - age) * 1e9),
                        received_ns=int((now - age + 0.4) * 1e9), model="EB-48", sequence=sequence, state=2,
-                       powered_on=True, position_valid=True, latitude_deg=39.9 + sequence / 1000,
+                       powered_on=True, armed=True, position_valid=True, latitude_deg=39.9 + sequence / 1000,
                        longitude_deg=116.4, speed_kmh=18.0, odometer_km=1234.5,
                        battery=SlotReading(slot=1, battery_id=f"NM48-{vehicle}", soc_pct=64.0, temperature_c=31.5,
                                            voltage_v=51.2, charge_current_a=-6.0, battery_state=3))
         for vehicle, sequence, age in (("V0001", 41, 60.0), ("V0001", 42, 1.0), ("V0002", 7, 5.0))]
     lines, skipped = encode_points(readings)
     assert not skipped and len(lines) == 6
+    return lines
+
+
+def _vehicle_events(now: float) -> list[str]:
+    """A level-3 alert on V0001's pack and a motor-lock command it acknowledged (site = fleet, cabinet =
+    vehicle, as the alert and command services store them)."""
+    alert = AlertEvent("over_temperature", "fleet-bj", "V0001", 1, "critical", 3, 0, "raise", 72.0, "NM48-V0001",
+                       summary="L3 battery temperature high", timestamp_ns=int((now - 30) * 1e9),
+                       category="battery_high_temperature")
+    command = CommandResult(cabinet_id="V0001", command="motor_lock", slot=None, value=True, actor="user:noc-test",
+                            requested_at=now - 20, ok=True, readback=True, completed_at=now - 19.5, site="fleet-bj")
+    lines, skipped = encode_points([alert, command])
+    assert not skipped and len(lines) == 2
     return lines
 
 
@@ -572,6 +589,8 @@ async def test_every_query_returns_data_on_a_live_stack(influxdb, prometheus_fac
     config = AppConfig(source="test", cabinets=cabinets, profiles=dict(profiles), influxdb=influx,
                        metrics_port=0, status_interval_s=0, backoff_cap_s=1.0)
     pipeline = Pipeline(config, registry=CollectorRegistry(), seed=5)
+    # The vehicle command service's counters (cascade run serves them when it has a vehicles broker).
+    CommandMetrics(pipeline.registry).commands.labels("motor_lock", "acked").inc()
     engine = Engine(load_rules(), state=AlertStore(tmp_path / "alerts.json"))
     service = alert_service_for(pipeline, engine, alertmanager_url=alertmanager.url, resend_interval_s=30)
     try:
@@ -617,7 +636,9 @@ async def test_every_query_returns_data_on_a_live_stack(influxdb, prometheus_fac
             assert active, "no active alert to acknowledge"
             service.acknowledge(str(active[0].key), "noc-test", "on my way")
             # Two vehicles of one fleet, as the ingest workers store them: position and pack.
-            await asyncio.to_thread(_write, influxdb.url, _vehicle_lines(now))
+            await asyncio.to_thread(_write, influxdb.url, _vehicle_lines(now) + _vehicle_events(now))
+            # What `cascade health analyse` stores: sessions, health rows and grading alerts of three packs.
+            await asyncio.to_thread(_write, influxdb.url, health_lines(now))
             slots = [str(n) for n in range(1, drill.slot_count + 1)]
             variables = {
                 "cascade-fleet": {"site": ".*"},  # the "All" value
@@ -625,8 +646,11 @@ async def test_every_query_returns_data_on_a_live_stack(influxdb, prometheus_fac
                                     "slot": "(" + "|".join(slots) + ")"},  # Grafana's regex form of "All"
                 "cascade-battery": {"battery": battery["battery_id"]},
                 "cascade-vehicles": {"fleet": ".*"},  # the "All" value
-                "cascade-pipeline": {}, "cascade-regulator": {}, "cascade-alarm-stats": {}, "cascade-battery-health": {},
+                "cascade-vehicle": {"fleet": "fleet-bj", "vehicle": "V0001"},
+                "cascade-pipeline": {}, "cascade-regulator": {"fleet": "fleet-bj"}, "cascade-alarm-stats": {},
+                "cascade-battery-health": {},
                 "cascade-oncall": {},
+                "cascade-second-life": {"battery": HEALTH_BATTERY},
             }
             # Wait for enough scrapes for rate() over 1m and the recording rules, then judge.
             deadline = time.monotonic() + 30
