@@ -369,10 +369,10 @@ async def test_a_publish_the_broker_acl_refuses_is_counted_not_retried_forever(
 
 
 # -- protective action: MOSFETs off (JBD 0xE1) ------------------------------------------------------------
-async def test_mosfet_off_only_for_allow_listed_jbd_packs_read_back_and_audited(tmp_path: Path) -> None:
+async def test_mosfet_off_only_for_allow_listed_packs_read_back_and_audited(tmp_path: Path) -> None:
     radio = make_radio(5, latency_s=0.001)  # JBD and Daly alternate
     jbd_a, daly_b, jbd_c, _, jbd_d = radio.packs.values()
-    jbd_d.ignore_mosfet = True  # acknowledges, does nothing
+    jbd_d.stuck_mosfet = True  # acknowledges, does nothing
     audit = tmp_path / "audit.jsonl"
     allow = frozenset({jbd_a.address, daly_b.address, jbd_d.address})
     sink = Reports()
@@ -381,22 +381,36 @@ async def test_mosfet_off_only_for_allow_listed_jbd_packs_read_back_and_audited(
         ok = await gw.switch_off(jbd_a.address, charge=True, discharge=False, actor="rule:bms_over_charge",
                                  reason="L2 over-charge protection")
         not_listed = await gw.switch_off(jbd_c.address, charge=True, discharge=True, actor="noc:li", reason="test")
-        daly_refused = await gw.switch_off(daly_b.address, charge=True, discharge=False, actor="noc:li", reason="t")
-        ignored = await gw.switch_off(jbd_d.address, charge=False, discharge=True, actor="noc:li", reason="t")
+        daly_ok = await gw.switch_off(daly_b.address, charge=True, discharge=False, actor="noc:li", reason="t")
+        stuck = await gw.switch_off(jbd_d.address, charge=False, discharge=True, actor="noc:li", reason="t")
         await _until(lambda: any(p.address == jbd_a.address and p.battery.mosfet_charge is False
                                  for p in sink.packs()))
     assert (ok.result, ok.before, ok.after) == ("ok", {"charge": True, "discharge": True},
                                                 {"charge": False, "discharge": True})
-    assert jbd_a.mosfet_writes == [0x01]  # charge off only; discharge left on
-    assert (not_listed.result, daly_refused.result, ignored.result) == ("refused", "refused", "failed")
-    assert jbd_c.mosfet_writes == [] and daly_b.requests > 0  # nothing sent to a refused pack
-    assert ignored.after == {"charge": True, "discharge": True} and "read-back" in ignored.detail
+    assert jbd_a.mosfet_writes == [0x01]  # charge off only; discharge left on; no factory mode needed
+    assert (not_listed.result, daly_ok.result, stuck.result) == ("refused", "ok", "failed")
+    assert daly_b.mosfet_writes == [(0xDA, 0)] and daly_ok.after == {"charge": False, "discharge": True}
+    assert jbd_c.mosfet_writes == []  # nothing sent to a refused pack
+    # The stuck pack: asked plainly, then once more inside factory mode; it reads back on both times.
+    assert jbd_d.mosfet_writes == [0x02, 0x02] and not jbd_d.factory_mode
+    assert stuck.after == {"charge": True, "discharge": True} and "read-back" in stuck.detail
     records = [json.loads(line) for line in audit.read_text().splitlines()]
     assert [(r["address"], r["result"], r["actor"]) for r in records] == [
         (jbd_a.address, "ok", "rule:bms_over_charge"), (jbd_c.address, "refused", "noc:li"),
-        (daly_b.address, "refused", "noc:li"), (jbd_d.address, "failed", "noc:li")]
+        (daly_b.address, "ok", "noc:li"), (jbd_d.address, "failed", "noc:li")]
     assert all(r["gateway"] == GATEWAY and r["ts_ms"] > 0 for r in records)
     assert radio.peak_open <= 2 and radio.sessions_open() == []
+
+
+async def test_jbd_firmware_that_wants_factory_mode_is_switched_inside_it() -> None:
+    radio = make_radio(1, latency_s=0.0)
+    pack = next(iter(radio.packs.values()))
+    pack.factory_mode_required = True
+    async with _running(_gateway(radio, Reports(), mosfet_allow=frozenset({pack.address}))) as gw:
+        await _until(lambda: len(gw.packs) == 1)
+        result = await gw.switch_off(pack.address, charge=True, discharge=False, actor="t", reason="t")
+    assert result.result == "ok" and result.after == {"charge": False, "discharge": True}
+    assert pack.mosfet_writes == [0x01, 0x01] and not pack.factory_mode  # plain, then in factory mode; left it
 
 
 async def test_mosfet_command_never_switches_a_mosfet_on() -> None:

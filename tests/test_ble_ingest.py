@@ -38,6 +38,13 @@ def _report(gateway: str, seq: int, protection: int = 0, voltage: float = 52.1) 
     return encode(PackReport(gateway=gateway, seq=seq, ts=int(time.time() * 1000), packs=packs))
 
 
+async def _wait_for(predicate, timeout_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
 class Sink:
     def __init__(self) -> None:
         self.points: list = []
@@ -102,7 +109,14 @@ async def test_a_packs_protection_bit_raises_the_cabinet_rule_through_the_worker
                     clock.advance(30)
             active = [(a.key.rule, a.key.cabinet, a.key.slot) for a in engine.state.active()]
             assert active == [("bms_short_circuit", "V000005", 2)]  # the pack that flagged it, and only it
-            assert not service.failed and not service.actions.recent  # no cabinet command at a gateway
+            # The rule's cut-off is attempted on the gateway's pack; this collector has no gateway commander
+            # (cascade.app.gateway_commander_for wires one: tests/test_ble_protection.py), so it fails and
+            # is alerted instead of being dropped.
+            await _wait_for(lambda: bool(service.actions.recent))
+            assert [(r.cabinet, r.slot, r.command, r.value, r.result) for r in service.actions.recent] == [
+                ("V000005", 2, "slot_output", 0, "failed")]
+            assert [(k.rule, k.cabinet, k.slot) for k in service.failed] == [
+                ("protective_action_failed", "V000005", 2)]
         deadline = time.monotonic() + 10
         while worker.ingest.metrics.accepted.labels("mqtt")._value.get() < 3 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

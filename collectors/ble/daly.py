@@ -32,12 +32,14 @@ from core.model import BmsProtection
 
 from .frames import FrameError, PackSample, Step, map_bits
 
-__all__ = ["PROTECTION_BITS", "PROTOCOL", "DalyProtocol", "checksum", "map_protection", "request"]
+__all__ = ["PROTECTION_BITS", "PROTOCOL", "DalyProtocol", "checksum", "map_protection", "mosfet_request", "request"]
 
 START = 0xA5
 HOST_BLE = 0x80
 BMS = 0x01
 SOC, CELL_RANGE, TEMP_RANGE, MOSFET, STATUS, CELLS, TEMPS, BALANCE, ALARMS = range(0x90, 0x99)
+# Writes: data byte 0 is 00 (MOSFET off) or 01 (on); the BMS answers with the same command. 0x93 reads the result.
+DISCHARGE_MOS, CHARGE_MOS = 0xD9, 0xDA
 _OFFSET_C = 40
 _CURRENT_OFFSET = 30000
 _MAX_CELL_FRAMES = 22  # 64 cells
@@ -73,6 +75,14 @@ def request(command: int, *, address: int = HOST_BLE, data: bytes = bytes(8)) ->
     """A request frame: ``request(0x90, address=0x40) == bytes.fromhex("a54090080000000000000000" "7d")``."""
     body = bytes((START, address, command, 8)) + data[:8].ljust(8, b"\x00")
     return body + bytes((checksum(body),))
+
+
+def mosfet_request(command: int, *, on: bool) -> bytes:
+    """The 0xDA (charge) or 0xD9 (discharge) MOSFET write: ``mosfet_request(0xDA, on=False)``
+    switches the charge MOSFET off."""
+    if command not in (CHARGE_MOS, DISCHARGE_MOS):
+        raise ValueError(f"0x{command:02x} is not a Daly MOSFET write (0xDA charge, 0xD9 discharge)")
+    return request(command, data=bytes((int(on),)))
 
 
 def _cell_frames(sample: PackSample) -> int:
@@ -150,6 +160,8 @@ class DalyProtocol:
             temps = [float(t - _OFFSET_C) for t in d[1:8]]
             sample.temperatures_c = _place(sample.temperatures_c, d[0], temps, sample.temperature_count, 7,
                                            _MAX_TEMP_FRAMES, "temperature")
+        elif command in (CHARGE_MOS, DISCHARGE_MOS):
+            pass  # the acknowledgement of a write; the 0x93 read-back tells what happened
         elif command == ALARMS:
             word = int.from_bytes(d[0:7], "little")
             sample.protection_raw = word

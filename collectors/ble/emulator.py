@@ -11,6 +11,9 @@ the way the real BMS does, and misbehaves on demand:
   forgets to close keeps the pack locked (``pack.client`` stays set) — the fault real JBD packs have;
 * ``drop_link()`` disconnects a pack (out of range, power-cycled); ``garbage`` / ``corrupt`` /
   ``silent`` inject noise, bad checksums and lost answers;
+* MOSFET writes (JBD 0xE1, with factory mode 0x00/0x01; Daly 0xDA charge, 0xD9 discharge) switch the
+  emulated MOSFETs; ``stuck_mosfet`` acknowledges them and switches nothing (a welded MOSFET, a module
+  that ignores the write), ``factory_mode_required`` takes JBD's 0xE1 only inside factory mode;
 * ``radio.wedge()`` makes the adapter fail every connect until ``radio.reset_adapter()``.
 
 The radio counts connects, disconnects, the most connections open at once and refusals, so tests
@@ -84,8 +87,14 @@ class EmulatedPack:
         self.corrupt = 0  # next N answers have a wrong checksum
         self.silent = 0  # next N requests get no answer
         self.drop_after: int | None = None  # drop the link after this many more requests
-        self.ignore_mosfet = False  # acknowledge 0xE1 writes without switching
-        self.mosfet_writes: list[int] = []  # the 0xE1 data bytes received
+        # A stuck MOSFET: writes are acknowledged, the MOSFETs stay as they are (the read-back tells).
+        self.stuck_mosfet = False
+        # JBD firmware that acknowledges 0xE1 outside factory mode without acting on it.
+        self.factory_mode_required = False
+        self.factory_mode = False
+        # MOSFET writes received: JBD the 0xE1 data byte (bit 0 charge off, bit 1 discharge off), Daly
+        # (command, value) with 0xDA charge / 0xD9 discharge and 0 off / 1 on.
+        self.mosfet_writes: list[int | tuple[int, int]] = []
 
     # -- answers ----------------------------------------------------------------------------
     def answer(self, request: bytes) -> list[bytes]:
@@ -103,11 +112,18 @@ class EmulatedPack:
         s = self.state
         cmd = req[2]
         if req[1] == jbd.WRITE:
-            if cmd != jbd.MOSFET or length != 2:
+            if cmd not in jbd.WRITES or length != 2:
                 return [jbd_answer(cmd, b"", status=0x80)]
-            self.mosfet_writes.append(req[5])
-            if not self.ignore_mosfet:  # a module that acknowledges and does nothing: the read-back tells
-                s.mosfet_charge, s.mosfet_discharge = not req[5] & 1, not req[5] & 2
+            if cmd == jbd.FACTORY_ENTER:
+                if req[4:6] != b"\x56\x78":
+                    return [jbd_answer(cmd, b"", status=0x80)]
+                self.factory_mode = True
+            elif cmd == jbd.FACTORY_EXIT:
+                self.factory_mode = False
+            else:
+                self.mosfet_writes.append(req[5])
+                if not self.stuck_mosfet and (self.factory_mode or not self.factory_mode_required):
+                    s.mosfet_charge, s.mosfet_discharge = not req[5] & 1, not req[5] & 2
             return [jbd_answer(cmd, b"")]
         if cmd == jbd.BASIC:
             temps = b"".join(int(round(t * 10 + _KELVIN_DECI)).to_bytes(2, "big") for t in s.temperatures_c)
@@ -159,6 +175,14 @@ class EmulatedPack:
                 frames.append(bytes((n, *chunk, *[0] * (7 - len(chunk)))))
         elif cmd == daly.ALARMS:
             frames = [s.protection.to_bytes(7, "little") + b"\x00"]
+        elif cmd in (daly.CHARGE_MOS, daly.DISCHARGE_MOS):
+            self.mosfet_writes.append((cmd, req[4]))
+            if not self.stuck_mosfet:
+                if cmd == daly.CHARGE_MOS:
+                    s.mosfet_charge = bool(req[4])
+                else:
+                    s.mosfet_discharge = bool(req[4])
+            frames = [bytes((req[4],))]
         else:
             return []
         return [daly_answer(cmd, data) for data in frames]

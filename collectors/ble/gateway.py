@@ -55,6 +55,7 @@ from collectors.runner import backoff_delay
 from core.errors import CascadeError
 
 from . import daly, jbd
+from .commands import CommandListener
 from .frames import BmsProtocol, FrameError, PackSample, Reassembler, Step, check_plausible
 from .uplink import DiskBuffer, Uplink, UplinkSettings
 from .wire import PackBattery, PackEntry, PackReport, encode, topic
@@ -67,6 +68,8 @@ log = logging.getLogger("cascade.ble.gateway")
 PROTOCOLS: dict[str, BmsProtocol] = {"jbd": jbd.PROTOCOL, "daly": daly.PROTOCOL}
 _BY_UUID = {p.service_uuid: p for p in PROTOCOLS.values()}
 _TRANSPORT_ERRORS = (BleakError, TimeoutError, EOFError, OSError)
+Discover = Callable[[float], Awaitable[dict[str, tuple[BLEDevice, AdvertisementData]]]]
+"""A scan of ``seconds``: address → (device, advertisement), as ``BleakScanner.discover(return_adv=True)``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +180,8 @@ class PackSession:
     @classmethod
     async def open(cls, device: BLEDevice, protocol: BmsProtocol, *, client_backend: type[BaseBleakClient] | None,
                    request_timeout_s: float = 3.0, attempts: int = 3,
-                   on_lost: Callable[[], None] | None = None) -> PackSession:
+                   on_lost: Callable[[], None] | None = None,
+                   client_class: type[BleakClient] = BleakClient) -> PackSession:
         await close_stale_connections(device)  # a forgotten link (another process, a crash) locks a JBD pack
         holder: list[PackSession] = []
 
@@ -189,7 +193,7 @@ class PackSession:
                     on_lost()
 
         kwargs: dict[str, Any] = {"backend": client_backend} if client_backend is not None else {}
-        client = await establish_connection(BleakClient, device, device.name or device.address,
+        client = await establish_connection(client_class, device, device.name or device.address,
                                             disconnected_callback=disconnected, max_attempts=attempts, **kwargs)
         session = cls(client, protocol, request_timeout_s)
         holder.append(session)
@@ -273,17 +277,49 @@ class PackSession:
             got += 1
 
     async def switch_mosfets(self, *, charge_off: bool, discharge_off: bool) -> tuple[PackSample, PackSample]:
-        """JBD only: switch the charge and/or discharge MOSFET off — never on: a MOSFET already off stays
-        off — and read the state back. Returns the basic info before and after."""
+        """Switch the charge and/or discharge MOSFET off with the BMS's own command — never on: a MOSFET
+        already off stays off — and read the state back. Returns the states before and after.
+
+        JBD: 0xE1 with the wanted state, read back in 0x03; when the pack acknowledged but still reads
+        back on, once more inside factory mode (some firmware takes 0xE1 only there), always leaving it.
+        Daly: 0xDA (charge) / 0xD9 (discharge) off, read back in 0x93."""
+        if self.protocol.name == "daly":
+            return await self._daly_off(charge_off, discharge_off)
         basic = next(step for step in self.protocol.steps if step.command == jbd.BASIC)
         before = PackSample()
         await self._exchange(basic, before)
         charge_on = bool(before.mosfet_charge) and not charge_off
         discharge_on = bool(before.mosfet_discharge) and not discharge_off
-        await self._exchange(Step(jbd.MOSFET, jbd.mosfet_request(charge_on=charge_on, discharge_on=discharge_on)),
-                             PackSample())
+        write = Step(jbd.MOSFET, jbd.mosfet_request(charge_on=charge_on, discharge_on=discharge_on))
+        try:
+            await self._exchange(write, PackSample())
+        except FrameError as err:
+            if err.reason != "status":  # refused (0x80): firmware that takes 0xE1 only in factory mode
+                raise
+        else:
+            after = PackSample()
+            await self._exchange(basic, after)
+            if _switched(after, charge_off, discharge_off):
+                return before, after
+        enter, leave = jbd.factory_requests()
+        await self._exchange(Step(jbd.FACTORY_ENTER, enter), PackSample())
+        try:
+            await self._exchange(write, PackSample())
+        finally:
+            await self._exchange(Step(jbd.FACTORY_EXIT, leave), PackSample())
         after = PackSample()
         await self._exchange(basic, after)
+        return before, after
+
+    async def _daly_off(self, charge_off: bool, discharge_off: bool) -> tuple[PackSample, PackSample]:
+        state = next(step for step in self.protocol.steps if step.command == daly.MOSFET)
+        before = PackSample()
+        await self._exchange(state, before)
+        for wanted, command in ((charge_off, daly.CHARGE_MOS), (discharge_off, daly.DISCHARGE_MOS)):
+            if wanted:  # only "off" is ever written; the other MOSFET is left alone
+                await self._exchange(Step(command, daly.mosfet_request(command, on=False)), PackSample())
+        after = PackSample()
+        await self._exchange(state, after)
         return before, after
 
     async def close(self) -> None:
@@ -354,8 +390,11 @@ class Gateway:
                  scanner_kwargs: dict[str, Any] | None = None,
                  reset_adapter: Callable[[], Awaitable[None]] | None = None,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, discover: Discover | None = None,
+                 client_class: type[BleakClient] = BleakClient) -> None:
         self.settings = settings.check()
+        self.discover = discover  # another radio's scan (ESPHome proxies: collectors/ble/esphome.py); None: bleak's
+        self.client_class = client_class
         self.uplink = uplink
         self.scanner_backend = scanner_backend
         self.client_backend = client_backend
@@ -374,6 +413,7 @@ class Gateway:
         self._lost_at: dict[str, float] = {}
         self._links = asyncio.Semaphore(settings.max_connections)  # open BLE links, polls and commands alike
         self.scanned = asyncio.Event()
+        self.radio: Any = None  # an async context the CLI enters around the gateway (ESPHome proxies)
 
     # -- discovery -------------------------------------------------------------------------------
     async def scan(self) -> int:
@@ -381,7 +421,10 @@ class Gateway:
         kwargs: dict[str, Any] = dict(self.scanner_kwargs)
         if self.scanner_backend is not None:
             kwargs["backend"] = self.scanner_backend
-        found = await BleakScanner.discover(self.settings.scan_timeout_s, return_adv=True, **kwargs)
+        if self.discover is not None:
+            found = await self.discover(self.settings.scan_timeout_s)
+        else:
+            found = await BleakScanner.discover(self.settings.scan_timeout_s, return_adv=True, **kwargs)
         added = 0
         for device, adv in found.values():
             address = device.address.upper()
@@ -466,7 +509,7 @@ class Gateway:
             session = await PackSession.open(
                 pack.device, pack.protocol, client_backend=self.client_backend,
                 request_timeout_s=self.settings.request_timeout_s, attempts=self.settings.connect_attempts,
-                on_lost=lambda: self._link_lost(pack))
+                on_lost=lambda: self._link_lost(pack), client_class=self.client_class)
         except BaseException:
             self._links.release()
             raise
@@ -585,19 +628,17 @@ class Gateway:
 
     async def switch_off(self, address: str, *, charge: bool, discharge: bool, actor: str,
                          reason: str) -> MosfetResult:
-        """Protective action: switch a JBD pack's charge and/or discharge MOSFET off, read it back, and
+        """Protective action: switch a pack's charge and/or discharge MOSFET off, read it back, and
         record who, what, when and the result in the audit file. Only packs on ``mosfet_allow`` (none by
         default); never switches a MOSFET on (re-enabling is done on site). Waits for the pack's turn if a
         poll is running and for a free link."""
         address = address.upper()
         pack = self.packs.get(address)
         refusal = None
-        if address not in self.settings.mosfet_allow:
+        if address not in self.settings.mosfet_allow and "ALL" not in self.settings.mosfet_allow:
             refusal = "not on the MOSFET allow-list (--mosfet-allow)"
         elif pack is None:
             refusal = "no such pack at this gateway"
-        elif pack.protocol.name != "jbd":
-            refusal = f"MOSFET control is not supported for {pack.protocol.name} packs"
         elif not (charge or discharge):
             refusal = "nothing to switch off"
         if refusal is not None or pack is None:
@@ -614,11 +655,15 @@ class Gateway:
             finally:
                 if len(self.packs) > self.settings.max_connections:
                     await self._disconnect(pack)
-        read_back = (not charge or after.mosfet_charge is False) and (not discharge or after.mosfet_discharge is False)
+        read_back = _switched(after, charge, discharge)
         return self._audit(MosfetResult(
             address, charge, discharge, actor, reason, "ok" if read_back else "failed",
             "read back as commanded" if read_back else "the pack acknowledged but the read-back shows the MOSFET on",
             int(self.wall() * 1000), _fets(before), _fets(after)))
+
+    def pack_at(self, slot: int) -> str | None:
+        """The address of the pack this gateway polls at ``slot``, or None."""
+        return next((address for address, pack in self.packs.items() if pack.slot == slot), None)
 
     def _audit(self, result: MosfetResult) -> MosfetResult:
         level = logging.INFO if result.result == "ok" else logging.ERROR
@@ -641,6 +686,11 @@ class Gateway:
         ts, gateway = self._batch_ts, self.settings.gateway_id
         self.uplink.submit(lambda seq: encode(PackReport(gateway=gateway, seq=seq, ts=ts, packs=packs)))
         self.stats.reports += 1
+
+
+def _switched(after: PackSample, charge_off: bool, discharge_off: bool) -> bool:
+    """The read-back shows every MOSFET asked off as off."""
+    return (not charge_off or after.mosfet_charge is False) and (not discharge_off or after.mosfet_discharge is False)
 
 
 def _fets(sample: PackSample) -> dict[str, bool | None]:
@@ -725,9 +775,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--adapter-reset-after", type=int, default=6,
                    help="connect failures in a row (all packs) after which the adapter is power-cycled")
     b.add_argument("--mosfet-allow", action="append", default=[], metavar="MAC",
-                   help="JBD packs whose charge/discharge MOSFETs a protective action may switch off (repeatable; "
-                        "default none); each command is read back and recorded in <buffer-dir>/mosfet-audit.jsonl")
+                   help="packs whose charge/discharge MOSFETs a protective action may switch off (repeatable; "
+                        "'all' for every pack; default none); commands arrive on the gateway's own cmd topic, each "
+                        "is read back, answered with the read-back and recorded in <buffer-dir>/mosfet-audit.jsonl")
     b.add_argument("--emulate", type=int, metavar="N", help="no radio: poll N emulated JBD/Daly packs")
+    b.add_argument("--esphome", metavar="HOST:PORT[,...]",
+                   help="use ESPHome Bluetooth proxies as the radio instead of the local adapter (bleak-esphome; "
+                        "port 6053 by default; needs pip install 'cascade[esphome]')")
+    b.add_argument("--esphome-key-file", metavar="FILE",
+                   help="the proxies' API encryption key (Noise PSK, base64; default: $CASCADE_ESPHOME_KEY, "
+                        "else unencrypted)")
     parser.add_argument("--chemistry", choices=("LFP", "NMC", "LMO", "NA_ION", "LTO"), default=None,
                         help="the packs' chemistry (a BMS does not report it): with the cell count it gives the "
                              "nominal voltage the voltage rules need (default: unknown, and they say so)")
@@ -747,6 +804,13 @@ def _password(args: argparse.Namespace) -> str:
         raise CascadeError("no MQTT password", key="--mqtt-password-file",
                            fix="give --mqtt-password-file or set CASCADE_MQTT_PASSWORD")
     return password
+
+
+def build_listener(args: argparse.Namespace, gateway: Gateway, uplink: Uplink) -> CommandListener:
+    """The gateway's downlink (protective MOSFET commands), as the uplink's broker user."""
+    s = uplink.settings
+    return CommandListener(gateway, host=s.host, port=s.port, username=s.username, password=s.password,
+                           tls_ca=s.tls_ca, keepalive_s=s.keepalive_s)
 
 
 def build(args: argparse.Namespace) -> tuple[Gateway, Uplink]:
@@ -774,8 +838,27 @@ def build(args: argparse.Namespace) -> tuple[Gateway, Uplink]:
         settings = replace(settings, scan_timeout_s=min(settings.scan_timeout_s, 0.2))  # emulated packs answer at once
         return Gateway(settings, uplink, scanner_backend=EmulatedScanner, client_backend=EmulatedClient,
                        scanner_kwargs={"radio": radio}, reset_adapter=reset), uplink
+    if getattr(args, "esphome", None):
+        radio = esphome_radio(args)
+        gateway = Gateway(settings, uplink, discover=radio.discover, client_class=radio.client_class)
+        gateway.radio = radio  # entered by run(): the proxies' API connections
+        return gateway, uplink
     return Gateway(settings, uplink, scanner_kwargs={"bluez": {"adapter": args.adapter}},
                    reset_adapter=bluez_adapter_reset(args.adapter)), uplink
+
+
+def esphome_radio(args: argparse.Namespace) -> Any:
+    """The ESPHome proxies of ``--esphome`` (collectors/ble/esphome.py); an error names the flag and the fix."""
+    from .esphome import parse_proxies, read_key
+
+    proxies, key = parse_proxies(args.esphome), read_key(getattr(args, "esphome_key_file", None))
+    try:
+        from .esphome import EsphomeRadio
+
+        return EsphomeRadio(proxies, noise_psk=key)
+    except ImportError as err:
+        raise CascadeError(f"ESPHome proxies need bleak-esphome ({err.name} is missing)", key="--esphome",
+                           fix="pip install -c constraints.txt 'cascade[esphome]'") from None
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -790,7 +873,11 @@ async def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(gateway.run(), name="ble-gateway"), asyncio.create_task(uplink.run(), name="uplink")]
+    radio = getattr(gateway, "radio", None)
+    if radio is not None:
+        await radio.__aenter__()
+    tasks = [asyncio.create_task(gateway.run(), name="ble-gateway"), asyncio.create_task(uplink.run(), name="uplink"),
+             asyncio.create_task(build_listener(args, gateway, uplink).run(), name="gateway-commands")]
     metrics: web.AppRunner | None = None
     try:
         if getattr(args, "metrics_port", 0):
@@ -802,6 +889,8 @@ async def run(args: argparse.Namespace) -> int:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if radio is not None:
+            await radio.__aexit__(None, None, None)
         log.info("gateway stopped: %d readings in %d reports; uplink %s", gateway.stats.readings,
                  gateway.stats.reports, uplink.counters())
     return 0

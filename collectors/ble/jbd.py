@@ -29,12 +29,17 @@ from core.model import BmsProtection
 
 from .frames import FrameError, PackSample, Step, map_bits
 
-__all__ = ["PROTECTION_BITS", "PROTOCOL", "JbdProtocol", "checksum", "map_protection", "mosfet_request", "request"]
+__all__ = ["PROTECTION_BITS", "PROTOCOL", "JbdProtocol", "checksum", "factory_requests", "map_protection",
+           "mosfet_request", "request"]
 
 START, END = 0xDD, 0x77
 READ, WRITE = 0xA5, 0x5A
 BASIC, CELLS, VERSION = 0x03, 0x04, 0x05
 MOSFET = 0xE1  # write: data 00 XX, bit 0 of XX = charge off, bit 1 = discharge off (0xFB in later revisions)
+# Factory mode: some firmware takes 0xE1 only inside it (the register map lists 0xE1 with the EEPROM
+# registers). Enter: write 56 78 to 0x00; leave: write 00 00 to 0x01 (28 28 would also save the EEPROM).
+FACTORY_ENTER, FACTORY_EXIT = 0x00, 0x01
+WRITES = frozenset({MOSFET, FACTORY_ENTER, FACTORY_EXIT})
 _KELVIN_DECI = 2731
 
 PROTECTION_BITS: dict[int, BmsProtection] = {
@@ -75,6 +80,12 @@ def mosfet_request(*, charge_on: bool, discharge_on: bool) -> bytes:
     return request(MOSFET, bytes((0, (not charge_on) | (not discharge_on) << 1)), mode=WRITE)
 
 
+def factory_requests() -> tuple[bytes, bytes]:
+    """The writes that enter and leave factory mode (leaving without saving the EEPROM):
+    ``DD 5A 00 02 56 78 FF 30 77`` and ``DD 5A 01 02 00 00 FF FD 77``."""
+    return (request(FACTORY_ENTER, b"\x56\x78", mode=WRITE), request(FACTORY_EXIT, b"\x00\x00", mode=WRITE))
+
+
 class JbdProtocol:
     """The JBD protocol for the gateway (``frames.BmsProtocol``)."""
 
@@ -107,7 +118,7 @@ class JbdProtocol:
             if len(data) % 2:
                 raise FrameError("layout", f"cell voltages: {len(data)} bytes, not a whole number of cells")
             sample.cell_voltages_v = tuple(int.from_bytes(data[i:i + 2], "big") / 1000 for i in range(0, len(data), 2))
-        elif command == MOSFET:
+        elif command in WRITES:
             pass  # an acknowledgement carries no data; the 0x03 read-back tells what happened
         elif command == VERSION:
             sample.hardware = data.decode("ascii", "replace").strip("\x00 ")[:64]
