@@ -1,7 +1,8 @@
 """Vehicle ingest benchmark: reports/s per core from bytes in to line protocol out, memory per
 tracked vehicle, and ingest lag under a burst through a real Mosquitto.
 
-    python -m bench vehicles [--messages 60000] [--vehicles 100000] [--burst 20000] [--json] [--quick]
+    python -m bench vehicles [--messages 60000] [--vehicles 100000] [--burst 20000] [--consumer both]
+                             [--json] [--quick]
     cascade bench vehicles ...                                   (the same, through the cascade CLI)
 
 * **MQTT path** (``VehicleIngest.accept`` per payload, as ``MqttIngest`` calls it: topic split,
@@ -22,10 +23,17 @@ tracked vehicle, and ingest lag under a burst through a real Mosquitto.
   ``DeviceRegistry`` per provisioned device. The line-protocol encoders' caches (tag heads, float
   and string texts: 65,536 entries each at most, whatever the fleet) are shown apart.
 * **Burst**: Mosquitto on a free loopback port (temporary directory, devices provisioned as by
-  ``cascade devices provision``), one ``IngestWorker`` (sink: encode and discard), and a publisher
-  process sending ``--burst`` reports from ``--connections`` device connections as fast as it can.
-  Each report's ``ts`` is the time the publisher handed it to its MQTT client, so lag = worker
-  receive time - that time (ms resolution). CPU of the worker and of the broker per report.
+  ``cascade devices provision``), one MQTT consumer (sink: encode and discard), and a publisher
+  process sending ``--burst`` reports from ``--connections`` device connections as fast as it can; run
+  once per consumer (``--consumer``, default both, in this order): ``aiomqtt``, the worker's consumer
+  before 2026-12-06 rebuilt here as it was (one event-loop turn per message, acknowledged on receipt),
+  and ``paho``, an ``IngestWorker`` as shipped (``MqttIngest``: paho's thread, a batch per wake-up,
+  acknowledged once handled). Each report's ``ts`` is the time the publisher handed it to its MQTT
+  client, so lag = worker receive time - that time (ms resolution). CPU per report of the worker (this
+  process: event loop and paho's thread) and of the broker (``/proc/<pid>/stat``), measured apart; the
+  worker's MQTT client alone is its CPU less the ingest logic on the same reports measured in process.
+  The projection to 1 M vehicles at 1/min adds the client, the ingest logic at fleet scale (the
+  throughput figure) and the broker.
 
 The corpus is generated once: ``--vehicles`` vehicles, each moving along its own route and
 reporting once a minute (positions with 6 decimals, pack voltage, currents and temperatures varying
@@ -209,14 +217,14 @@ class _LineSink:
 class _Cascade:
     """``VehicleIngest`` with a line-protocol sink, its clock set to each report's receive time."""
 
-    def __init__(self, registry: Any, vehicles: int, *, burst: float = 30.0) -> None:
+    def __init__(self, registry: Any, vehicles: int, *, rate_per_s: float = 0.5, burst: float = 30.0) -> None:
         from collectors.vehicles.ingest import IngestMetrics, VehicleIngest
         from collectors.vehicles.trust import Gate
 
         self.now = 0.0
         self.sink = _LineSink()
         self.ingest = VehicleIngest(registry, sink=self.sink, metrics=IngestMetrics(),
-                                    gate=Gate(burst=burst), clock=lambda: self.now)
+                                    gate=Gate(rate_per_s=rate_per_s, burst=burst), clock=lambda: self.now)
         for n in range(1, vehicles + 1):  # steady state: every vehicle already reported (seq 0)
             self.ingest.gate.admit(f"V{n:06d}", 0, T0_MS - 60_000, T0_MS / 1000 - 60)
         self.ok = 0
@@ -536,6 +544,13 @@ class _CountDrops(logging.Handler):
             self.count += 1
 
 
+def _burst_payloads(count: int, devices: int) -> list[bytes]:
+    """The burst's reports (round-robin over ``devices`` vehicles), each with a ``%d`` where its ``ts`` goes."""
+    routes = _routes(devices, seed=5)
+    return [_payload(routes[j % devices].report(j // devices + 1, -1)).replace(b'"ts":-1', b'"ts":%d')
+            for j in range(count)]
+
+
 def _publish(argv: list[str]) -> None:
     """The burst's publisher (a child process): ``count`` reports round-robin over the device
     connections as fast as paho takes them; each report's ``ts`` is stamped as it is handed over."""
@@ -560,9 +575,7 @@ def _publish(argv: list[str]) -> None:
             raise SystemExit("publisher: devices did not connect in 10 s")
         time.sleep(0.01)
     per = len(clients)
-    # Reports pre-rendered with a ts placeholder: the publisher's own cost stays small.
-    templates = [_payload(routes[j % per].report(j // per + 1, -1)).replace(b'"ts":-1', b'"ts":%d')
-                 for j in range(spec["count"])]
+    templates = _burst_payloads(spec["count"], per)  # pre-rendered: the publisher's own cost stays small
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     sys.stdin.readline()  # go
@@ -582,15 +595,72 @@ def _publish(argv: list[str]) -> None:
     sys.stdout.write(json.dumps({"first": first, "handed": handed, "acked_at": time.time(), "acked": acked}) + "\n")
 
 
-async def _burst(count: int, connections: int, workdir: Path, timeout_s: float) -> dict[str, Any]:
+CONSUMERS = {
+    "aiomqtt": "before: aiomqtt (MQTT 5), one event-loop turn per message, acknowledged on receipt",
+    "paho": "after: MqttIngest, paho's thread (MQTT 3.1.1), a batch per wake-up, acknowledged once handled",
+}
+"""The consumers the burst runs, in this order: the one Cascade shipped until 2026-12-06 (rebuilt here
+as it was, for the comparison) and ``collectors.vehicles.mqtt.MqttIngest`` as shipped."""
+
+
+class _AiomqttConsumer:
+    """The worker's MQTT consumer as it was until 2026-12-06: ``async for`` over aiomqtt's messages,
+    ``VehicleIngest.accept`` per message; paho inside aiomqtt acknowledges each message on receipt."""
+
+    def __init__(self, settings: Any, ingest: Any) -> None:
+        self.settings, self.ingest = settings, ingest
+        self.connected = asyncio.Event()
+        self.received = 0
+
+    async def run(self) -> None:
+        import aiomqtt
+
+        from collectors.vehicles.mqtt import shared_subscription
+
+        s = self.settings
+        async with aiomqtt.Client(s.host, s.port, username=s.username, password=s.password,
+                                  identifier="bench-aiomqtt", protocol=aiomqtt.ProtocolVersion.V5,
+                                  keepalive=s.keepalive_s, max_queued_incoming_messages=0) as client:
+            await client.subscribe(shared_subscription(s.group), qos=1)
+            self.connected.set()
+            accept = self.ingest.accept
+            async for message in client.messages:
+                self.received += 1
+                parts = message.topic.value.split("/")
+                accept(bytes(message.payload), transport="mqtt", device=parts[3], fleet=parts[2])
+
+
+def measure_burst_ingest(count: int, connections: int) -> float:
+    """µs of CPU per report for ``VehicleIngest.accept`` and the line encoding alone on the burst's own
+    reports (``connections`` vehicles), in process: what the worker spends on them besides its MQTT client."""
+    payloads = _burst_payloads(count, connections)
+    reports = []
+    for j, template in enumerate(payloads):
+        vid = f"V{j % connections + 1:06d}"
+        ts_ms = T0_MS + j  # a report a millisecond, as fast as the burst comes
+        reports.append(Report(_topic(vid), vid, template % ts_ms, ts_ms))
+    best = math.inf
+    for _ in range(2):
+        engine = _Cascade(_registry(connections), connections, rate_per_s=1e9, burst=1e9)
+        cpu, _ = _timed(lambda engine=engine: engine.mqtt(reports))
+        if engine.ok != count:
+            raise SystemExit(f"burst corpus: {count - engine.ok} of {count} reports refused in process")
+        best = min(best, cpu)
+    return best / count * 1e6
+
+
+async def _burst(count: int, connections: int, workdir: Path, timeout_s: float, consumer: str) -> dict[str, Any]:
     from prometheus_client import CollectorRegistry
 
     from cascade.vehicles import IngestWorker, mosquitto_conf, provision
+    from collectors.vehicles.ingest import IngestMetrics, VehicleIngest
     from collectors.vehicles.settings import MqttSettings, VehicleSettings
+    from collectors.vehicles.trust import DeviceRegistry, Gate
 
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(binary).exists():
         raise SystemExit("mosquitto not found: install the Debian package mosquitto (make deps), or use --burst 0")
+    workdir = workdir / consumer
     paths = provision(workdir / "devices", count=connections, fleet=FLEET)
     port = _free_port()
     conf = workdir / "mosquitto.conf"
@@ -614,9 +684,7 @@ async def _burst(count: int, connections: int, workdir: Path, timeout_s: float) 
             devices=str(paths["devices"]), metrics_port=0, rate_per_s=1e9, burst=1e9,  # a few devices send it all
             mqtt=MqttSettings(host="127.0.0.1", port=port, username="ingest",
                               password=paths["ingest_password"].read_text().strip(), group="bench"))
-        worker = IngestWorker(settings, None, registry=CollectorRegistry())
         sink = _LineSink()
-        worker.ingest.sink = sink
         lags: list[int] = []
         last = [0.0]
 
@@ -624,19 +692,31 @@ async def _burst(count: int, connections: int, workdir: Path, timeout_s: float) 
             lags.append(reading.received_ns - reading.timestamp_ns)
             last[0] = time.time()
 
-        worker.ingest.on_reading = on_reading
-        secrets_of = json.loads(paths["devices"].read_text())["devices"]
-        spec = {"port": port, "count": count, "timeout_s": timeout_s,
-                "devices": [(d["id"], d["secret"]) for d in secrets_of]}
-        async with worker:
-            await asyncio.wait_for(worker.mqtt.connected.wait(), 10)
+        async with contextlib.AsyncExitStack() as stack:
+            if consumer == "paho":  # the worker as shipped
+                worker = await stack.enter_async_context(IngestWorker(settings, None, registry=CollectorRegistry()))
+                assert worker.mqtt is not None
+                ingest, mqtt = worker.ingest, worker.mqtt
+            else:
+                ingest = VehicleIngest(DeviceRegistry.load(paths["devices"]), sink=None, metrics=IngestMetrics(),
+                                       gate=Gate(rate_per_s=1e9, burst=1e9))
+                mqtt = _AiomqttConsumer(settings.mqtt, ingest)
+                task = asyncio.create_task(mqtt.run())
+                stack.push_async_callback(_cancel, task)
+            ingest.sink, ingest.on_reading = sink, on_reading
+            await asyncio.wait_for(mqtt.connected.wait(), 10)
+            secrets_of = json.loads(paths["devices"].read_text())["devices"]
+            spec = {"port": port, "count": count, "timeout_s": timeout_s,
+                    "devices": [(d["id"], d["secret"]) for d in secrets_of]}
             publisher = subprocess.Popen(
                 [sys.executable, "-c", "import sys; from bench.vehicles import _publish; _publish(sys.argv[1:])",
                  json.dumps(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                 cwd=Path(__file__).resolve().parent.parent, start_new_session=True)
+            assert publisher.stdin is not None and publisher.stdout is not None
             ready = await asyncio.wait_for(asyncio.to_thread(publisher.stdout.readline), 30)
             if ready.strip() != "ready":
                 raise SystemExit("the burst publisher did not start")
+            # This process (the worker: event loop and paho's thread) and the broker, measured apart.
             cpu0, broker0 = time.process_time(), _cpu_of(broker.pid)
             publisher.stdin.write("go\n")
             publisher.stdin.flush()
@@ -649,7 +729,8 @@ async def _burst(count: int, connections: int, workdir: Path, timeout_s: float) 
                 elif publisher.poll() is not None and time.monotonic() - quiet_since > 3:
                     break  # the publisher is done and nothing arrived for 3 s: the rest is lost
             cpu, broker_cpu = time.process_time() - cpu0, _cpu_of(broker.pid) - broker0
-            received = worker.mqtt.received
+            received = mqtt.received
+            batches = getattr(mqtt, "batches", received)
         out, _ = await asyncio.to_thread(publisher.communicate, None, timeout_s)
         sent = json.loads(out.strip().splitlines()[-1])
     finally:
@@ -669,7 +750,8 @@ async def _burst(count: int, connections: int, workdir: Path, timeout_s: float) 
         return lag_ms[min(len(lag_ms) - 1, int(p / 100 * len(lag_ms)))] if lag_ms else None
 
     span = max(last[0] - sent["first"], 1e-9)
-    return {"burst": count, "connections": connections, "published": sent["acked"], "received": received,
+    return {"consumer": consumer, "what": CONSUMERS[consumer], "burst": count, "connections": connections,
+            "published": sent["acked"], "received": received, "batches": batches,
             "stored": stored, "lost": count - stored, "discarded_by_worker_queue": drops.count,
             # Acknowledged to the publisher, never handed to the worker: the broker's queue for it was full.
             "discarded_by_broker": max(0, sent["acked"] - received - drops.count),
@@ -682,6 +764,12 @@ async def _burst(count: int, connections: int, workdir: Path, timeout_s: float) 
             "lines": sink.lines}
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 # -- report --------------------------------------------------------------------------------------------
 
 def headline(per_core: float, *, vehicles: int = HEADLINE_VEHICLES, interval_s: float = HEADLINE_INTERVAL_S) -> dict:
@@ -690,8 +778,22 @@ def headline(per_core: float, *, vehicles: int = HEADLINE_VEHICLES, interval_s: 
     return {"vehicles": vehicles, "interval_s": interval_s, "reports_per_s": rate, "cores": rate / per_core}
 
 
+def through_broker(burst: dict[str, Any], burst_ingest_us: float, fleet_ingest_us: float) -> dict[str, Any]:
+    """Per-report CPU of one consumer through the broker, split: its MQTT client (worker CPU minus the
+    ingest logic on the same reports), the ingest logic at fleet scale (the throughput figure: a
+    100,000-vehicle corpus, where the burst's few vehicles keep every encoder cache warm), the broker;
+    and the cores 1 M vehicles at 1/min take with all three."""
+    client_us = max(0.0, burst["worker_us_per_report"] - burst_ingest_us)
+    total_us = client_us + fleet_ingest_us + burst["broker_us_per_report"]
+    out = headline(1e6 / total_us)
+    out.update(client_us=client_us, ingest_us=fleet_ingest_us, broker_us=burst["broker_us_per_report"],
+               total_us=total_us, cores_as_measured=out["reports_per_s"] * (
+                   burst["worker_us_per_report"] + burst["broker_us_per_report"]) / 1e6)
+    return out
+
+
 def run(*, messages: int, vehicles: int, rounds: int, memory_vehicles: int, burst: int, connections: int,
-        timeout_s: float) -> dict[str, Any]:
+        timeout_s: float, consumers: tuple[str, ...] = tuple(CONSUMERS)) -> dict[str, Any]:
     """Every measurement; the figures as one dict (what ``--json`` prints)."""
     figures: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
@@ -699,16 +801,16 @@ def run(*, messages: int, vehicles: int, rounds: int, memory_vehicles: int, burs
         "memory": measure_memory(memory_vehicles),
         "throughput": measure_throughput(vehicles, messages, rounds),
     }
-    with tempfile.TemporaryDirectory(prefix="cascade-bench-vehicles-") as tmp:
-        if burst:
-            figures["burst"] = asyncio.run(_burst(burst, connections, Path(tmp), timeout_s))
     t = figures["throughput"]
     figures["headline"] = headline(t["cascade_mqtt"]["per_cpu_s"])
     if burst:
-        b = figures["burst"]
-        through = 1e6 / (b["worker_us_per_report"] + b["broker_us_per_report"])
-        figures["headline_through_broker"] = headline(through)
-        figures["headline_through_broker"]["per_core_worker_and_broker"] = through
+        figures["burst_ingest_us"] = measure_burst_ingest(burst, connections)
+        figures["burst"], figures["through_broker"] = {}, {}
+        with tempfile.TemporaryDirectory(prefix="cascade-bench-vehicles-") as tmp:
+            for consumer in consumers:
+                b = figures["burst"][consumer] = asyncio.run(_burst(burst, connections, Path(tmp), timeout_s, consumer))
+                figures["through_broker"][consumer] = through_broker(b, figures["burst_ingest_us"],
+                                                                     t["cascade_mqtt"]["us_per_report"])
     return figures
 
 
@@ -719,12 +821,15 @@ def _mark(ok: bool) -> str:
 def print_table(f: dict[str, Any]) -> None:
     t, m = f["throughput"], f["memory"]
     rows: list[tuple[str, str, str, str]] = []
+    rows.append(("in process: µs CPU per report, baseline (json + Point)",
+                 f"{t['baseline_mqtt']['us_per_report']:.1f}", "", ""))
+    rows.append(("  Cascade decode + checks + encode (MQTT path)", f"{t['cascade_mqtt']['us_per_report']:.1f}",
+                 "", ""))
     rows.append(("MQTT path, reports/s per core", f"{t['cascade_mqtt']['per_cpu_s']:,.0f}",
                  f">= {TARGET_PER_CORE:,}", _mark(t["cascade_mqtt"]["per_cpu_s"] >= TARGET_PER_CORE)))
     rows.append(("  baseline (json + Point)", f"{t['baseline_mqtt']['per_cpu_s']:,.0f}", "", ""))
     rows.append(("  Cascade / baseline", f"{t['ratio_mqtt']:.2f}x", f">= {TARGET_RATIO:g}x",
                  _mark(t["ratio_mqtt"] >= TARGET_RATIO)))
-    rows.append(("  us CPU per report", f"{t['cascade_mqtt']['us_per_report']:.1f}", "", ""))
     rows.append(("  reports/s wall", f"{t['cascade_mqtt']['per_wall_s']:,.0f}", "", ""))
     rows.append((f"HTTPS batches of {t['batch']}, reports/s per core", f"{t['cascade_https']['per_cpu_s']:,.0f}",
                  f">= {TARGET_PER_CORE:,}", _mark(t["cascade_https"]["per_cpu_s"] >= TARGET_PER_CORE)))
@@ -740,27 +845,39 @@ def print_table(f: dict[str, Any]) -> None:
                  _mark(m["bytes_per_vehicle"] <= TARGET_BYTES_PER_VEHICLE)))
     rows.append(("  encoder caches (MB, bounded)", f"{m['bounded_caches_bytes'] / 1e6:.1f}", "", ""))
     h = f["headline"]
-    rows.append((f"1 M vehicles at 1/min = {h['reports_per_s']:,.0f}/s: ingest cores", f"{h['cores']:.2f}",
-                 f"<= {HEADLINE_NODE_CORES}", _mark(h["cores"] <= HEADLINE_NODE_CORES)))
-    if "burst" in f:
-        b, hb = f["burst"], f["headline_through_broker"]
-        rows.append((f"burst: {b['burst']:,} reports, {b['connections']} connections", "", "", ""))
+    rows.append((f"1 M vehicles at 1/min = {h['reports_per_s']:,.0f}/s: ingest logic cores", f"{h['cores']:.2f}",
+                 "", ""))
+    for consumer, b in f.get("burst", {}).items():
+        hb = f["through_broker"][consumer]
+        rows.append((f"burst of {b['burst']:,} through Mosquitto ({b['connections']} connections): {consumer}",
+                     "", "", ""))
         rows.append(("  stored / lost", f"{b['stored']:,} / {b['lost']:,}", "0 lost", _mark(b["lost"] == 0)))
         rows.append(("    dropped by the broker, by the worker's queue", f"{b['discarded_by_broker']:,}, "
                      f"{b['discarded_by_worker_queue']:,}", "", ""))
-        rows.append(("  reports/s through the broker (wall)", f"{b['per_s_end_to_end']:,.0f}", "", ""))
-        rows.append(("  publish s, drain s", f"{b['publish_s']:.2f}, {b['drain_s']:.2f}", "", ""))
+        rows.append(("  reports/s (wall), reports per wake-up", f"{b['per_s_end_to_end']:,.0f}, "
+                     f"{b['received'] / max(b['batches'], 1):.1f}", "", ""))
         lag = (f"{b['lag_ms_p50']:,.0f} / {b['lag_ms_p95']:,.0f} / {b['lag_ms_max']:,.0f}"
                if b["lag_ms_p50"] is not None else "-")
         rows.append(("  lag p50 / p95 / max (ms)", lag, "", ""))
-        rows.append(("  us CPU per report: worker, broker", f"{b['worker_us_per_report']:.1f}, "
+        rows.append(("  µs CPU per report: worker process, broker", f"{b['worker_us_per_report']:.1f}, "
                      f"{b['broker_us_per_report']:.1f}", "", ""))
-        rows.append(("  1 M vehicles: worker + broker cores", f"{hb['cores']:.2f}", f"<= {HEADLINE_NODE_CORES}",
+        rows.append(("  µs: MQTT client + ingest (fleet) + broker", f"{hb['client_us']:.0f} + {hb['ingest_us']:.0f} + "
+                     f"{hb['broker_us']:.0f}", "", ""))
+        rows.append(("  1 M vehicles at 1/min: cores, all three", f"{hb['cores']:.2f}", f"<= {HEADLINE_NODE_CORES}",
                      _mark(hb["cores"] <= HEADLINE_NODE_CORES)))
+    if {"aiomqtt", "paho"} <= set(f.get("burst", {})):
+        before, after = f["burst"]["aiomqtt"], f["burst"]["paho"]
+        rows.append(("worker CPU per report through the broker, before / after",
+                     f"{before['worker_us_per_report'] / max(after['worker_us_per_report'], 1e-9):.2f}x", "", ""))
     width = max(len(r[0]) for r in rows)
     print(f"vehicle ingest: {t['reports']:,} reports of {t['vehicles']:,} vehicles "
           f"({t['payload_bytes_mean']:.0f} B each), HTTPS {t['batches']:,} batches; best of {t['rounds']} "
           f"interleaved rounds; {f['machine']['cpus']} CPUs, load {f['machine']['load_1m']:.2f}")
+    if "burst_ingest_us" in f:
+        print(f"burst reports through the ingest logic in process: {f['burst_ingest_us']:.1f} µs CPU each "
+              "(subtracted from the worker's CPU to give its MQTT client's)")
+    for consumer in f.get("burst", {}):
+        print(f"consumer {consumer}: {CONSUMERS[consumer]}")
     print(f"{'':{width}}  {'measured':>16}  {'target':>10}")
     for name, value, target, mark in rows:
         print(f"{name:{width}}  {value:>16}  {target:>10}  {mark}".rstrip())
@@ -782,6 +899,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=int, default=20_000, help="reports in the burst; 0: no broker (default 20,000)")
     parser.add_argument("--connections", type=int, default=4, help="device connections publishing the burst")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds the burst may take at most")
+    parser.add_argument("--consumer", choices=("both", *CONSUMERS), default="both",
+                        help="the burst's MQTT consumer: the one before 2026-12-06 (aiomqtt), the shipped one "
+                             "(paho), or both in this run (default)")
     parser.add_argument("--quick", action="store_true", help="tiny counts (smoke test)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of the table")
     args = parser.parse_args(argv)
@@ -794,7 +914,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--messages must be at least {BATCH} (one HTTPS batch)")
     figures = run(messages=args.messages, vehicles=args.vehicles, rounds=args.rounds,
                   memory_vehicles=args.memory_vehicles, burst=args.burst, connections=args.connections,
-                  timeout_s=min(max(args.timeout, 5.0), 600.0))
+                  timeout_s=min(max(args.timeout, 5.0), 600.0),
+                  consumers=tuple(CONSUMERS) if args.consumer == "both" else (args.consumer,))
     if args.json:
         print(json.dumps(figures, indent=1, sort_keys=True))
     else:

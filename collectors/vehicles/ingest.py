@@ -97,8 +97,10 @@ class IngestMetrics:
                                   ["fleet", "gateway"], registry=registry)
         self.gateway_packs = Gauge("cascade_gateway_packs", "Packs in the last report of each BLE gateway",
                                    ["fleet", "gateway"], registry=registry)
-        for transport in ("mqtt", "https"):  # every series exists from the start (rates, absent())
-            self.accepted.labels(transport)
+        # Every series exists from the start (rates, absent()); the stored counter's children are kept:
+        # labels() per report costs more than the increment.
+        self.accepted_by = {transport: self.accepted.labels(transport) for transport in ("mqtt", "https")}
+        for transport in self.accepted_by:
             for reason in REASONS:
                 self.rejected.labels(transport, reason)
 
@@ -167,8 +169,10 @@ class VehicleIngest:
             self.sink.submit((reading,))
         if self.on_reading is not None:
             self.on_reading(reading)
-        self.metrics.accepted.labels(transport).inc()
-        self.metrics.lag.observe(max(0.0, now - msg.ts / 1000.0))
+        metrics = self.metrics
+        counter = metrics.accepted_by.get(transport)
+        (counter if counter is not None else metrics.accepted.labels(transport)).inc()
+        metrics.lag.observe(max(0.0, now - msg.ts / 1000.0))
         return Outcome(vehicle=sender, seq=msg.seq, fields_rejected=len(problems), reading=reading)
 
     def accept_packs(self, data: bytes, *, transport: str, device: str, fleet: str | None = None) -> Outcome:
@@ -208,7 +212,8 @@ class VehicleIngest:
             self._log_once(device, f"field:{problem.field}", "rejected value: %s", problem)
         if self.sink is not None:
             self.sink.submit((reading,))
-        self.metrics.accepted.labels(transport).inc()
+        counter = self.metrics.accepted_by.get(transport)
+        (counter if counter is not None else self.metrics.accepted.labels(transport)).inc()
         self.metrics.lag.observe(max(0.0, now - report.ts / 1000.0))
         self.metrics.gateway_seen.labels(known.fleet, device).set(now)
         self.metrics.gateway_packs.labels(known.fleet, device).set(len(reading.slots))
