@@ -1,9 +1,11 @@
 """Fault-to-webhook latency for level 3: how long from a cabinet fault to the on-call webhook.
 
-    python -m bench.latency [--repetitions 10] [--interval 1] [--scenario flame|short_circuit]
+    python -m bench.latency [--repetitions 10] [--interval 5] [--fast-interval 1] [--fault flame|short_circuit]
 
 Everything is real and on loopback: the simulator (pymodbus servers), the collector pipeline
-polling every ``--interval`` seconds, the warning engine and alert service, a real Alertmanager
+polling at the shipped intervals (a cabinet's defaults: everything every ``interval_s``, the safety
+fields every ``fast_interval_s``; override with ``--interval`` and ``--fast-interval``, ``0`` turns the
+fast lane off), the warning engine and alert service, a real Alertmanager
 with the shipped routing (level 3: ``group_wait: 1s``) and a local webhook receiver standing in
 for the notifier. Each repetition injects a step fault that is level 3 on its first reading into
 a fresh cabinet (a fresh Alertmanager group, so group_wait applies, not group_interval) and
@@ -14,7 +16,7 @@ measures, from the moment of injection:
 * push → webhook: Alertmanager's group_wait and dispatch, until the receiver got the alert.
 
 Prints median / p95 / max of each, and the total. Bounded: ``--repetitions`` ≤ 50, each one times
-out after ``--timeout`` seconds. ``main(argv)`` returns 0, or 1 when the level-3 median misses the
+out after ``--timeout`` seconds. ``main(argv)`` returns 0, or 1 when the level-3 p95 misses the
 2 s target.
 """
 
@@ -111,7 +113,8 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-async def measure(repetitions: int, interval_s: float, fault: str, timeout_s: float, workdir: Path) -> dict[str, list[float]]:
+async def measure(repetitions: int, interval_s: float, fault: str, timeout_s: float, workdir: Path,
+                  fast_interval_s: float | None = None) -> dict[str, list[float]]:
     """Run the measurement; returns the phase durations (seconds) per repetition."""
     from alerting.engine import Engine
     from alerting.rules import load_rules
@@ -133,7 +136,9 @@ async def measure(repetitions: int, interval_s: float, fault: str, timeout_s: fl
     fleet = build_fleet([("reference-cabinet", profile)], cabinets=repetitions, per_port=repetitions,
                         base_port=port, seed=3)
     sim = SimulatorServer(fleet, control_port=0, timer_s=0.05)
-    cabinets = fleet.collector_configs(interval_s=interval_s, timeout_s=1.0)
+    cabinets = fleet.collector_configs(interval_s=interval_s, fast_interval_s=fast_interval_s, timeout_s=1.0)
+    # How often a fault can be seen: every fast poll when the lane is on, else every poll.
+    period_s = fast_interval_s if fast_interval_s is not None and fast_interval_s < interval_s else interval_s
     config = AppConfig(source="bench", cabinets=cabinets, profiles={"reference-cabinet": profile}, influxdb=None,
                        metrics_port=0, status_interval_s=0)
     seen: dict[str, float] = {}  # cabinet -> first reading carrying the fault
@@ -173,7 +178,7 @@ async def measure(repetitions: int, interval_s: float, fault: str, timeout_s: fl
                 service = alert_service_for(pipeline, engine, alertmanager_url=f"http://127.0.0.1:{am_port}",
                                        on_pushed=on_pushed)
                 async with service, pipeline:
-                    await asyncio.sleep(2 * interval_s)  # every cabinet polled once: steady state
+                    await asyncio.sleep(2 * interval_s)  # every cabinet fully polled at least once: steady state
                     for cab in fleet.cabinets:
                         cid = cab.cabinet_id
                         target = f"{{cabinet: {cid}" + (f", slot: {slot}}}" if slot else "}")
@@ -189,31 +194,43 @@ async def measure(repetitions: int, interval_s: float, fault: str, timeout_s: fl
                         results["push_to_webhook"].append(got - pushed[cid])
                         results["total"].append(got - injected)
                         # Let the next injection land at a random point of the poll cycle.
-                        await asyncio.sleep(interval_s * (0.37 + 0.5 * (len(results["total"]) % 3) / 3))
+                        await asyncio.sleep(period_s * (0.37 + 0.5 * (len(results["total"]) % 3) / 3))
             finally:
                 await sim.stop()
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
+    from collectors.modbus.settings import CabinetConfig
+
+    shipped = CabinetConfig(id="-", host="-")
     parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.split("\n\n")[0])
     parser.add_argument("--repetitions", type=int, default=10, help="faults to inject, 1-50 (default 10)")
-    parser.add_argument("--interval", type=float, default=1.0, help="poll interval in seconds (default 1)")
+    parser.add_argument("--interval", type=float, default=shipped.interval_s,
+                        help=f"poll interval in seconds (default: the shipped {shipped.interval_s:g})")
+    parser.add_argument("--fast-interval", type=float, default=shipped.fast_interval_s,
+                        help=f"safety fast lane interval in seconds, 0: off (default: the shipped "
+                             f"{shipped.fast_interval_s})")
     parser.add_argument("--fault", choices=sorted(_FAULTS), default="flame")
     parser.add_argument("--timeout", type=float, default=15.0, help="per repetition, seconds (default 15)")
     args = parser.parse_args(argv)
     if not 1 <= args.repetitions <= 50:
         parser.error("--repetitions must be between 1 and 50")
+    fast = args.fast_interval or None
     with tempfile.TemporaryDirectory(prefix="cascade-latency-") as tmp:
-        results = asyncio.run(measure(args.repetitions, args.interval, args.fault, args.timeout, Path(tmp)))
-    print(f"fault-to-webhook latency, level 3 ({args.fault}), poll interval {args.interval:g}s, "
+        results = asyncio.run(measure(args.repetitions, args.interval, args.fault, args.timeout, Path(tmp),
+                                      fast_interval_s=fast))
+    lane = f", safety fast lane {fast:g}s" if fast is not None and fast < args.interval else ", no fast lane"
+    shipped_note = " (shipped)" if (args.interval, fast) == (shipped.interval_s, shipped.fast_interval_s) else ""
+    print(f"fault-to-webhook latency, level 3 ({args.fault}), poll interval {args.interval:g}s{lane}{shipped_note}, "
           f"n={len(results['total'])}; Alertmanager shipped routing (level 3 group_wait 1s)")
     print(f"{'phase':18} {'median':>8} {'p95':>8} {'max':>8}")
     for name, values in results.items():
         print(f"{name:18} {statistics.median(values):8.3f} {_percentile(values, 0.95):8.3f} {max(values):8.3f}")
-    median = statistics.median(results["total"])
-    print(f"target: level 3 < {_TARGET_S:g}s -> median {median:.3f}s {'MET' if median < _TARGET_S else 'MISSED'}")
-    return 0 if median < _TARGET_S else 1
+    median, p95 = statistics.median(results["total"]), _percentile(results["total"], 0.95)
+    print(f"target: level 3 < {_TARGET_S:g}s at p95 -> median {median:.3f}s, p95 {p95:.3f}s "
+          f"{'MET' if p95 < _TARGET_S else 'MISSED'}")
+    return 0 if p95 < _TARGET_S else 1
 
 
 if __name__ == "__main__":

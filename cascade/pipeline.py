@@ -45,6 +45,10 @@ class Commanders:
     def __init__(self, commanders: Sequence[Commander]) -> None:
         self._commanders = list(commanders)
 
+    def add(self, commander: Commander) -> None:
+        """One more commander whose devices are not a source's (a BLE gateway's packs, over MQTT)."""
+        self._commanders.append(commander)
+
     def _owner(self, device: str) -> Commander | None:
         return next((c for c in self._commanders if c.slot_count(device) is not None), None)
 
@@ -154,6 +158,10 @@ class Pipeline:
         """Fan one report out to the sink, the exporter and the subscribers."""
         reading = report.reading
         if report.watch_only:
+            # Evaluated only: a vehicle report (stored by the ingest workers) or a safety fast-lane poll
+            # (the next full poll is stored, collectors/modbus/device.py); the reads it cost still count.
+            if report.requests:
+                self.metrics.count_requests(report.requests, report.source)
             await self._call_hooks(reading)
             return
         self.readings_total += len(reading.slots)

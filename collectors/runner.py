@@ -169,6 +169,8 @@ class PollRunner(Generic[T]):
                 raise
             except Exception:
                 log.exception("%s: handling a poll result failed", device.name)
+            # Not kept alive through the sleep: a fleet would hold one reading per device for nothing.
+            result = outcome = None
             # Fixed-rate schedule with jitter; if we fell behind, poll now rather than pile up.
             next_at += interval * (1 + self._rng.uniform(-self._jitter, self._jitter))
             now = self._clock()

@@ -12,6 +12,8 @@ error kinds come from a fixed vocabulary, decode errors are labelled by profile 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from core.model import BatteryState, CabinetReading
 
@@ -40,28 +42,10 @@ class PipelineMetrics:
         self.requests = Counter("cascade_source_requests_total",
                                 "Requests sources sent to devices (Modbus reads; 0 for pushed data)", ["source"],
                                 registry=registry)
-        labels = ["site", "cabinet"]
-        self.cabinet_temperature = Gauge("cascade_cabinet_temperature_celsius", "Temperature inside the cabinet",
-                                         labels, registry=registry)
-        self.slot_temperature_max = Gauge("cascade_cabinet_battery_temperature_max_celsius",
-                                          "Hottest battery in the cabinet", labels, registry=registry)
-        self.h2_max = Gauge("cascade_cabinet_h2_max_ppm", "Highest compartment H2/off-gas reading",
-                            labels, registry=registry)
-        self.co = Gauge("cascade_cabinet_co_ppm", "CO concentration", labels, registry=registry)
-        self.smoke = Gauge("cascade_cabinet_smoke_detected", "1 when the smoke detector is active",
-                           labels, registry=registry)
-        self.flame = Gauge("cascade_cabinet_flame_detected", "1 when the flame detector is active",
-                           labels, registry=registry)
-        self.water = Gauge("cascade_cabinet_water_detected", "1 when water/immersion is detected",
-                           labels, registry=registry)
-        self.power = Gauge("cascade_cabinet_input_power_watts", "Cabinet input power", labels, registry=registry)
-        self.slots_charging = Gauge("cascade_cabinet_slots_charging", "Slots charging now", labels, registry=registry)
-        self.slots_occupied = Gauge("cascade_cabinet_slots_occupied", "Slots holding a battery", labels,
-                                    registry=registry)
-        self.slots_protected = Gauge("cascade_cabinet_slots_protection_active",
-                                     "Slots with a charger or BMS protection flag set", labels, registry=registry)
-        self.poll_timestamp = Gauge("cascade_cabinet_last_poll_timestamp_seconds",
-                                    "Unix time of the cabinet's last successful poll", labels, registry=registry)
+        # The per-cabinet fleet gauges: one collector over plain values (a list per cabinet), not a
+        # `Gauge` child per (metric, cabinet): ~0.5 KiB a cabinet instead of ~9.5 KiB (bench memory).
+        self.fleet = _FleetGauges(_FLEET_GAUGES)
+        registry.register(self.fleet)
         self._sites: dict[str, str] = {}
         self._sources: dict[str, str] = {}
 
@@ -84,15 +68,18 @@ class PipelineMetrics:
         self._sites[device] = site
         self._sources[device] = source
 
+    def count_requests(self, requests: int, source: str = "") -> None:
+        """Requests a source sent for a report, also for one whose reading is only evaluated."""
+        self.requests.labels(source).inc(requests)
+
     def observe(self, reading: CabinetReading, requests: int, field_errors: list[str], source: str = "") -> None:
         """Update counters and fleet gauges from one successful report."""
         if requests:
-            self.requests.labels(source).inc(requests)
+            self.count_requests(requests, source)
         for name in field_errors:
             self.decode_errors.labels(name).inc()
         for name in reading.over_range:
             self.over_range.labels(name).inc()
-        labels = (reading.site, reading.cabinet_id)
         # The hottest sensor of each battery (pack, hottest cell, surface): what over_temperature reads.
         temps = [t for s in reading.slots if (t := s.hottest_temperature_c) is not None]
         gases = [s.h2_ppm for s in reading.slots if s.h2_ppm is not None]
@@ -107,27 +94,57 @@ class PipelineMetrics:
             if slot.charger_protection or slot.bms_protection:
                 protected += 1
         self.readings.inc(len(reading.slots))
-        self._set(self.cabinet_temperature, labels, reading.cabinet_temperature_c)
-        self._set(self.slot_temperature_max, labels, max(temps) if temps else None)
-        self._set(self.h2_max, labels, max(gases) if gases else None)
-        self._set(self.co, labels, reading.co_ppm)
-        self._set(self.smoke, labels, reading.smoke_detected)
-        self._set(self.flame, labels, reading.flame_detected)
-        self._set(self.water, labels, reading.water_detected)
-        self._set(self.power, labels, reading.input_power_w)
-        self.slots_charging.labels(*labels).set(charging)
-        self.slots_occupied.labels(*labels).set(occupied)
-        self.slots_protected.labels(*labels).set(protected)
-        self.poll_timestamp.labels(*labels).set(reading.timestamp_ns / 1e9)
+        # A value the cabinet does not report (sensor silent, garbage rejected) has no series rather
+        # than a fake 0 or, worse, the last value as if it were current. Order: _FLEET_GAUGES.
+        self.fleet.values[(reading.site, reading.cabinet_id)] = [
+            _number(reading.cabinet_temperature_c), max(temps) if temps else None, max(gases) if gases else None,
+            _number(reading.co_ppm), _number(reading.smoke_detected), _number(reading.flame_detected),
+            _number(reading.water_detected), _number(reading.input_power_w), float(charging), float(occupied),
+            float(protected), reading.timestamp_ns / 1e9]
 
-    @staticmethod
-    def _set(gauge: Gauge, labels: tuple[str, str], value: float | bool | None) -> None:
-        # A value the cabinet does not report (sensor silent, garbage rejected) removes the series
-        # rather than exporting a fake 0 or, worse, the last value as if it were current.
-        if value is None:
-            try:
-                gauge.remove(*labels)
-            except KeyError:
-                pass
-            return
-        gauge.labels(*labels).set(float(value))
+
+def _number(value: float | bool | None) -> float | None:
+    return None if value is None else float(value)
+
+
+_FLEET_GAUGES: tuple[tuple[str, str], ...] = (
+    ("cascade_cabinet_temperature_celsius", "Temperature inside the cabinet"),
+    ("cascade_cabinet_battery_temperature_max_celsius", "Hottest battery in the cabinet"),
+    ("cascade_cabinet_h2_max_ppm", "Highest compartment H2/off-gas reading"),
+    ("cascade_cabinet_co_ppm", "CO concentration"),
+    ("cascade_cabinet_smoke_detected", "1 when the smoke detector is active"),
+    ("cascade_cabinet_flame_detected", "1 when the flame detector is active"),
+    ("cascade_cabinet_water_detected", "1 when water/immersion is detected"),
+    ("cascade_cabinet_input_power_watts", "Cabinet input power"),
+    ("cascade_cabinet_slots_charging", "Slots charging now"),
+    ("cascade_cabinet_slots_occupied", "Slots holding a battery"),
+    ("cascade_cabinet_slots_protection_active", "Slots with a charger or BMS protection flag set"),
+    ("cascade_cabinet_last_poll_timestamp_seconds", "Unix time of the cabinet's last successful poll"),
+)
+
+
+class _FleetGauges(Collector):
+    """Gauges labelled (site, cabinet) whose values are one list per cabinet, rendered at scrape time.
+
+    ``values[(site, cabinet)]`` is replaced whole on each reading, never changed in place, so a render
+    in the scrape thread (exporters/scrape.py) sees each cabinet's values from one reading.
+    """
+
+    def __init__(self, gauges: tuple[tuple[str, str], ...]) -> None:
+        self.gauges = gauges
+        self.values: dict[tuple[str, str], list[float | None]] = {}
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily(name, doc, labels=["site", "cabinet"]) for name, doc in self.gauges]
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        items = list(self.values.items())  # one C-level copy under the GIL: safe against the event loop
+        families = []
+        for i, (name, doc) in enumerate(self.gauges):
+            family = GaugeMetricFamily(name, doc, labels=["site", "cabinet"])
+            for labels, values in items:
+                value = values[i]
+                if value is not None:
+                    family.add_metric(labels, value)
+            families.append(family)
+        return families

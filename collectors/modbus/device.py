@@ -3,12 +3,28 @@
     cabinet = ModbusCabinet(CabinetConfig(id="C0001", host="10.0.0.5", port=502), profile)
     poll = await cabinet.fetch()          # core.events.Report(reading, errors, requests)
     result = await cabinet.command("slot_output", slot=3, value=False, actor="rule:thermal_runaway")
+
+**Safety fast lane.** With ``fast_interval_s`` below ``interval_s`` (the default: 1 s against 5 s) the
+runner polls the cabinet every ``fast_interval_s``. A poll is *full* (the whole read plan) when
+``interval_s`` has passed since the last full one, else *fast*: only the reads of a second plan,
+planned by the same planner restricted to :data:`SAFETY_FIELDS` (gas, smoke, flame, alarm and
+protection words, pack temperatures, emergency state). A fast poll is merged into the last full
+reading: the safety fields are the fresh values (``None`` included: a sensor that stopped answering
+is news), every other field is carried from the full poll, and the timestamp is the fast poll's. So
+the warning engine always sees a complete reading and no rule sees a field vanish: nothing clears,
+goes stale or reads as a lost sensor because a fast poll does not read it. The merged reading is
+delivered ``watch_only`` (evaluated, not stored: InfluxDB and the gauges keep the normal interval;
+an alert records the value that raised it). A fast poll happens only within ``interval_s`` of a
+successful full poll: after a failed one every poll is full again, so carried values are never
+older than one interval. Rates and windows in the rules run on the fields the fast lane refreshes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
+import random
 import time
 from collections.abc import Callable
 
@@ -16,16 +32,29 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 
 from collectors.runner import PollFailed
 from core.events import CommandResult, Report
+from core.model import BatteryState, CabinetReading
 
 from .decode import FieldError, decode_poll
-from .planner import ReadRequest, plan_reads
+from .planner import ReadRequest, shared_plan
 from .profile import Profile
 from .settings import CabinetConfig
 from .tcp import ModbusTcpLink
 
-__all__ = ["KIND", "CabinetConfig", "ModbusCabinet"]
+__all__ = ["KIND", "SAFETY_FIELDS", "CabinetConfig", "ModbusCabinet", "merge_fast"]
 
 KIND = "modbus"  # the source kind: metrics label and config name
+
+SAFETY_FIELDS = frozenset({
+    # cabinet: fire and gas detection, alarm words, the ambient baseline of the slot temperature rules
+    "emergency_state", "flame_detected", "smoke_detected", "water_detected", "co_ppm", "co2_ppm",
+    "cabinet_h2_ppm", "cabinet_voc_ppm", "cabinet_temperature_c", "device_fault_code",
+    # slot: every input of the thermal-runaway fusion and of the temperature, gas and protection rules,
+    # and the battery state (an empty slot's zeros are not pack values, alerting/engine.py)
+    "temperature_c", "cell_temperature_max_c", "cell_temperature_min_c", "surface_temperature_c",
+    "h2_ppm", "voc_ppm", "module_pressure_kpa", "valve_acoustic_events", "bms_protection",
+    "charger_protection", "battery_state",
+})
+"""The fields the safety fast lane reads (those a profile maps; its ``bits`` words with their unmapped bits)."""
 
 log = logging.getLogger("cascade.collectors.modbus")
 
@@ -57,9 +86,27 @@ class ModbusCabinet:
         self.config = config
         self.profile = profile
         self.name = config.id
-        self.interval_s = config.interval_s
         self.slot_count = config.slots or profile.slot_count
-        self.plan: list[ReadRequest] = plan_reads(profile, self.slot_count, max_gap=config.max_gap)
+        # Shared by every cabinet of the same profile, slot count and gap (collectors/modbus/planner.py).
+        self.plan: tuple[ReadRequest, ...] = shared_plan(profile, self.slot_count, max_gap=config.max_gap)
+        fast = config.fast_interval_s
+        self.fast_plan: tuple[ReadRequest, ...] | None = None
+        if fast is not None and fast < config.interval_s:
+            plan = shared_plan(profile, self.slot_count, max_gap=config.max_gap, only=SAFETY_FIELDS)
+            if plan and len(plan) < len(self.plan):  # a lane that reads as much as a full poll is no lane
+                self.fast_plan = plan
+        # What the runner schedules on: every fast poll when the lane is on, a full poll in between.
+        self.interval_s: float = fast if fast is not None and self.fast_plan is not None else config.interval_s
+        self._fast_names: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+        if self.fast_plan is not None:
+            names = [f for r in self.fast_plan for f in r.fields if not f.extra]
+            self._fast_names = (tuple(sorted({f.name for f in names if f.slot is None})),
+                                tuple(sorted({f.name for f in names if f.slot is not None})))
+        self._last_full: CabinetReading | None = None
+        self._full_at = 0.0  # monotonic start of the last successful full poll
+        # The runner spreads first polls over one fast interval only: shift each cabinet's later full
+        # polls by a phase of its own, so a fleet's full polls spread over the whole interval.
+        self._phase_s = random.Random(config.id).uniform(0.0, config.interval_s - self.interval_s)
         self._wall_clock = wall_clock
         self._client: ModbusTcpLink | None = None
         # One request in flight per connection: Modbus TCP devices often mishandle pipelining.
@@ -120,13 +167,15 @@ class ModbusCabinet:
             self._client.close()
             self._client = None
 
-    async def read_plan(self) -> tuple[list[list[int] | list[bool] | None], list[str]]:
-        """Run the read plan once: the raw words (bits) of each planned read, ``None`` for a read the
-        device refused with a Modbus exception (described in the second list). A lost connection
-        raises :class:`PollFailed`. ``fetch`` decodes these; ``cascade probe`` shows them raw."""
+    async def read_plan(self, plan: tuple[ReadRequest, ...] | None = None,
+                        ) -> tuple[list[list[int] | list[bool] | None], list[str]]:
+        """Run the read plan (default: the full one) once: the raw words (bits) of each planned read,
+        ``None`` for a read the device refused with a Modbus exception (described in the second list).
+        A lost connection raises :class:`PollFailed`. ``fetch`` decodes these; ``cascade probe`` shows
+        them raw."""
         responses: list[list[int] | list[bool] | None] = []
         failed_detail: list[str] = []
-        for request in self.plan:
+        for request in self.plan if plan is None else plan:
             try:
                 response = await self._call(_READ[request.register_type], request.address, count=request.count)
             except PollFailed as err:
@@ -144,17 +193,38 @@ class ModbusCabinet:
 
     async def fetch(self) -> Report:
         """Run the read plan once and decode it. A read answered with a Modbus exception
-        loses only its own fields; a lost connection fails the whole poll."""
-        responses, failed_detail = await self.read_plan()
+        loses only its own fields; a lost connection fails the whole poll.
+
+        With the fast lane on, a poll within ``interval_s`` of the last full one reads only the
+        safety fields and returns them merged into that full reading, ``watch_only`` (module docstring).
+        A fast poll that finds a pack docked in or taken out of a slot is followed at once by a full
+        one, returned instead: the new pack's identity, chemistry and ratings are not safety fields,
+        and its temperatures must not be read as the old pack's (or the empty slot's) history."""
+        started = time.monotonic()
+        if self.fast_plan is not None and self._last_full is not None and \
+                started - self._full_at < self.config.interval_s - self.interval_s / 2:
+            reading, errors, failed = await self._poll(self.fast_plan)
+            if not _occupancy_changed(self._last_full, reading):
+                merged = merge_fast(self._last_full, reading, *self._fast_names)
+                return Report(merged, errors, len(self.fast_plan), failed, source=KIND, watch_only=True)
+            started = time.monotonic()
+        reading, errors, failed = await self._poll(self.plan)
+        if self.fast_plan is not None:
+            self._full_at = started - self._phase_s if self._last_full is None else started
+            self._last_full = reading
+        return Report(reading, errors, len(self.plan), failed, source=KIND)
+
+    async def _poll(self, plan: tuple[ReadRequest, ...]) -> tuple[CabinetReading, list[FieldError], int]:
+        responses, failed_detail = await self.read_plan(plan)
         failed = len(failed_detail)
-        if failed == len(self.plan):
+        if failed == len(plan):
             raise PollFailed("exception", "every read failed: " + "; ".join(failed_detail[:3]))
-        reading, errors = decode_poll(self.plan, responses, cabinet_id=self.config.id, site=self.config.site,
+        reading, errors = decode_poll(plan, responses, cabinet_id=self.config.id, site=self.config.site,
                                       model=self.profile.model, slot_count=self.slot_count,
                                       timestamp_ns=time.time_ns())
         for detail in failed_detail:
             errors.append(FieldError(self.config.id, None, "(read)", detail.split(" ", 1)[0], 0, detail))
-        return Report(reading, errors, len(self.plan), failed, source=KIND)
+        return reading, errors, failed
 
     async def command(self, name: str, *, slot: int | None, value: int | bool, actor: str) -> CommandResult:
         """Write a command register/coil, read it back, and report; never raises on device errors."""
@@ -194,3 +264,38 @@ class ModbusCabinet:
     async def close(self) -> None:
         # No lock: closing the transport is what unblocks a request stuck in flight.
         self._drop()
+
+
+def _occupancy_changed(full: CabinetReading, fast: CabinetReading) -> bool:
+    """Whether a slot that was empty at the full poll holds a pack now, or the other way round."""
+    for old, new in zip(full.slots, fast.slots):
+        if old.battery_state is not None and new.battery_state is not None and \
+                (old.battery_state == BatteryState.EMPTY) != (new.battery_state == BatteryState.EMPTY):
+            return True
+    return False
+
+
+def merge_fast(full: CabinetReading, fast: CabinetReading, cabinet_fields: tuple[str, ...],
+               slot_fields: tuple[str, ...]) -> CabinetReading:
+    """``full`` with the ``cabinet_fields`` and ``slot_fields`` (and the timestamp) of ``fast``.
+
+    Neither input changes (the full reading may still be in a sink's buffer). A field of the fast
+    poll's is taken as it came, ``None`` included; ``over_range`` keeps the full poll's entries for
+    the other fields and adds the fast poll's.
+    """
+    merged = copy.copy(full)
+    merged.timestamp_ns = fast.timestamp_ns
+    for name in cabinet_fields:
+        setattr(merged, name, getattr(fast, name))
+    if full.over_range or fast.over_range:
+        merged.over_range = (*(n for n in full.over_range if n not in cabinet_fields), *fast.over_range)
+    slots = []
+    for old, new in zip(full.slots, fast.slots):
+        slot = copy.copy(old)
+        for name in slot_fields:
+            setattr(slot, name, getattr(new, name))
+        if old.over_range or new.over_range:
+            slot.over_range = (*(n for n in old.over_range if n not in slot_fields), *new.over_range)
+        slots.append(slot)
+    merged.slots = slots
+    return merged

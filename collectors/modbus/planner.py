@@ -1,6 +1,8 @@
 """Read planning: merge a profile's registers into as few Modbus reads as the protocol allows.
 
-Computed once per (profile, slot count) at start-up. A read never exceeds 125 registers
+Computed once per (profile, slot count, gap) at start-up and shared: :func:`shared_plan` hands
+every cabinet with the same profile, slot count and gap the same immutable plan (a plan holds a
+compiled decoder per field; one per cabinet was ~300 KiB of a 12-slot cabinet's memory). A read never exceeds 125 registers
 (2000 bits for coils and discrete inputs), never splits a multi-word field, and bridges a gap
 between fields only up to ``max_gap`` unused registers: some devices answer "illegal address"
 for registers they do not map, so gap fill is a per-cabinet setting.
@@ -13,7 +15,8 @@ for registers they do not map, so gap fill is a per-cabinet setting.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from core.model import FIELD_KINDS
@@ -21,7 +24,8 @@ from core.model import FIELD_KINDS
 from .codec import compile_decoder, compile_unmapped
 from .profile import REGISTER_TYPES, FieldSpec, Profile, unmapped_field
 
-__all__ = ["FieldSlice", "ReadRequest", "MAX_BITS", "MAX_REGISTERS", "minimum_reads", "plan_reads"]
+__all__ = ["FieldSlice", "ReadRequest", "MAX_BITS", "MAX_REGISTERS", "minimum_reads", "plan_reads", "restrict_plan",
+           "shared_plan"]
 
 MAX_REGISTERS = 125  # Modbus application protocol limit for function codes 3 and 4
 MAX_BITS = 2000  # ... and for function codes 1 and 2
@@ -90,7 +94,10 @@ def _limit(register_type: str, max_registers: int) -> int:
 
 def plan_reads(profile: Profile, slot_count: int | None = None, *, max_gap: int | None = None,
                max_registers: int = MAX_REGISTERS) -> list[ReadRequest]:
-    """Plan the reads that fetch every field of ``profile`` for ``slot_count`` slots."""
+    """Plan the reads that fetch every field of ``profile`` for ``slot_count`` slots.
+
+    Each distinct field spec is compiled once per plan: its slices in every slot share the decoder
+    (a decoder reads ``words`` at the slice's index, so it does not depend on the slot)."""
     if not 1 <= max_registers <= MAX_REGISTERS:
         raise ValueError(f"max_registers must be 1..{MAX_REGISTERS}, got {max_registers}")
     max_gap = profile.max_gap if max_gap is None else max_gap
@@ -98,6 +105,7 @@ def plan_reads(profile: Profile, slot_count: int | None = None, *, max_gap: int 
         raise ValueError(f"max_gap must be >= 0, got {max_gap}")
     slot_count = profile.slot_count if slot_count is None else slot_count
     plan: list[ReadRequest] = []
+    decoders: dict[tuple[int, bool], Callable[[Sequence[int], int], object]] = {}
     for register_type, extents in _field_extents(profile, slot_count).items():
         if extents and extents[-1][1] > 0x10000:
             raise ValueError(f"{slot_count} slots of profile {profile.model} need {register_type} registers "
@@ -111,25 +119,77 @@ def plan_reads(profile: Profile, slot_count: int | None = None, *, max_gap: int 
                     group.append(extent)
                     end = max(end, extent[1])
                     continue
-                plan.append(_request(register_type, group))
+                plan.append(_request(register_type, group, decoders))
             if extent[1] - extent[0] > limit:
                 raise ValueError(f"{extent[3].field} is {extent[1] - extent[0]} registers, over the {limit} limit")
             group = [extent]
             end = extent[1]
         if group:
-            plan.append(_request(register_type, group))
+            plan.append(_request(register_type, group, decoders))
     return plan
 
 
-def _request(register_type: str, group: list[tuple[int, int, int | None, FieldSpec]]) -> ReadRequest:
+def _request(register_type: str, group: list[tuple[int, int, int | None, FieldSpec]],
+             decoders: dict[tuple[int, bool], Callable[[Sequence[int], int], object]]) -> ReadRequest:
     start = group[0][0]
     end = max(e[1] for e in group)
     fields: list[FieldSlice] = []
     for s, _e, slot, spec in group:
-        fields.append(FieldSlice(slot, spec, s - start))
-        if spec.bits is not None:
-            fields.append(FieldSlice(slot, spec, s - start, unmapped=True))
+        for unmapped in (False, True) if spec.bits is not None else (False,):
+            key = (id(spec), unmapped)  # the spec lives in the profile, which the plan's slices hold
+            decode = decoders.get(key)
+            if decode is None:
+                decode = decoders[key] = compile_unmapped(spec) if unmapped else compile_decoder(spec)
+            fields.append(FieldSlice(slot, spec, s - start, decode, unmapped))
     return ReadRequest(register_type, start, end - start, tuple(fields))
+
+
+def restrict_plan(plan: Sequence[ReadRequest], only: Collection[str]) -> list[ReadRequest]:
+    """The reads of ``plan`` that carry a model field named in ``only``, each cut to the span from
+    its first to its last such field, with just those fields (the safety fast lane's plan).
+
+    Never more reads than ``plan``, and never a register ``plan`` does not read: a device that
+    refuses unmapped registers (``max_gap: 0``) gets only the registers its full poll reads.
+    """
+    out: list[ReadRequest] = []
+    for request in plan:
+        keep = [f for f in request.fields if not f.extra and f.spec.field in only]
+        if not keep:
+            continue
+        low = min(f.index for f in keep)
+        # bit reads (coils, discrete inputs) hold one bit per field
+        high = max(f.index + (1 if REGISTER_TYPES[request.register_type] else f.spec.words) for f in keep)
+        out.append(ReadRequest(request.register_type, request.address + low, high - low,
+                               tuple(FieldSlice(f.slot, f.spec, f.index - low, f.decode, f.unmapped) for f in keep)))
+    return out
+
+
+_SHARED_MAX = 256  # distinct (profile, slots, gap, fields) plans kept; a fleet uses a handful
+_shared: OrderedDict[tuple[int, int, int, frozenset[str] | None], tuple[Profile, tuple[ReadRequest, ...]]] = OrderedDict()
+
+
+def shared_plan(profile: Profile, slot_count: int | None = None, *, max_gap: int | None = None,
+                only: Collection[str] | None = None) -> tuple[ReadRequest, ...]:
+    """:func:`plan_reads` (with ``only``: :func:`restrict_plan` of it), as one immutable plan shared by
+    every caller with the same arguments.
+
+    Keyed by the profile object (kept alive by the cache, so its id cannot be reused while cached),
+    slot count, gap and ``only``; the least recently used of more than 256 plans is dropped (the
+    cabinets using it keep theirs).
+    """
+    slot_count = profile.slot_count if slot_count is None else slot_count
+    max_gap = profile.max_gap if max_gap is None else max_gap
+    key = (id(profile), slot_count, max_gap, None if only is None else frozenset(only))
+    hit = _shared.get(key)
+    if hit is not None and hit[0] is profile:
+        _shared.move_to_end(key)
+        return hit[1]
+    plan = tuple(plan_reads(profile, slot_count, max_gap=max_gap) if only is None else
+                 restrict_plan(shared_plan(profile, slot_count, max_gap=max_gap), only))
+    _shared[key] = (profile, plan)
+    while len(_shared) > _SHARED_MAX:
+        _shared.popitem(last=False)
+    return plan
 
 
 def minimum_reads(profile: Profile, slot_count: int | None = None, *, max_registers: int = MAX_REGISTERS) -> int:
