@@ -14,9 +14,12 @@
 
 Who may call what is :class:`alerting.auth.ApiAuth`'s business (docs/security.md): with an issuer
 configured every route needs a bearer JWT and a role (viewer and regulator read, a regulator without
-personal data; operator acknowledges; engineer also changes thresholds and commands cabinets; admin all),
+personal data; operator acknowledges and starts/stops charging; engineer also changes thresholds, resets
+faults and sets parameters; admin all),
 and the token's subject is recorded as who acted. Alert keys contain slashes (``rule@site/cabinet/slot``);
-send them as they are or percent-encoded. Errors are ``{"error": "..."}`` saying what to send instead.
+send them as they are or percent-encoded. Errors are ``{"error": <what to send instead, in the caller's
+language>, "code": <stable code>, "detail": <the same in English>}``, like the auth refusals: the language
+is the request's ``Accept-Language`` (``zh``/``en``), else the service's (Simplified Chinese by default).
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from typing import Any
 
 from aiohttp import web
 
-from alerting.actions import CHARGING_COMMANDS, ForbiddenCommand
+from alerting.actions import CHARGING_COMMANDS, CONTROLS, ForbiddenCommand
 from alerting.auth import ApiAuth, redact_alert, redact_entries
+from alerting.i18n import N_, AlertTexts
 from alerting.rules import RuleError
 from alerting.service import AlertService, ControlRefused
 from core.auth import ACK, CHARGING, CONTROL, READ, THRESHOLDS, Principal
@@ -56,13 +60,16 @@ def add_routes(app: web.Application, service: AlertService, *, token: str | None
         loopback without one is the local default). A browser sends a cross-site request without a
         preflight only as a "simple" request (text/plain, form bodies), and names the page's origin."""
         content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        texts = auth.texts_for(request)
         if content_type != "application/json":
-            return _error(415, f"send the body as JSON with 'Content-Type: application/json' (got "
-                               f"{content_type or 'none'!r})")
+            return _error(texts, 415, "unsupported_media_type",
+                          N_("send the body as JSON with 'Content-Type: application/json' (got '{got}')"),
+                          got=content_type or "none")
         origin = request.headers.get("Origin")
         if origin is not None and urllib.parse.urlsplit(origin).netloc != request.host:
-            return _error(403, f"a request from the web page {origin[:100]!r} may not change alerts; use the "
-                               "API or `cascade alerts` directly")
+            return _error(texts, 403, "cross_origin",
+                          N_("a request from the web page '{origin}' may not change alerts; use the API or "
+                             "`cascade alerts` directly"), origin=origin[:100])
         return None
 
     async def list_alerts(request: web.Request) -> web.Response:
@@ -80,18 +87,20 @@ def add_routes(app: web.Application, service: AlertService, *, token: str | None
         principal = await auth.require(request, ACK)
         if (bad := cross_site(request)) is not None:
             return bad
+        texts = auth.texts_for(request)
         key = urllib.parse.unquote(request.match_info["key"])
         by_token = principal.via == "jwt"
-        body = await _json_body(request, {} if by_token else {"who": str}, {"comment": str, "who": str})
-        if (bad := _too_long(body, who=MAX_WHO, comment=MAX_COMMENT)) is not None:
+        body = await _json_body(request, texts, {} if by_token else {"who": str}, {"comment": str, "who": str})
+        if (bad := _too_long(texts, body, who=MAX_WHO, comment=MAX_COMMENT)) is not None:
             return bad
         try:
             alert = service.acknowledge(key, who_acts(principal, body), body.get("comment", ""))
         except KeyError:
-            return _error(404, f"no active alert {key!r}; list active alerts with GET /api/alerts "
-                               "(it may have cleared already)")
+            return _error(texts, 404, "unknown_alert",
+                          N_("no active alert '{key}'; list active alerts with GET /api/alerts (cascade alerts "
+                             "list); it may have cleared already"), key=key)
         except ValueError as err:
-            return _error(400, str(err))
+            return _raw_error(400, "invalid", str(err))
         return web.json_response(alert)
 
     async def thresholds(request: web.Request) -> web.Response:
@@ -102,24 +111,28 @@ def add_routes(app: web.Application, service: AlertService, *, token: str | None
 
     async def set_threshold(request: web.Request) -> web.Response:
         principal = await auth.require(request, THRESHOLDS)
+        texts = auth.texts_for(request)
         rule_id = request.match_info["rule"]
         try:
             level = int(request.match_info["level"])
         except ValueError:
-            return _error(400, f"level {request.match_info['level']!r} is not 1, 2 or 3")
+            return _error(texts, 400, "bad_level", N_("level '{level}' is not 1, 2 or 3"),
+                          level=request.match_info["level"])
         if (bad := cross_site(request)) is not None:
             return bad
         if rule_id not in engine.rules:
-            return _error(404, f"no rule {rule_id!r}; list rules with GET /api/thresholds")
+            return _error(texts, 404, "unknown_rule", N_("no rule '{rule}'; list rules with GET /api/thresholds"),
+                          rule=rule_id)
         by_token = principal.via == "jwt"
-        body = await _json_body(request, {"value": (int, float), "reason": str, **({} if by_token else {"who": str})},
+        body = await _json_body(request, texts,
+                                {"value": (int, float), "reason": str, **({} if by_token else {"who": str})},
                                 {"who": str})
-        if (bad := _too_long(body, who=MAX_WHO, reason=MAX_COMMENT)) is not None:
+        if (bad := _too_long(texts, body, who=MAX_WHO, reason=MAX_COMMENT)) is not None:
             return bad
         try:
             entry = engine.set_threshold(rule_id, level, body["value"], who_acts(principal, body), body["reason"])
         except (RuleError, ValueError) as err:
-            return _error(400, str(err))
+            return _raw_error(400, "invalid_threshold", str(err))
         return web.json_response(entry)
 
     async def actions(request: web.Request) -> web.Response:
@@ -127,7 +140,7 @@ def add_routes(app: web.Application, service: AlertService, *, token: str | None
         try:
             limit = int(request.query.get("limit", "100"))
         except ValueError:
-            return _error(400, "limit must be an integer, e.g. ?limit=20")
+            return _error(auth.texts_for(request), 400, "bad_limit", N_("limit must be an integer, e.g. ?limit=20"))
         records = list(service.actions.recent)[-max(limit, 0):] if limit > 0 else []
         out = [r.to_dict() for r in records]
         if not principal.can(READ):
@@ -135,26 +148,32 @@ def add_routes(app: web.Application, service: AlertService, *, token: str | None
         return web.json_response({"actions": out})
 
     async def command(request: web.Request) -> web.Response:
-        principal = await auth.require(request, CHARGING)  # the least any command needs; more below
+        # Charging is the least any command needs; fault reset and parameters need the engineer's CONTROL.
+        # Asked for up front when the body names such a command, so a refusal names the role it needs.
+        named = await _peek_command(request)
+        needed = CONTROL if named in CONTROLS and named not in CHARGING_COMMANDS else CHARGING
+        principal = await auth.require(request, needed)
         if (bad := cross_site(request)) is not None:
             return bad
+        texts = auth.texts_for(request)
         cabinet = request.match_info["cabinet"]
-        body = await _json_body(request, {"command": str, "reason": str},
+        body = await _json_body(request, texts, {"command": str, "reason": str},
                                 {"slot": int, "value": int, "confirm": bool})
-        if body["command"] not in CHARGING_COMMANDS:  # fault reset, parameters: the engineer's
+        if body["command"] not in CHARGING_COMMANDS and needed != CONTROL:
             principal = await auth.require(request, CONTROL)
-        if (bad := _too_long(body, reason=MAX_COMMENT, command=64)) is not None:
+        if (bad := _too_long(texts, body, reason=MAX_COMMENT, command=64)) is not None:
             return bad
         if not body["reason"].strip():
-            return _error(400, "'reason' is empty; say why, e.g. \"battery replaced, fault cleared on site\"")
+            return _error(texts, 400, "empty_reason", N_("'reason' is empty; say why, e.g. \"battery replaced, fault "
+                                                         "cleared on site\" (cascade alerts command: --reason)"))
         try:
             record = await service.control(cabinet, body["command"], slot=body.get("slot"), value=body.get("value"),
                                            who=principal.subject, reason=body["reason"].strip(),
                                            confirm=body.get("confirm", False))
         except ControlRefused as err:
-            return _error(err.status, str(err))
+            return _error(texts, err.status, err.code, err.msgid, **err.values)
         except ForbiddenCommand as err:
-            return _error(403, str(err))
+            return _raw_error(403, "forbidden_command", str(err))
         return web.json_response(record.to_dict(), status=200 if record.ok else 502)
 
     app.router.add_get("/api/alerts", list_alerts)
@@ -173,34 +192,48 @@ MAX_COMMENT = 500
 the state file and the audit log, and a request must not be able to grow them without bound."""
 
 
-def _too_long(body: dict[str, Any], **limits: int) -> web.Response | None:
+def _too_long(texts: AlertTexts, body: dict[str, Any], **limits: int) -> web.Response | None:
     for name, limit in limits.items():
         value = body.get(name)
         if isinstance(value, str) and len(value) > limit:
-            return _error(400, f"{name!r} is {len(value)} characters; at most {limit}")
+            return _error(texts, 400, "too_long", N_("'{name}' is {length} characters; at most {limit}"), name=name,
+                          length=len(value), limit=limit)
         if name == "who" and isinstance(value, str) and not value.strip():
-            return _error(400, "'who' is empty; say who acts, e.g. noc-alice")
+            return _error(texts, 400, "empty_who", N_("'who' is empty; say who acts, e.g. noc-alice"))
     return None
 
 
-async def _json_body(request: web.Request, required: dict[str, Any], optional: dict[str, Any]) -> dict[str, Any]:
+async def _peek_command(request: web.Request) -> str | None:
+    """The ``command`` a request body names, if it is a JSON object naming one (the body is read again later)."""
+    try:
+        body = await request.json()
+    except Exception:  # noqa: BLE001 - not JSON: _json_body says so, after the token is checked
+        return None
+    command = body.get("command") if isinstance(body, dict) else None
+    return command if isinstance(command, str) else None
+
+
+async def _json_body(request: web.Request, texts: AlertTexts, required: dict[str, Any],
+                     optional: dict[str, Any]) -> dict[str, Any]:
     """The JSON object body with the given keys and types; raises HTTPBadRequest naming the problem."""
     example = json.dumps({k: _example(t) for k, t in {**required, **optional}.items()})
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: absurd nesting
-        raise _bad(f"body is not JSON; send e.g. {example}") from None
+        raise _bad(texts, "not_json", N_("body is not JSON; send e.g. {example}"), example=example) from None
     if not isinstance(body, dict):
-        raise _bad(f"body must be a JSON object, e.g. {example}")
+        raise _bad(texts, "not_object", N_("body must be a JSON object, e.g. {example}"), example=example)
     for name in required:
         if name not in body:
-            raise _bad(f"missing {name!r}; send e.g. {example}")
+            raise _bad(texts, "missing_key", N_("missing '{name}'; send e.g. {example}"), name=name, example=example)
     for name, kind in {**required, **optional}.items():
         if name in body and (not isinstance(body[name], kind) or (isinstance(body[name], bool) and kind is not bool)):
-            raise _bad(f"{name!r} must be {_kind_name(kind)}, got {body[name]!r}")
+            raise _bad(texts, "wrong_type", N_("'{name}' must be {kind}, got {got}"), name=name,
+                       kind=_KindName(kind), got=json.dumps(body[name], ensure_ascii=False)[:100])
     unknown = set(body) - set(required) - set(optional)
     if unknown:
-        raise _bad(f"unknown key(s) {sorted(unknown)}; allowed: {sorted({**required, **optional})}")
+        raise _bad(texts, "unknown_key", N_("unknown key(s) {unknown}; allowed: {allowed}"),
+                   unknown=", ".join(sorted(unknown))[:200], allowed=", ".join(sorted({**required, **optional})))
     return body
 
 
@@ -208,16 +241,44 @@ def _example(kind: Any) -> Any:
     return 52 if kind in ((int, float), int) else True if kind is bool else "text"
 
 
-def _kind_name(kind: Any) -> str:
-    return {int: "an integer", bool: "true or false", str: "a string"}.get(kind, "a number")
+_KIND_NAMES = {int: N_("an integer"), bool: N_("true or false"), str: N_("a string")}
+_A_NUMBER = N_("a number")
 
 
-def _bad(message: str) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
+class _KindName:
+    """A JSON type's name, translated when the message is (a value of :func:`_error`)."""
+
+    def __init__(self, kind: Any) -> None:
+        self.msgid = _KIND_NAMES.get(kind, _A_NUMBER)
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+_ENGLISH = AlertTexts("en")
+
+
+def _texts_of(texts: AlertTexts, values: dict[str, Any]) -> dict[str, Any]:
+    return {k: texts.tr(v.msgid) if isinstance(v, _KindName) else v for k, v in values.items()}
+
+
+def _body(texts: AlertTexts, code: str, msgid: str, values: dict[str, Any]) -> dict[str, str]:
+    """The error body: the message in the caller's language, the stable code, the English detail."""
+    return {"error": texts.tr(msgid, **_texts_of(texts, values)), "code": code,
+            "detail": _ENGLISH.tr(msgid, **_texts_of(_ENGLISH, values))}
+
+
+def _bad(texts: AlertTexts, code: str, msgid: str, **values: Any) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=json.dumps(_body(texts, code, msgid, values), ensure_ascii=False),
+                              content_type="application/json")
+
+
+def _error(texts: AlertTexts, status: int, code: str, msgid: str, **values: Any) -> web.Response:
+    return web.json_response(_body(texts, code, msgid, values), status=status,
+                             dumps=lambda v: json.dumps(v, ensure_ascii=False))
+
+
+def _raw_error(status: int, code: str, message: str) -> web.Response:
+    """An error whose text comes from elsewhere (the rule validation, the allow-list): English only."""
+    return web.json_response({"error": message, "code": code, "detail": message}, status=status,
+                             dumps=lambda v: json.dumps(v, ensure_ascii=False))
 
 
 def _json_keys(value: Any) -> Any:

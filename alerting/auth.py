@@ -40,6 +40,8 @@ from core.auth import (
     ROLE_PERMISSIONS,
     ROLES,
     THRESHOLDS,
+    VEHICLE,
+    VEHICLE_POWER,
     AuthError,
     Principal,
     TokenVerifier,
@@ -51,7 +53,7 @@ log = logging.getLogger(__name__)
 
 _MESSAGES = {
     "missing_token": N_("This API needs a bearer token: send 'Authorization: Bearer <token>' (cascade alerts "
-                        "--token; locally `cascade token --role operator --sub <you>`)."),
+                        "--token; locally `cascade token --role {role} --sub <you>`)."),
     "malformed": N_("The bearer token is not a valid signed token; get a new one from the identity provider."),
     "unsupported_alg": N_("The token is signed with an algorithm this API does not accept; get a token from the "
                           "configured identity provider."),
@@ -67,8 +69,10 @@ _MESSAGES = {
     "bad_api_token": N_("The API token is not valid; send 'Authorization: Bearer <token>' with the configured "
                         "token (cascade alerts --token, or CASCADE_API_TOKEN)."),
     "forbidden": N_("Your roles ({roles}) do not allow this: {what} needs one of the roles {needed}."),
-    "needs_person": N_("Remote cabinet control needs a person's token from the identity provider, so the audit "
-                       "names who sent each command."),
+    "needs_person": N_("Remote cabinet control needs a person's token with the role {role} from the identity "
+                       "provider, so the audit names who sent each command."),
+    "needs_person_vehicle": N_("Remote vehicle commands need a person's token with the role {role} from the "
+                               "identity provider, so the audit names who sent each command."),
 }
 _WHAT = {
     READ: N_("reading alerts, thresholds and actions"),
@@ -76,6 +80,8 @@ _WHAT = {
     THRESHOLDS: N_("changing a threshold"),
     CONTROL: N_("remote cabinet control"),
     CHARGING: N_("starting and stopping charging"),
+    VEHICLE: N_("remote vehicle commands (arm, disarm, motor lock and unlock)"),
+    VEHICLE_POWER: N_("switching a vehicle's power on or off remotely"),
     ADMIN: N_("administration"),
 }
 _NO_ROLES = N_("none")
@@ -121,9 +127,10 @@ class ApiAuth:
             raise self._refusal(request, 403, "forbidden", f"roles {roles} do not allow {permission}",
                                 roles=roles, what=texts.tr(_WHAT.get(permission, permission)),
                                 needed=", ".join(needed))
-        if permission in (CONTROL, CHARGING) and principal.via != "jwt":
+        if permission in (CONTROL, CHARGING, VEHICLE, VEHICLE_POWER) and principal.via != "jwt":
             raise self._refusal(request, 401 if principal.via == "open" else 403, "needs_person",
-                                "remote control needs a person's token")
+                                "remote control needs a person's token", role=_least_role(permission),
+                                message="needs_person_vehicle" if permission in (VEHICLE, VEHICLE_POWER) else None)
         return principal
 
     async def _identify(self, request: web.Request, permission: str) -> Principal:
@@ -137,10 +144,11 @@ class ApiAuth:
             if permission in (READ, READ_REDACTED):
                 return Principal("", frozenset({"viewer"}), "open")
             if not bearer or not self._is_api_token(bearer):
-                raise self._refusal(request, 401, "bad_api_token" if bearer else "missing_token", "no valid API token")
+                raise self._refusal(request, 401, "bad_api_token" if bearer else "missing_token", "no valid API token",
+                                    role=_least_role(permission))
             return Principal("", frozenset({self._api_token_role}), "api_token")
         if not bearer:
-            raise self._refusal(request, 401, "missing_token", "no bearer token")
+            raise self._refusal(request, 401, "missing_token", "no bearer token", role=_least_role(permission))
         if self._accept_api_token and self._api_token is not None and self._is_api_token(bearer):
             if not self._warned:
                 log.warning("the shared API token was used (deprecated): give people their own tokens from the "
@@ -157,6 +165,10 @@ class ApiAuth:
     def _is_api_token(self, given: str) -> bool:
         return self._api_token is not None and hmac.compare_digest(given.encode(), self._api_token.encode())
 
+    def texts_for(self, request: web.Request) -> AlertTexts:
+        """The texts in the request's language (``Accept-Language`` zh/en, else the service's)."""
+        return self._texts_for(request)
+
     def _texts_for(self, request: web.Request) -> AlertTexts:
         wanted = request.headers.get("Accept-Language", "").split(",")[0].split(";")[0].strip().lower()
         if wanted.startswith("zh"):
@@ -165,10 +177,12 @@ class ApiAuth:
             return self._texts["en"]
         return self._texts[self._language]
 
-    def _refusal(self, request: web.Request, status: int, code: str, detail: str, **values: str) -> web.HTTPException:
+    def _refusal(self, request: web.Request, status: int, code: str, detail: str, *, message: str | None = None,
+                 **values: str) -> web.HTTPException:
+        """``message``: the key of the text in :data:`_MESSAGES` when it is not ``code``'s own."""
         texts = self._texts_for(request)
-        message = texts.tr(_MESSAGES.get(code, _MESSAGES["invalid_claim"]), **values)
-        body = json.dumps({"error": message, "code": code, "detail": detail}, ensure_ascii=False)
+        text = texts.tr(_MESSAGES.get(message or code, _MESSAGES["invalid_claim"]), **values)
+        body = json.dumps({"error": text, "code": code, "detail": detail}, ensure_ascii=False)
         kind: type[web.HTTPException] = {401: web.HTTPUnauthorized, 403: web.HTTPForbidden}.get(
             status, web.HTTPServiceUnavailable)
         headers = {}
@@ -177,6 +191,11 @@ class ApiAuth:
         elif status == 403:
             headers["WWW-Authenticate"] = f'Bearer realm="cascade", error="insufficient_scope", error_description="{code}"'
         return kind(text=body, content_type="application/json", headers=headers)
+
+
+def _least_role(permission: str) -> str:
+    """The first role (fewest rights) that grants ``permission``: the one a missing-token hint names."""
+    return next((role for role in ROLES if permission in ROLE_PERMISSIONS.get(role, ())), "admin")
 
 
 def redact_alert(alert: dict[str, object]) -> dict[str, object]:

@@ -5,7 +5,10 @@
     cascade alerts rollup
     cascade alerts set-threshold over_temperature 2 52 --who noc-alice --reason "summer profile"
     cascade alerts actions
-    cascade alerts command C0003 stop_charging --slot 5 --reason "pack swollen, on site"   # engineer role
+    cascade alerts command C0003 stop_charging --slot 5 --reason "pack swollen, on site"   # operator role
+
+Global options (``--url``, ``--token``, ``--json``, ``--language``) go before or after the sub-command.
+Refusals are printed as the server words them, in the language asked for (``Accept-Language``).
 
 ``--url`` (default http://127.0.0.1:9108, the collector's metrics port) names the running
 collector; ``--token`` (default ``$CASCADE_TOKEN``, else ``$CASCADE_API_TOKEN``) is sent as the bearer
@@ -48,37 +51,57 @@ class _Refused(Exception):
     """The server understood and said no (4xx); the message is its explanation."""
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--url`` and the sub-commands to ``parser``."""
+def _global_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """``--url``, ``--json``, ``--language``, ``--token``: on ``cascade alerts`` itself (with their defaults)
+    and again on every sub-command (``defaults=False``: argparse.SUPPRESS, so one given before the
+    sub-command is kept unless repeated after it)."""
     port = stack_value("CASCADE_METRICS_PORT")
-    default = f"http://127.0.0.1:{port}" if port and port.isdigit() else DEFAULT_URL
-    parser.add_argument("--url", default=default,
-                        help=f"the running collector's HTTP API (default {default}: the running stack's metrics port "
+    url = f"http://127.0.0.1:{port}" if port and port.isdigit() else DEFAULT_URL
+
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+    parser.add_argument("--url", default=default(url),
+                        help=f"the running collector's HTTP API (default {url}: the running stack's metrics port "
                              "from $CASCADE_METRICS_PORT or var/stack.env, else 9108)")
-    parser.add_argument("--json", action="store_true", help="print the server's JSON instead of a table")
-    parser.add_argument("--language", default=os.environ.get("CASCADE_LANGUAGE", DEFAULT_LANGUAGE),
-                        choices=sorted(LANGUAGES), help="language of the output: zh_CN (default) or en "
-                                                      "(default: $CASCADE_LANGUAGE)")
-    parser.add_argument("--token", default=os.environ.get("CASCADE_TOKEN") or os.environ.get("CASCADE_API_TOKEN"),
+    parser.add_argument("--json", action="store_true", default=default(False),
+                        help="print the server's JSON instead of a table")
+    parser.add_argument("--language", default=default(os.environ.get("CASCADE_LANGUAGE", DEFAULT_LANGUAGE)),
+                        choices=sorted(LANGUAGES), help="language of the output and of the server's refusals: "
+                                                      "zh_CN (default) or en (default: $CASCADE_LANGUAGE); the "
+                                                      "alerts' diagnosis and action lines stay in the collector's "
+                                                      "language (alerting.language)")
+    parser.add_argument("--token", default=default(os.environ.get("CASCADE_TOKEN")
+                                                   or os.environ.get("CASCADE_API_TOKEN")),
                         help="bearer token sent with every call: your token from the identity provider (or "
                              "`cascade token` locally) (default: $CASCADE_TOKEN, else the deprecated shared "
                              "$CASCADE_API_TOKEN)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--url`` (and the other global options) and the sub-commands to ``parser``. The global
+    options are accepted before or after the sub-command (``cascade alerts list --language en``)."""
+    _global_options(parser, defaults=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, defaults=False)
     sub = parser.add_subparsers(dest="alerts_command", metavar="COMMAND", required=True)
-    sub.add_parser("list", help="active alerts, worst first, with who acknowledged them")
-    sub.add_parser("rollup", help="worst level per site, cabinet and slot")
-    ack = sub.add_parser("ack", help="acknowledge an alert (you have seen it)")
+    sub.add_parser("list", parents=[common], help="active alerts, worst first, with who acknowledged them")
+    sub.add_parser("rollup", parents=[common], help="worst level per site, cabinet and slot")
+    ack = sub.add_parser("ack", parents=[common], help="acknowledge an alert (you have seen it)")
     ack.add_argument("key", help="alert key as listed, e.g. over_temperature@site-01/C0003/5")
     ack.add_argument("--who", help="your name (recorded; with a personal token the token's subject is recorded)")
     ack.add_argument("--comment", default="", help="what you are doing about it")
-    thr = sub.add_parser("set-threshold", help="change a rule's base threshold at run time (audited)")
+    thr = sub.add_parser("set-threshold", parents=[common],
+                         help="change a rule's base threshold at run time (engineer role; audited)")
     thr.add_argument("rule", help="rule id, e.g. over_temperature")
     thr.add_argument("level", type=int, choices=(1, 2, 3))
     thr.add_argument("value", type=float)
     thr.add_argument("--who", help="your name (recorded in the audit log; with a personal token its subject)")
     thr.add_argument("--reason", required=True, help="why (recorded in the audit log)")
-    sub.add_parser("actions", help="recent protective actions and remote commands, with their read-back")
-    cmd = sub.add_parser("command", help="command a cabinet: stop/start charging a slot, fault reset, a parameter "
-                                         "(engineer role; written, read back and audited)")
+    sub.add_parser("actions", parents=[common], help="recent protective actions and remote commands, with their "
+                                                     "read-back")
+    cmd = sub.add_parser("command", parents=[common],
+                         help="command a cabinet: stop/start charging a slot (operator role), fault reset or a "
+                              "parameter (engineer role); written, read back and audited")
     cmd.add_argument("cabinet", help="cabinet id, e.g. C0003")
     cmd.add_argument("name", choices=sorted(CONTROLS), help="what to do")
     cmd.add_argument("--slot", type=int, help="slot number (start_charging, stop_charging)")
@@ -131,8 +154,8 @@ def main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
         print(f"cascade alerts: {err}", file=sys.stderr)
         return 1
     except (OSError, ValueError) as err:
-        print(f"cascade alerts: cannot talk to {base}: {err}. Is `cascade run` running there? "
-              "Pass its address with --url.", file=sys.stderr)
+        print("cascade alerts: " + tr("cannot talk to {url}: {error}. Is `cascade run` running there? Pass its "
+                                      "address with --url.", url=base, error=err), file=sys.stderr)
         return 2
     return 0
 
@@ -145,7 +168,9 @@ def run(argv: list[str] | None = None) -> int:
 
 def _call(method: str, url: str, body: Any = None, token: str | None = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
-    headers = {"Content-Type": "application/json"}
+    # The server words its refusals in the language asked for (zh_CN by default, like this output).
+    headers = {"Content-Type": "application/json",
+               "Accept-Language": "en" if _texts.language == "en" else "zh-CN"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, data=data, method=method, headers=headers)

@@ -28,7 +28,7 @@ import math
 import os
 import threading
 import time
-from collections import deque
+from array import array
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from prometheus_client import CollectorRegistry, Counter
 from alerting.i18n import DEFAULT_LANGUAGE, N_, AlertTexts, for_level
 from alerting.rules import Input, Rule, RuleError, RuleSet, finite_number, short_repr
 from alerting.state import Alert, AlertStore, Target, Transition, alert_labels
+from alerting.vehicle_commands import COMMAND_UNACKNOWLEDGED
 from core.model import UNCOMMANDED_MODELS, VEHICLE_MODEL, BatteryState, CabinetReading, SlotReading
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ INPUT_FAILED = "(input)"
 
 _INF = math.inf
 _RATE_MAXLEN = 256  # bounds memory if a cabinet polls much faster than the window needs
+_RATE_POINTS = 32  # a rate window keeps a sample per window/32 at most (plus the newest)
 
 
 JUMP_MAX_GAP_S = 180.0
@@ -63,14 +65,14 @@ class _TargetState:
     """Per (site, cabinet, slot): input buffers and per-rule level state."""
 
     __slots__ = ("battery", "buffers", "prev", "holds", "rules", "failing", "notice", "context", "vehicle",
-                 "sample_t", "commandable")
+                 "sample_t", "commandable", "facts")
 
     def __init__(self) -> None:
         self.battery: str | None = None
         self.vehicle = False  # a vehicle's pack (core.model.VEHICLE_MODEL): no slot, no cabinet action
         self.commandable = True  # False for devices no cabinet command reaches (core.model.UNCOMMANDED_MODELS)
         self.sample_t = 0.0  # the reading's own time (seconds): what change between readings is measured on
-        self.buffers: dict[tuple, deque] = {}  # rate_of windows
+        self.buffers: dict[tuple, array] = {}  # rate_of windows: (time, value) pairs, flat
         self.prev: dict[tuple, float] = {}  # jump: previous value
         self.holds: dict[tuple, tuple[float, float]] = {}  # fusion hold: (strength, at)
         self.rules: dict[str, _RuleState] = {}
@@ -80,6 +82,8 @@ class _TargetState:
         self.notice: dict[str, str] | None = None  # labels of the active RULE_FAILED notice
         # Baselines from the cabinet poll being evaluated (rules with ``minus:``); None when unused.
         self.context: dict[str, Any] | None = None
+        # A vehicle's report as its alert texts show it (SOC and the user's reminder level); None elsewhere.
+        self.facts: dict[str, str] | None = None
 
     def forget_history(self) -> None:
         """A different battery is in the slot: its rates and jumps start afresh."""
@@ -262,40 +266,50 @@ def _extractor(inp: Input) -> Callable[[Any, _TargetState, float], float | None]
     if inp.kind == "rate_of":
         window = inp.window_s
         min_span = window / 2  # a slope over a few seconds is mostly noise
+        spacing = window / _RATE_POINTS
 
         def rate(obj, ts, now):
             v = _number(getattr(obj, name))
             if v is None:
                 return None
+            # One flat array of (time, value) pairs: 16 bytes a sample, not a tuple and a float object each
+            # (a 12-slot cabinet's three windows were ~150 KiB as a deque of tuples).
             buf = ts.buffers.get(key)
             if buf is None:
-                buf = ts.buffers[key] = deque(maxlen=_RATE_MAXLEN)
-            if buf and now <= buf[-1][0]:
-                # Same timestamp: keep the latest sample. Clock went back: start afresh, so
-                # times in the window stay strictly increasing (no zero-length pairs).
-                if now < buf[-1][0]:
-                    buf.clear()
-                else:
-                    buf.pop()
-            buf.append((now, v))
+                buf = ts.buffers[key] = array("d")
+            if buf:
+                last = buf[-2]
+                if now <= last:
+                    # Same timestamp: keep the latest sample. Clock went back: start afresh, so
+                    # times in the window stay strictly increasing (no zero-length pairs).
+                    del buf[-2 if now == last else 0:]
+                elif len(buf) >= 4 and last - buf[-4] < spacing:
+                    # The newest sample is closer than `spacing` to the one before it: this one takes
+                    # its place. At most ~_RATE_POINTS samples a window however fast the polls
+                    # (the safety fast lane), and always the newest value.
+                    del buf[-2:]
+            buf.append(now)
+            buf.append(v)
             horizon = now - window
-            while buf[0][0] < horizon:
-                buf.popleft()
-            n = len(buf)
-            if n < 3 or now - buf[0][0] < min_span:
+            i = 0
+            while buf[i] < horizon:
+                i += 2
+            if i:
+                del buf[:i]
+            if len(buf) > 2 * _RATE_MAXLEN:
+                del buf[: len(buf) - 2 * _RATE_MAXLEN]
+            n = len(buf) >> 1
+            if n < 3 or now - buf[0] < min_span:
                 return None
             # Theil–Sen slope (median of pairwise slopes): one glitched sample in the window
             # cannot fake a fast rise, unlike least squares. All pairs for short windows; for
             # longer ones, pairs half a window apart keep it O(n).
-            pts = list(buf)
+            t, x = buf[0::2], buf[1::2]
             if n <= 10:
-                slopes = [
-                    (pts[j][1] - pts[i][1]) / (pts[j][0] - pts[i][0])
-                    for i in range(n - 1) for j in range(i + 1, n)
-                ]
+                slopes = [(x[j] - x[i]) / (t[j] - t[i]) for i in range(n - 1) for j in range(i + 1, n)]
             else:
                 k = n // 2
-                slopes = [(pts[i + k][1] - pts[i][1]) / (pts[i + k][0] - pts[i][0]) for i in range(n - k)]
+                slopes = [(x[i + k] - x[i]) / (t[i + k] - t[i]) for i in range(n - k)]
             slopes.sort()
             m = len(slopes)
             mid = slopes[m // 2] if m % 2 else 0.5 * (slopes[m // 2 - 1] + slopes[m // 2])
@@ -451,6 +465,8 @@ class Engine:
         now = self.clock()
         for alert in self.state.active():
             key = alert.key
+            if key.rule == COMMAND_UNACKNOWLEDGED:
+                continue  # not a rule of the catalogue: the vehicle command service clears it (cascade/commands.py)
             rule = rules.get(key.rule)
             if key.rule == RULE_FAILED:
                 # The failing rule may be fixed by the restart; one still broken raises the notice
@@ -502,6 +518,7 @@ class Engine:
                 ts.vehicle, ts.commandable = True, False
                 if obj.battery is not None and obj.battery.battery_id is not None:
                     ts.battery = obj.battery.battery_id  # the pack a vehicle alert names
+                ts.facts = _vehicle_facts(obj)
             values = self._extract(extractors, obj, ts, tick, cab, None)
             self._run(compiled, prog.tables(scope, cab_model, None), values, ts, now, tick,
                       site, cab, None, out)
@@ -583,9 +600,9 @@ class Engine:
                 if new != old:
                     # Level changes only once its transition exists: engine and store never disagree.
                     out.append(self._transition(c, tab, old, new, v, now, site, cab, sid, ts.battery, ts.vehicle,
-                                                ts.commandable))
+                                                ts.commandable, ts.facts))
                     rs.level = new
-                if new == 0 and rs.down_since is None and not any(rs.since):
+                if new == 0 and rs.down_since is None and rs.since.count(None) == 3:  # 0.0 is a time
                     del states[c.id]
             except Exception as err:  # noqa: BLE001 - a bug in one rule must not blind the others
                 if failed is None:
@@ -692,7 +709,7 @@ class Engine:
             if hold:
                 hkey = (c.id, i)
                 h = ts.holds.get(hkey)
-                if h is not None and now - h[1] <= hold and h[0] >= s:
+                if h is not None and now - h[1] <= hold and h[0] > s:  # as strong again: held from now
                     s = h[0]
                     seen = True
                 elif s > 0.0:
@@ -703,7 +720,7 @@ class Engine:
         return score if seen else None
 
     def _transition(self, c, tab, old, new, value, now, site, cab, sid, battery, vehicle=False,
-                    commandable=True) -> Transition:
+                    commandable=True, facts=None) -> Transition:
         rule = c.rule
         if new == 0:
             kind, shown = "clear", old
@@ -716,7 +733,8 @@ class Engine:
         whole_vehicle = rule.scope == "vehicle"
         annotations = render_annotations(self.texts, rule, shown, value, lv.threshold if lv is not None else "-",
                                          (site, cab, sid), battery, evidence=evidence, cleared=kind == "clear",
-                                         vehicle=vehicle and not whole_vehicle, whole_vehicle=whole_vehicle)
+                                         vehicle=vehicle and not whole_vehicle, whole_vehicle=whole_vehicle,
+                                         facts=facts if whole_vehicle else None)
         diagnosis, action = annotations["diagnosis"], annotations["action"]
         # A vehicle's pack: `vehicle` names it (routing still groups by `cabinet`, the target's device id).
         labels = alert_labels(rule.id, shown, site, cab, sid, battery, **({"vehicle": cab} if vehicle else {}))
@@ -807,7 +825,8 @@ def _advance(rs: _RuleState, tab: _Table, x: float, now: float) -> int:
 
 def render_annotations(texts: AlertTexts, rule: Rule, level: int, value: Any, threshold: Any,
                        target: tuple[str, str, int | None], battery: str | None, *, evidence: str = "",
-                       cleared: bool = False, vehicle: bool = False, whole_vehicle: bool = False) -> dict[str, str]:
+                       cleared: bool = False, vehicle: bool = False, whole_vehicle: bool = False,
+                       facts: dict[str, str] | None = None) -> dict[str, str]:
     """A transition's ``summary``, ``diagnosis`` and ``action`` in ``texts``' language.
 
     The summary leads with the level, then what (the rule's name and the value with its unit),
@@ -816,7 +835,9 @@ def render_annotations(texts: AlertTexts, rule: Rule, level: int, value: Any, th
     this level when the rule writes one per level. ``evidence`` is the fusion rule's
     ``label=value (share); ...`` with English labels. ``vehicle``: a battery rule on a vehicle's pack
     (the place is the vehicle's battery, the action what to do with the rider); ``whole_vehicle``: a
-    vehicle rule (the place is the vehicle, the action the rule's own). Never raises (alerting/i18n.py).
+    vehicle rule (the place is the vehicle, the action the rule's own). ``facts``: a vehicle report's
+    values the summary shows instead of the rule's value where that is clearer (:data:`_FACT_READINGS`:
+    the SOC and the reminder level, not the points below it). Never raises (alerting/i18n.py).
     """
     site, cab, sid = target
     if evidence and texts.language != "en":
@@ -830,6 +851,9 @@ def render_annotations(texts: AlertTexts, rule: Rule, level: int, value: Any, th
     }
     name = texts.rule_text(rule.name or rule.description)
     reading = texts.reading(value, rule.unit, rule.diagnosis)
+    shown = _FACT_READINGS.get(getattr(rule.input, "fields", ("",))[0]) if facts else None
+    if shown is not None and facts is not None and all(facts.get(name) for name in shown[1]):
+        reading = texts.tr(shown[0], **{name: facts[name] for name in shown[1]})
     diagnosis = texts.rule_text(rule.diagnosis, fmt)
     if cleared:
         diagnosis = texts.tr("Cleared: {name} back within limits ({reading}).", name=name,
@@ -843,6 +867,19 @@ def render_annotations(texts: AlertTexts, rule: Rule, level: int, value: Any, th
         "action": (_vehicle_action(texts, level, battery) if vehicle
                    else for_level(texts.rule_text(rule.action, fmt), level)),
     }
+
+
+#: Vehicle-rule inputs whose summary shows the report's values instead: input field -> (text, facts it needs).
+_FACT_READINGS = {"soc_below_reminder_pct": (N_("SOC {soc} %, reminder at {reminder} %"), ("soc", "reminder"))}
+
+
+def _vehicle_facts(report: Any) -> dict[str, str] | None:
+    """What :data:`_FACT_READINGS` shows of a vehicle report: its pack's SOC and the user's reminder level."""
+    pack, profile = getattr(report, "battery", None), getattr(report, "profile", None)
+    soc, reminder = getattr(pack, "soc_pct", None), getattr(profile, "low_soc_pct", None)
+    if finite_number(soc) is None or finite_number(reminder) is None:
+        return None
+    return {"soc": f"{soc:.0f}", "reminder": f"{reminder:.0f}"}
 
 
 def _retired(texts: AlertTexts, alert: Alert, why: str, now: float) -> Transition:

@@ -78,11 +78,14 @@ regulator gets every level an alert reached."""
 
 
 class ControlRefused(CascadeError):
-    """A remote-control request that was not sent to the cabinet: ``status`` (HTTP) and why."""
+    """A remote-control request that was not sent to the cabinet: ``status`` (HTTP), a stable ``code`` and
+    why. ``msgid`` (English, a catalogue text) and ``values`` let the API word it in the caller's language
+    (``AlertTexts.tr(err.msgid, **err.values)``); ``str(err)`` is the English text."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+    def __init__(self, status: int, message: str, *, code: str = "refused", values: dict[str, Any] | None = None
+                 ) -> None:
+        self.status, self.code, self.msgid, self.values = status, code, message, dict(values or {})
+        super().__init__(AlertTexts("en").tr(message, **self.values))
 
 
 @dataclass(slots=True)
@@ -391,8 +394,9 @@ class AlertService:
             "diagnosis": t.tr("{action} for {alert} ({actor}) could not set {name}={value}: {error}. The slot may "
                               "still be energised.", action=what, alert=command.alert, actor=command.actor,
                               name=command.name, value=command.value, error=record.error or t.tr("no read-back")),
-            "action": t.tr("Cut {where} off by hand (isolator or cabinet panel) now; check the cabinet's Modbus "
-                           "link. Cascade retries every {retry} s.", where=where,
+            "action": t.tr("Cut {where} off by hand now (isolator or cabinet panel; a pack behind a BLE gateway: "
+                           "unplug its charger); check the device's control link (a cabinet's Modbus, a gateway's "
+                           "MQTT). Cascade retries every {retry} s.", where=where,
                            retry=f"{self.actions.policy.retry_s:g}"),
         }
         failed = FailedAction(command, labels, annotations, record.at, 1, record.error)
@@ -517,33 +521,42 @@ class AlertService:
         refuses or reads back otherwise gives a record with ``result == "failed"``."""
         spec = CONTROLS.get(name)
         if spec is None:
-            raise ControlRefused(400, f"unknown command {name!r}; use one of {sorted(CONTROLS)} (fire suppression "
-                                      "is never commandable)")
+            raise ControlRefused(400, N_("unknown command '{name}'; use one of {names} (fire suppression is never "
+                                         "commandable)"), code="unknown_command",
+                                 values={"name": name, "names": ", ".join(sorted(CONTROLS))})
         check_command(spec.command, CONTROL_COMMANDS)
         commander = self.actions.commander
         count = None if commander is None else commander.slot_count(cabinet)
         site = next((s for s, c in sorted(self._cabinets_seen) if c == cabinet), None)
         if count is None or site is None:
-            raise ControlRefused(404, f"no cabinet {cabinet!r} in this collector; list cabinets with GET "
-                                      "/api/alerts/rollup or check the fleet file")
+            raise ControlRefused(404, N_("no cabinet '{cabinet}' in this collector; list cabinets with GET "
+                                         "/api/alerts/rollup (cascade alerts rollup) or check the fleet file"),
+                                 code="unknown_cabinet", values={"cabinet": cabinet})
         if spec.slot and slot is None:
-            raise ControlRefused(400, f"{name} needs a slot: send \"slot\": 1..{count}")
+            raise ControlRefused(400, N_("{name} needs a slot: send \"slot\": 1..{count} (cascade alerts command: "
+                                         "--slot N)"), code="slot_missing", values={"name": name, "count": count})
         if slot is not None and not 1 <= slot <= count:
-            raise ControlRefused(400, f"slot {slot} is not a slot of {cabinet} (1..{count})")
+            raise ControlRefused(400, N_("slot {slot} is not a slot of {cabinet} (1..{count})"), code="bad_slot",
+                                 values={"slot": slot, "cabinet": cabinet, "count": count})
         if spec.value is None:
             low, high = spec.limits
             if value is None or not low <= value <= high:
-                raise ControlRefused(400, f"{name} needs \"value\": an integer {low}..{high} (raw register units of "
-                                          "the cabinet's profile)")
+                raise ControlRefused(400, N_("{name} needs \"value\": an integer {low}..{high} (raw register units "
+                                             "of the cabinet's profile; cascade alerts command: --value N)"),
+                                     code="value_missing", values={"name": name, "low": low, "high": high})
         elif value is not None and value != spec.value:
-            raise ControlRefused(400, f"{name} writes {spec.value}; leave \"value\" out")
+            raise ControlRefused(400, N_("{name} writes {value}; leave \"value\" out"), code="value_not_allowed",
+                                 values={"name": name, "value": spec.value})
         if spec.confirm and not confirm:
-            raise ControlRefused(400, f"{name} changes how the cabinet charges: send \"confirm\": true to go ahead")
+            raise ControlRefused(400, N_("{name} changes how the cabinet charges: send \"confirm\": true to go "
+                                         "ahead (cascade alerts command: add --confirm)"), code="confirm_needed",
+                                 values={"name": name})
         if name == "start_charging":
             blocking = self._blocking_alerts(site, cabinet, slot)
             if blocking:
-                raise ControlRefused(409, f"slot {slot} of {cabinet} is not re-energised while {', '.join(blocking)} "
-                                          "is active; clear the cause first (docs/security.md)")
+                raise ControlRefused(409, N_("slot {slot} of {cabinet} is not re-energised while {alerts} is active; "
+                                             "clear the cause first (docs/security.md)"), code="unsafe_now",
+                                     values={"slot": slot, "cabinet": cabinet, "alerts": ", ".join(blocking)})
         command = Command(site, cabinet, slot, spec.command, spec.value if spec.value is not None else int(value or 0),
                           name, "", 0, "", by=who, reason=reason)
         record = await self.actions.execute(command)

@@ -1,5 +1,8 @@
 """Benchmarks: ``python -m bench [collector|lineprotocol|warnings|all] [options]``.
 
+``soak`` (hours, faults on a schedule, docs/soak.md) and ``stress`` (fleet size stepped up to the knee)
+run only when named: ``python -m bench soak --duration 2h``, ``python -m bench stress``.
+
 Each prints its figures with a same-run baseline (ratios), because shared machines are noisy.
 """
 
@@ -12,7 +15,8 @@ __all__ = ["main"]
 
 _SUITES = {"collector": "bench.collector", "lineprotocol": "bench.lineprotocol", "warnings": "bench.warnings",
            "latency": "bench.latency", "vehicles": "bench.vehicles",
-           "scrape": "bench.scrape"}
+           "scrape": "bench.scrape", "health": "bench.health"}
+_ON_DEMAND = {"soak": "bench.soak", "stress": "bench.stress", "memory": "bench.memory"}  # long runs: never part of "all"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,9 +26,11 @@ def main(argv: list[str] | None = None) -> int:
         name = "-h"
     else:
         name = argv.pop(0) if argv and not argv[0].startswith("-") else "all"
+    if name in _ON_DEMAND:
+        return importlib.import_module(_ON_DEMAND[name]).main(argv)
     if name in ("-h", "--help") or (name not in _SUITES and name != "all"):
         print(__doc__)
-        print("suites: " + ", ".join(_SUITES) + ", all")
+        print("suites: " + ", ".join(_SUITES) + ", all; on demand: " + ", ".join(_ON_DEMAND))
         return 0 if name in ("-h", "--help") else 2
     names = list(_SUITES) if name == "all" else [name]
     status = 0

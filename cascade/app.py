@@ -13,7 +13,8 @@ the pipeline stops polling and flushes InfluxDB, and the alert service pushes it
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +22,26 @@ from prometheus_client import CollectorRegistry
 
 from alerting.actions import ALLOWED_COMMANDS, ActionPolicy
 from alerting.api import add_routes
+from alerting.api_v1 import add_v1_routes
+from alerting.apiv1 import InfluxReader, RateLimiter
 from alerting.auth import ApiAuth
 from alerting.engine import Engine
 from alerting.rules import DEFAULT_CATALOGUE, RuleError, RuleSet, load_rules
 from alerting.service import AlertService
 from alerting.state import AlertStore
+from alerting.webhooks import Subscriber, WebhookPusher
 from cascade.commands import add_command_routes, forward_vehicle_commands, vehicle_commands_for
 from cascade.config import ActionsSection, AlertingSection, AppConfig, ConfigError
 from cascade.pipeline import Pipeline
 from cascade.tracks import add_track_routes
+from collectors.ble.commands import GatewayCommander
 from core.auth import TokenSettings, TokenVerifier
+from core.events import Point
+from core.ports import EventHandler
 from core.validation import validate
 
-__all__ = ["ALERTING_DEFAULTS", "alert_service_for", "alerting_settings", "api_auth", "build_engine", "start_app"]
+__all__ = ["ALERTING_DEFAULTS", "alert_service_for", "alerting_settings", "api_auth", "build_engine",
+           "gateway_commander_for", "start_app", "webhook_pusher"]
 
 #: Every ``alerting:`` key with its default (the schema is :class:`cascade.config.AlertingSection`).
 ALERTING_DEFAULTS: dict[str, Any] = AlertingSection().model_dump()
@@ -80,6 +88,34 @@ def api_auth(settings: dict[str, Any]) -> ApiAuth:
             jwks_cache_s=float(a["jwks_cache_s"]), jwks_min_refresh_s=float(a["jwks_min_refresh_s"])))
     return ApiAuth(verifier, api_token=settings["api_token"], accept_api_token=a["accept_api_token"],
                    api_token_role=a["api_token_role"], language=settings.get("language", "zh_CN"))
+
+
+def webhook_pusher(config: AppConfig, settings: dict[str, Any]) -> WebhookPusher:
+    """The warning-signal push to ``alerting.webhooks`` (docs/api.md), each subscriber's secret read now:
+    a missing or short secret fails at start-up, naming the key."""
+    subscribers = []
+    for i, hook in enumerate(settings["webhooks"]):
+        key = f"alerting.webhooks[{i}]"
+        if hook["secret_file"] is not None:
+            try:
+                secret = Path(hook["secret_file"]).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as err:
+                raise ConfigError(config.source, f"{key}.secret_file", f"cannot read {hook['secret_file']}: {err}",
+                                  "create the file with the secret shared with the subscriber (mode 0600)") from err
+            where = f"{key}.secret_file"
+        else:
+            secret = os.environ.get(hook["secret_env"], "").strip()
+            where = f"{key}.secret_env"
+        if len(secret) < 16:
+            raise ConfigError(config.source, where, f"the secret of webhook {hook['name']!r} is missing or shorter "
+                              "than 16 characters", "share a long random secret, e.g. `openssl rand -hex 32`")
+        subscribers.append(Subscriber(
+            hook["name"], hook["url"], secret.encode("utf-8"), frozenset(hook["levels"]), float(hook["timeout_s"]),
+            int(hook["max_attempts"]), float(hook["backoff_s"]), float(hook["backoff_cap_s"])))
+    try:
+        return WebhookPusher(subscribers, log_path=settings["webhook_log_file"])
+    except ValueError as err:
+        raise ConfigError(config.source, "alerting.webhooks", str(err), "give every subscriber its own name") from err
 
 
 def _check_action_commands(config: AppConfig, policy: ActionPolicy) -> None:
@@ -148,14 +184,40 @@ def _offline_limits(config: AppConfig, configured: float | None) -> dict[tuple[s
             for c in config.cabinets}
 
 
-def alert_service_for(pipeline: Pipeline, engine: Engine, **options: Any) -> AlertService:
+def alert_service_for(pipeline: Pipeline, engine: Engine, *, also_emit: EventHandler | None = None,
+                      **options: Any) -> AlertService:
     """The alert service wired to ``pipeline``: it subscribes to its readings, commands its sources'
     devices, stores its events (alert changes, command records) through its sink and registers
-    its metrics on its registry. ``options`` are :class:`AlertService` keywords."""
+    its metrics on its registry. ``also_emit`` receives the same events too (the webhook push).
+    ``options`` are :class:`AlertService` keywords."""
     options.setdefault("registry", pipeline.registry)
     cabinets = [(site, device) for source in pipeline.sources for device, site in source.devices().items()]
-    return AlertService(engine, feed=pipeline, commander=pipeline.commander, emit=pipeline.submit,
+    emit: EventHandler = pipeline.submit
+    if also_emit is not None:
+        second = also_emit
+
+        def emit(points: Iterable[Point]) -> None:
+            points = list(points)
+            pipeline.submit(points)
+            second(points)
+    return AlertService(engine, feed=pipeline, commander=pipeline.commander, emit=emit,
                         cabinets=cabinets, **options)
+
+
+def gateway_commander_for(config: AppConfig, pipeline: Pipeline, **options: Any) -> GatewayCommander | None:
+    """The protective path to BLE gateways' packs (docs/ble-gateway.md): on the vehicles' broker, when the
+    watch feeds gateway readings to the engine; it learns the gateways from the pipeline's readings and
+    serves their packs as one more commander. None without a watched broker. ``options``: its keywords."""
+    v = config.vehicles
+    if v is None or v.mqtt is None or not v.watch:
+        return None
+    m = v.mqtt
+    options.setdefault("client_id", f"cascade-gateway-commands-{os.getpid()}")
+    commander = GatewayCommander(host=m.host, port=m.port, username=m.username, password=m.password,
+                                 tls_ca=m.tls_ca or None, keepalive_s=m.keepalive_s, **options)
+    pipeline.subscribe(commander.observe)  # before the alert service: it knows the slot before it is commanded
+    pipeline.commander.add(commander)
+    return commander
 
 
 @contextlib.asynccontextmanager
@@ -168,7 +230,10 @@ async def start_app(config: AppConfig) -> AsyncIterator[Pipeline]:
             yield pipeline
         return
     engine = build_engine(config, settings, pipeline.registry)
-    service = alert_service_for(pipeline, engine, alertmanager_url=settings["alertmanager_url"],
+    gateways = gateway_commander_for(config, pipeline)
+    webhooks = webhook_pusher(config, settings)
+    service = alert_service_for(pipeline, engine, also_emit=webhooks.handle if webhooks.subscribers else None,
+                                alertmanager_url=settings["alertmanager_url"],
                                 resend_interval_s=float(settings["resend_interval_s"]), policy=settings["policy"],
                                 offline_after_s=_offline_limits(config, settings["offline_after_s"]),
                                 escalate_after_s=settings["escalate_after_s"],
@@ -176,6 +241,13 @@ async def start_app(config: AppConfig) -> AsyncIterator[Pipeline]:
                                 failed_actions_path=_beside(settings["state_file"], "-failed-actions.json"),
                                 control_audit_path=settings["control_audit_file"])
     add_routes(pipeline.app, service, auth=api_auth(settings))
+    influx = config.influxdb
+    add_v1_routes(pipeline.app, service, auth=api_auth(settings),
+                  influx=None if influx is None or influx.api != "v1" else InfluxReader(
+                      influx.url, influx.database, username=influx.username, password=influx.password),
+                  webhooks=webhooks, limiter=RateLimiter(float(settings["api_v1"]["rate_per_s"]),
+                                                         int(settings["api_v1"]["burst"])),
+                  control_audit_path=settings["control_audit_file"], language=settings.get("language", "zh_CN"))
     # Vehicle commands (docs/vehicles.md, "Commands"): from the HTTP API, the CLI and rules with a vehicle_command.
     commands = vehicle_commands_for(config, service, pipeline, settings)
     if commands is not None:
@@ -186,9 +258,12 @@ async def start_app(config: AppConfig) -> AsyncIterator[Pipeline]:
                          username=config.influxdb.username, password=config.influxdb.password, auth=api_auth(settings))
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(engine.state.flush)  # runs last: the final alert changes reach the disk
+        await stack.enter_async_context(webhooks)
         await stack.enter_async_context(service)
         if commands is not None:
             await stack.enter_async_context(commands)
+        if gateways is not None:
+            await stack.enter_async_context(gateways)
         await stack.enter_async_context(pipeline)
         stack.push_async_callback(service.stop_actions)  # runs first on exit, while cabinets are connected
         pipeline.alerts = service  # for callers that want the service (tests, status)

@@ -346,8 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     gw = sub.add_parser("gateway", help="run a BLE battery gateway: JBD/Daly packs over Bluetooth, uplink over MQTT",
                         description="Scan for JBD and Daly BMS packs over Bluetooth, poll them over a bounded "
                                     "number of links, and publish their readings over MQTT with a disk buffer "
-                                    "through uplink outages (docs/ble-gateway.md). --emulate N runs without a "
-                                    "radio, on emulated packs.")
+                                    "through uplink outages (docs/ble-gateway.md); switch an allow-listed pack's "
+                                    "MOSFETs off when the platform commands it. --emulate N runs without a radio, "
+                                    "on emulated packs; --esphome uses ESPHome Bluetooth proxies as the radio.")
     try:
         from collectors.ble.gateway import add_arguments as add_gateway_arguments
         add_gateway_arguments(gw)

@@ -11,7 +11,11 @@ MQTT devices receive it there; the ingest workers hold it for HTTPS devices, whi
 comes back on ``.../ack`` (an HTTPS device posts it, its worker publishes it), with the device's state
 after the command: the command counts as done only when that read-back shows what it asked for.
 Unacknowledged, it is sent again every ``retry_s`` up to ``max_attempts`` times; still unacknowledged at
-its expiry it is an alert (``vehicle_command_unacknowledged``) through Alertmanager, like every warning.
+its expiry it is an alert (``vehicle_command_unacknowledged``, one per vehicle), held by the alert service
+like every warning (listed in ``GET /api/alerts``, acknowledged with ``POST /api/alerts/{key}/ack``,
+pushed to Alertmanager). It clears when the vehicle acknowledges any command again, when a report shows
+the state the command asked for (power, arming), or ``resolve_after_s`` after the vehicle reports again.
+Commands go to vehicles only: a device that reported as a BLE gateway is refused (``not_a_vehicle``).
 
 Who, what, when and the result (with the read-back) are appended to an audit file (JSON lines), stored
 as a ``command`` point (InfluxDB, the same measurement as cabinet cut-offs) and counted in Prometheus.
@@ -42,7 +46,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from alerting.i18n import DEFAULT_LANGUAGE, AlertTexts
-from alerting.state import SEVERITY
+from alerting.state import SEVERITY, Target, Transition
 from alerting.vehicle_commands import (
     COMMAND_UNACKNOWLEDGED,
     command_alert_labels,
@@ -61,21 +65,26 @@ from collectors.vehicles.commands import (
 from collectors.vehicles.mqtt import TOPIC_ROOT, topic
 from collectors.vehicles.settings import MqttSettings
 from collectors.vehicles.trust import DeviceRegistry
-from core.auth import CONTROL, READ
+from core.auth import READ, VEHICLE, VEHICLE_POWER
 from core.errors import CascadeError
 from core.events import AlertEvent, CommandResult
+from core.model import BLE_GATEWAY_MODEL, VEHICLE_MODEL
 from core.ports import EventHandler
 
 __all__ = ["CommandMetrics", "CommandRecord", "CommandRefused", "VehicleCommandService", "add_command_routes",
-           "forward_vehicle_commands", "vehicle_commands_for"]
+           "forward_vehicle_commands", "redact_record", "vehicle_commands_for"]
 
 log = logging.getLogger("cascade.commands")
 
 DONE = ("ok", "failed", "rejected", "expired")
+POWER_COMMANDS = ("power_on", "power_off")
+"""Commands that need :data:`core.auth.VEHICLE_POWER` (engineer, admin); the others need
+:data:`core.auth.VEHICLE` (operator too): docs/security.md."""
 
 
 class CommandRefused(CascadeError):
-    """A command that is never sent: ``reason`` is ``unknown_vehicle``, ``unknown_command`` or ``bad_request``."""
+    """A command that is never sent: ``reason`` is ``unknown_vehicle``, ``not_a_vehicle``, ``unknown_command``
+    or ``bad_request``."""
 
     def __init__(self, problem: str, *, fix: str, reason: str = "bad_request") -> None:
         super().__init__(problem, fix=fix)
@@ -155,7 +164,8 @@ class VehicleCommandService:
                  emit: EventHandler | None = None, pusher: _Pusher | None = None,
                  language: str = DEFAULT_LANGUAGE, registry: CollectorRegistry | None = None,
                  clock: Callable[[], float] = time.time, expiry_s: float = 120.0, retry_s: float = 20.0,
-                 max_attempts: int = 3, client_id: str = "cascade-commands", history: int = 1000) -> None:
+                 max_attempts: int = 3, client_id: str = "cascade-commands", history: int = 1000,
+                 alerts: Any = None, resolve_after_s: float = 600.0) -> None:
         if not (expiry_s > 0 and retry_s > 0 and max_attempts >= 1):
             raise ValueError("expiry_s and retry_s must be > 0 and max_attempts >= 1")
         self.mqtt = mqtt
@@ -169,7 +179,12 @@ class VehicleCommandService:
         self.client_id = client_id
         self.records: OrderedDict[str, CommandRecord] = OrderedDict()
         self.history = history
-        self.alerts: dict[tuple[str, str], dict[str, str]] = {}  # (vehicle, command) -> labels of its alert
+        # The alert service (``store`` and ``apply``): the unacknowledged-command alert is one of its alerts.
+        # None (tests): pushed through ``pusher`` only.
+        self.alert_service = alerts
+        self.resolve_after_s = resolve_after_s
+        self.alerts: dict[str, _CommandAlert] = {}  # vehicle -> its unacknowledged-command alert
+        self.gateways: set[str] = set()  # devices that reported as BLE gateways: never sent a vehicle command
         self.connected = asyncio.Event()
         self.metrics = CommandMetrics(registry if registry is not None else CollectorRegistry())
         self._outbox: asyncio.Queue[CommandRecord] = asyncio.Queue()
@@ -179,6 +194,7 @@ class VehicleCommandService:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def __aenter__(self) -> VehicleCommandService:
+        self.adopt_alerts()
         self._tasks = [asyncio.create_task(self._run(), name="vehicle-commands-mqtt"),
                        asyncio.create_task(self._watch(), name="vehicle-commands-watch")]
         return self
@@ -203,8 +219,12 @@ class VehicleCommandService:
             raise CommandRefused(f"vehicle {vehicle[:70]!r} is not a provisioned device",
                                  fix="check the vehicle id (devices.json, `cascade devices provision`)",
                                  reason="unknown_vehicle")
+        if vehicle in self.gateways:
+            raise CommandRefused(f"device {vehicle[:70]!r} is a BLE gateway, not a vehicle",
+                                 fix="vehicle commands go to vehicles only; a gateway's packs are switched by the "
+                                     "protective actions (docs/ble-gateway.md)", reason="not_a_vehicle")
         if not who or not who.strip():
-            raise CommandRefused("no one named", fix="say who asks (--who NAME): it is recorded")
+            raise CommandRefused("no one named", fix="say who asks (--who NAME, or a token): it is recorded")
         now = self.clock()
         expiry = self.expiry_s if expiry_s is None else expiry_s
         if not 0 < expiry <= 86400:
@@ -269,6 +289,9 @@ class VehicleCommandService:
         if record is None or ack.vehicle != vehicle or record.vehicle != vehicle:
             log.info("acknowledgement %s from %s matches no pending command of it; ignored", ack.id[:40], vehicle)
             return None
+        # The vehicle answers a command of ours again (any command, any result): it is reachable and its state
+        # is read back, so an earlier unacknowledged command's alert ends.
+        self._clear_alert(vehicle, record)
         if record.done:
             return record  # a repeated acknowledgement (a retry answered twice)
         state = None if ack.state is None else {k: v for k, v in (("power", ack.state.power),
@@ -315,35 +338,91 @@ class VehicleCommandService:
                 f" ({detail})" if detail else "", record.state)
         if status == "expired":
             self._raise_alert(record)
-        elif status == "ok":
-            self._clear_alert(record)
         self._update_gauge()
         self._notify()
 
     def _raise_alert(self, record: CommandRecord) -> None:
+        """One alert per vehicle: a second command that expires while it is active takes it over."""
         level = max(2, record.level)
+        old = self.alerts.get(record.vehicle)
+        if old is not None and old.level > level:
+            level = old.level
         labels = command_alert_labels(level, record.fleet, record.vehicle, record.command)
         notes = command_alert_texts(self.texts, fleet=record.fleet, vehicle=record.vehicle, command=record.command,
-                                    who=record.who, attempts=record.attempts,
+                                    by_rule=record.who.startswith("rule:"), attempts=record.attempts,
                                     waited_s=record.expires_at - record.issued_at, level=level)
-        old = self.alerts.get((record.vehicle, record.command))
-        if self.pusher is not None:
-            if old is not None and old != labels:
-                self.pusher.resolve(old)
-            self.pusher.fire(labels, notes, starts_at=record.expires_at)
-        self.alerts[(record.vehicle, record.command)] = labels
-        self._store([_event(record, level, 0, "raise", notes, self.clock())])
+        from_level = old.level if old is not None else 0
+        kind = "raise" if old is None or level == from_level else "escalate"
+        self.alerts[record.vehicle] = _CommandAlert(record.fleet, record.command, level, labels)
+        self._transition(record.fleet, record.vehicle, from_level, level, kind, labels, notes, old)
 
-    def _clear_alert(self, record: CommandRecord) -> None:
-        """A command of the same kind went through: the earlier unacknowledged one's alert ends."""
-        labels = self.alerts.pop((record.vehicle, record.command), None)
-        if labels is None:
+    def _clear_alert(self, vehicle: str, record: CommandRecord | None = None, *,
+                     notes: dict[str, str] | None = None) -> None:
+        """The vehicle is back (it acknowledged a command, or reports again): its alert ends."""
+        alert = self.alerts.pop(vehicle, None)
+        if alert is None:
             return
-        notes = command_cleared_texts(self.texts, fleet=record.fleet, vehicle=record.vehicle, command=record.command,
-                                      command_id=record.id)
+        if notes is None:
+            notes = command_cleared_texts(self.texts, fleet=alert.fleet, vehicle=vehicle, command=alert.command,
+                                          command_id=record.id if record is not None else "")
+        self._transition(alert.fleet, vehicle, alert.level, 0, "clear", alert.labels, notes, None)
+
+    def _transition(self, fleet: str, vehicle: str, from_level: int, to_level: int, kind: str,
+                    labels: dict[str, str], notes: dict[str, str], old: _CommandAlert | None) -> None:
+        now = self.clock()
+        service = self.alert_service
+        if service is not None:  # the alert service holds it: /api/alerts, acknowledgement, Alertmanager, InfluxDB
+            t = Transition(rule=COMMAND_UNACKNOWLEDGED, target=Target(fleet, vehicle, None, None),
+                           from_level=from_level, to_level=to_level, kind=kind, value=None, at=now,
+                           diagnosis=notes.get("diagnosis", ""), action=notes.get("action", ""),
+                           protective_action=None, labels=dict(labels), annotations=dict(notes))
+            try:
+                service.store.apply([t])
+                service.apply([t])
+            except Exception:  # noqa: BLE001 - an alert that cannot be fanned out must not stop the commands
+                log.exception("vehicle command alert for %s/%s not applied", fleet, vehicle)
+            return
         if self.pusher is not None:
-            self.pusher.resolve(labels, notes)
-        self._store([_event(record, 0, int(labels["level"]), "clear", notes, self.clock())])
+            if kind == "clear":
+                self.pusher.resolve(labels, notes)
+            else:
+                if old is not None and old.labels != labels:
+                    self.pusher.resolve(old.labels)
+                self.pusher.fire(labels, notes, starts_at=now)
+        self._store([_event(fleet, vehicle, to_level, from_level, kind, notes, now)])
+
+    def adopt_alerts(self) -> None:
+        """Take over the unacknowledged-command alerts the alert service restored after a restart, so they
+        clear as they would have (the vehicle acknowledges a command, or reports again)."""
+        service = self.alert_service
+        if service is None:
+            return
+        for alert in service.store.active():
+            if alert.key.rule == COMMAND_UNACKNOWLEDGED and alert.key.cabinet not in self.alerts:
+                self.alerts[alert.key.cabinet] = _CommandAlert(alert.key.site, alert.labels.get("command", ""),
+                                                               alert.level, dict(alert.labels))
+
+    def observe(self, reading: Any) -> None:
+        """A reading of the pipeline (a hook): learns which devices are BLE gateways, and notes vehicles
+        that report again while their command alert is active (see :meth:`check`)."""
+        model = getattr(reading, "model", None)
+        if model == BLE_GATEWAY_MODEL:
+            self.gateways.add(reading.cabinet_id)
+            return
+        if model != VEHICLE_MODEL or not self.alerts:
+            return
+        report = reading.vehicle
+        alert = self.alerts.get(reading.cabinet_id)
+        if alert is None or report is None or not report.received_ns:  # a silence reading: nothing reported
+            return
+        key, wanted = EXPECTED_STATE.get(alert.command, ("", None))
+        shown = {"power": report.powered_on, "armed": report.armed}.get(key)
+        if shown is not None and shown == wanted:
+            self._clear_alert(reading.cabinet_id, notes=command_cleared_texts(
+                self.texts, fleet=alert.fleet, vehicle=reading.cabinet_id, command=alert.command, command_id="",
+                reported=True))
+        elif alert.back_since is None:
+            alert.back_since = self.clock()
 
     def _store(self, points: list[CommandResult] | list[AlertEvent]) -> None:
         if self._emit is None:
@@ -387,6 +466,11 @@ class VehicleCommandService:
     def check(self) -> None:
         """Send again what waited ``retry_s`` (up to ``max_attempts``); expire what is past its expiry."""
         now = self.clock()
+        for vehicle, alert in list(self.alerts.items()):
+            if alert.back_since is not None and now - alert.back_since >= self.resolve_after_s:
+                self._clear_alert(vehicle, notes=command_cleared_texts(
+                    self.texts, fleet=alert.fleet, vehicle=vehicle, command=alert.command, command_id="",
+                    reported=True, minutes=self.resolve_after_s / 60))
         for record in [r for r in self.records.values() if not r.done]:
             if now >= record.expires_at:
                 self._finish(record, "expired", f"no acknowledgement after {record.attempts} attempt(s)")
@@ -453,10 +537,21 @@ def _actor(who: str) -> str:
     return who if who.startswith(("rule:", "user:")) else f"user:{who}"
 
 
-def _event(record: CommandRecord, level: int, from_level: int, kind: str, notes: dict[str, str],
+@dataclass(slots=True)
+class _CommandAlert:
+    """A vehicle's active unacknowledged-command alert; ``back_since``: when the vehicle reported again."""
+
+    fleet: str
+    command: str
+    level: int
+    labels: dict[str, str]
+    back_since: float | None = None
+
+
+def _event(fleet: str, vehicle: str, level: int, from_level: int, kind: str, notes: dict[str, str],
            now: float) -> AlertEvent:
     severity = SEVERITY.get(level or from_level, "warning")
-    return AlertEvent(COMMAND_UNACKNOWLEDGED, record.fleet, record.vehicle, None, severity, level, from_level, kind,
+    return AlertEvent(COMMAND_UNACKNOWLEDGED, fleet, vehicle, None, severity, level, from_level, kind,
                       None, None, notes.get("summary"), notes.get("diagnosis"), notes.get("action"),
                       int(now * 1e9), "device_fault")
 
@@ -469,11 +564,15 @@ def vehicle_commands_for(config: Any, alerts: Any, pipeline: Any, settings: Mapp
     vehicles = getattr(config, "vehicles", None)
     if vehicles is None or vehicles.mqtt is None:
         return None
-    return VehicleCommandService(
+    options.setdefault("alerts", alerts if hasattr(alerts, "store") else None)
+    service = VehicleCommandService(
         vehicles.mqtt, DeviceRegistry.load(vehicles.devices),
         audit_path=Path(settings["audit_file"]).with_name("vehicle-commands.jsonl"), emit=pipeline.submit,
         pusher=alerts.pusher, language=settings.get("language", DEFAULT_LANGUAGE), registry=pipeline.registry,
         client_id=f"cascade-commands-{os.getpid()}", **options)
+    if hasattr(pipeline, "subscribe"):
+        pipeline.subscribe(service.observe)  # which devices are gateways; vehicles that report again
+    return service
 
 
 def forward_vehicle_commands(alerts: Any, commands: VehicleCommandService) -> None:
@@ -495,23 +594,25 @@ def forward_vehicle_commands(alerts: Any, commands: VehicleCommandService) -> No
 
 
 def add_command_routes(app: web.Application, commands: VehicleCommandService, *, auth: Any = None) -> None:
-    """``POST /api/vehicles/{vehicle}/commands`` body ``{"command", "who", "reason"?, "wait_s"?, "expiry_s"?}``
+    """``POST /api/vehicles/{vehicle}/commands`` body ``{"command", "who"?, "reason"?, "wait_s"?, "expiry_s"?}``
     → 200 the finished record (or 202 still pending after ``wait_s``, default 0); 400 bad command or body,
-    404 unknown vehicle. ``GET /api/vehicles/commands`` (``?vehicle=``, ``?limit=``) and
-    ``GET /api/vehicles/commands/{id}`` read records.
+    or a device that is not a vehicle; 404 unknown vehicle. ``GET /api/vehicles/commands`` (``?vehicle=``,
+    ``?limit=``) and ``GET /api/vehicles/commands/{id}`` read records.
 
     ``auth``: the alert API's :class:`alerting.auth.ApiAuth` (anything with ``await require(request,
-    permission)``). A command acts on a vehicle on the road (a power-off stops it), so issuing one needs
-    the ``control`` permission, as a cabinet's remote control does, and the token's subject is recorded
-    as who asked; reading needs ``read`` (a regulator's token sees the records without who and why).
-    Without ``auth`` the routes are open, like the alert API without one (loopback, tests).
+    permission)``). Arming, disarming and the motor lock need :data:`core.auth.VEHICLE` (operator,
+    engineer, admin), power on/off :data:`core.auth.VEHICLE_POWER` (engineer, admin: a power-off stops a
+    vehicle on the road); always a person's token, whose subject is recorded as who asked (``who`` in the
+    body is then not needed and not used). Reading needs ``read``; a regulator's token sees the records
+    without a person's ``who`` and ``reason`` (null), as in ``/api/actions``. Without ``auth`` the routes
+    are open, like the alert API without one (loopback, tests).
     """
 
     async def who_may(request: web.Request, permission: str) -> Any:
         return None if auth is None else await auth.require(request, permission)
 
     async def issue(request: web.Request) -> web.Response:
-        principal = await who_may(request, CONTROL)
+        principal = await who_may(request, VEHICLE)
         if request.headers.get("Content-Type", "").split(";")[0].strip().lower() != "application/json":
             return _error(415, "send the body as JSON with 'Content-Type: application/json'")
         origin = request.headers.get("Origin")
@@ -521,21 +622,24 @@ def add_command_routes(app: web.Application, commands: VehicleCommandService, *,
             body = await request.json()
         except ValueError:
             return _error(400, 'the body is not JSON; send {"command": "motor_lock", "who": "alice"}')
+        if not isinstance(body, dict) or not isinstance(body.get("command"), str):
+            return _error(400, 'send {"command": "<one of ' + ", ".join(COMMANDS) + '>"} (and "who" without a token)')
+        if body["command"] in POWER_COMMANDS:
+            principal = await who_may(request, VEHICLE_POWER)
         subject = str(getattr(principal, "subject", "") or "")
-        if not isinstance(body, dict) or not isinstance(body.get("command"), str) or not (
-                subject or isinstance(body.get("who"), str)):
-            return _error(400, 'send {"command": "<one of ' + ", ".join(COMMANDS) + '>", "who": "<your name>"}')
+        if not subject and not isinstance(body.get("who"), str):
+            return _error(400, 'say who asks: send {"command": "...", "who": "<your name>"}, or use a token')
         try:
             wait_s = min(120.0, max(0.0, float(body.get("wait_s", 0))))
             expiry_s = None if body.get("expiry_s") is None else float(body["expiry_s"])
         except (TypeError, ValueError):
             return _error(400, "wait_s and expiry_s are numbers of seconds")
-        who = (subject or str(body.get("who", ""))).strip()
+        who = (subject or str(body.get("who", ""))).strip()  # a token's subject wins: it is who asked
         try:
             record = commands.issue(request.match_info["vehicle"], body["command"], who=_actor(who) if who else "",
                                     reason=str(body.get("reason", "")), expiry_s=expiry_s)
         except CommandRefused as err:
-            return _error(404 if err.reason == "unknown_vehicle" else 400, str(err))
+            return _error(404 if err.reason == "unknown_vehicle" else 400, str(err), code=err.reason)
         if wait_s:
             record = await commands.wait(record.id, wait_s)
         return web.json_response(record.to_dict(), status=200 if record.done else 202)
@@ -543,8 +647,7 @@ def add_command_routes(app: web.Application, commands: VehicleCommandService, *,
     def shown(request_principal: Any, record: CommandRecord) -> dict[str, Any]:
         out = record.to_dict()
         if request_principal is not None and not request_principal.can(READ):  # a regulator: no personal data
-            out["who"] = "user" if out["who"].startswith("user:") else out["who"]
-            out["reason"] = ""
+            out = redact_record(out)
         return out
 
     async def listing(request: web.Request) -> web.Response:
@@ -568,5 +671,14 @@ def add_command_routes(app: web.Application, commands: VehicleCommandService, *,
     app.router.add_get("/api/vehicles/commands/{id}", one)
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def redact_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A command record as a regulator sees it, like ``alerting.auth.redact_entries`` does for
+    ``/api/actions``: a person's ``who`` and ``reason`` are null; a rule's stay (nothing personal)."""
+    who = record.get("who")
+    if isinstance(who, str) and who.startswith("rule:"):
+        return record
+    return {**record, "who": None, "reason": None}
+
+
+def _error(status: int, message: str, *, code: str = "bad_request") -> web.Response:
+    return web.json_response({"error": message, "code": code}, status=status)

@@ -48,7 +48,7 @@ from core.validation import (
 )
 from exporters.influx.sink import InfluxConfig, InfluxConfigError
 
-__all__ = ["ActionsSection", "AlertingSection", "AuthSection", "AppConfig", "Cabinet", "CabinetEntry", "ConfigError",
+__all__ = ["ActionsSection", "AlertingSection", "ApiV1Section", "WebhookSubscriber", "AuthSection", "AppConfig", "Cabinet", "CabinetEntry", "ConfigError",
            "FleetFile", "InfluxSection", "MetricsSection", "PollSection", "RunConfig", "config_reference",
            "load_config"]
 
@@ -88,8 +88,12 @@ class AppConfig:
             MODBUS: ModbusSettings(self.cabinets, self.profiles, self.jitter, self.backoff_cap_s)}
         v = self.vehicles
         if v is not None and v.watch and v.mqtt is not None:
+            # The fence centres of armed vehicles survive a restart beside the alert state (alerts.json ->
+            # alerts-vehicle-fences.json): restored fence alerts are judged against the same centre.
+            state = Path(str((self.alerting or {}).get("state_file") or "var/alerts.json"))
             kinds[VEHICLES] = VehicleWatchSettings(v.mqtt, v.devices, tuple(v.watch_fleets), v.replay_window_s,
-                                                   v.functions)
+                                                   v.functions,
+                                                   fences_file=str(state.with_name(state.stem + "-vehicle-fences.json")))
         return kinds
 
 
@@ -110,6 +114,12 @@ def _http_url(value: str) -> str:
 
 def _none_word(value: Any) -> Any:
     return None if value == "none" else value
+
+
+def _subscriber_name(value: str) -> str:
+    if len(value) > 64 or not value.replace(".", "").replace("_", "").replace("-", "").isalnum() or not value.isascii():
+        raise ValueError(f"{value[:70]!r} is not a name of letters, digits, '.', '_', '-' (at most 64)")
+    return value
 
 
 def _level(value: int) -> int:
@@ -166,6 +176,11 @@ class CabinetEntry(_Section):
         default=_CAB["slots"], ge=1, le=256, json_schema_extra=shown_default("the profile's"),
         description="the number of slots fitted, 1-256, or leave it out for the profile's")
     interval_s: Float = Field(default=_CAB["interval_s"], gt=0, description="seconds between polls, e.g. 5")
+    fast_interval_s: Float | None = Field(
+        default=_CAB["fast_interval_s"], gt=0,
+        description="seconds between polls of the safety fields only (gas, smoke, flame, alarm and protection "
+        "words, pack temperatures; docs/scaling.md), e.g. 1 (opt-in: off when null, the default, or not below "
+        "interval_s)")
     timeout_s: Float = Field(default=_CAB["timeout_s"], gt=0,
                              description="seconds to wait for each Modbus answer, e.g. 2")
     busy_retries: Int = Field(
@@ -326,6 +341,41 @@ class AuthSection(_Section):
         default="engineer", description=f"the role the shared api_token acts with, one of {list(_ROLES)}")
 
 
+class WebhookSubscriber(_Section):
+    """``alerting.webhooks[]``: a third party that receives every alert level change, signed (docs/api.md)."""
+
+    absent_if_null = ("secret_file", "secret_env")
+
+    name: Annotated[Text, AfterValidator(_subscriber_name)] = Field(
+        description="a name for the delivery log, e.g. city-platform (letters, digits, . _ -; at most 64)")
+    url: HttpUrl = Field(description="where the signals are POSTed, e.g. https://platform.example/cascade/hook")
+    secret_file: PathText | None = Field(
+        default=None, description="a file holding the HMAC secret (at least 16 characters), e.g. "
+                                  "../secrets/webhook-city-platform; or secret_env")
+    secret_env: Text | None = Field(default=None, description="an environment variable holding the secret instead")
+    levels: list[Level] = Field(default=[1, 2, 3], min_length=1,
+                                description="the levels sent (a clear goes with the level it leaves), e.g. [2, 3]")
+    timeout_s: Float = Field(default=5.0, gt=0, le=60, description="seconds one attempt may take, e.g. 5")
+    max_attempts: Int = Field(default=6, ge=1, le=20, description="attempts per signal, the first included, e.g. 6")
+    backoff_s: Float = Field(default=1.0, gt=0, le=600, description="seconds before the first retry; doubles, e.g. 1")
+    backoff_cap_s: Float = Field(default=60.0, gt=0, le=3600, description="the longest wait between attempts, e.g. 60")
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> WebhookSubscriber:
+        if (self.secret_file is None) == (self.secret_env is None):
+            raise ValueError("give the secret as exactly one of secret_file or secret_env. Fix: e.g. "
+                             "secret_file: ../secrets/webhook-" + self.name)
+        return self
+
+
+class ApiV1Section(_Section):
+    """``alerting.api_v1``: limits of the third-party API (docs/api.md)."""
+
+    rate_per_s: Float = Field(default=10.0, gt=0, le=10_000,
+                              description="requests a second per client (token subject, else address), e.g. 10")
+    burst: Int = Field(default=50, ge=1, le=100_000, description="requests a client may send at once, e.g. 50")
+
+
 class AlertingSection(Model):
     """``alerting:``: tiered warnings, the alert service and protective actions (docs/alert-service.md)."""
 
@@ -368,6 +418,14 @@ class AlertingSection(Model):
     control_audit_file: PathText = Field(
         default="var/control-audit.jsonl",
         description="where remote cabinet commands are logged (append-only), e.g. var/control-audit.jsonl")
+    api_v1: ApiV1Section = Field(default=ApiV1Section(), json_schema_extra=shown_default("see alerting.api_v1"),
+                                 description="a mapping, e.g. {rate_per_s: 10, burst: 50} (docs/api.md)")
+    webhooks: list[WebhookSubscriber] = Field(
+        default=[], description="warning-signal subscribers, each {name, url, secret_file or secret_env, levels} "
+                                "(docs/api.md)")
+    webhook_log_file: PathText = Field(
+        default="var/webhook-deliveries.jsonl",
+        description="where every webhook delivery attempt is logged, e.g. var/webhook-deliveries.jsonl")
 
 
 # --- the file ------------------------------------------------------------------------------------
@@ -404,7 +462,7 @@ class RunConfig(_Section):
 
 # --- loading -------------------------------------------------------------------------------------
 
-_PATH_KEYS = {"state_file", "audit_file", "rules", "control_audit_file"}
+_PATH_KEYS = {"state_file", "audit_file", "rules", "control_audit_file", "webhook_log_file"}
 
 
 def _relative_to(source: Path, value: str) -> Path:
@@ -516,6 +574,11 @@ def load_config(path: str | Path) -> AppConfig:
         influx = run.influxdb.sink_config(spool_dir=str(_relative_to(source, run.influxdb.spool_dir)))
     alerting = {key: str(_relative_to(source, value)) if key in _PATH_KEYS and isinstance(value, str) and value
                 else value for key, value in run.alerting.items()}
+    if isinstance(alerting.get("webhooks"), list):  # each subscriber's secret file, relative to this file too
+        alerting["webhooks"] = [
+            {**hook, "secret_file": str(_relative_to(source, hook["secret_file"]))}
+            if isinstance(hook, dict) and isinstance(hook.get("secret_file"), str) and hook["secret_file"] else hook
+            for hook in alerting["webhooks"]]
     vehicles = run.vehicles
     if vehicles is not None:
         vehicles = _vehicle_paths(source, vehicles)
@@ -550,6 +613,8 @@ _REFERENCE: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`alerting`", AlertingSection),
     ("`alerting.actions`", ActionsSection),
     ("`alerting.auth`", AuthSection),
+    ("`alerting.api_v1`", ApiV1Section),
+    ("`alerting.webhooks[]`", WebhookSubscriber),
     ("`vehicles`", VehicleSettings),
     ("`vehicles.mqtt`", MqttSettings),
     ("`vehicles.https`", HttpsSettings),

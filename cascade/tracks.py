@@ -171,7 +171,7 @@ def to_geojson(vehicle: str, points: list[TrackPoint], *, since: float | None = 
     if with_points:
         features += [{"type": "Feature", "geometry": {"type": "Point", "coordinates": coordinate(p)},
                       "properties": {"vehicle": vehicle, "time": _iso(p.time_ms), "speed_kmh": p.speed_kmh,
-                                     "odometer_km": p.odometer_km, "state": _STATES.get(p.state or -1),
+                                     "odometer_km": p.odometer_km, "state": None if p.state is None else _STATES.get(p.state),
                                      "power": p.power}} for p in points]
     return {"type": "FeatureCollection", "properties": summary, "features": features}
 

@@ -5,16 +5,21 @@
     cascade vehicle track V000001 --since 2h [--until now] --out track.geojson
 
 ``command`` posts to the running ``cascade run`` (``--url``, default the stack's metrics port) and waits
-up to ``--wait`` seconds for the vehicle's acknowledgement. Exit status: 0 acknowledged (read back as
-asked), 1 refused, failed, expired or still pending after the wait, 2 the collector cannot be reached or
-the arguments are wrong. ``track`` reads InfluxDB directly (``--influx``, ``--db``; default the running
-stack's) and writes GeoJSON (``-`` or no ``--out``: standard output).
+up to ``--wait`` seconds for the vehicle's acknowledgement. With a token (``--token`` or ``$CASCADE_TOKEN``)
+the token's subject is recorded as who asked and ``--who`` is not needed (and not used); without one,
+``--who`` names you (an API without tokens refuses commands anyway). Exit status: 0 acknowledged (read
+back as asked), 1 refused, failed, expired or still pending after the wait, 2 the collector cannot be
+reached or the arguments are wrong. Refusals are printed on standard error in ``--language`` (Simplified
+Chinese by default). ``track`` reads InfluxDB directly (``--influx``, ``--db``; default the running
+stack's) and writes GeoJSON (``-`` or no ``--out``: standard output); a vehicle not in ``--devices`` is
+refused, an empty range says so on standard error.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -23,6 +28,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, TextIO
 
+from alerting.i18n import DEFAULT_LANGUAGE, LANGUAGES, AlertTexts
 from collectors.vehicles.commands import COMMANDS
 from core.stackenv import stack_value
 
@@ -40,7 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                      "and an alert if never acknowledged (docs/vehicles.md, Commands).")
     cmd.add_argument("vehicle", help="vehicle code, e.g. V000001")
     cmd.add_argument("command", choices=COMMANDS)
-    cmd.add_argument("--who", required=True, help="your name (recorded in the audit)")
+    cmd.add_argument("--who", default=None,
+                     help="your name, recorded in the audit; needed only without a token (with a token its subject "
+                          "is recorded)")
     cmd.add_argument("--reason", default="", help="why (recorded in the audit)")
     cmd.add_argument("--wait", type=float, default=30.0, metavar="S",
                      help="seconds to wait for the acknowledgement (default 30; 0 = do not wait)")
@@ -53,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "control permission (`cascade token --role engineer --sub NAME` locally; default: "
                             "$CASCADE_TOKEN, else $CASCADE_API_TOKEN)")
         p.add_argument("--json", action="store_true", help="print the server's JSON")
+        p.add_argument("--language", default=os.environ.get("CASCADE_LANGUAGE", DEFAULT_LANGUAGE),
+                       choices=sorted(LANGUAGES), help="language of the server's refusals: zh_CN (default) or en "
+                                                       "(default: $CASCADE_LANGUAGE)")
     lst.add_argument("--vehicle", default=None, help="only this vehicle")
     track = sub.add_parser("track", help="export a vehicle's track (positions over a time range) as GeoJSON",
                            description="Read the positions a vehicle reported between --since and --until from "
@@ -67,6 +78,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     influx = stack_value("CASCADE_INFLUX_URL") or "http://127.0.0.1:8086"
     track.add_argument("--influx", default=influx, metavar="URL", help=f"InfluxDB 1.x URL (default {influx})")
     track.add_argument("--db", default=stack_value("CASCADE_INFLUX_DB") or "cascade", help="database (default cascade)")
+    track.add_argument("--devices", default="var/devices/devices.json", metavar="FILE",
+                       help="the provisioned devices (default var/devices/devices.json): a vehicle not in it is "
+                            "refused; a missing file skips the check")
+    track.add_argument("--language", default=os.environ.get("CASCADE_LANGUAGE", DEFAULT_LANGUAGE),
+                       choices=sorted(LANGUAGES), help="language of the messages: zh_CN (default) or en")
 
 
 def main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
@@ -78,12 +94,24 @@ def main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
         status, body = _request(args, "GET", f"/api/vehicles/commands{'?' + query if query else ''}")
         if status is None:
             return 2
+        if status != 200:
+            _refused("cascade vehicle commands", status, body)
+            if args.json:
+                print(json.dumps(body, ensure_ascii=False, indent=1), file=out)
+            return 1
         for record in body.get("commands", []) if not args.json else []:
             print(_line(record), file=out)
         if args.json:
             print(json.dumps(body, ensure_ascii=False, indent=1), file=out)
         return 0 if status == 200 else 1
-    payload = {"command": args.command, "who": args.who, "reason": args.reason, "wait_s": args.wait}
+    if not args.token and not args.who:
+        print("cascade vehicle command: " + _texts(args).tr(
+            "say who asks: give --who NAME, or a token (--token or $CASCADE_TOKEN), whose subject is then "
+            "recorded"), file=sys.stderr)
+        return 2
+    payload: dict[str, Any] = {"command": args.command, "reason": args.reason, "wait_s": args.wait}
+    if args.who and not args.token:
+        payload["who"] = args.who
     if args.expiry is not None:
         payload["expiry_s"] = args.expiry
     status, body = _request(args, "POST", f"/api/vehicles/{urllib.parse.quote(args.vehicle)}/commands", payload,
@@ -93,17 +121,32 @@ def main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     if args.json:
         print(json.dumps(body, ensure_ascii=False, indent=1), file=out)
     elif "error" in body:
-        print(f"cascade vehicle command: refused: {body['error']}", file=sys.stderr)
+        _refused("cascade vehicle command", status, body)
     else:
         print(_line(body), file=out)
+    if args.token and args.who and body.get("who") and body["who"] != f"user:{args.who}":
+        print("cascade vehicle command: " + _texts(args).tr(
+            "recorded as {who} (the token's subject); --who is not used with a token", who=body["who"]),
+              file=sys.stderr)
     return 0 if status == 200 and body.get("status") == "ok" else 1
+
+
+def _texts(args: argparse.Namespace) -> AlertTexts:
+    return AlertTexts(getattr(args, "language", DEFAULT_LANGUAGE))
+
+
+def _refused(prog: str, status: int, body: dict[str, Any]) -> None:
+    """The server's refusal on standard error, as ``cascade alerts`` prints it: its message (in the
+    language asked for) and the HTTP status."""
+    message = body.get("error") or f"HTTP {status}"
+    print(f"{prog}: {message} (HTTP {status})", file=sys.stderr)
 
 
 def _line(record: dict[str, Any]) -> str:
     state = record.get("state")
     shown = ", ".join(f"{k}={v}" for k, v in state.items()) if state else "no read-back"
     detail = f" ({record['detail']})" if record.get("detail") else ""
-    return (f"{record['id']} {record['fleet']}/{record['vehicle']} {record['command']} by {record['who']}: "
+    return (f"{record['id']} {record['fleet']}/{record['vehicle']} {record['command']} by {record.get('who') or '-'}: "
             f"{record['status'].upper()} after {record['attempts']} attempt(s); {shown}{detail}")
 
 
@@ -111,6 +154,7 @@ def _request(args: argparse.Namespace, method: str, path: str, payload: Any = No
              timeout: float = 15) -> tuple[int | None, dict[str, Any]]:
     data = None if payload is None else json.dumps(payload).encode()
     headers = {"Content-Type": "application/json"} if data is not None else {}
+    headers["Accept-Language"] = "en" if getattr(args, "language", DEFAULT_LANGUAGE) == "en" else "zh-CN"
     if args.token:
         headers["Authorization"] = f"Bearer {args.token}"
     request = urllib.request.Request(args.url.rstrip("/") + path, data=data, headers=headers, method=method)
@@ -133,6 +177,12 @@ def _track(args: argparse.Namespace, out: TextIO) -> int:
 
     from cascade.tracks import TrackError, fetch_track, parse_time, to_geojson
 
+    texts = _texts(args)
+    refusal = _unknown_vehicle(args.vehicle, getattr(args, "devices", None), texts)
+    if refusal:
+        print(f"cascade vehicle track: {refusal}", file=sys.stderr)
+        return 2
+
     async def fetch() -> dict[str, Any]:
         since, until = parse_time(args.since), parse_time(args.until)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -144,13 +194,47 @@ def _track(args: argparse.Namespace, out: TextIO) -> int:
     except TrackError as err:
         print(f"cascade vehicle track: {err}", file=sys.stderr)
         return 2
+    props = doc["properties"]
+    if not props["points"]:
+        print("cascade vehicle track: " + texts.tr(
+            "{vehicle} reported no position from {since} to {until}; try a longer range (--since 7d) or check "
+            "that the vehicle reports with a position fix", vehicle=args.vehicle, since=props["since"],
+            until=props["until"]), file=sys.stderr)
     text = json.dumps(doc, ensure_ascii=False)
     if args.out == "-":
-        print(text, file=out)
+        _write_stdout(text, out)
     else:
         with open(args.out, "w", encoding="utf-8") as f:
             f.write(text + "\n")
-        props = doc["properties"]
         print(f"{args.vehicle}: {props['points']} points from {props['start']} to {props['end']}, "
               f"{props['distance_km']} km, written to {args.out}", file=out)
     return 0
+
+
+def _unknown_vehicle(vehicle: str, devices: str | None, texts: AlertTexts) -> str:
+    """Why ``vehicle`` cannot have a track (not in the devices file), or "" (also when there is no file)."""
+    if not devices or not os.path.exists(devices):
+        return ""
+    from collectors.vehicles.trust import DeviceRegistry
+    from core.errors import CascadeError
+
+    try:
+        registry = DeviceRegistry.load(devices)
+    except CascadeError:
+        return ""  # a broken devices file is not this command's business: the query decides
+    if registry.get(vehicle) is None:
+        return texts.tr("{vehicle} is not a provisioned vehicle (not in {devices}); check the vehicle id, or give "
+                        "the devices file with --devices", vehicle=vehicle[:70], devices=devices)
+    return ""
+
+
+def _write_stdout(text: str, out: TextIO) -> None:
+    """Print to standard output; a reader that stops early (``| head``) ends the output quietly."""
+    try:
+        print(text, file=out)
+        out.flush()
+    except BrokenPipeError:
+        if out is sys.stdout:  # Python flushes stdout again at exit: point it at /dev/null so that cannot fail
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())

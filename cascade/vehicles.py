@@ -51,13 +51,15 @@ topic readwrite cascade/v1/+/+/ack
 topic read cascade/v1/+/+/packs
 topic write cascade/v1/+/+/reject
 topic readwrite cascade/v1/+/+/cmd
+topic read cascade/v1/+/+/result
 
-# A device (its broker user is its id: a vehicle, or a BLE gateway publishing `packs`) publishes only
-# under its own id and reads only its own downlink.
+# A device (its broker user is its id: a vehicle, or a BLE gateway publishing `packs` and answering its
+# MOSFET commands on `result`) publishes only under its own id and reads only its own downlink.
 pattern write cascade/v1/+/%u/telemetry
 pattern write cascade/v1/+/%u/event
 pattern write cascade/v1/+/%u/ack
 pattern write cascade/v1/+/%u/packs
+pattern write cascade/v1/+/%u/result
 pattern read cascade/v1/+/%u/cmd
 pattern read cascade/v1/+/%u/reject
 """
@@ -115,7 +117,8 @@ def mosquitto_conf(*, port: int, passwd: Path, acl: Path, host: str = "127.0.0.1
         f"user {getpass.getuser()}",
         "per_listener_settings false", "allow_anonymous false", f"password_file {passwd}", f"acl_file {acl}",
         # A worker that falls behind must find its messages queued, not dropped: a deep queue per client
-        # (bounded in bytes), while the worker buffers what it received (collectors/vehicles/mqtt.py).
+        # (bounded in bytes). The worker acknowledges a message once it is handled, so the in-flight
+        # window is also the most one worker holds unacknowledged (collectors/vehicles/mqtt.py).
         "persistence false", "max_inflight_messages 100", "max_queued_messages 1000000",
         "max_queued_bytes 1073741824",
         f"listener {port} {host}",

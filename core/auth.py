@@ -36,7 +36,7 @@ from joserfc.jwk import KeySet
 from joserfc.jws import extract_compact
 
 __all__ = ["ACK", "ADMIN", "CHARGING", "CONTROL", "READ", "READ_REDACTED", "ROLES", "ROLE_PERMISSIONS", "THRESHOLDS",
-           "AuthError", "Principal", "TokenSettings", "TokenVerifier", "permissions_of", "roles_from_claims"]
+           "VEHICLE", "VEHICLE_POWER", "AuthError", "Principal", "TokenSettings", "TokenVerifier", "permissions_of", "roles_from_claims"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,10 @@ CHARGING = "control:charging"
 """Start or stop charging a slot of a cabinet (the operator's remote control, P-5.1.2.1)."""
 CONTROL = "control"
 """Every cabinet command: charging, and also fault reset and parameters (the engineer's)."""
+VEHICLE = "control:vehicle"
+"""Remote vehicle commands of the day-to-day fleet: arm, disarm, motor lock and unlock (V-5.4, V-5.5)."""
+VEHICLE_POWER = "control:vehicle:power"
+"""Switching a vehicle's power on or off remotely (a power-off stops a vehicle on the road)."""
 ADMIN = "admin"
 """Users and roles (kept in the identity provider; reserved for Cascade's own admin endpoints)."""
 
@@ -60,9 +64,9 @@ ROLES = ("viewer", "regulator", "operator", "engineer", "admin")
 ROLE_PERMISSIONS: Mapping[str, frozenset[str]] = {
     "viewer": frozenset({READ}),
     "regulator": frozenset({READ_REDACTED}),
-    "operator": frozenset({READ, ACK, CHARGING}),
-    "engineer": frozenset({READ, ACK, THRESHOLDS, CHARGING, CONTROL}),
-    "admin": frozenset({READ, ACK, THRESHOLDS, CHARGING, CONTROL, ADMIN}),
+    "operator": frozenset({READ, ACK, CHARGING, VEHICLE}),
+    "engineer": frozenset({READ, ACK, THRESHOLDS, CHARGING, CONTROL, VEHICLE, VEHICLE_POWER}),
+    "admin": frozenset({READ, ACK, THRESHOLDS, CHARGING, CONTROL, VEHICLE, VEHICLE_POWER, ADMIN}),
 }
 MAX_SUBJECT = 64
 """Characters of a token's subject: it is recorded as ``who`` in the audit, like a typed name."""

@@ -14,10 +14,10 @@ from core.errors import CascadeError
 
 __all__ = ["DurationError", "parse_duration"]
 
-# A bare number, or one or more number+unit parts: 90, 90s, 5m, 5min, 3m10s, 1.5h, 500ms.
-_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|min|m|h))+|\d+(?:\.\d+)?")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|min|m|h)?")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0, "": 1.0}
+# A bare number, or one or more number+unit parts: 90, 90s, 5m, 5min, 3m10s, 1.5h, 500ms, 30d.
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|min|m|h|d))+|\d+(?:\.\d+)?")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|min|m|h|d)?")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "": 1.0}
 
 
 class DurationError(CascadeError):
@@ -33,7 +33,7 @@ def _short(value: Any, limit: int = 60) -> str:
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from a number or text such as ``30s``, ``2m``, ``1.5h``, ``3m10s``, ``500ms``.
+    """Seconds from a number or text such as ``30s``, ``2m``, ``1.5h``, ``3m10s``, ``500ms``, ``30d``.
 
     A bare number is seconds. Raises :class:`DurationError` (a ``ValueError``) for anything else,
     negative or not finite.

@@ -284,9 +284,10 @@ VEHICLE_MODEL = "vehicle"
 engine: the battery rules read it as they read a cabinet slot; alerts say vehicle, not cabinet."""
 BLE_GATEWAY_MODEL = "ble-gateway"
 """The ``model`` of a BLE gateway's report: the gateway as a cabinet of the packs it reads."""
-UNCOMMANDED_MODELS = frozenset({VEHICLE_MODEL, BLE_GATEWAY_MODEL})
+UNCOMMANDED_MODELS = frozenset({VEHICLE_MODEL})
 """Readings of devices no cabinet command reaches: their alerts carry no protective action (the
-vehicle functions and the gateway's MOSFET control have their own, allow-listed path)."""
+vehicle functions have their own commands). A BLE gateway's packs do take one: the cut-off reaches
+them as a MOSFET-off command through the gateway (collectors/ble/commands.py)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,7 +85,7 @@ def assess(e: BatteryEstimate) -> HealthRecord:
         efficiency_pct=e.efficiency_pct, charge_sessions=e.charge_sessions, last_seen_ns=e.last_seen_ns)
 
 
-_NOT_FIELDS = {"site", "place_kind", "last_seen_ns"}
+_NOT_FIELDS = {"site", "place_kind"}  # stored as the tags site and kind
 _GRADE_CODES = {"keep": 0, "restrict": 1, "retire": 2, "unknown": -1}
 
 
@@ -139,7 +139,10 @@ def read_report_rows(points: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]
     for bid, p in sorted(newest.items()):
         row = {k: p.get(k) for k in COLUMNS}
         row["battery_id"] = bid
-        row["place_kind"] = p.get("place_kind") or row.get("place_kind")
-        row["last_seen_ns"] = p.get("time")
+        # Stored as the tag ``kind`` (health.runner.health_line); ``place_kind`` is the report's name for it.
+        row["place_kind"] = p.get("place_kind") or p.get("kind") or None
+        # The pack's own last reading; rows stored before that field existed fall back to the analysis
+        # time (the point's timestamp: the end of the analysed range, the same for every pack).
+        row["last_seen_ns"] = p.get("last_seen_ns") or p.get("time")
         rows.append(row)
     return rows

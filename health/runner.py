@@ -312,10 +312,12 @@ async def push_alerts(result: AnalysisResult, alertmanager_url: str, *, language
                       hold_s: float = 26 * 3600.0, timeout_s: float = 10.0) -> tuple[int, int]:
     """Fire a level-1 alert for every pack graded restrict or retire (held ``hold_s``: a daily run
     keeps it firing) and resolve those of packs no longer so graded. Returns (fired, resolved);
-    HealthError when Alertmanager could not take them."""
+    HealthError when Alertmanager cannot be reached (even with nothing to push: a run that says "0 firing"
+    must mean Alertmanager holds none) or could not take them."""
     from alerting.alertmanager import AlertmanagerPusher
 
     texts = HealthTexts(language)
+    await _check_alertmanager(alertmanager_url, timeout_s)
     fired = resolved = 0
     async with AlertmanagerPusher(alertmanager_url, resend_interval_s=hold_s / 4, timeout_s=timeout_s,
                                   retry_max_s=2.0) as pusher:
@@ -336,3 +338,20 @@ async def push_alerts(result: AnalysisResult, alertmanager_url: str, *, language
         raise HealthError(f"Alertmanager did not take {len(pusher.pending)} grading alerts", source=alertmanager_url,
                           fix="start Alertmanager or give its URL with --alertmanager")
     return fired, resolved
+
+
+async def _check_alertmanager(url: str, timeout_s: float) -> None:
+    """HealthError unless Alertmanager answers its status API (``GET /api/v2/status``)."""
+    import aiohttp
+
+    status = f"{url.rstrip('/')}/api/v2/status"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http, \
+                http.get(status) as resp:
+            if resp.status != 200:
+                raise HealthError(f"Alertmanager answered {resp.status} to GET /api/v2/status", source=url,
+                                  fix="give Alertmanager's URL with --alertmanager (or --no-alerts)")
+    except (TimeoutError, aiohttp.ClientError) as err:
+        raise HealthError(f"Alertmanager cannot be reached: {type(err).__name__}: {err}", source=url,
+                          fix="start Alertmanager (make run starts one) or give its URL with --alertmanager; "
+                              "--no-alerts stores the grades without pushing") from None

@@ -528,7 +528,9 @@ class Simulation:
             return act.soc0, temp, act.odometer0, lat, lon, 0.0
         dist = min(act.route.length_m, act.speed_mps * elapsed)
         lat, lon = act.route.position(dist)
-        return max(0.0, act.soc0 - dist * act.soc_per_m), temp, act.odometer0 + dist / 1000, lat, lon, dist
+        # Carried on a van (the geofence scenario) the wheels stand still: the odometer counts wheel turns.
+        wheels = 0.0 if act.kind == "moved" and v.script is not None and v.script.kind == "geofence" else dist
+        return max(0.0, act.soc0 - dist * act.soc_per_m), temp, act.odometer0 + wheels / 1000, lat, lon, dist
 
     def report(self, v: Vehicle, t: float) -> Telemetry:
         """The vehicle's report at ``t`` (advances its sequence number)."""
@@ -545,10 +547,12 @@ class Simulation:
             speed_kmh = _THEFT_KMH  # pushed: the wheels turn (on a van they do not)
         if riding:
             speed_kmh = min(MAX_SPEED_KMH, act.speed_mps * 3.6 * (1 + 0.06 * _wiggle(t, v.phase, 97)))
-            ocv = pack.ocv_v(soc)
-            mean_a = v.wh_per_km * speed_kmh / ocv  # W / V
-            # Instantaneous current: cruising draw plus acceleration peaks after lights and corners.
-            current = -min(pack.nominal_ah * 2, mean_a * (1.55 + 0.55 * _wiggle(t, v.phase * 1.7, 41)))
+            # The SOC model spends wh_per_km at the nominal voltage (Pack.energy_wh): the same here, so the
+            # charge the current carries is the charge the SOC loses.
+            mean_a = v.wh_per_km * speed_kmh / pack.nominal_v  # W / V
+            # Instantaneous current: the mean draw the SOC model spends, swinging ±55 % with acceleration after
+            # lights and corners; its mean stays the mean, so the current integrates to the charge used.
+            current = -min(pack.nominal_ah * 2, mean_a * (1.0 + 0.55 * _wiggle(t, v.phase * 1.7, 41)))
         elif act.power:
             current = -0.3  # controller, lights, GPS
         voltage = pack.ocv_v(soc) + current * pack.resistance_ohm
@@ -883,7 +887,9 @@ class HttpsTransport:
     def _went_down(self, why: str) -> None:
         if self._down_since is None:
             self._down_since = time.monotonic()
-            log.warning("HTTPS %s unreachable (%s); buffering reports until it answers", self.url, why)
+            hint = (" (an http:// URL to an ingest that serves HTTPS, as `make run`'s does, looks like this: use "
+                    "--https https://HOST:PORT --ca var/certs/ca.pem)" if self.url.startswith("http://") else "")
+            log.warning("HTTPS %s unreachable (%s); buffering reports until it answers%s", self.url, why, hint)
 
     def _came_back(self) -> None:
         if self._down_since is not None:

@@ -222,7 +222,8 @@ async def test_ack_and_thresholds_over_http_and_cli(tmp_path, engine_clock):
         async with http.post(f"{base}/api/alerts/h2_gas@{SITE}/{CAB}/1/ack", json={"who": "bob"}) as r:
             assert r.status == 404
             assert "GET /api/alerts" in (await r.json())["error"]
-        as_json = {"Content-Type": "application/json"}
+        # Refusals are Simplified Chinese by default (tests/test_alerts_cli_language.py); English on request.
+        as_json = {"Content-Type": "application/json", "Accept-Language": "en"}
         for bad, expected in (("not json", "not JSON"), ("[1]", "JSON object"), ('{"comment": "x"}', "missing 'who'"),
                               ('{"who": 5}', "'who' must be a string"), ('{"who": " "}', "'who' is empty"),
                               (json.dumps({"who": "x" * 65}), "at most 64"),
@@ -259,7 +260,7 @@ async def test_ack_and_thresholds_over_http_and_cli(tmp_path, engine_clock):
             assert "below" in (await r.json())["error"] or "above" in (await r.json())["error"]
         async with http.put(f"{base}/api/thresholds/no_such_rule/1", json={"value": 1, "who": "x", "reason": "y"}) as r:
             assert r.status == 404
-        async with http.put(url, json={"value": "hot", "who": "x", "reason": "y"}) as r:
+        async with http.put(url, json={"value": "hot", "who": "x", "reason": "y"}, headers={"Accept-Language": "en"}) as r:
             assert r.status == 400 and "'value' must be a number" in (await r.json())["error"]
         async with http.get(f"{base}/api/thresholds") as r:
             doc = await r.json()

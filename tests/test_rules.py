@@ -324,3 +324,12 @@ rules:
     assert parse_rules(text.replace("{NAME}", "name: Hot pack\n    "))["hot"].name == "Hot pack"
     with pytest.raises(RuleError, match="key 'name': must be a short display name"):
         parse_rules(text.replace("{NAME}", "name: [1, 2]\n    "))
+
+
+def test_durations_take_days_for_token_lifetimes_and_history_windows():
+    from core.durations import parse_duration
+
+    assert parse_duration("30d") == 30 * 86400  # make run mints its console token for 30 days
+    assert parse_duration("1d12h") == 36 * 3600
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration("1w")

@@ -158,8 +158,18 @@ def test_riding_drains_the_pack_warms_it_and_draws_current(day) -> None:  # type
                 per_km.append((a.battery.soc_pct - b.battery.soc_pct) / (b.odometer_km - a.odometer_km))
     assert 0.5 <= statistics.median(per_km) <= 1.2  # % per km on a 48 V-class pack
     riding = [m.battery for _, m in reports if m.state == "riding"]
-    assert all(-25 <= b.current_a <= -1.5 for b in riding)
-    assert -10 <= statistics.mean(b.current_a for b in riding) <= -5
+    assert all(-25 <= b.current_a <= -0.5 for b in riding)
+    assert -10 <= statistics.mean(b.current_a for b in riding) <= -2
+    # The reported current integrates to the charge the SOC says was used (coulomb counting of the
+    # battery-health analysis reads it): within 15 % over every riding stretch of the day.
+    used_ah = counted_ah = 0.0
+    for msgs in by_vehicle(reports).values():
+        for a, b in zip(msgs, msgs[1:]):
+            if a.battery.id == b.battery.id and a.state == b.state == "riding":
+                capacity_ah = a.battery.nominal_ah * a.battery.soh_pct / 100  # what is left of it
+                used_ah += (a.battery.soc_pct - b.battery.soc_pct) / 100 * capacity_ah
+                counted_ah += -(a.battery.current_a + b.battery.current_a) / 2 * (b.ts - a.ts) / 3.6e6
+    assert used_ah > 0 and 0.85 <= counted_ah / used_ah <= 1.15, (counted_ah, used_ah)
     assert all(b.state == "discharging" for b in riding)
     off = [m.battery for _, m in reports if not m.power]
     def warmth(msg: Telemetry) -> float:  # the pack above the air

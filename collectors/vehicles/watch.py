@@ -17,6 +17,12 @@ reading with only that gap for each vehicle at least two intervals overdue (``re
 A report refused for its time (beyond the replay window) becomes a reading with only the clock skew, so a
 device with a wrong clock raises ``clock_skew`` rather than looking silent.
 
+The fence centres of armed vehicles (where each was armed) are kept in ``fences_file`` (beside the alert
+state in ``cascade run``), so a restart does not move a fence to wherever an armed vehicle happens to be
+then: a ``geofence_exit`` restored after a restart is judged against the same centre, and clears when the
+vehicle is back inside or disarmed. A disarmed vehicle has no fence: its reports read as inside it (the
+fence rule's ``armed`` condition is off), so a fence alert clears on disarming.
+
     source = VehicleWatchSource(VehicleWatchSettings(mqtt, "var/devices/devices.json"), emit=pipeline.handle)
 """
 
@@ -24,7 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +52,7 @@ from .trust import REPLAY_WINDOW_S, DeviceRegistry, Gate
 __all__ = ["KIND", "VehicleTracker", "VehicleWatchSettings", "VehicleWatchSource", "as_engine_reading"]
 
 KIND = "vehicles"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,8 @@ class VehicleWatchSettings:
     fleets: Sequence[str] = field(default=("+",))
     replay_window_s: float = REPLAY_WINDOW_S
     functions: VehicleFunctions = field(default_factory=VehicleFunctions)
+    #: Where the fence centres of armed vehicles survive a restart (None: in memory only).
+    fences_file: str | None = None
 
 
 def as_engine_reading(vehicle: VehicleReading) -> CabinetReading:
@@ -69,10 +81,12 @@ class VehicleTracker:
 
     ``note(reading, tick)`` completes a report with the vehicle's profile, fence anchor and report gap;
     ``overdue(tick)`` lists the silence readings due. ``tick`` is a clock that never jumps (seconds).
-    A few dozen bytes per vehicle.
+    A few dozen bytes per vehicle. ``fences_file``: the fence anchors are read from it at start and
+    written to it (atomically) whenever one is set or dropped, i.e. when a vehicle is armed or disarmed.
     """
 
-    def __init__(self, functions: VehicleFunctions, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, functions: VehicleFunctions, *, clock: Callable[[], float] = time.time,
+                 fences_file: str | os.PathLike[str] | None = None) -> None:
         self.functions = functions
         self.clock = clock
         self._profiles = {vehicle: functions.profile(vehicle) for vehicle in functions.vehicles}
@@ -80,6 +94,9 @@ class VehicleTracker:
         self._last: dict[str, tuple[float, bool | None, str]] = {}  # vehicle -> (tick, powered_on, fleet)
         self._anchors: dict[str, tuple[float, float]] = {}  # armed vehicle -> where it was armed
         self._told: dict[str, float] = {}  # silent vehicle -> the gap its last silence reading said
+        self.fences_file = None if fences_file is None else os.fspath(fences_file)
+        if self.fences_file is not None:
+            self._anchors.update(_load_anchors(self.fences_file))
 
     def profile(self, vehicle: str) -> VehicleProfile:
         return self._profiles.get(vehicle, self._default)
@@ -96,12 +113,28 @@ class VehicleTracker:
             reading.report_gap_intervals = max(0.0, tick - last[0]) / self._interval(last[1])
         self._last[vid] = (tick, reading.powered_on if reading.powered_on is not None else
                            (last[1] if last is not None else None), reading.fleet)
+        lat, lon = reading.latitude_deg, reading.longitude_deg
         if reading.armed:
-            if vid not in self._anchors and reading.latitude_deg is not None and reading.longitude_deg is not None:
-                self._anchors[vid] = (reading.latitude_deg, reading.longitude_deg)
+            if vid not in self._anchors and lat is not None and lon is not None:
+                self._anchors[vid] = (lat, lon)
+                self._save_anchors()
             reading.fence_anchor = self._anchors.get(vid)
         elif reading.armed is False:
-            self._anchors.pop(vid, None)
+            if self._anchors.pop(vid, None) is not None:
+                self._save_anchors()
+            if lat is not None and lon is not None:
+                # Disarmed: no fence. The centre follows the vehicle, so the fence rule has a value and its
+                # `armed` condition (off) clears an alert it raised while the vehicle was armed.
+                reading.fence_anchor = (lat, lon)
+
+    def _save_anchors(self) -> None:
+        if self.fences_file is None:
+            return
+        try:
+            _write_json(self.fences_file, {"version": 1, "anchors": {k: list(v) for k, v in self._anchors.items()}})
+        except OSError as err:
+            log.error("vehicle fence centres %s not written (%s): a restart would centre the fences of armed "
+                      "vehicles where they are then", self.fences_file, err)
 
     def overdue(self, tick: float) -> list[VehicleReading]:
         """A reading with only the silence so far for each vehicle two or more intervals overdue, at most
@@ -130,14 +163,15 @@ class VehicleWatchSource:
         self._elapsed = elapsed
         devices = DeviceRegistry.load(settings.devices)
         settings.functions.check_vehicles((d.id for d in devices), source=settings.devices)
-        self.tracker = VehicleTracker(settings.functions)
+        self.tracker = VehicleTracker(settings.functions, fences_file=settings.fences_file)
         # Its own counters (a private registry): the ingest workers count reports for Prometheus.
         self.ingest = VehicleIngest(devices, sink=None, metrics=IngestMetrics(),
                                     gate=Gate(rate_per_s=1e9, burst=1e9), window_s=settings.replay_window_s)
         subscriptions = [f"{TOPIC_ROOT}/{fleet}/+/{kind}" for fleet in settings.fleets for kind in ("telemetry", "packs")]
         self.mqtt = MqttIngest(settings.mqtt, self.ingest, client_id=f"cascade-watch-{os.getpid()}",
                                subscriptions=subscriptions, answer=False, on_accepted=self._accepted,
-                               on_clock_refused=self._clock_refused)
+                               on_clock_refused=self._clock_refused,
+                               session=False)  # a new client id each run: its session ends with it
         self._tasks: list[asyncio.Task[None]] = []
 
     async def _accepted(self, reading: VehicleReading | CabinetReading) -> None:
@@ -188,3 +222,36 @@ class VehicleWatchSource:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+
+
+def _load_anchors(path: str) -> dict[str, tuple[float, float]]:
+    """The fence centres written by :meth:`VehicleTracker._save_anchors`; {} for a missing or bad file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+        anchors = doc["anchors"]
+        return {str(k): (float(v[0]), float(v[1])) for k, v in anchors.items()
+                if -90 <= float(v[0]) <= 90 and -180 <= float(v[1]) <= 180}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+        log.error("vehicle fence centres %s unreadable (%s); armed vehicles are re-centred at their next report",
+                  path, err)
+        return {}
+
+
+def _write_json(path: str, doc: object) -> None:
+    """Write ``doc`` to ``path`` atomically (a temporary file renamed over it)."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
