@@ -227,13 +227,16 @@ def _format_actions(doc: dict[str, Any]) -> str:
     actions = doc.get("actions", [])
     if not actions:
         return tr("no protective actions")
-    return "\n".join(
-        f"{_when(a['at'])} {a['result'].upper():7} "
-        + tr("{action} {site}/{cabinet} slot {slot} {command}={value} read back {readback} by {actor}",
-             action=a["action"], site=a["site"], cabinet=a["cabinet"], slot=a["slot"], command=a["command"],
-             value=a["value"], readback=a["readback"], actor=a["actor"])
-        + (f": {a['error']}" if a["error"] else "")
-        for a in actions)
+    def line(a: dict[str, Any]) -> str:
+        # A missing read-back, or a person hidden from a regulator, shows as "-", never as None.
+        fields = {k: "-" if a.get(k) is None else a[k] for k in
+                  ("action", "site", "cabinet", "slot", "command", "value", "readback", "actor")}
+        text = (tr("{action} {site}/{cabinet} slot {slot} {command}={value} read back {readback} by {actor}", **fields)
+                if a.get("slot") is not None else
+                tr("{action} {site}/{cabinet} {command}={value} read back {readback} by {actor}", **fields))
+        return f"{_when(a['at'])} {a['result'].upper():7} " + text + (f": {a['error']}" if a.get("error") else "")
+
+    return "\n".join(line(a) for a in actions)
 
 
 def _when(t: float) -> str:

@@ -68,7 +68,7 @@ from collectors.vehicles.trust import DeviceRegistry
 from core.auth import READ, VEHICLE, VEHICLE_POWER
 from core.errors import CascadeError
 from core.events import AlertEvent, CommandResult
-from core.model import BLE_GATEWAY_MODEL, VEHICLE_MODEL
+from core.model import BLE_GATEWAY_MODEL, VEHICLE_MODEL, VehicleState
 from core.ports import EventHandler
 
 __all__ = ["CommandMetrics", "CommandRecord", "CommandRefused", "VehicleCommandService", "add_command_routes",
@@ -80,6 +80,10 @@ DONE = ("ok", "failed", "rejected", "expired")
 POWER_COMMANDS = ("power_on", "power_off")
 """Commands that need :data:`core.auth.VEHICLE_POWER` (engineer, admin); the others need
 :data:`core.auth.VEHICLE` (operator too): docs/security.md."""
+
+
+MOVING_KMH = 3.0  # wheel_motion_armed's threshold: at or above it a vehicle is moving
+MOVING_FRESH_S = 180.0  # a report older than this says nothing about now
 
 
 class CommandRefused(CascadeError):
@@ -185,6 +189,9 @@ class VehicleCommandService:
         self.resolve_after_s = resolve_after_s
         self.alerts: dict[str, _CommandAlert] = {}  # vehicle -> its unacknowledged-command alert
         self.gateways: set[str] = set()  # devices that reported as BLE gateways: never sent a vehicle command
+        # Vehicles whose last report showed them moving, with when: a person's `arm` is refused while one rides
+        # (arming a ridden vehicle would raise wheel_motion_armed and lock its motor on the road).
+        self.moving: dict[str, float] = {}
         self.connected = asyncio.Event()
         self.metrics = CommandMetrics(registry if registry is not None else CollectorRegistry())
         self._outbox: asyncio.Queue[CommandRecord] = asyncio.Queue()
@@ -226,6 +233,11 @@ class VehicleCommandService:
         if not who or not who.strip():
             raise CommandRefused("no one named", fix="say who asks (--who NAME, or a token): it is recorded")
         now = self.clock()
+        moving_at = self.moving.get(vehicle)
+        if command == "arm" and moving_at is not None and now - moving_at <= MOVING_FRESH_S:
+            raise CommandRefused(f"vehicle {vehicle[:70]!r} is moving (its last report)",
+                                 fix="arm a parked vehicle: armed, wheel motion raises the theft alarm and locks the "
+                                     "motor, which on the road would stop the rider", reason="vehicle_moving")
         expiry = self.expiry_s if expiry_s is None else expiry_s
         if not 0 < expiry <= 86400:
             raise CommandRefused(f"expiry {expiry!r} s is out of range", fix="use 1..86400 seconds")
@@ -409,9 +421,16 @@ class VehicleCommandService:
         if model == BLE_GATEWAY_MODEL:
             self.gateways.add(reading.cabinet_id)
             return
-        if model != VEHICLE_MODEL or not self.alerts:
+        if model != VEHICLE_MODEL:
             return
         report = reading.vehicle
+        if report is not None and report.received_ns:
+            if (report.speed_kmh or 0.0) >= MOVING_KMH or report.state == VehicleState.RIDING:
+                self.moving[reading.cabinet_id] = self.clock()
+            else:
+                self.moving.pop(reading.cabinet_id, None)
+        if not self.alerts:
+            return
         alert = self.alerts.get(reading.cabinet_id)
         if alert is None or report is None or not report.received_ns:  # a silence reading: nothing reported
             return

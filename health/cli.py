@@ -170,7 +170,12 @@ def _report(args: argparse.Namespace, store: InfluxStore, now: float, texts: Hea
     rows = read_report_rows(store.rows(
         f'SELECT * FROM "battery_health" WHERE time >= {since}'))
     if args.out == "-":
-        write_report(rows, args.format, sys.stdout)
+        try:
+            write_report(rows, args.format, sys.stdout)
+            sys.stdout.flush()
+        except BrokenPipeError:  # a reader that stops early (`| head`): end quietly, not with a traceback
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout again at exit
     else:
         with open(Path(args.out), "w", encoding="utf-8", newline="") as out:
             n = write_report(rows, args.format, out)

@@ -175,3 +175,22 @@ async def test_the_missing_token_hint_names_the_role_the_refused_action_needs() 
             await opened.require(make_mocked_request("POST", "/api/x"), permission)
         body = json.loads(caught.value.text)
         assert body["code"] == "needs_person" and f"带 {role} 角色" in body["error"], body
+
+
+def test_actions_show_a_dash_for_what_is_missing_or_hidden_never_none(monkeypatch) -> None:
+    actions = {"actions": [
+        {"at": 1_700_000_000.0, "result": "ok", "action": "stop_charging", "site": "site-01", "cabinet": "C0001",
+         "slot": 1, "command": "slot_output", "value": 0, "readback": 0, "actor": None, "error": None},
+        {"at": 1_700_000_001.0, "result": "failed", "action": "fault_reset", "site": "site-01", "cabinet": "C0001",
+         "slot": None, "command": "fault_reset", "value": 1, "readback": None, "actor": "user:bob",
+         "error": "profile reference-cabinet has no command 'fault_reset'; it has ['slot_output']"}]}
+    monkeypatch.setattr(cli, "_call", lambda *a, **k: actions)
+    for language in ("zh_CN", "en"):
+        out = io.StringIO()
+        args = argparse.Namespace(url="http://127.0.0.1:1", json=False, token=None, language=language,
+                                  alerts_command="actions", limit=20)
+        assert cli.main(args, out=out) == 0
+        text = out.getvalue()
+        assert "None" not in text, text
+        assert ("1号仓" in text and "回读 0（-）" in text) if language == "zh_CN" else "slot 1" in text
+        assert "has no command 'fault_reset'" in text and "\"profile" not in text

@@ -321,9 +321,9 @@ async def test_commands_the_profile_cannot_address_fail_without_a_request(profil
         unknown = await cabinet.command("fire_suppression", slot=1, value=0, actor="rule")
         no_slot = await cabinet.command("slot_output", slot=None, value=0, actor="rule")
     assert peer.requests == []
-    assert not unknown.ok and unknown.error == (
-        "\"profile scripted has no command 'fire_suppression'; it has ['cabinet_fan', 'charge_limit', "
-        "'slot_output']\"")
+    assert not unknown.ok and unknown.error == (  # the message, not a KeyError's quoted repr
+        "profile scripted has no command 'fire_suppression'; it has ['cabinet_fan', 'charge_limit', "
+        "'slot_output']")
     assert not no_slot.ok and no_slot.error == "command 'slot_output' is per slot: give a slot number"
 
 

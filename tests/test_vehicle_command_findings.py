@@ -135,6 +135,23 @@ def test_a_device_that_reports_as_a_ble_gateway_is_refused_as_not_a_vehicle() ->
     assert err.value.reason == "not_a_vehicle" and commands.records == {}
 
 
+def test_a_person_cannot_arm_a_vehicle_that_is_being_ridden() -> None:
+    """Armed, wheel motion raises the theft alarm and locks the motor: arming a ridden vehicle would stop
+    its rider on the road. Refused while its last report (at most 3 min old) shows it moving."""
+    clock = ManualClock(T0)
+    commands = _commands(clock)
+    commands.observe(_report(speed_kmh=18.0))
+    with pytest.raises(CommandRefused, match="'V000001' is moving") as err:
+        commands.issue("V000001", "arm", who="user:op")
+    assert err.value.reason == "vehicle_moving" and commands.records == {}
+    commands.issue("V000001", "motor_lock", who="user:op")  # the theft response itself is not held back
+    commands.observe(_report(speed_kmh=0.0))  # parked now
+    assert commands.issue("V000001", "arm", who="user:op").command == "arm"
+    commands.observe(_report(speed_kmh=20.0))
+    clock.now += 181  # nothing heard for 3 min: the old report says nothing about now
+    assert commands.issue("V000001", "arm", who="user:op").command == "arm"
+
+
 # -- 7, 11, 12, 5: permissions, redaction, who, CLI refusals ----------------------------------------------------
 
 

@@ -251,7 +251,8 @@ class ModbusCabinet:
             if not result.ok:
                 result.error = f"read back {result.readback!r}, expected {value!r}"
         except (PollFailed, KeyError, ValueError) as err:
-            result.error = str(err)
+            # str() of a KeyError is its repr (quoted); the message is its argument
+            result.error = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
         except Exception as err:  # noqa: BLE001 - a protective command must report, never vanish
             log.exception("command %s cabinet=%s slot=%s: unexpected error", name, self.config.id, slot)
             result.error = f"unexpected {type(err).__name__}: {err}"
