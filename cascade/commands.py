@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import secrets
-import ssl
 import time
 import urllib.parse
 from collections import OrderedDict
@@ -61,6 +60,8 @@ from collectors.vehicles.commands import (
     CommandWireError,
     decode_ack,
     encode,
+    keep_connected,
+    mqtt_client,
 )
 from collectors.vehicles.mqtt import TOPIC_ROOT, topic
 from collectors.vehicles.settings import MqttSettings
@@ -500,23 +501,11 @@ class VehicleCommandService:
                 self._send(record)
 
     async def _run(self) -> None:
-        delay = 0.5
-        while True:
-            try:
-                await self._session()
-            except aiomqtt.MqttError as err:
-                self.connected.clear()
-                log.warning("vehicle commands: MQTT %s:%s: %s; reconnecting in %.1f s", self.mqtt.host,
-                            self.mqtt.port, err, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        await keep_connected(self._session, self.connected, self.mqtt, "vehicle commands")
 
     async def _session(self) -> None:
         s = self.mqtt
-        tls = ssl.create_default_context(cafile=s.tls_ca) if s.tls_ca else None
-        async with aiomqtt.Client(s.host, s.port, username=s.username or None, password=s.password or None,
-                                  identifier=self.client_id, protocol=aiomqtt.ProtocolVersion.V5,
-                                  keepalive=s.keepalive_s, tls_context=tls) as client:
+        async with mqtt_client(s, self.client_id) as client:
             await client.subscribe(f"{TOPIC_ROOT}/+/+/ack", qos=1)
             self.connected.set()
             log.info("vehicle commands: connected to %s:%s, listening for acknowledgements", s.host, s.port)

@@ -320,3 +320,31 @@ def test_a_vehicle_rule_transition_with_a_command_issues_it_once_after_the_alert
     assert calls == ["alert", "alert"]
     assert [(r.vehicle, r.command, r.who, r.level) for r in records] == [
         ("V000005", "motor_lock", "rule:vehicle_motion_armed@level3", 3)]
+
+
+async def test_keep_connected_backs_off_and_starts_afresh_after_a_session_that_connected(monkeypatch) -> None:
+    import aiomqtt
+
+    from collectors.vehicles import commands as wire
+
+    delays: list[float] = []
+
+    async def no_wait(delay: float) -> None:
+        delays.append(delay)
+
+    monkeypatch.setattr(wire.asyncio, "sleep", no_wait)
+    connected = asyncio.Event()
+    outcomes = iter(["fail", "fail", "fail", "connect-then-fail", "fail", "stop"])
+
+    async def session() -> None:
+        outcome = next(outcomes)
+        if outcome == "stop":
+            raise asyncio.CancelledError
+        if outcome == "connect-then-fail":
+            connected.set()
+        raise aiomqtt.MqttError("broker went away")
+
+    with pytest.raises(asyncio.CancelledError):
+        await wire.keep_connected(session, connected, MqttSettings(host="127.0.0.1", port=1), "test")
+    assert delays == [0.5, 1.0, 2.0, 0.5, 1.0]  # doubling, and afresh once a session had connected
+    assert not connected.is_set()

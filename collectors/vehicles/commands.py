@@ -26,7 +26,7 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Literal, Protocol
 
 import aiomqtt
@@ -36,7 +36,8 @@ from .mqtt import TOPIC_ROOT, topic
 from .settings import MqttSettings
 
 __all__ = ["COMMANDS", "EXPECTED_STATE", "MAX_ACK_BYTES", "Ack", "Command", "CommandWireError", "DeviceState",
-           "DownlinkBridge", "decode_ack", "decode_acks", "decode_command", "encode"]
+           "DownlinkBridge", "decode_ack", "decode_acks", "decode_command", "encode", "keep_connected",
+           "mqtt_client"]
 
 log = logging.getLogger("cascade.vehicles.commands")
 
@@ -181,23 +182,10 @@ class DownlinkBridge:
         return True
 
     async def run(self) -> None:
-        delay = 0.5
-        while True:
-            try:
-                await self._session()
-            except aiomqtt.MqttError as err:
-                self.connected.clear()
-                log.warning("downlink bridge %s: MQTT %s:%s: %s; reconnecting in %.1f s", self.client_id,
-                            self.settings.host, self.settings.port, err, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        await keep_connected(self._session, self.connected, self.settings, f"downlink bridge {self.client_id}")
 
     async def _session(self) -> None:
-        s = self.settings
-        tls = ssl.create_default_context(cafile=s.tls_ca) if s.tls_ca else None
-        async with aiomqtt.Client(s.host, s.port, username=s.username or None, password=s.password or None,
-                                  identifier=self.client_id, protocol=aiomqtt.ProtocolVersion.V5,
-                                  keepalive=s.keepalive_s, tls_context=tls) as client:
+        async with mqtt_client(self.settings, self.client_id) as client:
             await client.subscribe(f"{TOPIC_ROOT}/+/+/cmd", qos=1)
             await client.subscribe(f"{TOPIC_ROOT}/+/+/ack", qos=1)
             self.connected.set()
@@ -233,3 +221,28 @@ class DownlinkBridge:
                 self.downlink.drop(vehicle, decode_ack(data).id)
         except CommandWireError as err:
             log.debug("downlink bridge: ignored %s on %s: %s", kind, where, err)
+
+
+def mqtt_client(settings: MqttSettings, identifier: str) -> aiomqtt.Client:
+    """The platform's MQTT 5 client for ``settings`` (TLS when it names a CA), not yet connected."""
+    tls = ssl.create_default_context(cafile=settings.tls_ca) if settings.tls_ca else None
+    return aiomqtt.Client(settings.host, settings.port, username=settings.username or None,
+                          password=settings.password or None, identifier=identifier,
+                          protocol=aiomqtt.ProtocolVersion.V5, keepalive=settings.keepalive_s, tls_context=tls)
+
+
+async def keep_connected(session: Callable[[], Awaitable[None]], connected: asyncio.Event, settings: MqttSettings,
+                         what: str) -> None:
+    """Run ``session`` for ever: after an MQTT failure, again after a capped, doubling delay, which starts
+    afresh once a session got connected (``connected`` set), so a long-lived link that drops comes back fast."""
+    delay = 0.5
+    while True:
+        try:
+            await session()
+        except aiomqtt.MqttError as err:
+            if connected.is_set():
+                delay = 0.5
+            connected.clear()
+            log.warning("%s: MQTT %s:%s: %s; reconnecting in %.1f s", what, settings.host, settings.port, err, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
