@@ -32,7 +32,7 @@ import yaml
 
 from simulators.fleet import free_port_block
 
-__all__ = ["main", "run_collector_bench"]
+__all__ = ["exit_on_sigterm", "main", "run_collector_bench", "stop_simulators"]
 
 
 def _start_simulators(cabinets: int, slots: int, per_port: int, workers: int, workdir: Path,
@@ -65,6 +65,25 @@ def _start_simulators(cabinets: int, slots: int, per_port: int, workers: int, wo
             entry["id"] = f"W{worker}-{entry['id']}"
         fleet.extend(entries)
     return procs, fleet
+
+
+def stop_simulators(procs: list[subprocess.Popen], timeout_s: float = 10.0) -> None:
+    """Stop the simulator processes (their whole process groups) and wait for each, bounded."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=timeout_s)
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM exits through ``finally`` blocks, so a bench killed from outside stops its simulators."""
+
+    def _terminated(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminated)
 
 
 async def run_plain_bench(fleet: list[dict], *, interval_s: float, duration_s: float, slots: int,
@@ -264,10 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     duration = min(max(args.duration, 5.0), 600.0)
 
-    def _terminated(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)  # so the simulators below are stopped (finally), not orphaned
-
-    signal.signal(signal.SIGTERM, _terminated)
+    exit_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="cascade-bench-") as tmp:
         procs, fleet = _start_simulators(args.cabinets, args.slots, args.per_port, args.workers, Path(tmp),
                                          args.profile)
@@ -280,12 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             baseline = None if args.no_baseline else asyncio.run(run_plain_bench(
                 fleet, interval_s=args.interval, duration_s=duration, slots=args.slots, sim_pids=pids))
         finally:
-            for proc in procs:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-            for proc in procs:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=10)
+            stop_simulators(procs)
     _print(figures)
     if baseline is not None:
         print("baseline: a plain batched pymodbus client (same reads, struct decode, influxdb_client Point), "

@@ -30,8 +30,6 @@ import gc
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -270,11 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_tracemalloc:
         tracemalloc.start(1)
 
-    def _terminated(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)  # so the simulators below are stopped (finally), not orphaned
+    from bench.collector import _start_simulators, exit_on_sigterm, stop_simulators
 
-    signal.signal(signal.SIGTERM, _terminated)
-    from bench.collector import _start_simulators
+    exit_on_sigterm()
 
     with tempfile.TemporaryDirectory(prefix="cascade-memory-") as tmp:
         procs, fleet = _start_simulators(args.cabinets, args.slots, args.per_port, args.workers, Path(tmp),
@@ -286,12 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                 spool_dir=str(Path(tmp) / "spool"), fast_interval_s=args.fast_interval,
                 trace=not args.no_tracemalloc, top=args.top, progress=not args.json))
         finally:
-            for proc in procs:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-            for proc in procs:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=10)
+            stop_simulators(procs)
     if args.json:
         print(json.dumps(figures, indent=1))
     else:

@@ -24,12 +24,9 @@ step would pass ``--budget``. Prints a table; ``--json FILE`` writes the figures
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from bench.collector import exit_on_sigterm, stop_simulators
 from bench.soak import _Collector, _duration, proc_figures
 
 __all__ = ["knee", "main", "run_stress"]
@@ -95,12 +93,7 @@ def _measure_step(cabinets: int, opts: argparse.Namespace, workdir: Path, influx
             time.sleep(0.2)
         shutdown_s = collector.stop(opts.shutdown_bound)
     finally:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=15)
+        stop_simulators(procs, timeout_s=15)
     offered = cabinets * opts.slots / opts.interval
     step: dict[str, Any] = {"cabinets": cabinets, "offered_per_s": offered, "sim_workers": len(procs),
                             "shutdown_s": None if shutdown_s is None else round(shutdown_s, 2),
@@ -222,10 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
-    def _terminated(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)  # simulators and InfluxDB are stopped (finally), not orphaned
-
-    signal.signal(signal.SIGTERM, _terminated)
+    exit_on_sigterm()  # simulators and InfluxDB are stopped (finally), not orphaned
     with tempfile.TemporaryDirectory(prefix="cascade-stress-") as tmp:
         result = run_stress(args, Path(tmp))
     _print(result)
