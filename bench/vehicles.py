@@ -20,7 +20,7 @@ tracked vehicle, and ingest lag under a burst through a real Mosquitto.
 
 * **Memory**: what one worker keeps after admitting one report from each of ``--memory-vehicles``
   distinct vehicles: its de-duplication table (and refusal log) walked object by object, and the
-  ``DeviceRegistry`` per provisioned device. The line-protocol encoders' caches (tag heads, float
+  ``DeviceRegistry`` per provisioned device. The line-protocol encoders' caches (tag texts, float
   and string texts: 65,536 entries each at most, whatever the fleet) are shown apart.
 * **Burst**: Mosquitto on a free loopback port (temporary directory, devices provisioned as by
   ``cascade devices provision``), one MQTT consumer (sink: encode and discard), and a publisher
@@ -38,7 +38,7 @@ tracked vehicle, and ingest lag under a burst through a real Mosquitto.
 The corpus is generated once: ``--vehicles`` vehicles, each moving along its own route and
 reporting once a minute (positions with 6 decimals, pack voltage, currents and temperatures varying
 per report), ~590 bytes per report, in device-time order. The default fleet (100,000) is larger than
-the line-protocol encoder's per-vehicle cache (65,536 tag heads), as a real fleet is: with 10,000
+the line-protocol encoder's per-vehicle cache (65,536 tag texts), as a real fleet is: with 10,000
 vehicles every head would be cached and the figures ~20 % better than a large fleet gets. Every loop
 is bounded in count and time.
 """
@@ -503,17 +503,16 @@ def _deep_size(root: object) -> int:
 def _encoder_cache_size() -> int:
     from exporters.influx import lineprotocol, schema
 
-    return sum(_deep_size(cache) for cache in (schema._VEHICLE_ENCODER._heads, schema._VEHICLE_BATTERY_ENCODER._heads,
-                                              lineprotocol._float_texts, lineprotocol._string_texts))
+    return sum(_deep_size(cache) for cache in (schema._VEHICLE_TAGS._texts, lineprotocol._float_texts,
+                                              lineprotocol._string_texts))
 
 
 def _clear_encoder_caches() -> None:
-    """Empty the line-protocol encoders' caches (tag heads per vehicle, float and string texts):
+    """Empty the line-protocol encoders' caches (tag texts per vehicle, float and string texts):
     each holds at most 65,536 entries, so they cost the same for 100 thousand vehicles as for 10 million."""
     from exporters.influx import lineprotocol, schema
 
-    for encoder in (schema._VEHICLE_ENCODER, schema._VEHICLE_BATTERY_ENCODER):
-        encoder._heads.clear()
+    schema._VEHICLE_TAGS.clear()
     lineprotocol._float_texts.clear()
     lineprotocol._string_texts.clear()
 

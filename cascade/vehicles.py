@@ -46,6 +46,9 @@ ACL = """\
 # it and publishes the acknowledgements they post (docs/vehicles.md, "Commands").
 user ingest
 topic read cascade/v1/+/+/telemetry
+# Reports a worker accepted over HTTPS, relayed for the vehicle watch of `cascade run` (docs/vehicles.md,
+# "Warnings"): no device may publish or read them.
+topic readwrite cascade/v1/+/+/https
 topic read cascade/v1/+/+/event
 topic readwrite cascade/v1/+/+/ack
 topic read cascade/v1/+/+/packs
@@ -159,6 +162,9 @@ class IngestWorker:
                 self.sink = await self._stack.enter_async_context(InfluxSink(self.influx, registry=self.registry))
                 self.ingest.sink = self.sink
             offset = self.worker - 1
+            if self.settings.mqtt is not None:  # built first: the HTTPS listener relays through its client
+                self.mqtt = MqttIngest(self.settings.mqtt, self.ingest, client_id=f"cascade-ingest-{self.worker}",
+                                       calibrate_after_s=self.settings.functions.calibrate_after_s)
             metrics = web.Application()
             metrics.router.add_get("/metrics", self._metrics)
             self.metrics_port = await self._serve(metrics, "127.0.0.1", _port(self.settings.metrics_port, offset))
@@ -173,11 +179,10 @@ class IngestWorker:
                                                  client_id=f"cascade-ingest-{self.worker}-downlink")
                     self._tasks.append(asyncio.create_task(self.bridge.run(), name="downlink-bridge"))
                 app = https_app(https, self.ingest, downlink=self.downlink,
-                                on_ack=None if self.bridge is None else self.bridge.publish_ack)
+                                on_ack=None if self.bridge is None else self.bridge.publish_ack,
+                                relay=None if self.mqtt is None else self.mqtt.relay)
                 self.https_port = await self._serve(app, https.host, _port(https.port, offset), tls)
-            if self.settings.mqtt is not None:
-                self.mqtt = MqttIngest(self.settings.mqtt, self.ingest, client_id=f"cascade-ingest-{self.worker}",
-                                       calibrate_after_s=self.settings.functions.calibrate_after_s)
+            if self.mqtt is not None:
                 self._tasks.append(asyncio.create_task(self.mqtt.run(), name="mqtt-ingest"))
             self._tasks.append(asyncio.create_task(self._gauges(), name="ingest-gauges"))
         except BaseException:

@@ -12,6 +12,10 @@ handed out once (the command service sends it again if no acknowledgement comes)
 the signing device only, handed to ``on_ack`` (the worker's :class:`~.commands.DownlinkBridge`, which
 publishes it for the command service). Every reply carries ``server_time_ms`` (V-4.6: the device
 calibrates its clock from it).
+
+Each stored report is also handed to ``relay`` (the worker's :meth:`.mqtt.MqttIngest.relay`), which
+publishes it for the vehicle watch of ``cascade run``: the battery and vehicle rules see HTTPS vehicles
+as they see MQTT ones (docs/vehicles.md, "Warnings").
 """
 
 from __future__ import annotations
@@ -87,11 +91,13 @@ DOWNLINK: web.AppKey[Downlink] = web.AppKey("downlink", Downlink)
 
 def https_app(settings: HttpsSettings, ingest: VehicleIngest, *, downlink: Downlink | None = None,
               on_ack: Callable[[str, Ack], bool] | None = None,
+              relay: Callable[[str, str, bytes], bool] | None = None,
               clock: Callable[[], float] = time.time) -> web.Application:
     """The aiohttp application (TLS is the site's: ``web.TCPSite(..., ssl_context=...)``).
 
     ``on_ack(fleet, ack)``: forwards a verified acknowledgement (False: it could not be taken now);
-    without it ``POST /v1/acks`` answers 503."""
+    without it ``POST /v1/acks`` answers 503. ``relay(fleet, vehicle, report)``: called with the bytes of
+    every report stored, for the vehicle watch (False: not relayed; the report is stored all the same)."""
     nonces = NonceCache(ingest.window_s)
     downlink = downlink if downlink is not None else Downlink(clock=clock)
 
@@ -149,6 +155,8 @@ def https_app(settings: HttpsSettings, ingest: VehicleIngest, *, downlink: Downl
             outcome = ingest.accept(item, transport="https", device=who, check_time=False, charge=False)
             if outcome.ok:
                 accepted += 1
+                if relay is not None and outcome.reading is not None:
+                    relay(outcome.reading.fleet, who, item)
                 if outcome.fields_rejected:
                     results.append({"index": index, "seq": outcome.seq, "stored": True,
                                     "values_rejected": outcome.fields_rejected})

@@ -10,6 +10,13 @@ device publish only under its own id (``%u``); the worker checks the report name
 Workers subscribe to ``$share/<group>/cascade/v1/+/+/telemetry``: the broker gives each message to
 one worker of the group.
 
+A report a worker accepted over HTTPS is relayed on ``cascade/v1/<fleet>/<vehicle>/https`` (QoS 1,
+:meth:`MqttIngest.relay`) for the vehicle watch of ``cascade run`` (docs/vehicles.md, "Warnings"): only the
+broker user of the workers may publish there (the ACL), so the watch takes those reports as authenticated
+already and, as the HTTPS listener did, without the replay window on their time (a device posts what it
+buffered offline); its sequence de-duplication drops a report relayed twice (a retried post that reached
+two workers), so the engine sees each report once.
+
 The consumer is lean on purpose (docs/scaling.md): paho-mqtt's own network thread reads the socket and
 appends each message to an inbox; the event loop is woken once per batch (``call_soon_threadsafe``), not
 once per message, and handles the batch in one go. Acknowledgements are manual: a message is
@@ -39,12 +46,14 @@ from .functions import CALIBRATE_AFTER_S
 from .ingest import Outcome, VehicleIngest
 from .settings import MqttSettings
 
-__all__ = ["TOPIC_ROOT", "MqttIngest", "shared_subscription", "topic"]
+__all__ = ["RELAYED", "TOPIC_ROOT", "MqttIngest", "shared_subscription", "topic"]
 
 log = logging.getLogger("cascade.vehicles.mqtt")
 
 TOPIC_ROOT = "cascade/v1"
-KINDS = ("telemetry", "event", "cmd", "ack", "reject")
+KINDS = ("telemetry", "event", "cmd", "ack", "reject", "https")
+RELAYED = "https"  # the kind of topic a worker relays the reports it accepted over HTTPS on
+_RELAY_QUEUE = 100_000  # relayed reports paho holds while the broker is away (then they are dropped)
 _REJECT_EVERY_S = 5.0  # at most one rejection event per device this often (no amplification)
 _QUIET = frozenset({"rate_limited", "duplicate"})  # refusals not answered (a flood or a redelivery)
 _DRAIN_QUIET_S = 0.1  # at a graceful stop: messages still arriving after the unsubscription are handled
@@ -140,6 +149,7 @@ class MqttIngest:
         if s.tls_ca:
             client.tls_set_context(ssl.create_default_context(cafile=s.tls_ca))
         client.reconnect_delay_set(1, 30)
+        client.max_queued_messages_set(_RELAY_QUEUE)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
@@ -257,13 +267,16 @@ class MqttIngest:
 
     def _handle(self, client: paho.Client, message: paho.MQTTMessage) -> tuple[Outcome | None, str, str]:
         parts = message.topic.split("/")
-        if len(parts) != 5 or parts[4] not in ("telemetry", "packs"):
+        if len(parts) != 5 or parts[4] not in ("telemetry", "packs", RELAYED):
             self.ingest.refuse("mqtt", "wrong_topic", f"topic {message.topic[:120]!r}")
             return None, "", ""
         fleet, vehicle = parts[2], parts[3]
         payload = bytes(message.payload)  # paho hands bytes: the same object, no copy
         if parts[4] == "packs":  # a BLE gateway's report (collectors/ble)
             outcome = self.ingest.accept_packs(payload, transport="mqtt", device=vehicle, fleet=fleet)
+        elif parts[4] == RELAYED:  # accepted over HTTPS by a worker (whose request was signed and fresh)
+            return (self.ingest.accept(payload, transport="https", device=vehicle, fleet=fleet, check_time=False,
+                                       charge=False), fleet, vehicle)
         else:
             outcome = self.ingest.accept(payload, transport="mqtt", device=vehicle, fleet=fleet)
         if self.answer:
@@ -283,6 +296,22 @@ class MqttIngest:
                     await self.on_accepted(accepted)
         elif outcome.report_ts_ms is not None and self.on_clock_refused is not None:
             await self.on_clock_refused(fleet, vehicle, outcome.report_ts_ms)
+
+    def relay(self, fleet: str, vehicle: str, report: bytes) -> bool:
+        """Publish a report accepted over HTTPS for the vehicle watch (QoS 1, :data:`RELAYED` topic).
+
+        Safe from the event loop (paho queues it for its thread). While the broker is away paho holds up
+        to 100,000 of them and sends them when it is back; False when the report could not be queued
+        (no client yet, or that queue is full)."""
+        client = self._client
+        if client is None:
+            return False
+        info = client.publish(topic(fleet, vehicle, RELAYED), report, qos=1)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):  # NO_CONN: queued for the reconnect
+            self._log_change(f"MQTT {self.client_id}: HTTPS reports not relayed to the vehicle watch "
+                             f"({paho.error_string(info.rc)})")
+            return False
+        return True
 
     def _reply(self, client: paho.Client, fleet: str, vehicle: str, outcome: Outcome) -> None:
         """A rejection event, or the time calibration of a stored report (V-4.6); throttled per vehicle."""

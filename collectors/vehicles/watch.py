@@ -3,8 +3,10 @@
 The ingest workers store reports and share the stream (a shared subscription: one vehicle's reports
 reach different workers). The warning engine keeps state per battery (`for` timers, rates, jumps),
 so it must see every report of a vehicle, in one process: the watch takes a plain subscription to
-``cascade/v1/<fleet>/+/telemetry`` for its fleets, checks each report as the workers do (device,
-topic, time, sequence), and hands the vehicle's pack to the engine as a one-slot reading of model
+``cascade/v1/<fleet>/+/telemetry`` for its fleets, and to ``cascade/v1/<fleet>/+/https`` where the
+workers relay the reports they accepted over HTTPS (:meth:`.mqtt.MqttIngest.relay`), checks each report
+as the workers do (device, topic, time, sequence; a relayed report's time is not held to the replay window,
+as over HTTPS), and hands the vehicle's pack to the engine as a one-slot reading of model
 :data:`~core.model.VEHICLE_MODEL`, with the report itself for the vehicle-scope rules (arming, fence,
 reminder, discharge protection, chemistry, clock). It stores nothing (``Report.watch_only``). Several
 `cascade run` processes split the fleets between them (docs/vehicles.md, "Warnings").
@@ -45,7 +47,7 @@ from core.ports import Emit
 
 from .functions import VehicleFunctions
 from .ingest import IngestMetrics, VehicleIngest
-from .mqtt import TOPIC_ROOT, MqttIngest
+from .mqtt import RELAYED, TOPIC_ROOT, MqttIngest
 from .settings import MqttSettings
 from .trust import REPLAY_WINDOW_S, DeviceRegistry, Gate
 
@@ -167,7 +169,9 @@ class VehicleWatchSource:
         # Its own counters (a private registry): the ingest workers count reports for Prometheus.
         self.ingest = VehicleIngest(devices, sink=None, metrics=IngestMetrics(),
                                     gate=Gate(rate_per_s=1e9, burst=1e9), window_s=settings.replay_window_s)
-        subscriptions = [f"{TOPIC_ROOT}/{fleet}/+/{kind}" for fleet in settings.fleets for kind in ("telemetry", "packs")]
+        # MQTT reports, BLE gateways' packs, and the reports the workers accepted over HTTPS (relayed)
+        subscriptions = [f"{TOPIC_ROOT}/{fleet}/+/{kind}" for fleet in settings.fleets
+                         for kind in ("telemetry", "packs", RELAYED)]
         self.mqtt = MqttIngest(settings.mqtt, self.ingest, client_id=f"cascade-watch-{os.getpid()}",
                                subscriptions=subscriptions, answer=False, on_accepted=self._accepted,
                                on_clock_refused=self._clock_refused,

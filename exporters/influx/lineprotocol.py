@@ -22,6 +22,7 @@ Anything that cannot be encoded raises :class:`LineProtocolError` (a ``ValueErro
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import itemgetter
@@ -29,7 +30,8 @@ from typing import Any
 
 from core.errors import CascadeError
 
-__all__ = ["FieldValue", "LineEncoder", "LineProtocolError", "encode_line"]
+__all__ = ["FieldValue", "LineEncoder", "LineProtocolError", "RecordEncoder", "TagSetEncoder", "TupleEncoder",
+           "encode_line"]
 
 FieldValue = float | int | bool | str | None
 
@@ -194,18 +196,269 @@ class _Plan:
         return template
 
 
+class TagSetEncoder:
+    """The escaped tag part of a line (``,fleet=bj,vehicle=V1``, sorted by key) for each combination of
+    tag values, cached (bounded): one cache for every measurement with these tag keys, so the points
+    of one report (a vehicle and its pack) share one entry.
+
+    A miss costs one test for characters that need escaping (none in provisioned ids), not a re-escape;
+    anything unusual goes through the rules of :func:`encode_line` (and raises as it does).
+    """
+
+    _CACHE_LIMIT = 65536
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self.keys = tuple(keys)
+        for key in self.keys:
+            _escape_key(_check_key(key, "tag key"), "tag key")
+        order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
+        self._pick = _picker(order) or (lambda values: ())
+        self._sorted_prefixes = ["," + _escape_key(self.keys[i], "tag key") + "=" for i in order]
+        self._texts: dict[tuple[str | None, ...], str] = {}
+
+    def encode(self, values: tuple[str | None, ...]) -> str:
+        """The tag text for ``values`` (in the order of ``keys``); :class:`LineProtocolError` as
+        :func:`encode_line` raises it for a tag it cannot carry."""
+        try:
+            return self._texts[values]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable value: let the general rules report it
+            return _encode_tags(dict(zip(self.keys, values, strict=True)))
+        text = self._build(values)
+        if len(self._texts) >= self._CACHE_LIMIT:
+            self._texts.clear()
+        self._texts[values] = text
+        return text
+
+    def _build(self, values: tuple[str | None, ...]) -> str:
+        # A fleet larger than the cache misses it on every report (each vehicle reports once a minute): the
+        # common case, plain non-empty text, takes a handful of C calls.
+        if len(values) != len(self.keys):
+            raise LineProtocolError(f"{len(values)} tag values for the {len(self.keys)} keys {self.keys}")
+        picked = self._pick(values)
+        try:
+            joined = "".join(picked)
+        except TypeError:  # None (a tag left out) or not text
+            joined = None
+        if joined is None or not joined.isascii() or not (joined.isalnum() or _TAG_SPECIAL.search(joined) is None) \
+                or not all(picked):
+            return _encode_tags(dict(zip(self.keys, values, strict=True)))
+        return "".join(map(operator.add, self._sorted_prefixes, picked))
+
+    def clear(self) -> None:
+        self._texts.clear()
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+
+# Characters a tag value must not hold as is (escaped: , = space; refused: line breaks, tab, NUL, backslash).
+_TAG_SPECIAL = re.compile(r"[,= \\\n\r\t\x00]")
+
+
+class TupleEncoder:
+    """Hot-path encoder for points whose field values come as a tuple in a fixed order (what an
+    ``operator.attrgetter`` over a domain object returns): no dict per point, no loop over fields.
+
+    For each combination of value types (in practice one or two per measurement) a formatter is
+    compiled once: a function whose body is one f-string with the line's fields in order (sorted by
+    key, ``None`` left out), a float as its cached text (:func:`_float_text` on a miss), an int with
+    its ``i``, a string quoted and escaped (cached too). Compiled code is what makes this fast: a
+    per-field loop or a dict per point costs more than the formatting itself (``bench lineprotocol``,
+    ``bench vehicles``). Only names of our own go into the generated source (``a3``, ``p3``); keys and
+    texts are its arguments. The output is identical to :func:`encode_line`, which every point the
+    formatter does not cover goes through (NaN or infinity to skip, an int beyond 64 bits, a string it
+    cannot carry, an odd type, a bad timestamp), raising as it does.
+
+        tags = TagSetEncoder(("fleet", "vehicle"))
+        line = TupleEncoder("vehicle", tags, ("speed_kmh", "model")).encode(("bj", "V1"), (25.0, "EB"), ts)
+    """
+
+    def __init__(self, measurement: str, tags: TagSetEncoder, field_keys: Sequence[str]) -> None:
+        self.measurement = measurement
+        self.field_keys = tuple(field_keys)
+        self._record = RecordEncoder(tags, [(measurement, [(key, i) for i, key in enumerate(self.field_keys)])])
+        self.tags = tags
+
+    def encode(self, tag_values: tuple[str | None, ...], values: tuple[FieldValue, ...], timestamp_ns: int) -> str:
+        """Same result as ``encode_line`` of the same point, with tags and fields given as values in
+        the order of ``tags.keys`` and ``field_keys``."""
+        lines = self._record.lines(tag_values, values, timestamp_ns)
+        if lines is None:
+            return encode_line(self.measurement, dict(zip(self.tags.keys, tag_values, strict=True)),
+                               dict(zip(self.field_keys, values, strict=True)), timestamp_ns)
+        return lines[0]
+
+
+class RecordEncoder:
+    """The points of one record (a vehicle and its pack): the same tags and time, each point's fields
+    taken from one tuple of values by index (a value may be a field of several points, its text is
+    then made once). One compiled formatter per combination of value types writes every line, as
+    :class:`TupleEncoder` does for one.
+
+        record = RecordEncoder(TagSetEncoder(("fleet", "vehicle")),
+                               [("vehicle", [("speed_kmh", 0), ("latitude_deg", 1)]),
+                                ("vehicle_battery", [("soc_pct", 2), ("latitude_deg", 1)])])
+        lines = record.encode(("bj", "V1"), (25.0, 39.92, 80.0), ts)
+    """
+
+    _PLAN_LIMIT = 1024
+
+    def __init__(self, tags: TagSetEncoder, points: Sequence[tuple[str, Sequence[tuple[str, int]]]]) -> None:
+        self.tags = tags
+        self._tag_texts = tags._texts
+        self.points = [(measurement, tuple(fields)) for measurement, fields in points]
+        self._size = 1 + max((i for _, fields in self.points for _, i in fields), default=-1)
+        self._lines: list[tuple[str, list[tuple[str, int]]]] = []
+        for measurement, fields in self.points:
+            keys = [key for key, _ in fields]
+            if not keys:
+                raise LineProtocolError(f"point {measurement!r} of a RecordEncoder needs at least one field key")
+            if len(set(keys)) != len(keys):
+                raise LineProtocolError(f"field keys of {measurement!r} are not unique: {keys}")
+            self._lines.append((_escape_measurement(measurement), [  # sorted by key, as encode_line writes them
+                (_escape_key(_check_key(key, "field key"), "field key") + "=", i) for key, i in sorted(fields)]))
+        self._plans: dict[tuple[type, ...], _Formatter | None] = {}
+        self._last_signature: tuple[type, ...] = ()
+        self._last_plan: _Formatter | None = None
+
+    def encode(self, tag_values: tuple[str | None, ...], values: tuple[FieldValue, ...],
+               timestamp_ns: int) -> list[str]:
+        """Every point's line, in the order given; a point line protocol cannot carry is left out (its
+        :class:`LineProtocolError` is not raised: the others are written)."""
+        try:
+            lines = self.lines(tag_values, values, timestamp_ns)
+        except LineProtocolError:  # the tags: every point fails below, as encode_line says
+            lines = None
+        if lines is not None:
+            return lines
+        tags = dict(zip(self.tags.keys, tag_values, strict=True))
+        out = []
+        for measurement, fields in self.points:
+            try:
+                out.append(encode_line(measurement, tags, {key: values[i] for key, i in fields}, timestamp_ns))
+            except LineProtocolError:
+                pass
+        return out
+
+    def lines(self, tag_values: tuple[str | None, ...], values: tuple[FieldValue, ...],
+              timestamp_ns: int) -> list[str] | None:
+        """Every point's line by the compiled formatter, or None when one needs the rules of
+        :func:`encode_line` (raises :class:`LineProtocolError` for tags it cannot carry)."""
+        signature = tuple(map(type, values))
+        if signature == self._last_signature:  # nearly always: an identity test per value, no hashing
+            plan = self._last_plan
+        else:
+            try:
+                plan = self._plans[signature]
+            except KeyError:
+                plan = self._compile(signature)
+            self._last_signature, self._last_plan = signature, plan
+        if plan is None or type(timestamp_ns) is not int or not _TIME_MIN <= timestamp_ns <= _TIME_MAX:
+            return None
+        try:
+            tags = self._tag_texts[tag_values]  # the shared cache, without a call
+        except (KeyError, TypeError):
+            tags = self.tags.encode(tag_values)
+        try:
+            return plan(values, tags, timestamp_ns)
+        except (_NotFinite, LineProtocolError):
+            return None
+
+    def _compile(self, signature: tuple[type, ...]) -> _Formatter | None:
+        plan = None
+        if len(signature) == self._size:
+            points = [(head, [(prefix, signature[i], i) for prefix, i in fields if signature[i] is not type(None)])
+                      for head, fields in self._lines]
+            if all(kept for _, kept in points) and all(kind in (float, int, bool, str)
+                                                       for _, kept in points for _, kind, _ in kept):
+                plan = _compile_formatter(self._size, points)
+        if len(self._plans) >= self._PLAN_LIMIT:
+            self._plans.clear()
+        self._plans[signature] = plan
+        return plan
+
+
+_Formatter = Callable[[tuple[FieldValue, ...], str, int], "list[str] | None"]
+
+
+class _NotFinite(Exception):
+    """A NaN or infinite float: the slow path leaves the field out."""
+
+
+def _compile_formatter(size: int, points: list[tuple[str, list[tuple[str, type, int]]]]) -> _Formatter:
+    """``points``: (escaped measurement, [(prefix ``key=``, value type, index in the tuple)] in line
+    order) as one function ``(values, tag text, timestamp) -> lines``."""
+    constants: dict[str, Any] = {}  # texts and helpers, passed as the function's defaults (fast local names)
+
+    def literal(text: str) -> str:
+        name = f"p{len(constants)}"
+        constants[name] = text
+        return f"{{{name}}}"
+
+    body: list[str] = []
+    made: set[int] = set()
+    ints: list[str] = []
+    lines = []
+    for head, fields in points:
+        pieces = [literal(head), "{tags} "]
+        for n, (prefix, kind, index) in enumerate(fields):
+            pieces.append(literal(("," if n else "") + prefix))
+            if kind is float or kind is str:
+                if index not in made:  # a value in several points: its text once
+                    made.add(index)
+                    body.append(f"    t{index} = fget(a{index}) or ftext(a{index})" if kind is float
+                                else f"    t{index} = sget(a{index}) or stext(a{index})")
+                pieces.append(f"{{t{index}}}")
+            elif kind is bool:
+                pieces.append(f"{{'true' if a{index} else 'false'}}")
+            else:
+                if f"a{index}" not in ints:
+                    ints.append(f"a{index}")
+                pieces.append(f"{{a{index}}}i")
+        pieces.append(" {ts}")
+        lines.append('f"' + "".join(pieces) + '"')
+    constants.update(fget=_float_texts.get, ftext=_exact_float_text, sget=_string_texts.get, stext=_string_text)
+    source = [f"def formatter(values, tags, ts, {', '.join(f'{name}={name}' for name in constants)}):",
+              f"    {''.join(f'a{i}, ' for i in range(size))}= values"]
+    if len(ints) == 1:
+        source += [f"    if not {_INT_MIN} <= {ints[0]} <= {_INT_MAX}:", "        return None"]
+    elif ints:
+        source += [f"    if min({', '.join(ints)}) < {_INT_MIN} or max({', '.join(ints)}) > {_INT_MAX}:",
+                   "        return None"]
+    source += body
+    source.append(f"    return [{', '.join(lines)}]")
+    exec("\n".join(source), constants)  # noqa: S102 - our own names only; see TupleEncoder
+    formatter: _Formatter = constants["formatter"]
+    return formatter
+
+
 # Sensor values are register readings scaled to units (3.512 V, 25.3 degC), so the same floats recur
 # and their text is worth caching: repr() is most of the encoding cost. Keyed by float only (never
 # int/bool, which compare equal to floats); zeros are never stored because 0.0 == -0.0.
 _FLOAT_TEXT_LIMIT = 65536
+_FLOAT_TEXT_CACHED_CHARS = 7
 _float_texts: dict[float, str] = {}
 
 
 def _float_text(value: float) -> str:
-    text = float.__repr__(value)
+    """The text of a finite float, as ``Point`` writes it: ``repr`` without a trailing ``.0``. Cached."""
+    # float(): a float subclass (numpy's float64) may repr itself otherwise.
+    return _exact_float_text(value if type(value) is float else float(value))
+
+
+def _exact_float_text(value: float) -> str:
+    """:func:`_float_text` of an exact float (the compiled formatters' miss of both caches), raising
+    :class:`_NotFinite` for NaN and infinities (the slow path leaves the field out)."""
+    if value - value != 0.0:
+        raise _NotFinite
+    text = repr(value)
     if text.endswith(".0"):
         text = text[:-2]
-    if value != 0.0:
+    # Short texts recur (a sensor's resolution: 25.3, 3.512); long ones are positions and odometers that
+    # never do and would only push the others out. Zeros never: 0.0 == -0.0.
+    if value != 0.0 and len(text) <= _FLOAT_TEXT_CACHED_CHARS:
         if len(_float_texts) >= _FLOAT_TEXT_LIMIT:
             _float_texts.clear()
         _float_texts[value] = text
@@ -215,10 +468,14 @@ def _float_text(value: float) -> str:
 # String fields (battery ids, makers, protection texts) also repeat poll after poll.
 _STRING_TEXT_LIMIT = 65536
 _string_texts: dict[str, str] = {}
+_STRING_SPECIAL = re.compile(r'["\\\n\r]')
 
 
 def _string_text(value: str) -> str:
-    text = '"' + _escape_string(value, "") + '"'
+    if value.isascii() and _STRING_SPECIAL.search(value) is None:  # most ids and names: nothing to escape
+        text = f'"{value}"'
+    else:
+        text = '"' + _escape_string(value, "") + '"'
     if len(_string_texts) >= _STRING_TEXT_LIMIT:
         _string_texts.clear()
     _string_texts[value] = text

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
+from operator import attrgetter
 
 from core.events import AlertEvent, CommandResult, Point
 from core.model import (
@@ -21,7 +22,15 @@ from core.model import (
     describe_flags,
 )
 
-from .lineprotocol import FieldValue, LineEncoder, LineProtocolError, encode_line
+from .lineprotocol import (
+    FieldValue,
+    LineEncoder,
+    LineProtocolError,
+    RecordEncoder,
+    TagSetEncoder,
+    TupleEncoder,
+    encode_line,
+)
 
 __all__ = ["ALERT_MEASUREMENT", "CABINET_MEASUREMENT", "COMMAND_MEASUREMENT", "SLOT_MEASUREMENT",
            "VEHICLE_BATTERY_MEASUREMENT", "VEHICLE_MEASUREMENT", "alert_to_line", "command_to_line",
@@ -46,16 +55,32 @@ _SLOT_ENCODER = LineEncoder(SLOT_MEASUREMENT, ("site", "cabinet", "slot"),
 _SLOT_NAMES = tuple(str(n) for n in range(257))
 _VEHICLE_FIELDS = ("model", "sequence", "state", "powered_on", "armed", "position_valid", "latitude_deg",
                    "longitude_deg", "altitude_m", "speed_kmh", "odometer_km")
-_VEHICLE_ENCODER = LineEncoder(VEHICLE_MEASUREMENT, ("fleet", "vehicle"),
-                               (*_VEHICLE_FIELDS, "battery_id", "lag_s", "over_range"))
 _BATTERY_FIELDS = tuple(name for name in _SLOT_FIELDS
                         if name not in {"charger_protection", "charger_protection_unmapped", "charge_start_time_s",
                                         "expected_end_time_s", "surface_temperature_c", "h2_ppm", "voc_ppm",
                                         "module_pressure_kpa", "valve_acoustic_events", "output_enabled",
                                         "insulation_resistance_kohm"})
-_VEHICLE_BATTERY_ENCODER = LineEncoder(VEHICLE_BATTERY_MEASUREMENT, ("fleet", "vehicle"),
-                                       (*_BATTERY_FIELDS, "bms_protection_text", "latitude_deg", "longitude_deg",
-                                        "over_range"))
+# Both vehicle points of a report have the same tags: one cache of tag texts per (fleet, vehicle).
+_VEHICLE_TAGS = TagSetEncoder(("fleet", "vehicle"))
+_VEHICLE_LINE = TupleEncoder(VEHICLE_MEASUREMENT, _VEHICLE_TAGS, (*_VEHICLE_FIELDS, "battery_id", "lag_s",
+                                                                  "over_range"))
+# A report with its pack: both points from one tuple, (vehicle fields, lag_s, over_range, pack fields,
+# bms_protection_text, the pack's over_range); the vehicle's battery_id and the pack's position are the
+# same values as the pack's battery_id and the vehicle's position (formatted once).
+_V, _B = len(_VEHICLE_FIELDS), len(_BATTERY_FIELDS)
+_VEHICLE_AND_PACK = RecordEncoder(_VEHICLE_TAGS, [
+    (VEHICLE_MEASUREMENT, [*((name, i) for i, name in enumerate(_VEHICLE_FIELDS)),
+                           ("battery_id", _V + 2 + _BATTERY_FIELDS.index("battery_id")), ("lag_s", _V),
+                           ("over_range", _V + 1)]),
+    (VEHICLE_BATTERY_MEASUREMENT, [*((name, _V + 2 + i) for i, name in enumerate(_BATTERY_FIELDS)),
+                                   ("bms_protection_text", _V + 2 + _B),
+                                   ("latitude_deg", _VEHICLE_FIELDS.index("latitude_deg")),
+                                   ("longitude_deg", _VEHICLE_FIELDS.index("longitude_deg")),
+                                   ("over_range", _V + 3 + _B)]),
+])
+_vehicle_values = attrgetter(*_VEHICLE_FIELDS)
+_battery_values = attrgetter(*_BATTERY_FIELDS)
+_BMS_TEXTS: dict[int, str] = {}  # protection word -> its text (at most 65,536: the word is 16 bits)
 
 
 def reading_to_lines(reading: CabinetReading) -> list[str]:
@@ -124,30 +149,35 @@ def vehicle_to_lines(reading: VehicleReading) -> list[str]:
     the device's own report time (so a report stored twice is one point). The battery point has the
     same field names as a cabinet ``slot`` point and the vehicle's position (P-5.2.1e: where each
     battery is): ``WHERE battery_id = '…'`` over ``slot`` and ``vehicle_battery`` is the pack's history
-    across swaps. A point that cannot be encoded is skipped (the other is still written)."""
+    across swaps. A point that cannot be encoded is skipped (the other is still written).
+
+    The hot path of vehicle ingest: the values are taken as one tuple straight from the reading's
+    attributes and both lines written by one compiled formatter (:class:`~.lineprotocol.RecordEncoder`)."""
     ts = reading.timestamp_ns
-    tags = {"fleet": reading.fleet, "vehicle": reading.vehicle_id}
+    tags = (reading.fleet, reading.vehicle_id)
     battery = reading.battery
-    fields: dict[str, FieldValue] = {name: getattr(reading, name) for name in _VEHICLE_FIELDS}
-    fields["battery_id"] = None if battery is None else battery.battery_id
-    fields["lag_s"] = round((reading.received_ns - ts) / 1e9, 3) if reading.received_ns else None
-    fields["over_range"] = ",".join(reading.over_range) or None
-    lines: list[str] = []
-    try:
-        lines.append(_VEHICLE_ENCODER.encode(tags, fields, ts))
-    except LineProtocolError:
-        pass
+    received = reading.received_ns
+    lag = round((received - ts) / 1e9, 3) if received else None
+    over = (",".join(reading.over_range) or None) if reading.over_range else None
     if battery is not None:
-        fields = {name: getattr(battery, name) for name in _BATTERY_FIELDS}
-        fields["bms_protection_text"] = (None if battery.bms_protection is None
-                                         else describe_flags(BmsProtection, battery.bms_protection))
-        fields["latitude_deg"], fields["longitude_deg"] = reading.latitude_deg, reading.longitude_deg
-        fields["over_range"] = ",".join(battery.over_range) or None
-        try:
-            lines.append(_VEHICLE_BATTERY_ENCODER.encode(tags, fields, ts))
-        except LineProtocolError:
-            pass
-    return lines
+        return _VEHICLE_AND_PACK.encode(tags, (
+            *_vehicle_values(reading), lag, over, *_battery_values(battery), _bms_text(battery.bms_protection),
+            (",".join(battery.over_range) or None) if battery.over_range else None), ts)
+    try:
+        return [_VEHICLE_LINE.encode(tags, (*_vehicle_values(reading), None, lag, over), ts)]
+    except LineProtocolError:
+        return []
+
+
+def _bms_text(word: int | None) -> str | None:
+    if word is None:
+        return None
+    text = _BMS_TEXTS.get(word)
+    if text is None:
+        text = describe_flags(BmsProtection, word)
+        if type(word) is int and 0 <= word <= 0xFFFF:
+            _BMS_TEXTS[word] = text
+    return text
 
 
 def command_to_line(result: CommandResult) -> str:
@@ -190,6 +220,13 @@ def encode_points(points: Iterable[Point]) -> tuple[list[str], list[tuple[str, s
     lines: list[str] = []
     skipped: list[tuple[str, str]] = []
     for point in points:
+        if isinstance(point, VehicleReading):  # first: the most frequent point by far
+            encoded = vehicle_to_lines(point)
+            missing = 1 + (point.battery is not None) - len(encoded)
+            lines.extend(encoded)
+            if missing:
+                skipped.extend([(f"vehicle {point.fleet}/{point.vehicle_id}", "value not encodable")] * missing)
+            continue
         if isinstance(point, CabinetReading):
             encoded = reading_to_lines(point)
             expected = (_cabinet_point_expected(point) + len(point.slots) + bool(point.extra)
@@ -198,13 +235,6 @@ def encode_points(points: Iterable[Point]) -> tuple[list[str], list[tuple[str, s
             lines.extend(encoded)
             if missing:
                 skipped.extend([(f"reading {point.site}/{point.cabinet_id}", "value not encodable")] * missing)
-            continue
-        if isinstance(point, VehicleReading):
-            encoded = vehicle_to_lines(point)
-            missing = 1 + (point.battery is not None) - len(encoded)
-            lines.extend(encoded)
-            if missing:
-                skipped.extend([(f"vehicle {point.fleet}/{point.vehicle_id}", "value not encodable")] * missing)
             continue
         try:
             if isinstance(point, AlertEvent):
