@@ -53,7 +53,7 @@ INPUT_FAILED = "(input)"
 
 _INF = math.inf
 _RATE_MAXLEN = 256  # bounds memory if a cabinet polls much faster than the window needs
-_RATE_POINTS = 32  # a rate window keeps a sample per window/32 at most (plus the newest)
+_RATE_POINTS = 16  # a rate window keeps a sample per window/16 at most (plus the newest)
 
 
 JUMP_MAX_GAP_S = 180.0
@@ -227,10 +227,17 @@ def _extractor(inp: Input) -> Callable[[Any, _TargetState, float], float | None]
         return delta
     if inp.kind == "jump":
         up_only = inp.up_only
-
+        pack_value = name not in COMPARTMENT_FIELDS
         time_key = (*key, "t")
 
         def jump(obj, ts, now):
+            if pack_value and getattr(obj, "battery_state", None) == BatteryState.EMPTY:
+                # The pack left: the next one's first value is no step from this one's last, even when its
+                # reading lacks the id that would tell them apart (a pack docked between the poll's
+                # identity read and its SOC read).
+                ts.prev.pop(key, None)
+                ts.prev.pop(time_key, None)
+                return None
             v = _number(getattr(obj, name))
             if v is None:
                 return None
@@ -548,6 +555,7 @@ class Engine:
                     chem = None  # garbage chemistry: fall back to base thresholds
                 self._run(compiled, prog.tables("slot", cab_model, chem), values, ts, now, tick,
                           site, cab, sid, out)
+                ts.context = None  # this poll's baselines only: not kept alive until the next (memory)
         if out:
             self.state.apply(out)
         return out
@@ -616,21 +624,25 @@ class Engine:
                  ts: _TargetState, now: float, cab: str, sid: int | None) -> list[float | None]:
         """Every input's value; an input that raises is missing data for its rules, never the end of
         the reading's evaluation. Counted as ``cascade_rule_errors_total{rule="(input)"}``."""
-        try:
-            return [ex(obj, ts, now) for ex in extractors]
-        except Exception:  # noqa: BLE001 - slow path only after a failure: find which input, keep the rest
-            values: list[float | None] = []
-            for ex in extractors:
-                try:
-                    values.append(ex(obj, ts, now))
-                except Exception:  # noqa: BLE001
-                    values.append(None)
-                    self.rule_errors.labels(INPUT_FAILED).inc()
-                    if id(ex) not in self._failed_inputs:
-                        self._failed_inputs.add(id(ex))
-                        log.exception("an input of the rules failed at %s%s; its rules see missing data "
-                                      "(logged once per input)", cab, "" if sid is None else f"/{sid}")
-            return values
+        # Each input runs once per reading: an input with memory (a jump, a rate) run twice would compare
+        # the reading with itself. After a failure the values so far are kept and the rest go on.
+        values: list[float | None] = []
+        append = values.append
+        start = 0
+        while True:
+            try:
+                for ex in extractors[start:] if start else extractors:
+                    append(ex(obj, ts, now))
+                return values
+            except Exception:  # noqa: BLE001 - the failing input is missing data for its rules only
+                failed = extractors[len(values)]
+                append(None)
+                start = len(values)
+                self.rule_errors.labels(INPUT_FAILED).inc()
+                if id(failed) not in self._failed_inputs:
+                    self._failed_inputs.add(id(failed))
+                    log.exception("an input of the rules failed at %s%s; its rules see missing data "
+                                  "(logged once per input)", cab, "" if sid is None else f"/{sid}")
 
     def _rule_failed(self, rule_id: str, target: tuple[str, str, int | None]) -> None:
         """Count the failure; log it with its traceback only when the rule starts failing.

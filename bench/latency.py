@@ -16,7 +16,8 @@ measures, from the moment of injection:
 * push → webhook: Alertmanager's group_wait and dispatch, until the receiver got the alert.
 
 Prints median / p95 / max of each, and the total. Bounded: ``--repetitions`` ≤ 50, each one times
-out after ``--timeout`` seconds. ``main(argv)`` returns 0, or 1 when the level-3 p95 misses the
+out after ``--timeout`` seconds (a fault not paged by then is a miss: reported, and slower than any
+paged one in the verdict). ``main(argv)`` returns 0, or 1 when the level-3 p95 misses the
 2 s target.
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import statistics
 import sys
 import tempfile
@@ -136,7 +138,7 @@ async def measure(repetitions: int, interval_s: float, fault: str, timeout_s: fl
     fleet = build_fleet([("reference-cabinet", profile)], cabinets=repetitions, per_port=repetitions,
                         base_port=port, seed=3)
     sim = SimulatorServer(fleet, control_port=0, timer_s=0.05)
-    cabinets = fleet.collector_configs(interval_s=interval_s, fast_interval_s=fast_interval_s, timeout_s=1.0)
+    cabinets = fleet.collector_configs(interval_s=interval_s, fast_interval_s=fast_interval_s)  # shipped timeout
     # How often a fault can be seen: every fast poll when the lane is on, else every poll.
     period_s = fast_interval_s if fast_interval_s is not None and fast_interval_s < interval_s else interval_s
     config = AppConfig(source="bench", cabinets=cabinets, profiles={"reference-cabinet": profile}, influxdb=None,
@@ -160,7 +162,7 @@ async def measure(repetitions: int, interval_s: float, fault: str, timeout_s: fl
     am_dir = workdir / "alertmanager"
     (am_dir / "data").mkdir(parents=True, exist_ok=True)
     results: dict[str, list[float]] = {"fault_to_reading": [], "reading_to_push": [], "push_to_webhook": [],
-                                       "total": []}
+                                       "total": [], "missed": []}
     async with WebhookReceiver() as rx:
         shipped = (_REPO / "provisioning" / "alertmanager" / "alertmanager.yml").read_text()
         (am_dir / "alertmanager.yml").write_text(render_alertmanager_config(shipped, rx.url))
@@ -186,9 +188,15 @@ async def measure(repetitions: int, interval_s: float, fault: str, timeout_s: fl
                         faulty.add(cid)
                         injected = time.time()
                         fleet.start_scenario(scenario)
-                        got, _, _ = await rx.wait_for(
-                            lambda a, cid=cid: a["labels"].get("cabinet") == cid and a["labels"].get("level") == "3"
-                            and a["status"] == "firing", timeout_s, receiver="critical")
+                        try:
+                            got, _, _ = await rx.wait_for(
+                                lambda a, cid=cid: a["labels"].get("cabinet") == cid and a["labels"].get("level") == "3"
+                                and a["status"] == "firing", timeout_s, receiver="critical")
+                        except TimeoutError:
+                            # Not paged in time (a loaded machine: polls timing out): a miss, counted as such
+                            # in the verdict, not the end of the run.
+                            results["missed"].append(timeout_s)
+                            continue
                         results["fault_to_reading"].append(seen[cid] - injected)
                         results["reading_to_push"].append(pushed[cid] - seen[cid])
                         results["push_to_webhook"].append(got - pushed[cid])
@@ -222,12 +230,17 @@ def main(argv: list[str] | None = None) -> int:
                                       fast_interval_s=fast))
     lane = f", safety fast lane {fast:g}s" if fast is not None and fast < args.interval else ", no fast lane"
     shipped_note = " (shipped)" if (args.interval, fast) == (shipped.interval_s, shipped.fast_interval_s) else ""
+    missed = len(results.pop("missed"))
     print(f"fault-to-webhook latency, level 3 ({args.fault}), poll interval {args.interval:g}s{lane}{shipped_note}, "
-          f"n={len(results['total'])}; Alertmanager shipped routing (level 3 group_wait 1s)")
-    print(f"{'phase':18} {'median':>8} {'p95':>8} {'max':>8}")
-    for name, values in results.items():
-        print(f"{name:18} {statistics.median(values):8.3f} {_percentile(values, 0.95):8.3f} {max(values):8.3f}")
-    median, p95 = statistics.median(results["total"]), _percentile(results["total"], 0.95)
+          f"n={len(results['total'])}, not paged within {args.timeout:g}s: {missed}; Alertmanager shipped routing "
+          f"(level 3 group_wait 1s)")
+    if results["total"]:
+        print(f"{'phase':18} {'median':>8} {'p95':>8} {'max':>8}")
+        for name, values in results.items():
+            print(f"{name:18} {statistics.median(values):8.3f} {_percentile(values, 0.95):8.3f} {max(values):8.3f}")
+    # A fault not paged within the timeout counts as slower than any that was.
+    totals = results["total"] + [math.inf] * missed
+    median, p95 = statistics.median(totals), _percentile(totals, 0.95)
     print(f"target: level 3 < {_TARGET_S:g}s at p95 -> median {median:.3f}s, p95 {p95:.3f}s "
           f"{'MET' if p95 < _TARGET_S else 'MISSED'}")
     return 0 if p95 < _TARGET_S else 1

@@ -179,8 +179,7 @@ class CabinetEntry(_Section):
     fast_interval_s: Float | None = Field(
         default=_CAB["fast_interval_s"], gt=0,
         description="seconds between polls of the safety fields only (gas, smoke, flame, alarm and protection "
-        "words, pack temperatures; docs/scaling.md), e.g. 1 (opt-in: off when null, the default, or not below "
-        "interval_s)")
+        "words, pack temperatures; docs/scaling.md), e.g. 1 (off when null or not below interval_s)")
     timeout_s: Float = Field(default=_CAB["timeout_s"], gt=0,
                              description="seconds to wait for each Modbus answer, e.g. 2")
     busy_retries: Int = Field(

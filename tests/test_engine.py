@@ -119,6 +119,20 @@ def test_soc_jump_is_held_for_clear_for_and_a_battery_swap_is_not_a_jump():
     assert steady[0].at - jump[0].at >= 600
 
 
+def test_a_soc_jump_never_bridges_an_empty_slot():
+    """The pack taken out (100 %) and the one docked next (20 %) are not one battery, even when the new
+    pack's first reading has no id (docked between the poll's identity read and its SOC read)."""
+    clock = ManualClock()
+    engine = Engine(CATALOGUE.only(["soc_jump"]), clock=clock)
+    swap = [cab(SlotReading(1, battery_id="A", soc_pct=100, battery_state=2)),
+            cab(SlotReading(1, soc_pct=0, battery_state=0)),  # empty: the registers read zero
+            cab(SlotReading(1, soc_pct=20, battery_state=1)),  # the new pack, its id not read yet
+            cab(SlotReading(1, battery_id="B", soc_pct=21, battery_state=1))]
+    assert feed(engine, clock, swap) == []
+    jump = feed(engine, clock, [cab(SlotReading(1, battery_id="B", soc_pct=50, battery_state=1))])
+    assert [(t.kind, t.to_level) for t in jump] == [("raise", 2)]  # the new pack's own jumps still count
+
+
 def test_low_temperature_charging_only_when_charging():
     clock = ManualClock()
     engine = Engine(CATALOGUE.only(["charging_low_temperature"]), clock=clock)
