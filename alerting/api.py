@@ -10,7 +10,13 @@
 | ``GET /api/thresholds`` | ``{"rules": [...], "audit": [...]}`` base thresholds and this run's changes |
 | ``PUT /api/thresholds/{rule}/{level}`` | body ``{"value", "who", "reason"}`` → 200 the audit entry; 400 invalid; 404 rule |
 | ``GET /api/actions`` | ``{"actions": [...]}`` recent protective actions and remote commands, newest last (``?limit=N``) |
+| ``GET /api/cabinets/{cabinet}/commands`` | ``{"cabinet", "slots": [{"slot", "level"}], "commands": [...]}`` its slots and the commands the caller may send |
 | ``POST /api/cabinets/{cabinet}/commands`` | body ``{"command", "slot", "value", "reason", "confirm"}`` → 200 the record (read back); 502 the cabinet refused; 400/404/409 not sent |
+| ``GET /control?cabinet=C0003`` | the control page (:mod:`alerting.control`) |
+
+Every answer of the app, whoever added the route, carries the security headers of ``/api/v1``, and each
+client has a rate limit on the ``/api/...`` routes (:func:`alerting.api_v1.harden`: 429 ``rate_limited``
+with ``Retry-After``); ``/metrics`` and ``/health`` are not limited.
 
 Who may call what is :class:`alerting.auth.ApiAuth`'s business (docs/security.md): with an issuer
 configured every route needs a bearer JWT and a role (viewer and regulator read, a regulator without
@@ -31,25 +37,33 @@ from typing import Any
 from aiohttp import web
 
 from alerting.actions import CHARGING_COMMANDS, CONTROLS, ForbiddenCommand
+from alerting.api_v1 import harden
+from alerting.apiv1.ratelimit import RateLimiter
 from alerting.auth import ApiAuth, redact_alert, redact_entries
+from alerting.control import COMMAND_LABELS, add_control_page
 from alerting.i18n import N_, AlertTexts
 from alerting.rules import RuleError
 from alerting.service import AlertService, ControlRefused
+from alerting.state import AlertKey
 from core.auth import ACK, CHARGING, CONTROL, READ, THRESHOLDS, Principal
 
 __all__ = ["add_routes"]
 
 
 def add_routes(app: web.Application, service: AlertService, *, token: str | None = None,
-               auth: ApiAuth | None = None) -> None:
-    """Register the alert routes on ``app`` (call before the app's runner is set up).
+               auth: ApiAuth | None = None, limiter: RateLimiter | None = None) -> None:
+    """Register the alert routes and the control page on ``app`` and harden the whole app (call before the
+    app's runner is set up).
 
     ``auth`` decides who may do what (P-5.1.2.7; :class:`~alerting.auth.ApiAuth`). Without it, ``token``
     is the deprecated shared API token (changes need it, reading stays open); with neither, the API is
-    open except for remote cabinet control.
+    open except for remote cabinet control. ``limiter``: each client's budget on the ``/api/...`` routes
+    (default 10 requests/s, burst 50; pass ``/api/v1``'s to give a client one budget for both).
     """
     engine = service.engine
     auth = auth if auth is not None else ApiAuth(api_token=token)
+    harden(app, auth=auth, limiter=limiter if limiter is not None else RateLimiter(10.0, 50))
+    add_control_page(app, language=auth.language)
 
     def who_acts(principal: Principal, body: dict[str, Any]) -> str:
         """The token's subject when there is one: the audit names who acted, not who they say they are."""
@@ -147,11 +161,40 @@ def add_routes(app: web.Application, service: AlertService, *, token: str | None
             out = redact_entries(out, "actor", "reason")
         return web.json_response({"actions": out})
 
+    async def commands(request: web.Request) -> web.Response:
+        """What the control page shows: the cabinet's slots with their alert level, and each command with
+        what it needs and whether this caller may send it (a person's token with the role)."""
+        principal = await auth.require(request, READ)
+        texts = auth.texts_for(request)
+        cabinet = request.match_info["cabinet"]
+        commander = service.actions.commander
+        count = None if commander is None else commander.slot_count(cabinet)
+        if count is None:
+            return _error(texts, 404, "unknown_cabinet",
+                          N_("no cabinet '{cabinet}' in this collector; list cabinets with GET /api/alerts/rollup "
+                             "(cascade alerts rollup) or check the fleet file"), cabinet=cabinet[:64])
+        levels: dict[int | None, int] = {}
+        for alert in service.active_alerts():
+            key = AlertKey.parse(alert["key"])
+            if key.cabinet == cabinet:
+                levels[key.slot] = max(levels.get(key.slot, 0), int(alert["level"]))
+        person = principal.via == "jwt"
+        out = []
+        for name, spec in CONTROLS.items():
+            needed = _permission(name)
+            out.append({"name": name, "label": texts.tr(COMMAND_LABELS[name]), "slot": spec.slot,
+                        "confirm": spec.confirm, "permission": needed, "allowed": person and principal.can(needed),
+                        "value": None if spec.value is not None else {"min": spec.limits[0], "max": spec.limits[1]}})
+        return web.json_response({"cabinet": cabinet, "level": levels.get(None, 0),
+                                  "slots": [{"slot": n, "level": max(levels.get(n, 0), levels.get(None, 0))}
+                                            for n in range(1, count + 1)],
+                                  "commands": out}, dumps=lambda v: json.dumps(v, ensure_ascii=False))
+
     async def command(request: web.Request) -> web.Response:
         # Charging is the least any command needs; fault reset and parameters need the engineer's CONTROL.
         # Asked for up front when the body names such a command, so a refusal names the role it needs.
         named = await _peek_command(request)
-        needed = CONTROL if named in CONTROLS and named not in CHARGING_COMMANDS else CHARGING
+        needed = _permission(named) if named is not None and named in CONTROLS else CHARGING
         principal = await auth.require(request, needed)
         if (bad := cross_site(request)) is not None:
             return bad
@@ -182,7 +225,13 @@ def add_routes(app: web.Application, service: AlertService, *, token: str | None
     app.router.add_get("/api/thresholds", thresholds)
     app.router.add_put("/api/thresholds/{rule}/{level}", set_threshold)
     app.router.add_get("/api/actions", actions)
+    app.router.add_get("/api/cabinets/{cabinet}/commands", commands)
     app.router.add_post("/api/cabinets/{cabinet}/commands", command)
+
+
+def _permission(command: str) -> str:
+    """What sending ``command`` needs: starting and stopping charging is the operator's, the rest the engineer's."""
+    return CHARGING if command in CHARGING_COMMANDS else CONTROL
 
 
 MAX_WHO = 64

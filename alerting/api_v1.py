@@ -11,7 +11,8 @@ subject, else address: 429 with ``Retry-After``), the query, path and body check
 operation's models (400 naming the problem, 413, 415, cross-site writes refused), and the answer
 serialised through its response model. Every answer, refusals included, carries the security headers and
 ``Cache-Control: no-store``; every error is ``{"error", "code", "detail"}``, the shape of the alert API's
-refusals.
+refusals. :func:`harden` gives every other route of the collector's server the same headers and the same
+per-client limit (the alert API installs it).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from alerting.state import AlertKey
 from alerting.webhooks import WebhookPusher
 from core.auth import READ, THRESHOLDS, Principal
 
-__all__ = ["OPERATIONS", "MAX_BODY", "SECURITY_HEADERS", "add_v1_routes", "openapi_document"]
+__all__ = ["OPERATIONS", "MAX_BODY", "SECURITY_HEADERS", "add_v1_routes", "harden", "openapi_document"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,16 @@ def _error_response(request: web.Request, status: int, code: str, detail: str, d
 
 
 # --- helpers ----------------------------------------------------------------------------------------
+
+
+def _take(limiter: RateLimiter, key: str) -> None:
+    """One request of client ``key``; raises the 429 (with ``Retry-After``) when it has none left."""
+    wait = limiter.take(key)
+    if wait > 0:
+        seconds = str(max(1, int(wait + 0.999)))
+        raise ApiError(429, "rate_limited", f"rate limit of {limiter.rate_per_s:g} requests/s (burst "
+                                            f"{limiter.burst}) reached for this client; retry after "
+                                            f"{seconds} s", headers={"Retry-After": seconds}, seconds=seconds)
 
 
 def _iso(epoch_s: float) -> datetime:
@@ -188,12 +199,7 @@ class _Api:
     # -- the door ---------------------------------------------------------------------------------
 
     def _limit(self, key: str) -> None:
-        wait = self.limiter.take(key)
-        if wait > 0:
-            seconds = str(max(1, int(wait + 0.999)))
-            raise ApiError(429, "rate_limited", f"rate limit of {self.limiter.rate_per_s:g} requests/s (burst "
-                                                f"{self.limiter.burst}) reached for this client; retry after "
-                                                f"{seconds} s", headers={"Retry-After": seconds}, seconds=seconds)
+        _take(self.limiter, key)
 
     async def _principal(self, request: web.Request, permission: str) -> Principal:
         address = f"ip:{request.remote}"
@@ -400,6 +406,45 @@ class _Api:
                               level=level, count=n) for (cat, level), n in sorted(counts.items())]
         return m.AlarmStats(since=since, until=until, total=sum(counts.values()), counts=items)
 
+    async def _health_rows(self, battery: str | None) -> list[dict[str, Any]]:
+        if self.influx is None:
+            raise ApiError(503, "storage_unavailable", "this collector reads no InfluxDB (no influxdb section, or not "
+                                                       "InfluxDB 1.x): health analyses are stored there")
+        try:
+            return await self.influx.health_packs(battery)
+        except StoreUnavailable as err:
+            log.warning("health query: %s", err)
+            raise ApiError(503, "storage_unavailable", err.problem) from None
+
+    @staticmethod
+    def _health_pack(row: dict[str, Any]) -> m.HealthPack:
+        values = {name: row.get(name) for name in m.HEALTH_VALUES if isinstance(row.get(name), (int, float))}
+        grade = row.get("grade")
+        slot, last_seen = row.get("slot"), row.get("last_seen_ns")
+        return m.HealthPack(
+            battery=str(row.get("battery") or row.get("battery_id"))[:64], analysed_at=_iso(int(row["time"]) / 1e9),
+            last_seen=_iso(last_seen / 1e9) if isinstance(last_seen, (int, float)) else None,
+            site=str(row.get("site") or "")[:64], place=str(row.get("place") or "")[:64],
+            place_kind=_clip(row.get("kind"), 64), slot=int(slot) if isinstance(slot, (int, float)) else None,
+            grade=grade if grade in ("keep", "restrict", "retire") else "unknown",
+            limits_crossed=[x[:64] for x in str(row.get("limits_crossed") or "").split(",") if x][:20], **values)
+
+    async def health_packs(self, call: Call) -> m.HealthPackPage:
+        q: m.HealthPacksQuery = call.query
+        packs = sorted((self._health_pack(r) for r in await self._health_rows(q.battery)), key=lambda p: p.battery)
+        packs = [p for p in packs if (q.site is None or p.site == q.site) and (
+            q.cabinet is None or p.place == q.cabinet) and (q.grade is None or p.grade == q.grade)]
+        items, cursor = _page("health-packs", q, packs)
+        return m.HealthPackPage(items=items, next_cursor=cursor)
+
+    async def health_pack(self, call: Call) -> m.HealthPack:
+        path: m.HealthPackPath = call.path
+        rows = await self._health_rows(path.battery)
+        if not rows:
+            raise ApiError(404, "not_found", f"no health analysis of battery {path.battery!r}; list the analysed packs "
+                                             f"with GET {PREFIX}/health/packs (`cascade health analyse` stores them)")
+        return self._health_pack(rows[0])
+
     # -- logs ----------------------------------------------------------------------------------------
 
     @staticmethod
@@ -484,6 +529,13 @@ def _operations(api: _Api | None) -> list[tuple[Operation, Handler | None]]:
                    READ, m.TriggerList), h("rules")),
         (Operation("GET", "/analysis/alarms", "alarmStatistics", "Alarms by category and level over a time range",
                    "analysis", READ, m.AlarmStats, query=m.AlarmStatsQuery), h("alarm_stats")),
+        (Operation("GET", "/health/packs", "listHealthPacks", "Battery health: the newest analysis of each pack",
+                   "analysis", READ, m.HealthPackPage, query=m.HealthPacksQuery,
+                   description="From InfluxDB (measurement `battery_health`, written by `cascade health analyse`, "
+                               "docs/battery-health.md), by battery id; `site` and `cabinet` are where each pack was "
+                               "last seen. No personal data: a regulator reads the same."), h("health_packs")),
+        (Operation("GET", "/health/packs/{battery}", "getHealthPack", "One pack's newest health analysis", "analysis",
+                   READ, m.HealthPack, path_params=m.HealthPackPath, errors=(404,)), h("health_pack")),
         (Operation("GET", "/logs/thresholds", "thresholdLog", "Threshold changes in force (who, why, old, new)", "logs",
                    READ, m.AuditPage, query=m.LogQuery), h("threshold_log")),
         (Operation("GET", "/logs/actions", "actionLog", "Recent protective actions and remote commands", "logs", READ,
@@ -528,6 +580,40 @@ def _middleware(language: str) -> Any:
         response.headers.update(SECURITY_HEADERS)
         return response
     return guard
+
+
+async def _security_headers(_request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer gets the headers; a route that needs another policy (the control page's script) sets
+    its own ``Content-Security-Policy`` and keeps it."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+
+
+def _limited(path: str) -> bool:
+    """Routes the main guard counts: the ``/api/...`` ones, not ``/api/v1`` (its own door counts them) and not
+    ``/metrics``, ``/health`` or the control page (Prometheus and health checks scrape without limit)."""
+    return path.startswith("/api/") and not (path == PREFIX or path.startswith(PREFIX + "/"))
+
+
+def harden(app: web.Application, *, auth: ApiAuth, limiter: RateLimiter) -> None:
+    """Guard every route of ``app`` (the collector's HTTP server), however it was added: every answer,
+    refusals and 404s included, carries :data:`SECURITY_HEADERS`; each client (token subject, else address,
+    :meth:`ApiAuth.client_key`) has ``limiter``'s budget on the ``/api/...`` routes, past which it gets the
+    same 429 as ``/api/v1`` (``rate_limited``, ``Retry-After``, in the caller's language). Call before the
+    app's runner is set up."""
+    @web.middleware
+    async def limit(request: web.Request, handler: Any) -> web.StreamResponse:
+        if _limited(request.path):
+            try:
+                _take(limiter, await auth.client_key(request))
+            except ApiError as err:
+                return _error_response(request, err.status, err.code, err.detail, auth.language, err.headers,
+                                       **err.values)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    app.middlewares.append(limit)
+    app.on_response_prepare.append(_security_headers)
 
 
 def add_v1_routes(app: web.Application, service: AlertService, *, auth: ApiAuth, influx: InfluxReader | None = None,

@@ -44,6 +44,7 @@ from core.auth import (
     VEHICLE_POWER,
     AuthError,
     Principal,
+    TokenSettings,
     TokenVerifier,
 )
 
@@ -85,6 +86,9 @@ _WHAT = {
     ADMIN: N_("administration"),
 }
 _NO_ROLES = N_("none")
+# A bearer token verified once per request: the rate limit keys on its subject before the route's own
+# check, and a route may check twice (the cabinet command asks for more when the body names more).
+_VERIFIED: web.RequestKey[tuple[TokenSettings, str, Principal | AuthError]] = web.RequestKey("cascade_verified_token")
 
 
 class ApiAuth:
@@ -113,6 +117,37 @@ class ApiAuth:
         """``tokens``, ``shared_token`` or ``open``."""
         return "tokens" if self.verifier is not None else "shared_token" if self._api_token else "open"
 
+    @property
+    def language(self) -> str:
+        """The default language of answers (``zh_CN`` or ``en``), when the request names none."""
+        return self._language
+
+    async def client_key(self, request: web.Request) -> str:
+        """Whom a request counts against for rate limits: ``sub:<subject>`` for a valid personal token,
+        else ``ip:<address>`` (no token, a bad one, the shared token, no issuer). Never raises."""
+        bearer = _bearer(request)
+        if self.verifier is not None and bearer:
+            outcome = await self._verify(request, bearer)
+            if isinstance(outcome, Principal) and outcome.subject:
+                return f"sub:{outcome.subject}"
+        return f"ip:{request.remote}"
+
+    async def _verify(self, request: web.Request, bearer: str) -> Principal | AuthError:
+        """The verifier's verdict on ``bearer``, worked out once per request."""
+        assert self.verifier is not None
+        settings = self.verifier.settings
+        if _VERIFIED in request:
+            cached = request[_VERIFIED]
+            if cached[0] == settings and cached[1] == bearer:
+                return cached[2]
+        outcome: Principal | AuthError
+        try:
+            outcome = await self.verifier.verify(bearer)
+        except AuthError as err:
+            outcome = err
+        request[_VERIFIED] = (settings, bearer, outcome)
+        return outcome
+
     async def require(self, request: web.Request, permission: str) -> Principal:
         """The caller, when allowed ``permission``; else raises the 401/403/503 response. For READ a
         regulator passes too: the caller must then show only what :data:`READ_REDACTED` allows."""
@@ -134,9 +169,7 @@ class ApiAuth:
         return principal
 
     async def _identify(self, request: web.Request, permission: str) -> Principal:
-        header = request.headers.get("Authorization", "")
-        scheme, _, credentials = header.partition(" ")
-        bearer = credentials.strip() if scheme.lower() == "bearer" else ""
+        bearer = _bearer(request)
         if self.verifier is None and self._api_token is None:
             return Principal("", frozenset(ROLES) - {"regulator"}, "open")
         if self.verifier is None:
@@ -155,12 +188,12 @@ class ApiAuth:
                             "identity provider and remove alerting.api_token (docs/security.md)")
                 self._warned = True
             return Principal("api-token", frozenset({self._api_token_role}), "api_token")
-        try:
-            return await self.verifier.verify(bearer)
-        except AuthError as err:
-            log.info("refused %s %s: %s (%s)", request.method, request.path, err.code, err.detail)
-            raise self._refusal(request, err.status, err.code, err.detail,
-                                audience=self.verifier.settings.audience) from None
+        outcome = await self._verify(request, bearer)
+        if isinstance(outcome, AuthError):
+            log.info("refused %s %s: %s (%s)", request.method, request.path, outcome.code, outcome.detail)
+            raise self._refusal(request, outcome.status, outcome.code, outcome.detail,
+                                audience=self.verifier.settings.audience)
+        return outcome
 
     def _is_api_token(self, given: str) -> bool:
         return self._api_token is not None and hmac.compare_digest(given.encode(), self._api_token.encode())
@@ -191,6 +224,12 @@ class ApiAuth:
         elif status == 403:
             headers["WWW-Authenticate"] = f'Bearer realm="cascade", error="insufficient_scope", error_description="{code}"'
         return kind(text=body, content_type="application/json", headers=headers)
+
+
+def _bearer(request: web.Request) -> str:
+    """The credentials of an ``Authorization: Bearer`` header; empty without one."""
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else ""
 
 
 def _least_role(permission: str) -> str:

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from alerting.actions import ALLOWED_COMMANDS, ActionPolicy
 from alerting.api import add_routes
-from alerting.api_v1 import add_v1_routes
+from alerting.api_v1 import add_v1_routes, harden
 from alerting.apiv1 import InfluxReader, RateLimiter
 from alerting.auth import ApiAuth
 from alerting.engine import Engine
@@ -225,7 +225,9 @@ async def start_app(config: AppConfig) -> AsyncIterator[Pipeline]:
     """Start the pipeline (and the alert service unless ``alerting.enabled`` is false)."""
     settings = alerting_settings(config)
     pipeline = Pipeline(config)
+    limiter = RateLimiter(float(settings["api_v1"]["rate_per_s"]), int(settings["api_v1"]["burst"]))
     if not settings["enabled"]:
+        harden(pipeline.app, auth=api_auth(settings), limiter=limiter)  # /metrics, /health: the headers
         async with pipeline:
             yield pipeline
         return
@@ -240,13 +242,13 @@ async def start_app(config: AppConfig) -> AsyncIterator[Pipeline]:
                                 generator_url=settings["generator_url"],
                                 failed_actions_path=_beside(settings["state_file"], "-failed-actions.json"),
                                 control_audit_path=settings["control_audit_file"])
-    add_routes(pipeline.app, service, auth=api_auth(settings))
+    # One rate-limit budget per client for the whole HTTP API (/api/... and /api/v1).
+    add_routes(pipeline.app, service, auth=api_auth(settings), limiter=limiter)
     influx = config.influxdb
     add_v1_routes(pipeline.app, service, auth=api_auth(settings),
                   influx=None if influx is None or influx.api != "v1" else InfluxReader(
                       influx.url, influx.database, username=influx.username, password=influx.password),
-                  webhooks=webhooks, limiter=RateLimiter(float(settings["api_v1"]["rate_per_s"]),
-                                                         int(settings["api_v1"]["burst"])),
+                  webhooks=webhooks, limiter=limiter,
                   control_audit_path=settings["control_audit_file"], language=settings.get("language", "zh_CN"))
     # Vehicle commands (docs/vehicles.md, "Commands"): from the HTTP API, the CLI and rules with a vehicle_command.
     commands = vehicle_commands_for(config, service, pipeline, settings)

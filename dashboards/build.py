@@ -38,6 +38,7 @@ from dashboards.panels import (
     Panel,
     annotation,
     bargauge,
+    cascade_links,
     color_cells,
     dashboard,
     detected_mappings,
@@ -52,10 +53,11 @@ from dashboards.panels import (
     right_axis,
     stat,
     table,
+    textbox_variable,
     timeseries,
 )
 
-__all__ = ["DASHBOARDS", "DIRECTORY", "Watched", "build_all", "level_thresholds", "render", "threshold_steps",
+__all__ = ["CONTROL_URL", "DASHBOARDS", "DIRECTORY", "Watched", "build_all", "level_thresholds", "render", "threshold_steps",
            "write_all"]
 
 DIRECTORY = Path(__file__).resolve().parent
@@ -70,6 +72,10 @@ CABINET_URL = ("/d/cascade-cabinet/cascade-cabinet?var-site=${__data.fields.site
 VEHICLE_URL = ("/d/cascade-vehicle/cascade-vehicle?var-fleet=${__data.fields.fleet}&var-vehicle=${__value.raw}"
                "&${__url_time_range}")
 BATTERY_URL = "/d/cascade-battery/cascade-battery?var-battery=${__value.raw}&${__url_time_range}"
+# The alert service's control page (alerting/control.py) for the cabinet shown. The service is not Grafana:
+# its address is the dashboard variable ``control_url`` (default: the collector's port on the compose host).
+CONTROL_URL = "http://127.0.0.1:9108"
+CONTROL_PAGE_URL = "${control_url}/control?cabinet=${cabinet:percentencode}"
 
 # Template-variable filters.
 FLEET_SITE = '"site" =~ /^$site$/'
@@ -660,7 +666,7 @@ def cabinet_commands() -> Panel:
                    "Every command written to this cabinet, who asked (rule:<rule>@level<n> or user:<name>), the "
                    "value and its read-back (P-3.3)."),
                  [influx(query, table_format=True)], h=7, overrides=_command_columns(),
-                 labels=_labels(*COMMAND_LABELS))
+                 labels=_labels(*COMMAND_LABELS), links=[_control_link()])
 
 
 def cabinet_alerts() -> Panel:
@@ -672,6 +678,17 @@ def cabinet_alerts() -> Panel:
                  overrides=_level_columns() + [_battery_history("battery")], labels=_labels(*ALERT_LABELS))
 
 
+def _control_link() -> dict[str, Any]:
+    """The cabinet's remote control (start/stop charging, fault reset, limits) on the alert service's
+    control page, in the dashboard's language; the page asks for the operator's token."""
+    return {"title": t("远程控制本柜", "Control this cabinet"), "type": "link",
+            "url": CONTROL_PAGE_URL + t("", "&lang=en"), "targetBlank": True, "icon": "bolt",
+            "tooltip": t("在告警服务的控制页面启停充电、故障复位（需要操作员或工程师令牌）",
+                         "Start or stop charging, reset faults on the alert service's control page (operator or "
+                         "engineer token)"),
+            "tags": [], "asDropdown": False, "includeVars": False, "keepTime": False}
+
+
 def build_cabinet(rules: RuleSet) -> dict[str, Any]:
     variables = [
         influx_variable("site", t("站点", "Site"), 'SHOW TAG VALUES FROM "cabinet" WITH KEY = "site"'),
@@ -679,6 +696,9 @@ def build_cabinet(rules: RuleSet) -> dict[str, Any]:
                         'SHOW TAG VALUES FROM "cabinet" WITH KEY = "cabinet" WHERE "site" =~ /^$site$/'),
         influx_variable("slot", t("仓位", "Slot"), 'SHOW TAG VALUES FROM "slot" WITH KEY = "slot" WHERE ' + CAB,
                         multi=True, include_all=True, numeric_sort=True),
+        textbox_variable("control_url", t("告警服务地址", "Alert service URL"), CONTROL_URL,
+                         t("远程控制链接打开的告警服务地址（生产环境为其 TLS 代理地址）",
+                           "Where the control links open the alert service (in production, its TLS proxy)")),
     ]
     annotations = [
         annotation(t("告警", "Alerts"), f'SELECT "summary", "level", "rule", "severity", "kind" FROM "alert" WHERE '
@@ -703,7 +723,7 @@ def build_cabinet(rules: RuleSet) -> dict[str, Any]:
          cabinet_batteries(), cabinet_protection_flags(),
          cabinet_commands(), cabinet_alerts()],
         tags=["cascade", "noc"], variables=variables, annotations=annotations, refresh="10s",
-        time_from="now-3h")
+        time_from="now-3h", links=[*cascade_links(), _control_link()])
 
 
 # =================================================================================================

@@ -16,7 +16,8 @@ from typing import Any
 from dashboards.i18n import t
 
 __all__ = [
-    "ALERTMANAGER", "INFLUX", "LEVEL_COLOURS", "PROMETHEUS", "annotation", "bargauge", "dashboard", "detected_mappings",
+    "ALERTMANAGER", "INFLUX", "LEVEL_COLOURS", "PROMETHEUS", "annotation", "bargauge", "cascade_links", "dashboard",
+    "detected_mappings",
     "geomap", "influx", "influx_variable", "level_mappings", "map_layer", "prom", "right_axis", "stat", "table",
     "textbox_variable", "timeseries",
 ]
@@ -74,7 +75,7 @@ def prom(expr: str, *, ref: str = "A", legend: str = "", instant: bool = False,
 def _panel(kind: str, title: str, description: str, targets: list[dict[str, Any]], *, unit: str = "",
            w: int = 12, h: int = 8, defaults: dict[str, Any] | None = None,
            options: dict[str, Any] | None = None, overrides: list[dict[str, Any]] | None = None,
-           transformations: list[dict[str, Any]] | None = None) -> Panel:
+           transformations: list[dict[str, Any]] | None = None, links: list[dict[str, Any]] | None = None) -> Panel:
     datasource = targets[0]["datasource"]
     if any(t["datasource"] != datasource for t in targets):
         raise ValueError(f"panel {title!r}: all targets must use the same datasource")
@@ -86,6 +87,8 @@ def _panel(kind: str, title: str, description: str, targets: list[dict[str, Any]
                     "options": options or {}, "gridPos": {"w": w, "h": h, "x": 0, "y": 0}}
     if transformations:
         panel["transformations"] = transformations
+    if links:
+        panel["links"] = links
     return panel
 
 
@@ -133,15 +136,17 @@ def bargauge(title: str, description: str, targets: list[dict[str, Any]], *, uni
 
 def table(title: str, description: str, targets: list[dict[str, Any]], *, w: int = 24, h: int = 8,
           sort_by: str = "", descending: bool = True, overrides: list[dict[str, Any]] | None = None,
-          transformations: list[dict[str, Any]] | None = None, labels: dict[str, str] | None = None) -> Panel:
-    """A table; ``labels`` maps result columns to the headers shown (overrides still match the column)."""
+          transformations: list[dict[str, Any]] | None = None, labels: dict[str, str] | None = None,
+          links: list[dict[str, Any]] | None = None) -> Panel:
+    """A table; ``labels`` maps result columns to the headers shown (overrides still match the column);
+    ``links``: the panel's own links (its header menu), e.g. to another tool for what the table shows."""
     options: dict[str, Any] = {"showHeader": True, "cellHeight": "sm",
                                "footer": {"show": False, "reducer": ["sum"]}}
     labels = labels or {}
     if sort_by:
         options["sortBy"] = [{"displayName": labels.get(sort_by, sort_by), "desc": descending}]
     return _panel("table", title, description, targets, w=w, h=h, options=options,
-                  overrides=_with_labels(overrides or [], labels), transformations=transformations)
+                  overrides=_with_labels(overrides or [], labels), transformations=transformations, links=links)
 
 
 def _with_labels(overrides: list[dict[str, Any]], labels: dict[str, str]) -> list[dict[str, Any]]:
@@ -255,7 +260,7 @@ def annotation(name: str, query: str, *, color: str, text: str = "summary",
 
 # -- dashboard -----------------------------------------------------------------------------------
 
-def _cascade_links() -> list[dict[str, Any]]:
+def cascade_links() -> list[dict[str, Any]]:
     """Every dashboard links to the others (tag ``cascade``), keeping the time range and the variables."""
     return [{"title": t("Cascade 仪表板", "Cascade dashboards"), "type": "dashboards", "tags": ["cascade"],
              "asDropdown": True, "includeVars": True, "keepTime": True, "targetBlank": False,
@@ -285,7 +290,7 @@ def dashboard(uid: str, title: str, description: str, panels: list[Panel], *, ta
         "editable": editable, "graphTooltip": 1, "schemaVersion": 39, "version": 1,
         "timezone": "browser", "time": {"from": time_from, "to": "now"}, "refresh": refresh,
         "fiscalYearStartMonth": 0, "liveNow": False, "weekStart": "",
-        "timepicker": {}, "links": links if links is not None else _cascade_links(),
+        "timepicker": {}, "links": links if links is not None else cascade_links(),
         "templating": {"list": variables or []},
         "annotations": {"list": annotations or []},
         "panels": _layout(panels),

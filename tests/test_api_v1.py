@@ -25,7 +25,7 @@ V1 = "/api/v1"
 
 
 def _sample(path: str) -> str:
-    return path.replace("{rule}", "pack_overvoltage").replace("{level}", "2")
+    return path.replace("{rule}", "pack_overvoltage").replace("{level}", "2").replace("{battery}", "B000123")
 
 
 def _headers_ok(resp: aiohttp.ClientResponse) -> None:
@@ -330,7 +330,7 @@ def test_the_openapi_document_is_valid_and_generated_from_the_models():
         for method, op in methods.items():
             for param in op["parameters"]:
                 if param["schema"].get("type") == "string":
-                    assert "maxLength" in param["schema"] or "format" in param["schema"], (path, param)
+                    assert {"maxLength", "format", "enum"} & set(param["schema"]), (path, param)
             assert {"200", "401", "403", "429"} <= set(op["responses"]), (path, method)
     body = doc["components"]["schemas"]["ThresholdChange"]
     assert body["additionalProperties"] is False

@@ -412,6 +412,30 @@ def test_units_axes_and_links() -> None:
     assert _units_by_axis(cabinet["Input voltage"]) == [("auto", "volt")]
 
 
+def test_the_cabinet_dashboard_links_to_the_control_page_of_its_cabinet() -> None:
+    """Issue 14 item 3: from the cabinet dashboard the operator reaches the alert service's control page
+    (alerting/control.py) for the cabinet shown, at the address of the ``control_url`` variable."""
+    from alerting.control import CONTROL_PATH
+    from dashboards.build import CONTROL_URL
+
+    committed = json.loads((DASHBOARD_DIR / "cascade-cabinet.json").read_text(encoding="utf-8"))
+    for lang, model in (("zh_CN", committed), ("en", build_all(lang="en")["cascade-cabinet"])):
+        variable = next(v for v in model["templating"]["list"] if v["name"] == "control_url")
+        assert variable["type"] == "textbox" and variable["query"] == CONTROL_URL
+        [link] = [x for x in model["links"] if x["type"] == "link"]
+        assert any(x["type"] == "dashboards" for x in model["links"]), "the usual links stay"
+        panel_links = [x for p in model["panels"] for x in p.get("links", [])]
+        assert panel_links == [link], "the commands table links there too"
+        assert link["url"].startswith("${control_url}" + CONTROL_PATH + "?cabinet=${cabinet")
+        assert link["targetBlank"] and not link["includeVars"]
+        url = link["url"].replace("${control_url}", CONTROL_URL).replace("${cabinet:percentencode}", "C0003")
+        parts = urllib.parse.urlsplit(url)
+        assert f"{parts.scheme}://{parts.netloc}" == CONTROL_URL and parts.path == CONTROL_PATH
+        expected = {"cabinet": ["C0003"]} | ({"lang": ["en"]} if lang == "en" else {})
+        assert urllib.parse.parse_qs(parts.query) == expected, url
+    assert committed["links"][-1]["title"] == "远程控制本柜"
+
+
 def test_docs_describe_every_panel() -> None:
     """Every dashboard and panel is in the docs with its English and Chinese titles and its English
     description verbatim: descriptions quote catalogue thresholds, so a catalogue change that moves them

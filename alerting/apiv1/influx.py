@@ -1,5 +1,7 @@
 """What the third-party API reads from InfluxDB 1.x (InfluxQL over ``/query``): slot readings, a page at a
-time, and counts of alarms by category and level.
+time, counts of alarms by category and level, and the newest ``battery_health`` row of each pack (written
+by ``cascade health analyse``; the health package sits above this layer, so its results are read where it
+stores them).
 
     store = InfluxReader(session_factory, "http://127.0.0.1:8086", "cascade")
     rows = await store.readings(filters, since_ns, until_ns, limit=101, offset=0)
@@ -89,3 +91,16 @@ class InfluxReader:
                 if total:
                     counts[(category, level)] = counts.get((category, level), 0) + total
         return counts
+
+    async def health_packs(self, battery: str | None = None) -> list[dict[str, Any]]:
+        """The newest ``battery_health`` point of each pack (of ``battery`` only, when given): its fields and
+        its ``site`` and ``kind`` tags, ``battery`` and ``time`` (ns)."""
+        where = f" WHERE \"battery\" = '{battery}'" if battery is not None else ""
+        results = await self._query(f'SELECT * FROM "battery_health"{where} GROUP BY "battery" ORDER BY time DESC '
+                                    "LIMIT 1")
+        rows: list[dict[str, Any]] = []
+        for series in results[0].get("series", []) if results else []:
+            tags = series.get("tags") or {}
+            names = series.get("columns", [])
+            rows.extend({**dict(zip(names, values)), **tags} for values in series.get("values", [])[:1])
+        return rows

@@ -17,7 +17,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 __all__ = [
     "MAX_LIMIT", "AlarmCount", "AlarmStats", "AlarmStatsQuery", "Alert", "AlertAck", "AlertPage", "AlertsQuery",
     "AuditEntry", "AuditPage", "CommandEntry", "CommandPage", "Delivery", "DeliveryPage", "ErrorBody", "FusionTerm",
-    "LevelCondition", "LogQuery", "Reading", "ReadingPage", "ReadingsQuery", "RuleThresholds", "ThresholdChange",
+    "HealthPack", "HealthPackPage", "HealthPackPath", "HealthPacksQuery", "LevelCondition", "LogQuery", "Reading",
+    "ReadingPage", "ReadingsQuery", "RuleThresholds", "ThresholdChange",
     "ThresholdList", "ThresholdPath", "TriggerCondition", "TriggerList", "WarningSignal", "WarningSignalAlert",
 ]
 
@@ -102,6 +103,22 @@ class LogQuery(PageQuery):
     """An audit log, oldest first."""
 
 
+Grade = Literal["keep", "restrict", "retire", "unknown"]
+
+
+class HealthPacksQuery(PageQuery):
+    """The newest health analysis of each pack, by battery id."""
+
+    site: Id | None = Field(default=None, description="where the pack was last seen: site (or fleet) id")
+    cabinet: Id | None = Field(default=None, description="where the pack was last seen: cabinet (or vehicle) id")
+    battery: Id | None = Field(default=None, description="one battery id, e.g. B000123")
+    grade: Grade | None = Field(default=None, description="only packs of this grade")
+
+
+class HealthPackPath(_In):
+    battery: Id = Field(description="a battery id", examples=["B000123"])
+
+
 class ThresholdPath(_In):
     rule: Id = Field(description="a rule id of GET /api/v1/rules", examples=["pack_overvoltage"])
     level: Level = Field(examples=[2])
@@ -158,6 +175,56 @@ READING_FIELDS = tuple(name for name in Reading.model_fields if name not in ("ti
 class ReadingPage(_Out):
     items: list[Reading]
     next_cursor: Cursor | None = Field(description="send as ?cursor= for the next page; null on the last page")
+
+
+class HealthPack(_Out):
+    """A pack's health as the newest analysis (``cascade health analyse``, docs/battery-health.md) found it.
+    A value not measured is null; units are in the names."""
+
+    battery: Name
+    analysed_at: datetime = Field(description="the end of the analysed range")
+    last_seen: datetime | None = Field(description="the pack's own last reading")
+    site: Name
+    place: Name = Field(description="the cabinet or vehicle it was last seen in")
+    place_kind: Name | None = Field(description="cabinet or vehicle")
+    slot: int | None
+    grade: Grade = Field(description="keep, restrict (second life / lighter duty), retire, or unknown (too little "
+                                     "data)")
+    limits_crossed: list[Name] = Field(description="ids of the grading limits the pack is past")
+    capacity_ah: float | None = None
+    capacity_sigma_ah: float | None = None
+    capacity_estimates: int | None = None
+    nominal_capacity_ah: float | None = None
+    soh_pct: float | None = None
+    soh_sigma_pct: float | None = None
+    soh_bms_pct: float | None = Field(default=None, description="what the BMS reports")
+    soh_disagrees: bool | None = Field(default=None, description="the BMS's SOH is outside the estimate's band")
+    resistance_mohm: float | None = None
+    resistance_sigma_mohm: float | None = None
+    resistance_steps: int | None = None
+    fade_pct_per_100_cycles: float | None = None
+    cycles: float | None = None
+    equivalent_cycles: float | None = None
+    cycles_to_90: float | None = None
+    cycles_to_80: float | None = None
+    cycles_to_70: float | None = None
+    self_discharge_pct_per_day: float | None = None
+    retention_pct: float | None = None
+    recovery_pct: float | None = None
+    energy_in_kwh: float | None = None
+    energy_out_kwh: float | None = None
+    efficiency_pct: float | None = None
+    charge_sessions: int | None = None
+
+
+#: The measured values of a pack's health, as stored (fields of ``battery_health``, docs/schema.md).
+HEALTH_VALUES = tuple(name for name, info in HealthPack.model_fields.items()
+                      if name != "slot" and info.annotation in (float | None, int | None, bool | None))
+
+
+class HealthPackPage(_Out):
+    items: list[HealthPack]
+    next_cursor: Cursor | None
 
 
 class AlertAck(_Out):
