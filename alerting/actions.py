@@ -78,6 +78,9 @@ CONTROLS: Mapping[str, ControlSpec] = {
     "charge_current_limit": ControlSpec("charge_current_limit", None, slot=False, confirm=True, limits=(0, 65535)),
     "charge_temperature_limit": ControlSpec("charge_temperature_limit", None, slot=False, confirm=True,
                                             limits=(0, 65535)),
+    # The daily charging window, minutes after midnight (Beijing time) at the cabinet.
+    "charge_schedule_start": ControlSpec("charge_schedule_start", None, slot=False, confirm=True, limits=(0, 1439)),
+    "charge_schedule_end": ControlSpec("charge_schedule_end", None, slot=False, confirm=True, limits=(0, 1439)),
 }
 #: The commands an operator may send (starting and stopping charging); the rest are the engineer's.
 CHARGING_COMMANDS = frozenset({"stop_charging", "start_charging"})

@@ -2,8 +2,8 @@
 
 The texts to translate are the English ones in the source: each rule's ``name``, ``description``,
 ``diagnosis``, ``action`` and ``unit`` in ``alerting/catalogue.yaml`` (and the labels of the
-thermal-runaway evidence terms), and every ``tr("...")`` / ``ptr("context", "...")`` call in
-``alerting/`` and ``notifier/``. Babel extracts them (this module is also its extractor for the
+thermal-runaway evidence terms), and every ``tr("...")`` / ``ptr("context", "...")`` / ``N_("...")`` call in
+``alerting/``, ``notifier/``, ``health/`` and the modules of ``_PYTHON_FILES`` (the vehicle commands). Babel extracts them (this module is also its extractor for the
 rule catalogue), merges them into ``locale/<lang>/LC_MESSAGES/cascade.po`` (new texts untranslated,
 removed ones dropped) and compiles each ``.po`` into the ``.mo`` that :mod:`gettext` reads at run time.
 
@@ -39,6 +39,8 @@ KEYWORDS: dict[str, Any] = {"tr": None, "ptr": ((1, "c"), 2), "N_": None}
 #: Rule keys whose text is shown to people.
 RULE_TEXT_KEYS = ("name", "description", "diagnosis", "action")
 _PYTHON_SOURCES = ("alerting", "notifier", "health")
+#: Single modules elsewhere whose texts people read: vehicle command refusals and ``cascade vehicle``.
+_PYTHON_FILES = ("cascade/commands.py", "cascade/vehicle_cli.py")
 # A fixed date keeps the files byte-stable: they change only when a text changes.
 _EPOCH = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
 
@@ -72,6 +74,7 @@ def template_catalog() -> Any:
                       charset="utf-8", fuzzy=False)
     sources: list[tuple[Any, Path]] = [(extract_rules, ROOT / "alerting" / "catalogue.yaml")]
     sources += [("python", path) for package in _PYTHON_SOURCES for path in sorted((ROOT / package).glob("*.py"))]
+    sources += [("python", ROOT / name) for name in _PYTHON_FILES]
     for method, path in sources:
         for lineno, message, comments, context in extract_from_file(
                 method, str(path), keywords=KEYWORDS, comment_tags=("Translators:",), strip_comment_tags=True):

@@ -7,8 +7,11 @@
     cascade alerts actions
     cascade alerts command C0003 stop_charging --slot 5 --reason "pack swollen, on site"   # operator role
 
-Global options (``--url``, ``--token``, ``--json``, ``--language``) go before or after the sub-command.
-Refusals are printed as the server words them, in the language asked for (``Accept-Language``).
+Global options (``--url``, ``--token``, ``--json``, ``--language``, ``--timezone``) go before or after the
+sub-command. Refusals are printed as the server words them, in the language asked for (``Accept-Language``).
+Times are shown in ``--timezone`` (default ``$CASCADE_TIMEZONE``, else Asia/Shanghai: the zone of the SMS and
+app messages, ``notifier.timezone``). With a person's token the token's subject is recorded as who acted:
+``--who`` is then not used, and saying one that differs is warned about on standard error.
 
 ``--url`` (default http://127.0.0.1:9108, the collector's metrics port) names the running
 collector; ``--token`` (default ``$CASCADE_TOKEN``, else ``$CASCADE_API_TOKEN``) is sent as the bearer
@@ -23,10 +26,11 @@ Wiring: ``add_arguments(parser)`` fills a (sub)parser, ``main(args)`` runs the p
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import functools
 import json
 import os
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -36,15 +40,49 @@ from alerting.actions import CONTROLS
 from alerting.i18n import DEFAULT_LANGUAGE, LANGUAGES, N_, AlertTexts
 from core.stackenv import stack_value
 
-__all__ = ["DEFAULT_URL", "add_arguments", "main", "run"]
+__all__ = ["DEFAULT_TIMEZONE", "DEFAULT_URL", "add_arguments", "format_time", "main", "run", "time_zone"]
 
 DEFAULT_URL = "http://127.0.0.1:9108"
+#: The zone CLI times are shown in unless told otherwise: the one the notifier's messages use by default.
+DEFAULT_TIMEZONE = "Asia/Shanghai"
+# China has had one offset and no daylight saving since 1991: usable without a tz database (slim images).
+_CHINA = dt.timezone(dt.timedelta(hours=8), "UTC+08:00")
+_CHINA_NAMES = ("Asia/Shanghai", "PRC", "Asia/Chongqing", "Asia/Harbin", "Asia/Urumqi")
 _LEVEL_NAMES = {1: N_("notice"), 2: N_("warning"), 3: N_("CRITICAL")}
 _texts = AlertTexts(DEFAULT_LANGUAGE)  # set from --language in main()
+_zone: dt.tzinfo = _CHINA  # set from --timezone in main()
 
 
 def tr(msgid: str, /, **values: Any) -> str:
     return _texts.tr(msgid, **values)
+
+
+@functools.cache
+def time_zone(name: str) -> dt.tzinfo:
+    """The zone ``name`` (IANA, or ``UTC``), as the notifier reads ``notifier.timezone``; ValueError when unknown."""
+    if name.upper() == "UTC":
+        return dt.UTC
+    try:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, ImportError):
+        if name in _CHINA_NAMES:
+            return _CHINA
+        raise ValueError(f"unknown time zone {name!r}; give an IANA name such as Asia/Shanghai, or UTC") from None
+
+
+def format_time(t: float, zone: dt.tzinfo) -> str:
+    """Unix seconds as ``2026-12-06 22:04:05`` in ``zone``."""
+    return dt.datetime.fromtimestamp(t, tz=zone).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def zone_argument(value: str) -> str:
+    """argparse type of ``--timezone``: the name, checked."""
+    try:
+        time_zone(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return value
 
 
 class _Refused(Exception):
@@ -70,6 +108,10 @@ def _global_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
                                                       "zh_CN (default) or en (default: $CASCADE_LANGUAGE); the "
                                                       "alerts' diagnosis and action lines stay in the collector's "
                                                       "language (alerting.language)")
+    parser.add_argument("--timezone", type=zone_argument,
+                        default=default(stack_value("CASCADE_TIMEZONE") or DEFAULT_TIMEZONE),
+                        help="time zone of the times shown: an IANA name or UTC (default $CASCADE_TIMEZONE, else "
+                             f"{DEFAULT_TIMEZONE}, the zone of the SMS and app messages)")
     parser.add_argument("--token", default=default(os.environ.get("CASCADE_TOKEN")
                                                    or os.environ.get("CASCADE_API_TOKEN")),
                         help="bearer token sent with every call: your token from the identity provider (or "
@@ -113,9 +155,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     """Run one parsed ``cascade alerts`` command; returns the exit status."""
-    global _texts
+    global _texts, _zone
     out = out or sys.stdout
     _texts = AlertTexts(getattr(args, "language", DEFAULT_LANGUAGE))
+    _zone = time_zone(getattr(args, "timezone", None) or DEFAULT_TIMEZONE)
     base = args.url.rstrip("/")
     token = args.token
     try:
@@ -131,6 +174,7 @@ def main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
             doc = _call("POST", f"{base}/api/alerts/{key}/ack", body, token=token)
             _emit(out, args, doc, lambda d: tr("acknowledged {key} (level {level}) as {who}", key=d["key"],
                                                level=d["level"], who=d["ack"]["who"]))
+            _warn_who(args.who, (doc.get("ack") or {}).get("who"))
         elif args.alerts_command == "set-threshold":
             value: Any = int(args.value) if args.value.is_integer() else args.value
             body = {"value": value, "reason": args.reason, **({"who": args.who} if args.who else {})}
@@ -139,6 +183,7 @@ def main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
             _emit(out, args, doc, lambda d: tr("{rule} level {level}: {old} -> {new} (by {who}: {reason})",
                                                rule=d["rule"], level=d["level"], old=f"{d['old']:g}",
                                                new=f"{d['new']:g}", who=d["who"], reason=d["reason"]))
+            _warn_who(args.who, doc.get("who"))
         elif args.alerts_command == "actions":
             doc = _call("GET", f"{base}/api/actions", token=token)
             _emit(out, args, doc, _format_actions)
@@ -185,6 +230,14 @@ def _call(method: str, url: str, body: Any = None, token: str | None = None) -> 
                 message = err.reason
             raise _Refused(f"{message} (HTTP {err.code})") from None
         raise OSError(f"HTTP {err.code} {err.reason}") from None
+
+
+def _warn_who(asked: str | None, recorded: Any) -> None:
+    """A person's token names who acts (its subject); a ``--who`` that says otherwise was not used: say so."""
+    if asked and isinstance(recorded, str) and recorded.strip() and recorded not in (asked, f"user:{asked}"):
+        print("cascade alerts: " + tr("recorded as {who} (the token's subject); --who {asked} was not used: with a "
+                                      "personal token the token names who acts", who=recorded, asked=asked),
+              file=sys.stderr)
 
 
 def _emit(out: TextIO, args: argparse.Namespace, doc: Any, formatter) -> None:
@@ -240,7 +293,7 @@ def _format_actions(doc: dict[str, Any]) -> str:
 
 
 def _when(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+    return format_time(t, _zone)
 
 
 if __name__ == "__main__":

@@ -225,15 +225,19 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
 
 def _cmd_devices(args: argparse.Namespace) -> int:
     from cascade.vehicles import provision
+    from collectors.vehicles.trust import set_kind
     from core.errors import CascadeError
 
+    prefix = args.prefix or ("G" if args.kind == "gateway" else "V")
     try:
-        paths = provision(args.out, count=args.count, fleet=args.fleet, prefix=args.prefix)
+        paths = provision(args.out, count=args.count, fleet=args.fleet, prefix=prefix)
+        # The kind is what keeps vehicle commands from a BLE gateway before it has ever reported.
+        set_kind(paths["devices"], (f"{prefix}{n:06d}" for n in range(1, args.count + 1)), args.kind)
     except CascadeError as err:
         print(f"cascade: {err}", file=sys.stderr)
         return 2
-    print(f"{args.count} devices of fleet {args.fleet} in {paths['devices']}; broker files {paths['passwd']}, "
-          f"{paths['acl']}")
+    print(f"{args.count} {args.kind} devices of fleet {args.fleet} in {paths['devices']}; broker files "
+          f"{paths['passwd']}, {paths['acl']}")
     return 0
 
 
@@ -372,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_vehicle_cli_arguments(vehicle)
     vehicle.set_defaults(func=_cmd_vehicle)
 
-    devices = sub.add_parser("devices", help="provision vehicle devices: ids, secrets, the broker's passwd and ACL")
+    devices = sub.add_parser("devices", help="provision vehicle and BLE gateway devices: ids, secrets, kinds, the "
+                                             "broker's passwd and ACL")
     devices_sub = devices.add_subparsers(dest="action", metavar="ACTION", required=True)
     prov = devices_sub.add_parser("provision", help="write devices.json, passwd (hashed) and acl for N devices",
                                   description="Add N devices (ids PREFIX000001..) with random secrets to "
@@ -380,7 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
                                               "Mosquitto's password file and ACL next to it.")
     prov.add_argument("--count", type=int, required=True)
     prov.add_argument("--fleet", default="bj", help="the fleet (topic level) of the new devices, default bj")
-    prov.add_argument("--prefix", default="V", help="device id prefix, default V")
+    prov.add_argument("--prefix", default=None, help="device id prefix (default V, G with --kind gateway)")
+    prov.add_argument("--kind", choices=("vehicle", "gateway"), default="vehicle",
+                      help="what the devices are: vehicle (default) or gateway (a BLE gateway: never sent a "
+                           "vehicle command)")
     prov.add_argument("--out", default="var/devices", metavar="DIR")
     prov.set_defaults(func=_cmd_devices)
 

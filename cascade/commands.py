@@ -44,7 +44,7 @@ import aiomqtt
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from alerting.i18n import DEFAULT_LANGUAGE, AlertTexts
+from alerting.i18n import DEFAULT_LANGUAGE, LANGUAGES, N_, AlertTexts, fill
 from alerting.state import SEVERITY, Target, Transition
 from alerting.vehicle_commands import (
     COMMAND_UNACKNOWLEDGED,
@@ -88,12 +88,28 @@ MOVING_FRESH_S = 180.0  # a report older than this says nothing about now
 
 
 class CommandRefused(CascadeError):
-    """A command that is never sent: ``reason`` is ``unknown_vehicle``, ``not_a_vehicle``, ``unknown_command``
-    or ``bad_request``."""
+    """A command that is never sent: ``reason`` (a stable code) is ``unknown_vehicle``, ``not_a_vehicle``,
+    ``unknown_command``, ``vehicle_moving`` or ``bad_request``.
 
-    def __init__(self, problem: str, *, fix: str, reason: str = "bad_request") -> None:
-        super().__init__(problem, fix=fix)
+    ``problem`` and ``fix`` are English texts of the catalogue with ``{placeholders}`` filled from ``values``:
+    ``str()`` is the English message (logs, the API's ``detail``), :meth:`text` the operator's language.
+
+        >>> CommandRefused(N_("unknown command {command}"), fix=N_("use one of {commands}"),
+        ...                command="'x'", commands="arm").text(AlertTexts("en"))
+        "unknown command 'x'. Fix: use one of arm"
+    """
+
+    def __init__(self, problem: str, *, fix: str, reason: str = "bad_request", **values: Any) -> None:
+        super().__init__(fill(problem, problem, values), fix=fill(fix, fix, values))
         self.reason = reason
+        self.msgids = (problem, fix)
+        self.values = values
+
+    def text(self, texts: AlertTexts) -> str:
+        """The refusal in ``texts``' language: what is wrong, then what to do."""
+        problem, fix = self.msgids
+        return texts.tr("{problem}. Fix: {fix}", problem=texts.tr(problem, **self.values),
+                        fix=texts.tr(fix, **self.values))
 
 
 class _Pusher(Protocol):
@@ -220,28 +236,33 @@ class VehicleCommandService:
         """Send ``command`` to ``vehicle`` on behalf of ``who`` (``user:alice``, ``rule:theft@level3``);
         returns its record at once (pending). :class:`CommandRefused` when it cannot be sent at all."""
         if command not in COMMANDS:
-            raise CommandRefused(f"unknown command {command[:40]!r}", fix=f"use one of {', '.join(COMMANDS)}",
-                                 reason="unknown_command")
+            raise CommandRefused(N_("unknown command {command}"), fix=N_("use one of {commands}"),
+                                 reason="unknown_command", command=repr(command[:40]), commands=", ".join(COMMANDS))
         device = self.devices.get(vehicle)
         if device is None:
-            raise CommandRefused(f"vehicle {vehicle[:70]!r} is not a provisioned device",
-                                 fix="check the vehicle id (devices.json, `cascade devices provision`)",
-                                 reason="unknown_vehicle")
-        if vehicle in self.gateways:
-            raise CommandRefused(f"device {vehicle[:70]!r} is a BLE gateway, not a vehicle",
-                                 fix="vehicle commands go to vehicles only; a gateway's packs are switched by the "
-                                     "protective actions (docs/ble-gateway.md)", reason="not_a_vehicle")
+            raise CommandRefused(N_("vehicle {vehicle} is not a provisioned device"),
+                                 fix=N_("check the vehicle id (devices.json, `cascade devices provision`)"),
+                                 reason="unknown_vehicle", vehicle=repr(vehicle[:70]))
+        # A gateway is known from the registry (provisioned as one) or, for an older devices.json, from its
+        # first report: refused either way, never sent a vehicle command.
+        if device.kind == "gateway" or vehicle in self.gateways:
+            raise CommandRefused(N_("device {vehicle} is a BLE gateway, not a vehicle"),
+                                 fix=N_("vehicle commands go to vehicles only; a gateway's packs are switched by the "
+                                        "protective actions (docs/ble-gateway.md)"), reason="not_a_vehicle",
+                                 vehicle=repr(vehicle[:70]))
         if not who or not who.strip():
-            raise CommandRefused("no one named", fix="say who asks (--who NAME, or a token): it is recorded")
+            raise CommandRefused(N_("no one named"), fix=N_("say who asks (--who NAME, or a token): it is recorded"))
         now = self.clock()
         moving_at = self.moving.get(vehicle)
         if command == "arm" and moving_at is not None and now - moving_at <= MOVING_FRESH_S:
-            raise CommandRefused(f"vehicle {vehicle[:70]!r} is moving (its last report)",
-                                 fix="arm a parked vehicle: armed, wheel motion raises the theft alarm and locks the "
-                                     "motor, which on the road would stop the rider", reason="vehicle_moving")
+            raise CommandRefused(N_("vehicle {vehicle} is moving (its last report)"),
+                                 fix=N_("arm a parked vehicle: armed, wheel motion raises the theft alarm and locks "
+                                        "the motor, which on the road would stop the rider"),
+                                 reason="vehicle_moving", vehicle=repr(vehicle[:70]))
         expiry = self.expiry_s if expiry_s is None else expiry_s
         if not 0 < expiry <= 86400:
-            raise CommandRefused(f"expiry {expiry!r} s is out of range", fix="use 1..86400 seconds")
+            raise CommandRefused(N_("expiry {expiry} s is out of range"), fix=N_("use 1..86400 seconds"),
+                                 expiry=repr(expiry))
         record = CommandRecord(id=f"c-{secrets.token_hex(8)}", vehicle=vehicle, fleet=device.fleet, command=command,
                                who=who.strip()[:120], reason=reason[:500], issued_at=now, expires_at=now + expiry,
                                level=level)
@@ -619,35 +640,48 @@ def add_command_routes(app: web.Application, commands: VehicleCommandService, *,
     async def who_may(request: web.Request, permission: str) -> Any:
         return None if auth is None else await auth.require(request, permission)
 
+    def texts_for(request: web.Request) -> AlertTexts:
+        if auth is not None and hasattr(auth, "texts_for"):
+            return auth.texts_for(request)  # type: ignore[no-any-return]
+        wanted = request.headers.get("Accept-Language", "").split(",")[0].split(";")[0].strip().lower()
+        return _TEXTS["en"] if wanted.startswith("en") else _TEXTS["zh_CN"] if wanted.startswith("zh") else \
+            commands.texts
+
     async def issue(request: web.Request) -> web.Response:
         principal = await who_may(request, VEHICLE)
+        texts = texts_for(request)
         if request.headers.get("Content-Type", "").split(";")[0].strip().lower() != "application/json":
-            return _error(415, "send the body as JSON with 'Content-Type: application/json'")
+            return _error(texts, 415, "unsupported_media_type",
+                          N_("send the body as JSON with 'Content-Type: application/json'"))
         origin = request.headers.get("Origin")
         if origin is not None and urllib.parse.urlsplit(origin).netloc != request.host:
-            return _error(403, f"a request from the web page {origin[:100]!r} may not command vehicles")
+            return _error(texts, 403, "cross_origin", N_("a request from the web page {origin} may not command "
+                                                         "vehicles"), origin=repr(origin[:100]))
         try:
             body = await request.json()
         except ValueError:
-            return _error(400, 'the body is not JSON; send {"command": "motor_lock", "who": "alice"}')
+            return _error(texts, 400, "not_json", N_("the body is not JSON; send {example}"),
+                          example='{"command": "motor_lock", "who": "alice"}')
         if not isinstance(body, dict) or not isinstance(body.get("command"), str):
-            return _error(400, 'send {"command": "<one of ' + ", ".join(COMMANDS) + '>"} (and "who" without a token)')
+            return _error(texts, 400, "bad_request", N_("send {example} (and \"who\" without a token)"),
+                          example='{"command": "<one of ' + ", ".join(COMMANDS) + '>"}')
         if body["command"] in POWER_COMMANDS:
             principal = await who_may(request, VEHICLE_POWER)
         subject = str(getattr(principal, "subject", "") or "")
         if not subject and not isinstance(body.get("who"), str):
-            return _error(400, 'say who asks: send {"command": "...", "who": "<your name>"}, or use a token')
+            return _error(texts, 400, "empty_who", N_("say who asks: send {example}, or use a token"),
+                          example='{"command": "...", "who": "<your name>"}')
         try:
             wait_s = min(120.0, max(0.0, float(body.get("wait_s", 0))))
             expiry_s = None if body.get("expiry_s") is None else float(body["expiry_s"])
         except (TypeError, ValueError):
-            return _error(400, "wait_s and expiry_s are numbers of seconds")
+            return _error(texts, 400, "bad_request", N_("wait_s and expiry_s are numbers of seconds"))
         who = (subject or str(body.get("who", ""))).strip()  # a token's subject wins: it is who asked
         try:
             record = commands.issue(request.match_info["vehicle"], body["command"], who=_actor(who) if who else "",
                                     reason=str(body.get("reason", "")), expiry_s=expiry_s)
         except CommandRefused as err:
-            return _error(404 if err.reason == "unknown_vehicle" else 400, str(err), code=err.reason)
+            return _refusal(texts, 404 if err.reason == "unknown_vehicle" else 400, err)
         if wait_s:
             record = await commands.wait(record.id, wait_s)
         return web.json_response(record.to_dict(), status=200 if record.done else 202)
@@ -663,7 +697,7 @@ def add_command_routes(app: web.Application, commands: VehicleCommandService, *,
         try:
             limit = max(1, min(1000, int(request.query.get("limit", "100"))))
         except ValueError:
-            return _error(400, "limit is a whole number")
+            return _error(texts_for(request), 400, "bad_limit", N_("limit is a whole number"))
         found = commands.recent(request.query.get("vehicle"), limit)
         return web.json_response({"commands": [shown(principal, r) for r in found]})
 
@@ -671,7 +705,8 @@ def add_command_routes(app: web.Application, commands: VehicleCommandService, *,
         principal = await who_may(request, READ)
         record = commands.get(request.match_info["id"])
         if record is None:
-            return _error(404, f"no command {request.match_info['id'][:40]!r} in this run's records")
+            return _error(texts_for(request), 404, "unknown_command_id", N_("no command {id} in this run's records"),
+                          id=repr(request.match_info["id"][:40]))
         return web.json_response(shown(principal, record))
 
     app.router.add_post("/api/vehicles/{vehicle}/commands", issue)
@@ -688,5 +723,14 @@ def redact_record(record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "who": None, "reason": None}
 
 
-def _error(status: int, message: str, *, code: str = "bad_request") -> web.Response:
-    return web.json_response({"error": message, "code": code}, status=status)
+_TEXTS = {language: AlertTexts(language) for language in LANGUAGES}
+
+
+def _error(texts: AlertTexts, status: int, code: str, msgid: str, **values: Any) -> web.Response:
+    """A refusal as the alert API words one: the text in the caller's language, the stable code, the English."""
+    return web.json_response({"error": texts.tr(msgid, **values), "code": code,
+                              "detail": _TEXTS["en"].tr(msgid, **values)}, status=status)
+
+
+def _refusal(texts: AlertTexts, status: int, err: CommandRefused) -> web.Response:
+    return web.json_response({"error": err.text(texts), "code": err.reason, "detail": str(err)}, status=status)

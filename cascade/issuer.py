@@ -162,7 +162,7 @@ def add_arguments(sub: Any) -> None:
     token.add_argument("--sub", required=True, help="who the token stands for (recorded as who acted), e.g. alice")
     token.add_argument("--role", action="append", required=True, choices=ROLES,
                        help="a role; repeat for several (viewer, regulator, operator, engineer, admin)")
-    token.add_argument("--ttl", default="8h", help="how long it is valid, e.g. 15m, 8h (default 8h)")
+    token.add_argument("--ttl", default="8h", help="how long it is valid, e.g. 15m, 8h or 30d (default 8h)")
     _common(token)
     token.set_defaults(func=_cmd_token)
 
@@ -188,8 +188,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _cmd_token(args: argparse.Namespace) -> int:
     try:
         ttl = parse_duration(args.ttl)
-    except DurationError as err:
-        print(f"cascade token: --ttl: {err}", file=sys.stderr)
+    except DurationError:
+        ttl = 0.0
+    if not ttl > 0:
+        print(f"cascade token: --ttl {args.ttl!r} is not a duration: give one such as 15m, 8h or 30d (s seconds, "
+              "m minutes, h hours, d days; more than 0)", file=sys.stderr)
         return 2
     issuer = LocalIssuer.load_or_create(args.key, issuer=args.issuer or _default_issuer(), audience=args.audience)
     print(issuer.mint(args.sub, args.role, ttl_s=ttl))

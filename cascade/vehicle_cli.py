@@ -9,10 +9,12 @@ up to ``--wait`` seconds for the vehicle's acknowledgement. With a token (``--to
 the token's subject is recorded as who asked and ``--who`` is not needed (and not used); without one,
 ``--who`` names you (an API without tokens refuses commands anyway). Exit status: 0 acknowledged (read
 back as asked), 1 refused, failed, expired or still pending after the wait, 2 the collector cannot be
-reached or the arguments are wrong. Refusals are printed on standard error in ``--language`` (Simplified
-Chinese by default). ``track`` reads InfluxDB directly (``--influx``, ``--db``; default the running
-stack's) and writes GeoJSON (``-`` or no ``--out``: standard output); a vehicle not in ``--devices`` is
-refused, an empty range says so on standard error.
+reached or the arguments are wrong. What is printed, refusals (on standard error) included, is in
+``--language`` (Simplified Chinese by default) with the stable codes beside the words, times in
+``--timezone`` (Asia/Shanghai by default, the zone of the SMS and app messages); ``--json`` prints the
+server's records as they are. ``track`` reads InfluxDB directly (``--influx``, ``--db``; default the
+running stack's) and writes GeoJSON (``-`` or no ``--out``: standard output); a vehicle not in
+``--devices`` (or a BLE gateway there) is refused, an empty range says so on standard error.
 """
 
 from __future__ import annotations
@@ -28,11 +30,18 @@ import urllib.parse
 import urllib.request
 from typing import Any, TextIO
 
-from alerting.i18n import DEFAULT_LANGUAGE, LANGUAGES, AlertTexts
+from alerting.cli import DEFAULT_TIMEZONE, format_time, time_zone, zone_argument
+from alerting.i18n import DEFAULT_LANGUAGE, LANGUAGES, N_, AlertTexts
+from alerting.vehicle_commands import command_name
 from collectors.vehicles.commands import COMMANDS
 from core.stackenv import stack_value
 
 __all__ = ["add_arguments", "main"]
+
+_STATUS = {"ok": N_("OK"), "failed": N_("FAILED"), "rejected": N_("REJECTED"), "expired": N_("EXPIRED"),
+           "pending": N_("PENDING")}
+_STATE = {"power": N_("power"), "locked": N_("motor locked"), "armed": N_("armed")}
+_YES_NO = {True: N_("yes"), False: N_("no")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,8 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "$CASCADE_TOKEN, else $CASCADE_API_TOKEN)")
         p.add_argument("--json", action="store_true", help="print the server's JSON")
         p.add_argument("--language", default=os.environ.get("CASCADE_LANGUAGE", DEFAULT_LANGUAGE),
-                       choices=sorted(LANGUAGES), help="language of the server's refusals: zh_CN (default) or en "
-                                                       "(default: $CASCADE_LANGUAGE)")
+                       choices=sorted(LANGUAGES), help="language of what is printed and of the server's refusals: "
+                                                       "zh_CN (default) or en (default: $CASCADE_LANGUAGE)")
+        p.add_argument("--timezone", type=zone_argument,
+                       default=stack_value("CASCADE_TIMEZONE") or DEFAULT_TIMEZONE,
+                       help="time zone of the times shown: an IANA name or UTC (default $CASCADE_TIMEZONE, else "
+                            f"{DEFAULT_TIMEZONE}, the zone of the SMS and app messages)")
     lst.add_argument("--vehicle", default=None, help="only this vehicle")
     track = sub.add_parser("track", help="export a vehicle's track (positions over a time range) as GeoJSON",
                            description="Read the positions a vehicle reported between --since and --until from "
@@ -95,12 +108,12 @@ def main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
         if status is None:
             return 2
         if status != 200:
-            _refused("cascade vehicle commands", status, body)
+            _refused(args, "cascade vehicle commands", status, body)
             if args.json:
                 print(json.dumps(body, ensure_ascii=False, indent=1), file=out)
             return 1
         for record in body.get("commands", []) if not args.json else []:
-            print(_line(record), file=out)
+            print(_line(record, _texts(args), args), file=out)
         if args.json:
             print(json.dumps(body, ensure_ascii=False, indent=1), file=out)
         return 0 if status == 200 else 1
@@ -121,9 +134,9 @@ def main(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     if args.json:
         print(json.dumps(body, ensure_ascii=False, indent=1), file=out)
     elif "error" in body:
-        _refused("cascade vehicle command", status, body)
+        _refused(args, "cascade vehicle command", status, body)
     else:
-        print(_line(body), file=out)
+        print(_line(body, _texts(args), args), file=out)
     if args.token and args.who and body.get("who") and body["who"] != f"user:{args.who}":
         print("cascade vehicle command: " + _texts(args).tr(
             "recorded as {who} (the token's subject); --who is not used with a token", who=body["who"]),
@@ -135,19 +148,37 @@ def _texts(args: argparse.Namespace) -> AlertTexts:
     return AlertTexts(getattr(args, "language", DEFAULT_LANGUAGE))
 
 
-def _refused(prog: str, status: int, body: dict[str, Any]) -> None:
+def _refused(args: argparse.Namespace, prog: str, status: int, body: dict[str, Any]) -> None:
     """The server's refusal on standard error, as ``cascade alerts`` prints it: its message (in the
-    language asked for) and the HTTP status."""
+    language asked for), its code and the HTTP status. A missing or unusable token is worded for this
+    command: the server's own hint names no option of ``cascade vehicle``."""
+    code = body.get("code")
     message = body.get("error") or f"HTTP {status}"
-    print(f"{prog}: {message} (HTTP {status})", file=sys.stderr)
+    if code in ("missing_token", "bad_api_token"):
+        power = getattr(args, "command", None) in ("power_on", "power_off")  # cascade.commands.POWER_COMMANDS
+        message = _texts(args).tr(
+            "this needs a person's token: give it with --token TOKEN after the action ({prog} ... --token TOKEN) or "
+            "in $CASCADE_TOKEN; locally `cascade token --role {role} --sub <you>`",
+            prog=prog, role="engineer" if power else "operator")
+    print(f"{prog}: {message}" + (f" [{code}]" if code else "") + f" (HTTP {status})", file=sys.stderr)
 
 
-def _line(record: dict[str, Any]) -> str:
+def _line(record: dict[str, Any], texts: AlertTexts, args: argparse.Namespace) -> str:
+    """One command as people read it: when, which, by whom, how it ended and the vehicle's read-back."""
     state = record.get("state")
-    shown = ", ".join(f"{k}={v}" for k, v in state.items()) if state else "no read-back"
+    shown = texts.tr(", ").join(f"{texts.tr(_STATE.get(k, k))}={texts.tr(_YES_NO[bool(v)])}"
+                                for k, v in state.items()) if state else texts.tr("no read-back")
+    status = str(record.get("status", ""))
     detail = f" ({record['detail']})" if record.get("detail") else ""
-    return (f"{record['id']} {record['fleet']}/{record['vehicle']} {record['command']} by {record.get('who') or '-'}: "
-            f"{record['status'].upper()} after {record['attempts']} attempt(s); {shown}{detail}")
+    zone = time_zone(getattr(args, "timezone", None) or DEFAULT_TIMEZONE)
+    when = format_time(float(record["issued_at"]), zone) + " " if record.get("issued_at") else ""
+    return when + texts.tr("{id} {fleet}/{vehicle} {command} by {who}: {status} after {attempts} attempt(s); {state}",
+                           id=record["id"], fleet=record["fleet"], vehicle=record["vehicle"],
+                           command=texts.tr("{name} ({code})", name=command_name(texts, str(record["command"])),
+                                            code=record["command"]),
+                           who=record.get("who") or "-",
+                           status=texts.tr(_STATUS[status]) if status in _STATUS else status.upper(),
+                           attempts=record["attempts"], state=shown) + detail
 
 
 def _request(args: argparse.Namespace, method: str, path: str, payload: Any = None,
@@ -206,8 +237,9 @@ def _track(args: argparse.Namespace, out: TextIO) -> int:
     else:
         with open(args.out, "w", encoding="utf-8") as f:
             f.write(text + "\n")
-        print(f"{args.vehicle}: {props['points']} points from {props['start']} to {props['end']}, "
-              f"{props['distance_km']} km, written to {args.out}", file=out)
+        print(texts.tr("{vehicle}: {points} points from {start} to {end}, {km} km, written to {file}",
+                       vehicle=args.vehicle, points=props["points"], start=props["start"], end=props["end"],
+                       km=props["distance_km"], file=args.out), file=out)
     return 0
 
 
@@ -222,9 +254,13 @@ def _unknown_vehicle(vehicle: str, devices: str | None, texts: AlertTexts) -> st
         registry = DeviceRegistry.load(devices)
     except CascadeError:
         return ""  # a broken devices file is not this command's business: the query decides
-    if registry.get(vehicle) is None:
+    device = registry.get(vehicle)
+    if device is None:
         return texts.tr("{vehicle} is not a provisioned vehicle (not in {devices}); check the vehicle id, or give "
                         "the devices file with --devices", vehicle=vehicle[:70], devices=devices)
+    if device.kind != "vehicle":
+        return texts.tr("{vehicle} is a BLE gateway, not a vehicle (in {devices}): it has no track; its packs are in "
+                        "the health report", vehicle=vehicle[:70], devices=devices)
     return ""
 
 

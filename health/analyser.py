@@ -40,12 +40,12 @@ __all__ = ["Anchor", "BatteryAnalyser", "BatteryEstimate", "CapacityEstimate", "
 
 @dataclass(frozen=True, slots=True)
 class Place:
-    """Where a reading came from: a cabinet slot or a vehicle (``slot`` None)."""
+    """Where a reading came from: a cabinet slot, a BLE gateway's slot or a vehicle (``slot`` None)."""
 
     site: str
     device: str
     slot: int | None = None
-    kind: str = "cabinet"  # cabinet | vehicle
+    kind: str = "cabinet"  # cabinet | gateway | vehicle
 
 
 @dataclass(frozen=True, slots=True)

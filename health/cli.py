@@ -24,6 +24,7 @@ from core.durations import DurationError, parse_duration
 from core.errors import CascadeError
 from core.i18n import DEFAULT_LANGUAGE, LANGUAGES
 from core.stackenv import stack_value
+from health.grading import LIMITS
 from health.texts import HealthTexts
 
 if TYPE_CHECKING:
@@ -131,6 +132,7 @@ def _analyse(args: argparse.Namespace, store: InfluxStore, now: float, texts: He
 
 
 _GRADE_ORDER = ("keep", "restrict", "retire", "unknown")
+_LIMIT_IDS = frozenset(limit.id for limit in LIMITS)
 _REASON_ORDER = ("full", "stopped", "protection", "removed", "gap", "open")
 
 
@@ -144,8 +146,9 @@ def summary_lines(result: AnalysisResult, texts: HealthTexts) -> list[str]:
     ended = [x for x in _REASON_ORDER if x in reasons] + sorted(set(reasons) - set(_REASON_ORDER))
     lines = [texts.tr("{readings} readings, {batteries} batteries, {sessions} charge sessions ({reasons})",
                       readings=result.readings, batteries=len(result.records), sessions=len(result.sessions),
-                      reasons=texts.tr(", ").join(f"{x} {reasons[x]}" for x in ended) or "-"),
-             texts.tr("grades: {grades}", grades=texts.tr(", ").join(f"{g} {grades[g]}" for g in order) or "-")]
+                      reasons=texts.tr(", ").join(f"{texts.ending(x)} {reasons[x]}" for x in ended) or "-"),
+             texts.tr("grades: {grades}",
+                      grades=texts.tr(", ").join(f"{texts.grade_label(g)} {grades[g]}" for g in order) or "-")]
     if grades.get("unknown"):
         lines.append(texts.tr("  unknown {count}: no capacity measured yet (two SOC anchors of one unbroken charge "
                               "chain, at least 30 % apart, are needed: docs/battery-health.md)",
@@ -156,11 +159,12 @@ def summary_lines(result: AnalysisResult, texts: HealthTexts) -> list[str]:
     lines.append(texts.tr("grade changed since the previous run: {count}", count=len(changed)))
     shown = {r.battery_id for r in changed}
     for r in changed + [r for r in result.records if r.grade in ("restrict", "retire") and r.battery_id not in shown]:
-        before = previous.get(r.battery_id) or "-"
+        before = previous.get(r.battery_id)
         soh = "?" if r.soh_pct is None else f"{r.soh_pct:.1f} %"
+        limits = texts.tr(", ").join(texts.limit(x) if x in _LIMIT_IDS else x for x in r.limits_crossed.split(",") if x)
         lines.append(texts.tr("  {battery}: {grade} (SOH {soh}; {limits}); previous run: {before}",
-                              battery=r.battery_id, before=before, grade=r.grade, soh=soh,
-                              limits=r.limits_crossed or "-"))
+                              battery=r.battery_id, before=texts.grade_label(before) if before else "-",
+                              grade=texts.grade_label(r.grade), soh=soh, limits=limits or "-"))
     return lines
 
 

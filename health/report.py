@@ -26,8 +26,8 @@ class HealthRecord:
 
     battery_id: str
     site: str
-    place: str               # cabinet or vehicle id last seen
-    place_kind: str          # cabinet | vehicle
+    place: str               # cabinet, gateway or vehicle id last seen
+    place_kind: str          # cabinet | gateway | vehicle
     slot: int | None
     grade: str
     limits_crossed: str      # comma-separated ids of health.grading.LIMITS

@@ -4,13 +4,14 @@ write ``charge_session`` and ``battery_health`` points (docs/schema.md) and push
     result = analyse(InfluxStore(url, "cascade"), since_ns, until_ns)          # compute + write
     await push_alerts(result, "http://127.0.0.1:9093", language="zh_CN")       # level 1, operator's app
 
-Readings are read in time windows (``chunk_s``) across ``slot`` (cabinets, BLE gateways) and
-``vehicle_battery`` (vehicles), merged in time order and fed to one :class:`~health.analyser.BatteryAnalyser`
-per ``battery_id``. Re-running a range writes the same points again (same series and timestamps): the
-analysis is idempotent. A pack graded ``restrict`` or ``retire`` raises a level-1 alert (labels as the
-warning engine's: ``alertname`` = ``rule`` = ``battery_restrict`` / ``battery_retire``, ``level`` 1,
-``severity`` notice, ``site``, ``cabinet``, ``slot``, ``battery``), which Alertmanager routes to the
-operator's app; one that was graded so by the previous run and is no longer is resolved.
+Readings are read in time windows (``chunk_s``) across ``slot`` (cabinets, and BLE gateways: the place kind
+``gateway`` for the devices stored as model ``ble-gateway``) and ``vehicle_battery`` (vehicles), merged in
+time order and fed to one :class:`~health.analyser.BatteryAnalyser` per ``battery_id``. Re-running a range
+writes the same points again (same series and timestamps): the analysis is idempotent. A pack graded
+``restrict`` or ``retire`` raises a level-1 alert (labels as the warning engine's: ``alertname`` = ``rule`` =
+``battery_restrict`` / ``battery_retire``, ``level`` 1, ``severity`` notice, ``site``, ``cabinet``, ``slot``,
+``battery``), which Alertmanager routes to the operator's app; one that was graded so by the previous run and
+is no longer is resolved.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import yaml
 
 from core.errors import CascadeError
 from core.events import AlertEvent
-from core.model import Chemistry, SlotReading
+from core.model import BLE_GATEWAY_MODEL, Chemistry, SlotReading
 from exporters.influx.lineprotocol import encode_line
 from exporters.influx.schema import encode_points
 from health.analyser import BatteryAnalyser, CapacityEstimate, ChargeSession, Place, Settings
@@ -124,9 +125,17 @@ def _pack(row: dict[str, Any]) -> SlotReading:
     return SlotReading(slot=int(slot) if slot not in (None, "") else 1, **values)
 
 
+def _gateways(store: InfluxStore) -> frozenset[str]:
+    """The ids of BLE gateways: their readings are ``cabinet`` points of model ``ble-gateway`` (a gateway
+    stores one per report, collectors.ble.wire.to_reading); their packs are ``slot`` points like a cabinet's."""
+    rows = store.rows(f'SHOW TAG VALUES FROM "cabinet" WITH KEY = "cabinet" WHERE "model" = \'{BLE_GATEWAY_MODEL}\'')
+    return frozenset(str(r["value"]) for r in rows if r.get("value"))
+
+
 def _measurement(store: InfluxStore, measurement: str, since_ns: int, until_ns: int,
                  chunk_s: float) -> Iterator[tuple[int, SlotReading, Place]]:
     select = ", ".join(f'"{f}"' for f in _FIELDS)
+    gateways = _gateways(store) if measurement == "slot" else frozenset()
     tags = '"site", "cabinet", "slot"' if measurement == "slot" else '"fleet", "vehicle"'
     start = since_ns
     step = int(chunk_s * 1e9)
@@ -138,9 +147,9 @@ def _measurement(store: InfluxStore, measurement: str, since_ns: int, until_ns: 
             if not row.get("battery_id"):
                 continue
             if measurement == "slot":
-                slot = row.get("slot")
-                place = Place(str(row.get("site") or ""), str(row.get("cabinet") or ""),
-                              int(slot) if slot not in (None, "") else None, "cabinet")
+                slot, device = row.get("slot"), str(row.get("cabinet") or "")
+                place = Place(str(row.get("site") or ""), device, int(slot) if slot not in (None, "") else None,
+                              "gateway" if device in gateways else "cabinet")
             else:
                 place = Place(str(row.get("fleet") or ""), str(row.get("vehicle") or ""), None, "vehicle")
             yield int(row["time"]), _pack(row), place

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from alerting.i18n import N_
 from core.i18n import DEFAULT_LANGUAGE, fill, normalize_language, translations
 from health.grading import LIMITS
 from health.report import HealthRecord
@@ -17,6 +18,11 @@ from health.report import HealthRecord
 __all__ = ["HealthTexts"]
 
 _LIMITS = {limit.id: limit for limit in LIMITS}
+_GRADES = {"keep": N_("keep in service"), "restrict": N_("restrict"), "retire": N_("retire"),
+           "unknown": N_("not graded")}
+#: How a charge session ended (health.analyser.ChargeSession.reason).
+_ENDINGS = {"full": N_("charged full"), "stopped": N_("charging stopped"), "protection": N_("protection cut-off"),
+            "removed": N_("pack removed"), "gap": N_("data gap"), "open": N_("still charging")}
 
 
 class HealthTexts:
@@ -43,12 +49,26 @@ class HealthTexts:
         return texts[limit_id]
 
     def grade(self, grade: str) -> str:
-        return {"keep": self.tr("keep in service"), "restrict": self.tr("restrict"), "retire": self.tr("retire"),
-                "unknown": self.tr("not graded")}[grade]
+        return self.tr(_GRADES[grade]) if grade in _GRADES else grade
+
+    def grade_label(self, grade: str) -> str:
+        """The grade as people say it with its code (``keep``, as in the report and the API) beside it."""
+        return self._labelled(_GRADES.get(grade), grade)
+
+    def ending(self, reason: str) -> str:
+        """How a charge session ended, with its code (``full``, as stored) beside it."""
+        return self._labelled(_ENDINGS.get(reason), reason)
+
+    def _labelled(self, msgid: str | None, code: str) -> str:
+        name = self.tr(msgid) if msgid is not None else code
+        return name if name == code else self.tr("{name} ({code})", name=name, code=code)
 
     def where(self, r: HealthRecord) -> str:
         if r.place_kind == "vehicle":
             return self.tr("{site}/vehicle {vehicle}", site=r.site, vehicle=r.place)
+        if r.place_kind == "gateway":
+            return self.tr("{site}/BLE gateway {gateway} slot {slot}", site=r.site, gateway=r.place,
+                           slot="-" if r.slot is None else r.slot)
         if r.slot is not None:
             return self.tr("{site}/{cabinet} slot {slot}", site=r.site, cabinet=r.place, slot=r.slot)
         return f"{r.site}/{r.place}"

@@ -25,9 +25,11 @@ from typing import Any
 from core.model import BatteryState, BmsProtection, ChargerProtection, Chemistry, EmergencyState
 
 __all__ = [
+    "PARAMETERS",
     "Battery",
     "CabinetState",
     "CellModel",
+    "ChargeLimits",
     "CELLS",
     "NO_RETURN",
     "Runaway",
@@ -225,6 +227,41 @@ class Runaway:
         return self.progress >= 0.9
 
 
+#: The cabinet's charging parameters an engineer sets remotely (the profile's parameter commands), raw
+#: register units: 0.1 A, 0.1 °C, minutes after midnight Beijing time.
+PARAMETERS = ("charge_current_limit", "charge_temperature_limit", "charge_schedule_start", "charge_schedule_end")
+_BEIJING_OFFSET_S = 8 * 3600
+#: Charger cut-offs that stay latched until a fault reset (the water cut-off also while water is detected).
+_LATCHED = (ChargerProtection.FAULT_CUTOFF | ChargerProtection.OVER_CURRENT_CUTOFF
+            | ChargerProtection.OVER_VOLTAGE_CUTOFF | ChargerProtection.OVER_TEMPERATURE_CUTOFF)
+
+
+@dataclass(slots=True)
+class ChargeLimits:
+    """The cabinet-wide charging parameters (raw register values, 0 = not set), shared by its slots:
+    a current limit (0.1 A), a pack temperature at which charging pauses (0.1 °C) and a daily charging
+    window (minutes after midnight Beijing time; start = end: all day; a window may span midnight)."""
+
+    charge_current_limit: int = 0
+    charge_temperature_limit: int = 0
+    charge_schedule_start: int = 0
+    charge_schedule_end: int = 0
+
+    def current_a(self, pack_max_a: float) -> float:
+        """The charging current a pack may take: its own limit, capped by the cabinet's."""
+        return min(pack_max_a, self.charge_current_limit / 10) if self.charge_current_limit else pack_max_a
+
+    def allows(self, temperature_c: float, now: float) -> bool:
+        """Whether a pack at ``temperature_c`` may charge at ``now`` (inside the window, below the limit)."""
+        if self.charge_temperature_limit and temperature_c >= self.charge_temperature_limit / 10:
+            return False
+        start, end = self.charge_schedule_start, self.charge_schedule_end
+        if start == end:
+            return True
+        minute = int((now + _BEIJING_OFFSET_S) % 86400 // 60)
+        return start <= minute < end if start < end else (minute >= start or minute < end)
+
+
 _EMPTY_SLOT: dict[str, Any] = {
     # D-B.2 and D-B.3 fields read as zero when no pack is docked.
     "battery_maker": "", "battery_id": "", "chemistry": 0, "nominal_voltage_v": 0.0, "cell_count": None,
@@ -262,12 +299,15 @@ class SlotState:
     next_event_s: float = math.inf  # next swap: pick-up when full, docking when empty
     surface_c: float = 20.0  # compartment air, tracks ambient when empty
     docks: int = 0  # packs docked since the simulation started (a vendor's swap counter)
+    limits: ChargeLimits = field(default_factory=ChargeLimits)  # the cabinet's, shared by its slots
+    paused: bool = False  # the charger waits: outside the charging window or the pack above the temperature limit
 
     @property
     def energised(self) -> bool:
-        """Charger output reaches the pack: relay closed, no charger cut-off, handshake passed."""
+        """Charger output reaches the pack: relay closed, no charger cut-off, handshake passed, not paused."""
         b = self.battery
-        return b is not None and self.output_enabled and self.charger_protection == 0 and b.handshake_ok
+        return (b is not None and self.output_enabled and self.charger_protection == 0 and b.handshake_ok
+                and not self.paused)
 
     def set_output(self, enabled: bool) -> None:
         """The slot output relay (the ``slot_output`` command): False cuts the slot off."""
@@ -305,6 +345,7 @@ class SlotState:
         b = self.battery
         if b is None:
             return
+        self.paused = not self.limits.allows(b.temperature_c, now)
         self._charge(b, dt, now)
         heat_w = b.resistance_ohm * self.current_a**2 + 0.01 * self.voltage_v * self.current_a
         b.temperature_c += dt * (heat_w / _THERMAL_MASS_J_PER_K - (b.temperature_c - ambient_c) / _COOLING_TAU_S)
@@ -321,9 +362,10 @@ class SlotState:
             self.voltage_v = b.ocv_v()
             return
         ocv, r = b.ocv_v(), b.resistance_ohm
-        cc = b.max_charge_current_a * 0.95
-        current = min(cc, max(0.0, (b.cv_limit_v() - ocv) / r))  # CC until the CV limit, then taper
-        if current < b.nominal_capacity_ah / 20 and not overcharging:
+        cc = self.limits.current_a(b.max_charge_current_a * 0.95)
+        taper = max(0.0, (b.cv_limit_v() - ocv) / r)
+        current = min(cc, taper)  # CC until the CV limit, then taper
+        if taper < b.nominal_capacity_ah / 20 and not overcharging:  # full: the CV taper, not a current limit
             self.full, self.current_a, self.voltage_v = True, 0.0, ocv
             b.soc, self.expected_end_time_s = 1.0, int(now)
             b.charge_count += 1
@@ -450,6 +492,31 @@ class CabinetState:
     overrides: dict[tuple[int | None, str], Any] = field(default_factory=dict)
     unreachable_until: float = 0.0
     unreachable_mode: str = "refuse"  # "refuse": listener closed; "silent": requests unanswered
+    limits: ChargeLimits = field(default_factory=ChargeLimits)  # set remotely (the parameter commands)
+    fault_reset_register: int = 0  # the last value written to the fault reset register (read back)
+
+    def __post_init__(self) -> None:
+        for slot in self.slots:
+            slot.limits = self.limits
+
+    def set_parameter(self, name: str, raw: int) -> bool:
+        """Write a charging parameter (:data:`PARAMETERS`, raw register units); False when out of range."""
+        ranges = {"charge_current_limit": 0xFFFF, "charge_temperature_limit": 1200,
+                  "charge_schedule_start": 1439, "charge_schedule_end": 1439}
+        if name not in ranges or not 0 <= raw <= ranges[name]:
+            return False
+        setattr(self.limits, name, raw)
+        return True
+
+    def reset_faults(self, now: float) -> None:
+        """A fault reset: the device fault code (and a scenario holding one) and the latched charger
+        cut-offs clear; the water cut-off only once the water is gone. The operator's cut-off (the slot
+        relay) and a refused handshake stay: they are not faults."""
+        self.device_fault_code = self.device_fault_code_unmapped = 0
+        self.overrides.pop((None, "device_fault_code"), None)
+        latched = _LATCHED | (0 if self.water_detected else ChargerProtection.WATER_CUTOFF)
+        for slot in self.slots:
+            slot.charger_protection &= ~latched
 
     @classmethod
     def create(cls, cabinet_id: str, site: str, *, index: int, slot_count: int, seed: int, now: float,
@@ -483,6 +550,7 @@ class CabinetState:
                     slot.voltage_v = battery.ocv_v()
                     slot.expected_end_time_s = int(now - slot.rng.uniform(0, 1800))
                     slot.next_event_s = now + slot.rng.uniform(0, 1800)
+            slot.limits = cab.limits
             cab.slots.append(slot)
         charging_w = sum(s.voltage_v * s.current_a for s in cab.slots)
         cab.input_power_w = charging_w / _CHARGER_EFFICIENCY + _STANDBY_W

@@ -28,7 +28,7 @@ from typing import Any
 from collectors.modbus.codec import FLOAT_TYPES, encode_raw, encode_value
 from collectors.modbus.profile import FieldSpec, Profile, unmapped_field
 
-from .cabinet import CabinetState
+from .cabinet import PARAMETERS, CabinetState
 
 __all__ = [
     "CUTOFF_YIELDING_FIELDS",
@@ -181,8 +181,9 @@ class RegisterBank:
                     shared = mapping.get(base + word)
                     together = shared[1] if shared is not None and spec.data_type == "bit" else ()
                     mapping[base + word] = (slot, (*together, spec), word)
-        # Writable addresses: the slot_output command per slot. A command address that is not
-        # also a field still reads back (as the relay state), like a real coil.
+        # Writable addresses: the slot_output command per slot, the cabinet's fault reset and charging
+        # parameters. A command address that is not also a field still reads back: the relay state, the
+        # parameter's value, the fault reset's last write.
         self._commands: dict[tuple[str, int], tuple[str, int | None]] = {}
         for name, cmd in profile.commands.items():
             slots = range(1, slot_count + 1) if cmd.per_slot else [None]
@@ -225,8 +226,8 @@ class RegisterBank:
                 out.append(0)
                 continue
             slot, specs, word = entry
-            if not specs:  # a bare per-slot command: the relay state
-                out.append(1 if slot is not None and cabinet.slots[slot - 1].output_enabled else 0)
+            if not specs:  # a bare command: what it last set
+                out.append(self._command_value(cabinet, register_type, a))
                 continue
             value = 0
             for spec in specs:
@@ -247,6 +248,16 @@ class RegisterBank:
             return [bool(v) for v in out]
         return out
 
+    def _command_value(self, cabinet: CabinetState, register_type: str, address: int) -> int:
+        name, slot = self._commands.get((register_type, address), ("", None))
+        if name == "slot_output":
+            return 1 if slot is not None and cabinet.slots[slot - 1].output_enabled else 0
+        if name == "fault_reset":
+            return cabinet.fault_reset_register
+        if name in PARAMETERS:
+            return int(getattr(cabinet.limits, name))
+        return 0
+
     def write(self, cabinet: CabinetState, register_type: str, address: int,
               values: list[int] | list[bool], now: float) -> str | None:
         """Apply a write; return ``None`` on success or the name of the Modbus exception."""
@@ -255,10 +266,18 @@ class RegisterBank:
             if command is None:
                 return "ILLEGAL_ADDRESS"
             name, slot = command
+            if name in PARAMETERS and slot is None:
+                if not cabinet.set_parameter(name, int(value)):
+                    return "ILLEGAL_VALUE"
+                continue
             if int(value) not in (0, 1):
                 return "ILLEGAL_VALUE"
             if name == "slot_output" and slot is not None:
                 cut_off_slot(cabinet, slot, bool(value), now)
+            elif name == "fault_reset" and slot is None:
+                cabinet.fault_reset_register = int(value)
+                if value:
+                    cabinet.reset_faults(now)
             else:
                 return "ILLEGAL_ADDRESS"  # a command the simulator does not model
         return None

@@ -1045,9 +1045,9 @@ async def run(args: argparse.Namespace) -> int:
     try:
         mqtt_at = _check(args)
         registry = DeviceRegistry.load(args.devices)
-        devices = list(registry)[: args.vehicles]
+        devices = [d for d in registry if d.kind == "vehicle"][: args.vehicles]  # a BLE gateway rides nowhere
         if len(devices) < args.vehicles:
-            raise _StartupError(f"--vehicles {args.vehicles}: {args.devices} has only {len(devices)} devices. "
+            raise _StartupError(f"--vehicles {args.vehicles}: {args.devices} has only {len(devices)} vehicles. "
                                 f"Fix: cascade devices provision --count {args.vehicles}, or fewer --vehicles")
         city = chaoyang()
         fleet_file = Path(args.fleet_file) if args.fleet_file else None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import io
 
+import pytest
+
 from alerting import cli
 
 DOC = {"alerts": [{"key": "over_temperature@site-01/C0003/5", "level": 3, "raised_at": 1_700_000_000.0,
@@ -194,3 +196,52 @@ def test_actions_show_a_dash_for_what_is_missing_or_hidden_never_none(monkeypatc
         assert "None" not in text, text
         assert ("1号仓" in text and "回读 0（-）" in text) if language == "zh_CN" else "slot 1" in text
         assert "has no command 'fault_reset'" in text and "\"profile" not in text
+
+
+# -- second fresh-clone run: times in the messages' zone, --who with a token, the token's --ttl ----------------
+
+
+def test_times_are_shown_in_beijing_time_by_default_and_in_the_zone_asked_for(monkeypatch) -> None:
+    monkeypatch.delenv("CASCADE_TIMEZONE", raising=False)
+    monkeypatch.setenv("TZ", "UTC")  # the machine's own zone does not matter
+    beijing = _run("en", monkeypatch)  # raised_at 1_700_000_000 = 2023-11-14 22:13:20 UTC
+    assert "since 2023-11-15 06:13:20" in beijing
+    assert _parse("list").timezone == "Asia/Shanghai" and _parse("list", "--timezone", "UTC").timezone == "UTC"
+    monkeypatch.setattr(cli, "_call", lambda *a, **k: DOC)
+    out = io.StringIO()
+    assert cli.main(_parse("--language", "en", "list", "--timezone", "UTC"), out=out) == 0
+    assert "since 2023-11-14 22:13:20" in out.getvalue()
+    monkeypatch.setenv("CASCADE_TIMEZONE", "Europe/Berlin")
+    assert _parse("list").timezone == "Europe/Berlin"  # configurable like notifier.timezone
+    with pytest.raises(SystemExit):
+        _parse("list", "--timezone", "Mars/Olympus")
+
+
+def test_who_given_with_a_personal_token_is_warned_about_not_silently_dropped(monkeypatch, capsys) -> None:
+    recorded = {"key": "over_temperature@site-01/C0003/5", "level": 3,
+                "ack": {"who": "alice", "at": 1_700_000_000.0, "comment": ""}}
+    sent: list[dict] = []
+
+    def call(method, url, body=None, token=None):
+        sent.append(body)
+        return recorded
+
+    monkeypatch.setattr(cli, "_call", call)
+    args = _parse("--language", "en", "--token", "T", "ack", recorded["key"], "--who", "bob")
+    assert cli.main(args, out=io.StringIO()) == 0
+    err = capsys.readouterr().err
+    assert "recorded as alice (the token's subject); --who bob was not used" in err
+    assert cli.main(_parse("--token", "T", "ack", recorded["key"], "--who", "alice"), out=io.StringIO()) == 0
+    assert capsys.readouterr().err == ""  # the same person: nothing to say
+    assert cli.main(_parse("--token", "T", "ack", recorded["key"], "--who", "bob"), out=io.StringIO()) == 0
+    assert "记录为 alice（令牌的主体）；未使用 --who bob" in capsys.readouterr().err
+
+
+def test_the_ttl_refusal_says_days_are_accepted(tmp_path, capsys) -> None:
+    from cascade.cli import main as cascade_main
+
+    key = tmp_path / "keys.json"
+    assert cascade_main(["token", "--role", "operator", "--sub", "x", "--ttl", "a month", "--key", str(key)]) == 2
+    err = capsys.readouterr().err
+    assert "--ttl 'a month' is not a duration" in err and "30d" in err and "d days" in err
+    assert cascade_main(["token", "--role", "operator", "--sub", "x", "--ttl", "30d", "--key", str(key)]) == 0

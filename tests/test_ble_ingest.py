@@ -68,7 +68,9 @@ def test_a_gateway_report_is_stored_as_a_cabinet_of_its_packs_with_the_vehicle_c
     assert ingest.metrics.gateway_packs.labels("bj", "V000001")._value.get() == 3
     from exporters.influx.schema import encode_points
     lines, skipped = encode_points([reading])
-    assert skipped == [] and len(lines) == 3 + 3  # a slot point and its extra (MOSFET states) per pack
+    # The gateway's cabinet point (model ble-gateway, extra_packs: how the health report knows a gateway's
+    # packs), then a slot point and its extra (MOSFET states) per pack.
+    assert skipped == [] and len(lines) == 1 + 3 + 3 and lines[0].startswith("cabinet,cabinet=V000001,model=ble-gateway")
     # The same refusals as a vehicle report: a replay, another device's report, another fleet, garbage.
     assert ingest.accept_packs(_report("V000001", 7), transport="mqtt", device="V000001").reason == "duplicate"
     assert ingest.accept_packs(_report("V000002", 1), transport="mqtt", device="V000001").reason == "wrong_device"

@@ -104,6 +104,7 @@ def test_a_corpus_reading_reaches_the_engine_with_cascade_flags() -> None:
     reading = to_reading(report, fleet="bj")
     assert (reading.site, reading.cabinet_id, reading.model, reading.timestamp_ns) == \
         ("bj", "V000001", "ble-gateway", 1_764_990_000_000_000_000)
+    assert reading.extra == {"packs": 1}  # stored as a cabinet point of model ble-gateway: the health report's kind
     slot = reading.slots[0]
     assert slot.slot == 3 and slot.voltage_v == 58.88 and slot.soc_pct == 72.0
     assert slot.bms_protection == BmsProtection.OVER_VOLTAGE | BmsProtection.OVER_CURRENT | BmsProtection.SHORT_CIRCUIT

@@ -12,6 +12,7 @@ import urllib.request
 
 import pytest
 
+from health.analyser import ChargeSession, Place
 from health.cli import main as health_main
 from health.cli import summary_lines
 from health.report import COLUMNS, HealthRecord, read_report_rows
@@ -66,17 +67,26 @@ def _result() -> AnalysisResult:
 
 
 def test_analyse_prints_the_count_per_grade_and_the_packs_that_changed_grade() -> None:
-    en = "\n".join(summary_lines(_result(), HealthTexts("en")))
-    assert "1234 readings, 3 batteries, 0 charge sessions" in en
-    assert "grades: keep 1, retire 1, unknown 1" in en
+    result = _result()
+    place = Place("site-01", "C0001", 1)
+    result.sessions = [ChargeSession("A", place, 1, reason="full"), ChargeSession("A", place, 2, reason="full"),
+                       ChargeSession("B", place, 3, reason="protection")]
+    en = "\n".join(summary_lines(result, HealthTexts("en")))
+    assert "1234 readings, 3 batteries, 3 charge sessions (charged full (full) 2, protection cut-off (protection) 1)" \
+        in en
+    assert "grades: keep in service (keep) 1, retire 1, not graded (unknown) 1" in en
     assert "unknown 1: no capacity measured yet" in en
     assert "grade changed since the previous run: 1" in en
-    assert "  C: keep (SOH 97.0 %; -); previous run: restrict" in en
-    assert "  B: retire (SOH 65.0 %; soh_below_retire); previous run: retire" in en  # restrict/retire: always shown
+    assert "  C: keep in service (keep) (SOH 97.0 %; -); previous run: restrict" in en
+    # restrict/retire: always shown, with the limits crossed in words
+    assert "  B: retire (SOH 65.0 %; SOH below 70 % (D-4.2)); previous run: retire" in en
     assert "  A:" not in en  # never graded: counted as unknown, not listed
-    zh = "\n".join(summary_lines(_result(), HealthTexts()))
-    assert "1234 条读数，3 块电池，0 次充电" in zh and "分级：keep 1，retire 1，unknown 1" in zh
-    assert "与上次分析相比分级有变化：1" in zh and "上次：restrict" in zh
+    # Chinese by default: the grade and ending names too, each with its stable code (as in the report) beside it.
+    zh = "\n".join(summary_lines(result, HealthTexts()))
+    assert "1234 条读数，3 块电池，3 次充电（已充满（full） 2，保护切断（protection） 1）" in zh
+    assert "分级：继续使用（keep） 1，建议退役（retire） 1，未分级（unknown） 1" in zh
+    assert "与上次分析相比分级有变化：1" in zh and "上次：限制使用（restrict）" in zh
+    assert "SOH 低于 70%（D-4.2）" in zh and "keep 1" not in zh and "charged" not in zh
 
 
 def test_time_refusals_are_chinese_by_default_and_english_by_option(capsys) -> None:

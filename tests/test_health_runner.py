@@ -11,11 +11,12 @@ import json
 import urllib.request
 from pathlib import Path
 
-from core.model import CabinetReading, VehicleReading
+from core.model import BLE_GATEWAY_MODEL, CabinetReading, VehicleReading
 from exporters.influx.schema import encode_points
 from health.cli import main as health_main
 from health.runner import InfluxStore, analyse, push_alerts
 from health.synth import PackSpec, simulate
+from health.texts import HealthTexts
 from notifier.messages import compose
 from notifier.webhook import WebhookAlert
 
@@ -121,6 +122,30 @@ def test_analyse_stores_grades_alerts_and_exports_the_report(influxdb, alertmana
     assert sorted(b["battery_id"] for b in doc["batteries"]) == ["KEEP-1", "RESTRICT-1", "RETIRE-1"]
 
 
+def test_a_ble_gateways_packs_are_of_the_kind_gateway(influxdb) -> None:
+    """A gateway's report is stored as slot points under the gateway's id and a cabinet point of model
+    ble-gateway (collectors.ble.wire.to_reading): the report says gateway, not cabinet."""
+    points = []
+    for spec in (PackSpec("GW-PACK-1", seed=21, cabinet="G000001", slot=2, vehicle="V0009", site="bj"),
+                 PackSpec("CAB-PACK-1", seed=22, cabinet="C0001", slot=1, vehicle="V0010")):
+        model = BLE_GATEWAY_MODEL if spec.cabinet.startswith("G") else "reference-cabinet"
+        for t_ns, pack, place in simulate(spec, [0, 1]):
+            if place.kind != "vehicle":
+                points.append(CabinetReading(cabinet_id=place.device, site=place.site, model=model, timestamp_ns=t_ns,
+                                             slots=[pack], extra={"packs": 1} if model == BLE_GATEWAY_MODEL else {}))
+    lines, skipped = encode_points(points)
+    assert not skipped
+    _write(influxdb.url, lines)
+    first, last = min(p.timestamp_ns for p in points), max(p.timestamp_ns for p in points)
+    result = analyse(InfluxStore(influxdb.url, influxdb.database), first, last + 10**9)
+    kinds = {r.battery_id: (r.place, r.place_kind, r.slot) for r in result.records}
+    assert kinds == {"GW-PACK-1": ("G000001", "gateway", 2), "CAB-PACK-1": ("C0001", "cabinet", 1)}
+    stored = influxdb.query('SELECT "grade", "kind" FROM "battery_health" GROUP BY "battery", "kind"')
+    assert {(p["battery"], p["kind"]) for p in stored} >= {("GW-PACK-1", "gateway"), ("CAB-PACK-1", "cabinet")}
+    gateway_pack = next(r for r in result.records if r.battery_id == "GW-PACK-1")
+    assert HealthTexts("en").where(gateway_pack) == "bj/BLE gateway G000001 slot 2"
+
+
 def test_a_pack_no_longer_graded_so_is_resolved(influxdb, alertmanager) -> None:
     lines, first, last = _lines()
     _write(influxdb.url, [line for line in lines if "KEEP-1" in line])
@@ -144,7 +169,7 @@ def test_cascade_health_analyse_command(influxdb, alertmanager, capsys) -> None:
             str((last + 10**9) / 1e9), "--alertmanager", alertmanager.url, "--language", "en"]
     assert cascade_main(argv) == 0
     out = capsys.readouterr().out
-    assert "3 batteries" in out and "keep 1, restrict 1, retire 1" in out
+    assert "3 batteries" in out and "keep in service (keep) 1, restrict 1, retire 1" in out
     assert "RETIRE-1: retire (SOH" in out and "alerts: 2 firing, 0 resolved" in out
     pushed = {a["labels"]["alertname"]: a for a in alertmanager.alerts()}
     assert pushed["battery_retire"]["annotations"]["summary"] == (

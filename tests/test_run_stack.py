@@ -74,3 +74,40 @@ def test_a_backgrounded_stack_stops_on_sigint(tmp_path: Path) -> None:
         for p in services | _descendants(outer.pid):  # never leave a service behind, pass or fail
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
+
+
+def _run_stack(tmp_path: Path, timeout_s: float, **env: str) -> subprocess.CompletedProcess[str]:
+    ports = {name: str(free_port()) for name in ("INFLUX_PORT", "INFLUX_RPC_PORT", "PROM_PORT", "AM_PORT")}
+    full = {**os.environ, **ports, "VAR_DIR": str(tmp_path / "var"), "READY_TIMEOUT": "60", **env}
+    full.pop("CASCADE_RUN_STACK_SIGNALS", None)
+    return subprocess.run(["bash", str(ROOT / "scripts" / "run-stack"), "--services-only"], cwd=tmp_path, env=full,
+                          capture_output=True, text=True, timeout=timeout_s, start_new_session=True)
+
+
+def test_a_port_held_by_an_outgoing_connection_is_taken(tmp_path: Path) -> None:
+    """No listener on it, but the local end of a connection: a service could not bind it, so the
+    start-up check (which binds, as the services do) refuses it and names the variable."""
+    for binary in ("influxd", "prometheus", "prometheus-alertmanager"):
+        require_binary(binary)
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server, socket.socket() as client:
+        client.bind(("127.0.0.1", 0))
+        held = client.getsockname()[1]
+        client.connect(server.getsockname())
+        done = _run_stack(tmp_path, 60, PROM_PORT=str(held))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"port {held} (Prometheus) is already in use" in done.stderr and "set PROM_PORT" in done.stderr
+    assert "started" not in done.stdout, "nothing was started"
+
+
+@pytest.mark.slow
+def test_prometheus_failing_to_start_names_prom_port(tmp_path: Path) -> None:
+    for binary in ("influxd", "prometheus-alertmanager"):
+        require_binary(binary)
+    fake = tmp_path / "prometheus"
+    fake.write_text("#!/bin/sh\necho 'err=\"listen tcp 127.0.0.1:9090: bind: address already in use\"' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    done = _run_stack(tmp_path, 180, PROMETHEUS=str(fake))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "prometheus exited during startup" in done.stderr and "PROM_PORT" in done.stderr, done.stderr

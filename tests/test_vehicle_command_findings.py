@@ -229,15 +229,19 @@ async def test_roles_who_and_a_regulators_view_of_command_records(capsys: pytest
     assert engineer[0] == 202 and engineer[1]["who"] == "user:eng1"
     assert gateway[0] == 202  # not yet known as a gateway (it has not reported since the start)
     assert not_vehicle[0] == 400 and not_vehicle[1]["code"] == "not_a_vehicle"
-    assert "BLE gateway, not a vehicle" in not_vehicle[1]["error"]
+    # The refusal in Chinese by default (no Accept-Language), the stable code beside it, the English as detail.
+    assert "是 BLE 网关，不是车辆" in not_vehicle[1]["error"] and "处理：" in not_vehicle[1]["error"]
+    assert "BLE gateway, not a vehicle" in not_vehicle[1]["detail"]
     by_who = {(r["command"], r["vehicle"]): r for r in regulator["commands"]}
     person = by_who[("arm", "V000001")]
     rule = by_who[("motor_lock", "V000002")]
     assert person["who"] is None and person["reason"] is None  # as /api/actions: null, not "user" / ""
     assert rule["who"] == "rule:wheel_motion_armed@level2" and rule["reason"] == "L2 armed and moving"
     assert listed == 1 and "cascade vehicle commands: " in err and "令牌" in err and "HTTP 401" in err
+    # The hint names this command's own option, not `cascade alerts --token`, and the stable code.
+    assert "cascade vehicle commands ... --token" in err and "cascade alerts" not in err and "[missing_token]" in err
     assert nobody == 2 and "--who" in nobody_err
-    assert with_token == 1 and "by user:op2" in out.getvalue()  # pending after --wait 0: exit 1
+    assert with_token == 1 and "操作人 user:op2" in out.getvalue()  # pending after --wait 0: exit 1
 
 
 # -- 14: vehicle alerts restored after a restart clear on good reports ------------------------------------------

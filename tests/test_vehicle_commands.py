@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import io
 import json
 import time
@@ -287,7 +288,7 @@ async def test_cli_commands_a_simulated_vehicle_through_the_http_api_and_refuses
         def cli(*argv: str) -> tuple[int, str]:
             out = io.StringIO()
             ns = argparse.Namespace(vehicle_command="command", url=url, token=None, json=False, reason="",
-                                    wait=15.0, expiry=None, who="alice")
+                                    wait=15.0, expiry=None, who="alice", language="en", timezone="UTC")
             ns.vehicle, ns.command = argv
             return vehicle_cli(ns, out=out), out.getvalue()
 
@@ -299,9 +300,13 @@ async def test_cli_commands_a_simulated_vehicle_through_the_http_api_and_refuses
                 vehicle_command="commands", url=url, token=None, json=False, vehicle="V000003"), out=listing)
         finally:
             await runner.cleanup()
-    assert status == 0 and "V000003 power_off by user:alice: OK after 1 attempt(s); power=False" in text
+    assert status == 0 and "V000003 power off (power_off) by user:alice: OK after 1 attempt(s); power=no" in text
     assert refused == 1 and "vehicle 'V404' is not a provisioned device" in capsys.readouterr().err
-    assert listed == 0 and "power_off by user:alice: OK" in listing.getvalue()
+    # Without --language: Simplified Chinese, the command's code beside its name, times in Beijing time.
+    shown = listing.getvalue()
+    assert listed == 0 and "断电（power_off），操作人 user:alice：成功，共发送 1 次；电源=否" in shown, shown
+    issued = dt.datetime.strptime(shown[:19], "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.timezone(dt.timedelta(hours=8)))
+    assert abs(issued.timestamp() - time.time()) < 120
     assert controls.vehicles["V000003"].power is False
 
 

@@ -101,7 +101,7 @@ async def test_cli_and_http_api_export_the_same_track(influxdb: InfluxDB, tmp_pa
     said = io.StringIO()
     args = argparse.Namespace(vehicle_command="track", vehicle="V000001", since="2025-12-06T02:59:00Z",
                               until="2025-12-06T03:10:00Z", out=str(out), points=False, influx=influxdb.url,
-                              db=influxdb.database)
+                              db=influxdb.database, language="en")
     assert await asyncio.to_thread(vehicle_cli, args, out=said) == 0
     written = json.loads(out.read_text())
     assert written["properties"]["points"] == 4 and "4 points from 2025-12-06T03:00:00.000Z" in said.getvalue()

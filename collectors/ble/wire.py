@@ -107,7 +107,8 @@ def decode(data: bytes | bytearray | memoryview) -> PackReport:
 
 def to_reading(report: PackReport, *, fleet: str, problems: list[FieldProblem] | None = None) -> CabinetReading:
     """The report as one cabinet reading for the store and the warning engine: ``site`` = fleet,
-    ``cabinet_id`` = gateway, model ``ble-gateway``, one slot per pack at its ``slot``.
+    ``cabinet_id`` = gateway, model ``ble-gateway``, one slot per pack at its ``slot``, and the number of
+    packs as the extra ``packs``.
 
     Each pack's values pass the same checks as a vehicle's battery (``collectors.vehicles.wire``:
     out-of-range values dropped, temperatures and pack voltage past their range kept at the limit);
@@ -137,5 +138,8 @@ def to_reading(report: PackReport, *, fleet: str, problems: list[FieldProblem] |
         if extra:
             slot.extra = extra
         slots[pack.slot] = slot
+    # ``packs`` makes the store keep a ``cabinet`` point (model ``ble-gateway``) for the gateway, which has no
+    # cabinet values of its own: the health report tells its packs from a cabinet's by it.
     return CabinetReading(cabinet_id=report.gateway, site=fleet, model=GATEWAY_MODEL,
-                          timestamp_ns=report.ts * 1_000_000, slots=[slots[n] for n in sorted(slots)])
+                          timestamp_ns=report.ts * 1_000_000, slots=[slots[n] for n in sorted(slots)],
+                          extra={"packs": len(slots)})

@@ -1,8 +1,8 @@
 """Device identity and trust for vehicle ingest: who may report, proof it is them, fresh and once.
 
-* :class:`DeviceRegistry`: the provisioned devices (id, fleet, HMAC secret), from ``devices.json``
-  (written by ``cascade devices provision``, which also writes Mosquitto's password file and ACL).
-  An unknown device is refused.
+* :class:`DeviceRegistry`: the provisioned devices (id, fleet, HMAC secret, kind: ``vehicle`` or
+  ``gateway``), from ``devices.json`` (written by ``cascade devices provision``, which also writes
+  Mosquitto's password file and ACL). An unknown device is refused.
 * :func:`sign` / :func:`verify`: HMAC-SHA256 over ``timestamp \\n nonce \\n body`` for HTTPS posts.
 * :class:`Gate`: per-device freshness, sequence de-duplication (a 64-report window, so a QoS 1
   redelivery or a replayed report is dropped) and a token-bucket rate limit; a few dozen bytes per
@@ -17,18 +17,26 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from core.errors import CascadeError
 from core.validation import Field, Model, validate
 
-__all__ = ["REPLAY_WINDOW_S", "Device", "DeviceRegistry", "Gate", "NonceCache", "sign", "verify"]
+__all__ = ["DEVICE_KINDS", "REPLAY_WINDOW_S", "Device", "DeviceRegistry", "Gate", "NonceCache", "set_kind", "sign",
+           "verify"]
 
 REPLAY_WINDOW_S = 300.0
 """A report or request more than five minutes from the platform's clock is refused (±)."""
+
+
+DEVICE_KINDS = ("vehicle", "gateway")
+"""What a provisioned device is: a vehicle (reports telemetry, takes vehicle commands) or a BLE gateway
+(reports packs; never a vehicle command). A ``devices.json`` entry without ``kind`` is a vehicle."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,12 +44,14 @@ class Device:
     id: str
     fleet: str
     secret: bytes
+    kind: str = "vehicle"
 
 
 class _DeviceEntry(Model):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="device id (the vehicle code)")
     fleet: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="fleet (topic level)")
     secret: str = Field(pattern=r"^[0-9a-f]{32,128}$", description="HMAC key, hex")
+    kind: Literal["vehicle", "gateway"] = Field("vehicle", description="vehicle (default) or gateway (a BLE gateway)")
 
 
 class _DevicesFile(Model):
@@ -71,7 +81,7 @@ class DeviceRegistry:
             raise CascadeError(f"is not JSON: {err}", source=path,
                                fix="regenerate it with `cascade devices provision`") from None
         parsed = validate(_DevicesFile, raw, path)
-        return cls([Device(e.id, e.fleet, bytes.fromhex(e.secret)) for e in parsed.devices])
+        return cls([Device(e.id, e.fleet, bytes.fromhex(e.secret), e.kind) for e in parsed.devices])
 
     def get(self, device_id: str) -> Device | None:
         return self._by_id.get(device_id)
@@ -81,6 +91,28 @@ class DeviceRegistry:
 
     def __iter__(self) -> Iterator[Device]:
         return iter(self._by_id.values())
+
+
+def set_kind(path: str | Path, device_ids: Iterable[str], kind: str) -> int:
+    """Mark ``device_ids`` in ``devices.json`` as ``kind`` (``vehicle`` drops the key: the default); the
+    rest of the file is kept as it is, and so is its mode (it holds secrets). Returns how many changed."""
+    if kind not in DEVICE_KINDS:
+        raise CascadeError(f"unknown device kind {kind!r}", fix=f"use one of {', '.join(DEVICE_KINDS)}")
+    path = Path(path)
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    wanted, changed = set(device_ids), 0
+    for entry in doc.get("devices", []):
+        if entry.get("id") in wanted and entry.get("kind", "vehicle") != kind:
+            if kind == "vehicle":
+                entry.pop("kind", None)
+            else:
+                entry["kind"] = kind
+            changed += 1
+    if changed:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)  # the file exists: its mode (0600) stays
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(doc, indent=1) + "\n")
+    return changed
 
 
 def sign(secret: bytes, timestamp_ms: int, nonce: str, body: bytes) -> str:
