@@ -337,7 +337,8 @@ async def test_protective_action_cuts_slot_off_and_is_audited(tmp_path, simulato
     am = shipped_alertmanager(alertmanager_factory, f"http://127.0.0.1:{free_port()}")
     # Polled once at start only: the readings that matter are fed in below on the engine's clock.
     config = make_config(tmp_path, [CabinetConfig(id=CAB, host="127.0.0.1", port=cab.port, site=SITE,
-                                                  interval_s=3600, timeout_s=1)], influx_url=influxdb.url)
+                                                  interval_s=3600, timeout_s=1, fast_interval_s=None)],
+                         influx_url=influxdb.url)
     pipeline = Pipeline(config)
     service = alert_service_for(pipeline, make_engine(engine_clock, tmp_path), alertmanager_url=am.url,
                            resend_interval_s=30, policy=ActionPolicy(retry_s=0.3))
@@ -396,7 +397,7 @@ async def test_protective_action_cuts_slot_off_and_is_audited(tmp_path, simulato
 
 async def test_start_app_wires_engine_service_and_routes(tmp_path):
     config = make_config(tmp_path, [CabinetConfig(id=CAB, host="127.0.0.1", port=free_port(), site=SITE,
-                                                  interval_s=3600, timeout_s=0.5)])
+                                                  interval_s=3600, timeout_s=0.5, fast_interval_s=None)])
     config.alerting = {"state_file": str(tmp_path / "alerts.json"), "audit_file": str(tmp_path / "audit.jsonl"),
                        "alertmanager_url": None, "actions": {"perform": [], "retry_s": 5}, "api_token": "s3cret"}
     from cascade.app import start_app
@@ -439,7 +440,8 @@ async def test_failed_protective_action_survives_a_restart(tmp_path, engine_cloc
     """A cut-off that could not be written is safety state: after a restart the level-3 alert is
     paged again and the write retried, until it reads back."""
     am = alertmanager_factory("route: {receiver: none}\nreceivers: [{name: none}]\n")
-    dead = CabinetConfig(id=CAB, host="127.0.0.1", port=free_port(), site=SITE, interval_s=3600, timeout_s=0.3)
+    dead = CabinetConfig(id=CAB, host="127.0.0.1", port=free_port(), site=SITE, interval_s=3600, timeout_s=0.3,
+                         fast_interval_s=None)
     path = tmp_path / "alerts-failed-actions.json"
     policy = ActionPolicy(perform=frozenset({"stop_charging", "slot_cutoff"}), retry_s=3600)
     pipeline = Pipeline(make_config(tmp_path, [dead]))
@@ -466,7 +468,8 @@ async def test_an_empty_read_back_is_a_failed_action_and_retries_go_on(tmp_path,
     from tests.fixtures.bad_modbus import empty_read_server
 
     async with empty_read_server() as port:
-        cabinet = CabinetConfig(id=CAB, host="127.0.0.1", port=port, site=SITE, interval_s=3600, timeout_s=0.5)
+        cabinet = CabinetConfig(id=CAB, host="127.0.0.1", port=port, site=SITE, interval_s=3600, timeout_s=0.5,
+                                fast_interval_s=None)
         pipeline = Pipeline(make_config(tmp_path, [cabinet]))
         policy = ActionPolicy(perform=frozenset({"stop_charging", "slot_cutoff"}), retry_s=0.2)
         service = alert_service_for(pipeline, make_engine(engine_clock, tmp_path), alertmanager_url=None, policy=policy)
@@ -486,7 +489,8 @@ async def test_a_relay_that_stays_closed_after_a_cut_off_is_a_failed_action(tmp_
     from tests.fixtures.bad_modbus import stuck_relay_server
 
     async with stuck_relay_server() as port:
-        cabinet = CabinetConfig(id=CAB, host="127.0.0.1", port=port, site=SITE, interval_s=3600, timeout_s=0.5)
+        cabinet = CabinetConfig(id=CAB, host="127.0.0.1", port=port, site=SITE, interval_s=3600, timeout_s=0.5,
+                                fast_interval_s=None)
         pipeline = Pipeline(make_config(tmp_path, [cabinet]))
         policy = ActionPolicy(perform=frozenset({"stop_charging", "slot_cutoff"}), retry_s=0.2)
         service = alert_service_for(pipeline, make_engine(engine_clock, tmp_path), alertmanager_url=None,
@@ -514,7 +518,7 @@ async def test_a_cut_off_cut_short_by_a_crash_is_reissued_at_start(tmp_path, eng
     # ... and the process dies here, before any write. Next start:
     fleet, _server = simulator
     cabinet = CabinetConfig(id=CAB, host="127.0.0.1", port=fleet.cabinets[0].port, site=SITE, interval_s=3600,
-                            timeout_s=1)
+                            timeout_s=1, fast_interval_s=None)
     pipeline = Pipeline(make_config(tmp_path, [cabinet]))
     service = alert_service_for(pipeline, make_engine(engine_clock, tmp_path), alertmanager_url=None,
                            policy=ActionPolicy(perform=frozenset({"slot_cutoff"})))

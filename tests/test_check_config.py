@@ -29,7 +29,9 @@ def test_prints_the_read_plan_per_profile(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "10 reads per poll (minimum 10) for C1, C2" in out
     assert "    input         0 +14  cabinet: " in out and "input_voltage_v" in out
-    assert "commands: slot_output" in out and "protective actions performed: slot_cutoff, stop_charging" in out
+    assert ("commands: charge_current_limit, charge_schedule_end, charge_schedule_start, charge_temperature_limit, "
+            "fault_reset, slot_output") in out
+    assert "protective actions performed: slot_cutoff, stop_charging" in out
 
 
 def test_json_read_plan_lists_every_read_and_field(tmp_path: Path, capsys) -> None:
