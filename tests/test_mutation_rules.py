@@ -324,6 +324,11 @@ BAD_RULES = [
      'hot', 'overrides[0]', "rule 'hot': key 'overrides[0]': level 2 threshold 60 is below level 1 threshold 70; with '>' each higher level needs a higher threshold (after override)"),
     ("override_breaks_order_2", [patched(overrides=[{"model": "m", "levels": {2: 55}}, {"model": "n", "levels": {1: 65}}])],
      'hot', 'overrides[1]', "rule 'hot': key 'overrides[1]': level 2 threshold 60 is below level 1 threshold 65; with '>' each higher level needs a higher threshold (after override)"),
+    # Every (model, chemistry) pair is checked, also after a pair where fewer than two overrides meet.
+    ("overrides_together_after_a_lone_pair", [patched(overrides=[
+        {"model": ["m"], "levels": {1: 58}}, {"chemistry": ["NMC"], "levels": {2: 55}},
+        {"chemistry": ["LFP"], "model": ["zzz"], "levels": {1: 45}}])],
+     'hot', 'overrides[0], overrides[1]', "rule 'hot': key 'overrides[0], overrides[1]': level 2 threshold 55 is below level 1 threshold 58; with '>' each higher level needs a higher threshold (when overrides[0], overrides[1] apply together)"),
     ("clear_for_bad", [patched(clear_for="later")],
      'hot', 'clear_for', "rule 'hot': key 'clear_for': 'later' is not a duration; write e.g. 30s, 2m or 1h"),
     ("read_only_action", [patched(input={"flag": "emergency_state"}, scope="cabinet", action="x", diagnosis="x")],
