@@ -249,10 +249,11 @@ class ActionRunner:
                 record.error = result.error
                 self._write_point(result)
         level = logging.INFO if record.ok else logging.ERROR
-        log.log(level, "%s %s: %s %s=%s on %s/%s slot %s by %s: %s (read back %s)%s",
+        log.log(level, "%s %s: %s %s=%s on %s/%s%s by %s: %s (read back %s)%s",
                 "remote command" if command.by else "protective action", command.action,
                 command.alert or command.reason, command.name, command.value, command.site, command.cabinet,
-                command.slot, command.actor, record.result.upper(), record.readback,
+                "" if command.slot is None else f" slot {command.slot}", command.actor, record.result.upper(),
+                record.readback,
                 f": {record.error}" if record.error else "")
         self.recent.append(record)
         return record

@@ -81,8 +81,8 @@ def add_routes(app: web.Application, service: AlertService, *, token: str | None
                           got=content_type or "none")
         origin = request.headers.get("Origin")
         if origin is not None and urllib.parse.urlsplit(origin).netloc != request.host:
-            return _error(texts, 403, "cross_origin",
-                          N_("a request from the web page '{origin}' may not change alerts; use the API or "
+            return _error(texts, 403, "cross_site",
+                          N_("a request from the web page '{origin}' may not change anything; use the API or "
                              "`cascade alerts` directly"), origin=origin[:100])
         return None
 

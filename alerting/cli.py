@@ -146,7 +146,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                               "parameter (engineer role); written, read back and audited")
     cmd.add_argument("cabinet", help="cabinet id, e.g. C0003")
     cmd.add_argument("name", choices=sorted(CONTROLS), help="what to do")
-    cmd.add_argument("--slot", type=int, help="slot number (start_charging, stop_charging)")
+    cmd.add_argument("--slot", type=int, help="slot number (required by start_charging and stop_charging; "
+                     "optional where the profile defines a command per slot)")
     cmd.add_argument("--value", type=int, help="the value for a parameter, in the profile's raw register units")
     cmd.add_argument("--reason", required=True, help="why (recorded in the audit log)")
     cmd.add_argument("--confirm", action="store_true",

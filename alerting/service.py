@@ -540,10 +540,15 @@ class AlertService:
                                  values={"slot": slot, "cabinet": cabinet, "count": count})
         if spec.value is None:
             low, high = spec.limits
-            if value is None or not low <= value <= high:
+            if value is None:
                 raise ControlRefused(400, N_("{name} needs \"value\": an integer {low}..{high} (raw register units "
                                              "of the cabinet's profile; cascade alerts command: --value N)"),
                                      code="value_missing", values={"name": name, "low": low, "high": high})
+            if not low <= value <= high:
+                raise ControlRefused(400, N_("{name}: value {value} is out of range; send an integer {low}..{high} "
+                                             "(raw register units of the cabinet's profile)"),
+                                     code="value_out_of_range",
+                                     values={"name": name, "value": value, "low": low, "high": high})
         elif value is not None and value != spec.value:
             raise ControlRefused(400, N_("{name} writes {value}; leave \"value\" out"), code="value_not_allowed",
                                  values={"name": name, "value": spec.value})

@@ -129,7 +129,7 @@ async def test_what_the_page_calls_lists_commands_by_role_and_sends_with_confirm
         # Another site's page cannot send it, token or not.
         async with http.post(url, headers={**otto, "Origin": "http://evil.example"},
                              json={"command": "stop_charging", "slot": 2, "reason": "x"}) as resp:
-            assert resp.status == 403 and (await resp.json())["code"] == "cross_origin"
+            assert resp.status == 403 and (await resp.json())["code"] == "cross_site"
         assert cabinet.state.slots[1].output_enabled is True
 
 
