@@ -35,7 +35,9 @@ RUN chmod 0755 /usr/local/bin/cascade-healthcheck \
 #   /var/log/cascade  notifier delivery log (notifier.delivery_log in notifier.yaml)
 
 USER cascade:cascade
-# Prometheus exporter of `cascade run` (see docker-compose.yml).
+# Prometheus exporter and alert API of `cascade run`: HTTPS in docker-compose.yml (metrics.tls in
+# config/config.yaml; the certificate is mounted as a secret at run time, never built in: .dockerignore
+# keeps secrets/ out of the image).
 EXPOSE 9108
 ENTRYPOINT ["cascade"]
 CMD ["run", "--config", "/etc/cascade/config.yaml"]

@@ -177,7 +177,20 @@ def _cmd_notify(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"cascade: notifier configuration error: {err}", file=sys.stderr)
         return 2
-    return _run_async(serve(args.config, args.host, args.port))
+    tls = None
+    if args.tls_cert or args.tls_key:
+        from cascade.config import ConfigError as TlsError
+        from cascade.config import server_tls_context
+        if not (args.tls_cert and args.tls_key):
+            print("cascade: notify: give both --tls-cert and --tls-key (the certificate and its private key)",
+                  file=sys.stderr)
+            return 2
+        try:
+            tls = server_tls_context(args.tls_cert, args.tls_key, source="cascade notify", key="--tls-cert/--tls-key")
+        except TlsError as err:
+            print(f"cascade: notifier TLS error: {err}", file=sys.stderr)
+            return 2
+    return _run_async(serve(args.config, args.host, args.port, ssl_context=tls))
 
 
 def _cmd_inbox(args: argparse.Namespace) -> int:
@@ -327,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     notify.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (0.0.0.0 in containers so Alertmanager can reach it)")
     notify.add_argument("--port", type=int, default=9120)
+    notify.add_argument("--tls-cert", metavar="PEM", default="",
+                        help="server certificate: serve HTTPS only (production compose; docs/security.md)")
+    notify.add_argument("--tls-key", metavar="PEM", default="", help="the certificate's private key")
     notify.set_defaults(func=_cmd_notify)
 
     from cascade.backup import add_arguments as add_backup_arguments

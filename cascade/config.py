@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +50,8 @@ from core.validation import (
 from exporters.influx.sink import InfluxConfig, InfluxConfigError
 
 __all__ = ["ActionsSection", "AlertingSection", "ApiV1Section", "WebhookSubscriber", "AuthSection", "AppConfig", "Cabinet", "CabinetEntry", "ConfigError",
-           "FleetFile", "InfluxSection", "MetricsSection", "PollSection", "RunConfig", "config_reference",
-           "load_config"]
+           "FleetFile", "InfluxSection", "MetricsSection", "PollSection", "RunConfig", "TlsSection",
+           "config_reference", "load_config"]
 
 
 class ConfigError(InputError):
@@ -72,6 +73,7 @@ class AppConfig:
     influxdb: InfluxConfig | None
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9108
+    metrics_tls: TlsSection | None = None  # HTTPS only on the metrics port (metrics.tls; paths resolved)
     jitter: float = 0.1
     backoff_cap_s: float = 60.0
     status_interval_s: float = 10.0
@@ -220,12 +222,23 @@ class PollSection(Model):
         description="the longest wait in seconds between reconnect attempts to a dead cabinet, e.g. 60")
 
 
+class TlsSection(Model):
+    """A listener's server certificate: with it the port speaks HTTPS only (docs/security.md, "TLS in production")."""
+
+    cert_file: PathText = Field(description="the server certificate (PEM, with any intermediates), "
+                                            "e.g. /run/secrets/tls_cert")
+    key_file: PathText = Field(description="its private key (PEM, unencrypted), e.g. /run/secrets/tls_key")
+
+
 class MetricsSection(Model):
     """Where Prometheus /metrics, /health and the alert HTTP API are served."""
 
     host: Text = Field(default="127.0.0.1",
                        description="the address to listen on, e.g. 127.0.0.1 (0.0.0.0 in a container)")
     port: Int = Field(default=9108, ge=0, le=65535, description="a TCP port number (0 = any free port)")
+    tls: TlsSection | None = Field(
+        default=None, json_schema_extra=shown_default("none: plain HTTP"),
+        description="a mapping {cert_file, key_file}: serve HTTPS only (production; docs/security.md)")
 
 
 _INFLUX: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(InfluxConfig)}
@@ -581,10 +594,31 @@ def load_config(path: str | Path) -> AppConfig:
     vehicles = run.vehicles
     if vehicles is not None:
         vehicles = _vehicle_paths(source, vehicles)
+    metrics_tls = run.metrics.tls
+    if metrics_tls is not None:  # loaded by the pipeline before it listens (server_tls_context)
+        metrics_tls = TlsSection(cert_file=str(_relative_to(source, metrics_tls.cert_file)),
+                                 key_file=str(_relative_to(source, metrics_tls.key_file)))
     return AppConfig(source=str(source), cabinets=cabinets, profiles=profiles, influxdb=influx,
-                     metrics_host=run.metrics.host, metrics_port=run.metrics.port, jitter=run.poll.jitter,
+                     metrics_host=run.metrics.host, metrics_port=run.metrics.port, metrics_tls=metrics_tls,
+                     jitter=run.poll.jitter,
                      backoff_cap_s=run.poll.backoff_cap_s, status_interval_s=run.status_interval_s,
                      alerting=alerting, vehicles=vehicles)
+
+
+def server_tls_context(cert_file: str | Path, key_file: str | Path, *, source: str | Path,
+                       key: str) -> ssl.SSLContext:
+    """The TLS context of an HTTPS listener (``web.TCPSite(..., ssl_context=...)``), TLS 1.2 at least. Built
+    before the listener starts, so a missing or mismatched certificate stops the start, naming ``key`` in
+    ``source``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(cert_file), str(key_file))
+    except (OSError, ssl.SSLError) as err:
+        raise ConfigError(source, key, f"cannot load certificate {cert_file} with key {key_file}: {err}",
+                          "name a readable PEM certificate and its private key (scripts/make-certs makes a test "
+                          "pair; docs/security.md, \"TLS in production\")") from err
+    return context
 
 
 def _vehicle_paths(source: Path, vehicles: VehicleSettings) -> VehicleSettings:
@@ -608,6 +642,7 @@ _REFERENCE: tuple[tuple[str, type[BaseModel]], ...] = (
     ("Cabinet keys (`cabinets[]`, fleet files, `defaults`)", Cabinet),
     ("`poll`", PollSection),
     ("`metrics`", MetricsSection),
+    ("`metrics.tls`", TlsSection),
     ("`influxdb`", InfluxSection),
     ("`alerting`", AlertingSection),
     ("`alerting.actions`", ActionsSection),

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
-from cascade.config import AppConfig
+from cascade.config import AppConfig, server_tls_context
 from collectors import build_source
 from core.events import CommandResult, Point, Report
 from core.model import CabinetReading
@@ -101,7 +101,10 @@ class Pipeline:
                     InfluxSink(self.config.influxdb, registry=self.registry))
             self._web = web.AppRunner(self.app, access_log=None)
             await self._web.setup()
-            site = web.TCPSite(self._web, self.config.metrics_host, self.config.metrics_port)
+            tls = self.config.metrics_tls
+            context = None if tls is None else server_tls_context(tls.cert_file, tls.key_file,
+                                                                  source=self.config.source, key="metrics.tls")
+            site = web.TCPSite(self._web, self.config.metrics_host, self.config.metrics_port, ssl_context=context)
             await site.start()
             self.metrics_port = self._web.addresses[0][1]
             self._stack.push_async_callback(self._web.cleanup)
@@ -112,9 +115,9 @@ class Pipeline:
         except BaseException:
             await self._stack.aclose()
             raise
-        log.info("collecting from %d devices (%s); metrics on http://%s:%s/metrics", len(self.online()),
+        log.info("collecting from %d devices (%s); metrics on %s://%s:%s/metrics", len(self.online()),
                  ", ".join(sorted({s.kind for s in self.sources})),
-                 self.config.metrics_host, self.metrics_port)
+                 "https" if self.config.metrics_tls else "http", self.config.metrics_host, self.metrics_port)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

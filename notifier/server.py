@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable
 
@@ -67,14 +68,17 @@ def build_app(config: NotifierConfig, *, session: aiohttp.ClientSession | None =
     return app
 
 
-async def serve(config_path: str, host: str, port: int) -> None:
-    """Load ``config_path`` and serve on ``host:port`` until cancelled (``cascade notify --config``)."""
+async def serve(config_path: str, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None) -> None:
+    """Load ``config_path`` and serve on ``host:port`` until cancelled (``cascade notify --config``).
+
+    With ``ssl_context`` (``--tls-cert``/``--tls-key``) the port speaks HTTPS only."""
     config = load_config(config_path)
     runner = web.AppRunner(build_app(config))
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
-        log.info("notifier listening on %s:%d with receivers %s", host, port, sorted(config.receivers))
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+        log.info("notifier listening on %s://%s:%d with receivers %s", "https" if ssl_context else "http",
+                 host, port, sorted(config.receivers))
         if config.webhook_token is None:
             log.warning("the webhook accepts requests from anyone who can reach %s:%d: set "
                         "notifier.webhook_token_file (and give Alertmanager the same token)", host, port)

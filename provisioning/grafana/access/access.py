@@ -2,7 +2,7 @@
 data sources and dashboard (docs/deployment.md, "Grafana: who sees what").
 
     python access.py --config access.yaml --dashboards /dashboards --datasources datasources.yml \
-        --url http://grafana:3000          # admin user and password from GF_SECURITY_ADMIN_USER / _PASSWORD
+        --url https://grafana:3000         # admin user and password from GF_SECURITY_ADMIN_USER / _PASSWORD
 
 Run by the one-shot compose service ``grafana-access`` after Grafana is healthy. Standard library only
 (it runs in the Cascade image, with PyYAML, or anywhere with Python and PyYAML). ``plan()`` turns the
@@ -44,9 +44,9 @@ class Call:
 
 
 def _expand(value: Any, env: dict[str, str]) -> Any:
-    """``$NAME`` / ``${NAME}`` in strings, as Grafana's provisioning does."""
+    """``$NAME`` / ``${NAME}`` in strings, as Grafana's provisioning does (``$__file{...}``: see :func:`_read_files`)."""
     if isinstance(value, str):
-        return re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: env.get(m.group(1), ""), value)
+        return re.sub(r"\$(?!__)\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: env.get(m.group(1), ""), value)
     if isinstance(value, list):
         return [_expand(v, env) for v in value]
     if isinstance(value, dict):
@@ -85,13 +85,25 @@ def plan(config: dict[str, Any], dashboards: Path, datasources: dict[str, Any], 
     return calls
 
 
+def _read_files(value: Any) -> Any:
+    """``$__file{PATH}`` in strings replaced by the file's text, as Grafana's provisioning does (the CA certificate
+    of the data sources). Read when sending, so ``plan()`` needs no files; a missing file raises ``OSError``."""
+    if isinstance(value, str):
+        return re.sub(r"\$__file\{([^}]*)\}", lambda m: Path(m.group(1)).read_text(encoding="utf-8"), value)
+    if isinstance(value, list):
+        return [_read_files(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _read_files(v) for k, v in value.items()}
+    return value
+
+
 def apply(calls: list[Call], url: str, user: str, password: str) -> None:
     """Send ``calls`` with basic auth as the Grafana admin; raises on an unexpected answer."""
     auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
     org_ids: dict[str, int] = {}
 
     def send(method: str, path: str, body: Any, org: int) -> tuple[int, Any]:
-        data = None if body is None else json.dumps(body).encode()
+        data = None if body is None else json.dumps(_read_files(body)).encode()
         request = urllib.request.Request(url.rstrip("/") + path, data=data, method=method, headers={
             "Authorization": auth, "Content-Type": "application/json", "X-Grafana-Org-Id": str(org)})
         try:
@@ -123,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=here / "access.yaml")
     parser.add_argument("--datasources", type=Path, default=here.parent / "datasources" / "datasources.yml")
     parser.add_argument("--dashboards", type=Path, default=Path("/dashboards"))
-    parser.add_argument("--url", default=os.environ.get("GRAFANA_URL", "http://grafana:3000"))
+    parser.add_argument("--url", default=os.environ.get("GRAFANA_URL", "https://grafana:3000"))
     parser.add_argument("--wait", type=float, default=120.0, help="seconds to wait for Grafana to answer")
     parser.add_argument("--every", type=float, default=0.0,
                         help="apply again every this many seconds (undoes changes made in the UI); 0: once")
