@@ -15,34 +15,19 @@ from cascade.app import start_app
 from collectors.modbus.profile import find_profile
 from core.model import ChargerProtection
 from simulators.cabinet import CabinetState, ChargeLimits, SlotState, make_battery
-from simulators.fleet import build_fleet
 from simulators.register_bank import RegisterBank
-from simulators.server import SimulatorServer
-from tests.fixtures.ports import free_port
-from tests.test_auth_api import CAB, Issuer, auth_for, bearer, make_config
+from tests import test_auth_api
+from tests.test_auth_api import CAB, auth_for, bearer, make_config
 
 pytestmark = pytest.mark.timeout(120)
+
+# The same fixtures as the roles tests: a local issuer and one simulated reference cabinet.
+issuer = test_auth_api.issuer
+cabinet = test_auth_api.cabinet
 
 T0 = 1_764_990_000.0  # 2025-12-06 03:00 UTC = 11:00 Beijing time
 
 
-@pytest.fixture
-async def issuer(tmp_path):
-    served = Issuer(tmp_path / "issuer" / "signing-keys.json")
-    await served.start()
-    yield served
-    await served.stop()
-
-
-@pytest.fixture
-async def cabinet():
-    port = free_port()
-    fleet = build_fleet([("reference-cabinet", find_profile("reference-cabinet"))], cabinets=1, base_port=port,
-                        seed=11)
-    server = SimulatorServer(fleet, control_port=0, timer_s=0.05)
-    await server.start()
-    yield fleet.cabinets[0]
-    await server.stop()
 
 
 async def test_an_engineer_resets_a_fault_and_limits_the_charge_current_with_read_back_and_audit(

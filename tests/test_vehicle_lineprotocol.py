@@ -17,12 +17,12 @@ import math
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from influxdb_client import Point, WritePrecision
 
 from collectors.vehicles import wire
 from core.model import BmsProtection, SlotReading, VehicleReading, describe_flags
 from exporters.influx import schema
 from exporters.influx.lineprotocol import LineProtocolError, TagSetEncoder, TupleEncoder, encode_line
+from tests.test_lineprotocol import _point_line
 
 # -- vehicle_to_lines against encode_line and Point ----------------------------------------------------
 
@@ -92,13 +92,6 @@ def _points(reading: VehicleReading) -> list[tuple[str, dict, dict]]:
     return out
 
 
-def _point_line(measurement: str, tags: dict, fields: dict, ts: int) -> str:
-    point = Point(measurement)
-    for key, value in tags.items():
-        point.tag(key, value)
-    for key, value in fields.items():
-        point.field(key, value)
-    return point.time(ts, WritePrecision.NS).to_line_protocol()
 
 
 def _expected(reading: VehicleReading) -> list[str]:
