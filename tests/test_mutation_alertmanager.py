@@ -28,6 +28,7 @@ class StandIn:
 
     def __init__(self) -> None:
         self.posts: list[list[dict[str, Any]]] = []
+        self.authorizations: list[str | None] = []  # the Authorization header of each POST /alerts
         self.statuses: list[int] = []  # answers for POST /alerts, in turn, then 200
         self.silence_posts: list[dict[str, Any]] = []
         self.silence_status = 200
@@ -41,6 +42,7 @@ class StandIn:
 
     async def _alerts(self, request: web.Request) -> web.Response:
         self.posts.append(await request.json())
+        self.authorizations.append(request.headers.get("Authorization"))
         status = self.statuses.pop(0) if self.statuses else 200
         return web.Response(status=status, text="x" * 300 if status >= 300 else "")
 
@@ -442,6 +444,41 @@ async def test_pushing_goes_on_after_idle_wake_ups_and_a_given_session_stays_ope
         assert not session.closed
         async with session.get(f"{am.url}/api/v2/silences") as resp:
             assert resp.status == 200
+
+
+async def test_a_given_session_is_the_one_that_pushes() -> None:
+    """A session built with what Alertmanager's proxy needs (here a bearer token) carries every push."""
+    async with StandIn() as am, aiohttp.ClientSession(headers={"Authorization": "Bearer am-token"}) as session:
+        async with AlertmanagerPusher(am.url, clock=ManualClock(T0), session=session) as pusher:
+            pusher.fire({"alertname": "a"}, {})
+            await _until(lambda: am.posts)
+        assert am.authorizations == ["Bearer am-token"]
+
+
+async def test_nothing_is_pushed_after_exit() -> None:
+    """The background push stops with the pusher: no re-sends from a pusher the service has closed
+    (its session, given here, stays open, so a push would still reach Alertmanager)."""
+    async with StandIn() as am, aiohttp.ClientSession() as session:
+        pusher = AlertmanagerPusher(am.url, resend_interval_s=0.02, clock=ManualClock(T0), session=session)
+        async with pusher:
+            pusher.fire({"alertname": "a"}, {})
+            await _until(lambda: len(am.posts) >= 2)  # re-sent at least once
+        await asyncio.sleep(0.05)  # a request the exit cut short may still be arriving
+        posted = len(am.posts)
+        await asyncio.sleep(0.2)  # ten re-send intervals
+        assert len(am.posts) == posted
+
+
+async def test_periodic_re_sends_count_as_firing() -> None:
+    registry = CollectorRegistry()
+    async with StandIn() as am:
+        pusher = AlertmanagerPusher(am.url, resend_interval_s=0.02, clock=ManualClock(T0), registry=registry)
+        async with pusher:
+            pusher.fire({"alertname": "a"}, {})
+            await _until(lambda: len(am.posts) >= 3)  # posts go one at a time: the fire and a re-send are counted
+    statuses = {s.labels["status"]: s.value for m in registry.collect() if m.name == "cascade_alert_pushed"
+                for s in m.samples if s.name == "cascade_alert_pushed_total"}
+    assert list(statuses) == ["firing"] and statuses["firing"] >= 2
 
 
 async def test_an_unreadable_silence_list_is_logged(caplog) -> None:

@@ -8,7 +8,15 @@ import struct
 
 import pytest
 
-from collectors.modbus.codec import DecodeError, OverRange, compile_decoder, decode_value, encode_raw, encode_value
+from collectors.modbus.codec import (
+    DecodeError,
+    OverRange,
+    compile_decoder,
+    decode_unmapped,
+    decode_value,
+    encode_raw,
+    encode_value,
+)
 from collectors.modbus.profile import FieldSpec
 
 
@@ -109,6 +117,10 @@ def test_a_value_past_its_range_is_kept_at_the_limit(spec: FieldSpec, words: lis
     (FieldSpec("input_power_w", "input", 0, "u32", missing=0xFFFFFFFF), [0xFFFF, 0xFFFF], None),
     (FieldSpec("input_power_w", "input", 0, "u32", missing=0xFFFFFFFF), [0xFFFF, 0xFFFE], 0xFFFFFFFE),
     (FieldSpec("temperature_c", "input", 0, "i16", offset_value=-40), [65], 25.0),
+    (FieldSpec("input_power_w", "input", 0, "u32", scale=2), [0x0001, 0x0002], 131076.0),  # a scale of 2 applies
+    (FieldSpec("input_power_w", "input", 0, "u32", valid=(0, 1000)), [0, 1000], 1000),  # 32 bits: the limits too
+    (FieldSpec("input_power_w", "input", 0, "i32", valid=(-10, 1000)), [0xFFFF, 0xFFF6], -10),
+    (FieldSpec("temperature_c", "input", 0, "f32", valid=(0, 100)), _f32(100.0), 100.0),
 ])
 def test_good_registers_decode_to_their_value(spec: FieldSpec, words: list[int], value: object) -> None:
     result = _both(spec, words)
@@ -120,6 +132,13 @@ def test_the_reference_decoder_checks_the_register_count() -> None:
     with pytest.raises(DecodeError) as info:
         decode_value(FieldSpec("soc_pct", "input", 0, "u16"), [1, 2])
     assert str(info.value) == "soc_pct: expected 1 registers, got 2"
+
+
+def test_the_unmapped_bits_decoder_checks_the_register_count() -> None:
+    spec = FieldSpec("bms_protection", "input", 0, "u32", bits=((0, "OVER_VOLTAGE"),))
+    with pytest.raises(DecodeError) as info:
+        decode_unmapped(spec, [1])
+    assert str(info.value) == "bms_protection: expected 2 registers, got 1"
 
 
 # -- the simulator's side of the wire ---------------------------------------------------------------

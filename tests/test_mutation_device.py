@@ -2,7 +2,7 @@
 TCP peer on loopback: the requests on the wire (function, address, unit id), the busy retry, what
 each failure is called, and the read-back of a command. Written to kill the mutants `make mutate`
 found alive. The peer is a real TCP server speaking Modbus (like tests/fixtures/bad_modbus.py);
-Cascade's pymodbus client is used as it is in production."""
+Cascade's Modbus TCP link (collectors/modbus/tcp.py) is used as it is in production."""
 
 from __future__ import annotations
 
@@ -57,6 +57,8 @@ class Peer:
     writes_ignored: bool = False
     empty_reads: bool = False
     silent: bool = False  # read every request, answer none (a device that hangs)
+    hang_up: bool = False  # close the connection on the first request, unanswered
+    answer_unit: int | None = None  # answer as this unit id, not the one asked (a gateway mix-up)
     requests: list[tuple[int, int, int, int]] = field(default_factory=list)  # (unit, fc, address, count|value)
     connections: list[asyncio.StreamWriter] = field(default_factory=list)
 
@@ -68,9 +70,12 @@ class Peer:
                 pdu = await reader.readexactly(length - 1)
                 fc, address, arg = pdu[0], *struct.unpack(">HH", pdu[1:5])
                 self.requests.append((unit, fc, address, arg))
+                if self.hang_up:
+                    break
                 if self.silent:
                     continue
                 answer = self._answer(fc, address, arg, pdu)
+                unit = unit if self.answer_unit is None else self.answer_unit
                 writer.write(struct.pack(">HHHB", transaction, 0, len(answer) + 1, unit) + answer)
                 await writer.drain()
         writer.close()
@@ -234,10 +239,13 @@ async def test_a_device_that_does_not_answer_is_asked_once_and_times_out(profile
     peer = Peer(silent=True)
     async with serve(peer):
         cabinet = _cabinet(profile, peer.port, timeout_s=0.2)
+        started = time.monotonic()
         with pytest.raises(PollFailed) as info:
             await cabinet.fetch()
+        elapsed = time.monotonic() - started
         await cabinet.close()
     assert info.value.kind == "timeout" and str(info.value).startswith("no answer to read_input_registers: ")
+    assert 0.2 <= elapsed < 1.5  # the configured timeout, not the link's default of 3 s
     assert peer.requests == [(7, 4, 0, 1)]  # no retry by the client: the runner owns retries
 
 
@@ -247,6 +255,42 @@ async def test_nobody_listening_is_a_connect_failure_naming_the_address(profile:
         await _cabinet(profile, port).fetch()
     assert info.value.kind == "connect"
     assert f"cannot connect to 127.0.0.1:{port}" in str(info.value)
+
+
+async def test_a_refused_connection_is_a_connect_failure_with_the_cause(profile: Profile) -> None:
+    port = free_port()
+    with pytest.raises(PollFailed) as info:
+        await _cabinet(profile, port).fetch()
+    cause = info.value.__cause__
+    assert isinstance(cause, ConnectionRefusedError)
+    assert (info.value.kind, str(info.value)) == ("connect", f"cannot connect to 127.0.0.1:{port}: {cause}")
+
+
+async def test_a_device_that_hangs_up_mid_request_is_a_lost_connection(profile: Profile) -> None:
+    peer = Peer(hang_up=True)
+    async with serve(peer):
+        cabinet = _cabinet(profile, peer.port)
+        with pytest.raises(PollFailed) as info:
+            await cabinet.fetch()
+        await cabinet.close()
+    assert (info.value.kind, str(info.value)) == (
+        "connection", "connection lost during read_input_registers: Modbus Error: [Connection] connection closed "
+                      "by peer")
+    assert peer.requests == [(7, 4, 0, 1)]
+
+
+async def test_an_answer_from_another_unit_is_a_protocol_failure_and_the_link_is_reopened(profile: Profile) -> None:
+    peer = Peer(words={("input", 0): 5}, answer_unit=8)
+    async with serve(peer):
+        cabinet = _cabinet(profile, peer.port)
+        with pytest.raises(PollFailed) as info:
+            await cabinet.fetch()
+        peer.answer_unit = None
+        report = await cabinet.fetch()
+        await cabinet.close()
+    assert (info.value.kind, str(info.value)) == (
+        "protocol", "read_input_registers failed: Modbus Error: answer from unit 8, asked unit 7")
+    assert report.reading.input_voltage_v == 5.0 and len(peer.connections) == 2
 
 
 async def test_a_dropped_connection_is_reopened_on_the_next_poll(profile: Profile) -> None:

@@ -55,6 +55,15 @@ def test_a_directory_that_cannot_be_created_is_refused_with_the_fix(tmp_path: Pa
     assert str(info.value).endswith("; point spool_dir at a writable directory")
 
 
+def test_a_spool_directory_is_created_with_its_missing_parents(tmp_path: Path) -> None:
+    directory = tmp_path / "var" / "cascade" / "spool"
+    with DiskSpool(directory, 1 << 20, fsync=False) as spool:
+        spool.append(_batch("a", 2))
+    assert _segments(directory) == ["0000000001.seg"]
+    with DiskSpool(directory, 1 << 20, fsync=False) as spool:
+        assert spool.peek() == _batch("a", 2)
+
+
 def test_a_fresh_spool_starts_empty_and_an_empty_batch_is_not_stored(tmp_path: Path) -> None:
     with DiskSpool(tmp_path, 1 << 20) as spool:
         assert (spool.spooled_lines, spool.replayed_lines, spool.dropped_lines, spool.torn_batches,
@@ -132,6 +141,43 @@ def test_segments_before_the_cursor_are_removed_at_open_and_other_files_ignored(
     with DiskSpool(tmp_path, 1 << 20, fsync=False) as spool:
         assert spool.peek() == _batch("b", 1) and len(spool) == 1 and spool.torn_batches == 0
     assert "0000000001.seg" not in _segments(tmp_path) and (tmp_path / "notes.seg").exists()
+
+
+def test_stray_seg_files_among_the_segments_hide_none_of_them(tmp_path: Path) -> None:
+    """Files named *.seg that are no segment (an operator's copy, a note) are skipped wherever the
+    directory listing puts them: before, between or after the real segments."""
+    strays = [f"copy-{i}.seg" for i in range(20)]
+    for name in strays[:10]:
+        (tmp_path / name).write_text("not a segment")
+    batches = [_batch(tag, 1) for tag in "abc"]
+    for batch in batches:  # one segment per open
+        with DiskSpool(tmp_path, 1 << 20, fsync=False) as spool:
+            spool.append(batch)
+    for name in strays[10:]:
+        (tmp_path / name).write_text("not a segment")
+    with DiskSpool(tmp_path, 1 << 20, fsync=False) as spool:
+        assert (len(spool), spool.depth_lines, spool.torn_batches) == (3, 3, 0)
+        spool.append(_batch("d", 1))  # after the newest segment, not over one it did not see
+        for batch in [*batches, _batch("d", 1)]:
+            assert spool.peek() == batch
+            spool.commit()
+    assert [n for n in _segments(tmp_path) if not n.startswith("copy-")] == ["0000000004.seg"]
+    assert sorted(n for n in _segments(tmp_path) if n.startswith("copy-")) == sorted(strays)
+
+
+@pytest.mark.parametrize("damaged", [7, 3 | 1 << 31], ids=["bit 2", "bit 31"])
+def test_a_damaged_line_count_in_a_record_header_fails_its_checksum(tmp_path: Path, damaged: int) -> None:
+    """The checksum covers the header's payload length and line count, not only the payload: a record
+    whose line count was damaged (one bit flipped, the top one too) is torn, not read with a wrong count."""
+    with DiskSpool(tmp_path, 1 << 20, fsync=False) as spool:
+        spool.append(_batch("a", 3))
+    segment = tmp_path / "0000000001.seg"
+    data = bytearray(segment.read_bytes())
+    assert data[8:12] == (3).to_bytes(4, "little")
+    data[8:12] = damaged.to_bytes(4, "little")
+    segment.write_bytes(bytes(data))
+    with DiskSpool(tmp_path, 1 << 20, fsync=False) as spool:
+        assert (spool.torn_batches, len(spool), spool.depth_lines) == (1, 0, 0)
 
 
 @pytest.mark.parametrize("cursor", ["garbage\n", "1\n", ""])
