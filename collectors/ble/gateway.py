@@ -861,6 +861,9 @@ def esphome_radio(args: argparse.Namespace) -> Any:
                            fix="pip install -c constraints.txt 'cascade[esphome]'") from None
 
 
+_STOP_TIMEOUT_S = 5.0  # how long run() waits for its tasks after cancelling them
+
+
 async def run(args: argparse.Namespace) -> int:
     """``cascade gateway``: run until SIGINT/SIGTERM; every session closed and the buffer on disk."""
     try:
@@ -888,7 +891,15 @@ async def run(args: argparse.Namespace) -> int:
             await metrics.cleanup()
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Bounded: a task that ignores its cancellation (a client library stuck in a connect) must not keep
+        # the gateway from stopping; it is named in the log and left behind.
+        done, pending = await asyncio.wait(tasks, timeout=_STOP_TIMEOUT_S)
+        for task in done:
+            if not task.cancelled():
+                task.exception()  # retrieved: its error was raised (and logged) by _until already
+        for task in pending:
+            log.error("gateway task %s did not stop within %g s of its cancellation; left behind",
+                      task.get_name(), _STOP_TIMEOUT_S)
         if radio is not None:
             await radio.__aexit__(None, None, None)
         log.info("gateway stopped: %d readings in %d reports; uplink %s", gateway.stats.readings,
