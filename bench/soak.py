@@ -120,6 +120,7 @@ class FaultRecord:
     rejected_values: int | None = None  # values the collector rejected while the fault was on
     am_required: bool = True  # the alert must be seen in Alertmanager too
     needs_am_after: float | None = None  # ... at or after this time (Alertmanager outage)
+    reset_slots: list[int] = field(default_factory=list)  # slots Cascade cut off, closed again on site
 
     @property
     def open(self) -> bool:
@@ -705,7 +706,7 @@ class Soak:
             if resp.status != 201:
                 rec.error = f"simulator refused the scenario: {body}"
                 return
-        rec.injected_at = self.now()
+        rec.injected_at, injected_wall = self.now(), time.time()
         rejected_before = self._rejected()
         await asyncio.sleep(hold_s)
         if before_remove is not None:
@@ -714,9 +715,41 @@ class Soak:
             await resp.read()
         rec.removed_at = self.now()
         rec.rejected_values = self._rejected() - rejected_before
+        await self._site_reset(session, rec, since=injected_wall)
         deadline = time.monotonic() + self.bounds.clear_s + 10
         while rec.open and rec.raised_at is not None and time.monotonic() < deadline:  # nothing raised: failed
             await asyncio.sleep(1)
+
+    async def _site_reset(self, session: Any, rec: FaultRecord, *, since: float) -> None:
+        """The engineer on site, once the fault is gone: closes again every slot relay Cascade opened on
+        the target (its protective actions latch; nothing in Cascade re-enables charging by itself).
+        Without this, a cut-off cabinet keeps its packs uncharged for the rest of the run, and a pack
+        docked nearly empty there raises a true ``soc_low`` long after the fault: a real condition of
+        the fleet, not a false alarm, but one that says nothing about the next fault."""
+        try:
+            actions = (await _get_json(session, f"{self.collector_url}/api/actions?limit=500"))["actions"]
+        except Exception as err:  # noqa: BLE001 - collector restarting: the cut-off stays, the log says so
+            log.warning("site reset of %s: cannot read the collector's actions: %s", rec.target, err)
+            return
+        slots = sorted({int(a["slot"]) for a in actions
+                        if a["cabinet"] == rec.target and a["command"] == "slot_output" and a["value"] == 0
+                        and a["result"] == "ok" and a["slot"] is not None and float(a["at"]) >= since - 1})
+        import yaml
+        for slot in slots:
+            doc = {"name": "site_reset", "description": "The engineer closes the slot relay again on site.",
+                   "target": {"cabinet": rec.target, "slot": slot}, "steps": [{"at": "0s", "output": True}]}
+            async with session.post(f"{self.control_url}/scenarios",
+                                    data=yaml.safe_dump(doc, sort_keys=False).encode()) as resp:
+                body = await resp.json()
+                if resp.status != 201:
+                    log.warning("site reset of %s slot %d refused by the simulator: %s", rec.target, slot, body)
+                    continue
+            async with session.delete(f"{self.control_url}/scenarios/{body['id']}") as resp:
+                await resp.read()
+            rec.reset_slots.append(slot)
+        if rec.reset_slots:
+            log.info("  %6.0f s: site reset of %s: slots %s closed again", self.now(), rec.target,
+                     ",".join(map(str, rec.reset_slots)))
 
     def _rejected(self) -> int:
         """Values rejected while decoding, over every collector run so far."""
@@ -1077,8 +1110,9 @@ def _print(summary: dict[str, Any], out: Path) -> None:
         f = fig[key]
         print(f"  {key:18} min {f['min']!s:>10} median {f['median']!s:>10} max {f['max']!s:>10}")
     print(f"  slot readings offered {t['offered_slot_readings']}, stored {t['stored_slot_points']}; cabinet readings "
-          f"offered {t['offered_cabinet_readings']}, stored {t['stored_cabinet_points']}; polls {t['polls']} of "
-          f"{t['expected_polls']} expected, {t['poll_failures']} failed")
+          f"offered {t['offered_cabinet_readings']}, stored {t['stored_cabinet_points']}; full polls "
+          f"{t['offered_cabinet_readings']} of {t['expected_polls']} expected, {t['polls']} polls with the safety "
+          f"fast lane's, {t['poll_failures']} failed")
     for name, v in summary["verdicts"].items():
         print(f"  {'PASS' if v['pass'] else 'FAIL'}  {name:28} {json.dumps(v['value'], default=str)}  "
               f"(bound {json.dumps(v['bound'], default=str)})")

@@ -43,7 +43,7 @@ _MAX_STEP_S = 10.0
 _MAX_STEPS = 2000
 
 _THERMAL_MASS_J_PER_K = 4000.0  # ~4 kg e-bike pack
-_COOLING_TAU_S = 1800.0  # pack relaxes toward cabinet air with this time constant
+_COOLING_TAU_S = 1200.0  # pack relaxes toward cabinet air (each compartment is fan-ventilated)
 _CHARGER_EFFICIENCY = 0.93
 _STANDBY_W = 60.0  # controller, fans, display
 
