@@ -138,17 +138,35 @@ class CommandRecord:
     status: str = "pending"
     completed_at: float | None = None
     state: dict[str, bool] | None = None  # the device's state after the command (its read-back)
-    detail: str = ""
+    detail: str = ""  # English (logs, audit, the API's ``detail``); the device's own words when it gave some
     _sent_at: float = field(default=0.0, repr=False)
+    # Cascade's own detail as a message id and its values: the API's ``detail_text`` in the caller's language.
+    _detail_id: str = field(default="", repr=False)
+    _detail_values: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def done(self) -> bool:
         return self.status in DONE
 
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        del out["_sent_at"]
+    def to_dict(self, texts: AlertTexts | None = None) -> dict[str, Any]:
+        """The record as the API gives it; with ``texts``, also ``detail_text``: the detail in that language
+        (a device's own words stay as it sent them)."""
+        out = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        if texts is not None:
+            out["detail_text"] = self._detail_in(texts) if self._detail_id else self.detail
         return out
+
+    def set_detail(self, msgid: str, **values: Any) -> None:
+        """Cascade's own detail: English in ``detail``, the message kept for ``detail_text``."""
+        self._detail_id, self._detail_values = msgid, values
+        self.detail = self._detail_in(_TEXTS["en"])
+
+    def _detail_in(self, texts: AlertTexts) -> str:
+        """The detail in ``texts``' language: a state key by its name, a read-back as yes or no."""
+        values = {k: texts.tr(STATE_NAMES[v]) if k == "key" and v in STATE_NAMES
+                  else texts.tr(STATUS_NAMES[v]) if k == "result" and v in STATUS_NAMES
+                  else texts.tr(YES_NO[v]) if isinstance(v, bool) else v for k, v in self._detail_values.items()}
+        return texts.tr(self._detail_id, **values)
 
     def wire(self) -> Command:
         return Command(id=self.id, vehicle=self.vehicle, command=self.command,  # type: ignore[arg-type]
@@ -334,14 +352,22 @@ class VehicleCommandService:
         record.state = state
         key, wanted = EXPECTED_STATE[record.command]
         if ack.result != "ok":
-            status, detail = ack.result, ack.detail or f"the vehicle answered {ack.result}"
+            status = ack.result
+            if ack.detail:
+                record.detail = ack.detail
+            else:
+                record.set_detail(N_("the vehicle answered {result}"), result=ack.result)
         elif state is None or state.get(key) is None:
-            status, detail = "failed", f"acknowledged without a read-back of {key}"
+            status = "failed"
+            record.set_detail(N_("acknowledged without a read-back of {key}"), key=key)
         elif state[key] != wanted:
-            status, detail = "failed", f"acknowledged, but {key} reads back {state[key]} instead of {wanted}"
+            status = "failed"
+            record.set_detail(N_("acknowledged, but {key} reads back {value} instead of {wanted}"), key=key,
+                              value=state[key], wanted=wanted)
         else:
-            status, detail = "ok", ack.detail
-        self._finish(record, status, detail)
+            status = "ok"
+            record.detail = ack.detail or ""
+        self._finish(record, status, record.detail)
         return record
 
     # -- internals ------------------------------------------------------------------------------
@@ -514,7 +540,8 @@ class VehicleCommandService:
                     reported=True, minutes=self.resolve_after_s / 60))
         for record in [r for r in self.records.values() if not r.done]:
             if now >= record.expires_at:
-                self._finish(record, "expired", f"no acknowledgement after {record.attempts} attempt(s)")
+                record.set_detail(N_("no acknowledgement after {attempts} attempt(s)"), attempts=record.attempts)
+                self._finish(record, "expired", record.detail)
             elif record.attempts < self.max_attempts and now - record._sent_at >= self.retry_s:
                 log.info("vehicle command %s %s for %s: no acknowledgement in %.0f s, sending again (%d of %d)",
                          record.id, record.command, record.vehicle, self.retry_s, record.attempts + 1,
@@ -684,10 +711,11 @@ def add_command_routes(app: web.Application, commands: VehicleCommandService, *,
             return _refusal(texts, 404 if err.reason == "unknown_vehicle" else 400, err)
         if wait_s:
             record = await commands.wait(record.id, wait_s)
-        return web.json_response(record.to_dict(), status=200 if record.done else 202)
+        return web.json_response(record.to_dict(texts), status=200 if record.done else 202,
+                                 dumps=_json_dumps)
 
-    def shown(request_principal: Any, record: CommandRecord) -> dict[str, Any]:
-        out = record.to_dict()
+    def shown(request_principal: Any, record: CommandRecord, texts: AlertTexts) -> dict[str, Any]:
+        out = record.to_dict(texts)
         if request_principal is not None and not request_principal.can(READ):  # a regulator: no personal data
             out = redact_record(out)
         return out
@@ -699,7 +727,8 @@ def add_command_routes(app: web.Application, commands: VehicleCommandService, *,
         except ValueError:
             return _error(texts_for(request), 400, "bad_limit", N_("limit is a whole number"))
         found = commands.recent(request.query.get("vehicle"), limit)
-        return web.json_response({"commands": [shown(principal, r) for r in found]})
+        texts = texts_for(request)
+        return web.json_response({"commands": [shown(principal, r, texts) for r in found]}, dumps=_json_dumps)
 
     async def one(request: web.Request) -> web.Response:
         principal = await who_may(request, READ)
@@ -707,7 +736,7 @@ def add_command_routes(app: web.Application, commands: VehicleCommandService, *,
         if record is None:
             return _error(texts_for(request), 404, "unknown_command_id", N_("no command {id} in this run's records"),
                           id=repr(request.match_info["id"][:40]))
-        return web.json_response(shown(principal, record))
+        return web.json_response(shown(principal, record, texts_for(request)), dumps=_json_dumps)
 
     app.router.add_post("/api/vehicles/{vehicle}/commands", issue)
     app.router.add_get("/api/vehicles/commands", listing)
@@ -724,6 +753,15 @@ def redact_record(record: dict[str, Any]) -> dict[str, Any]:
 
 
 _TEXTS = {language: AlertTexts(language) for language in LANGUAGES}
+#: A vehicle's read-back state keys and values as people read them (the CLI's and the API's words).
+STATE_NAMES = {"power": N_("power"), "locked": N_("motor locked"), "armed": N_("armed")}
+YES_NO = {True: N_("yes"), False: N_("no")}
+STATUS_NAMES = {"ok": N_("OK"), "failed": N_("FAILED"), "rejected": N_("REJECTED"), "expired": N_("EXPIRED"),
+                "pending": N_("PENDING")}
+
+
+def _json_dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _error(texts: AlertTexts, status: int, code: str, msgid: str, **values: Any) -> web.Response:

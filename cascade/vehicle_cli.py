@@ -33,15 +33,12 @@ from typing import Any, TextIO
 from alerting.cli import DEFAULT_TIMEZONE, format_time, time_zone, zone_argument
 from alerting.i18n import DEFAULT_LANGUAGE, LANGUAGES, N_, AlertTexts
 from alerting.vehicle_commands import command_name
+from cascade.commands import STATE_NAMES, STATUS_NAMES, YES_NO
 from collectors.vehicles.commands import COMMANDS
 from core.stackenv import stack_value
 
 __all__ = ["add_arguments", "main"]
 
-_STATUS = {"ok": N_("OK"), "failed": N_("FAILED"), "rejected": N_("REJECTED"), "expired": N_("EXPIRED"),
-           "pending": N_("PENDING")}
-_STATE = {"power": N_("power"), "locked": N_("motor locked"), "armed": N_("armed")}
-_YES_NO = {True: N_("yes"), False: N_("no")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -166,10 +163,11 @@ def _refused(args: argparse.Namespace, prog: str, status: int, body: dict[str, A
 def _line(record: dict[str, Any], texts: AlertTexts, args: argparse.Namespace) -> str:
     """One command as people read it: when, which, by whom, how it ended and the vehicle's read-back."""
     state = record.get("state")
-    shown = texts.tr(", ").join(f"{texts.tr(_STATE.get(k, k))}={texts.tr(_YES_NO[bool(v)])}"
+    shown = texts.tr(", ").join(f"{texts.tr(STATE_NAMES.get(k, k))}={texts.tr(YES_NO[bool(v)])}"
                                 for k, v in state.items()) if state else texts.tr("no read-back")
     status = str(record.get("status", ""))
-    detail = f" ({record['detail']})" if record.get("detail") else ""
+    said = record.get("detail_text") or record.get("detail")  # detail_text: in the language asked for
+    detail = f" ({said})" if said else ""
     zone = time_zone(getattr(args, "timezone", None) or DEFAULT_TIMEZONE)
     when = format_time(float(record["issued_at"]), zone) + " " if record.get("issued_at") else ""
     return when + texts.tr("{id} {fleet}/{vehicle} {command} by {who}: {status} after {attempts} attempt(s); {state}",
@@ -177,7 +175,7 @@ def _line(record: dict[str, Any], texts: AlertTexts, args: argparse.Namespace) -
                            command=texts.tr("{name} ({code})", name=command_name(texts, str(record["command"])),
                                             code=record["command"]),
                            who=record.get("who") or "-",
-                           status=texts.tr(_STATUS[status]) if status in _STATUS else status.upper(),
+                           status=texts.tr(STATUS_NAMES[status]) if status in STATUS_NAMES else status.upper(),
                            attempts=record["attempts"], state=shown) + detail
 
 

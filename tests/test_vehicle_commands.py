@@ -24,6 +24,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from alerting.alertmanager import AlertmanagerPusher
+from alerting.i18n import AlertTexts
 from alerting.state import Target, Transition
 from alerting.vehicle_commands import COMMAND_UNACKNOWLEDGED
 from cascade.commands import CommandRefused, VehicleCommandService, add_command_routes, forward_vehicle_commands
@@ -182,7 +183,10 @@ async def test_an_acknowledgement_that_reads_back_another_state_is_a_failed_comm
                 id=record.id, vehicle="V000004", result="ok", ts=int(time.time() * 1000),
                 state=DeviceState(power=True))), qos=1)
             done = await service.wait(record.id, 10)
-    assert done.status == "failed" and "power reads back True instead of False" in done.detail
+    assert done.status == "failed" and "power reads back yes instead of no" in done.detail
+    # People read the detail in their language (the API's detail_text, the CLI's line); detail stays English.
+    assert done.to_dict(AlertTexts("zh_CN"))["detail_text"] == "已确认，但电源回读为是，应为否"
+    assert done.to_dict(AlertTexts("en"))["detail_text"] == done.detail == done.to_dict()["detail"]
     assert [p.ok for p in points if isinstance(p, CommandResult)] == [False]
 
 
