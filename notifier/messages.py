@@ -61,8 +61,14 @@ def compose(alert: WebhookAlert, language: str, tz: dt.tzinfo) -> dict[str, str]
     place = _place(t, labels)
     head = headline(notes.get("summary", ""), labels) or labels.get("alertname", "")
     battery = labels.get("battery", "")
-    with_battery = t.ptr("message", ", battery {battery}", battery=battery) if battery else ""
     action = notes.get("action", "").strip()
+    # The battery by its id once: after the headline, unless the action (said in the same message) names it.
+    with_battery = (t.ptr("message", ", battery {battery}", battery=battery)
+                    if battery and (resolved or battery not in action) else "")
+    if battery and labels.get("vehicle") and labels.get("slot"):
+        # A vehicle's pack named by its id: the place is the vehicle ("bj/V1号车 电池温度过高 72 °C，电池
+        # LFP48-…", not "bj/V1号车 电池 电池温度过高 72 °C，电池 LFP48-…").
+        place = t.tr("{fleet}/{vehicle} vehicle", fleet=labels.get("site", ""), vehicle=labels["vehicle"])
     diagnosis = notes.get("diagnosis", "").strip()
     when = alert.ends_at if resolved else alert.starts_at
     time = format_time(when, t, tz)

@@ -97,7 +97,8 @@ def test_analyse_stores_grades_alerts_and_exports_the_report(influxdb, alertmana
     app = compose(WebhookAlert("firing", retire["labels"], retire["annotations"], "", retire["startsAt"], "", ""),
                   "zh_CN", dt.UTC)
     assert app["title"] == "一级预警：site-02/C0002 1号仓"
-    assert app["text"].startswith("电池分级 建议退役：SOH 低于 70%（D-4.2），电池 RETIRE-1\n实测容量 ")
+    assert app["text"].startswith("电池分级 建议退役：SOH 低于 70%（D-4.2）\n实测容量 ")  # the action names it
+    assert app["text"].count("RETIRE-1") == 1
     assert "下次换电时退出运营" in app["text"]
 
     # Idempotent: the same range again writes the same points and raises nothing new.

@@ -200,7 +200,8 @@ rules:
 def test_level_3_thermal_page_in_chinese_and_english():
     rule = CATALOGUE["over_temperature"]
     zh = compose(_alert(rule, 3, _annotations(rule, 3, "zh_CN", 85.23)), "zh_CN", SHANGHAI)
-    assert zh["sms"] == ("三级预警：site-01/C0003 5号仓 电池温度过高 85.2 °C，电池 NM48-TEST0001。"
+    # The battery once: the action names it, so the headline does not.
+    assert zh["sms"] == ("三级预警：site-01/C0003 5号仓 电池温度过高 85.2 °C。"
                          "切断该仓输出，人员远离，检查电池 NM48-TEST0001。（12月6日 22:04）")
     assert zh["voice"] == "电池安全三级预警。site-01，C0003号柜，5号仓，电池温度过高，85.2摄氏度。请立即处置，详情见短信。"
     assert zh["title"] == "三级预警：site-01/C0003 5号仓"
@@ -209,9 +210,8 @@ def test_level_3_thermal_page_in_chinese_and_english():
     assert (zh["level"], zh["status"], zh["time"], zh["language"]) == ("三级预警", "告警中", "12月6日 22:04", "zh_CN")
 
     en = compose(_alert(rule, 3, _annotations(rule, 3, "en", 85.23)), "en", SHANGHAI)
-    assert en["sms"] == ("Level 3 critical at site-01/C0003 slot 5: Battery over-temperature 85.2 °C, battery "
-                         "NM48-TEST0001. Cut off the slot, keep staff clear, inspect battery NM48-TEST0001. "
-                         "(12-06 22:04)")
+    assert en["sms"] == ("Level 3 critical at site-01/C0003 slot 5: Battery over-temperature 85.2 °C. "
+                         "Cut off the slot, keep staff clear, inspect battery NM48-TEST0001. (12-06 22:04)")
     assert en["voice"] == ("Battery safety alert, Level 3 critical. site-01, cabinet C0003, slot 5. "
                            "Battery over-temperature, 85.2 degrees Celsius. Act now. Details follow by SMS.")
     assert en["subject"] == "[Cascade] Level 3 critical: Battery over-temperature 85.2 °C at site-01/C0003 slot 5"
@@ -343,8 +343,8 @@ async def test_each_recipient_gets_the_page_in_its_own_language(provider, start_
     assert status == 200
     await notifier.drain()
     texts = {r.form()["to"]: r.form()["text"] for r in provider.on("/sms")}
-    assert texts["+100"].startswith("三级预警：site-01/C0003 5号仓 电池温度过高 85.2 °C，电池 NM48-TEST0001。")
+    assert texts["+100"].startswith("三级预警：site-01/C0003 5号仓 电池温度过高 85.2 °C。")
     # English framing; the alert's own words come in the collector's language (alerting language).
-    assert texts["+200"].startswith("Level 3 critical at site-01/C0003 slot 5: 电池温度过高 85.2 °C, battery ")
+    assert texts["+200"].startswith("Level 3 critical at site-01/C0003 slot 5: 电池温度过高 85.2 °C. 切断该仓输出")
     (voice,) = provider.on("/voice/%2B100")
     assert voice.body.decode().startswith("Battery safety alert, Level 3 critical. site-01, cabinet C0003, slot 5.")

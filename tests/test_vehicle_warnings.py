@@ -100,6 +100,9 @@ async def test_a_hot_pack_in_a_vehicle_raises_the_same_rule_through_cascade_run(
     messages = compose(alert, "zh_CN", dt.UTC)
     assert "V000002号车" in messages["voice"] and messages["voice"].count("V000002") == 1
     assert "仓" not in messages["sms"]
+    # The pack is named once, by its id (here in the action), not also as "the vehicle's battery" before it.
+    assert messages["sms"].startswith("三级预警：bj/V000002号车 电池温度过高"), messages["sms"]
+    assert messages["sms"].count(labels["battery"]) == 1 and "PACK-7" in messages["text"]
 
 
 async def test_a_hot_pack_posted_over_https_raises_the_rule_through_cascade_run_once_per_report(
