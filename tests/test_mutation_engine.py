@@ -372,6 +372,22 @@ def test_jump_values_at_the_gap_limit() -> None:
     assert got == [None, 5.0, 10.0, None, None, 2.0, 1.0]
 
 
+def test_a_jump_starts_afresh_when_the_pack_leaves_and_an_empty_slot_is_no_error() -> None:
+    from core.model import BatteryState
+
+    empty = {"battery_state": int(BatteryState.EMPTY), "voltage_v": None}
+    probe = Probe("{jump: voltage_v}")
+    assert probe.read(empty) == {1: None}  # empty from the start: nothing to forget, and no input error
+    got = [probe.read(values)[1] for values in ({"voltage_v": 40}, {"voltage_v": 45}, empty, empty,
+                                                {"voltage_v": 60}, {"voltage_v": 62})]
+    # the next pack's first value is no step from the last one's 45 (it would be a jump of 15)
+    assert got == [None, 5.0, None, None, None, 2.0]
+    compartment = Probe("{jump: surface_temperature_c}", guard="h2_ppm")  # a compartment rule
+    got = [compartment.read({"surface_temperature_c": v, "battery_state": int(BatteryState.EMPTY)})[1]
+           for v in (30.0, 34.0)]
+    assert got == [None, 4.0]  # the compartment's own sensor keeps its history with no pack
+
+
 def test_an_upward_jump_counts_increases_only() -> None:
     probe = Probe("{jump: valve_acoustic_events, direction: up}")
     assert probe.series("valve_acoustic_events", [3, 5, 2, 2, None, 4]) == [None, 2.0, 0.0, 0.0, None, 2.0]
