@@ -43,6 +43,7 @@ from typing import Any
 import aiohttp
 
 from core.events import AlertEvent
+from core.tasks import cancel_and_wait
 
 __all__ = ["Subscriber", "WebhookPusher", "sign", "signal_body"]
 
@@ -138,10 +139,7 @@ class WebhookPusher:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await cancel_and_wait(self._tasks)
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None

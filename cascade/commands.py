@@ -71,6 +71,7 @@ from core.errors import CascadeError
 from core.events import AlertEvent, CommandResult
 from core.model import BLE_GATEWAY_MODEL, VEHICLE_MODEL, VehicleState
 from core.ports import EventHandler
+from core.tasks import cancel_and_wait
 
 __all__ = ["CommandMetrics", "CommandRecord", "CommandRefused", "VehicleCommandService", "add_command_routes",
            "forward_vehicle_commands", "redact_record", "vehicle_commands_for"]
@@ -242,10 +243,7 @@ class VehicleCommandService:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await cancel_and_wait(self._tasks)
 
     # -- issuing -----------------------------------------------------------------------------------
 

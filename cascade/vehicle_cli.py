@@ -31,7 +31,7 @@ import urllib.request
 from typing import Any, TextIO
 
 from alerting.cli import DEFAULT_TIMEZONE, format_time, time_zone, zone_argument
-from alerting.i18n import DEFAULT_LANGUAGE, LANGUAGES, N_, AlertTexts
+from alerting.i18n import DEFAULT_LANGUAGE, LANGUAGES, AlertTexts
 from alerting.vehicle_commands import command_name
 from cascade.commands import STATE_NAMES, STATUS_NAMES, YES_NO
 from collectors.vehicles.commands import COMMANDS

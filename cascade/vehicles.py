@@ -31,6 +31,7 @@ from collectors.vehicles.mqtt import MqttIngest
 from collectors.vehicles.settings import VehicleSettings
 from collectors.vehicles.trust import DeviceRegistry, Gate
 from core.errors import CascadeError
+from core.tasks import cancel_and_wait
 from exporters.influx.sink import InfluxConfig, InfluxSink
 
 __all__ = ["ACL", "IngestWorker", "mosquitto_conf", "provision"]
@@ -193,10 +194,7 @@ class IngestWorker:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await cancel_and_wait(self._tasks)
         await self._stack.aclose()  # listeners first, then the sink flushes
 
     async def _serve(self, app: web.Application, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:

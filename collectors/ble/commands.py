@@ -44,6 +44,7 @@ from typing import Any, Literal
 import aiomqtt
 import msgspec
 
+from collectors.vehicles.commands import publish_outbox
 from core.events import CommandResult
 from core.model import BLE_GATEWAY_MODEL, CabinetReading
 from core.ports import UnknownDevice
@@ -169,7 +170,7 @@ class CommandListener:
         self.history = history
         self.answers: OrderedDict[str, MosfetAck | None] = OrderedDict()  # id -> answer (None: in progress)
         self.connected = asyncio.Event()
-        self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()  # results, sent after reconnecting
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
@@ -181,7 +182,7 @@ class CommandListener:
                         await client.subscribe(cmd_topic(self.fleet, self.gateway_id), qos=1)
                         self.connected.set()
                         delay = 0.2
-                        sender = asyncio.create_task(self._send(client), name="gateway-results")
+                        sender = asyncio.create_task(publish_outbox(client, self._outbox), name="gateway-results")
                         try:
                             async for message in client.messages:
                                 self.handle(bytes(message.payload) if isinstance(message.payload, bytes | bytearray)
@@ -247,17 +248,7 @@ class CommandListener:
         self._answer(ack)
 
     def _answer(self, ack: MosfetAck) -> None:
-        self._outbox.put_nowait(encode(ack))
-
-    async def _send(self, client: aiomqtt.Client) -> None:
-        where = result_topic(self.fleet, self.gateway_id)
-        while True:
-            payload = await self._outbox.get()
-            try:
-                await client.publish(where, payload, qos=1)
-            except aiomqtt.MqttError:
-                self._outbox.put_nowait(payload)  # after reconnecting; the platform retries meanwhile
-                raise
+        self._outbox.put_nowait((result_topic(self.fleet, self.gateway_id), encode(ack)))
 
     def _now_ms(self) -> int:
         return int(self.wall() * 1000)
@@ -410,7 +401,7 @@ class GatewayCommander:
                     await client.subscribe(f"{_ROOT}/+/+/result", qos=1)
                     self.connected.set()
                     delay = 0.2
-                    sender = asyncio.create_task(self._send(client), name="gateway-commands-publish")
+                    sender = asyncio.create_task(publish_outbox(client, self._outbox), name="gateway-commands-publish")
                     try:
                         async for message in client.messages:
                             payload = message.payload
@@ -425,15 +416,6 @@ class GatewayCommander:
                             self._connect[1], err, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
-
-    async def _send(self, client: aiomqtt.Client) -> None:
-        while True:
-            where, payload = await self._outbox.get()
-            try:
-                await client.publish(where, payload, qos=1)
-            except aiomqtt.MqttError:
-                self._outbox.put_nowait((where, payload))
-                raise
 
     def _received(self, where: str, data: bytes) -> None:
         parts = where.split("/")

@@ -53,6 +53,7 @@ from bleak_retry_connector import close_stale_connections, establish_connection
 
 from collectors.runner import backoff_delay
 from core.errors import CascadeError
+from core.tasks import cancel_and_wait
 
 from . import daly, jbd
 from .commands import CommandListener
@@ -889,17 +890,10 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         if metrics is not None:
             await metrics.cleanup()
-        for task in tasks:
-            task.cancel()
         # Bounded: a task that ignores its cancellation (a client library stuck in a connect) must not keep
-        # the gateway from stopping; it is named in the log and left behind.
-        done, pending = await asyncio.wait(tasks, timeout=_STOP_TIMEOUT_S)
-        for task in done:
-            if not task.cancelled():
-                task.exception()  # retrieved: its error was raised (and logged) by _until already
-        for task in pending:
-            log.error("gateway task %s did not stop within %g s of its cancellation; left behind",
-                      task.get_name(), _STOP_TIMEOUT_S)
+        # the gateway from stopping; it is named in the log and left behind. Errors were raised (and
+        # logged) by _until already.
+        await cancel_and_wait(tasks, timeout_s=_STOP_TIMEOUT_S, what="gateway task", log=log)
         if radio is not None:
             await radio.__aexit__(None, None, None)
         log.info("gateway stopped: %d readings in %d reports; uplink %s", gateway.stats.readings,

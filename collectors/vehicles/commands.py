@@ -189,22 +189,13 @@ class DownlinkBridge:
             await client.subscribe(f"{TOPIC_ROOT}/+/+/cmd", qos=1)
             await client.subscribe(f"{TOPIC_ROOT}/+/+/ack", qos=1)
             self.connected.set()
-            sender = asyncio.create_task(self._send(client), name="downlink-acks")
+            sender = asyncio.create_task(publish_outbox(client, self._outbox), name="downlink-acks")
             try:
                 async for message in client.messages:
                     self._handle(message.topic.value, message.payload)
             finally:
                 sender.cancel()
                 await asyncio.gather(sender, return_exceptions=True)
-
-    async def _send(self, client: aiomqtt.Client) -> None:
-        while True:
-            where, payload = await self._outbox.get()
-            try:
-                await client.publish(where, payload, qos=1)
-            except aiomqtt.MqttError:
-                self._outbox.put_nowait((where, payload))  # the session ends; sent after reconnecting
-                raise
 
     def _handle(self, where: str, payload: object) -> None:
         parts = where.split("/")
@@ -229,6 +220,19 @@ def mqtt_client(settings: MqttSettings, identifier: str) -> aiomqtt.Client:
     return aiomqtt.Client(settings.host, settings.port, username=settings.username or None,
                           password=settings.password or None, identifier=identifier,
                           protocol=aiomqtt.ProtocolVersion.V5, keepalive=settings.keepalive_s, tls_context=tls)
+
+
+async def publish_outbox(client: aiomqtt.Client, outbox: asyncio.Queue[tuple[str, bytes]]) -> None:
+    """Publish what is queued (topic, payload), in order at QoS 1, for as long as the MQTT session lasts. A
+    message whose publish fails goes back in the queue, to be sent after reconnecting, and the failure ends
+    the session (:func:`keep_connected` starts the next)."""
+    while True:
+        where, payload = await outbox.get()
+        try:
+            await client.publish(where, payload, qos=1)
+        except aiomqtt.MqttError:
+            outbox.put_nowait((where, payload))
+            raise
 
 
 async def keep_connected(session: Callable[[], Awaitable[None]], connected: asyncio.Event, settings: MqttSettings,
