@@ -266,8 +266,9 @@ class TupleEncoder:
     key, ``None`` left out), a float as its cached text (:func:`_float_text` on a miss), an int with
     its ``i``, a string quoted and escaped (cached too). Compiled code is what makes this fast: a
     per-field loop or a dict per point costs more than the formatting itself (``bench lineprotocol``,
-    ``bench vehicles``). Only names of our own go into the generated source (``a3``, ``p3``); keys and
-    texts are its arguments. The output is identical to :func:`encode_line`, which every point the
+    ``bench vehicles``). Only names of our own go into the generated source (``a3``, ``p3``) and keys
+    made of letters, digits, ``_``, ``,``, ``=`` and spaces (as literal text, which formats faster than a
+    substitution); any other key or text is an argument. The output is identical to :func:`encode_line`, which every point the
     formatter does not cover goes through (NaN or infinity to skip, an int beyond 64 bits, a string it
     cannot carry, an odd type, a bad timestamp), raising as it does.
 
@@ -387,13 +388,20 @@ class _NotFinite(Exception):
     """A NaN or infinite float: the slow path leaves the field out."""
 
 
+# Measurement names and field keys made only of these go into a formatter's source as literal text (an
+# f-string piece costs less than a substitution); they need no escaping in Python or line protocol.
+_PLAIN_TEXT = re.compile(r"[A-Za-z0-9_=, ]*")
+
+
 def _compile_formatter(size: int, points: list[tuple[str, list[tuple[str, type, int]]]]) -> _Formatter:
     """``points``: (escaped measurement, [(prefix ``key=``, value type, index in the tuple)] in line
     order) as one function ``(values, tag text, timestamp) -> lines``."""
     constants: dict[str, Any] = {}  # texts and helpers, passed as the function's defaults (fast local names)
 
     def literal(text: str) -> str:
-        name = f"p{len(constants)}"
+        if _PLAIN_TEXT.fullmatch(text):  # letters, digits, _ , = and spaces: written into the f-string as is
+            return text
+        name = f"p{len(constants)}"  # anything else is an argument: no text of unknown make in the source
         constants[name] = text
         return f"{{{name}}}"
 
