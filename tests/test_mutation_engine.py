@@ -436,6 +436,19 @@ def test_a_rate_window_keeps_the_sample_exactly_one_window_old() -> None:
     assert _rounded(probe.series("temperature_c", [0.0, 5.0, 6.0, 7.0])) == [None, None, 18.0, 6.0]
 
 
+def test_a_rate_over_fast_polls_keeps_few_samples_and_the_right_slope() -> None:
+    """Polled every second (the safety fast lane), a 160 s window keeps about a sample per 10 s (window/16)
+    plus the newest, as (time, value) pairs: a linear ramp reads its own slope whichever samples are kept,
+    and the window's memory stays small however fast the polls."""
+    probe = Probe("{rate_of: temperature_c, window: 160s}", step=1)
+    got = probe.series("temperature_c", [25.0 + 0.05 * n for n in range(400)])  # 3 °C/min
+    assert got[:79] == [None] * 79 and got[80] is not None  # from half the window on
+    assert _rounded(got[80:]) == [3.0] * 320
+    (state,) = probe.engine._targets.values()
+    (buf,) = state.buffers.values()
+    assert len(buf) % 2 == 0 and len(buf) <= 2 * 18  # pairs; 16 per window, the newest, the window's edge
+
+
 # -- fusion: evidence text and holds (alerting/engine.py: Engine._fuse) ---------------------------------------------
 
 def _fusion_engine(language: str = "en") -> tuple[Engine, ManualClock]:
