@@ -17,8 +17,15 @@ from __future__ import annotations
 from alerting.i18n import N_, AlertTexts
 from alerting.state import alert_labels
 
-__all__ = ["COMMAND_UNACKNOWLEDGED", "command_alert_labels", "command_alert_texts", "command_cleared_texts",
-           "command_name"]
+__all__ = ["COMMAND_UNACKNOWLEDGED", "STATE_NAMES", "STATUS_NAMES", "YES_NO", "command_alert_labels",
+           "command_alert_texts", "command_cleared_texts", "command_name"]
+
+#: A vehicle's read-back state keys and values, and a command's outcome, as people read them (the CLI's
+#: lines and the API's ``detail_text``).
+STATE_NAMES = {"power": N_("power"), "locked": N_("motor locked"), "armed": N_("armed")}
+YES_NO = {True: N_("yes"), False: N_("no")}
+STATUS_NAMES = {"ok": N_("OK"), "failed": N_("FAILED"), "rejected": N_("REJECTED"), "expired": N_("EXPIRED"),
+                "pending": N_("PENDING")}
 
 COMMAND_UNACKNOWLEDGED = "vehicle_command_unacknowledged"
 """The rule id (``alertname``) of the alert."""

@@ -48,6 +48,8 @@ from alerting.i18n import DEFAULT_LANGUAGE, LANGUAGES, N_, AlertTexts, fill
 from alerting.state import SEVERITY, Target, Transition
 from alerting.vehicle_commands import (
     COMMAND_UNACKNOWLEDGED,
+    STATE_NAMES,
+    YES_NO,
     command_alert_labels,
     command_alert_texts,
     command_cleared_texts,
@@ -60,6 +62,7 @@ from collectors.vehicles.commands import (
     CommandWireError,
     decode_ack,
     encode,
+    exchange,
     keep_connected,
     mqtt_client,
 )
@@ -165,7 +168,6 @@ class CommandRecord:
     def _detail_in(self, texts: AlertTexts) -> str:
         """The detail in ``texts``' language: a state key by its name, a read-back as yes or no."""
         values = {k: texts.tr(STATE_NAMES[v]) if k == "key" and v in STATE_NAMES
-                  else texts.tr(STATUS_NAMES[v]) if k == "result" and v in STATUS_NAMES
                   else texts.tr(YES_NO[v]) if isinstance(v, bool) else v for k, v in self._detail_values.items()}
         return texts.tr(self._detail_id, **values)
 
@@ -353,6 +355,10 @@ class VehicleCommandService:
             status = ack.result
             if ack.detail:
                 record.detail = ack.detail
+            elif ack.result == "rejected":
+                record.set_detail(N_("the vehicle refused the command"))
+            elif ack.result == "failed":
+                record.set_detail(N_("the vehicle could not carry the command out"))
             else:
                 record.set_detail(N_("the vehicle answered {result}"), result=ack.result)
         elif state is None or state.get(key) is None:
@@ -555,13 +561,7 @@ class VehicleCommandService:
             await client.subscribe(f"{TOPIC_ROOT}/+/+/ack", qos=1)
             self.connected.set()
             log.info("vehicle commands: connected to %s:%s, listening for acknowledgements", s.host, s.port)
-            sender = asyncio.create_task(self._publish(client), name="vehicle-commands-publish")
-            try:
-                async for message in client.messages:
-                    self._received(message.topic.value, message.payload)
-            finally:
-                sender.cancel()
-                await asyncio.gather(sender, return_exceptions=True)
+            await exchange(client, self._publish, self._received, name="vehicle-commands")
 
     async def _publish(self, client: aiomqtt.Client) -> None:
         while True:
@@ -570,7 +570,7 @@ class VehicleCommandService:
                 continue
             try:
                 await client.publish(topic(record.fleet, record.vehicle, "cmd"), encode(record.wire()), qos=1)
-            except aiomqtt.MqttError:
+            except (aiomqtt.MqttError, asyncio.CancelledError):
                 self._outbox.put_nowait(record)  # sent again once reconnected (the retries go on meanwhile)
                 raise
 
@@ -751,11 +751,6 @@ def redact_record(record: dict[str, Any]) -> dict[str, Any]:
 
 
 _TEXTS = {language: AlertTexts(language) for language in LANGUAGES}
-#: A vehicle's read-back state keys and values as people read them (the CLI's and the API's words).
-STATE_NAMES = {"power": N_("power"), "locked": N_("motor locked"), "armed": N_("armed")}
-YES_NO = {True: N_("yes"), False: N_("no")}
-STATUS_NAMES = {"ok": N_("OK"), "failed": N_("FAILED"), "rejected": N_("REJECTED"), "expired": N_("EXPIRED"),
-                "pending": N_("PENDING")}
 
 
 def _json_dumps(value: Any) -> str:

@@ -32,13 +32,11 @@ from typing import Any, TextIO
 
 from alerting.cli import DEFAULT_TIMEZONE, format_time, time_zone, zone_argument
 from alerting.i18n import DEFAULT_LANGUAGE, LANGUAGES, AlertTexts
-from alerting.vehicle_commands import command_name
-from cascade.commands import STATE_NAMES, STATUS_NAMES, YES_NO
+from alerting.vehicle_commands import STATE_NAMES, STATUS_NAMES, YES_NO, command_name
 from collectors.vehicles.commands import COMMANDS
 from core.stackenv import stack_value
 
 __all__ = ["add_arguments", "main"]
-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -64,7 +64,7 @@ def compose(alert: WebhookAlert, language: str, tz: dt.tzinfo) -> dict[str, str]
     action = notes.get("action", "").strip()
     # The battery by its id once: after the headline, unless the action (said in the same message) names it.
     with_battery = (t.ptr("message", ", battery {battery}", battery=battery)
-                    if battery and (resolved or battery not in action) else "")
+                    if battery and (resolved or not _names(action, battery)) else "")
     if battery and labels.get("vehicle") and labels.get("slot"):
         # A vehicle's pack named by its id: the place is the vehicle ("bj/V1号车 电池温度过高 72 °C，电池
         # LFP48-…", not "bj/V1号车 电池 电池温度过高 72 °C，电池 LFP48-…").
@@ -92,7 +92,7 @@ def compose(alert: WebhookAlert, language: str, tz: dt.tzinfo) -> dict[str, str]
         "title": title,
         "text": "\n".join(line for line in text_lines if line),
         "subject": _tidy(subject),
-        "email": _email(t, alert, title, head, diagnosis, action, tz),
+        "email": _email(t, alert, title, head, diagnosis, action, tz, place),
         "level": level,
         "status": t.ptr("status", "resolved") if resolved else t.ptr("status", "firing"),
         "place": place,
@@ -100,6 +100,11 @@ def compose(alert: WebhookAlert, language: str, tz: dt.tzinfo) -> dict[str, str]
         "time": time,
         "language": t.language,
     }
+
+
+def _names(text: str, battery: str) -> bool:
+    """Whether ``text`` names ``battery`` as a whole id (``NM48-1`` is not named by ``NM48-12``)."""
+    return re.search(rf"(?<![\w-]){re.escape(battery)}(?![\w-])", text) is not None
 
 
 def headline(summary: str, labels: Mapping[str, str]) -> str:
@@ -233,10 +238,10 @@ def _spoken(t: Texts, unit: str, number: str) -> str:
 
 
 def _email(t: Texts, alert: WebhookAlert, title: str, head: str, diagnosis: str, action: str,
-           tz: dt.tzinfo) -> str:
+           tz: dt.tzinfo, place: str) -> str:
     labels = alert.labels
     rows = [
-        (t.ptr("email", "Where"), _place(t, labels)),
+        (t.ptr("email", "Where"), place),
         (t.ptr("email", "Battery"), labels.get("battery", "")),
         (t.ptr("email", "Diagnosis"), diagnosis),
         (t.ptr("email", "Action"), action),

@@ -44,7 +44,7 @@ from typing import Any, Literal
 import aiomqtt
 import msgspec
 
-from collectors.vehicles.commands import publish_outbox
+from collectors.vehicles.commands import exchange, publish_outbox
 from core.events import CommandResult
 from core.model import BLE_GATEWAY_MODEL, CabinetReading
 from core.ports import UnknownDevice
@@ -182,14 +182,8 @@ class CommandListener:
                         await client.subscribe(cmd_topic(self.fleet, self.gateway_id), qos=1)
                         self.connected.set()
                         delay = 0.2
-                        sender = asyncio.create_task(publish_outbox(client, self._outbox), name="gateway-results")
-                        try:
-                            async for message in client.messages:
-                                self.handle(bytes(message.payload) if isinstance(message.payload, bytes | bytearray)
-                                            else str(message.payload or "").encode())
-                        finally:
-                            sender.cancel()
-                            await asyncio.gather(sender, return_exceptions=True)
+                        await exchange(client, lambda c: publish_outbox(c, self._outbox),
+                                       lambda _topic, payload: self.handle(payload), name="gateway-results")
                 except aiomqtt.MqttError as err:
                     self.connected.clear()
                     log.warning("gateway %s: command link down (%s); reconnecting in %.1f s", self.gateway_id, err,
@@ -401,15 +395,8 @@ class GatewayCommander:
                     await client.subscribe(f"{_ROOT}/+/+/result", qos=1)
                     self.connected.set()
                     delay = 0.2
-                    sender = asyncio.create_task(publish_outbox(client, self._outbox), name="gateway-commands-publish")
-                    try:
-                        async for message in client.messages:
-                            payload = message.payload
-                            self._received(message.topic.value, payload if isinstance(payload, bytes)
-                                           else str(payload or "").encode())
-                    finally:
-                        sender.cancel()
-                        await asyncio.gather(sender, return_exceptions=True)
+                    await exchange(client, lambda c: publish_outbox(c, self._outbox), self._received,
+                                   name="gateway-commands")
             except aiomqtt.MqttError as err:
                 self.connected.clear()
                 log.warning("gateway commands: MQTT %s:%s: %s; reconnecting in %.1f s", self._connect[0],

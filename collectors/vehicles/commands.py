@@ -32,10 +32,12 @@ from typing import Literal, Protocol
 import aiomqtt
 import msgspec
 
+from core.tasks import cancel_and_wait
+
 from .mqtt import TOPIC_ROOT, topic
 from .settings import MqttSettings
 
-__all__ = ["COMMANDS", "EXPECTED_STATE", "MAX_ACK_BYTES", "Ack", "Command", "CommandWireError", "DeviceState",
+__all__ = ["COMMANDS", "EXPECTED_STATE", "exchange", "keep_connected", "publish_outbox", "MAX_ACK_BYTES", "Ack", "Command", "CommandWireError", "DeviceState",
            "DownlinkBridge", "decode_ack", "decode_acks", "decode_command", "encode", "keep_connected",
            "mqtt_client"]
 
@@ -189,13 +191,7 @@ class DownlinkBridge:
             await client.subscribe(f"{TOPIC_ROOT}/+/+/cmd", qos=1)
             await client.subscribe(f"{TOPIC_ROOT}/+/+/ack", qos=1)
             self.connected.set()
-            sender = asyncio.create_task(publish_outbox(client, self._outbox), name="downlink-acks")
-            try:
-                async for message in client.messages:
-                    self._handle(message.topic.value, message.payload)
-            finally:
-                sender.cancel()
-                await asyncio.gather(sender, return_exceptions=True)
+            await exchange(client, lambda c: publish_outbox(c, self._outbox), self._handle, name="downlink-acks")
 
     def _handle(self, where: str, payload: object) -> None:
         parts = where.split("/")
@@ -223,16 +219,39 @@ def mqtt_client(settings: MqttSettings, identifier: str) -> aiomqtt.Client:
 
 
 async def publish_outbox(client: aiomqtt.Client, outbox: asyncio.Queue[tuple[str, bytes]]) -> None:
-    """Publish what is queued (topic, payload), in order at QoS 1, for as long as the MQTT session lasts. A
-    message whose publish fails goes back in the queue, to be sent after reconnecting, and the failure ends
-    the session (:func:`keep_connected` starts the next)."""
+    """Publish what is queued (topic, payload) at QoS 1, in the order queued, for as long as the MQTT session
+    lasts. A message whose publish fails or is interrupted (the session ends) goes back in the queue, at
+    its end, to be sent after reconnecting (receivers de-duplicate by id); the failure is raised, and
+    :func:`exchange` ends the session on it."""
     while True:
         where, payload = await outbox.get()
         try:
             await client.publish(where, payload, qos=1)
-        except aiomqtt.MqttError:
+        except (aiomqtt.MqttError, asyncio.CancelledError):
             outbox.put_nowait((where, payload))
             raise
+
+
+async def exchange(client: aiomqtt.Client, send: Callable[[aiomqtt.Client], Awaitable[None]],
+                   handle: Callable[[str, bytes], None], *, name: str) -> None:
+    """One MQTT session's traffic: ``send(client)`` publishes (an outbox loop, e.g. :func:`publish_outbox`)
+    while every message received goes to ``handle(topic, payload)``. Either side's MQTT error ends the
+    session (raised, so :func:`keep_connected` or the caller's loop reconnects): a publish that fails on a
+    link that still receives must not leave the outbox stalled until the link happens to drop."""
+    async def receive() -> None:
+        async for message in client.messages:
+            payload = message.payload
+            handle(message.topic.value, bytes(payload) if isinstance(payload, bytes | bytearray)
+                   else str(payload or "").encode())
+
+    sender = asyncio.create_task(send(client), name=f"{name}-publish")
+    receiver = asyncio.create_task(receive(), name=f"{name}-receive")
+    try:
+        done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()  # the error that ended the session; the receiver may also end quietly (disconnected)
+    finally:
+        await cancel_and_wait([sender, receiver])
 
 
 async def keep_connected(session: Callable[[], Awaitable[None]], connected: asyncio.Event, settings: MqttSettings,
