@@ -26,8 +26,8 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
-from typing import Literal, Protocol
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Literal, Protocol
 
 import aiomqtt
 import msgspec
@@ -232,7 +232,7 @@ async def publish_outbox(client: aiomqtt.Client, outbox: asyncio.Queue[tuple[str
             raise
 
 
-async def exchange(client: aiomqtt.Client, send: Callable[[aiomqtt.Client], Awaitable[None]],
+async def exchange(client: aiomqtt.Client, send: Callable[[aiomqtt.Client], Coroutine[Any, Any, None]],
                    handle: Callable[[str, bytes], None], *, name: str) -> None:
     """One MQTT session's traffic: ``send(client)`` publishes (an outbox loop, e.g. :func:`publish_outbox`)
     while every message received goes to ``handle(topic, payload)``. Either side's MQTT error ends the
