@@ -74,6 +74,9 @@ _MESSAGES = {
                        "provider, so the audit names who sent each command."),
     "needs_person_vehicle": N_("Remote vehicle commands need a person's token with the role {role} from the "
                                "identity provider, so the audit names who sent each command."),
+    "needs_issuer": N_("This Cascade has no identity provider configured (alerting.auth.issuer), so it cannot check "
+                       "the token sent and remote control is off. Turn it on as docs/security.md says (locally: "
+                       "uncomment auth: in config/local.yaml and restart make run)."),
 }
 _WHAT = {
     READ: N_("reading alerts, thresholds and actions"),
@@ -163,9 +166,14 @@ class ApiAuth:
                                 roles=roles, what=texts.tr(_WHAT.get(permission, permission)),
                                 needed=", ".join(needed))
         if permission in (CONTROL, CHARGING, VEHICLE, VEHICLE_POWER) and principal.via != "jwt":
+            # A token sent to an API that cannot check tokens: say what is off, not "send a token".
+            unchecked = principal.via == "open" and bool(_bearer(request))
             raise self._refusal(request, 401 if principal.via == "open" else 403, "needs_person",
-                                "remote control needs a person's token", role=_least_role(permission),
-                                message="needs_person_vehicle" if permission in (VEHICLE, VEHICLE_POWER) else None)
+                                "remote control needs a person's token" + (
+                                    "; no identity provider is configured (alerting.auth.issuer)" if unchecked else ""),
+                                role=_least_role(permission),
+                                message="needs_issuer" if unchecked else
+                                "needs_person_vehicle" if permission in (VEHICLE, VEHICLE_POWER) else None)
         return principal
 
     async def _identify(self, request: web.Request, permission: str) -> Principal:

@@ -760,8 +760,8 @@ class Soak:
                 continue
             rec.reset_slots.append(slot)
         if rec.reset_slots:
-            log.info("  %6.0f s: site reset of %s: slots %s closed again", self.now(), rec.target,
-                     ",".join(map(str, rec.reset_slots)))
+            log.info("  %6.0f s: site reset of %s: %s %s closed again", self.now(), rec.target,
+                     "slot" if len(rec.reset_slots) == 1 else "slots", ",".join(map(str, rec.reset_slots)))
 
     def _rejected(self) -> int:
         """Values rejected while decoding, over every collector run so far."""
@@ -923,6 +923,7 @@ class Soak:
         return {"offered_slot_readings": sums["readings_total"], "offered_cabinet_readings": sums["cabinet_readings"],
                 "stored_slot_points": counts["slot"], "stored_cabinet_points": counts["cabinet"],
                 "lines_dropped": sums["lines_dropped"], "polls": sums["polls"], "poll_failures": sums["failures"],
+                "full_polls": sums["cabinet_readings"],  # polls of the whole register map (the rest: fast lane)
                 "expected_polls": round(self.o.cabinets * self.now() / self.o.interval),
                 "shutdowns_s": [round(s, 3) for s in self.collector.shutdowns],
                 "crashes": self.collector.crashes, "stalls_s": round(self.collector.longest_gap, 2),

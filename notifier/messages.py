@@ -83,7 +83,9 @@ def compose(alert: WebhookAlert, language: str, tz: dt.tzinfo) -> dict[str, str]
         sms = t.ptr("sms", "{level} at {place}: {headline}{battery}. {action} ({time})", **values)
         title = t.ptr("app", "{level}: {place}", **values)
         subject = t.ptr("email", "[Cascade] {level}: {headline} at {place}", **values)
-    text_lines = [head + with_battery, diagnosis,
+    # The app text also shows the diagnosis: the battery once there too.
+    text_battery = "" if with_battery and _names(diagnosis, battery) else with_battery
+    text_lines = [head + text_battery, diagnosis,
                   t.ptr("app", "Action: {action}", action=action) if action and not resolved else "",
                   t.ptr("app", "Time: {time}", time=time) if time else ""]
     return {

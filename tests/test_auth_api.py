@@ -409,6 +409,12 @@ async def test_without_any_auth_configured_cabinet_control_is_still_refused(tmp_
         async with http.post(f"{base}/api/cabinets/{CAB}/commands",
                              json={"command": "stop_charging", "slot": 1, "reason": "x"}) as resp:
             assert resp.status == 401 and (await resp.json())["code"] == "needs_person"
+        # A token sent anyway: the answer says what is off (no identity provider), not "send a token".
+        async with http.post(f"{base}/api/cabinets/{CAB}/commands", headers={"Authorization": "Bearer abc.def.ghi"},
+                             json={"command": "stop_charging", "slot": 1, "reason": "x"}) as resp:
+            body = await resp.json()
+            assert resp.status == 401 and body["code"] == "needs_person", body
+            assert "alerting.auth.issuer" in body["error"] and "docs/security.md" in body["error"], body
         assert cabinet.state.slots[0].output_enabled
 
 

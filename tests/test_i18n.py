@@ -348,3 +348,17 @@ async def test_each_recipient_gets_the_page_in_its_own_language(provider, start_
     assert texts["+200"].startswith("Level 3 critical at site-01/C0003 slot 5: 电池温度过高 85.2 °C. 切断该仓输出")
     (voice,) = provider.on("/voice/%2B100")
     assert voice.body.decode().startswith("Battery safety alert, Level 3 critical. site-01, cabinet C0003, slot 5.")
+
+
+def test_the_battery_is_named_once_in_each_message() -> None:
+    """After the headline only when what follows in the same message does not name it (as a whole id)."""
+    labels = {"alertname": "bms_temperature", "level": "2", "site": "site-01", "cabinet": "C0003", "slot": "5",
+              "battery": "LF60-1"}
+    notes = {"summary": "L2 BMS 温度保护（site-01/C0003 5号仓）", "diagnosis": "电池 LF60-1 的 BMS 触发温度保护。",
+             "action": "停止 5 号仓充电，检查电池 LF60-12 旁的柜体散热。"}
+    page = compose(WebhookAlert("firing", labels, notes, "", "2026-12-06T14:04:53Z", "0001-01-01T00:00:00Z", ""),
+                   "zh_CN", SHANGHAI)
+    # the SMS has no diagnosis and its action names another pack (LF60-12): the id follows the headline
+    assert page["sms"].startswith("二级预警：site-01/C0003 5号仓 BMS 温度保护，电池 LF60-1。停止"), page["sms"]
+    # the app text shows the diagnosis, which names it: not again after the headline
+    assert page["text"].splitlines()[0] == "BMS 温度保护" and page["text"].count("LF60-1 ") == 1, page["text"]
