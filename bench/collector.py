@@ -87,8 +87,10 @@ def exit_on_sigterm() -> None:
 
 
 async def run_plain_bench(fleet: list[dict], *, interval_s: float, duration_s: float, slots: int,
-                          sim_pids: list[int] | None = None) -> dict:
-    """The same-run baseline: :mod:`bench.plainclient` on the same fleet, same reads, same schedule."""
+                          sim_pids: list[int] | None = None, floor: bool = False) -> dict:
+    """The same-run baseline: :mod:`bench.plainclient` on the same fleet, same reads, same schedule; with
+    ``floor``, :mod:`bench.floorclient` instead (the same requests, nothing done to the answers)."""
+    from bench.floorclient import FloorCabinet
     from bench.plainclient import PlainCabinet
     from collectors.modbus.planner import plan_reads
     from collectors.modbus.profile import find_profile
@@ -99,8 +101,8 @@ async def run_plain_bench(fleet: list[dict], *, interval_s: float, duration_s: f
         if entry["profile"] not in profiles:
             profiles[entry["profile"]] = find_profile(entry["profile"])
         plan = plan_reads(profiles[entry["profile"]], slots)
-        devices.append(PlainCabinet(entry["id"], entry["host"], entry["port"], entry.get("device_id", 1), plan,
-                                    slots, interval_s))
+        devices.append((FloorCabinet if floor else PlainCabinet)(
+            entry["id"], entry["host"], entry["port"], entry.get("device_id", 1), plan, slots, interval_s))
     counts = {"polls": 0, "readings": 0, "requests": 0, "lines": 0, "field_errors": 0, "failures": 0,
               "transitions": 0}
 
@@ -295,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                                                       slots=args.slots, sim_pids=pids))
             baseline = None if args.no_baseline else asyncio.run(run_plain_bench(
                 fleet, interval_s=args.interval, duration_s=duration, slots=args.slots, sim_pids=pids))
+            floor = None if args.no_baseline else asyncio.run(run_plain_bench(
+                fleet, interval_s=args.interval, duration_s=duration, slots=args.slots, sim_pids=pids, floor=True))
         finally:
             stop_simulators(procs)
     _print(figures)
@@ -307,6 +311,14 @@ def main(argv: list[str] | None = None) -> int:
               f"p99 {baseline['poll_p99_s'] * 1e3:.0f}")
         ratio = baseline["cpu_s_per_1000_readings"] / max(figures["cpu_s_per_1000_readings"], 1e-9)
         print(f"  Cascade is {ratio:.2f}x the baseline per reading (CPU; > 1 means cheaper; target >= 3)")
+    if floor is not None and baseline is not None:
+        f, b, c = (x["cpu_s_per_1000_readings"] for x in (floor, baseline, figures))
+        print("floor: the same requests on raw connections, nothing decoded or encoded (bench/floorclient.py), same run")
+        print(f"  readings/s            {floor['readings_per_s']:10.0f}")
+        print(f"  CPU s / 1000 readings {f:10.4f}   (system calls, event-loop wake-ups, poll scheduling)")
+        print(f"  the best ratio any client making these requests could show: {b / max(f, 1e-9):.2f}x the baseline")
+        print(f"  above the floor per reading: Cascade {c - f:.4f} CPU s / 1000, baseline {b - f:.4f} "
+              f"({(b - f) / max(c - f, 1e-9):.2f}x)")
     return 0
 
 

@@ -1,0 +1,60 @@
+"""The floor of the collector bench: what the same requests cost with nothing done to the answers.
+
+One TCP connection per cabinet, the poll's Modbus TCP requests built once, each sent and its answer read
+to the length its header gives, nothing decoded, nothing encoded, no line written. What is left is what
+every client making these requests pays, in the same runner on the same event loop: the send and
+receive system calls (on loopback the kernel's delivery to the simulator is charged to the sender), the
+event loop's wake-ups and the scheduling of the polls. No client can spend less per reading than this
+while making the same requests, so ``plain client / floor`` is the best ratio any collector could show
+against the plain client (issue: "≤ 1/3 of the plain client's CPU").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+__all__ = ["FloorCabinet", "FloorPoll"]
+
+_FUNCTION = {"holding": 3, "input": 4, "coil": 1, "discrete": 2}
+
+
+class FloorPoll:
+    __slots__ = ("lines", "slots", "requests")
+
+    def __init__(self, slots: int, requests: int) -> None:
+        self.lines: list[str] = []
+        self.slots, self.requests = slots, requests
+
+
+class FloorCabinet:
+    """One cabinet polled with pre-built requests; ``fetch()`` returns only the counts."""
+
+    def __init__(self, name: str, host: str, port: int, device_id: int, plan: list[Any], slots: int,
+                 interval_s: float) -> None:
+        self.name, self.interval_s = name, interval_s
+        self._host, self._port, self._slots = host, port, slots
+        # MBAP (transaction id patched per request, protocol 0, length 6, unit) + function, address, count.
+        self._frames = [bytearray(struct.pack(">HHHBBHH", 0, 0, 6, device_id, _FUNCTION[r.register_type],
+                                              r.address, r.count)) for r in plan]
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._tid = 0
+
+    async def fetch(self) -> FloorPoll:
+        if self._writer is None or self._writer.is_closing():
+            self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
+        reader, writer = self._reader, self._writer
+        assert reader is not None
+        for frame in self._frames:
+            self._tid = (self._tid + 1) & 0xFFFF
+            struct.pack_into(">H", frame, 0, self._tid)
+            writer.write(frame)
+            header = await reader.readexactly(6)
+            await reader.readexactly(struct.unpack_from(">H", header, 4)[0])
+        return FloorPoll(self._slots, len(self._frames))
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()

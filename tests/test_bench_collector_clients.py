@@ -1,0 +1,47 @@
+"""The collector bench's two comparison clients against a real simulated cabinet: the plain pymodbus client
+(the baseline) and the floor (the same requests, nothing decoded) make the planned requests and count
+what they read."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+import yaml
+
+from bench.floorclient import FloorCabinet
+from bench.plainclient import PlainCabinet
+from collectors.modbus.planner import plan_reads
+from collectors.modbus.profile import find_profile
+from simulators import cli
+from tests.fixtures.ports import free_port_block
+
+
+async def test_plain_and_floor_clients_make_the_planned_requests(tmp_path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="cascade.simulate")
+    port = free_port_block(1)
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["--cabinets", "1", "--port", str(port), "--control-port", "0",
+                              "--fleet-file", str(tmp_path / "fleet.yaml"), "--profile", "reference-cabinet"])
+    server = asyncio.create_task(cli.run(args))
+    try:
+        for _ in range(200):
+            if (tmp_path / "fleet.yaml").exists() and any("simulating" in r.message for r in caplog.records):
+                break
+            await asyncio.sleep(0.05)
+        (entry,) = yaml.safe_load((tmp_path / "fleet.yaml").read_text())["cabinets"]
+        plan = plan_reads(find_profile("reference-cabinet"), entry["slots"])
+        for kind in (PlainCabinet, FloorCabinet):
+            client = kind(entry["id"], entry["host"], entry["port"], entry["device_id"], plan, entry["slots"], 5.0)
+            try:
+                polls = [await asyncio.wait_for(client.fetch(), 10) for _ in range(2)]  # the connection is kept
+            finally:
+                await client.close()
+            assert [(p.slots, p.requests) for p in polls] == [(12, len(plan))] * 2, kind
+            # the plain client writes a cabinet line and a line per slot; the floor writes nothing
+            assert [len(p.lines) for p in polls] == ([13, 13] if kind is PlainCabinet else [0, 0])
+    finally:
+        server.cancel()
+        await asyncio.gather(server, return_exceptions=True)
