@@ -33,6 +33,7 @@ from cascade.cli import main as cascade_main
 from cascade.config import AppConfig, ConfigError, TlsSection, server_tls_context
 from cascade.pipeline import Pipeline
 from notifier import render_alertmanager_config, serve
+from tests.fixtures.http import wait_until_answers
 from tests.fixtures.ports import free_port
 from tests.fixtures.procs import ServerProcess
 
@@ -179,15 +180,7 @@ async def test_notifier_serves_its_webhook_over_https_only(certs: Path, tmp_path
     url = f"https://localhost:{port}/-/healthy"
     try:
         async with aiohttp.ClientSession() as http:
-            for _ in range(100):
-                try:
-                    async with http.get(url, ssl=_trusting(certs)) as resp:
-                        assert resp.status == 200
-                        break
-                except aiohttp.ClientConnectorError:
-                    await asyncio.sleep(0.05)
-            else:
-                pytest.fail("the notifier did not answer over HTTPS")
+            await wait_until_answers(http, url, "the notifier over HTTPS", ssl=_trusting(certs))
         await _refuses_plain_http_and_strangers(url)
     finally:
         task.cancel()

@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry
 from notifier import ConfigError, NotifierConfig, build_app, load_config, parse_config, serve, sign_hmac
 from notifier.delivery import compute_backoff
 from notifier.server import DISPATCHER_KEY
+from tests.fixtures.http import wait_until_answers
 from tests.fixtures.procs import free_port
 
 NOW = 1_760_000_000.0
@@ -729,15 +730,7 @@ async def test_serve_runs_until_cancelled(tmp_path, provider, monkeypatch):
     port = free_port()
     task = asyncio.create_task(serve(str(path), "127.0.0.1", port))
     async with aiohttp.ClientSession() as session:
-        for _ in range(100):
-            try:
-                async with session.get(f"http://127.0.0.1:{port}/-/healthy") as resp:
-                    assert resp.status == 200
-                    break
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.02)
-        else:
-            pytest.fail("serve() did not start listening")
+        await wait_until_answers(session, f"http://127.0.0.1:{port}/-/healthy", "serve()", pause_s=0.02)
         async with session.post(f"http://127.0.0.1:{port}/webhook/regulator",
                                 json=payload(alert("3"), receiver="regulator")) as resp:
             assert resp.status == 200
