@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from collectors.modbus.decode import FieldError, decode_poll
+from collectors.modbus.decode import FieldError, compile_plan, decode_poll
 from collectors.modbus.planner import plan_reads
 from collectors.modbus.profile import Profile, load_profile
 
@@ -46,8 +46,20 @@ def _decode(profile: Profile, cabinet: list[int] | None, slots: dict[int, list[i
     # The plan: one read of the cabinet block (6 registers), then one of 4 registers per slot.
     assert [(r.address, r.count) for r in plan] == [(0, 6), (100, 4), (110, 4), (120, 4)]
     responses = [cabinet] + [slots.get(n, [50, 20, *F32_1_5]) for n in (1, 2, 3)]
+    if _IMPLEMENTATION == "compiled":
+        return compile_plan(plan, 3)(responses, cabinet_id="C7", site="S1", model="mut-decode", timestamp_ns=123)
     return decode_poll(plan, responses, cabinet_id="C7", site="S1", model="mut-decode", slot_count=3,
                        timestamp_ns=123)
+
+
+_IMPLEMENTATION = "reference"
+
+
+@pytest.fixture(autouse=True, params=["reference", "compiled"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs against decode_poll and against the plan compiled to one function."""
+    monkeypatch.setattr(f"{__name__}._IMPLEMENTATION", request.param)
+    return request.param
 
 
 def test_values_are_stored_as_the_model_field_types(profile: Profile) -> None:

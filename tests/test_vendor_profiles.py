@@ -15,7 +15,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collectors.modbus.decode import decode_poll
+from collectors.modbus.decode import compile_plan, decode_poll
 from collectors.modbus.mapdoc import render_profile_reference, render_register_map
 from collectors.modbus.planner import MAX_REGISTERS, minimum_reads, plan_reads
 from collectors.modbus.profile import Profile, ProfileError, find_profile, load_profile
@@ -44,8 +44,12 @@ def _poll(profile: Profile, registers: dict[int, int], slots: int = 1):
     plan = plan_reads(profile, slots)
     responses = [[registers.get(r.address + i, 0) for i in range(r.count)] if r.register_type == "input"
                  else [False] * r.count for r in plan]
-    return decode_poll(plan, responses, cabinet_id="C1", site="s", model=profile.model, slot_count=slots,
-                       timestamp_ns=1)
+    reading = decode_poll(plan, responses, cabinet_id="C1", site="s", model=profile.model, slot_count=slots,
+                          timestamp_ns=1)
+    # the plan compiled to one function (what a cabinet polls with) decodes the same
+    assert compile_plan(plan, slots)(responses, cabinet_id="C1", site="s", model=profile.model,
+                                     timestamp_ns=1) == reading
+    return reading
 
 
 # -- schema --------------------------------------------------------------------------------------------
@@ -293,4 +297,7 @@ def test_any_edit_of_an_entry_loads_or_names_its_key(section: str, index: int, k
             return
     plan = plan_reads(profile)  # whatever loads can be planned and decoded
     responses = [[0xFFFF] * r.count if r.register_type in ("input", "holding") else [True] * r.count for r in plan]
-    decode_poll(plan, responses, cabinet_id="C1", site="s", model="m", slot_count=profile.slot_count, timestamp_ns=1)
+    expected = decode_poll(plan, responses, cabinet_id="C1", site="s", model="m", slot_count=profile.slot_count,
+                           timestamp_ns=1)
+    assert compile_plan(plan, profile.slot_count)(responses, cabinet_id="C1", site="s", model="m",
+                                                  timestamp_ns=1) == expected

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.errors import CascadeError
 
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FLOAT_TYPES",
+    "INLINE_GLOBALS",
+    "INLINE_KINDS",
     "INTEGER_TYPES",
     "WORDS",
     "WORD_ORDERS",
@@ -52,6 +54,7 @@ __all__ = [
     "decode_value",
     "encode_raw",
     "encode_value",
+    "inline_source",
     "wire_words",
 ]
 
@@ -240,11 +243,11 @@ def compile_decoder(spec: FieldSpec) -> Callable[[Sequence[int], int], float | i
     """
     kind = spec.data_type
     if kind == "bool":
-        return lambda words, i: bool(words[i])
+        return _inlinable(lambda words, i: bool(words[i]), "bool")
     if kind == "bit":
         mask = 1 << (spec.bit or 0)
         wire_mask = _swap16(mask) if spec.swap_bytes else mask
-        return lambda words, i: bool(words[i] & wire_mask)
+        return _inlinable(lambda words, i: bool(words[i] & wire_mask), "bit")
     width = spec.words
     if spec.bits is not None and width == 1:
         low, high = _byte_tables(spec)
@@ -286,7 +289,79 @@ def compile_decoder(spec: FieldSpec) -> Callable[[Sequence[int], int], float | i
         if not lo <= value <= hi:
             raise _out_of_range(field, unit, value, lo, hi, unsigned & 0xFFFF, sentinels)
         return value
-    return word16
+    return _inlinable(word16, "word16")
+
+
+INLINE_KINDS = ("bool", "bit", "word16")
+"""What :func:`compile_decoder` may return that a compiled read plan writes out in place
+(``collectors.modbus.decode.compile_plan``): the decoder's ``inline`` attribute names it."""
+
+
+def inline_source(decoder: Callable[[Sequence[int], int], Any], spec: FieldSpec, words: str, index: int,
+                  out: str, constant: Callable[[object], str]) -> list[str] | None:
+    """Python statements that decode like ``decoder(words, index)`` into the variable ``out`` (the same
+    value, ``None`` or exception), for a decoder :func:`compile_decoder` marked inlinable; ``None`` for
+    any other. ``constant(value)`` gives the name a value is passed under (no profile text goes into
+    the source). The statements are what ``word16`` and the bit decoders do, without a call per field.
+    """
+    kind = getattr(decoder, "inline", None)
+    if kind not in INLINE_KINDS:
+        return None
+    if kind == "bool":
+        return [f"{out} = bool({words}[{index}])"]
+    if kind == "bit":
+        mask = 1 << (spec.bit or 0)
+        return [f"{out} = bool({words}[{index}] & {_swap16(mask) if spec.swap_bytes else mask})"]
+    lines = [f"{out} = {words}[{index}]"]
+    body = []
+    if spec.swap_bytes:
+        body.append(f"{out} = (({out} & 0xFF) << 8) | (({out} >> 8) & 0xFF)")
+    body.append(f"u_ = {out}")
+    if spec.data_type == "i16":
+        body.append(f"if {out} & 0x8000: {out} -= 0x10000")
+    scale = spec.scale
+    if scale != 1:
+        divisor = _exact_divisor(scale, spec.decimals)
+        body.append(f"{out} = {out} / {divisor}" if divisor else
+                    f"{out} = round({out} * {constant(scale)}, {spec.decimals})")
+    if spec.valid is not None:
+        lo, hi = (constant(v) for v in spec.valid)
+        body.append(f"if not {lo} <= {out} <= {hi}: raise _out_of_range({constant(spec.field)}, {constant(spec.unit)}, "
+                    f"{out}, {lo}, {hi}, u_ & 0xFFFF, {constant(_SENTINELS[spec.data_type])})")
+    if spec.missing_words:
+        lines.append(f"if {out} == {spec.missing_words[0]}: {out} = None")
+        lines.append("else:")
+        lines.extend("    " + line for line in body)
+    else:
+        lines.extend(body)
+    return lines
+
+
+INLINE_GLOBALS: dict[str, Any] = {"_out_of_range": _out_of_range}
+"""The names the statements of :func:`inline_source` use besides their constants."""
+
+_divisors: dict[tuple[float, int], int | None] = {}
+
+
+def _exact_divisor(scale: float, decimals: int) -> int | None:
+    """The power of ten ``p`` with ``raw / p == round(raw * scale, decimals)`` for every 16-bit raw value,
+    signed or not (one correctly rounded division instead of a multiplication and a rounding), or None.
+    Checked exhaustively, once per (scale, decimals)."""
+    key = (scale, decimals)
+    if key not in _divisors:
+        found = None
+        for p in (10, 100, 1000, 10000):
+            if scale == 1 / p:
+                if all(raw / p == round(raw * scale, decimals) for raw in range(-0x8000, 0x10000)):
+                    found = p
+                break
+        _divisors[key] = found
+    return _divisors[key]
+
+
+def _inlinable(decoder: Callable[[Sequence[int], int], Any], kind: str) -> Callable[[Sequence[int], int], Any]:
+    decoder.inline = kind  # type: ignore[attr-defined]
+    return decoder
 
 
 def _compile_32(spec: FieldSpec) -> Callable[[Sequence[int], int], float | int | None]:

@@ -9,19 +9,33 @@ A profile's ``extra:`` registers land in ``reading.extra`` / ``slot.extra`` (nam
 that is missing or rejected is left out), named ``extra_<name>`` in errors and ``over_range``. A
 field with a ``bits:`` map holds Cascade's flags only; the vendor bits the map does not name are
 kept in ``<field>_unmapped``.
+
+:func:`decode_poll` is the definition. A cabinet polls with the same decoding compiled once per read plan
+(:func:`compile_plan`, shared through :func:`shared_decoder`): one generated function per plan, the
+16-bit and bit fields written out as straight-line code, the values passed straight to the reading's
+constructors. ``tests/test_compiled_decoder.py`` holds the two to each other on every shipped profile
+and on randomly edited ones; the behaviour tests run against both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from core.model import CabinetReading, SlotReading
 
-from .codec import DecodeError, OverRange
+from .codec import INLINE_GLOBALS, DecodeError, OverRange, inline_source
 from .planner import ReadRequest
 
-__all__ = ["FieldError", "decode_poll"]
+__all__ = ["FieldError", "PlanDecoder", "compile_plan", "decode_poll", "shared_decoder"]
+
+Responses = Sequence[Sequence[int] | Sequence[bool] | None]
+PlanDecoder = Callable[..., "tuple[CabinetReading, list[FieldError]]"]
+"""``decoder(responses, cabinet_id=..., site=..., model=..., timestamp_ns=...)``: :func:`decode_poll` of one
+plan, compiled."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +103,170 @@ def decode_poll(plan: Sequence[ReadRequest], responses: Sequence[Sequence[int] |
         **cabinet,
     )
     return reading, errors
+
+
+# -- the same decoding compiled per read plan --------------------------------------------------------
+
+_SPECIAL_SLOT = frozenset({"slot", "over_range", "extra"})
+_SPECIAL_CABINET = frozenset({"cabinet_id", "site", "model", "timestamp_ns", "slots", "over_range", "extra",
+                              "vehicle"})
+
+
+def _none_default(cls: type, names: set[str]) -> bool:
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    return all(defaults.get(name, 0) is None for name in names)
+
+
+def compile_plan(plan: Sequence[ReadRequest], slot_count: int) -> PlanDecoder:
+    """:func:`decode_poll` for this one plan as one generated function: the same reading and errors (in
+    the same order) for the same responses, without a loop, a call and a dict per field.
+
+    Per field the function holds the statements of the field's decoder where :mod:`.codec` can write
+    them out (16-bit numbers, bits: most of a cabinet's fields), else a call of the decoder the plan
+    holds; then the type the reading stores, the limit of an over-range value, the error of a
+    rejected one. Values go straight into the slot and cabinet constructors. Only names of our own go
+    into the source (``v12``, ``k3``); every profile text and number of a profile is a constant passed
+    in. A plan it cannot write (a field name the readings do not have, a slot past ``slot_count``)
+    gets :func:`decode_poll` itself.
+    """
+    constants: dict[str, Any] = {}
+    by_value: dict[tuple[type, object], str] = {}
+
+    def constant(value: object) -> str:
+        key = (type(value), value if isinstance(value, (str, int, float, bool, type(None))) else id(value))
+        name = by_value.get(key)
+        if name is None:
+            name = by_value[key] = f"k{len(constants)}"
+            constants[name] = value
+        return name
+
+    variables: dict[tuple[int | None, str], str] = {}  # (slot, reading attribute) -> variable
+    extras: set[int | None] = set()
+    over: set[int | None] = set()
+    body: list[str] = []
+    for r, request in enumerate(plan):
+        body.append(f"w = responses[{r}]")
+        body.append("if w is not None:")
+        for item in request.fields:
+            if item.slot is not None and not 1 <= item.slot <= slot_count:
+                return _reference(plan, slot_count)
+            target = "c" if item.slot is None else str(item.slot)
+            kind = item.kind
+            code = inline_source(item.decode, item.spec, "w", item.index, "x", constant)
+            if code is None:
+                code = [f"x = {constant(item.decode)}(w, {item.index})"]
+                result: type | None = None  # not known here: coerce as decode_poll does
+            else:
+                result = _inline_type(item)
+            if kind is not None and result is not kind:
+                coerce = _coercion(kind, result, constant)
+                code.append(f"if x is not None: x = {coerce}" if result is None or item.spec.missing_words
+                            or getattr(item.decode, "inline", None) != "word16" else f"x = {coerce}")
+            limit = "float(err.limit)" if kind is float or kind is None else f"_coerce({constant(kind)}, err.limit)"
+            label = constant(item.label)
+            over.add(item.slot)
+            error = (f"errors.append(FieldError(cabinet_id, {item.slot!r}, {label}, "
+                     f"{constant(request.register_type)}, {request.address + item.index}, str(err)))")
+            body.append("    try:")
+            body.extend("        " + line for line in code)
+            body.append("    except OverRange as err:")
+            if item.extra:
+                extras.add(item.slot)
+                body.append(f"        x = {limit}")
+            else:
+                var = variables.setdefault((item.slot, item.name), f"v{len(variables)}")
+                body.append(f"        {var} = {limit}")
+            body.append(f"        if o{target} is None: o{target} = [{label}]")
+            body.append(f"        else: o{target}.append({label})")
+            body.append("    except DecodeError as err:")
+            body.append(f"        {error}")
+            if item.extra:
+                body.append("        x = None")
+                body.append("    if x is not None:")
+                body.append(f"        if e{target} is None: e{target} = {{}}")
+                body.append(f"        e{target}[{constant(item.name)}] = x")
+            else:
+                body.append("    else:")
+                body.append(f"        {var} = x")
+    cabinet_names = {name for (slot, name) in variables if slot is None}
+    slot_names = {name for (slot, name) in variables if slot is not None}
+    if cabinet_names & _SPECIAL_CABINET or slot_names & _SPECIAL_SLOT or \
+            not _none_default(CabinetReading, cabinet_names) or not _none_default(SlotReading, slot_names):
+        return _reference(plan, slot_count)
+    head = [f"{var} = None" for var in variables.values()]
+    head += [f"o{t} = None" for t in ("c", *map(str, range(1, slot_count + 1)))]
+    head += [f"e{t} = None" for t in ("c", *map(str, range(1, slot_count + 1)))]
+
+    def arguments(slot: int | None) -> str:
+        t = "c" if slot is None else str(slot)
+        args = [f"{name}={var}" for (s, name), var in variables.items() if s == slot]
+        args.append(f"over_range=() if o{t} is None else tuple(o{t})")
+        args.append(f"extra=NO_EXTRA if e{t} is None else e{t}")
+        return ", ".join(args)
+
+    slots = ", ".join(f"SlotReading(slot={n}, {arguments(n)})" for n in range(1, slot_count + 1))
+    source = "\n".join([
+        "def decode(responses, *, cabinet_id, site, model, timestamp_ns):",
+        f"    if len(responses) != {len(plan)}:",
+        "        return decode_poll(PLAN, responses, cabinet_id=cabinet_id, site=site, model=model, "
+        f"slot_count={slot_count}, timestamp_ns=timestamp_ns)",
+        "    errors = []",
+        *("    " + line for line in head),
+        *("    " + line for line in body),
+        "    reading = CabinetReading(cabinet_id=cabinet_id, site=site, model=model, timestamp_ns=timestamp_ns, "
+        f"slots=[{slots}], {arguments(None)})",
+        "    return reading, errors",
+    ])
+    namespace: dict[str, Any] = {
+        **INLINE_GLOBALS, **constants, "CabinetReading": CabinetReading, "SlotReading": SlotReading,
+        "FieldError": FieldError, "OverRange": OverRange, "DecodeError": DecodeError, "_coerce": _coerce,
+        "NO_EXTRA": SlotReading(slot=0).extra, "decode_poll": decode_poll, "PLAN": tuple(plan),
+    }
+    exec(compile(source, f"<read plan: {len(plan)} reads, {slot_count} slots>", "exec"), namespace)  # noqa: S102
+    decoder: PlanDecoder = namespace["decode"]
+    return decoder
+
+
+def _inline_type(item: Any) -> type | None:
+    """The type an inlined decoder gives (besides ``None``)."""
+    kind = getattr(item.decode, "inline", None)
+    if kind in ("bool", "bit"):
+        return bool
+    return int if item.spec.scale == 1 else float
+
+
+def _coercion(kind: type, result: type | None, constant: Callable[[object], str]) -> str:
+    if result is None:  # a decoder's own type: only when it differs, as decode_poll does
+        return f"x if type(x) is {constant(kind)} else _coerce({constant(kind)}, x)"
+    if kind is float:
+        return "float(x)"
+    if kind is int:
+        return "int(round(x))"
+    return f"_coerce({constant(kind)}, x)"
+
+
+def _reference(plan: Sequence[ReadRequest], slot_count: int) -> PlanDecoder:
+    def decode(responses: Responses, *, cabinet_id: str, site: str, model: str,
+               timestamp_ns: int) -> tuple[CabinetReading, list[FieldError]]:
+        return decode_poll(plan, responses, cabinet_id=cabinet_id, site=site, model=model, slot_count=slot_count,
+                           timestamp_ns=timestamp_ns)
+    return decode
+
+
+_SHARED_MAX = 256
+_shared: OrderedDict[int, tuple[Sequence[ReadRequest], int, PlanDecoder]] = OrderedDict()
+
+
+def shared_decoder(plan: Sequence[ReadRequest], slot_count: int) -> PlanDecoder:
+    """:func:`compile_plan` once per plan object (``planner.shared_plan`` hands every cabinet of a profile
+    the same one): the generated code is large, one copy per cabinet would cost more than the cabinet.
+    Keyed by the plan's identity (the cache keeps the plan alive, so the id is not reused); bounded."""
+    hit = _shared.get(id(plan))
+    if hit is not None and hit[0] is plan and hit[1] == slot_count:
+        _shared.move_to_end(id(plan))
+        return hit[2]
+    decoder = compile_plan(plan, slot_count)
+    _shared[id(plan)] = (plan, slot_count, decoder)
+    while len(_shared) > _SHARED_MAX:
+        _shared.popitem(last=False)
+    return decoder

@@ -26,7 +26,7 @@ import copy
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
@@ -34,7 +34,7 @@ from collectors.runner import PollFailed
 from core.events import CommandResult, Report
 from core.model import BatteryState, CabinetReading
 
-from .decode import FieldError, decode_poll
+from .decode import FieldError, shared_decoder
 from .planner import ReadRequest, shared_plan
 from .profile import Profile
 from .settings import CabinetConfig
@@ -133,7 +133,9 @@ class ModbusCabinet:
     async def _call(self, method: str, *args, **kwargs):
         """One request with the connection lock held; retry only while the device says busy."""
         async with self._lock:
-            client = await self._connected()
+            client = self._client
+            if client is None or not client.connected:
+                client = await self._connected()
             for attempt in range(self.config.busy_retries + 1):
                 try:
                     response = await getattr(client, method)(*args, device_id=self.config.device_id, **kwargs)
@@ -168,12 +170,12 @@ class ModbusCabinet:
             self._client = None
 
     async def read_plan(self, plan: tuple[ReadRequest, ...] | None = None,
-                        ) -> tuple[list[list[int] | list[bool] | None], list[str]]:
+                        ) -> tuple[list[Sequence[int] | Sequence[bool] | None], list[str]]:
         """Run the read plan (default: the full one) once: the raw words (bits) of each planned read,
         ``None`` for a read the device refused with a Modbus exception (described in the second list).
         A lost connection raises :class:`PollFailed`. ``fetch`` decodes these; ``cascade probe`` shows
         them raw."""
-        responses: list[list[int] | list[bool] | None] = []
+        responses: list[Sequence[int] | Sequence[bool] | None] = []
         failed_detail: list[str] = []
         for request in self.plan if plan is None else plan:
             try:
@@ -188,7 +190,7 @@ class ModbusCabinet:
             if len(values) < request.count:
                 raise PollFailed("short", f"{request.register_type} {request.address}: asked for "
                                           f"{request.count} values, got {len(values)}")
-            responses.append(list(values))
+            responses.append(values)  # as the link parsed them (a tuple of words, a list of bits): only read
         return responses, failed_detail
 
     async def fetch(self) -> Report:
@@ -219,9 +221,10 @@ class ModbusCabinet:
         failed = len(failed_detail)
         if failed == len(plan):
             raise PollFailed("exception", "every read failed: " + "; ".join(failed_detail[:3]))
-        reading, errors = decode_poll(plan, responses, cabinet_id=self.config.id, site=self.config.site,
-                                      model=self.profile.model, slot_count=self.slot_count,
-                                      timestamp_ns=time.time_ns())
+        # The plan compiled to one function, shared by every cabinet with this plan (decode.compile_plan).
+        decode = shared_decoder(plan, self.slot_count)
+        reading, errors = decode(responses, cabinet_id=self.config.id, site=self.config.site,
+                                 model=self.profile.model, timestamp_ns=time.time_ns())
         for detail in failed_detail:
             errors.append(FieldError(self.config.id, None, "(read)", detail.split(" ", 1)[0], 0, detail))
         return reading, errors, failed

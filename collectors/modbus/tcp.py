@@ -55,6 +55,33 @@ class _Protocol(asyncio.Protocol):
         self.waiter: asyncio.Future[bytes] | None = None
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
+        # One lazy timer per connection instead of one per request: a request moves the deadline, the timer
+        # fails the waiter only once the deadline has passed, else re-arms for it (a poll's ten requests
+        # within a few milliseconds cost ten clock reads, not ten timers set and cancelled).
+        self.deadline = 0.0
+        self.timeout = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def arm(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.timeout = timeout
+        self.deadline = loop.time() + timeout
+        if self.timer is None:
+            self.timer = loop.call_at(self.deadline, self._expire, loop)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.timer = None
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return  # idle: the next request arms the timer again
+        if loop.time() + 0.001 >= self.deadline:
+            waiter.set_exception(ModbusIOException(f"no answer within {self.timeout:g} s"))
+        else:
+            self.timer = loop.call_at(self.deadline, self._expire, loop)
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -78,6 +105,7 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.disarm()
         self._fail(ConnectionException(f"connection closed by peer{': ' + str(exc) if exc else ''}"))
 
     def _fail(self, err: Exception) -> None:
@@ -113,20 +141,22 @@ class ModbusTcpLink:
 
     def close(self) -> None:
         p, self._protocol = self._protocol, None
-        if p is not None and p.transport is not None:
-            p.transport.close()
+        if p is not None:
+            p.disarm()
+            if p.transport is not None:
+                p.transport.close()
 
     async def read_holding_registers(self, address: int, *, count: int = 1, device_id: int = 1) -> LinkResponse:
-        return await self._read(3, address, count, device_id)
+        return await self._exchange(3, address, count, device_id)
 
     async def read_input_registers(self, address: int, *, count: int = 1, device_id: int = 1) -> LinkResponse:
-        return await self._read(4, address, count, device_id)
+        return await self._exchange(4, address, count, device_id)
 
     async def read_coils(self, address: int, *, count: int = 1, device_id: int = 1) -> LinkResponse:
-        return await self._read(1, address, count, device_id)
+        return await self._exchange(1, address, count, device_id)
 
     async def read_discrete_inputs(self, address: int, *, count: int = 1, device_id: int = 1) -> LinkResponse:
-        return await self._read(2, address, count, device_id)
+        return await self._exchange(2, address, count, device_id)
 
     async def write_coil(self, address: int, value: bool, *, device_id: int = 1) -> LinkResponse:
         return await self._exchange(5, address, 0xFF00 if value else 0x0000, device_id)
@@ -136,23 +166,19 @@ class ModbusTcpLink:
             raise ValueError(f"a register holds 0..65535, not {value}")  # the caller's mistake, not the link's
         return await self._exchange(6, address, value, device_id)
 
-    async def _read(self, function: int, address: int, count: int, device_id: int) -> LinkResponse:
-        return await self._exchange(function, address, count, device_id)
-
     async def _exchange(self, function: int, address: int, value: int, device_id: int) -> LinkResponse:
         p = self._protocol
         if p is None or p.transport is None or p.lost is not None:
             raise ConnectionException("not connected")
         self._tid = tid = (self._tid + 1) & 0xFFFF
-        waiter = p.waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = p.waiter = loop.create_future()
+        p.arm(loop, self.timeout)
         p.transport.write(_REQUEST.pack(tid, 0, 6, device_id, function, address, value))
         try:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives as
-            # the answer does (the link closing on shutdown), leaving a poll task that will not stop.
-            async with asyncio.timeout(self.timeout):
-                frame = await waiter
-        except TimeoutError as err:
-            raise ModbusIOException(f"no answer within {self.timeout:g} s") from err
+            # A cancelled poll is cancelled here at once: nothing between the task and the future can
+            # swallow it (3.11's wait_for could, when the answer and the cancellation came together).
+            frame = await waiter
         finally:
             p.waiter = None
         return _parse(frame, tid, device_id, function, value)

@@ -8,6 +8,7 @@ day and a tag per pack would grow the series index without bound.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Iterable, Mapping
 from operator import attrgetter
 
@@ -24,7 +25,6 @@ from core.model import (
 
 from .lineprotocol import (
     FieldValue,
-    LineEncoder,
     LineProtocolError,
     RecordEncoder,
     TagSetEncoder,
@@ -48,10 +48,14 @@ _CABINET_FIELDS = tuple(f.name for f in dataclasses.fields(CabinetReading)
 _SLOT_FIELDS = tuple(f.name for f in dataclasses.fields(SlotReading) if f.name not in {"slot", "over_range", "extra"})
 
 
-_CABINET_ENCODER = LineEncoder(CABINET_MEASUREMENT, ("site", "cabinet", "model"),
-                               (*_CABINET_FIELDS, "emergency_state_text", "over_range"))
-_SLOT_ENCODER = LineEncoder(SLOT_MEASUREMENT, ("site", "cabinet", "slot"),
-                            (*_SLOT_FIELDS, "charger_protection_text", "bms_protection_text", "over_range"))
+# Both points of a poll are written by compiled formatters from tuples of the reading's attributes
+# (:class:`~.lineprotocol.TupleEncoder`): no dict per point, no loop per field.
+_CABINET_LINE = TupleEncoder(CABINET_MEASUREMENT, TagSetEncoder(("site", "cabinet", "model")),
+                             (*_CABINET_FIELDS, "emergency_state_text", "over_range"))
+_SLOT_LINE = TupleEncoder(SLOT_MEASUREMENT, TagSetEncoder(("site", "cabinet", "slot")),
+                          (*_SLOT_FIELDS, "charger_protection_text", "bms_protection_text", "over_range"))
+_cabinet_values = attrgetter(*_CABINET_FIELDS)
+_slot_values = attrgetter(*_SLOT_FIELDS)
 _SLOT_NAMES = tuple(str(n) for n in range(257))
 _VEHICLE_FIELDS = ("model", "sequence", "state", "powered_on", "armed", "position_valid", "latitude_deg",
                    "longitude_deg", "altitude_m", "speed_kmh", "odometer_km")
@@ -81,6 +85,8 @@ _VEHICLE_AND_PACK = RecordEncoder(_VEHICLE_TAGS, [
 _vehicle_values = attrgetter(*_VEHICLE_FIELDS)
 _battery_values = attrgetter(*_BATTERY_FIELDS)
 _BMS_TEXTS: dict[int, str] = {}  # protection word -> its text (at most 65,536: the word is 16 bits)
+_CHARGER_TEXTS: dict[int, str] = {}
+_EMERGENCY_TEXTS: dict[int, str] = {}
 
 
 def reading_to_lines(reading: CabinetReading) -> list[str]:
@@ -93,41 +99,32 @@ def reading_to_lines(reading: CabinetReading) -> list[str]:
     ts = reading.timestamp_ns
     site, cabinet = reading.site, reading.cabinet_id
     lines: list[str] = []
-    # Every key is always present (None = not carried) so the precompiled encoder's fast path applies.
-    fields = {name: getattr(reading, name) for name in _CABINET_FIELDS}
-    fields["emergency_state_text"] = (None if reading.emergency_state is None
-                                      else describe_flags(EmergencyState, reading.emergency_state))
-    # Fields at a sensor's limit, comma-separated ("temperature_c"): dashboards show them as "≥ value".
-    fields["over_range"] = ",".join(reading.over_range) or None
-    cabinet_tags = {"site": site, "cabinet": cabinet, "model": reading.model}
-    if _has_values(fields):  # a BLE gateway (a "cabinet" of packs) has no cabinet values: no cabinet point
+    values = _cabinet_values(reading)
+    over = reading.over_range
+    # A BLE gateway (a "cabinet" of packs) has no cabinet values: no cabinet point.
+    if over or any(value is not None for value in values):
         try:
-            lines.append(_CABINET_ENCODER.encode(cabinet_tags, fields, ts))
+            lines.append(_CABINET_LINE.encode((site, cabinet, reading.model), (
+                *values, _flags_text(EmergencyState, _EMERGENCY_TEXTS, reading.emergency_state),
+                (",".join(over) or None) if over else None), ts))
         except LineProtocolError:
             pass
     if reading.extra:
-        _append_extra(lines, CABINET_MEASUREMENT, cabinet_tags, reading.extra, ts)
+        _append_extra(lines, CABINET_MEASUREMENT, {"site": site, "cabinet": cabinet, "model": reading.model},
+                      reading.extra, ts)
     for slot in reading.slots:
-        fields = {name: getattr(slot, name) for name in _SLOT_FIELDS}
-        fields["charger_protection_text"] = (None if slot.charger_protection is None
-                                             else describe_flags(ChargerProtection, slot.charger_protection))
-        fields["bms_protection_text"] = (None if slot.bms_protection is None
-                                         else describe_flags(BmsProtection, slot.bms_protection))
-        fields["over_range"] = ",".join(slot.over_range) or None
         number = slot.slot
-        slot_tags = {"site": site, "cabinet": cabinet,
-                     "slot": _SLOT_NAMES[number] if 0 <= number < len(_SLOT_NAMES) else str(number)}
+        name = _SLOT_NAMES[number] if 0 <= number < len(_SLOT_NAMES) else str(number)
+        over = slot.over_range
         try:
-            lines.append(_SLOT_ENCODER.encode(slot_tags, fields, ts))
+            lines.append(_SLOT_LINE.encode((site, cabinet, name), (
+                *_slot_values(slot), _flags_text(ChargerProtection, _CHARGER_TEXTS, slot.charger_protection),
+                _bms_text(slot.bms_protection), (",".join(over) or None) if over else None), ts))
         except LineProtocolError:
             pass
         if slot.extra:
-            _append_extra(lines, SLOT_MEASUREMENT, slot_tags, slot.extra, ts)
+            _append_extra(lines, SLOT_MEASUREMENT, {"site": site, "cabinet": cabinet, "slot": name}, slot.extra, ts)
     return lines
-
-
-def _has_values(fields: Mapping[str, object]) -> bool:
-    return any(value is not None for value in fields.values())
 
 
 def _cabinet_point_expected(reading: CabinetReading) -> bool:
@@ -170,13 +167,18 @@ def vehicle_to_lines(reading: VehicleReading) -> list[str]:
 
 
 def _bms_text(word: int | None) -> str | None:
+    return _flags_text(BmsProtection, _BMS_TEXTS, word)
+
+
+def _flags_text(flags: type[enum.IntFlag], texts: dict[int, str], word: int | None) -> str | None:
+    """``describe_flags`` of a 16-bit word, remembered per word (at most 65,536 texts per flag type)."""
     if word is None:
         return None
-    text = _BMS_TEXTS.get(word)
+    text = texts.get(word)
     if text is None:
-        text = describe_flags(BmsProtection, word)
+        text = describe_flags(flags, word)
         if type(word) is int and 0 <= word <= 0xFFFF:
-            _BMS_TEXTS[word] = text
+            texts[word] = text
     return text
 
 

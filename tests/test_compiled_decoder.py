@@ -1,0 +1,129 @@
+"""The read plan compiled to one function (collectors/modbus/decode.py ``compile_plan``) decodes exactly as
+``decode_poll``: the same reading, the same errors in the same order, on every shipped profile and on
+profiles edited at random, for random register words, the no-value patterns and reads that failed.
+
+The behaviour itself is stated from outside in test_mutation_decode.py, test_vendor_profiles.py and
+test_profiles.py, which run against both implementations; here the two are held to each other on inputs
+those tests do not reach."""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+
+import hypothesis.strategies as st
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+
+from collectors.modbus.codec import _exact_divisor
+from collectors.modbus.decode import compile_plan, decode_poll, shared_decoder
+from collectors.modbus.planner import plan_reads, shared_plan
+from collectors.modbus.profile import PROFILE_DIR, Profile, ProfileError, find_profile, load_profile
+
+_SHIPPED = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+# Words a device sends that decoders treat specially: zero, all ones, the signed extremes, NaN and
+# infinity halves of a float, and a random word.
+_WORD = st.one_of(st.sampled_from([0, 1, 0xFFFF, 0x8000, 0x7FFF, 0x7FC0, 0x7F80, 0xFF80, 0x00FF, 0xFF00]),
+                  st.integers(0, 0xFFFF))
+
+
+def _responses(data: st.DataObject, plan) -> list:
+    out = []
+    for request in plan:
+        if data.draw(st.integers(0, 9)) == 0:
+            out.append(None)  # a read the device refused with an exception
+        elif request.register_type in ("coil", "discrete"):
+            out.append(data.draw(st.lists(st.booleans(), min_size=request.count, max_size=request.count)))
+        else:
+            out.append(data.draw(st.lists(_WORD, min_size=request.count, max_size=request.count)))
+    return out
+
+
+def _same(plan, slots: int, responses: list) -> None:
+    args = {"cabinet_id": "C1", "site": "s", "model": "m", "timestamp_ns": 7}
+    expected = decode_poll(plan, responses, slot_count=slots, **args)
+    got = compile_plan(plan, slots)(responses, **args)
+    assert got[0] == expected[0]
+    assert [str(e) for e in got[1]] == [str(e) for e in expected[1]]
+    assert got[1] == expected[1]
+    # the same types too (1 == 1.0 == True would hide a wrong one)
+    for mine, theirs in zip([got[0], *got[0].slots], [expected[0], *expected[0].slots]):
+        for name in type(mine).__slots__:
+            assert type(getattr(mine, name)) is type(getattr(theirs, name)), name
+
+
+@pytest.mark.parametrize("name", _SHIPPED)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_shipped_profiles_decode_the_same_compiled(name: str, data: st.DataObject) -> None:
+    profile = find_profile(name)
+    slots = min(profile.slot_count, 4)
+    plan = plan_reads(profile, slots)
+    _same(plan, slots, _responses(data, plan))
+
+
+_KESTREL = yaml.safe_load((PROFILE_DIR / "kestrel-k10.yaml").read_text(encoding="utf-8"))
+_EDITS = st.fixed_dictionaries({
+    "type": st.sampled_from(["u16", "i16", "u32", "i32", "f32", "bit", "bool"]),
+    "scale": st.sampled_from([1, 0.1, 0.01, 0.001, 0.5, 0.05, 2, 10, 0.25]),
+    "valid": st.one_of(st.none(), st.tuples(st.integers(-200, 100), st.integers(100, 70000)).map(list)),
+    "missing": st.one_of(st.none(), st.sampled_from([0xFFFF, 0x8000, 0])),
+    "word_order": st.sampled_from(["ABCD", "CDAB", "BADC", "DCBA"]),
+    "bit": st.integers(0, 15),
+})
+
+
+def _edited(section: str, index: int, edit: dict) -> Profile | None:
+    doc = copy.deepcopy(_KESTREL)
+    entries = doc[section]
+    entry = entries[index % len(entries)]
+    for key, value in edit.items():
+        if value is None:
+            entry.pop(key, None)
+        elif key != "bit" or edit["type"] == "bit":
+            entry[key] = value
+    if edit["type"] != "bit":
+        entry.pop("bit", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "k.yaml"
+        path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+        try:
+            return load_profile(path)
+        except ProfileError:
+            return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["cabinet", "slot", "extra"]), st.integers(0, 40), _EDITS, st.data())
+def test_edited_profiles_decode_the_same_compiled(section: str, index: int, edit: dict, data: st.DataObject) -> None:
+    profile = _edited(section, index, edit)
+    if profile is None:
+        return
+    plan = plan_reads(profile, 2)
+    _same(plan, 2, _responses(data, plan))
+
+
+def test_a_division_stands_for_scale_and_rounding_only_where_it_is_exact() -> None:
+    # 0.1 (and its powers) with the profile's rounding: raw / 10 is the same float for every 16-bit raw value.
+    for scale, decimals, divisor in ((0.1, 3, 10), (0.01, 4, 100), (0.001, 5, 1000)):
+        assert _exact_divisor(scale, decimals) == divisor
+        assert all(raw / divisor == round(raw * scale, decimals) for raw in range(-0x8000, 0x10000, 7))
+    # not a power of ten, or rounded to fewer places than the scale has: no division
+    assert _exact_divisor(0.5, 3) is None and _exact_divisor(0.05, 4) is None and _exact_divisor(0.01, 1) is None
+
+
+def test_a_wrong_number_of_responses_decodes_as_decode_poll_does() -> None:
+    profile = find_profile("reference-cabinet")
+    plan = plan_reads(profile, 2)
+    responses = [[0] * r.count if r.register_type not in ("coil", "discrete") else [False] * r.count
+                 for r in plan][:-1]
+    _same(plan, 2, responses)
+
+
+def test_one_compiled_decoder_per_shared_plan() -> None:
+    profile = find_profile("reference-cabinet")
+    plan = shared_plan(profile, 12)
+    assert shared_decoder(plan, 12) is shared_decoder(shared_plan(profile, 12), 12)
+    assert shared_decoder(plan, 11) is not shared_decoder(plan, 12)
