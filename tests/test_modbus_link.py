@@ -150,3 +150,33 @@ async def test_not_connected_and_refused_values_fail_before_sending() -> None:
         assert not (await link.write_register(5, 12)).isError()  # echo accepted
         assert not (await link.write_coil(3, True)).isError()
         link.close()
+
+
+async def test_each_request_gets_its_whole_timeout_and_a_cancelled_one_stops_at_once() -> None:
+    """One timer per connection: a request sent while the timer of an earlier one is pending still gets
+    its whole timeout (not what was left of the earlier one's); a silent device fails it after that;
+    cancelling a waiting request cancels it at once and leaves no timer behind."""
+    asked: list[int] = []
+
+    def answer(req: bytes) -> bytes | None:
+        asked.append(len(asked))
+        return _reply(req, bytes([3, 2, 0, 7])) if len(asked) == 1 else None
+
+    async with _peer(answer) as port:
+        link = await _link(port, timeout=0.6)
+        loop = asyncio.get_running_loop()
+        assert (await link.read_holding_registers(0, count=1)).registers == (7,)
+        await asyncio.sleep(0.35)  # the timer armed by the first request fires 0.25 s into the second
+        started = loop.time()
+        with pytest.raises(ModbusIOException, match="no answer within 0.6 s"):
+            await link.read_holding_registers(0, count=1)
+        assert 0.55 <= loop.time() - started < 1.5
+        task = asyncio.create_task(link.read_holding_registers(0, count=1))
+        await asyncio.sleep(0.05)
+        started = loop.time()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert loop.time() - started < 0.2
+        link.close()
+        assert link._protocol is None
