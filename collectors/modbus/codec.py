@@ -264,6 +264,8 @@ def compile_decoder(spec: FieldSpec) -> Callable[[Sequence[int], int], float | i
         return flags16
     if kind in ("u32", "i32", "f32") and not spec.offset_value and spec.bits is None:
         return _compile_32(spec)
+    if kind == "string":
+        return _compile_text(spec)
     if kind not in ("u16", "i16") or spec.offset_value or spec.bits is not None:
         def general(words: Sequence[int], i: int) -> float | int | bool | str | None:
             return decode_value(spec, words[i : i + width])
@@ -404,6 +406,30 @@ def _compile_32(spec: FieldSpec) -> Callable[[Sequence[int], int], float | int |
             value = round(value, decimals)
         return value
     return word32
+
+
+def _compile_text(spec: FieldSpec) -> Callable[[Sequence[int], int], str | None]:
+    """Text (ids, names): the words packed in one call instead of a bytes object per word; anything
+    unusual (a short slice, a word past 16 bits) goes through :func:`decode_value`, as do the checks'
+    messages. Same result as :func:`decode_value`."""
+    width = spec.words
+    pack = struct.Struct(f">{width}H").pack
+    field = spec.field
+
+    def text(words: Sequence[int], i: int) -> str | None:
+        chunk = words[i : i + width]
+        try:
+            raw = pack(*chunk)
+        except struct.error:
+            return decode_value(spec, chunk)  # type: ignore[return-value]
+        try:
+            decoded = raw.split(b"\x00", 1)[0].decode("utf-8").strip()
+        except UnicodeDecodeError as err:
+            raise DecodeError(f"{field}: not UTF-8 text ({raw[:16]!r})") from err
+        if not decoded.isprintable():
+            raise DecodeError(f"{field}: control characters in text ({decoded[:16]!r})")
+        return decoded or None
+    return text
 
 
 def compile_unmapped(spec: FieldSpec) -> Callable[[Sequence[int], int], int | None]:
