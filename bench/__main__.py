@@ -13,7 +13,7 @@ import sys
 
 __all__ = ["main"]
 
-_SUITES = {"collector": "bench.collector", "lineprotocol": "bench.lineprotocol", "warnings": "bench.warnings",
+_SUITES = {"collector": "bench.collector", "decode": "bench.decode", "lineprotocol": "bench.lineprotocol", "warnings": "bench.warnings",
            "latency": "bench.latency", "vehicles": "bench.vehicles",
            "scrape": "bench.scrape", "health": "bench.health"}
 _ON_DEMAND = {"soak": "bench.soak", "stress": "bench.stress", "memory": "bench.memory"}  # long runs: never part of "all"

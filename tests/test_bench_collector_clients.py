@@ -45,3 +45,14 @@ async def test_plain_and_floor_clients_make_the_planned_requests(tmp_path, caplo
     finally:
         server.cancel()
         await asyncio.gather(server, return_exceptions=True)
+
+
+def test_decode_bench_checks_both_pairs_agree_and_prints_the_table(capsys) -> None:
+    """``bench decode``: one real poll of each named profile's simulator, then compiled vs reference
+    decoding and compiled vs general line encoding, checked equal before they are timed."""
+    from bench.decode import main
+
+    assert main(["--profiles", "volta-s8", "kestrel-k10", "--polls", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "decode_poll" in out and "encode_line" in out
+    assert out.count("x\n") == 2 and "volta-s8" in out and "kestrel-k10" in out
