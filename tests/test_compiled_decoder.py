@@ -107,7 +107,7 @@ def test_edited_profiles_decode_the_same_compiled(section: str, index: int, edit
 
 def test_a_division_stands_for_scale_and_rounding_only_where_it_is_exact() -> None:
     # 0.1 (and its powers) with the profile's rounding: raw / 10 is the same float for every 16-bit raw value.
-    for scale, decimals, divisor in ((0.1, 3, 10), (0.01, 4, 100), (0.001, 5, 1000)):
+    for scale, decimals, divisor in ((0.1, 3, 10), (0.01, 4, 100), (0.001, 5, 1000), (0.0001, 6, 10000)):
         assert _exact_divisor(scale, decimals) == divisor
         assert all(raw / divisor == round(raw * scale, decimals) for raw in range(-0x8000, 0x10000, 7))
     # not a power of ten, or rounded to fewer places than the scale has: no division
@@ -145,3 +145,39 @@ def test_text_decodes_as_decode_value_says(words: list[int]) -> None:
         except DecodeError as err:
             outcomes.append(("error", str(err)))
     assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize("name", _SHIPPED)
+def test_every_shipped_plan_is_compiled_not_handed_to_the_reference(name: str) -> None:
+    profile = find_profile(name)
+    for slots in (1, min(profile.slot_count, 12)):
+        decoder = compile_plan(plan_reads(profile, slots), slots)
+        assert decoder.__code__.co_filename.startswith("<read plan:"), decoder.__code__.co_filename
+
+
+def test_a_plan_with_a_slot_past_the_count_is_decoded_by_decode_poll_itself() -> None:
+    profile = find_profile("reference-cabinet")
+    plan = plan_reads(profile, 3)
+    decoder = compile_plan(plan, 2)  # slot 3's fields have no reading to go to
+    assert not decoder.__code__.co_filename.startswith("<read plan:")
+    responses = [[0] * r.count if r.register_type not in ("coil", "discrete") else [False] * r.count for r in plan]
+    with pytest.raises(IndexError):  # as decode_poll does: the plan does not fit the slot count
+        decoder(responses, cabinet_id="C1", site="s", model="m", timestamp_ns=1)
+
+
+def test_the_shared_decoders_are_bounded_least_recently_used_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    from collections import OrderedDict
+
+    from collectors.modbus import decode
+
+    monkeypatch.setattr(decode, "_SHARED_MAX", 2)
+    monkeypatch.setattr(decode, "_shared", OrderedDict())
+    profile = find_profile("volta-s8")
+    plans = [shared_plan(profile, n) for n in (1, 2, 3)]
+    first = shared_decoder(plans[0], 1)
+    shared_decoder(plans[1], 2)
+    assert shared_decoder(plans[0], 1) is first  # used again: now the most recent
+    shared_decoder(plans[2], 3)  # the third pushes out the least recently used (plans[1])
+    assert len(decode._shared) == 2
+    assert shared_decoder(plans[0], 1) is first
+    assert id(plans[1]) not in decode._shared
