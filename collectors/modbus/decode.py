@@ -133,7 +133,9 @@ def compile_plan(plan: Sequence[ReadRequest], slot_count: int) -> PlanDecoder:
     by_value: dict[tuple[type, object], str] = {}
 
     def constant(value: object) -> str:
-        key = (type(value), value if isinstance(value, (str, int, float, bool, type(None))) else id(value))
+        # by type and value (a float by its text: -0.0 is not 0.0 in a message), anything else by identity
+        key = (type(value), repr(value) if type(value) is float else
+               value if isinstance(value, (str, int, bool, type(None))) else id(value))
         name = by_value.get(key)
         if name is None:
             name = by_value[key] = f"k{len(constants)}"
