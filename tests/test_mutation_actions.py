@@ -248,3 +248,46 @@ async def test_recent_records_are_bounded_by_history() -> None:
 
 def test_the_last_500_records_are_kept_by_default() -> None:
     assert ActionRunner(None).recent.maxlen == 500
+
+
+# -- a person's commands (remote control) beside the rules' --------------------------------------------
+
+def test_the_fire_suppression_words_are_refused_in_any_case_even_when_allowed() -> None:
+    """The never-list is defence in depth: it holds even for a name an allow-list were to carry, whatever
+    its letter case."""
+    for name in ("Release_Suppression", "FIRE_door", "SprinklerValve"):
+        with pytest.raises(ForbiddenCommand):
+            check_command(name, frozenset({name}))
+
+
+async def test_a_rule_may_not_send_a_control_command_but_a_person_may() -> None:
+    """Rules send the slot relay only (ALLOWED_COMMANDS); a person's command (``by``) is checked against the
+    control commands instead, and is recorded with the reason they gave."""
+    cabinets = Cabinets({"c1": 4})
+    runner = ActionRunner(cabinets, ActionPolicy(perform=frozenset()))
+    with pytest.raises(ForbiddenCommand):
+        await runner.execute(_command(name="fault_reset", slot=None))
+    assert cabinets.calls == []
+    record = await runner.execute(_command(name="fault_reset", slot=None, value=1, action="fault_reset", alert="",
+                                           by="eng1", reason="reset after inspection"))
+    assert cabinets.calls == [("c1", "fault_reset", None, 1, "user:eng1")]
+    assert record.result == "ok" and record.reason == "reset after inspection" and record.actor == "user:eng1"
+
+
+async def test_a_skipped_action_keeps_its_reason() -> None:
+    runner = ActionRunner(Cabinets({"c1": 4}), ActionPolicy(perform=frozenset()))
+    record = await runner.execute(_command(reason="drill"))
+    assert record.result == "skipped" and record.reason == "drill"
+
+
+@pytest.mark.parametrize(("by", "slot", "expected"), [
+    ("", 3, "protective action slot_cutoff: thermal_runaway@s1/c1/3 slot_output=0 on s1/c1 slot 3 by "
+            "rule:thermal_runaway@level2: OK (read back 0)"),
+    ("eng1", None, "remote command slot_cutoff: thermal_runaway@s1/c1/3 slot_output=0 on s1/c1 by user:eng1: "
+                   "OK (read back 0)"),
+])
+async def test_the_log_line_says_whose_command_and_where(caplog, by: str, slot: int | None, expected: str) -> None:
+    runner = ActionRunner(Cabinets({"c1": 4}))
+    with caplog.at_level(logging.INFO, logger="alerting.actions"):
+        await runner.execute(_command(by=by, slot=slot))
+    assert expected in caplog.text

@@ -411,3 +411,23 @@ async def test_a_good_command_is_logged_at_info(profile: Profile, caplog) -> Non
 async def test_a_cabinet_that_cannot_be_reached_is_a_failed_command(profile: Profile) -> None:
     result = await _cabinet(profile, free_port()).command("slot_output", slot=1, value=0, actor="rule")
     assert not result.ok and result.error.startswith("cannot connect to 127.0.0.1:")
+
+
+async def test_a_command_that_raises_unexpectedly_is_reported_and_logged_never_lost(profile: Profile, caplog) -> None:
+    """A protective command reports whatever goes wrong: here a bug below the command path (the request
+    itself raising something no device error maps to) becomes a failed result naming it, logged with its
+    traceback, and the summary line."""
+    cabinet = _cabinet(profile, free_port())
+
+    async def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("driver bug")
+
+    cabinet._call = broken  # type: ignore[method-assign]
+    result = await cabinet.command("slot_output", slot=2, value=0, actor="rule:x@level3")
+    assert not result.ok and result.error == "unexpected RuntimeError: driver bug"
+    records = [(r.levelno, r.getMessage(), r.exc_info is not None) for r in caplog.records
+               if r.name == "cascade.collectors.modbus"]
+    assert records == [
+        (logging.ERROR, "command slot_output cabinet=C9 slot=2: unexpected error", True),
+        (logging.ERROR, "command slot_output cabinet=C9 slot=2 value=0 by rule:x@level3: FAILED "
+                        "(unexpected RuntimeError: driver bug)", False)]
