@@ -106,3 +106,41 @@ slot:
     with pytest.raises(ValueError) as info:
         plan_reads(profile, max_registers=1)
     assert str(info.value) == "input_power_w is 2 registers, over the 1 limit"
+
+
+# -- plans shared between cabinets --------------------------------------------------------------------
+
+def test_a_shared_plan_is_the_planned_reads_once_per_profile_slots_gap_and_fields(monkeypatch) -> None:
+    from collections import OrderedDict
+
+    from collectors.modbus import planner
+    from collectors.modbus.planner import restrict_plan, shared_plan
+    from collectors.modbus.profile import find_profile
+
+    monkeypatch.setattr(planner, "_shared", OrderedDict())
+    profile = find_profile("reference-cabinet")  # 12 slots, max_gap 16 by its profile
+    full = shared_plan(profile)
+    assert full == tuple(plan_reads(profile)) and shared_plan(profile) is full
+    assert shared_plan(profile, profile.slot_count, max_gap=profile.max_gap) is full  # the defaults spelled out
+    assert shared_plan(profile, 2) == tuple(plan_reads(profile, 2)) and shared_plan(profile, 2) is not full
+    tight = shared_plan(profile, 2, max_gap=0)
+    assert tight == tuple(plan_reads(profile, 2, max_gap=0)) and len(tight) > len(shared_plan(profile, 2))
+    # a restricted plan cuts the plan of the same slots and gap
+    only = {"temperature_c", "flame_detected", "battery_id"}
+    assert restrict_plan(plan_reads(profile, 2, max_gap=0), only) != restrict_plan(plan_reads(profile, 2), only)
+    assert shared_plan(profile, 2, max_gap=0, only=only) == tuple(restrict_plan(plan_reads(profile, 2, max_gap=0), only))
+    assert shared_plan(profile, only=only) == tuple(restrict_plan(plan_reads(profile), only))
+    # an equal profile that is another object gets its own plan (the key is the object, kept alive)
+    other = find_profile("reference-cabinet")
+    mine = shared_plan(profile, 2)
+    assert other is not profile and shared_plan(other, 2) is not mine
+    assert shared_plan(profile, 2) is mine and shared_plan(other, 2) is shared_plan(other, 2)  # both kept
+    # at most _SHARED_MAX plans, the least recently used dropped first
+    monkeypatch.setattr(planner, "_shared", OrderedDict())
+    monkeypatch.setattr(planner, "_SHARED_MAX", 3)
+    a, b = shared_plan(profile, 1), shared_plan(profile, 2)
+    shared_plan(profile, 3)
+    assert shared_plan(profile, 1) is a  # used again: most recent
+    shared_plan(profile, 4)  # pushes out the least recently used: slots 2
+    assert len(planner._shared) == 3
+    assert shared_plan(profile, 1) is a and shared_plan(profile, 2) is not b
