@@ -144,3 +144,38 @@ def test_a_shared_plan_is_the_planned_reads_once_per_profile_slots_gap_and_field
     shared_plan(profile, 4)  # pushes out the least recently used: slots 2
     assert len(planner._shared) == 3
     assert shared_plan(profile, 1) is a and shared_plan(profile, 2) is not b
+
+
+RESTRICT = """\
+model: restrict
+max_gap: 10
+slots:
+  count: 1
+  base: {input: 100}
+  stride: {input: 1}
+slot:
+  - {field: voltage_v, register: input, offset: 0, type: u16}
+cabinet:
+  - {field: input_voltage_v, register: input, address: 0, type: u16}
+  - {field: co_ppm, register: input, address: 1, type: f32}
+  - {field: input_current_a, register: input, address: 3, type: u16}
+  - {field: smoke_detected, register: discrete, address: 0}
+  - {field: flame_detected, register: discrete, address: 1}
+  - {field: water_detected, register: discrete, address: 2}
+"""
+
+
+def test_a_restricted_read_covers_each_kept_field_whole_and_nothing_past_it(tmp_path: Path) -> None:
+    """The fast lane's reads: from the first kept field to the end of the last one, a two-register value
+    whole (not cut to one register), a bit read one bit per field, never past the last kept field."""
+    from collectors.modbus.planner import restrict_plan
+
+    path = tmp_path / "restrict.yaml"
+    path.write_text(RESTRICT, encoding="utf-8")
+    plan = plan_reads(load_profile(path))
+    assert [(r.register_type, r.address, r.count) for r in plan] == [("input", 0, 4), ("input", 100, 1),
+                                                                      ("discrete", 0, 3)]
+    fast = restrict_plan(plan, {"co_ppm", "smoke_detected", "flame_detected"})
+    assert [(r.register_type, r.address, r.count) for r in fast] == [("input", 1, 2), ("discrete", 0, 2)]
+    assert [[(f.name, f.index) for f in r.fields] for r in fast] == [[("co_ppm", 0)],
+                                                                     [("smoke_detected", 0), ("flame_detected", 1)]]
