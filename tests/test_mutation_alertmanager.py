@@ -489,3 +489,16 @@ async def test_an_unreadable_silence_list_is_logged(caplog) -> None:
             await _until(lambda: caplog.records)
     assert caplog.records[0].getMessage().startswith(
         "alertmanager: could not expire the acknowledgement silence of a (")
+
+
+async def test_a_push_that_fails_after_idle_wake_ups_is_retried_and_delivered() -> None:
+    """Idle wake-ups (re-send timers with nothing to send) leave the pusher ready to back off: the first
+    change after them, refused once by Alertmanager, is retried and delivered (the push task lives on)."""
+    async with StandIn() as am:
+        am.statuses = [503]
+        pusher = AlertmanagerPusher(am.url, resend_interval_s=0.02, clock=ManualClock(T0), retry_initial_s=0.01)
+        async with pusher:
+            await asyncio.sleep(0.1)  # several re-send timers with nothing to send
+            pusher.fire({"alertname": "late"}, {})
+            await _until(lambda: len(am.posts) == 2 and not pusher.pending, timeout_s=2.0)
+            assert pusher.up and not pusher._task.done()
