@@ -179,3 +179,35 @@ def test_a_restricted_read_covers_each_kept_field_whole_and_nothing_past_it(tmp_
     assert [(r.register_type, r.address, r.count) for r in fast] == [("input", 1, 2), ("discrete", 0, 2)]
     assert [[(f.name, f.index) for f in r.fields] for r in fast] == [[("co_ppm", 0)],
                                                                      [("smoke_detected", 0), ("flame_detected", 1)]]
+
+
+def test_a_field_slice_built_without_a_decoder_compiles_its_own() -> None:
+    from collectors.modbus.planner import FieldSlice
+    from collectors.modbus.profile import FieldSpec, unmapped_field
+
+    temperature = FieldSpec("temperature_c", "input", 0, "i16", scale=0.1)
+    item = FieldSlice(2, temperature, 1)
+    assert (item.decode([0, 0xFFF6], 1), item.name, item.slot, item.index) == (-1.0, "temperature_c", 2, 1)
+    from collectors.modbus.codec import decode_unmapped, decode_value
+    from collectors.modbus.profile import find_profile
+
+    flags = next(s for s in find_profile("kestrel-k10").slot_fields if s.bits is not None and s.words == 1)
+    mapped, unmapped = FieldSlice(1, flags, 0), FieldSlice(1, flags, 0, unmapped=True)
+    for word in (0, 0x0001, 0x8421, 0xFFFE):
+        assert mapped.decode([word], 0) == decode_value(flags, [word])
+        assert unmapped.decode([word], 0) == decode_unmapped(flags, [word])
+    assert {mapped.decode([w], 0) for w in range(0, 0x10000, 97)} != {unmapped.decode([w], 0) for w in range(0, 0x10000, 97)}
+    assert unmapped.name == unmapped_field(flags.field) and mapped.name == flags.field
+
+
+def test_each_field_spec_is_compiled_once_per_plan() -> None:
+    """A plan holds one decoder per field spec (and unmapped flag), shared by that field's slices in every
+    slot: a 12-slot plan does not hold twelve copies."""
+    from collectors.modbus.profile import find_profile
+
+    plan = plan_reads(find_profile("kestrel-k10"))
+    decoders: dict[tuple[int, bool], object] = {}
+    slices = [f for r in plan for f in r.fields]
+    for f in slices:
+        assert decoders.setdefault((id(f.spec), f.unmapped), f.decode) is f.decode
+    assert len(decoders) < len(slices) and any(f.unmapped for f in slices)
