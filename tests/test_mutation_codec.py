@@ -166,3 +166,10 @@ def test_raw_patterns_wrap_to_the_field_width() -> None:
     assert encode_raw(FieldSpec("soc_pct", "input", 0, "u16"), -1) == [0xFFFF]
     assert encode_raw(FieldSpec("input_power_w", "input", 0, "u32", word_order="CDAB"), -2) == [0xFFFE, 0xFFFF]
     assert encode_raw(FieldSpec("input_power_w", "input", 0, "u32"), 0x1_0000_0001) == [0x0000, 0x0001]
+
+
+def test_a_field_without_a_unit_has_no_stray_spaces_in_its_messages() -> None:
+    spec = FieldSpec("charge_count", "input", 0, "u16", valid=(0, 10))
+    assert _both(spec, [20]) == ("over", "charge_count: 20 beyond the valid range 0..10: kept as at least 10", 10)
+    assert _both(spec, [0xFFFF]) == ("garbage", "charge_count: raw 0xFFFF is an error/no-value pattern, not a "
+                                                "measurement (65535 is outside the valid range 0..10)")

@@ -449,6 +449,22 @@ def test_a_rate_over_fast_polls_keeps_few_samples_and_the_right_slope() -> None:
     assert len(buf) % 2 == 0 and len(buf) <= 2 * 18  # pairs; 16 per window, the newest, the window's edge
 
 
+
+def test_a_rate_whose_samples_all_age_out_at_once_starts_afresh() -> None:
+    """A sensor silent for longer than the window: every kept sample is too old at once, all are dropped
+    in one reading (not one per reading), and the rate starts afresh from the new samples."""
+    probe = Probe("{rate_of: temperature_c, window: 60s}", step=0)
+    seen = []
+    for at, v in [(0, 20.0), (10, 21.0), (20, 22.0), (30, 23.0), (600, 40.0), (610, 40.5), (620, 41.0),
+                  (630, 41.5)]:
+        probe.clock.now = 1000.0 + at
+        seen.append(probe.read({"temperature_c": v})[1])
+    assert _rounded(seen) == [None, None, None, 6.0, None, None, None, 3.0]
+    (state,) = probe.engine._targets.values()
+    (buf,) = state.buffers.values()
+    assert list(buf[0::2]) == [1600.0, 1610.0, 1620.0, 1630.0]  # only the new samples
+
+
 # -- fusion: evidence text and holds (alerting/engine.py: Engine._fuse) ---------------------------------------------
 
 def _fusion_engine(language: str = "en") -> tuple[Engine, ManualClock]:

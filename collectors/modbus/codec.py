@@ -117,8 +117,9 @@ def _out_of_range(field: str, unit: str, value: float, lo: float, hi: float, raw
         return DecodeError(f"{field}: raw 0x{raw:X} is an error/no-value pattern, not a measurement "
                            f"({shown} is outside the valid range {lo:g}..{hi:g})")
     limit = hi if value > hi else lo
+    kept = f"{limit:g} {unit}".rstrip()
     return OverRange(f"{field}: {shown} beyond the valid range {lo:g}..{hi:g}: kept as "
-                     f"{'at least' if value > hi else 'at most'} {limit:g} {unit}", limit)
+                     f"{'at least' if value > hi else 'at most'} {kept}", limit)
 
 
 def _swap16(word: int) -> int:
