@@ -431,3 +431,111 @@ async def test_a_command_that_raises_unexpectedly_is_reported_and_logged_never_l
         (logging.ERROR, "command slot_output cabinet=C9 slot=2: unexpected error", True),
         (logging.ERROR, "command slot_output cabinet=C9 slot=2 value=0 by rule:x@level3: FAILED "
                         "(unexpected RuntimeError: driver bug)", False)]
+
+
+# -- the safety fast lane against the scripted peer ---------------------------------------------------
+
+LANE_PROFILE = """\
+model: lane
+max_gap: 8
+slots:
+  count: 3
+  base: {input: 100}
+  stride: {input: 10}
+cabinet:
+  - {field: input_voltage_v, register: input, address: 0, type: u16}
+  - {field: cabinet_temperature_c, register: input, address: 20, type: u16}
+  - {field: flame_detected, register: discrete, address: 0}
+slot:
+  - {field: soc_pct, register: input, offset: 0, type: u16}
+  - {field: temperature_c, register: input, offset: 5, type: u16, valid: [0, 90]}
+"""
+
+
+@pytest.fixture
+def lane_profile(tmp_path: Path) -> Profile:
+    path = tmp_path / "lane.yaml"
+    path.write_text(LANE_PROFILE, encoding="utf-8")
+    return load_profile(path)
+
+
+async def test_a_fast_poll_reads_only_the_safety_fields_and_merges_them_into_the_last_full_reading(
+        lane_profile: Profile) -> None:
+    peer = Peer(words={("input", 0): 230, ("input", 20): 25, ("input", 100): 50, ("input", 105): 30,
+                       ("input", 110): 60, ("input", 115): 31})
+    async with serve(peer):
+        cabinet = _cabinet(lane_profile, peer.port, slots=2, interval_s=60.0, fast_interval_s=1.0)
+        assert cabinet.fast_plan is not None and cabinet.interval_s == 1.0
+        full = await cabinet.fetch()
+        assert not full.watch_only and full.requests == len(cabinet.plan)
+        # between polls: every value changes, a flame appears, slot 2's sensor goes past its range
+        peer.words.update({("input", 0): 231, ("input", 20): 40, ("input", 100): 51, ("input", 105): 35,
+                           ("input", 110): 61, ("input", 115): 95, ("discrete", 0): 1})
+        peer.requests.clear()
+        fast = await cabinet.fetch()
+    assert fast.watch_only and fast.source == KIND and fast.requests == len(cabinet.fast_plan) < len(cabinet.plan)
+    assert list(fast.errors) == [] and fast.failed_reads == 0
+    reading = fast.reading
+    # safety fields fresh, the rest as the full poll read them
+    assert (reading.cabinet_temperature_c, reading.flame_detected, reading.input_voltage_v) == (40.0, True, 230.0)
+    one, two = reading.slots
+    assert (one.temperature_c, one.soc_pct, two.temperature_c, two.soc_pct) == (35.0, 50.0, 90.0, 60.0)
+    assert two.over_range == ("temperature_c",) and one.over_range == ()
+    # the lane reads the configured two slots, not the profile's three: nothing at slot 3's registers
+    assert all(not 120 <= address < 130 for _fc, address, _count in
+               [(r[1], r[2], r[3]) for r in peer.requests])
+
+
+async def test_a_fast_poll_with_a_refused_read_reports_it_and_keeps_the_rest(lane_profile: Profile) -> None:
+    peer = Peer(words={("input", 20): 25, ("input", 105): 30})
+    async with serve(peer):
+        cabinet = _cabinet(lane_profile, peer.port, slots=1, interval_s=60.0, fast_interval_s=1.0)
+        await cabinet.fetch()
+        peer.exceptions = {2: [2]}  # the discrete read (the flame) refused once
+        peer.words[("input", 20)] = 41
+        fast = await cabinet.fetch()
+    assert fast.watch_only and fast.failed_reads == 1
+    assert [e.field for e in fast.errors] == ["(read)"] and "discrete 0+1" in fast.errors[0].reason
+    assert fast.reading.cabinet_temperature_c == 41.0
+
+
+def test_the_lane_follows_the_configured_slots_and_gap_and_is_off_when_it_saves_nothing(
+        lane_profile: Profile, tmp_path: Path) -> None:
+    from collectors.modbus.device import SAFETY_FIELDS
+    from collectors.modbus.planner import plan_reads, restrict_plan
+
+    cabinet = _cabinet(lane_profile, 1, slots=2, max_gap=0, interval_s=60.0, fast_interval_s=1.0)
+    assert cabinet.fast_plan == tuple(restrict_plan(plan_reads(lane_profile, 2, max_gap=0), SAFETY_FIELDS))
+    assert cabinet.fast_plan != tuple(restrict_plan(plan_reads(lane_profile, 2), SAFETY_FIELDS))
+    assert cabinet.fast_plan != tuple(restrict_plan(plan_reads(lane_profile, 3, max_gap=0), SAFETY_FIELDS))
+    # a profile of safety fields only: the lane would read what a full poll reads, so there is none
+    only_safety = tmp_path / "safety.yaml"
+    only_safety.write_text(LANE_PROFILE.replace("  - {field: input_voltage_v, register: input, address: 0, type: u16}\n", "")
+                           .replace("  - {field: soc_pct, register: input, offset: 0, type: u16}\n", ""), encoding="utf-8")
+    cabinet = _cabinet(load_profile(only_safety), 1, interval_s=60.0, fast_interval_s=1.0)
+    assert cabinet.fast_plan is None and cabinet.interval_s == 60.0
+
+
+async def test_reading_the_plan_with_no_plan_given_reads_the_full_one(profile: Profile) -> None:
+    peer = Peer(words={("input", 0): 7})
+    async with serve(peer):
+        responses, failed = await _cabinet(profile, peer.port).read_plan()
+    assert failed == [] and len(responses) == len(_cabinet(profile, 1).plan) and responses[0][0] == 7
+
+
+def test_a_fresh_fast_field_loses_its_stale_over_range_flag_when_only_the_full_reading_had_flags() -> None:
+    from collectors.modbus.device import merge_fast
+    from core.model import CabinetReading, SlotReading
+
+    full = CabinetReading("c", "s", "m", 1, cabinet_temperature_c=90.0, input_power_w=5.0,
+                          over_range=("cabinet_temperature_c", "input_power_w"),
+                          slots=[SlotReading(1, temperature_c=90.0, soc_pct=120.0, over_range=("temperature_c", "soc_pct"))])
+    fast = CabinetReading("c", "s", "m", 2, cabinet_temperature_c=30.0, slots=[SlotReading(1, temperature_c=30.0)])
+    merged = merge_fast(full, fast, ("cabinet_temperature_c",), ("temperature_c",))
+    assert merged.over_range == ("input_power_w",) and merged.slots[0].over_range == ("soc_pct",)
+    # and flags only the fast reading has are added to a full reading without any
+    plain = CabinetReading("c", "s", "m", 1, slots=[SlotReading(1)])
+    hot = CabinetReading("c", "s", "m", 2, over_range=("cabinet_temperature_c",),
+                         slots=[SlotReading(1, over_range=("temperature_c",))])
+    merged = merge_fast(plain, hot, ("cabinet_temperature_c",), ("temperature_c",))
+    assert merged.over_range == ("cabinet_temperature_c",) and merged.slots[0].over_range == ("temperature_c",)
