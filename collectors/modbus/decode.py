@@ -226,6 +226,7 @@ def compile_plan(plan: Sequence[ReadRequest], slot_count: int) -> PlanDecoder:
     }
     exec(compile(source, f"<read plan: {len(plan)} reads, {slot_count} slots>", "exec"), namespace)  # noqa: S102
     decoder: PlanDecoder = namespace["decode"]
+    decoder.source = source  # type: ignore[attr-defined]  # the generated code, to read (and for the tests)
     return decoder
 
 
