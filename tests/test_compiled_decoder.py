@@ -197,3 +197,17 @@ def test_sixteen_bit_and_bit_fields_are_written_out_and_only_the_others_call_the
     assert source.count("(w, ") == len(called)
     assert source.count("type(x) is") == sum(1 for f in called if f.kind is not None)
     assert " / 10" in source and "round(" not in source
+
+
+def test_hand_built_plans_decode_the_same_compiled() -> None:
+    """Plans no profile file makes but code can: an integer scale (the stored type follows the decoder's), a
+    read without fields, a word past 16 bits where no word means "not available"."""
+    from collectors.modbus.planner import FieldSlice, ReadRequest
+    from collectors.modbus.profile import FieldSpec
+
+    twice = FieldSpec("input_power_w", "input", 0, "u16", scale=2)
+    signed = FieldSpec("cabinet_temperature_c", "input", 1, "i16", scale=0.1)
+    plan = [ReadRequest("input", 0, 2, (FieldSlice(None, twice, 0), FieldSlice(None, signed, 1))),
+            ReadRequest("input", 10, 1, ())]
+    for responses in ([[3, 0xFFF6], [0]], [[0x1_0003, -1], None], [None, [1]]):
+        _same(plan, 1, responses)

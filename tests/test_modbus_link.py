@@ -180,3 +180,29 @@ async def test_each_request_gets_its_whole_timeout_and_a_cancelled_one_stops_at_
         assert loop.time() - started < 0.2
         link.close()
         assert link._protocol is None
+
+
+async def test_a_shorter_timeout_takes_effect_at_once_and_closing_ends_a_waiting_request() -> None:
+    asked: list[int] = []
+
+    def answer(req: bytes) -> bytes | None:
+        asked.append(len(asked))
+        return _reply(req, bytes([3, 2, 0, 7])) if len(asked) == 1 else None
+
+    async with _peer(answer) as port:
+        link = await _link(port, timeout=3.0)
+        loop = asyncio.get_running_loop()
+        await link.read_holding_registers(0, count=1)  # arms the timer for 3 s
+        link.timeout = 0.2
+        started = loop.time()
+        with pytest.raises(ModbusIOException, match="no answer within 0.2 s"):
+            await link.read_holding_registers(0, count=1)
+        assert loop.time() - started < 1.0  # not the 3 s the first request armed
+        link.timeout = 30.0
+        task = asyncio.create_task(link.read_holding_registers(0, count=1))
+        await asyncio.sleep(0.05)
+        started = loop.time()
+        link.close()
+        with pytest.raises(ConnectionException, match="closed while waiting"):
+            await task
+        assert loop.time() - started < 0.5

@@ -273,7 +273,7 @@ def compile_decoder(spec: FieldSpec) -> Callable[[Sequence[int], int], float | i
         return general
     signed = kind == "i16"
     swap = spec.swap_bytes
-    missing = spec.missing_words[0] if spec.missing_words else -1
+    missing = spec.missing_words[0] if spec.missing_words else None  # None: no word is "not available"
     scale = spec.scale
     lo, hi = spec.valid if spec.valid is not None else (-math.inf, math.inf)
     decimals = spec.decimals

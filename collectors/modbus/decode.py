@@ -149,6 +149,7 @@ def compile_plan(plan: Sequence[ReadRequest], slot_count: int) -> PlanDecoder:
     for r, request in enumerate(plan):
         body.append(f"w = responses[{r}]")
         body.append("if w is not None:")
+        body.append("    pass")  # a read without fields (no plan makes one) still compiles
         for item in request.fields:
             if item.slot is not None and not 1 <= item.slot <= slot_count:
                 return _reference(plan, slot_count)
@@ -235,7 +236,8 @@ def _inline_type(item: Any) -> type | None:
     kind = getattr(item.decode, "inline", None)
     if kind in ("bool", "bit"):
         return bool
-    return int if item.spec.scale == 1 else float
+    scale = item.spec.scale  # word16: the raw int, or round(raw * scale, decimals): an int for an int scale
+    return float if scale != 1 and isinstance(scale, float) else int
 
 
 def _coercion(kind: type, result: type | None, constant: Callable[[object], str]) -> str:

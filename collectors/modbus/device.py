@@ -97,9 +97,8 @@ class ModbusCabinet:
                 self.fast_plan = plan
         # Each plan compiled to one decoding function here, at start-up, not on the first poll (building one
         # takes 0.1-0.2 s); shared by every cabinet with the same plan (decode.shared_decoder).
-        for plan in (self.plan, self.fast_plan):
-            if plan is not None:
-                shared_decoder(plan, self.slot_count)
+        self._decode_full = shared_decoder(self.plan, self.slot_count)
+        self._decode_fast = None if self.fast_plan is None else shared_decoder(self.fast_plan, self.slot_count)
         # What the runner schedules on: every fast poll when the lane is on, a full poll in between.
         self.interval_s: float = fast if fast is not None and self.fast_plan is not None else config.interval_s
         self._fast_names: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
@@ -226,8 +225,9 @@ class ModbusCabinet:
         failed = len(failed_detail)
         if failed == len(plan):
             raise PollFailed("exception", "every read failed: " + "; ".join(failed_detail[:3]))
-        # The plan compiled to one function, shared by every cabinet with this plan (decode.compile_plan).
-        decode = shared_decoder(plan, self.slot_count)
+        # The plan compiled to one function at start-up, shared by every cabinet with this plan.
+        decode = self._decode_fast if plan is self.fast_plan and self._decode_fast is not None else \
+            self._decode_full if plan is self.plan else shared_decoder(plan, self.slot_count)
         reading, errors = decode(responses, cabinet_id=self.config.id, site=self.config.site,
                                  model=self.profile.model, timestamp_ns=time.time_ns())
         for detail in failed_detail:

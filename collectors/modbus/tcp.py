@@ -65,6 +65,9 @@ class _Protocol(asyncio.Protocol):
     def arm(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
         self.timeout = timeout
         self.deadline = loop.time() + timeout
+        if self.timer is not None and self.timer.when() > self.deadline:  # a shorter timeout than before
+            self.timer.cancel()
+            self.timer = None
         if self.timer is None:
             self.timer = loop.call_at(self.deadline, self._expire, loop)
 
@@ -143,6 +146,10 @@ class ModbusTcpLink:
         p, self._protocol = self._protocol, None
         if p is not None:
             p.disarm()
+            # A request in flight ends now, not when the transport gets round to connection_lost (which
+            # waits for unsent data to drain: never, for a peer that stopped reading).
+            if p.waiter is not None and not p.waiter.done():
+                p.waiter.set_exception(ConnectionException("connection closed while waiting for an answer"))
             if p.transport is not None:
                 p.transport.close()
 
