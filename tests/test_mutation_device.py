@@ -539,3 +539,21 @@ def test_a_fresh_fast_field_loses_its_stale_over_range_flag_when_only_the_full_r
                          slots=[SlotReading(1, over_range=("temperature_c",))])
     merged = merge_fast(plain, hot, ("cabinet_temperature_c",), ("temperature_c",))
     assert merged.over_range == ("cabinet_temperature_c",) and merged.slots[0].over_range == ("temperature_c",)
+
+
+async def test_a_connection_the_device_closed_between_polls_is_reopened_by_the_next_poll(profile: Profile) -> None:
+    """Gateways drop idle connections: the next poll notices before it sends and reconnects, so no poll
+    is lost to it."""
+    peer = Peer(words={("input", 0): 5})
+    async with serve(peer):
+        cabinet = _cabinet(profile, peer.port)
+        await cabinet.fetch()
+        for writer in peer.connections:
+            writer.close()
+        for _ in range(50):  # until the link has seen the close
+            if not cabinet._client.connected:
+                break
+            await asyncio.sleep(0.01)
+        report = await cabinet.fetch()
+        await cabinet.close()
+    assert report.reading.input_voltage_v == 5.0
