@@ -152,17 +152,21 @@ async def test_not_connected_and_refused_values_fail_before_sending() -> None:
         link.close()
 
 
-async def test_each_request_gets_its_whole_timeout_and_a_cancelled_one_stops_at_once() -> None:
-    """One timer per connection: a request sent while the timer of an earlier one is pending still gets
-    its whole timeout (not what was left of the earlier one's); a silent device fails it after that;
-    cancelling a waiting request cancels it at once and leaves no timer behind."""
+def _answers_once():
+    """A device that answers its first request (one register, 7) and then none."""
     asked: list[int] = []
 
     def answer(req: bytes) -> bytes | None:
         asked.append(len(asked))
         return _reply(req, bytes([3, 2, 0, 7])) if len(asked) == 1 else None
+    return answer
 
-    async with _peer(answer) as port:
+
+async def test_each_request_gets_its_whole_timeout_and_a_cancelled_one_stops_at_once() -> None:
+    """One timer per connection: a request sent while the timer of an earlier one is pending still gets
+    its whole timeout (not what was left of the earlier one's); a silent device fails it after that;
+    cancelling a waiting request cancels it at once and leaves no timer behind."""
+    async with _peer(_answers_once()) as port:
         link = await _link(port, timeout=0.6)
         loop = asyncio.get_running_loop()
         assert (await link.read_holding_registers(0, count=1)).registers == (7,)
@@ -183,13 +187,7 @@ async def test_each_request_gets_its_whole_timeout_and_a_cancelled_one_stops_at_
 
 
 async def test_a_shorter_timeout_takes_effect_at_once_and_closing_ends_a_waiting_request() -> None:
-    asked: list[int] = []
-
-    def answer(req: bytes) -> bytes | None:
-        asked.append(len(asked))
-        return _reply(req, bytes([3, 2, 0, 7])) if len(asked) == 1 else None
-
-    async with _peer(answer) as port:
+    async with _peer(_answers_once()) as port:
         link = await _link(port, timeout=3.0)
         loop = asyncio.get_running_loop()
         await link.read_holding_registers(0, count=1)  # arms the timer for 3 s

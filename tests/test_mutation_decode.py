@@ -9,7 +9,8 @@ import pytest
 
 from collectors.modbus.decode import FieldError, compile_plan, decode_poll
 from collectors.modbus.planner import plan_reads
-from collectors.modbus.profile import Profile, load_profile
+from collectors.modbus.profile import Profile
+from tests.fixtures.profiles import profile_from_text
 
 PROFILE = """\
 model: mut-decode
@@ -36,9 +37,7 @@ F32_NAN = [0x7FC0, 0x0000]
 
 @pytest.fixture
 def profile(tmp_path: Path) -> Profile:
-    path = tmp_path / "profile.yaml"
-    path.write_text(PROFILE, encoding="utf-8")
-    return load_profile(path)
+    return profile_from_text(tmp_path, PROFILE, "profile")
 
 
 def _decode(profile: Profile, cabinet: list[int] | None, slots: dict[int, list[int] | None]):

@@ -23,6 +23,7 @@ from collectors.modbus.settings import CabinetConfig
 from collectors.runner import PollFailed
 from tests.fixtures.clock import T0, ManualClock
 from tests.fixtures.ports import free_port
+from tests.fixtures.profiles import profile_from_text
 
 PROFILE = """\
 model: scripted
@@ -120,9 +121,7 @@ async def serve(peer: Peer, host: str = "127.0.0.1") -> AsyncIterator[Peer]:
 
 @pytest.fixture
 def profile(tmp_path: Path) -> Profile:
-    path = tmp_path / "scripted.yaml"
-    path.write_text(PROFILE, encoding="utf-8")
-    return load_profile(path)
+    return profile_from_text(tmp_path, PROFILE, "scripted")
 
 
 def _cabinet(profile: Profile, port: int, **kwargs: object) -> ModbusCabinet:
@@ -454,9 +453,7 @@ slot:
 
 @pytest.fixture
 def lane_profile(tmp_path: Path) -> Profile:
-    path = tmp_path / "lane.yaml"
-    path.write_text(LANE_PROFILE, encoding="utf-8")
-    return load_profile(path)
+    return profile_from_text(tmp_path, LANE_PROFILE, "lane")
 
 
 async def test_a_fast_poll_reads_only_the_safety_fields_and_merges_them_into_the_last_full_reading(

@@ -11,6 +11,7 @@ import pytest
 from collectors.modbus.decode import decode_poll
 from collectors.modbus.planner import minimum_reads, plan_reads
 from collectors.modbus.profile import Profile, load_profile
+from tests.fixtures.profiles import profile_from_text
 
 PROFILE = """\
 model: edges
@@ -35,9 +36,7 @@ extra:
 
 @pytest.fixture
 def profile(tmp_path: Path) -> Profile:
-    path = tmp_path / "edges.yaml"
-    path.write_text(PROFILE, encoding="utf-8")
-    return load_profile(path)
+    return profile_from_text(tmp_path, PROFILE, "edges")
 
 
 def test_bits_are_read_up_to_2000_per_request_registers_up_to_125(profile: Profile) -> None:
