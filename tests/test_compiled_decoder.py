@@ -105,7 +105,10 @@ def test_edited_profiles_decode_the_same_compiled(section: str, index: int, edit
     _same(plan, 2, _responses(data, plan))
 
 
-def test_a_division_stands_for_scale_and_rounding_only_where_it_is_exact() -> None:
+def test_a_division_stands_for_scale_and_rounding_only_where_it_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    from collectors.modbus import codec
+
+    monkeypatch.setattr(codec, "_divisors", {})  # decided here, not remembered from an earlier test
     # 0.1 (and its powers) with the profile's rounding: raw / 10 is the same float for every 16-bit raw value.
     for scale, decimals, divisor in ((0.1, 3, 10), (0.01, 4, 100), (0.001, 5, 1000), (0.0001, 6, 10000)):
         assert _exact_divisor(scale, decimals) == divisor
@@ -187,10 +190,13 @@ def test_sixteen_bit_and_bit_fields_are_written_out_and_only_the_others_call_the
     """What makes the compiled plan fast, held here so a change cannot quietly give it up: 16-bit numbers
     and bits as statements (a power-of-ten scale as a division), a call only for the other fields, the
     stored type's check only where the decoder's type is not known when the plan is compiled."""
+    from collectors.modbus import codec
     from collectors.modbus.codec import INLINE_KINDS
 
     plan = plan_reads(find_profile("reference-cabinet"), 12)
-    source = compile_plan(plan, 12).source
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(codec, "_divisors", {})  # the divisions decided for this plan, not remembered
+        source = compile_plan(plan, 12).source
     slices = [f for r in plan for f in r.fields]
     called = [f for f in slices if getattr(f.decode, "inline", None) not in INLINE_KINDS]
     assert 0 < len(called) < len(slices) / 5
