@@ -143,8 +143,6 @@ def compile_plan(plan: Sequence[ReadRequest], slot_count: int) -> PlanDecoder:
         return name
 
     variables: dict[tuple[int | None, str], str] = {}  # (slot, reading attribute) -> variable
-    extras: set[int | None] = set()
-    over: set[int | None] = set()
     body: list[str] = []
     for r, request in enumerate(plan):
         body.append(f"w = responses[{r}]")
@@ -167,14 +165,12 @@ def compile_plan(plan: Sequence[ReadRequest], slot_count: int) -> PlanDecoder:
                             or getattr(item.decode, "inline", None) != "word16" else f"x = {coerce}")
             limit = "float(err.limit)" if kind is float or kind is None else f"_coerce({constant(kind)}, err.limit)"
             label = constant(item.label)
-            over.add(item.slot)
             error = (f"errors.append(FieldError(cabinet_id, {item.slot!r}, {label}, "
                      f"{constant(request.register_type)}, {request.address + item.index}, str(err)))")
             body.append("    try:")
             body.extend("        " + line for line in code)
             body.append("    except OverRange as err:")
             if item.extra:
-                extras.add(item.slot)
                 body.append(f"        x = {limit}")
             else:
                 var = variables.setdefault((item.slot, item.name), f"v{len(variables)}")
