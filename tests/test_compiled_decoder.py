@@ -233,3 +233,22 @@ def test_a_bit_in_a_byte_swapped_word_decodes_the_same_compiled(order: str) -> N
     swapped = order != "ABCD"
     got = compile_plan(plan, 1)([[0x0800]], cabinet_id="C1", site="s", model="m", timestamp_ns=1)[0]
     assert got.smoke_detected is swapped
+
+
+def test_a_plan_it_cannot_write_is_decoded_by_decode_poll_with_every_argument() -> None:
+    """A slot field named like a reading's own bookkeeping (``over_range``) cannot become a constructor
+    argument of the generated code: such a plan is decoded by ``decode_poll``, handed the cabinet, site,
+    model, time and slot count as given."""
+    from collectors.modbus.planner import FieldSlice, ReadRequest
+    from collectors.modbus.profile import FieldSpec
+
+    odd = FieldSpec("over_range", "input", 0, "u16")
+    temp = FieldSpec("cell_temperature_max_c", "input", 1, "i16", scale=0.1)
+    plan = [ReadRequest("input", 0, 2, (FieldSlice(2, odd, 0), FieldSlice(1, temp, 1)))]
+    decoder = compile_plan(plan, 2)
+    assert not decoder.__code__.co_filename.startswith("<read plan:")
+    for responses in ([[0, 250]], [[5, 0xFFF6]], [None]):
+        _same(plan, 2, responses)
+    reading = decoder([[0, 250]], cabinet_id="C9", site="north", model="m2", timestamp_ns=11)[0]
+    assert (reading.cabinet_id, reading.site, reading.model, reading.timestamp_ns) == ("C9", "north", "m2", 11)
+    assert [s.slot for s in reading.slots] == [1, 2] and reading.slots[0].cell_temperature_max_c == 25.0

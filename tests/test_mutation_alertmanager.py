@@ -188,8 +188,10 @@ async def test_pushes_in_batches_with_times_and_generator_url_and_counts_by_stat
     registry = CollectorRegistry()
     pushed: list[tuple[list[dict[str, Any]], float]] = []
     async with StandIn() as am:
+        # A generous request timeout: on a loaded machine a 5 s one can expire after the stand-in
+        # has the batch, and the retry then makes three posts for two.
         pusher = _pusher(am.url, clock, registry, batch_size=2, generator_url="http://cascade:9108/alerts",
-                         on_pushed=lambda body, at: pushed.append((body, at)))
+                         on_pushed=lambda body, at: pushed.append((body, at)), timeout_s=60.0)
         for name in ("a", "b", "c"):
             pusher.fire({"alertname": name}, {"summary": name}, starts_at=T0)
         pusher.resolve({"alertname": "d"})

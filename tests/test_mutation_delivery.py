@@ -250,3 +250,76 @@ async def test_an_alert_without_a_name_is_logged_with_an_empty_name(providers: P
         dispatcher.dispatch("ops", [alert])
         await dispatcher.drain(5)
     assert [r["alertname"] for r in _log(tmp_path / "d.jsonl")] == ["", ""]
+
+
+async def test_finished_deliveries_are_not_kept_and_end_normally(providers: Providers, tmp_path: Path) -> None:
+    """Once a delivery is done the dispatcher lets go of its task (a long-running notifier must not
+    pile up one task per message sent), and a delivery that ran to its end is not reported as cancelled."""
+    async with aiohttp.ClientSession() as session:
+        dispatcher = _plain_dispatcher(_config(providers, 2, 0.01), session, tmp_path / "d.jsonl")
+        before = asyncio.all_tasks()
+        dispatcher.dispatch("ops", [_alert()])
+        tasks = asyncio.all_tasks() - before
+        await dispatcher.drain(5)
+        await asyncio.sleep(0)  # done callbacks run on the next loop turn
+    assert len(tasks) == 2 and all(t.done() and not t.cancelled() for t in tasks)
+    assert dispatcher._tasks == set()
+    assert [r["result"] for r in _log(tmp_path / "d.jsonl")] == ["sent", "sent"]
+
+
+async def test_deliveries_stopped_by_shutdown_end_cancelled(providers: Providers, tmp_path: Path) -> None:
+    """A delivery cut short by close() writes its "not delivered" record and then lets the cancellation
+    through: the task ends cancelled rather than swallowing it and looking finished."""
+    providers.statuses["/context"] = [503] * 10
+    async with aiohttp.ClientSession() as session:
+        dispatcher = _plain_dispatcher(_config(providers, 5, 30), session, tmp_path / "d.jsonl")
+        before = asyncio.all_tasks()
+        dispatcher.dispatch("ops", [_alert()])
+        tasks = asyncio.all_tasks() - before
+        while len(providers.bodies.get("/context", [])) < 2:
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(dispatcher.close(timeout_s=0.01), 2)
+        await asyncio.wait(tasks, timeout=2)
+    assert len(tasks) == 2 and all(t.cancelled() for t in tasks)
+    assert [r["result"] for r in _log(tmp_path / "d.jsonl")] == ["failed", "failed"]
+
+
+async def test_a_delivery_that_used_its_last_attempt_fails_at_once(providers: Providers, tmp_path: Path) -> None:
+    """No backoff after the final try: with one attempt and a 30 s retry delay, a busy provider's
+    delivery is logged as failed right away, not after one more (pointless) wait."""
+    providers.statuses["/context"] = [503] * 10
+    async with aiohttp.ClientSession() as session:
+        dispatcher = _plain_dispatcher(_config(providers, 1, 30), session, tmp_path / "d.jsonl")
+        dispatcher.dispatch("ops", [_alert()])
+        await asyncio.wait_for(dispatcher.drain(2), 3)
+        records = _log(tmp_path / "d.jsonl") if (tmp_path / "d.jsonl").exists() else []
+        await dispatcher.close(timeout_s=0)
+    assert [(r["attempts"], r["result"], r["error"]) for r in records] == [(1, "failed", "HTTP 503: busy")] * 2
+    assert len(providers.bodies["/context"]) == 2
+    assert all(r["duration_s"] < 2 for r in records)
+
+
+async def test_close_by_default_gives_accepted_deliveries_the_documented_ten_seconds(
+        providers: Providers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/notifications.md: "On shutdown the notifier waits up to 10s for accepted deliveries to finish"
+    (the server calls close() without a timeout). The wait is recorded, not slept."""
+    providers.statuses["/context"] = [503] * 10
+    async with aiohttp.ClientSession() as session:
+        dispatcher = _plain_dispatcher(_config(providers, 3, 30), session, tmp_path / "d.jsonl")
+        real_drain = dispatcher.drain
+        waited: list[float | None] = []
+
+        async def drain(timeout_s: float | None = None) -> None:
+            waited.append(timeout_s)
+            await real_drain(0.01)
+
+        monkeypatch.setattr(dispatcher, "drain", drain)
+        before = asyncio.all_tasks()
+        dispatcher.dispatch("ops", [_alert()])
+        tasks = asyncio.all_tasks() - before
+        while len(providers.bodies.get("/context", [])) < 2:
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(dispatcher.close(), 2)
+        await asyncio.wait(tasks, timeout=2)
+    assert waited == [10.0]
+    assert all(t.cancelled() for t in tasks)  # what is still waiting after the grace is stopped

@@ -10,6 +10,7 @@ import logging
 import os
 import resource
 import signal
+import stat
 from pathlib import Path
 
 import pytest
@@ -376,3 +377,262 @@ def test_torn_tails_in_two_segments_count_twice(tmp_path: Path) -> None:
         path.write_bytes(path.read_bytes() + b"CSB1")
     with DiskSpool(tmp_path, 1 << 20, fsync=False) as spool:
         assert (spool.torn_batches, spool.depth_lines) == (2, 2)
+
+
+def _count_fsyncs(monkeypatch) -> list[int]:
+    """Record the descriptors os.fsync is called with (the fsync still happens)."""
+    calls: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return calls
+
+
+def test_by_default_every_append_and_every_commit_is_fsynced(tmp_path: Path, monkeypatch) -> None:
+    """Without the fsync argument the spool is crash-safe: the segment after each append, and the new
+    cursor file before it replaces the old one at each commit."""
+    fsyncs = _count_fsyncs(monkeypatch)
+    with DiskSpool(tmp_path, 1 << 20) as spool:
+        spool.append(_batch("a", 1))
+        assert len(fsyncs) == 1
+        spool.peek()
+        assert spool.commit() == 1
+        assert len(fsyncs) == 2
+    assert len(fsyncs) == 2  # nothing left unsynced to fsync at close
+
+
+def test_a_spool_with_fsync_off_never_fsyncs(tmp_path: Path, monkeypatch) -> None:
+    """fsync=False: no append, drop for the bound, commit, probe or close waits for the disk."""
+    fsyncs = _count_fsyncs(monkeypatch)
+    batch = _batch("a", 2)
+    with DiskSpool(tmp_path, 2 * _size(batch), fsync=False) as spool:
+        spool.append(batch)
+        spool.append(batch)
+        assert spool.append(batch) == 2
+        spool.peek()
+        assert spool.commit() == 2
+        spool.check_writable()
+        spool.append(batch, sync=False)
+    assert fsyncs == []
+
+
+def test_an_unsynced_append_that_drops_for_the_bound_fsyncs_nothing(tmp_path: Path, monkeypatch) -> None:
+    """append(sync=False) never waits for the disk, not even for the cursor rewritten when it drops the
+    oldest batch; the new segment is fsync'd when the spool is closed."""
+    batch = _batch("a", 2)
+    with DiskSpool(tmp_path, 2 * _size(batch)) as spool:  # one record per segment
+        spool.append(batch)
+        spool.append(batch)
+        fsyncs = _count_fsyncs(monkeypatch)
+        assert spool.append(batch, sync=False) == 2
+        assert fsyncs == [] and (tmp_path / "cursor").read_text() == "2 0\n"
+    assert len(fsyncs) == 1
+
+
+def test_close_fsyncs_unsynced_appends_once(tmp_path: Path, monkeypatch) -> None:
+    """close() fsyncs what append(sync=False) left; after that, synced appends leave nothing to hand out
+    or to fsync again."""
+    fsyncs = _count_fsyncs(monkeypatch)
+    spool = DiskSpool(tmp_path, 1 << 20)
+    spool.append(_batch("a", 1), sync=False)
+    assert fsyncs == []
+    spool.close()
+    assert len(fsyncs) == 1
+    spool.append(_batch("b", 1))  # a new segment, fsync'd in place
+    assert len(fsyncs) == 2 and spool.sync_handle() is None
+    spool.close()
+    assert len(fsyncs) == 2
+
+
+def test_a_failing_fsync_at_close_is_logged_and_the_segment_closed_all_the_same(tmp_path: Path, monkeypatch,
+                                                                               caplog) -> None:
+    spool = DiskSpool(tmp_path, 1 << 20)
+    spool.append(_batch("a", 1), sync=False)
+
+    def fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    spool.close()
+    monkeypatch.undo()
+    segment = tmp_path / "0000000001.seg"
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.ERROR, f"spool: fsync of {segment} failed ([Errno 5] Input/output error); its last batches "
+                        "may not survive a crash")]
+    spool.append(_batch("b", 1))  # closed: the next append opens a new segment
+    spool.close()
+    assert _segments(tmp_path) == ["0000000001.seg", "0000000002.seg"]
+    with DiskSpool(tmp_path, 1 << 20, fsync=False) as again:
+        assert again.peek() == _batch("a", 1) and len(again) == 2
+
+
+def test_a_new_claim_settles_a_claim_dropped_in_flight_as_a_release_would(tmp_path: Path) -> None:
+    """Claiming again without commit/release first: if the bound dropped the earlier claimed batch
+    meanwhile, it counts as dropped now, and the new token commits the new oldest batch."""
+    a, b, c = _batch("a", 4), _batch("b", 4), _batch("c", 4)
+    with DiskSpool(tmp_path, 2 * _size(a), fsync=False) as spool:
+        spool.append(a)
+        spool.append(b)
+        first, _ = spool.claim()
+        assert spool.append(c) == 0  # drops "a" while it is being written
+        second, lines = spool.claim()
+        assert lines == b and second != first
+        assert spool.dropped_lines == 4
+        assert spool.commit(second) == 4 and spool.peek() == c
+        assert (spool.replayed_lines, spool.dropped_lines, spool.depth_lines) == (4, 4, 4)
+
+
+def test_releasing_a_stale_token_leaves_the_current_claim_open(tmp_path: Path) -> None:
+    with DiskSpool(tmp_path, 1 << 20, fsync=False) as spool:
+        spool.append(_batch("a", 2))
+        spool.append(_batch("b", 3))
+        old, _ = spool.claim()
+        assert spool.commit(old) == 2
+        current, lines = spool.claim()
+        assert lines == _batch("b", 3)
+        assert spool.release(old) == 0
+        assert spool.commit(current) == 3 and len(spool) == 0
+
+
+def test_tokens_number_the_batches_of_one_open_from_one(tmp_path: Path) -> None:
+    """A token is the batch's sequence number within this open: 1, 2, 3, ... in FIFO order, the
+    batches found on disk first."""
+    with DiskSpool(tmp_path, 1 << 20, fsync=False) as spool:
+        spool.append(_batch("a", 1))
+        spool.append(_batch("b", 1))
+    with DiskSpool(tmp_path, 1 << 20, fsync=False) as spool:
+        spool.append(_batch("c", 1))
+        tokens = []
+        while (claimed := spool.claim()) is not None:
+            tokens.append(claimed[0])
+            spool.commit(claimed[0])
+        assert tokens == [1, 2, 3]
+
+
+def test_a_probe_left_by_a_crash_is_removed_by_the_next_check(tmp_path: Path) -> None:
+    """check_writable() always probes with the same file name, so a probe left behind by a crash in the
+    middle of a check is overwritten and removed by the next one instead of piling up."""
+    with DiskSpool(tmp_path, 1 << 20, fsync=False) as spool:
+        (tmp_path / "probe.tmp").write_bytes(bytes(100))
+        spool.check_writable()
+        assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@contextlib.contextmanager
+def _umask(mask: int):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_the_spool_files_are_created_rw_r_r(tmp_path: Path, monkeypatch) -> None:
+    """Under the usual umask 022, segments, the cursor and the (short-lived) probe are plain data files:
+    rw-r--r--, never executable. The probe's mode is read while it exists, at its fsync."""
+    modes: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        modes.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with _umask(0o022), DiskSpool(tmp_path, 1 << 20) as spool:
+        spool.check_writable()
+        assert modes == [0o644]
+        spool.append(_batch("a", 1))
+        spool.append(_batch("b", 1))
+        spool.peek()
+        spool.commit()
+    for name in ["0000000001.seg", "cursor"]:
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
+    assert modes == [0o644] * 4
+
+
+def test_a_failed_write_whose_truncate_fails_too_raises_the_write_error(tmp_path: Path, monkeypatch) -> None:
+    """If even cutting back the partial record fails, append still raises the write's own error, and
+    the torn tail is skipped (and counted) when the spool is opened."""
+    first, second = _batch("a", 3), _batch("b", 50)
+    spool = DiskSpool(tmp_path, 1 << 20, fsync=False)
+    spool.append(first)
+
+    def ftruncate(fd: int, length: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "ftruncate", ftruncate)
+    with _file_size_limit(_size(first) + 10), pytest.raises(OSError) as info:
+        spool.append(second)
+    monkeypatch.undo()
+    assert info.value.errno == errno.EFBIG
+    assert (tmp_path / "0000000001.seg").stat().st_size == _size(first) + 10  # the torn tail stays
+    assert (spool.spooled_lines, len(spool)) == (3, 1)
+    spool.close()
+    with DiskSpool(tmp_path, 1 << 20, fsync=False) as again:
+        assert (again.torn_batches, len(again), again.peek()) == (1, 1, first)
+
+
+def test_a_consumed_segment_that_cannot_be_deleted_is_removed_at_the_next_open(tmp_path: Path,
+                                                                              monkeypatch) -> None:
+    """A commit still succeeds when the consumed segment cannot be deleted (read-only file system);
+    the segment, now before the cursor, goes at the next open."""
+    with DiskSpool(tmp_path, 1 << 20, fsync=False) as spool:
+        spool.append(_batch("a", 1))
+    spool = DiskSpool(tmp_path, 1 << 20, fsync=False)
+    spool.append(_batch("b", 1))  # in segment 2
+    real = os.unlink
+
+    def unlink(path, *args, **kwargs) -> None:
+        if str(path).endswith(".seg"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    spool.peek()
+    assert spool.commit() == 1
+    assert _segments(tmp_path) == ["0000000001.seg", "0000000002.seg"]
+    monkeypatch.undo()
+    spool.close()
+    with DiskSpool(tmp_path, 1 << 20, fsync=False) as again:
+        assert again.peek() == _batch("b", 1) and len(again) == 1
+    assert _segments(tmp_path) == ["0000000002.seg"]
+
+
+def test_a_cursor_that_cannot_be_updated_is_logged_with_the_error(tmp_path: Path, caplog) -> None:
+    with DiskSpool(tmp_path, 1 << 20, fsync=False) as spool:
+        spool.append(_batch("a", 1))
+        (tmp_path / "cursor.tmp").mkdir()
+        with pytest.raises(OSError) as info:
+            open(tmp_path / "cursor.tmp", "w")  # the error the spool meets
+        spool.peek()
+        assert spool.commit() == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        f"spool: cannot update {tmp_path / 'cursor'} ({info.value}); a restart now would replay batches "
+        "already written (duplicates are harmless in InfluxDB); retried at the next removal"]
+
+
+def test_an_unreadable_cursor_with_no_segments_opens_an_empty_spool(tmp_path: Path) -> None:
+    (tmp_path / "cursor").write_text("garbage\n")
+    with DiskSpool(tmp_path, 1 << 20, fsync=False) as spool:
+        assert len(spool) == 0 and spool.peek() is None
+        spool.append(_batch("a", 1))
+        assert spool.peek() == _batch("a", 1)
+    assert _segments(tmp_path) == ["0000000001.seg"]
+
+
+@pytest.mark.parametrize("extra", ["one byte over a record", "seven bytes over two records"])
+def test_a_segment_is_closed_once_it_holds_an_eighth_of_the_bound_rounded_down(tmp_path: Path,
+                                                                               extra: str) -> None:
+    """The segment size is max_bytes // 8 whole bytes: a bound of 8 * (record + 1) and one of
+    8 * (2 records) + 7 both put exactly two records in each segment."""
+    batch = _batch("a", 2)
+    size = _size(batch)
+    max_bytes = 8 * (size + 1) if extra == "one byte over a record" else 8 * (2 * size) + 7
+    with DiskSpool(tmp_path, max_bytes, fsync=False) as spool:
+        for _ in range(5):
+            spool.append(batch)
+        assert [(tmp_path / name).stat().st_size for name in _segments(tmp_path)] == [2 * size, 2 * size, size]

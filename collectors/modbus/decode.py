@@ -192,9 +192,10 @@ def compile_plan(plan: Sequence[ReadRequest], slot_count: int) -> PlanDecoder:
     if cabinet_names & _SPECIAL_CABINET or slot_names & _SPECIAL_SLOT or \
             not _none_default(CabinetReading, cabinet_names) or not _none_default(SlotReading, slot_names):
         return _reference(plan, slot_count)
+    numbers = range(1, slot_count + 1)
     head = [f"{var} = None" for var in variables.values()]
-    head += [f"o{t} = None" for t in ("c", *map(str, range(1, slot_count + 1)))]
-    head += [f"e{t} = None" for t in ("c", *map(str, range(1, slot_count + 1)))]
+    head += [f"o{t} = None" for t in ("c", *numbers)]
+    head += [f"e{t} = None" for t in ("c", *numbers)]
 
     def arguments(slot: int | None) -> str:
         t = "c" if slot is None else str(slot)
@@ -203,7 +204,7 @@ def compile_plan(plan: Sequence[ReadRequest], slot_count: int) -> PlanDecoder:
         args.append(f"extra=NO_EXTRA if e{t} is None else e{t}")
         return ", ".join(args)
 
-    slots = ", ".join(f"SlotReading(slot={n}, {arguments(n)})" for n in range(1, slot_count + 1))
+    slots = ", ".join(f"SlotReading(slot={n}, {arguments(n)})" for n in numbers)
     source = "\n".join([
         "def decode(responses, *, cabinet_id, site, model, timestamp_ns):",
         f"    if len(responses) != {len(plan)}:",
