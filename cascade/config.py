@@ -193,6 +193,11 @@ class CabinetEntry(_Section):
         default=_CAB["max_gap"], ge=0, json_schema_extra=shown_default("the profile's"),
         description="unused registers a read may bridge (0 reads only mapped registers), or leave it out for the "
         "profile's")
+    max_in_flight: Int = Field(
+        default=_CAB["max_in_flight"], ge=1, le=32,
+        description="Modbus requests sent before the first answer comes, 1-32: 1 waits for each answer (what "
+        "every device takes); more pipelines a poll's reads, only for a device whose documentation says it "
+        "queues requests (many answer the first and drop the rest), e.g. 8")
 
 
 class Cabinet(CabinetEntry):

@@ -10,6 +10,12 @@ pymodbus 3.16 is midway between its old datastore (``ModbusDeviceContext``) and 
 ``async_getValues`` / ``async_setValues`` directly, so :class:`FleetContext` subclasses it
 without calling its ``__init__`` (which would demand device objects and log deprecations).
 
+Pipelined requests: pymodbus 3.16's server parses one request per receive and leaves the rest in
+its buffer until more bytes arrive, so a client with several requests in flight (Modbus TCP allows it;
+the collector's ``max_in_flight``) waits for its timeout on all but the first. :class:`_PipelinedServer`
+hands every complete request of a receive to pymodbus's own decoding and datastore, in order, and
+answers each; one request at a time behaves exactly as before.
+
 Outages (scenario ``unreachable``): in ``refuse`` mode the port's listener is closed (clients
 get "connection refused", open connections drop) when every cabinet on the port is out; in
 ``silent`` mode, or on a shared port, requests for the cabinet go unanswered (clients time out).
@@ -35,8 +41,11 @@ from typing import Any
 from aiohttp import web
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
-from pymodbus.exceptions import NoSuchIdException
+from pymodbus.exceptions import ModbusIOException, NoSuchIdException
+from pymodbus.pdu import ExceptionResponse
 from pymodbus.server import ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
+from pymodbus.transaction import TransactionManager
 
 from .fleet import Fleet, SimulatedCabinet
 from .register_bank import FUNCTION_REGISTER_TYPES
@@ -93,6 +102,49 @@ class FleetContext(ModbusServerContext):
             return ExcCodes[error]
         log.info("%s: write %s %d = %s", cabinet.cabinet_id, register_type, address, list(values))
         return None
+
+
+class _PipelinedHandler(ServerRequestHandler):
+    """pymodbus's connection handler, answering every request of a receive (module docstring)."""
+
+    def callback_data(self, data: bytes, addr: tuple | None = None) -> int:
+        used = 0
+        while used < len(data):
+            try:  # pymodbus's framing and decoding of one request (its handler's parent)
+                size = TransactionManager.callback_data(self, data[used:], addr)
+            except ModbusIOException as exc:  # as pymodbus's handler answers an undecodable request
+                self.server_send(ExceptionResponse(0 if exc.fcode is None else exc.fcode,
+                                                   exception_code=ExcCodes.ILLEGAL_FUNCTION,
+                                                   device_id=exc.dev_id, transaction=exc.transaction_id), addr)
+                return len(data)
+            if not size:
+                break  # the rest is an incomplete request: kept until more bytes come
+            used += size
+            if self.last_pdu is not None:
+                # One task per request, created in order: the datastore never waits, so each answers
+                # before the next starts and the answers go out in the order asked.
+                self.loop.create_task(self._answer(self.last_pdu, addr))
+        return used
+
+    async def _answer(self, pdu: Any, addr: tuple | None) -> None:
+        """pymodbus's ``handle_request`` for one given request (it reads the handler's last one)."""
+        try:
+            response = await pdu.datastore_update(self.server.context, pdu.dev_id)
+        except NoSuchIdException:
+            if self.server.ignore_missing_devices:
+                return  # unanswered: the client times out (scenario "unreachable", silent mode)
+            response = ExceptionResponse(pdu.function_code, ExcCodes.GATEWAY_NO_RESPONSE)
+        except Exception:  # noqa: BLE001 - as pymodbus: the device answers "failure", the server goes on
+            log.exception("simulator: request %s failed", pdu)
+            response = ExceptionResponse(pdu.function_code, ExcCodes.DEVICE_FAILURE)
+        response.transaction_id = pdu.transaction_id
+        response.dev_id = pdu.dev_id
+        self.server_send(response, addr)
+
+
+class _PipelinedServer(ModbusTcpServer):
+    def callback_new_connection(self) -> _PipelinedHandler:
+        return _PipelinedHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
 
 
 class SimulatorServer:
@@ -221,7 +273,7 @@ class SimulatorServer:
 
     async def _open(self, port: int) -> None:
         host = self._ports[port][0].host
-        server = ModbusTcpServer(self._contexts[port], address=(host, port), ignore_missing_devices=True)
+        server = _PipelinedServer(self._contexts[port], address=(host, port), ignore_missing_devices=True)
         try:
             await server.serve_forever(background=True)
         except RuntimeError as err:

@@ -204,3 +204,62 @@ async def test_a_shorter_timeout_takes_effect_at_once_and_closing_ends_a_waiting
         with pytest.raises(ConnectionException, match="closed while waiting"):
             await task
         assert loop.time() - started < 0.5
+
+
+@pytest.mark.parametrize("profile_name", ["reference-cabinet", "volta-s8", "kestrel-k10"])
+async def test_a_pipelined_plan_reads_as_one_request_at_a_time_from_the_simulator(profile_name: str) -> None:
+    """``read_many`` writes the whole read plan at once; the simulator's server answers every request of
+    the write, and the answers equal pymodbus's client reading one at a time. pymodbus's stock server
+    answers only the first (why the simulator has its own handler, simulators/server.py)."""
+    from pymodbus.server import ModbusTcpServer
+
+    clock = ManualClock()
+    base = free_port_block(1)
+    fleet = build_fleet([(profile_name, find_profile(profile_name))], cabinets=1, per_port=1, base_port=base,
+                        clock=clock, seed=3)
+    server = SimulatorServer(fleet, control_port=0, timer_s=3600)
+    await server.start()
+    cab = fleet.cabinets[0]
+    plan = plan_reads(cab.profile, cab.slot_count)
+    codes = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
+    batch = [(codes[r.register_type], r.address, r.count) for r in plan]
+    reference = AsyncModbusTcpClient("127.0.0.1", port=cab.port, timeout=2, retries=0)
+    link = ModbusTcpLink("127.0.0.1", cab.port, timeout=2)
+    try:
+        assert await reference.connect() and await link.connect()
+        answers = await link.read_many(batch, device_id=cab.device_id)
+        assert len(answers) == len(plan) > 1
+        for request, got in zip(plan, answers):
+            want = await getattr(reference, _METHOD[request.register_type])(
+                request.address, count=request.count, device_id=cab.device_id)
+            assert not got.isError() and not want.isError()
+            if request.register_type in ("coil", "discrete"):
+                assert got.bits == list(want.bits[:request.count]), request
+            else:
+                assert list(got.registers) == list(want.registers), request
+    finally:
+        reference.close()
+        link.close()
+        await server.stop()
+    stock = ModbusTcpServer(server._contexts[cab.port], address=("127.0.0.1", cab.port), ignore_missing_devices=True)
+    await stock.serve_forever(background=True)
+    link = ModbusTcpLink("127.0.0.1", cab.port, timeout=0.3)
+    try:
+        assert await link.connect()
+        with pytest.raises(ModbusIOException, match="no answer within 0.3 s"):
+            await link.read_many(batch[:2], device_id=cab.device_id)
+    finally:
+        link.close()
+        await stock.shutdown()
+
+
+async def test_a_batch_answered_out_of_step_fails_whole_and_writes_are_not_batched() -> None:
+    async with _peer(lambda r: _reply(r, bytes([3, 2, 0, 1]), tid_shift=5)) as port:
+        link = await _link(port, timeout=0.5)
+        with pytest.raises(ModbusException, match=r"answer to transaction 6 \(protocol 0\), expected 1, 2"):
+            await link.read_many([(3, 0, 1), (3, 1, 1)])
+        assert not link.connected
+        link.close()
+    link = ModbusTcpLink("127.0.0.1", 1)
+    with pytest.raises(ValueError, match="read_many sends reads"):
+        await link.read_many([(3, 0, 1), (6, 0, 1)])

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import re
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -21,6 +23,7 @@ from collectors.modbus.device import KIND, ModbusCabinet
 from collectors.modbus.profile import Profile, load_profile
 from collectors.modbus.settings import CabinetConfig
 from collectors.runner import PollFailed
+from core.events import Report
 from tests.fixtures.clock import T0, ManualClock
 from tests.fixtures.ports import free_port
 from tests.fixtures.profiles import profile_from_text
@@ -60,11 +63,16 @@ class Peer:
     silent: bool = False  # read every request, answer none (a device that hangs)
     hang_up: bool = False  # close the connection on the first request, unanswered
     answer_unit: int | None = None  # answer as this unit id, not the one asked (a gateway mix-up)
+    # Pipelining: hold the answers until this many requests have come, then send them together (in
+    # reverse order with ``reverse``): a client waiting for each answer gets none.
+    batch: int = 0
+    reverse: bool = False
     requests: list[tuple[int, int, int, int]] = field(default_factory=list)  # (unit, fc, address, count|value)
     connections: list[asyncio.StreamWriter] = field(default_factory=list)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections.append(writer)
+        held: list[bytes] = []
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             while True:
                 transaction, _protocol, length, unit = struct.unpack(">HHHB", await reader.readexactly(7))
@@ -77,8 +85,11 @@ class Peer:
                     continue
                 answer = self._answer(fc, address, arg, pdu)
                 unit = unit if self.answer_unit is None else self.answer_unit
-                writer.write(struct.pack(">HHHB", transaction, 0, len(answer) + 1, unit) + answer)
-                await writer.drain()
+                held.append(struct.pack(">HHHB", transaction, 0, len(answer) + 1, unit) + answer)
+                if len(held) >= self.batch:
+                    writer.write(b"".join(reversed(held) if self.reverse else held))
+                    held.clear()
+                    await writer.drain()
         writer.close()
 
     def _answer(self, fc: int, address: int, arg: int, pdu: bytes) -> bytes:
@@ -554,3 +565,86 @@ async def test_a_connection_the_device_closed_between_polls_is_reopened_by_the_n
         report = await cabinet.fetch()
         await cabinet.close()
     assert report.reading.input_voltage_v == 5.0
+
+
+# -- pipelined reads (max_in_flight) ------------------------------------------------------------------
+
+_WORDS = {("input", 0): 230, ("discrete", 3): 1, ("input", 100): 55, ("input", 104): 66}
+
+
+def _same_reading(a: Report, b: Report) -> None:
+    assert dataclasses.replace(a.reading, timestamp_ns=0) == dataclasses.replace(b.reading, timestamp_ns=0)
+    assert (a.requests, a.failed_reads) == (b.requests, b.failed_reads)
+    assert [dataclasses.replace(e, reason=re.sub(r":\d+ ", ":port ", e.reason)) for e in a.errors] == \
+        [dataclasses.replace(e, reason=re.sub(r":\d+ ", ":port ", e.reason)) for e in b.errors]
+
+
+async def test_pipelined_reads_are_written_before_any_answer_and_decode_the_same(profile: Profile) -> None:
+    """With ``max_in_flight`` 8 the poll's four reads go out together: a device that answers only once it
+    has all four (in reverse order) gives the same reading as one read at a time; waiting for each answer
+    it gives nothing (the default, for devices that cannot queue)."""
+    one = Peer(words=dict(_WORDS))
+    async with serve(one):
+        expected = await _cabinet(profile, one.port).fetch()
+    held = Peer(words=dict(_WORDS), batch=4, reverse=True)
+    async with serve(held):
+        cabinet = _cabinet(profile, held.port, max_in_flight=8)
+        report = await cabinet.fetch()
+        await cabinet.close()
+    _same_reading(report, expected)
+    assert held.requests == one.requests == [(7, 4, 0, 1), (7, 4, 100, 1), (7, 4, 104, 1), (7, 2, 3, 1)]
+    assert len(held.connections) == 1
+    waiting = Peer(words=dict(_WORDS), batch=4)
+    async with serve(waiting):
+        with pytest.raises(PollFailed) as info:
+            await _cabinet(profile, waiting.port, timeout_s=0.2).fetch()
+    assert info.value.kind == "timeout" and waiting.requests == [(7, 4, 0, 1)]
+
+
+async def test_at_most_max_in_flight_reads_are_outstanding(profile: Profile) -> None:
+    """Two in flight: a device answering pairs serves the poll; one answering only triples never sees the
+    third request before the first two are answered, and the poll times out naming the batch."""
+    pairs = Peer(words=dict(_WORDS), batch=2)
+    async with serve(pairs):
+        report = await _cabinet(profile, pairs.port, max_in_flight=2).fetch()
+    assert report.reading.input_voltage_v == 230.0 and [s.soc_pct for s in report.reading.slots] == [55.0, 66.0]
+    triples = Peer(words=dict(_WORDS), batch=3)
+    async with serve(triples):
+        with pytest.raises(PollFailed) as info:
+            await _cabinet(profile, triples.port, max_in_flight=2, timeout_s=0.2).fetch()
+    assert info.value.kind == "timeout" and str(info.value).startswith("no answer to 2 pipelined reads: ")
+    assert len(triples.requests) == 2
+
+
+async def test_a_refused_read_in_a_batch_loses_only_its_fields_as_one_at_a_time(profile: Profile) -> None:
+    reports = []
+    for in_flight in (1, 4):
+        peer = Peer(words={("input", 0): 230}, exceptions={2: [2]})
+        async with serve(peer):
+            reports.append(await _cabinet(profile, peer.port, max_in_flight=in_flight).fetch())
+    _same_reading(reports[1], reports[0])
+    [error] = reports[1].errors
+    assert "read_discrete_inputs at address 3 to unit id 7" in error.reason
+    assert "answered Modbus exception 2 (illegal data address)" in error.reason
+
+
+async def test_a_read_answered_busy_in_a_batch_is_asked_again_on_its_own(profile: Profile) -> None:
+    peer = Peer(words=dict(_WORDS), exceptions={2: [6, 6]})
+    async with serve(peer):
+        report = await _cabinet(profile, peer.port, max_in_flight=4, busy_retries=3).fetch()
+    assert report.reading.door_open is True and report.errors == [] and report.failed_reads == 0
+    assert peer.requests == [(7, 4, 0, 1), (7, 4, 100, 1), (7, 4, 104, 1), (7, 2, 3, 1), (7, 2, 3, 1),
+                             (7, 2, 3, 1)]
+
+
+@pytest.mark.parametrize(("setup", "kind"), [({"silent": True}, "timeout"), ({"hang_up": True}, "connection"),
+                                             ({"answer_unit": 9}, "protocol")])
+async def test_a_failed_batch_fails_the_poll_and_drops_the_connection(profile: Profile, setup: dict,
+                                                                      kind: str) -> None:
+    peer = Peer(words=dict(_WORDS), **setup)
+    async with serve(peer):
+        cabinet = _cabinet(profile, peer.port, max_in_flight=4, timeout_s=0.2)
+        with pytest.raises(PollFailed) as info:
+            await cabinet.fetch()
+        assert info.value.kind == kind and "pipelined reads" in str(info.value)
+        assert cabinet._client is None  # the next poll starts on a new connection

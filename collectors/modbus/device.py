@@ -1,4 +1,4 @@
-"""One Modbus TCP cabinet: one connection, one request in flight, planned reads, commands.
+"""One Modbus TCP cabinet: one connection, planned reads, commands.
 
     cabinet = ModbusCabinet(CabinetConfig(id="C0001", host="10.0.0.5", port=502), profile)
     poll = await cabinet.fetch()          # core.events.Report(reading, errors, requests)
@@ -17,6 +17,12 @@ delivered ``watch_only`` (evaluated, not stored: InfluxDB and the gauges keep th
 an alert records the value that raised it). A fast poll happens only within ``interval_s`` of a
 successful full poll: after a failed one every poll is full again, so carried values are never
 older than one interval. Rates and windows in the rules run on the fields the fast lane refreshes.
+
+**Requests in flight.** One at a time by default: many Modbus TCP devices answer the first of several
+queued requests and drop the rest. A cabinet configured with ``max_in_flight`` N > 1 (its documentation
+says it queues requests) gets its plan's reads pipelined, N written at once (:meth:`ModbusTcpLink.read_many`):
+the same answers, one round trip per N reads instead of per read. A read answered "busy" is then asked
+again on its own, with the usual retries; a lost or out-of-step connection fails the poll as before.
 """
 
 from __future__ import annotations
@@ -76,6 +82,8 @@ _READ = {
     "coil": "read_coils",
     "discrete": "read_discrete_inputs",
 }
+_FUNCTION = {"read_coils": 1, "read_discrete_inputs": 2, "read_holding_registers": 3, "read_input_registers": 4}
+_METHOD = {code: method for method, code in _FUNCTION.items()}
 
 
 class ModbusCabinet:
@@ -113,8 +121,9 @@ class ModbusCabinet:
         self._phase_s = random.Random(config.id).uniform(0.0, config.interval_s - self.interval_s)
         self._wall_clock = wall_clock
         self._client: ModbusTcpLink | None = None
-        # One request in flight per connection: Modbus TCP devices often mishandle pipelining.
+        # One caller on the connection at a time: a poll's batch and a command's write never interleave.
         self._lock = asyncio.Lock()
+        self._codes = tuple(_FUNCTION[_READ[r.register_type]] for r in self.plan)
 
     async def _connected(self) -> ModbusTcpLink:
         if self._client is not None and self._client.connected:
@@ -134,6 +143,15 @@ class ModbusCabinet:
         self._client = client
         return client
 
+    def _failed(self, method: str, err: Exception) -> PollFailed:
+        """The link's error as the poll's failure; the connection is dropped (it may be out of step)."""
+        self._drop()
+        if isinstance(err, ModbusIOException):
+            return PollFailed("timeout", f"no answer to {method}: {err}")
+        if isinstance(err, (ConnectionException, OSError)):
+            return PollFailed("connection", f"connection lost during {method}: {err}")
+        return PollFailed("protocol", f"{method} failed: {err}")
+
     async def _call(self, method: str, *args, **kwargs):
         """One request with the connection lock held; retry only while the device says busy."""
         async with self._lock:
@@ -143,15 +161,8 @@ class ModbusCabinet:
             for attempt in range(self.config.busy_retries + 1):
                 try:
                     response = await getattr(client, method)(*args, device_id=self.config.device_id, **kwargs)
-                except ModbusIOException as err:
-                    self._drop()
-                    raise PollFailed("timeout", f"no answer to {method}: {err}") from err
-                except (ConnectionException, OSError) as err:
-                    self._drop()
-                    raise PollFailed("connection", f"connection lost during {method}: {err}") from err
-                except ModbusException as err:
-                    self._drop()
-                    raise PollFailed("protocol", f"{method} failed: {err}") from err
+                except (ModbusException, OSError) as err:
+                    raise self._failed(method, err) from err
                 if not response.isError():
                     return response
                 code = getattr(response, "exception_code", None)
@@ -181,9 +192,16 @@ class ModbusCabinet:
         them raw."""
         responses: list[Sequence[int] | Sequence[bool] | None] = []
         failed_detail: list[str] = []
-        for request in self.plan if plan is None else plan:
+        plan = self.plan if plan is None else plan
+        batched = await self._read_batched(plan) if self.config.max_in_flight > 1 and len(plan) > 1 else None
+        for i, request in enumerate(plan):
             try:
-                response = await self._call(_READ[request.register_type], request.address, count=request.count)
+                if batched is not None and batched[i] is not None:
+                    response = batched[i]
+                    if isinstance(response, PollFailed):
+                        raise response
+                else:  # one at a time; in a batch: a read the device answered busy, retried on its own
+                    response = await self._call(_READ[request.register_type], request.address, count=request.count)
             except PollFailed as err:
                 if err.kind != "exception":
                     raise
@@ -196,6 +214,33 @@ class ModbusCabinet:
                                           f"{request.count} values, got {len(values)}")
             responses.append(values)  # as the link parsed them (a tuple of words, a list of bits): only read
         return responses, failed_detail
+
+    async def _read_batched(self, plan: Sequence[ReadRequest]) -> list:
+        """The plan's reads, ``max_in_flight`` in flight at a time: each answer; a :class:`PollFailed` where
+        the device refused the read; ``None`` where it said busy (retried one at a time by the caller)."""
+        codes = self._codes if plan is self.plan else [_FUNCTION[_READ[r.register_type]] for r in plan]
+        step = self.config.max_in_flight
+        out: list = []
+        async with self._lock:
+            client = self._client
+            if client is None or not client.connected:
+                client = await self._connected()
+            for start in range(0, len(plan), step):
+                batch = [(code, r.address, r.count) for code, r in zip(codes[start:start + step],
+                                                                       plan[start:start + step])]
+                try:
+                    answers = await client.read_many(batch, device_id=self.config.device_id)
+                except (ModbusException, OSError) as err:
+                    raise self._failed(f"{len(batch)} pipelined reads", err) from err
+                for (code, address, _count), answer in zip(batch, answers):
+                    if not answer.isError():
+                        out.append(answer)
+                    elif answer.exception_code == _BUSY:
+                        out.append(None)
+                    else:  # refused: loses only its own fields, as one at a time
+                        text = self._exception_text(_METHOD[code], (address,), answer.exception_code)
+                        out.append(PollFailed("exception", text))
+        return out
 
     async def fetch(self) -> Report:
         """Run the read plan once and decode it. A read answered with a Modbus exception

@@ -33,6 +33,9 @@ class CabinetConfig:
     busy_retries: int = 3
     busy_backoff_s: float = 0.05
     max_gap: int | None = None  # default: the profile's
+    # Requests written before the first answer (Modbus TCP pipelining, collectors/modbus/tcp.py): 1 waits
+    # for each answer, what every device takes; more only for a device documented to queue requests.
+    max_in_flight: int = 1
 
 
 @dataclass(frozen=True, slots=True)
