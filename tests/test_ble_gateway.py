@@ -157,6 +157,25 @@ async def test_a_dropped_link_reconnects_at_once_and_resubscribes(caplog: pytest
     assert sum("recovered" in r.getMessage() for r in caplog.records) == 5
 
 
+async def test_a_link_found_down_before_the_adapter_says_so_is_a_lost_link(caplog: pytest.LogCaptureFixture) -> None:
+    """The adapter's notice of a dropped link comes after the next poll has found the link down (under load,
+    or BlueZ being slow): still one lost link, logged, reconnected at once and measured; the late notice
+    is not taken for a second loss."""
+    caplog.set_level(logging.INFO, "cascade.ble")
+    radio = make_radio(2, latency_s=0.001)
+    sink = Reports()
+    async with _running(_gateway(radio, sink)) as gw:
+        await _until(lambda: gw.stats.readings >= 6)
+        pack = next(iter(radio.packs.values()))
+        pack.drop_link(notice_after_s=0.3)  # six poll intervals after the drop
+        await _until(lambda: len(gw.stats.reconnect_s) == 1)
+        await asyncio.sleep(0.4)  # the notice has come and gone
+        assert gw.packs[pack.address].session is not None and gw.packs[pack.address].state == "ok"
+    assert radio.connects == 3 and gw.stats.reconnect_s[0] < 0.25
+    assert sum("lost its link" in r.getMessage() for r in caplog.records) == 1
+    assert sum("recovered" in r.getMessage() for r in caplog.records) == 1
+
+
 async def test_no_session_is_left_open_whatever_moment_the_gateway_stops() -> None:
     radio = make_radio(4, latency_s=0.002)
     for n, pack in enumerate(radio.packs.values()):

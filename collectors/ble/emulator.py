@@ -188,11 +188,13 @@ class EmulatedPack:
         return [daly_answer(cmd, data) for data in frames]
 
     # -- fault injection ---------------------------------------------------------------------
-    def drop_link(self) -> None:
-        """The pack goes away mid-session (out of range, power-cycled): an unsolicited disconnect."""
+    def drop_link(self, *, notice_after_s: float = 0.0) -> None:
+        """The pack goes away mid-session (out of range, power-cycled): an unsolicited disconnect. The
+        adapter's notice of it (bleak's disconnected callback) comes ``notice_after_s`` later: BlueZ
+        signals it over D-Bus, so a poll can find the link down before the notice."""
         client = self.client
         if client is not None:
-            client.lose_link()
+            client.lose_link(notice_after_s)
 
 
 def jbd_answer(command: int, data: bytes, *, status: int = 0) -> bytes:
@@ -370,13 +372,13 @@ class EmulatedClient(BaseBleakClient):
         if self.pack.client is self:
             self.pack.client = None
 
-    def lose_link(self) -> None:
+    def lose_link(self, notice_after_s: float = 0.0) -> None:
         """The link dropped without our asking: release, then tell bleak's user (disconnected callback)."""
         if not self._connected:
             return
         self._release()
         if self._disconnected_callback is not None:
-            asyncio.get_running_loop().call_soon(self._disconnected_callback)
+            asyncio.get_running_loop().call_later(notice_after_s, self._disconnected_callback)
 
     async def disconnect(self) -> None:
         self._release()

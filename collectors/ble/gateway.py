@@ -504,6 +504,11 @@ class Gateway:
         """The pack's open session, connecting (within the link bound) when it has none."""
         if pack.session is not None and pack.session.connected:
             return pack.session
+        if pack.session is not None and not pack.session.closing:
+            # The link dropped and the radio's notice of it has not come yet (it is queued: BlueZ sends it
+            # as a signal). The same event: counted and logged as a lost link now; the notice, arriving while
+            # this session is closed below, is then taken for our own disconnect and ignored.
+            self._link_lost(pack)
         await self._disconnect(pack)
         await self._links.acquire()
         try:
