@@ -15,7 +15,8 @@ time (``time.process_time``) is what one collector core spends. Reported:
 
 ``--max-in-flight N`` pipelines each poll's reads, N written at once (the cabinet setting
 ``max_in_flight``; the simulators answer pipelined requests). The baseline and the floor still send
-one request at a time, so with N > 1 Cascade can cost less than the floor.
+one request at a time, so with N > 1 Cascade can cost less than the floor; the run then also measures
+Cascade one request at a time, for the saving.
 
 Full polls only, no safety fast lane (``fast_interval_s`` off): the baseline has none, and the figure is
 per reading. The shipped collector also reads the safety registers every second; see docs/scaling.md.
@@ -303,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(database cascade, loopback only), so the sink's CPU is measured too")
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip the same-run baseline (a plain batched pymodbus client, bench/plainclient.py) and "
-                             "the floor (bench/floorclient.py); without it the run takes about 3 x --duration")
+                             "the floor (bench/floorclient.py); with them the run takes about 3 x --duration (4 x with --max-in-flight)")
     args = parser.parse_args(argv)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     duration = min(max(args.duration, 5.0), 600.0)
@@ -324,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
                 fleet, interval_s=args.interval, duration_s=duration, slots=args.slots, sim_pids=pids))
             floor = None if not compare else asyncio.run(run_plain_bench(
                 fleet, interval_s=args.interval, duration_s=duration, slots=args.slots, sim_pids=pids, floor=True))
+            single = None if not compare or args.max_in_flight == 1 else asyncio.run(run_collector_bench(
+                fleet, interval_s=args.interval, duration_s=duration, influx_url=args.influx,
+                spool_dir=str(Path(tmp) / "spool1"), warnings=args.warnings, slots=args.slots, sim_pids=pids))
         finally:
             stop_simulators(procs)
     _print(figures)
@@ -350,6 +354,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"pipelined, Cascade costs {c / max(f, 1e-9):.2f}x the floor")
         print(f"  above the floor per reading: Cascade {c - f:.4f} CPU s / 1000, baseline {b - f:.4f} "
               f"({(b - f) / max(c - f, 1e-9):.2f}x; what each does with the answers, not the target's figure)")
+    if single is not None and baseline is not None:
+        s1 = single["cpu_s_per_1000_readings"]
+        print("Cascade one request at a time (max_in_flight 1, the default), same simulators, same run")
+        print(f"  CPU s / 1000 readings {s1:10.4f}   poll latency ms p50 {single['poll_p50_s'] * 1e3:.0f}  "
+              f"p95 {single['poll_p95_s'] * 1e3:.0f}  p99 {single['poll_p99_s'] * 1e3:.0f}")
+        print(f"  {baseline['cpu_s_per_1000_readings'] / max(s1, 1e-9):.2f}x cheaper than the baseline; pipelining "
+              f"saves {100 * (1 - figures['cpu_s_per_1000_readings'] / max(s1, 1e-9)):.0f} % of it")
     return 0
 
 
