@@ -10,11 +10,13 @@ pymodbus 3.16 is midway between its old datastore (``ModbusDeviceContext``) and 
 ``async_getValues`` / ``async_setValues`` directly, so :class:`FleetContext` subclasses it
 without calling its ``__init__`` (which would demand device objects and log deprecations).
 
-Pipelined requests: pymodbus 3.16's server parses one request per receive and leaves the rest in
-its buffer until more bytes arrive, so a client with several requests in flight (Modbus TCP allows it;
-the collector's ``max_in_flight``) waits for its timeout on all but the first. :class:`_PipelinedServer`
-hands every complete request of a receive to pymodbus's own decoding and datastore, in order, and
-answers each; one request at a time behaves exactly as before.
+Pipelined requests: pymodbus 3.16's server parses one request per receive and empties its receive
+buffer whenever it sends an answer, so a client with several requests in flight (Modbus TCP allows it;
+the collector's ``max_in_flight``) gets an answer to the first and waits for its timeout on the rest.
+:class:`_PipelinedServer` hands every complete request of a receive to pymodbus's own decoding and
+datastore, in order, answers each, and keeps an incomplete request's bytes across its answers until
+the rest arrives. One request at a time behaves as before. (Not kept: pymodbus's broadcast to unit 0,
+which the simulators never enable.)
 
 Outages (scenario ``unreachable``): in ``refuse`` mode the port's listener is closed (clients
 get "connection refused", open connections drop) when every cabinet on the port is out; in
@@ -107,12 +109,16 @@ class FleetContext(ModbusServerContext):
 class _PipelinedHandler(ServerRequestHandler):
     """pymodbus's connection handler, answering every request of a receive (module docstring)."""
 
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._answering: set[asyncio.Task[None]] = set()
+
     def callback_data(self, data: bytes, addr: tuple | None = None) -> int:
         used = 0
         while used < len(data):
             try:  # pymodbus's framing and decoding of one request (its handler's parent)
                 size = TransactionManager.callback_data(self, data[used:], addr)
-            except ModbusIOException as exc:  # as pymodbus's handler answers an undecodable request
+            except ModbusIOException as exc:  # as pymodbus's handler: the rest of this receive is dropped
                 self.server_send(ExceptionResponse(0 if exc.fcode is None else exc.fcode,
                                                    exception_code=ExcCodes.ILLEGAL_FUNCTION,
                                                    device_id=exc.dev_id, transaction=exc.transaction_id), addr)
@@ -123,8 +129,17 @@ class _PipelinedHandler(ServerRequestHandler):
             if self.last_pdu is not None:
                 # One task per request, created in order: the datastore never waits, so each answers
                 # before the next starts and the answers go out in the order asked.
-                self.loop.create_task(self._answer(self.last_pdu, addr))
+                task = self.loop.create_task(self._answer(self.last_pdu, addr))
+                self._answering.add(task)
+                task.add_done_callback(self._answering.discard)
         return used
+
+    def send(self, data: bytes, addr: tuple | None = None) -> None:
+        # pymodbus empties the receive buffer on every send: an incomplete request still arriving
+        # would lose its first bytes, and the connection would answer nothing more.
+        kept = self.recv_buffer
+        super().send(data, addr)
+        self.recv_buffer = kept
 
     async def _answer(self, pdu: Any, addr: tuple | None) -> None:
         """pymodbus's ``handle_request`` for one given request (it reads the handler's last one)."""

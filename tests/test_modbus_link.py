@@ -263,3 +263,49 @@ async def test_a_batch_answered_out_of_step_fails_whole_and_writes_are_not_batch
     link = ModbusTcpLink("127.0.0.1", 1)
     with pytest.raises(ValueError, match="read_many sends reads"):
         await link.read_many([(3, 0, 1), (6, 0, 1)])
+
+
+async def test_a_request_split_across_segments_is_answered_and_so_are_the_ones_after_it() -> None:
+    """The simulator keeps an incomplete request's bytes while it answers the one before (pymodbus's own
+    server empties its buffer on every answer and then answers nothing more on that connection)."""
+    clock = ManualClock()
+    fleet = build_fleet([("reference-cabinet", find_profile("reference-cabinet"))], cabinets=1, per_port=1,
+                        base_port=free_port_block(1), clock=clock, seed=3)
+    server = SimulatorServer(fleet, control_port=0, timer_s=3600)
+    await server.start()
+    cab = fleet.cabinets[0]
+    frames = [struct.pack(">HHHBBHH", tid, 0, 6, cab.device_id, 4, 0, 2) for tid in (1, 2, 3)]
+    try:
+        for cut in (3, 7, 11):
+            reader, writer = await asyncio.open_connection("127.0.0.1", cab.port)
+            writer.write(frames[0] + frames[1][:cut])
+            await writer.drain()
+            first = await asyncio.wait_for(reader.readexactly(13), 2)
+            writer.write(frames[1][cut:])
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(frames[2])
+            await writer.drain()
+            rest = await asyncio.wait_for(reader.readexactly(26), 2)
+            assert [first[1], rest[1], rest[14]] == [1, 2, 3], cut
+            writer.close()
+    finally:
+        await server.stop()
+
+
+async def test_a_batch_given_up_closes_the_link_so_its_answers_cannot_meet_the_next_request() -> None:
+    async with _peer(lambda r: None) as port:  # never answers
+        link = await _link(port, timeout=5.0)
+        task = asyncio.create_task(link.read_many([(3, 0, 1), (3, 1, 1)]))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not link.connected
+        link = await _link(port, timeout=5.0)
+        task = asyncio.create_task(link.read_holding_registers(0, count=1))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not link.connected

@@ -67,6 +67,7 @@ class Peer:
     # reverse order with ``reverse``): a client waiting for each answer gets none.
     batch: int = 0
     reverse: bool = False
+    answer_after_s: float = 0.0  # each answer this long after the one before (a device working one by one)
     requests: list[tuple[int, int, int, int]] = field(default_factory=list)  # (unit, fc, address, count|value)
     connections: list[asyncio.StreamWriter] = field(default_factory=list)
 
@@ -83,6 +84,8 @@ class Peer:
                     break
                 if self.silent:
                     continue
+                if self.answer_after_s:
+                    await asyncio.sleep(self.answer_after_s)
                 answer = self._answer(fc, address, arg, pdu)
                 unit = unit if self.answer_unit is None else self.answer_unit
                 held.append(struct.pack(">HHHB", transaction, 0, len(answer) + 1, unit) + answer)
@@ -629,12 +632,38 @@ async def test_a_refused_read_in_a_batch_loses_only_its_fields_as_one_at_a_time(
 
 
 async def test_a_read_answered_busy_in_a_batch_is_asked_again_on_its_own(profile: Profile) -> None:
+    """The batch's busy answer is the first attempt: then the same backoff and retries as one at a time."""
     peer = Peer(words=dict(_WORDS), exceptions={2: [6, 6]})
     async with serve(peer):
-        report = await _cabinet(profile, peer.port, max_in_flight=4, busy_retries=3).fetch()
+        started = time.monotonic()
+        report = await _cabinet(profile, peer.port, max_in_flight=4, busy_retries=3, busy_backoff_s=0.05).fetch()
+        elapsed = time.monotonic() - started
     assert report.reading.door_open is True and report.errors == [] and report.failed_reads == 0
     assert peer.requests == [(7, 4, 0, 1), (7, 4, 100, 1), (7, 4, 104, 1), (7, 2, 3, 1), (7, 2, 3, 1),
                              (7, 2, 3, 1)]
+    assert elapsed >= 0.05 * (1 + 2)
+
+
+@pytest.mark.parametrize("in_flight", [1, 4])
+@pytest.mark.parametrize("retries", [0, 2])
+async def test_a_device_still_busy_fails_the_poll_after_as_many_attempts_batched_or_not(
+        profile: Profile, in_flight: int, retries: int) -> None:
+    peer = Peer(words=dict(_WORDS), exceptions={2: [6] * 5})
+    async with serve(peer):
+        with pytest.raises(PollFailed) as info:
+            await _cabinet(profile, peer.port, max_in_flight=in_flight, busy_retries=retries).fetch()
+    assert info.value.kind == "busy" and "answered Modbus exception 6 (server device busy)" in str(info.value)
+    assert [r for r in peer.requests if r[1] == 2] == [(7, 2, 3, 1)] * (retries + 1)
+
+
+async def test_each_answer_of_a_batch_has_the_whole_timeout(profile: Profile) -> None:
+    """A device that queues requests but answers them one by one, 0.1 s apart: four answers take 0.4 s,
+    more than the 0.25 s timeout, yet none is late, batched or not."""
+    for in_flight in (1, 4):
+        peer = Peer(words=dict(_WORDS), answer_after_s=0.1)
+        async with serve(peer):
+            report = await _cabinet(profile, peer.port, max_in_flight=in_flight, timeout_s=0.25).fetch()
+        assert report.reading.input_voltage_v == 230.0 and report.errors == []
 
 
 @pytest.mark.parametrize(("setup", "kind"), [({"silent": True}, "timeout"), ({"hang_up": True}, "connection"),

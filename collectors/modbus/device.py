@@ -21,8 +21,10 @@ older than one interval. Rates and windows in the rules run on the fields the fa
 **Requests in flight.** One at a time by default: many Modbus TCP devices answer the first of several
 queued requests and drop the rest. A cabinet configured with ``max_in_flight`` N > 1 (its documentation
 says it queues requests) gets its plan's reads pipelined, N written at once (:meth:`ModbusTcpLink.read_many`):
-the same answers, one round trip per N reads instead of per read. A read answered "busy" is then asked
-again on its own, with the usual retries; a lost or out-of-step connection fails the poll as before.
+the same answers, one round trip per N reads instead of per read; each answer has the whole timeout from
+the one before. A read answered "busy" is then asked again on its own, that answer counting as its first
+attempt (the same retries and backoff as one at a time); a lost or out-of-step connection fails the poll
+as before.
 """
 
 from __future__ import annotations
@@ -152,13 +154,16 @@ class ModbusCabinet:
             return PollFailed("connection", f"connection lost during {method}: {err}")
         return PollFailed("protocol", f"{method} failed: {err}")
 
-    async def _call(self, method: str, *args, **kwargs):
-        """One request with the connection lock held; retry only while the device says busy."""
+    async def _call(self, method: str, *args, busy_already: bool = False, **kwargs):
+        """One request with the connection lock held; retry only while the device says busy
+        (``busy_already``: it said so to this request in a batch, its first attempt)."""
         async with self._lock:
             client = self._client
             if client is None or not client.connected:
                 client = await self._connected()
-            for attempt in range(self.config.busy_retries + 1):
+            for attempt in range(1 if busy_already else 0, self.config.busy_retries + 1):
+                if attempt:
+                    await asyncio.sleep(self.config.busy_backoff_s * attempt)  # backing off, growing
                 try:
                     response = await getattr(client, method)(*args, device_id=self.config.device_id, **kwargs)
                 except (ModbusException, OSError) as err:
@@ -168,7 +173,6 @@ class ModbusCabinet:
                 code = getattr(response, "exception_code", None)
                 if code != _BUSY or attempt == self.config.busy_retries:
                     raise PollFailed("busy" if code == _BUSY else "exception", self._exception_text(method, args, code))
-                await asyncio.sleep(self.config.busy_backoff_s * (attempt + 1))
         raise AssertionError("unreachable")
 
     def _exception_text(self, method: str, args: tuple[object, ...], code: int | None) -> str:
@@ -201,7 +205,8 @@ class ModbusCabinet:
                     if isinstance(response, PollFailed):
                         raise response
                 else:  # one at a time; in a batch: a read the device answered busy, retried on its own
-                    response = await self._call(_READ[request.register_type], request.address, count=request.count)
+                    response = await self._call(_READ[request.register_type], request.address, count=request.count,
+                                                busy_already=batched is not None)
             except PollFailed as err:
                 if err.kind != "exception":
                     raise
@@ -217,7 +222,8 @@ class ModbusCabinet:
 
     async def _read_batched(self, plan: Sequence[ReadRequest]) -> list:
         """The plan's reads, ``max_in_flight`` in flight at a time: each answer; a :class:`PollFailed` where
-        the device refused the read; ``None`` where it said busy (retried one at a time by the caller)."""
+        the device refused the read (or said busy with no retries configured); ``None`` where it said busy
+        (retried one at a time by the caller, this answer counting as the first attempt)."""
         codes = self._codes if plan is self.plan else [_FUNCTION[_READ[r.register_type]] for r in plan]
         step = self.config.max_in_flight
         out: list = []
@@ -235,8 +241,10 @@ class ModbusCabinet:
                 for (code, address, _count), answer in zip(batch, answers):
                     if not answer.isError():
                         out.append(answer)
-                    elif answer.exception_code == _BUSY:
+                    elif answer.exception_code == _BUSY and self.config.busy_retries:
                         out.append(None)
+                    elif answer.exception_code == _BUSY:  # no retries: busy fails the poll, as one at a time
+                        out.append(PollFailed("busy", self._exception_text(_METHOD[code], (address,), _BUSY)))
                     else:  # refused: loses only its own fields, as one at a time
                         text = self._exception_text(_METHOD[code], (address,), answer.exception_code)
                         out.append(PollFailed("exception", text))

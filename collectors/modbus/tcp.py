@@ -65,14 +65,17 @@ class _Protocol(asyncio.Protocol):
         self.waiters: dict[int, asyncio.Future[bytes]] = {}  # transaction id -> the request's answer
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
-        # One lazy timer per connection instead of one per request: a request moves the deadline, the timer
-        # fails the waiter only once the deadline has passed, else re-arms for it (a poll's ten requests
+        # One lazy timer per connection instead of one per request: a request (and, in a batch, each
+        # answer) moves the deadline, the timer fails the waiters only once the deadline has passed, else
+        # re-arms for it (a poll's ten requests
         # within a few milliseconds cost ten clock reads, not ten timers set and cancelled).
         self.deadline = 0.0
         self.timeout = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def arm(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.loop = loop
         self.timeout = timeout
         self.deadline = loop.time() + timeout
         if self.timer is not None and self.timer.when() > self.deadline:  # a shorter timeout than before
@@ -120,6 +123,10 @@ class _Protocol(asyncio.Protocol):
                 return
             if not waiter.done():
                 waiter.set_result(frame)
+            if self.waiters and self.loop is not None:
+                # A batch: each answer gives the next its whole timeout, as one request at a time has it
+                # (a device that queues requests still answers them one by one).
+                self.deadline = self.loop.time() + self.timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -197,8 +204,10 @@ class ModbusTcpLink:
     async def read_many(self, requests: Sequence[tuple[int, int, int]], *,
                         device_id: int = 1) -> list[LinkResponse]:
         """Several reads, ``(function, address, count)`` each (function 1-4), written at once: the answers
-        in the order asked, matched by transaction id. One timeout for the batch. A broken or missing
-        answer fails the whole batch, as one request's would (the link is out of step)."""
+        in the order asked, matched by transaction id. Each answer is awaited for the link's timeout from
+        the one before. A broken or missing answer fails the whole batch, as one request's would; the
+        caller closes the link (answers may still be on their way). A batch given up (cancelled) closes
+        the link itself: its late answers must not meet the next request."""
         for function, _address, _count in requests:
             if not 1 <= function <= 4:
                 raise ValueError(f"read_many sends reads (functions 1-4), not function {function}")
@@ -218,12 +227,18 @@ class ModbusTcpLink:
             return [_parse(await waiter, tid, device_id, function, count)
                     for waiter, tid, (function, _address, count) in zip(waiters, tids, requests)]
         finally:
+            abandoned = False
             for tid, waiter in zip(tids, waiters):
                 p.waiters.pop(tid, None)
-                if waiter.done() and not waiter.cancelled():
+                if waiter.cancelled():
+                    abandoned = True
+                elif waiter.done():
                     waiter.exception()  # retrieved: one failure of a batch is reported once, not per request
                 else:
+                    abandoned = True
                     waiter.cancel()
+            if abandoned and self._protocol is p:
+                self.close()
 
     def _live(self) -> _Protocol:
         p = self._protocol
@@ -244,6 +259,8 @@ class ModbusTcpLink:
             frame = await waiter
         finally:
             p.waiters.pop(tid, None)
+            if waiter.cancelled() and self._protocol is p:
+                self.close()  # given up: its late answer must not meet the next request
         return _parse(frame, tid, device_id, function, value)
 
 
