@@ -559,7 +559,7 @@ def test_each_kind_of_stored_alert_the_rules_cannot_evaluate_is_cleared_with_its
         assert t.annotations == {"summary": f"Cleared L{level} {rule} at {where[rule]} (rule changed)",
                                  "diagnosis": diagnosis, "action": RETIRED_ACTION}
         assert t.labels["level"] == str(level) and t.labels["rule"] == rule
-        assert f"stored alert {t.key} L{level} cleared at start-up: {why[rule]}" in caplog.text
+        assert f"stored alert {t.key} L{level} cleared at start-up: {why[rule]}" in caplog.messages
     assert [str(a.key) for a in AlertStore(path).active()] == ["kept@s1/c1/1"]
     assert [str(a.key) for a in restarted.state.active()] == ["kept@s1/c1/1"]
 
@@ -845,10 +845,11 @@ def test_a_vehicle_sensor_that_stops_reporting_is_lost() -> None:
 
 
 def test_a_stored_rule_failure_notice_and_a_retired_alert_are_both_cleared_at_start_up(tmp_path: Path,
-                                                                                       monkeypatch) -> None:
+                                                                                       monkeypatch, caplog) -> None:
     from alerting.engine import RULE_FAILED
     from alerting.state import AlertStore
 
+    caplog.set_level("INFO", "alerting.engine")
     path = tmp_path / "alerts.json"
     clock = ManualClock()
     rules = _rules(_rule("{1: 45}", rid="hot"), _rule("{1: 45}", rid="zz_gone", input="{field: voltage_v}"))
@@ -872,3 +873,5 @@ def test_a_stored_rule_failure_notice_and_a_retired_alert_are_both_cleared_at_st
     assert restarted.startup_transitions[0].diagnosis == (
         "Cleared at start-up: rule failures are re-checked from scratch after a restart; a rule that still fails "
         "raises it again on its first reading.")
+    key = restarted.startup_transitions[0].key
+    assert f"stored alert {key} cleared at start-up: rules are re-checked from scratch" in caplog.messages

@@ -372,6 +372,15 @@ def _count(engine: Engine, rule: str) -> float:
                 if s.name == "cascade_rule_errors_total" and s.labels == {"rule": rule})
 
 
+def test_the_rule_error_counter_says_what_it_counts_and_starts_at_zero_per_rule() -> None:
+    """Its help is what Grafana and Prometheus show next to the series; a zero per rule lets increase() see
+    the first failure."""
+    engine = Engine(_hot(), clock=ManualClock())
+    [family] = engine.rule_errors.collect()
+    assert family.documentation == "Rule evaluations that raised an exception (the rule's level is kept; see the log)"
+    assert _count(engine, "hot") == 0.0
+
+
 def test_a_fusion_rule_recovers_only_on_a_reading_with_evidence(monkeypatch) -> None:
     clock = ManualClock()
     engine = Engine(parse_rules(FUSION), clock=clock, language="en")
