@@ -1,4 +1,5 @@
-"""Benchmarks: ``python -m bench [collector|lineprotocol|warnings|all] [options]``.
+"""Benchmarks: ``python -m bench [SUITE|all] [options]``; ``python -m bench --help`` lists the suites
+(collector, decode, lineprotocol, warnings, latency, vehicles, scrape, health).
 
 ``soak`` (hours, faults on a schedule, docs/soak.md) and ``stress`` (fleet size stepped up to the knee)
 run only when named: ``python -m bench soak --duration 2h``, ``python -m bench stress``.
