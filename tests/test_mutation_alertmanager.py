@@ -30,6 +30,7 @@ class StandIn:
         self.posts: list[list[dict[str, Any]]] = []
         self.authorizations: list[str | None] = []  # the Authorization header of each POST /alerts
         self.statuses: list[int] = []  # answers for POST /alerts, in turn, then 200
+        self.alert_delays: list[float] = []  # seconds before answering POST /alerts, in turn, then none
         self.silence_posts: list[dict[str, Any]] = []
         self.silence_status = 200
         self.silence_delay_s = 0.0
@@ -42,6 +43,8 @@ class StandIn:
 
     async def _alerts(self, request: web.Request) -> web.Response:
         self.posts.append(await request.json())
+        if self.alert_delays:
+            await asyncio.sleep(self.alert_delays.pop(0))
         self.authorizations.append(request.headers.get("Authorization"))
         status = self.statuses.pop(0) if self.statuses else 200
         return web.Response(status=status, text="x" * 300 if status >= 300 else "")
@@ -504,3 +507,40 @@ async def test_a_push_that_fails_after_idle_wake_ups_is_retried_and_delivered() 
             pusher.fire({"alertname": "late"}, {})
             await _until(lambda: len(am.posts) == 2 and not pusher.pending, timeout_s=2.0)
             assert pusher.up and not pusher._task.done()
+
+
+def test_the_push_metrics_say_what_they_count() -> None:
+    """The help texts Prometheus and Grafana show next to the series."""
+    registry = CollectorRegistry()
+    AlertmanagerPusher("http://am:9093", registry=registry)
+    docs = {m.name: m.documentation for m in registry.collect()}
+    assert docs == {
+        "cascade_alert_push_failures": "Alertmanager pushes that failed (each failed request; retried)",
+        "cascade_alert_pushed": "Alerts delivered to Alertmanager, by status",
+        "cascade_alert_push_dropped": "Alert changes dropped because the pending queue was full",
+        "cascade_alert_push_pending": "Alert changes waiting to be pushed"}
+
+
+async def test_the_push_and_silence_tasks_are_named_for_whoever_reads_a_task_dump() -> None:
+    async with StandIn() as am:
+        am.silence_delay_s = 0.2
+        async with _pusher(am.url, ManualClock(T0)) as pusher:
+            pusher.silence({"alertname": "a"}, who="x", comment="c", until=T0 + 600)
+            names = {t.get_name() for t in asyncio.all_tasks()}
+            assert {"alertmanager-push", "alertmanager-silence"} <= names
+
+
+async def test_a_push_that_hangs_past_the_timeout_is_a_failure_counted_and_retried() -> None:
+    registry = CollectorRegistry()
+    async with StandIn() as am:
+        am.alert_delays = [1.0]  # the first push hangs for a second; the timeout is 0.2 s
+        async with _pusher(am.url, ManualClock(T0), registry, timeout_s=0.2) as pusher:
+            pusher.fire({"alertname": "a"}, {})
+            await _until(lambda: len(am.posts) == 2 and not pusher.pending, timeout_s=3)
+        assert _sample(registry, "cascade_alert_push_failures_total") == 1
+        assert _sample(registry, "cascade_alert_pushed_total", {"status": "firing"}) == 1
+
+
+def test_the_resend_interval_is_a_minute_unless_given() -> None:
+    """docs/alert-service.md: firing alerts are re-sent every resend_interval_s (60), endsAt 4 of them ahead."""
+    assert AlertmanagerPusher("http://am:9093").resend_interval_s == 60.0
