@@ -470,12 +470,14 @@ def lane_profile(tmp_path: Path) -> Profile:
     return profile_from_text(tmp_path, LANE_PROFILE, "lane")
 
 
+@pytest.mark.parametrize("in_flight", [1, 8])
 async def test_a_fast_poll_reads_only_the_safety_fields_and_merges_them_into_the_last_full_reading(
-        lane_profile: Profile) -> None:
+        lane_profile: Profile, in_flight: int) -> None:
     peer = Peer(words={("input", 0): 230, ("input", 20): 25, ("input", 100): 50, ("input", 105): 30,
                        ("input", 110): 60, ("input", 115): 31})
     async with serve(peer):
-        cabinet = _cabinet(lane_profile, peer.port, slots=2, interval_s=60.0, fast_interval_s=1.0)
+        cabinet = _cabinet(lane_profile, peer.port, slots=2, interval_s=60.0, fast_interval_s=1.0,
+                           max_in_flight=in_flight)
         assert cabinet.fast_plan is not None and cabinet.interval_s == 1.0
         full = await cabinet.fetch()
         assert not full.watch_only and full.requests == len(cabinet.plan)
@@ -552,12 +554,14 @@ def test_a_fresh_fast_field_loses_its_stale_over_range_flag_when_only_the_full_r
     assert merged.over_range == ("cabinet_temperature_c",) and merged.slots[0].over_range == ("temperature_c",)
 
 
-async def test_a_connection_the_device_closed_between_polls_is_reopened_by_the_next_poll(profile: Profile) -> None:
+@pytest.mark.parametrize("in_flight", [1, 4])
+async def test_a_connection_the_device_closed_between_polls_is_reopened_by_the_next_poll(
+        profile: Profile, in_flight: int) -> None:
     """Gateways drop idle connections: the next poll notices before it sends and reconnects, so no poll
-    is lost to it."""
+    is lost to it (pipelined or not)."""
     peer = Peer(words={("input", 0): 5})
     async with serve(peer):
-        cabinet = _cabinet(profile, peer.port)
+        cabinet = _cabinet(profile, peer.port, max_in_flight=in_flight)
         await cabinet.fetch()
         for writer in peer.connections:
             writer.close()
