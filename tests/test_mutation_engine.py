@@ -875,3 +875,27 @@ def test_a_stored_rule_failure_notice_and_a_retired_alert_are_both_cleared_at_st
         "raises it again on its first reading.")
     key = restarted.startup_transitions[0].key
     assert f"stored alert {key} cleared at start-up: rules are re-checked from scratch" in caplog.messages
+
+
+def test_a_stored_vehicle_command_alert_is_left_alone_and_the_alerts_after_it_are_still_reconciled(
+        tmp_path: Path) -> None:
+    """The command alert (cascade/commands.py) is not a catalogue rule: the start-up reconciliation passes
+    over it, and goes on to the stored alerts after it (it sorts first: level 3)."""
+    from alerting.engine import Transition
+    from alerting.state import AlertStore
+    from alerting.vehicle_commands import COMMAND_UNACKNOWLEDGED
+
+    path = tmp_path / "alerts.json"
+    clock = ManualClock()
+    store = AlertStore(path)
+    store.apply([Transition(rule=COMMAND_UNACKNOWLEDGED, target=Target("bj", "V1", None, None), from_level=0,
+                            to_level=3, kind="raise", value=None, at=clock.now, diagnosis="", action="",
+                            protective_action=None, labels={"alertname": COMMAND_UNACKNOWLEDGED, "level": "3"},
+                            annotations={})])
+    engine = Engine(_rules(_rule("{1: 45}", rid="gone", input="{field: voltage_v}")), clock=clock, state=store,
+                    language="en")
+    engine.evaluate(CabinetReading("c1", "s1", "m", 0, slots=[SlotReading(1, battery_id="B1", voltage_v=50)]))
+    assert [a.key.rule for a in AlertStore(path).active()] == [COMMAND_UNACKNOWLEDGED, "gone"]
+    restarted = Engine(_rules(_rule("{1: 45}", rid="hot")), clock=clock, state=AlertStore(path), language="en")
+    assert [(t.rule, t.kind) for t in restarted.startup_transitions] == [("gone", "clear")]
+    assert [a.key.rule for a in AlertStore(path).active()] == [COMMAND_UNACKNOWLEDGED]
