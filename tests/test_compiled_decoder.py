@@ -21,6 +21,7 @@ from collectors.modbus.codec import _exact_divisor
 from collectors.modbus.decode import compile_plan, decode_poll, shared_decoder
 from collectors.modbus.planner import plan_reads, shared_plan
 from collectors.modbus.profile import PROFILE_DIR, Profile, ProfileError, find_profile, load_profile
+from tests.fixtures.examples import examples
 
 _SHIPPED = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
 # Words a device sends that decoders treat specially: zero, all ones, the signed extremes, NaN and
@@ -55,7 +56,7 @@ def _same(plan, slots: int, responses: list) -> None:
 
 
 @pytest.mark.parametrize("name", _SHIPPED)
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_shipped_profiles_decode_the_same_compiled(name: str, data: st.DataObject) -> None:
     profile = find_profile(name)
@@ -95,7 +96,7 @@ def _edited(section: str, index: int, edit: dict) -> Profile | None:
             return None
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.sampled_from(["cabinet", "slot", "extra"]), st.integers(0, 40), _EDITS, st.data())
 def test_edited_profiles_decode_the_same_compiled(section: str, index: int, edit: dict, data: st.DataObject) -> None:
     profile = _edited(section, index, edit)

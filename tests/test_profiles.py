@@ -15,6 +15,7 @@ from collectors.modbus.decode import decode_poll
 from collectors.modbus.planner import MAX_REGISTERS, minimum_reads, plan_reads
 from collectors.modbus.profile import FieldSpec, ProfileError, find_profile, load_profile
 from core.model import CABINET_FIELDS, SLOT_FIELDS
+from tests.fixtures.examples import examples
 
 CASES = sorted((Path(__file__).parent / "profile_cases").iterdir())
 SHIPPED = ["reference-cabinet", "volta-s8"]
@@ -138,7 +139,7 @@ def test_string_roundtrip() -> None:
 _SPECS = [s for name in SHIPPED for s in (*find_profile(name).cabinet_fields, *find_profile(name).slot_fields)]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(st.sampled_from(_SPECS), st.lists(st.integers(0, 0xFFFF), min_size=0, max_size=70))
 def test_decode_returns_a_value_or_its_own_error(spec: FieldSpec, words: list[int]) -> None:
     try:
@@ -148,7 +149,7 @@ def test_decode_returns_a_value_or_its_own_error(spec: FieldSpec, words: list[in
     assert value is None or isinstance(value, (int, float, bool, str))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(st.data())
 def test_decode_poll_keeps_good_fields_when_others_are_garbage(data: st.DataObject) -> None:
     profile = find_profile("reference-cabinet")
@@ -175,7 +176,7 @@ def test_register_map_docs_are_generated_from_the_profiles(name: str, doc: str) 
         f"docs/{doc} is stale: run python -m collectors.modbus.mapdoc {name} > docs/{doc}"
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(st.sampled_from(_SPECS), st.lists(st.integers(0, 0xFFFF), min_size=70, max_size=70),
        st.integers(0, 5))
 def test_compiled_decoder_agrees_with_decode_value(spec: FieldSpec, words: list[int], index: int) -> None:

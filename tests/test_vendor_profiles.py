@@ -20,6 +20,7 @@ from collectors.modbus.mapdoc import render_profile_reference, render_register_m
 from collectors.modbus.planner import MAX_REGISTERS, minimum_reads, plan_reads
 from collectors.modbus.profile import Profile, ProfileError, find_profile, load_profile
 from core.model import CABINET_FIELDS, FIELD_KINDS, SLOT_FIELDS, BmsProtection, EmergencyState
+from tests.fixtures.examples import examples
 
 DOCS = Path(__file__).parents[1] / "docs"
 
@@ -279,7 +280,7 @@ _entry_keys = st.sampled_from(["field", "name", "register", "address", "offset",
                                "scale", "offset_value", "word_order", "valid", "missing", "unit", "nonsense"])
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(["cabinet", "slot", "extra"]), st.integers(0, 40), _entry_keys, _hostile)
 def test_any_edit_of_an_entry_loads_or_names_its_key(section: str, index: int, key: str, value: object) -> None:
     doc = copy.deepcopy(_KESTREL)
