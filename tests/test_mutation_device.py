@@ -656,8 +656,19 @@ async def test_a_device_still_busy_fails_the_poll_after_as_many_attempts_batched
     async with serve(peer):
         with pytest.raises(PollFailed) as info:
             await _cabinet(profile, peer.port, max_in_flight=in_flight, busy_retries=retries).fetch()
-    assert info.value.kind == "busy" and "answered Modbus exception 6 (server device busy)" in str(info.value)
+    assert info.value.kind == "busy" and str(info.value).startswith(
+        f"read_discrete_inputs at address 3 to unit id 7 on 127.0.0.1:{peer.port} answered Modbus exception 6 "
+        "(server device busy)")
     assert [r for r in peer.requests if r[1] == 2] == [(7, 2, 3, 1)] * (retries + 1)
+
+
+async def test_a_command_to_a_busy_device_gets_every_retry(profile: Profile) -> None:
+    """A command's write answered busy once is written again (one retry configured): the cut-off happens."""
+    peer = Peer(exceptions={5: [6]})
+    async with serve(peer):
+        result = await _cabinet(profile, peer.port, busy_retries=1).command("slot_output", slot=1, value=False,
+                                                                             actor="rule:x")
+    assert result.ok and [r[1] for r in peer.requests] == [5, 5, 1]
 
 
 async def test_each_answer_of_a_batch_has_the_whole_timeout(profile: Profile) -> None:
