@@ -24,16 +24,19 @@ _METHOD = {"input": "read_input_registers", "holding": "read_holding_registers",
            "discrete": "read_discrete_inputs"}
 
 
+async def _simulated(profile_name: str):
+    """One simulated cabinet of the profile on a free port: the started server and the cabinet."""
+    fleet = build_fleet([(profile_name, find_profile(profile_name))], cabinets=1, per_port=1,
+                        base_port=free_port_block(1), clock=ManualClock(), seed=3)
+    server = SimulatorServer(fleet, control_port=0, timer_s=3600)
+    await server.start()
+    return server, fleet.cabinets[0]
+
+
 @pytest.mark.parametrize("profile_name", ["reference-cabinet", "volta-s8", "kestrel-k10"])
 async def test_every_planned_read_answers_as_pymodbus_reads_it(profile_name: str) -> None:
     """Second implementation: pymodbus's client and the link read the same registers, word for word."""
-    clock = ManualClock()
-    base = free_port_block(1)
-    fleet = build_fleet([(profile_name, find_profile(profile_name))], cabinets=1, per_port=1, base_port=base,
-                        clock=clock, seed=3)
-    server = SimulatorServer(fleet, control_port=0, timer_s=3600)
-    await server.start()
-    cab = fleet.cabinets[0]
+    server, cab = await _simulated(profile_name)
     reference = AsyncModbusTcpClient("127.0.0.1", port=cab.port, timeout=2, retries=0)
     link = ModbusTcpLink("127.0.0.1", cab.port, timeout=2)
     try:
@@ -213,13 +216,7 @@ async def test_a_pipelined_plan_reads_as_one_request_at_a_time_from_the_simulato
     answers only the first (why the simulator has its own handler, simulators/server.py)."""
     from pymodbus.server import ModbusTcpServer
 
-    clock = ManualClock()
-    base = free_port_block(1)
-    fleet = build_fleet([(profile_name, find_profile(profile_name))], cabinets=1, per_port=1, base_port=base,
-                        clock=clock, seed=3)
-    server = SimulatorServer(fleet, control_port=0, timer_s=3600)
-    await server.start()
-    cab = fleet.cabinets[0]
+    server, cab = await _simulated(profile_name)
     plan = plan_reads(cab.profile, cab.slot_count)
     codes = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
     batch = [(codes[r.register_type], r.address, r.count) for r in plan]
@@ -268,12 +265,7 @@ async def test_a_batch_answered_out_of_step_fails_whole_and_writes_are_not_batch
 async def test_a_request_split_across_segments_is_answered_and_so_are_the_ones_after_it() -> None:
     """The simulator keeps an incomplete request's bytes while it answers the one before (pymodbus's own
     server empties its buffer on every answer and then answers nothing more on that connection)."""
-    clock = ManualClock()
-    fleet = build_fleet([("reference-cabinet", find_profile("reference-cabinet"))], cabinets=1, per_port=1,
-                        base_port=free_port_block(1), clock=clock, seed=3)
-    server = SimulatorServer(fleet, control_port=0, timer_s=3600)
-    await server.start()
-    cab = fleet.cabinets[0]
+    server, cab = await _simulated("reference-cabinet")
     frames = [struct.pack(">HHHBBHH", tid, 0, 6, cab.device_id, 4, 0, 2) for tid in (1, 2, 3)]
     try:
         for cut in (3, 7, 11):
