@@ -66,15 +66,23 @@ def _start_simulators(cabinets: int, slots: int, per_port: int, workers: int, wo
         deadline = time.monotonic() + 120
         while not fleet_file.exists():
             if procs[-1].poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"simulator {worker} did not start: see {workdir}/simulator-{worker}.log")
+                # the temporary directory goes with the bench: its log's last lines go into the error
+                text = (workdir / f"simulator-{worker}.log").read_text(errors="replace").strip().splitlines()
+                raise RuntimeError(f"simulator {worker} did not start: " + " | ".join(text[-3:]))
             time.sleep(0.2)
-        time.sleep(0.5)
-        entries = yaml.safe_load(fleet_file.read_text())
+        entries = yaml.safe_load(fleet_file.read_text())  # written once every port listens
         entries = entries["cabinets"] if isinstance(entries, dict) else entries
         for entry in entries:
             entry["id"] = f"W{worker}-{entry['id']}"
         fleet.extend(entries)
     return procs, fleet
+
+
+def simulators_alive(procs: list[subprocess.Popen]) -> None:
+    """Raise if a simulator process ended during a run: its cabinets' failures are not the collector's."""
+    gone = [f"pid {p.pid} exited with {p.returncode}" for p in procs if p.poll() is not None]
+    if gone:
+        raise RuntimeError("a simulator stopped during the run, figures discarded: " + "; ".join(gone))
 
 
 def stop_simulators(procs: list[subprocess.Popen], timeout_s: float = 10.0) -> None:
@@ -324,6 +332,14 @@ def main(argv: list[str] | None = None) -> int:
     duration = min(max(args.duration, 5.0), 600.0)
 
     exit_on_sigterm()
+    try:
+        return _run(args, duration)
+    except RuntimeError as err:  # a simulator that did not start or stopped: no figures, say why
+        print(f"bench collector: {err}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, duration: float) -> int:
     with tempfile.TemporaryDirectory(prefix="cascade-bench-") as tmp:
         procs, fleet = _start_simulators(args.cabinets, args.slots, args.per_port, args.workers, Path(tmp),
                                          args.profile)
@@ -342,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             single = None if not compare or args.max_in_flight == 1 else asyncio.run(run_collector_bench(
                 fleet, interval_s=args.interval, duration_s=duration, influx_url=args.influx,
                 spool_dir=str(Path(tmp) / "spool1"), warnings=args.warnings, slots=args.slots, sim_pids=pids))
+            simulators_alive(procs)
         finally:
             stop_simulators(procs)
     _print(figures)

@@ -132,7 +132,10 @@ class PollRunner(Generic[T]):
         while True:
             started = self._clock()
             try:
-                async with asyncio.timeout(self._timeout_s or None):  # None: no limit
+                if self._timeout_s:
+                    async with asyncio.timeout(self._timeout_s):
+                        result = await device.fetch()
+                else:  # no limit of the runner's (the device's own timeouts apply): no timer per poll
                     result = await device.fetch()
             except asyncio.CancelledError:
                 raise

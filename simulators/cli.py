@@ -115,7 +115,12 @@ async def run(args: argparse.Namespace) -> int:
             scenario = load_scenario(path)
             check_target(scenario, {c.cabinet_id: c.slot_count for c in fleet.cabinets})
             scenarios.append(scenario)
-        fleet_file = fleet.write_fleet_file(args.fleet_file)
+        # Writable before anything is bound; written (below) only once every port listens, so whoever
+        # waits for the file (a collector, the benches) finds the fleet serving.
+        probe = Path(args.fleet_file).with_name(Path(args.fleet_file).name + ".tmp")
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
     except (_StartupError, ProfileError, ScenarioError) as err:
         log.error("%s", err)
         return 2
@@ -132,6 +137,12 @@ async def run(args: argparse.Namespace) -> int:
         await server.start()
     except RuntimeError as err:
         log.error("%s", err)
+        return 2
+    try:
+        fleet_file = fleet.write_fleet_file(args.fleet_file)
+    except OSError as err:
+        await server.stop()
+        log.error("--fleet-file %s: cannot write: %s. Fix: choose a writable path", args.fleet_file, err.strerror)
         return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -56,3 +56,27 @@ def test_decode_bench_checks_both_pairs_agree_and_prints_the_table(capsys) -> No
     out = capsys.readouterr().out
     assert "decode_poll" in out and "encode_line" in out
     assert out.count("x\n") == 2 and "volta-s8" in out and "kestrel-k10" in out
+
+
+def test_a_simulator_whose_port_is_taken_stops_the_bench_with_its_reason(tmp_path, capsys) -> None:
+    """The simulator writes its fleet file once its ports listen: a port another process holds stops it
+    without one, and the bench says why instead of measuring a fleet half of which refuses connections
+    (it wrote the file first, and the bench went on)."""
+    import socket
+
+    from bench import collector
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    real = collector.free_port_block
+    collector.free_port_block = lambda _count: port  # the block the simulator is told to use is taken
+    try:
+        assert collector.main(["--cabinets", "2", "--per-port", "2", "--workers", "1", "--duration", "5",
+                               "--no-baseline"]) == 1
+    finally:
+        collector.free_port_block = real
+        taken.close()
+    err = capsys.readouterr().err
+    assert "bench collector: simulator 0 did not start" in err and str(port) in err, err

@@ -13,6 +13,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 
 from collectors.modbus.planner import plan_reads
 from collectors.modbus.profile import find_profile
+from collectors.modbus import tcp
 from collectors.modbus.tcp import ModbusTcpLink
 from simulators.fleet import build_fleet
 from simulators.server import SimulatorServer
@@ -61,8 +62,9 @@ async def test_every_planned_read_answers_as_pymodbus_reads_it(profile_name: str
 
 
 @contextlib.asynccontextmanager
-async def _peer(answer):
-    """A raw TCP peer: ``answer(request_bytes) -> bytes | None`` (None: stay silent)."""
+async def _peer(answer, gap_s: float = 0.0):
+    """A raw TCP peer: ``answer(request_bytes) -> bytes | None`` (None: stay silent); with ``gap_s``, each
+    answer is its own segment, that long after the one before (a device working through a queue)."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
@@ -72,6 +74,13 @@ async def _peer(answer):
                 if reply == b"close":
                     writer.close()
                     return
+                if gap_s:
+                    await asyncio.sleep(gap_s)
+                if isinstance(reply, tuple):  # (first part, pause, rest): an answer split in two segments
+                    writer.write(reply[0])
+                    await writer.drain()
+                    await asyncio.sleep(reply[1])
+                    reply = reply[2]
                 if reply:
                     writer.write(reply)
                     await writer.drain()
@@ -301,3 +310,60 @@ async def test_a_batch_given_up_closes_the_link_so_its_answers_cannot_meet_the_n
         with pytest.raises(asyncio.CancelledError):
             await task
         assert not link.connected
+
+
+def _wakeups(link: ModbusTcpLink) -> list[int]:
+    """Counts the link's receives (each one an event-loop wake-up for the poll)."""
+    calls = [0]
+    protocol = link._protocol
+    received = protocol.data_received
+
+    def counted(data: bytes) -> None:
+        calls[0] += 1
+        received(data)
+    protocol.data_received = counted  # type: ignore[method-assign]
+    return calls
+
+
+@pytest.mark.skipif(not tcp._GATHER, reason="SO_RCVLOWAT gathering is Linux's")
+async def test_a_batch_answered_in_separate_segments_wakes_the_collector_once_and_short_answers_are_not_held() -> None:
+    """Gathering (SO_RCVLOWAT): five answers, each its own segment 3 ms apart, reach the link in one
+    receive. A read refused by surprise (an answer shorter than foreseen) is read after the release,
+    far inside the timeout; then it is foreseen. An answer split in two, and one longer than foreseen,
+    are read as they come."""
+    refuse = {"on": False}
+    split = {"on": False}
+
+    def answer(req: bytes):
+        address = struct.unpack(">H", req[8:10])[0]
+        if refuse["on"] and address == 2:
+            return _reply(req, bytes([0x83, 2]))
+        reply = _reply(req, bytes([3, 4]) + struct.pack(">HH", address, 7))
+        return (reply[:10], 0.05, reply[10:]) if split["on"] and address == 4 else reply
+
+    batch = [(3, address, 2) for address in range(5)]
+    async with _peer(answer, gap_s=0.003) as port:
+        link = await _link(port, timeout=5.0)
+        loop = asyncio.get_running_loop()
+        calls = _wakeups(link)
+        answers = await link.read_many(batch)
+        assert [a.registers for a in answers] == [(address, 7) for address in range(5)]
+        assert calls[0] == 1
+        refuse["on"] = True
+        started = loop.time()
+        answers = await link.read_many(batch)
+        assert loop.time() - started < 0.5  # the release (at most 0.25 s), not the 5 s timeout
+        assert answers[2].exception_code == 2 and answers[3].registers == (3, 7)
+        calls[0] = 0
+        answers = await link.read_many(batch)  # the refusal is foreseen now: one wake-up again
+        assert calls[0] == 1 and answers[2].isError()
+        refuse["on"] = False
+        split["on"] = True
+        started = loop.time()
+        answers = await link.read_many(batch)  # longer than foreseen, and the last one split
+        assert [a.registers for a in answers] == [(address, 7) for address in range(5)]
+        assert loop.time() - started < 0.25
+        split["on"] = False
+        assert (await link.read_holding_registers(9, count=2)).registers == (9, 7)  # one request: as it comes
+        assert [a.registers for a in await link.read_many(batch)] == [(address, 7) for address in range(5)]
+        link.close()

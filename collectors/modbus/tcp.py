@@ -30,17 +30,29 @@ collector sends one at a time unless a cabinet is configured otherwise (``max_in
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import struct
+import sys
 from collections.abc import Sequence
-from typing import Any
 
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 __all__ = ["LinkResponse", "ModbusTcpLink"]
 
+log = logging.getLogger(__name__)
+
 _HEADER = struct.Struct(">HHHBB")  # transaction, protocol, length, unit, function
 _REQUEST = struct.Struct(">HHHBBHH")  # ... + address, count (or value)
 _MAX_FRAME = 260  # MBAP (7) + the largest PDU (253)
+# Linux signals a TCP socket readable only once SO_RCVLOWAT bytes are in, and at once when the mark is
+# lowered (tcp_set_rcvlowat); elsewhere the mark may be ignored by select/epoll: not used there.
+_GATHER = sys.platform.startswith("linux") and hasattr(socket, "SO_RCVLOWAT")
+_RELEASE_MIN_S = 0.005
+_RELEASE_MAX_S = 0.25
+_SIZES_MAX = 1024  # reads whose answer sizes a link keeps (a cabinet's plan has about ten)
+_WORDS = tuple(struct.Struct(f">{n}H") for n in range(128))  # a register answer of n words (at most 126 fit)
+_BITS = tuple(tuple(bool(byte >> i & 1) for i in range(8)) for byte in range(256))  # a byte's 8 bits, lowest first
 
 
 class LinkResponse:
@@ -59,10 +71,25 @@ class LinkResponse:
         return self.exception_code is not None
 
 
+class _Batch:
+    """The answers of requests written together: one future for all of them, so the task waiting for
+    a batch wakes once, when the last answer is in (or the first failure), not once per answer."""
+
+    __slots__ = ("frames", "left", "future", "sent_at", "release")
+
+    def __init__(self, future: asyncio.Future[list[bytes]], size: int, sent_at: float) -> None:
+        self.frames: list[bytes] = [b""] * size
+        self.left = size
+        self.future = future
+        self.sent_at = sent_at
+        self.release: asyncio.TimerHandle | None = None  # when the socket wakes the loop for less (gather)
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.buffer = bytearray()
-        self.waiters: dict[int, asyncio.Future[bytes]] = {}  # transaction id -> the request's answer
+        # transaction id -> the batch it belongs to and its place there (a single request: a batch of one)
+        self.waiters: dict[int, tuple[_Batch, int]] = {}
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
         # One lazy timer per connection instead of one per request: a request (and, in a batch, each
@@ -73,6 +100,12 @@ class _Protocol(asyncio.Protocol):
         self.timeout = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        # Gathering a batch's answers (module docstring): the socket's low-water mark now, the socket
+        # (None where the platform has no SO_RCVLOWAT for TCP or refused it), and how long a batch may
+        # gather before whatever came is read (three times the last batch's answer time, bounded).
+        self.lowat = 1
+        self.sock: socket.socket | None = None
+        self.release_s = _RELEASE_MAX_S
 
     def arm(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
         self.loop = loop
@@ -100,33 +133,82 @@ class _Protocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if _GATHER:
+            self.sock = transport.get_extra_info("socket")
+
+    def gather(self, loop: asyncio.AbstractEventLoop, batch: _Batch, nbytes: int) -> None:
+        """Have the socket wake the loop once ``nbytes`` are in (the whole batch answered in full), and
+        release it to any byte after ``release_s`` (a short answer: a refusal, a busy device)."""
+        if self.sock is None:
+            return
+        if nbytes != self.lowat and not self._set_lowat(nbytes):
+            return
+        batch.release = loop.call_at(batch.sent_at + min(self.release_s, self.timeout / 2), self._release, batch)
+
+    def _release(self, batch: _Batch) -> None:
+        batch.release = None
+        if not batch.future.done():
+            self._set_lowat(1)  # the kernel signals at once what already came
+
+    def answered(self, batch: _Batch, now: float) -> None:
+        """A batch is in whole, gathered: the next may gather for three times as long (bounded)."""
+        if batch.release is not None:
+            batch.release.cancel()
+            batch.release = None
+            self.release_s = min(max(3 * (now - batch.sent_at), _RELEASE_MIN_S), _RELEASE_MAX_S)
+
+    def _set_lowat(self, nbytes: int) -> bool:
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, nbytes)  # type: ignore[union-attr]
+        except OSError as err:  # not this platform's or socket's: answers are read as they come
+            log.debug("SO_RCVLOWAT refused (%s): answers read as they come", err)
+            self.sock = None
+            return False
+        self.lowat = nbytes
+        return True
 
     def data_received(self, data: bytes) -> None:
         buf = self.buffer
-        buf += data
-        while len(buf) >= 6:  # one segment can hold several answers (pipelined requests)
-            size = 6 + (buf[4] << 8 | buf[5])
+        if buf:
+            buf += data
+            data = bytes(buf)
+            buf.clear()
+        # One segment can hold several answers (pipelined requests), and end in part of one: read
+        # frames by offset, keep only the unfinished rest.
+        end = len(data)
+        at = 0
+        while end - at >= 6:
+            size = 6 + (data[at + 4] << 8 | data[at + 5])
             if size > _MAX_FRAME or size < 9:
                 self._fail(ModbusException(f"malformed MBAP header: length {size - 6}"))
                 return
-            if len(buf) < size:
-                return
-            frame = bytes(buf[:size])
-            del buf[:size]
+            if end - at < size:
+                break
+            frame = data if at == 0 and size == end else data[at:at + size]
+            at += size
             if not self.waiters:
                 continue  # an answer nobody waits for (it came after a timeout): dropped
-            waiter = self.waiters.pop(frame[0] << 8 | frame[1], None)
-            if waiter is None:  # out of step with the device: no answer on this link can be trusted
+            entry = self.waiters.pop(frame[0] << 8 | frame[1], None)
+            if entry is None:  # out of step with the device: no answer on this link can be trusted
                 tid, protocol = _HEADER.unpack_from(frame)[:2]
                 expected = ", ".join(map(str, sorted(self.waiters)))
                 self._fail(ModbusException(f"answer to transaction {tid} (protocol {protocol}), expected {expected}"))
                 return
-            if not waiter.done():
-                waiter.set_result(frame)
+            batch, place = entry
+            batch.frames[place] = frame
+            batch.left -= 1
+            if not batch.left and not batch.future.done():
+                batch.future.set_result(batch.frames)
+                if batch.release is not None and self.loop is not None:
+                    self.answered(batch, self.loop.time())
             if self.waiters and self.loop is not None:
                 # A batch: each answer gives the next its whole timeout, as one request at a time has it
                 # (a device that queues requests still answers them one by one).
                 self.deadline = self.loop.time() + self.timeout
+        if at < end:
+            buf += data[at:] if at else data
+        if self.lowat != 1 and self.waiters and self.sock is not None:
+            self._set_lowat(1)  # fewer bytes than foreseen made a wake-up: the rest is read as it comes
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -142,9 +224,12 @@ class _Protocol(asyncio.Protocol):
     def _settle(self, err: Exception) -> None:
         """Every request in flight ends with ``err``."""
         waiters, self.waiters = self.waiters, {}
-        for waiter in waiters.values():
-            if not waiter.done():
-                waiter.set_exception(err)
+        for batch, _place in waiters.values():
+            if batch.release is not None:
+                batch.release.cancel()
+                batch.release = None
+            if not batch.future.done():
+                batch.future.set_exception(err)
 
 
 class ModbusTcpLink:
@@ -155,6 +240,7 @@ class ModbusTcpLink:
         self.host, self.port, self.timeout = host, port, timeout
         self._protocol: _Protocol | None = None
         self._tid = 0
+        self._sizes: dict[tuple[int, int, int], int] = {}  # a read -> the bytes of its last answer
 
     @property
     def connected(self) -> bool:
@@ -213,32 +299,51 @@ class ModbusTcpLink:
                 raise ValueError(f"read_many sends reads (functions 1-4), not function {function}")
         p = self._live()
         loop = asyncio.get_running_loop()
+        batch = _Batch(loop.create_future(), len(requests), loop.time())
         tids = []
         frames = []
-        for function, address, count in requests:
-            self._tid = tid = (self._tid + 1) & 0xFFFF
+        waiters = p.waiters
+        tid = self._tid
+        for place, (function, address, count) in enumerate(requests):
+            tid = (tid + 1) & 0xFFFF
             tids.append(tid)
-            p.waiters[tid] = loop.create_future()
+            waiters[tid] = (batch, place)
             frames.append(_REQUEST.pack(tid, 0, 6, device_id, function, address, count))
-        waiters = [p.waiters[tid] for tid in tids]
+        self._tid = tid
         p.arm(loop, self.timeout)
+        if p.sock is not None and len(requests) > 1:
+            # The bytes the answers take: as each read was last answered (a read a device refuses
+            # every time is foreseen as its 9-byte refusal), else in full.
+            sizes = self._sizes
+            p.gather(loop, batch, sum(sizes.get(request) or _full_size(request) for request in requests))
+        elif p.lowat != 1:
+            p._set_lowat(1)
         p.transport.write(b"".join(frames))  # type: ignore[union-attr]  # _live checked it
+        answers = await self._await(p, batch, tids)
+        if p.sock is not None:
+            if len(self._sizes) > _SIZES_MAX:
+                self._sizes.clear()
+            self._sizes.update(zip(requests, map(len, answers)))
+        return [_parse(frame, tid, device_id, function, count)
+                for frame, tid, (function, _address, count) in zip(answers, tids, requests)]
+
+    async def _await(self, p: _Protocol, batch: _Batch, tids: list[int]) -> list[bytes]:
+        """The batch's answers; a batch given up (cancelled) closes the link: its late answers must not
+        meet the next request. A failure ends every request of the batch (``_settle``)."""
         try:
-            return [_parse(await waiter, tid, device_id, function, count)
-                    for waiter, tid, (function, _address, count) in zip(waiters, tids, requests)]
+            # A cancelled poll is cancelled here at once: nothing between the task and the future can
+            # swallow it (3.11's wait_for could, when the answer and the cancellation came together).
+            return await batch.future
         finally:
-            abandoned = False
-            for tid, waiter in zip(tids, waiters):
-                p.waiters.pop(tid, None)
-                if waiter.cancelled():
-                    abandoned = True
-                elif waiter.done():
-                    waiter.exception()  # retrieved: one failure of a batch is reported once, not per request
-                else:
-                    abandoned = True
-                    waiter.cancel()
-            if abandoned and self._protocol is p:
-                self.close()
+            if batch.release is not None:
+                batch.release.cancel()
+                batch.release = None
+            if not batch.future.done() or batch.future.cancelled():
+                batch.future.cancel()
+                for tid in tids:
+                    p.waiters.pop(tid, None)
+                if self._protocol is p:
+                    self.close()
 
     def _live(self) -> _Protocol:
         p = self._protocol
@@ -250,18 +355,20 @@ class ModbusTcpLink:
         p = self._live()
         self._tid = tid = (self._tid + 1) & 0xFFFF
         loop = asyncio.get_running_loop()
-        waiter = p.waiters[tid] = loop.create_future()
+        batch = _Batch(loop.create_future(), 1, 0.0)
+        p.waiters[tid] = (batch, 0)
         p.arm(loop, self.timeout)
+        if p.lowat != 1:  # after a batch: one answer, read as it comes
+            p._set_lowat(1)
         p.transport.write(_REQUEST.pack(tid, 0, 6, device_id, function, address, value))  # type: ignore[union-attr]
-        try:
-            # A cancelled poll is cancelled here at once: nothing between the task and the future can
-            # swallow it (3.11's wait_for could, when the answer and the cancellation came together).
-            frame = await waiter
-        finally:
-            p.waiters.pop(tid, None)
-            if waiter.cancelled() and self._protocol is p:
-                self.close()  # given up: its late answer must not meet the next request
+        frame, = await self._await(p, batch, [tid])
         return _parse(frame, tid, device_id, function, value)
+
+
+def _full_size(request: tuple[int, int, int]) -> int:
+    """The bytes of a whole answer to a read: MBAP and function (8), byte count (1), the data."""
+    function, _address, count = request
+    return 9 + (2 * count if function >= 3 else (count + 7) >> 3)
 
 
 def _parse(frame: bytes, tid: int, device_id: int, function: int, count: int) -> LinkResponse:
@@ -283,6 +390,7 @@ def _parse(frame: bytes, tid: int, device_id: int, function: int, count: int) ->
     if function >= 3:
         if size % 2:
             raise ModbusException(f"register answer with an odd byte count {size}")
-        return LinkResponse(function, registers=struct.unpack_from(f">{size // 2}H", frame, 9))
-    data: Any = frame[9:]
-    return LinkResponse(function, bits=[bool(data[i >> 3] >> (i & 7) & 1) for i in range(min(count, 8 * size))])
+        return LinkResponse(function, registers=_WORDS[size >> 1].unpack_from(frame, 9))
+    bits = [bit for byte in frame[9:] for bit in _BITS[byte]]  # coils and inputs, lowest bit first
+    del bits[count:]
+    return LinkResponse(function, bits=bits)
