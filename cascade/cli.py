@@ -114,11 +114,22 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _in_flight(text: str) -> int:
+    """``--pipelining N``: 2-32, the range of max_in_flight past one."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (2-32)") from None
+    if not 2 <= value <= 32:
+        raise argparse.ArgumentTypeError(f"{value} is outside 2-32 (max_in_flight of a cabinet)")
+    return value
+
+
 def _cmd_probe(args: argparse.Namespace) -> int:
     import json
 
     from collectors.modbus.device import ModbusCabinet
-    from collectors.modbus.probe import format_probe, probe
+    from collectors.modbus.probe import format_pipelining, format_probe, probe, probe_pipelining
     from collectors.modbus.profile import find_profile
     from collectors.modbus.settings import CabinetConfig
     from collectors.runner import PollFailed
@@ -139,12 +150,23 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         except PollFailed as err:
             print(f"cascade probe: {args.host}:{args.port} unit id {args.unit}: {err}", file=sys.stderr)
             return 1
+        pipelining = None
+        if args.pipelining:
+            try:
+                pipelining = await probe_pipelining(cabinet, args.pipelining)
+            except PollFailed as err:
+                print(f"cascade probe: {args.host}:{args.port} unit id {args.unit}: {err}", file=sys.stderr)
+                return 1
         if args.json:
-            print(json.dumps({"device": result.device, "profile": result.profile, "counts": result.counts(),
-                              "fields": [f.as_dict() for f in result.fields], "failed_reads": result.failed_reads},
-                             indent=2, default=str))
+            doc = {"device": result.device, "profile": result.profile, "counts": result.counts(),
+                   "fields": [f.as_dict() for f in result.fields], "failed_reads": result.failed_reads}
+            if pipelining is not None:
+                doc["pipelining"] = pipelining.as_dict()
+            print(json.dumps(doc, indent=2, default=str))
         else:
             print(format_probe(result))
+            if pipelining is not None:
+                print(format_pipelining(pipelining))
         bad = result.counts().get("rejected", 0) + len(result.failed_reads)
         return 3 if bad else 0
     return _run_async(main())
@@ -293,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--slots", type=int, default=None, help="slots to read (default: the profile's)")
     pr.add_argument("--timeout", type=float, default=3.0, help="seconds per request")
     pr.add_argument("--json", action="store_true")
+    pr.add_argument("--pipelining", type=_in_flight, nargs="?", const=32, default=0, metavar="N",
+                    help="also find how many requests the device answers in flight (max_in_flight): the plan's reads "
+                         "written 2, 4, 8 ... up to N (default 32) at once, a fresh connection each; only against a "
+                         "device that may drop a connection")
     pr.set_defaults(func=_cmd_probe)
 
     sim = sub.add_parser("simulate", help="serve a simulated fleet of Modbus cabinets",

@@ -196,8 +196,8 @@ class CabinetEntry(_Section):
     max_in_flight: Int = Field(
         default=_CAB["max_in_flight"], ge=1, le=32,
         description="Modbus requests sent before the first answer comes, 1-32: 1 waits for each answer (what "
-        "every device takes); more pipelines a poll's reads, only for a device whose documentation says it "
-        "queues requests (many answer the first and drop the rest), e.g. 8")
+        "every device takes); more pipelines a poll's reads, only for a device that queues requests (many answer "
+        "the first and drop the rest): `cascade probe --pipelining` finds how many it takes, e.g. 8")
 
 
 class Cabinet(CabinetEntry):

@@ -11,9 +11,9 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
+from collectors.modbus import tcp
 from collectors.modbus.planner import plan_reads
 from collectors.modbus.profile import find_profile
-from collectors.modbus import tcp
 from collectors.modbus.tcp import ModbusTcpLink
 from simulators.fleet import build_fleet
 from simulators.server import SimulatorServer

@@ -67,3 +67,46 @@ async def test_a_wrong_unit_id_is_named(kestrel, capsys) -> None:
                                  "--profile", "kestrel-k10", "--timeout", "1")
     assert code == 1
     assert "unit id 77" in err and "device_id" in err and "Traceback" not in err
+
+
+async def test_pipelining_is_found_on_a_device_that_queues_requests_and_not_on_one_that_does_not(capsys) -> None:
+    """The simulator answers every request of a write; pymodbus's stock server answers only the first
+    (docs/simulator.md). The probe tells them apart and names the setting for each."""
+    from pymodbus.server import ModbusTcpServer
+
+    from collectors.modbus.device import ModbusCabinet
+    from collectors.modbus.probe import format_pipelining, probe_pipelining
+    from collectors.modbus.settings import CabinetConfig
+
+    fleet = build_fleet([("kestrel-k10", find_profile("kestrel-k10"))], cabinets=1,
+                        base_port=free_port_block(1), clock=ManualClock(), seed=4)
+    server = SimulatorServer(fleet, control_port=0)
+    await server.start()
+    kestrel = fleet.cabinets[0]
+    try:
+        code, out, _err = await _run(capsys, "--host", "127.0.0.1", "--port", str(kestrel.port), "--profile",
+                                     "kestrel-k10", "--pipelining", "--json")
+    finally:
+        await server.stop()
+    found = json.loads(out)["pipelining"]
+    assert code == 0 and found["takes"] == found["plan_reads"] > 1, found
+    assert [t["in_flight"] for t in found["tried"]][0] == 2 and all(t["outcome"] == "ok" for t in found["tried"])
+
+    stock = ModbusTcpServer(server._contexts[kestrel.port], address=("127.0.0.1", kestrel.port),
+                            ignore_missing_devices=True)
+    await stock.serve_forever(background=True)
+    try:
+        cabinet = ModbusCabinet(CabinetConfig(id="stock", host="127.0.0.1", port=kestrel.port,
+                                              device_id=kestrel.device_id, profile="kestrel-k10", timeout_s=0.5),
+                                find_profile("kestrel-k10"))
+        result = await probe_pipelining(cabinet, 8)
+        assert result.takes == 1 and result.tried[0][0] == 2 and "no answer within 0.5 s" in result.tried[0][1]
+        assert "keep max_in_flight: 1" in format_pipelining(result)
+    finally:
+        await stock.shutdown()
+
+
+def test_pipelining_takes_2_to_32() -> None:
+    from collectors.modbus.probe import _depths
+
+    assert _depths(10) == [2, 4, 8, 10] and _depths(8) == [2, 4, 8] and _depths(2) == [2] and _depths(1) == []

@@ -7,6 +7,11 @@ word or byte order would give a plausible value, which one (ABCD/CDAB/BADC/DCBA,
 
     result = await probe(ModbusCabinet(config, profile))
     print(format_probe(result))
+
+``--pipelining`` (:func:`probe_pipelining`) also finds how many requests the device takes in flight
+(``max_in_flight``, docs/configuration.md): the plan's reads written 2, 4, 8 … at once on a fresh
+connection each, until one batch is not answered in full. Only against a device that may drop a
+connection: one that does not queue requests answers the first and drops the rest.
 """
 
 from __future__ import annotations
@@ -16,13 +21,20 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from pymodbus.exceptions import ModbusException
+
 from collectors.runner import PollFailed
 
 from .codec import DecodeError, OverRange, decode_value
 from .device import ModbusCabinet
 from .profile import FieldSpec
+from .tcp import ModbusTcpLink
 
-__all__ = ["FieldProbe", "ProbeResult", "format_probe", "probe"]
+__all__ = ["FieldProbe", "PipeliningResult", "ProbeResult", "format_pipelining", "format_probe", "probe",
+           "probe_pipelining"]
+
+_CODES = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
+MAX_IN_FLIGHT = 32  # the cabinet setting's upper bound (cascade/config.py)
 
 _ORDERS_BY_WORDS = {1: ("ABCD", "BADC"), 2: ("ABCD", "CDAB", "BADC", "DCBA"), 4: ("ABCD", "CDAB", "BADC", "DCBA")}
 
@@ -155,4 +167,89 @@ def format_probe(result: ProbeResult) -> str:
         lines.append(line)
     for detail in result.failed_reads:
         lines.append(f"  read refused: {detail}")
+    return "\n".join(lines)
+
+
+@dataclass(slots=True)
+class PipeliningResult:
+    """How many of the plan's reads the device answered in full when written at once."""
+
+    device: str
+    tried: list[tuple[int, str]]  # (requests in flight, "ok" or why not)
+    plan_reads: int
+
+    @property
+    def takes(self) -> int:
+        """The most requests in flight answered in full (1: one at a time only)."""
+        return max([depth for depth, outcome in self.tried if outcome == "ok"], default=1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "takes": self.takes, "plan_reads": self.plan_reads,
+                "tried": [{"in_flight": depth, "outcome": outcome} for depth, outcome in self.tried]}
+
+
+def _depths(most: int) -> list[int]:
+    depths, depth = [], 2
+    while depth < most:
+        depths.append(depth)
+        depth *= 2
+    return [*depths, most] if most >= 2 else []
+
+
+async def probe_pipelining(cabinet: ModbusCabinet, most: int = MAX_IN_FLIGHT) -> PipeliningResult:
+    """Write the first 2, 4, 8 … (up to ``most`` and the plan's length) of the plan's reads at once, each
+    batch on a fresh connection, and stop at the first batch not answered in full: no answer within the
+    timeout, the connection dropped, an answer out of step, or an answer shorter than asked. A read the
+    device refuses one at a time too (``probe``'s refused reads) is left out of the batches."""
+    config = cabinet.config
+    single = []
+    link = ModbusTcpLink(config.host, config.port, timeout=config.timeout_s)
+    try:
+        await link.connect()
+        for request in cabinet.plan:
+            code = _CODES[request.register_type]
+            answer = (await link.read_many([(code, request.address, request.count)], device_id=config.device_id))[0]
+            if not answer.isError():
+                single.append((code, request.address, request.count))
+    except (ModbusException, OSError) as err:
+        raise PollFailed("connect", f"{config.host}:{config.port}: one request at a time failed: {err}") from err
+    finally:
+        link.close()
+    tried: list[tuple[int, str]] = []
+    for depth in _depths(min(most, len(single))):
+        batch = single[:depth]
+        link = ModbusTcpLink(config.host, config.port, timeout=config.timeout_s)
+        try:
+            await link.connect()
+            answers = await link.read_many(batch, device_id=config.device_id)
+            outcome = "ok"
+            for (code, address, count), answer in zip(batch, answers):
+                got = len(answer.bits if code <= 2 else answer.registers)
+                if answer.isError():
+                    outcome = f"read {address}+{count} refused in a batch (Modbus exception {answer.exception_code})"
+                    break
+                if got < count:
+                    outcome = f"read {address}+{count} answered {got} values in a batch"
+                    break
+        except (ModbusException, OSError) as err:
+            outcome = str(err) or type(err).__name__
+        finally:
+            link.close()
+        tried.append((depth, outcome))
+        if outcome != "ok":
+            break
+    return PipeliningResult(cabinet.name, tried, len(single))
+
+
+def format_pipelining(result: PipeliningResult) -> str:
+    """What the device took, and the setting to use."""
+    lines = [f"pipelining: {depth} requests in flight: {outcome}" for depth, outcome in result.tried]
+    if not result.tried:
+        lines.append("pipelining: the plan has fewer than 2 reads the device answers; nothing to pipeline")
+    takes = result.takes
+    if takes > 1:
+        lines.append(f"  the device answered {takes} requests in flight in full: max_in_flight: {takes} for this "
+                     "cabinet (docs/configuration.md); run it for a while and watch its poll errors")
+    else:
+        lines.append("  the device answers one request at a time: keep max_in_flight: 1 (the default)")
     return "\n".join(lines)
