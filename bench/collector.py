@@ -45,10 +45,24 @@ from simulators.fleet import free_port_block
 __all__ = ["exit_on_sigterm", "main", "run_collector_bench", "stop_simulators"]
 
 
+class SimulatorError(RuntimeError):
+    """A simulator process did not start or stopped during a run: no figures."""
+
+
 def _start_simulators(cabinets: int, slots: int, per_port: int, workers: int, workdir: Path,
                       profile: str) -> tuple[list[subprocess.Popen], list[dict]]:
-    """Split the fleet across ``workers`` simulator processes; return them and the fleet entries."""
+    """Split the fleet across ``workers`` simulator processes; return them and the fleet entries. If
+    one does not start, those started are stopped before :class:`SimulatorError` is raised."""
     procs: list[subprocess.Popen] = []
+    try:
+        return procs, _start_each(procs, cabinets, slots, per_port, workers, workdir, profile)
+    except BaseException:
+        stop_simulators(procs)
+        raise
+
+
+def _start_each(procs: list[subprocess.Popen], cabinets: int, slots: int, per_port: int, workers: int,
+                workdir: Path, profile: str) -> list[dict]:
     fleet: list[dict] = []
     share = -(-cabinets // workers)
     for worker in range(workers):
@@ -68,21 +82,21 @@ def _start_simulators(cabinets: int, slots: int, per_port: int, workers: int, wo
             if procs[-1].poll() is not None or time.monotonic() > deadline:
                 # the temporary directory goes with the bench: its log's last lines go into the error
                 text = (workdir / f"simulator-{worker}.log").read_text(errors="replace").strip().splitlines()
-                raise RuntimeError(f"simulator {worker} did not start: " + " | ".join(text[-3:]))
+                raise SimulatorError(f"simulator {worker} did not start: " + " | ".join(text[-3:]))
             time.sleep(0.2)
         entries = yaml.safe_load(fleet_file.read_text())  # written once every port listens
         entries = entries["cabinets"] if isinstance(entries, dict) else entries
         for entry in entries:
             entry["id"] = f"W{worker}-{entry['id']}"
         fleet.extend(entries)
-    return procs, fleet
+    return fleet
 
 
 def simulators_alive(procs: list[subprocess.Popen]) -> None:
     """Raise if a simulator process ended during a run: its cabinets' failures are not the collector's."""
     gone = [f"pid {p.pid} exited with {p.returncode}" for p in procs if p.poll() is not None]
     if gone:
-        raise RuntimeError("a simulator stopped during the run, figures discarded: " + "; ".join(gone))
+        raise SimulatorError("a simulator stopped during the run, figures discarded: " + "; ".join(gone))
 
 
 def stop_simulators(procs: list[subprocess.Popen], timeout_s: float = 10.0) -> None:
@@ -334,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     exit_on_sigterm()
     try:
         return _run(args, duration)
-    except RuntimeError as err:  # a simulator that did not start or stopped: no figures, say why
+    except SimulatorError as err:  # a simulator that did not start or stopped: no figures, say why
         print(f"bench collector: {err}", file=sys.stderr)
         return 1
 
@@ -350,11 +364,14 @@ def _run(args: argparse.Namespace, duration: float) -> int:
                                                       warnings=args.warnings, fast_interval_s=args.fast_interval,
                                                       max_in_flight=args.max_in_flight,
                                                       slots=args.slots, sim_pids=pids))
+            simulators_alive(procs)  # after each run: a run without its simulators is not measured on
             compare = not args.no_baseline and args.fast_interval is None
             baseline = None if not compare else asyncio.run(run_plain_bench(
                 fleet, interval_s=args.interval, duration_s=duration, slots=args.slots, sim_pids=pids))
+            simulators_alive(procs)
             floor = None if not compare else asyncio.run(run_plain_bench(
                 fleet, interval_s=args.interval, duration_s=duration, slots=args.slots, sim_pids=pids, floor=True))
+            simulators_alive(procs)
             single = None if not compare or args.max_in_flight == 1 else asyncio.run(run_collector_bench(
                 fleet, interval_s=args.interval, duration_s=duration, influx_url=args.influx,
                 spool_dir=str(Path(tmp) / "spool1"), warnings=args.warnings, slots=args.slots, sim_pids=pids))

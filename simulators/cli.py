@@ -117,6 +117,8 @@ async def run(args: argparse.Namespace) -> int:
             scenarios.append(scenario)
         # Writable before anything is bound; written (below) only once every port listens, so whoever
         # waits for the file (a collector, the benches) finds the fleet serving.
+        # the last run's file goes now: whoever waits for the file must not find it before the ports listen
+        Path(args.fleet_file).unlink(missing_ok=True)
         probe = Path(args.fleet_file).with_name(Path(args.fleet_file).name + ".tmp")
         probe.parent.mkdir(parents=True, exist_ok=True)
         probe.touch()

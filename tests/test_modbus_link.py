@@ -367,3 +367,65 @@ async def test_a_batch_answered_in_separate_segments_wakes_the_collector_once_an
         assert (await link.read_holding_registers(9, count=2)).registers == (9, 7)  # one request: as it comes
         assert [a.registers for a in await link.read_many(batch)] == [(address, 7) for address in range(5)]
         link.close()
+
+
+@pytest.mark.skipif(not tcp._GATHER, reason="SO_RCVLOWAT gathering is Linux's")
+async def test_after_a_gathered_batch_a_repeated_answer_is_dropped_not_met_by_the_next_request() -> None:
+    """A gateway repeating its last answer while the link is idle: read and dropped, as without gathering
+    (the mark goes back to one byte when a batch is in), so the next request gets its own answer."""
+    def answer(req: bytes):
+        address = struct.unpack(">H", req[8:10])[0]
+        reply = _reply(req, bytes([3, 4]) + struct.pack(">HH", address, 6))
+        return (reply, 0.02, reply) if address == 2 else reply  # the last read's answer comes twice
+
+    async with _peer(answer) as port:
+        link = await _link(port, timeout=1.0)
+        answers = await link.read_many([(3, 0, 2), (3, 1, 2), (3, 2, 2)])
+        assert [a.registers for a in answers] == [(0, 6), (1, 6), (2, 6)]
+        await asyncio.sleep(0.2)
+        assert (await link.read_holding_registers(5, count=2)).registers == (5, 6)
+        assert await link.read_many([]) == []  # nothing to ask: nothing written, nothing awaited
+        link.close()
+
+
+@pytest.mark.skipif(not tcp._GATHER, reason="SO_RCVLOWAT gathering is Linux's")
+async def test_gathering_follows_a_device_that_slows_down_and_a_lost_mark_drops_the_connection() -> None:
+    """Batches that take longer than the release learnt from fast ones teach a longer one: after a
+    couple of slow batches the link wakes once per batch again. If the mark cannot be lowered, the
+    connection is dropped at once (a fresh one starts at one byte), not left to time out."""
+    def answer(req: bytes):
+        return _reply(req, bytes([3, 2]) + struct.pack(">H", struct.unpack(">H", req[8:10])[0]))
+
+    batch = [(3, address, 1) for address in range(5)]
+    async with _peer(answer, gap_s=0.001) as port:
+        link = await _link(port, timeout=3.0)
+        calls = _wakeups(link)
+        for _ in range(3):
+            await link.read_many(batch)
+        fast = link._protocol.release_s
+        link.close()
+    async with _peer(answer, gap_s=0.03) as slow_port:  # the same device, slower
+        link = await _link(slow_port, timeout=3.0)
+        link._protocol.release_s = fast  # as learnt from the fast device
+        calls = _wakeups(link)
+        for _ in range(4):
+            calls[0] = 0
+            answers = await link.read_many(batch)
+            assert [a.registers for a in answers] == [(address,) for address in range(5)]
+        assert calls[0] == 1 and link._protocol.release_s > 3 * fast
+
+        class Refusing:  # the socket refuses to lower its mark again
+            def __init__(self, sock) -> None:
+                self.sock = sock
+
+            def setsockopt(self, level: int, name: int, value: int) -> None:
+                if value == 1:
+                    raise OSError(22, "Invalid argument")
+                self.sock.setsockopt(level, name, value)
+        link._protocol.sock = Refusing(link._protocol.sock)
+        answers = await link.read_many(batch)  # answered in full; lowering the mark afterwards fails
+        assert [a.registers for a in answers] == [(address,) for address in range(5)]
+        assert not link.connected
+        with pytest.raises(ConnectionException, match="not connected"):
+            await link.read_holding_registers(0, count=1)
+        link.close()

@@ -110,3 +110,41 @@ def test_pipelining_takes_2_to_32() -> None:
     from collectors.modbus.probe import _depths
 
     assert _depths(10) == [2, 4, 8, 10] and _depths(8) == [2, 4, 8] and _depths(2) == [2] and _depths(1) == []
+
+
+async def test_a_read_answered_short_alone_too_is_not_taken_for_a_pipelining_failure() -> None:
+    """A device that queues requests but answers one read a word short whatever way it is asked: that
+    read is probe's finding (a short read), not pipelining's; the rest are batched and pass."""
+    import struct
+
+    from collectors.modbus.device import ModbusCabinet
+    from collectors.modbus.planner import plan_reads
+    from collectors.modbus.probe import probe_pipelining
+    from collectors.modbus.settings import CabinetConfig
+
+    profile = find_profile("kestrel-k10")
+    first = plan_reads(profile, profile.slot_count)[0]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                request = await reader.readexactly(12)
+                tid, _p, _l, unit, fc, address, count = struct.unpack(">HHHBBHH", request)
+                if address == first.address and fc == {"holding": 3, "input": 4, "coil": 1, "discrete": 2}[
+                        first.register_type]:
+                    count -= 1  # this read, always one short
+                data = bytes(2 * count) if fc >= 3 else bytes((count + 7) // 8)
+                writer.write(struct.pack(">HHHBBB", tid, 0, len(data) + 3, unit, fc, len(data)) + data)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        cabinet = ModbusCabinet(CabinetConfig(id="short", host="127.0.0.1", port=port, profile="kestrel-k10",
+                                              timeout_s=1.0), profile)
+        result = await probe_pipelining(cabinet, 4)
+    finally:
+        server.close()
+    assert result.tried and all(outcome == "ok" for _depth, outcome in result.tried), result.tried
+    assert result.takes == min(4, result.plan_reads) and result.plan_reads == len(plan_reads(profile, profile.slot_count)) - 1

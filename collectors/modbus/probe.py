@@ -200,7 +200,7 @@ async def probe_pipelining(cabinet: ModbusCabinet, most: int = MAX_IN_FLIGHT) ->
     """Write the first 2, 4, 8 … (up to ``most`` and the plan's length) of the plan's reads at once, each
     batch on a fresh connection, and stop at the first batch not answered in full: no answer within the
     timeout, the connection dropped, an answer out of step, or an answer shorter than asked. A read the
-    device refuses one at a time too (``probe``'s refused reads) is left out of the batches."""
+    device refuses or answers short one at a time too (``probe`` shows those) is left out of the batches."""
     config = cabinet.config
     single = []
     link = ModbusTcpLink(config.host, config.port, timeout=config.timeout_s)
@@ -209,7 +209,8 @@ async def probe_pipelining(cabinet: ModbusCabinet, most: int = MAX_IN_FLIGHT) ->
         for request in cabinet.plan:
             code = _CODES[request.register_type]
             answer = (await link.read_many([(code, request.address, request.count)], device_id=config.device_id))[0]
-            if not answer.isError():
+            got = len(answer.bits if code <= 2 else answer.registers)
+            if not answer.isError() and got >= request.count:  # refused or short alone too: not pipelining's
                 single.append((code, request.address, request.count))
     except (ModbusException, OSError) as err:
         raise PollFailed("connect", f"{config.host}:{config.port}: one request at a time failed: {err}") from err

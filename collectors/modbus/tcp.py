@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import platform
 import socket
 import struct
 import sys
@@ -45,9 +46,21 @@ log = logging.getLogger(__name__)
 _HEADER = struct.Struct(">HHHBB")  # transaction, protocol, length, unit, function
 _REQUEST = struct.Struct(">HHHBBHH")  # ... + address, count (or value)
 _MAX_FRAME = 260  # MBAP (7) + the largest PDU (253)
-# Linux signals a TCP socket readable only once SO_RCVLOWAT bytes are in, and at once when the mark is
-# lowered (tcp_set_rcvlowat); elsewhere the mark may be ignored by select/epoll: not used there.
-_GATHER = sys.platform.startswith("linux") and hasattr(socket, "SO_RCVLOWAT")
+
+
+def _kernel_gathers() -> bool:
+    """Linux signals a TCP socket readable only once SO_RCVLOWAT bytes are in, and at once when the mark
+    is lowered, since 4.18 (tcp_set_rcvlowat); elsewhere select/epoll may ignore the mark: not used."""
+    if not sys.platform.startswith("linux") or not hasattr(socket, "SO_RCVLOWAT"):
+        return False
+    try:
+        major, minor = (int(part) for part in platform.release().split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (4, 18)
+
+
+_GATHER = _kernel_gathers()
 _RELEASE_MIN_S = 0.005
 _RELEASE_MAX_S = 0.25
 _SIZES_MAX = 1024  # reads whose answer sizes a link keeps (a cabinet's plan has about ten)
@@ -75,7 +88,7 @@ class _Batch:
     """The answers of requests written together: one future for all of them, so the task waiting for
     a batch wakes once, when the last answer is in (or the first failure), not once per answer."""
 
-    __slots__ = ("frames", "left", "future", "sent_at", "release")
+    __slots__ = ("frames", "left", "future", "sent_at", "release", "gathered")
 
     def __init__(self, future: asyncio.Future[list[bytes]], size: int, sent_at: float) -> None:
         self.frames: list[bytes] = [b""] * size
@@ -83,6 +96,7 @@ class _Batch:
         self.future = future
         self.sent_at = sent_at
         self.release: asyncio.TimerHandle | None = None  # when the socket wakes the loop for less (gather)
+        self.gathered = False
 
 
 class _Protocol(asyncio.Protocol):
@@ -139,30 +153,35 @@ class _Protocol(asyncio.Protocol):
     def gather(self, loop: asyncio.AbstractEventLoop, batch: _Batch, nbytes: int) -> None:
         """Have the socket wake the loop once ``nbytes`` are in (the whole batch answered in full), and
         release it to any byte after ``release_s`` (a short answer: a refusal, a busy device)."""
-        if self.sock is None:
+        if self.sock is None or not self._set_lowat(nbytes):
             return
-        if nbytes != self.lowat and not self._set_lowat(nbytes):
-            return
+        batch.gathered = True
         batch.release = loop.call_at(batch.sent_at + min(self.release_s, self.timeout / 2), self._release, batch)
 
     def _release(self, batch: _Batch) -> None:
         batch.release = None
-        if not batch.future.done():
+        if not batch.future.done() and self.sock is not None:
             self._set_lowat(1)  # the kernel signals at once what already came
 
-    def answered(self, batch: _Batch, now: float) -> None:
-        """A batch is in whole, gathered: the next may gather for three times as long (bounded)."""
+    def _gathered(self, batch: _Batch, now: float) -> None:
+        """A gathered batch is in: the next may gather for three times as long as this one took
+        (bounded; longer after a batch that needed its release), and the idle link reads any byte (an
+        answer repeated or come late is read and dropped now, not met by the next request)."""
         if batch.release is not None:
             batch.release.cancel()
             batch.release = None
-            self.release_s = min(max(3 * (now - batch.sent_at), _RELEASE_MIN_S), _RELEASE_MAX_S)
+        self.release_s = min(max(3 * (now - batch.sent_at), _RELEASE_MIN_S), _RELEASE_MAX_S)
+        if self.lowat != 1:
+            self._set_lowat(1)
 
     def _set_lowat(self, nbytes: int) -> bool:
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, nbytes)  # type: ignore[union-attr]
         except OSError as err:  # not this platform's or socket's: answers are read as they come
-            log.debug("SO_RCVLOWAT refused (%s): answers read as they come", err)
+            log.debug("SO_RCVLOWAT %d refused (%s): answers read as they come", nbytes, err)
             self.sock = None
+            if self.lowat != 1:  # the mark may be left high: a fresh connection starts at 1
+                self._fail(ConnectionException(f"cannot lower the receive mark of the connection: {err}"))
             return False
         self.lowat = nbytes
         return True
@@ -199,8 +218,8 @@ class _Protocol(asyncio.Protocol):
             batch.left -= 1
             if not batch.left and not batch.future.done():
                 batch.future.set_result(batch.frames)
-                if batch.release is not None and self.loop is not None:
-                    self.answered(batch, self.loop.time())
+                if batch.gathered and self.loop is not None:
+                    self._gathered(batch, self.loop.time())
             if self.waiters and self.loop is not None:
                 # A batch: each answer gives the next its whole timeout, as one request at a time has it
                 # (a device that queues requests still answers them one by one).
@@ -240,7 +259,7 @@ class ModbusTcpLink:
         self.host, self.port, self.timeout = host, port, timeout
         self._protocol: _Protocol | None = None
         self._tid = 0
-        self._sizes: dict[tuple[int, int, int], int] = {}  # a read -> the bytes of its last answer
+        self._sizes: dict[int, dict[tuple[int, int, int], int]] = {}  # unit -> read -> bytes of its last answer
 
     @property
     def connected(self) -> bool:
@@ -298,6 +317,8 @@ class ModbusTcpLink:
             if not 1 <= function <= 4:
                 raise ValueError(f"read_many sends reads (functions 1-4), not function {function}")
         p = self._live()
+        if not requests:
+            return []
         loop = asyncio.get_running_loop()
         batch = _Batch(loop.create_future(), len(requests), loop.time())
         tids = []
@@ -314,16 +335,17 @@ class ModbusTcpLink:
         if p.sock is not None and len(requests) > 1:
             # The bytes the answers take: as each read was last answered (a read a device refuses
             # every time is foreseen as its 9-byte refusal), else in full.
-            sizes = self._sizes
+            sizes = self._sizes.setdefault(device_id, {})  # a gateway's link reaches several units
             p.gather(loop, batch, sum(sizes.get(request) or _full_size(request) for request in requests))
         elif p.lowat != 1:
             p._set_lowat(1)
         p.transport.write(b"".join(frames))  # type: ignore[union-attr]  # _live checked it
         answers = await self._await(p, batch, tids)
         if p.sock is not None:
-            if len(self._sizes) > _SIZES_MAX:
-                self._sizes.clear()
-            self._sizes.update(zip(requests, map(len, answers)))
+            sizes = self._sizes.setdefault(device_id, {})
+            if len(sizes) > _SIZES_MAX:
+                sizes.clear()
+            sizes.update(zip(requests, map(len, answers)))
         return [_parse(frame, tid, device_id, function, count)
                 for frame, tid, (function, _address, count) in zip(answers, tids, requests)]
 
