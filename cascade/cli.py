@@ -94,8 +94,11 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     for plan in plans:
         cabinets = plan["cabinets"]
         shown = ", ".join(cabinets[:3]) + (f" and {len(cabinets) - 3} more" if len(cabinets) > 3 else "")
+        flight = "/".join(map(str, plan["max_in_flight"]))
+        past = " (more than a poll's reads: no gain)" if max(plan["max_in_flight"]) > plan["requests"] else ""
         print(f"  profile {plan['profile']} ({plan['source']}), {plan['slots']} slots, max_gap {plan['max_gap']}: "
-              f"{plan['requests']} reads per poll (minimum {plan['minimum_requests']}) for {shown}")
+              f"{plan['requests']} reads per poll (minimum {plan['minimum_requests']}), max_in_flight {flight}{past} "
+              f"for {shown}")
         for read in plan["reads"]:
             fields = read["fields"]
             places = sorted({f.split(":", 1)[0] for f in fields}, key=lambda p: (p != "cabinet", len(p), p))
@@ -149,9 +152,15 @@ def _cmd_probe(args: argparse.Namespace) -> int:
             result = await probe(cabinet)
         except PollFailed as err:
             print(f"cascade probe: {args.host}:{args.port} unit id {args.unit}: {err}", file=sys.stderr)
+            if args.pipelining:
+                print("cascade probe: pipelining not tried: the device could not be read", file=sys.stderr)
             return 1
         pipelining = None
-        if args.pipelining:
+        rejected, refused = result.counts().get("rejected", 0), len(result.failed_reads)
+        if args.pipelining and (rejected or refused):  # advice from the reads that happened to work would mislead
+            print(f"cascade probe: pipelining not tried: the profile does not fit this device yet ({rejected} "
+                  f"fields rejected, {refused} reads refused); fix the profile first", file=sys.stderr)
+        elif args.pipelining:
             try:
                 pipelining = await probe_pipelining(cabinet, args.pipelining)
             except PollFailed as err:
@@ -316,9 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--timeout", type=float, default=3.0, help="seconds per request")
     pr.add_argument("--json", action="store_true")
     pr.add_argument("--pipelining", type=_in_flight, nargs="?", const=32, default=0, metavar="N",
-                    help="also find how many requests the device answers in flight (max_in_flight): the plan's reads "
-                         "written 2, 4, 8 ... up to N (default 32) at once, a fresh connection each; only against a "
-                         "device that may drop a connection")
+                    help="also find how many requests the device answers in flight (the cabinet setting "
+                         "max_in_flight): the plan's reads written 2, 4, 8 ... up to N (2-32, default 32) at once, a "
+                         "fresh connection each. A device that does not queue requests may drop the connection or "
+                         "stop answering for a while: use it where that is harmless (docs/profiles.md)")
     pr.set_defaults(func=_cmd_probe)
 
     sim = sub.add_parser("simulate", help="serve a simulated fleet of Modbus cabinets",

@@ -197,7 +197,8 @@ class CabinetEntry(_Section):
         default=_CAB["max_in_flight"], ge=1, le=32,
         description="Modbus requests sent before the first answer comes, 1-32: 1 waits for each answer (what "
         "every device takes); more pipelines a poll's reads, only for a device that queues requests (many answer "
-        "the first and drop the rest): `cascade probe --pipelining` finds how many it takes, e.g. 8")
+        "the first and drop the rest): `cascade probe --pipelining` finds how many it takes; more than a poll's "
+        "reads (`cascade check-config` shows them) gains nothing, e.g. 8")
 
 
 class Cabinet(CabinetEntry):
@@ -682,8 +683,11 @@ def read_plans(config: AppConfig) -> list[dict[str, Any]]:
     from collectors.modbus.planner import minimum_reads, plan_reads
 
     groups: dict[tuple[str, int | None, int | None], list[str]] = {}
+    in_flight: dict[tuple[str, int | None, int | None], set[int]] = {}
     for cabinet in config.cabinets:
-        groups.setdefault((cabinet.profile, cabinet.slots, cabinet.max_gap), []).append(cabinet.id)
+        key = (cabinet.profile, cabinet.slots, cabinet.max_gap)
+        groups.setdefault(key, []).append(cabinet.id)
+        in_flight.setdefault(key, set()).add(cabinet.max_in_flight)
     plans = []
     for (name, slots, max_gap), ids in groups.items():
         profile = config.profiles[name]
@@ -693,6 +697,7 @@ def read_plans(config: AppConfig) -> list[dict[str, Any]]:
             "profile": name, "source": str(profile.source), "cabinets": ids, "slots": slot_count,
             "max_gap": profile.max_gap if max_gap is None else max_gap, "requests": len(plan),
             "minimum_requests": minimum_reads(profile, slot_count),
+            "max_in_flight": sorted(in_flight[(name, slots, max_gap)]),  # the values these cabinets set
             "commands": sorted(profile.commands),
             "reads": [{"register": r.register_type, "address": r.address, "count": r.count,
                        "fields": [f"{'cabinet' if f.slot is None else f'slot {f.slot}'}:{f.label}"

@@ -27,11 +27,24 @@ def _config(tmp_path: Path, *, perform: str = "[stop_charging, slot_cutoff]", pr
 def test_prints_the_read_plan_per_profile(tmp_path: Path, capsys) -> None:
     assert main(["check-config", "--config", str(_config(tmp_path))]) == 0
     out = capsys.readouterr().out
-    assert "10 reads per poll (minimum 10) for C1, C2" in out
+    assert "10 reads per poll (minimum 10), max_in_flight 1 for C1, C2" in out
     assert "    input         0 +14  cabinet: " in out and "input_voltage_v" in out
     assert ("commands: charge_current_limit, charge_schedule_end, charge_schedule_start, charge_temperature_limit, "
             "fault_reset, slot_output") in out
     assert "protective actions performed: slot_cutoff, stop_charging" in out
+
+
+def test_the_pipelining_setting_shows_with_the_plan_and_past_a_polls_reads_is_called_no_gain(tmp_path: Path,
+                                                                                           capsys) -> None:
+    path = _config(tmp_path)
+    path.write_text(path.read_text(encoding="utf-8").replace("slots: 12}\n  - {id: C2", "slots: 12, max_in_flight: 8}"
+                                                              "\n  - {id: C2").replace(
+        "port: 1503, profile: reference-cabinet, slots: 12}", "port: 1503, profile: reference-cabinet, slots: 12, "
+        "max_in_flight: 16}"), encoding="utf-8")
+    assert main(["check-config", "--config", str(path)]) == 0
+    assert "max_in_flight 8/16 (more than a poll's reads: no gain) for C1, C2" in capsys.readouterr().out
+    assert main(["check-config", "--config", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["read_plans"][0]["max_in_flight"] == [8, 16]
 
 
 def test_json_read_plan_lists_every_read_and_field(tmp_path: Path, capsys) -> None:
@@ -98,4 +111,4 @@ def test_shipped_profiles_copied_elsewhere_still_plan(tmp_path: Path, capsys) ->
     config.write_text(f"cabinets: [{{id: V1, host: h, port: 1502, profile: {copy}}}]\nalerting: {{enabled: false}}\n",
                       encoding="utf-8")
     assert main(["check-config", "--config", str(config)]) == 0
-    assert "5 reads per poll (minimum 5) for V1" in capsys.readouterr().out
+    assert "5 reads per poll (minimum 5), max_in_flight 1 for V1" in capsys.readouterr().out

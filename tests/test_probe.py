@@ -64,9 +64,21 @@ async def test_a_wrong_word_order_is_flagged_with_the_order_that_fits(kestrel, c
 
 async def test_a_wrong_unit_id_is_named(kestrel, capsys) -> None:
     code, _out, err = await _run(capsys, "--host", "127.0.0.1", "--port", str(kestrel.port), "--unit", "77",
-                                 "--profile", "kestrel-k10", "--timeout", "1")
+                                 "--profile", "kestrel-k10", "--timeout", "1", "--pipelining")
     assert code == 1
     assert "unit id 77" in err and "device_id" in err and "Traceback" not in err
+    assert "pipelining not tried: the device could not be read" in err
+
+
+async def test_no_pipelining_advice_while_the_profile_does_not_fit(kestrel, capsys, tmp_path: Path) -> None:
+    """Advice drawn from the reads that happened to work would mislead: first the profile."""
+    wrong = tmp_path / "kestrel-wrong-order.yaml"
+    wrong.write_text((PROFILE_DIR / "kestrel-k10.yaml").read_text(encoding="utf-8").replace("CDAB", "ABCD"),
+                     encoding="utf-8")
+    code, out, err = await _run(capsys, "--host", "127.0.0.1", "--port", str(kestrel.port), "--profile", str(wrong),
+                                "--pipelining", "4")
+    assert code == 3 and "REJECTED" in out
+    assert "pipelining not tried: the profile does not fit this device yet" in err and "max_in_flight" not in out
 
 
 async def test_pipelining_is_found_on_a_device_that_queues_requests_and_not_on_one_that_does_not(capsys) -> None:
