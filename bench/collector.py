@@ -40,6 +40,7 @@ from pathlib import Path
 
 import yaml
 
+from cascade.cli import in_flight
 from simulators.fleet import free_port_block
 
 __all__ = ["exit_on_sigterm", "main", "run_collector_bench", "stop_simulators"]
@@ -306,17 +307,6 @@ def _print(figures: dict) -> None:
               "its CPU is in the figures above)")
 
 
-def _in_flight(text: str) -> int:
-    """``--max-in-flight``: the cabinet setting's range, 1-32 (cascade/config.py)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (1-32)") from None
-    if not 1 <= value <= 32:
-        raise argparse.ArgumentTypeError(f"{value} is outside 1-32 (max_in_flight of a cabinet)")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench collector", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -331,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fast-interval", type=float, metavar="SECONDS",
                         help="poll the safety registers this often between full polls, as the shipped collector "
                              "does (1); the baseline and floor have no such lane, so no ratio is printed")
-    parser.add_argument("--max-in-flight", type=_in_flight, default=1, metavar="N",
+    parser.add_argument("--max-in-flight", type=in_flight(1), default=1, metavar="N",
                         help="pipeline each poll's reads, N requests written at once (the cabinet setting "
                              "max_in_flight; default 1: one at a time, as the baseline)")
     parser.add_argument("--warnings", action="store_true",

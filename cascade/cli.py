@@ -16,6 +16,7 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 __all__ = ["main"]
 
@@ -117,15 +118,18 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _in_flight(text: str) -> int:
-    """``--pipelining N``: 2-32, the range of max_in_flight past one."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (2-32)") from None
-    if not 2 <= value <= 32:
-        raise argparse.ArgumentTypeError(f"{value} is outside 2-32 (max_in_flight of a cabinet)")
-    return value
+def in_flight(low: int) -> Callable[[str], int]:
+    """An argparse type: a number of requests in flight from ``low`` to 32, the cabinet setting
+    ``max_in_flight``'s range (``cascade probe --pipelining``, ``bench collector --max-in-flight``)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number ({low}-32)") from None
+        if not low <= value <= 32:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}-32 (max_in_flight of a cabinet)")
+        return value
+    return parse
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
@@ -324,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--slots", type=int, default=None, help="slots to read (default: the profile's)")
     pr.add_argument("--timeout", type=float, default=3.0, help="seconds per request")
     pr.add_argument("--json", action="store_true")
-    pr.add_argument("--pipelining", type=_in_flight, nargs="?", const=32, default=0, metavar="N",
+    pr.add_argument("--pipelining", type=in_flight(2), nargs="?", const=32, default=0, metavar="N",
                     help="also find how many requests the device answers in flight (the cabinet setting "
                          "max_in_flight): the plan's reads written 2, 4, 8 ... up to N (2-32, default 32) at once, a "
                          "fresh connection each. A device that does not queue requests may drop the connection or "
