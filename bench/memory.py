@@ -122,7 +122,7 @@ class _AlertmanagerStandIn:
 async def run_memory_bench(fleet: list[dict], *, slots: int, interval_s: float, duration_s: float,
                            sample_s: float, warmup_s: float, alerting: bool = True, influx_url: str | None = None,
                            spool_dir: str | None = None, fast_interval_s: float | None = None,
-                           trace: bool = True, top: int = 8, progress: bool = True) -> dict:
+                           trace: bool = True, top: int = 8, progress: bool = True, max_in_flight: int = 1) -> dict:
     """Poll ``fleet`` for ``duration_s`` through the collector and sample memory; returns the figures."""
     from alerting.engine import Engine
     from alerting.rules import load_rules
@@ -136,7 +136,8 @@ async def run_memory_bench(fleet: list[dict], *, slots: int, interval_s: float, 
 
     profiles = {name: find_profile(name) for name in {e["profile"] for e in fleet}}
     rules = load_rules()
-    extra = {} if fast_interval_s is None else {"fast_interval_s": fast_interval_s}
+    extra: dict = {} if fast_interval_s is None else {"fast_interval_s": fast_interval_s}
+    extra["max_in_flight"] = max_in_flight
     gc.collect()
     base_rss, base_traced = _rss(), tracemalloc.get_traced_memory()[0] if trace else 0
     base_overhead = tracemalloc.get_tracemalloc_memory() if trace else 0
@@ -197,6 +198,7 @@ async def run_memory_bench(fleet: list[dict], *, slots: int, interval_s: float, 
     rss_clean = [(s["t_s"], s["rss"] - s["tracemalloc_overhead"]) for s in steady]
     figures = {
         "cabinets": n, "slots": slots, "interval_s": interval_s, "fast_interval_s": fast_interval_s,
+        "max_in_flight": max_in_flight,
         "alerting": alerting, "influx": bool(influx_url), "duration_s": duration_s, "warmup_s": warmup_s,
         "baseline_rss_mib": base_rss / 2**20, "baseline_traced_mib": base_traced / 2**20,
         "rss_kib_per_cabinet": (sum(v for _, v in rss_clean) / len(rss_clean) - (base_rss - base_overhead)) / n / 1024,
@@ -218,6 +220,7 @@ async def run_memory_bench(fleet: list[dict], *, slots: int, interval_s: float, 
 
 def _print(f: dict) -> None:
     fast = f" (safety fast lane every {f['fast_interval_s']:g} s)" if f["fast_interval_s"] else ""
+    fast += f", {f['max_in_flight']} requests in flight" if f.get("max_in_flight", 1) > 1 else ""
     print(f"memory benchmark: {f['cabinets']} cabinets x {f['slots']} slots, interval {f['interval_s']:g} s{fast}, "
           f"{f['duration_s']:.0f} s (warm-up {f['warmup_s']:.0f} s), alerting {'on' if f['alerting'] else 'off'}, "
           f"InfluxDB sink {'on' if f['influx'] else 'off'}")
@@ -241,6 +244,8 @@ def _print(f: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cascade.cli import in_flight
+
     parser = argparse.ArgumentParser(prog="python -m bench memory", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cabinets", type=int, default=300)
@@ -259,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-port", type=int, default=50, help="cabinets served per simulator port")
     parser.add_argument("--workers", type=int, default=2, help="simulator processes")
     parser.add_argument("--profile", default="reference-cabinet")
+    parser.add_argument("--max-in-flight", type=in_flight(1), default=1, metavar="N",
+                        help="cabinets' max_in_flight: pipelined reads, as bench collector (default 1)")
     parser.add_argument("--json", action="store_true", help="print the figures (with every sample) as JSON")
     args = parser.parse_args(argv)
     duration = min(max(args.duration, 60.0), 7200.0)
@@ -280,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
                 fleet, slots=args.slots, interval_s=args.interval, duration_s=duration, sample_s=args.sample,
                 warmup_s=warmup, alerting=not args.no_alerting, influx_url=args.influx,
                 spool_dir=str(Path(tmp) / "spool"), fast_interval_s=args.fast_interval,
-                trace=not args.no_tracemalloc, top=args.top, progress=not args.json))
+                trace=not args.no_tracemalloc, top=args.top, progress=not args.json,
+                max_in_flight=args.max_in_flight))
         finally:
             stop_simulators(procs)
     if args.json:
