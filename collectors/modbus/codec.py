@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FLOAT_TYPES",
-    "INLINE_GLOBALS",
     "INLINE_KINDS",
     "INTEGER_TYPES",
     "WORDS",
@@ -301,25 +300,27 @@ INLINE_KINDS = ("bool", "bit", "word16")
 
 
 def inline_source(decoder: Callable[[Sequence[int], int], Any], spec: FieldSpec, words: str, index: int,
-                  out: str, constant: Callable[[object], str]) -> list[str] | None:
-    """Python statements that decode like ``decoder(words, index)`` into the variable ``out`` (the same
-    value, ``None`` or exception), for a decoder :func:`compile_decoder` marked inlinable; ``None`` for
-    any other. ``constant(value)`` gives the name a value is passed under (no profile text goes into
-    the source). The statements are what ``word16`` and the bit decoders do, without a call per field.
+                  out: str, constant: Callable[[object], str], unusual: str,
+                  then: Sequence[str] = ()) -> list[str] | None:
+    """Python statements that put ``decoder(words, index)`` into the variable ``out`` (the same value or
+    ``None``), for a decoder :func:`compile_decoder` marked inlinable; ``None`` for any other. Where the
+    decoder would raise (a value past the field's valid range) the statements raise ``unusual`` instead,
+    and the caller decodes again with the decoder itself, for its exception and message: the written-out
+    code carries only the common path. ``constant(value)`` gives the name a value is passed under (no
+    profile text goes into the source). ``then``: statements to run after, on a value that is not
+    ``None``. The statements are what ``word16`` and the bit decoders do, without a call per field.
     """
     kind = getattr(decoder, "inline", None)
     if kind not in INLINE_KINDS:
         return None
     if kind == "bool":
-        return [f"{out} = bool({words}[{index}])"]
+        return [f"{out} = bool({words}[{index}])", *then]
     if kind == "bit":
         mask = 1 << (spec.bit or 0)
-        return [f"{out} = bool({words}[{index}] & {_swap16(mask) if spec.swap_bytes else mask})"]
-    lines = [f"{out} = {words}[{index}]"]
+        return [f"{out} = bool({words}[{index}] & {_swap16(mask) if spec.swap_bytes else mask})", *then]
     body = []
     if spec.swap_bytes:
         body.append(f"{out} = (({out} & 0xFF) << 8) | (({out} >> 8) & 0xFF)")
-    body.append(f"u_ = {out}")
     if spec.data_type == "i16":
         body.append(f"if {out} & 0x8000: {out} -= 0x10000")
     scale = spec.scale
@@ -329,19 +330,21 @@ def inline_source(decoder: Callable[[Sequence[int], int], Any], spec: FieldSpec,
                     f"{out} = round({out} * {constant(scale)}, {spec.decimals})")
     if spec.valid is not None:
         lo, hi = (constant(v) for v in spec.valid)
-        body.append(f"if not {lo} <= {out} <= {hi}: raise _out_of_range({constant(spec.field)}, {constant(spec.unit)}, "
-                    f"{out}, {lo}, {hi}, u_ & 0xFFFF, {constant(_SENTINELS[spec.data_type])})")
-    if spec.missing_words:
+        body.append(f"if not {lo} <= {out} <= {hi}: raise {unusual}")
+    body.extend(then)
+    lines = [f"{out} = {words}[{index}]"]
+    if body and not spec.missing_words and body[0].startswith(f"{out} = {out} "):  # one statement, not two
+        lines = [f"{out} = {words}[{index}] {body.pop(0).split(' ', 3)[3]}"]
+    if spec.missing_words and body:
         lines.append(f"if {out} == {spec.missing_words[0]}: {out} = None")
         lines.append("else:")
         lines.extend("    " + line for line in body)
     else:
+        if spec.missing_words:
+            lines.append(f"if {out} == {spec.missing_words[0]}: {out} = None")
         lines.extend(body)
     return lines
 
-
-INLINE_GLOBALS: dict[str, Any] = {"_out_of_range": _out_of_range}
-"""The names the statements of :func:`inline_source` use besides their constants."""
 
 _divisors: dict[tuple[float, int], int | None] = {}
 

@@ -27,10 +27,10 @@ from typing import Any
 
 from core.model import CabinetReading, SlotReading
 
-from .codec import INLINE_GLOBALS, DecodeError, OverRange, inline_source
+from .codec import DecodeError, OverRange, inline_source
 from .planner import ReadRequest
 
-__all__ = ["FieldError", "PlanDecoder", "compile_plan", "decode_poll", "shared_decoder"]
+__all__ = ["FieldError", "PlanDecoder", "compile_plan", "decode_poll", "decode_read", "shared_decoder"]
 
 Responses = Sequence[Sequence[int] | Sequence[bool] | None]
 PlanDecoder = Callable[..., "tuple[CabinetReading, list[FieldError]]"]
@@ -73,20 +73,10 @@ def decode_poll(plan: Sequence[ReadRequest], responses: Sequence[Sequence[int] |
     for request, words in zip(plan, responses):
         if words is None:
             continue
-        for item in request.fields:
-            target = cabinet if item.slot is None else slots[item.slot - 1]
-            kind = item.kind
-            try:
-                value = item.decode(words, item.index)
-                if value is not None and type(value) is not kind and kind is not None:
-                    value = _coerce(kind, value)
-            except OverRange as err:
-                value = float(err.limit) if kind is float or kind is None else _coerce(kind, err.limit)
-                over.setdefault(item.slot, []).append(item.label)
-            except DecodeError as err:
-                errors.append(FieldError(cabinet_id, item.slot, item.label, request.register_type,
-                                         request.address + item.index, str(err)))
+        for item, value in zip(request.fields, decode_read(request, words, cabinet_id, errors, over, _REJECTED)):
+            if value is _REJECTED:
                 continue
+            target = cabinet if item.slot is None else slots[item.slot - 1]
             if item.extra:
                 if value is not None:
                     extra = target.get("extra")
@@ -105,6 +95,33 @@ def decode_poll(plan: Sequence[ReadRequest], responses: Sequence[Sequence[int] |
     return reading, errors
 
 
+_REJECTED = object()
+
+
+def decode_read(request: ReadRequest, words: Sequence[int] | Sequence[bool], cabinet_id: str,
+                errors: list[FieldError], over: dict[int | None, list[str]], rejected: object = None) -> list[object]:
+    """The value of each of ``request``'s fields in ``words`` (its answer), in the read's order: converted
+    to the type the reading stores; a value past the field's valid range kept at the limit, its label
+    appended to ``over[slot]``; ``rejected`` for a field whose words are garbage, its
+    :class:`FieldError` appended to ``errors``."""
+    values: list[object] = []
+    for item in request.fields:
+        kind = item.kind
+        try:
+            value = item.decode(words, item.index)
+            if value is not None and type(value) is not kind and kind is not None:
+                value = _coerce(kind, value)
+        except OverRange as err:
+            value = float(err.limit) if kind is float or kind is None else _coerce(kind, err.limit)
+            over.setdefault(item.slot, []).append(item.label)
+        except DecodeError as err:
+            errors.append(FieldError(cabinet_id, item.slot, item.label, request.register_type,
+                                     request.address + item.index, str(err)))
+            value = rejected
+        values.append(value)
+    return values
+
+
 # -- the same decoding compiled per read plan --------------------------------------------------------
 
 _SPECIAL_SLOT = frozenset({"slot", "over_range", "extra"})
@@ -117,17 +134,23 @@ def _none_default(cls: type, names: set[str]) -> bool:
     return all(defaults.get(name, 0) is None for name in names)
 
 
+class _Unusual(Exception):
+    """Raised by the written-out code of a compiled plan where a field's decoder would raise."""
+
+
 def compile_plan(plan: Sequence[ReadRequest], slot_count: int) -> PlanDecoder:
     """:func:`decode_poll` for this one plan as one generated function: the same reading and errors (in
     the same order) for the same responses, without a loop, a call and a dict per field.
 
-    Per field the function holds the statements of the field's decoder where :mod:`.codec` can write
-    them out (16-bit numbers, bits: most of a cabinet's fields), else a call of the decoder the plan
-    holds; then the type the reading stores, the limit of an over-range value, the error of a
-    rejected one. Values go straight into the slot and cabinet constructors. Only names of our own go
-    into the source (``v12``, ``k3``); every profile text and number of a profile is a constant passed
-    in. A plan it cannot write (a field name the readings do not have, a slot past ``slot_count``)
-    gets :func:`decode_poll` itself.
+    Per read the function holds the common path only: each field's decoder written out where
+    :mod:`.codec` can (16-bit numbers, bits: most of a cabinet's fields), else a call of the decoder the
+    plan holds, then the conversion to the type the reading stores; values go straight into the slot
+    and cabinet constructors. A read where any field is past its valid range or rejected is decoded
+    again by :func:`decode_read`, the definition itself, for the limits, ``over_range`` and errors:
+    rare, and it keeps the generated code (and the memory the compiler takes to build it) small. Only
+    names of our own go into the source (``v12``, ``k3``); every profile text and number of a profile is
+    a constant passed in. A plan it cannot write (a field name the readings do not have, a slot past
+    ``slot_count``) gets :func:`decode_poll` itself.
     """
     constants: dict[str, Any] = {}
     by_value: dict[tuple[type, object], str] = {}
@@ -143,64 +166,45 @@ def compile_plan(plan: Sequence[ReadRequest], slot_count: int) -> PlanDecoder:
         return name
 
     variables: dict[tuple[int | None, str], str] = {}  # (slot, reading attribute) -> variable
+    extras: list[str] = []  # variables of extra registers
     body: list[str] = []
     for r, request in enumerate(plan):
-        body.append(f"w = responses[{r}]")
-        body.append("if w is not None:")
-        body.append("    pass")  # a read without fields (no plan makes one) still compiles
+        names: list[str] = []  # the read's variables, in its fields' order
+        code: list[str] = []
+        after: list[str] = []  # extra registers: into the slot's (cabinet's) dict once the read is decoded
         for item in request.fields:
             if item.slot is not None and not 1 <= item.slot <= slot_count:
                 return _reference(plan, slot_count)
-            target = "c" if item.slot is None else str(item.slot)
-            kind = item.kind
-            code = inline_source(item.decode, item.spec, "w", item.index, "x", constant)
-            if code is None:
-                code = [f"x = {constant(item.decode)}(w, {item.index})"]
-                result: type | None = None  # not known here: coerce as decode_poll does
-            else:
-                result = _inline_type(item)
-            if kind is not None and result is not kind:
-                coerce = _coercion(kind, result, constant)
-                code.append(f"if x is not None: x = {coerce}" if result is None or item.spec.missing_words
-                            or getattr(item.decode, "inline", None) != "word16" else f"x = {coerce}")
-            limit = "float(err.limit)" if kind is float or kind is None else f"_coerce({constant(kind)}, err.limit)"
-            label = constant(item.label)
-            error = (f"errors.append(FieldError(cabinet_id, {item.slot!r}, {label}, "
-                     f"{constant(request.register_type)}, {request.address + item.index}, str(err)))")
-            body.append("    try:")
-            body.extend("        " + line for line in code)
-            body.append("    except OverRange as err:")
             if item.extra:
-                body.append(f"        x = {limit}")
+                var = f"x{len(extras)}"
+                extras.append(var)
+                t = "c" if item.slot is None else str(item.slot)
+                after += [f"if {var} is not None:", f"    if e{t} is None: e{t} = {{}}",
+                          f"    e{t}[{constant(item.name)}] = {var}"]
             else:
                 var = variables.setdefault((item.slot, item.name), f"v{len(variables)}")
-                body.append(f"        {var} = {limit}")
-            body.append(f"        if o{target} is None: o{target} = [{label}]")
-            body.append(f"        else: o{target}.append({label})")
-            body.append("    except DecodeError as err:")
-            body.append(f"        {error}")
-            if item.extra:
-                body.append("        x = None")
-                body.append("    if x is not None:")
-                body.append(f"        if e{target} is None: e{target} = {{}}")
-                body.append(f"        e{target}[{constant(item.name)}] = x")
-            else:
-                body.append("    else:")
-                body.append(f"        {var} = x")
+            names.append(var)
+            code += _field_source(item, var, constant)
+        body.append(f"w = responses[{r}]")
+        if names:
+            body += ["if w is not None:", "    try:", *("        " + line for line in code),
+                     "    except (OverRange, DecodeError, _Unusual):",
+                     "        if o is None: o = {}",
+                     f"        {', '.join(names)}, = decode_read({constant(request)}, w, cabinet_id, errors, o)",
+                     *("    " + line for line in after)]
     cabinet_names = {name for (slot, name) in variables if slot is None}
     slot_names = {name for (slot, name) in variables if slot is not None}
     if cabinet_names & _SPECIAL_CABINET or slot_names & _SPECIAL_SLOT or \
             not _none_default(CabinetReading, cabinet_names) or not _none_default(SlotReading, slot_names):
         return _reference(plan, slot_count)
     numbers = range(1, slot_count + 1)
-    head = [f"{var} = None" for var in variables.values()]
-    head += [f"o{t} = None" for t in ("c", *numbers)]
-    head += [f"e{t} = None" for t in ("c", *numbers)]
+    everything = [*variables.values(), *extras, *(f"e{t}" for t in ("c", *numbers))]
+    head = [" = ".join(everything[i:i + 32]) + " = None" for i in range(0, len(everything), 32)]
 
     def arguments(slot: int | None) -> str:
         t = "c" if slot is None else str(slot)
         args = [f"{name}={var}" for (s, name), var in variables.items() if s == slot]
-        args.append(f"over_range=() if o{t} is None else tuple(o{t})")
+        args.append(f"over_range=() if o is None or {slot!r} not in o else tuple(o[{slot!r}])")
         args.append(f"extra=NO_EXTRA if e{t} is None else e{t}")
         return ", ".join(args)
 
@@ -211,6 +215,7 @@ def compile_plan(plan: Sequence[ReadRequest], slot_count: int) -> PlanDecoder:
         "        return decode_poll(PLAN, responses, cabinet_id=cabinet_id, site=site, model=model, "
         f"slot_count={slot_count}, timestamp_ns=timestamp_ns)",
         "    errors = []",
+        "    o = None",
         *("    " + line for line in head),
         *("    " + line for line in body),
         "    reading = CabinetReading(cabinet_id=cabinet_id, site=site, model=model, timestamp_ns=timestamp_ns, "
@@ -218,8 +223,8 @@ def compile_plan(plan: Sequence[ReadRequest], slot_count: int) -> PlanDecoder:
         "    return reading, errors",
     ])
     namespace: dict[str, Any] = {
-        **INLINE_GLOBALS, **constants, "CabinetReading": CabinetReading, "SlotReading": SlotReading,
-        "FieldError": FieldError, "OverRange": OverRange, "DecodeError": DecodeError, "_coerce": _coerce,
+        **constants, "CabinetReading": CabinetReading, "SlotReading": SlotReading, "OverRange": OverRange,
+        "DecodeError": DecodeError, "_Unusual": _Unusual, "_coerce": _coerce, "decode_read": decode_read,
         "NO_EXTRA": SlotReading(slot=0).extra, "decode_poll": decode_poll, "PLAN": tuple(plan),
     }
     exec(compile(source, f"<read plan: {len(plan)} reads, {slot_count} slots>", "exec"), namespace)  # noqa: S102
@@ -228,23 +233,38 @@ def compile_plan(plan: Sequence[ReadRequest], slot_count: int) -> PlanDecoder:
     return decoder
 
 
-def _inline_type(item: Any) -> type | None:
-    """The type an inlined decoder gives (besides ``None``)."""
-    kind = getattr(item.decode, "inline", None)
-    if kind in ("bool", "bit"):
+def _field_source(item: Any, var: str, constant: Callable[[object], str]) -> list[str]:
+    """The common path of one field into ``var``: its decoder written out, or called; then the conversion to
+    the type the reading stores, only where the decoder's type differs (or is not known here)."""
+    kind = item.kind
+    inline = getattr(item.decode, "inline", None)
+    if inline is not None:
+        gives = _inline_type(item)
+        then = [] if kind is None or kind is gives else [f"{var} = {_coercion(kind, var, constant)}"]
+        code = inline_source(item.decode, item.spec, "w", item.index, var, constant, "_Unusual", then)
+        if code is not None:
+            return code
+    code = [f"{var} = {constant(item.decode)}(w, {item.index})"]
+    if kind is not None:  # a decoder's own type: converted only when it differs, as decode_read does
+        code.append(f"if {var} is not None and type({var}) is not {constant(kind)}: "
+                    f"{var} = _coerce({constant(kind)}, {var})")
+    return code
+
+
+def _inline_type(item: Any) -> type:
+    """The type a written-out decoder gives (besides ``None``)."""
+    if item.decode.inline in ("bool", "bit"):
         return bool
     scale = item.spec.scale  # word16: the raw int, or round(raw * scale, decimals): an int for an int scale
     return float if scale != 1 and isinstance(scale, float) else int
 
 
-def _coercion(kind: type, result: type | None, constant: Callable[[object], str]) -> str:
-    if result is None:  # a decoder's own type: only when it differs, as decode_poll does
-        return f"x if type(x) is {constant(kind)} else _coerce({constant(kind)}, x)"
+def _coercion(kind: type, var: str, constant: Callable[[object], str]) -> str:
     if kind is float:
-        return "float(x)"
+        return f"float({var})"
     if kind is int:
-        return "int(round(x))"
-    return f"_coerce({constant(kind)}, x)"
+        return f"int(round({var}))"
+    return f"_coerce({constant(kind)}, {var})"
 
 
 def _reference(plan: Sequence[ReadRequest], slot_count: int) -> PlanDecoder:
