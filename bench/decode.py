@@ -8,6 +8,11 @@ loopback once; then, in this process and the same run, per poll: the reference d
 with), and the poll's lines by ``reading_to_lines`` (compiled tuple formatters) against the general
 rules (``encode_line``, one dict per point). Both pairs give the same output (checked here too). CPU µs
 per poll, best of five rounds. Loopback only, bounded by ``--polls``.
+
+Then, per profile, what building the compiled decoder costs (once per plan, at start-up): the generated
+function's lines and bytecode, the compiler's peak memory (tracemalloc; glibc keeps much of it in the
+process afterwards), the time; and a poll in which one field is past its valid range (that read is
+decoded again by ``decode_read``: the price of a sensor stuck at its limit, every poll).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import logging
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 __all__ = ["main"]
@@ -110,11 +116,48 @@ def _measure(name: str, polls: int) -> tuple[int, float, float, float, float] | 
         return "the compiled decoder disagrees with decode_poll"
     if reading_to_lines(reading) != _general_lines(reading):
         return "reading_to_lines disagrees with encode_line"
+    over = _one_over_range(plan, responses, slots, args)
+    if isinstance(over, str):
+        return over
+    edited, label = over
+    started = time.perf_counter()
+    again = compile_plan(plan, slots)
+    build_s = time.perf_counter() - started
+    tracemalloc.start()  # a second build, traced (tracing slows it down)
+    compile_plan(plan, slots)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
     return (sum(len(r.fields) for r in plan),
             _best_us(lambda: decode_poll(plan, responses, slot_count=slots, **args), polls),
             _best_us(lambda: compiled(responses, **args), polls),
             _best_us(lambda: _general_lines(reading), polls),
-            _best_us(lambda: reading_to_lines(reading), polls))
+            _best_us(lambda: reading_to_lines(reading), polls),
+            {"lines": again.source.count("\n") + 1, "bytecode_kib": len(again.__code__.co_code) / 1024,
+             "peak_mib": peak / 2**20, "ms": build_s * 1e3,
+             "over_us": _best_us(lambda: compiled(edited, **args), polls), "over_field": label})
+
+
+def _one_over_range(plan, responses: list, slots: int, args: dict) -> tuple[list, str] | str:
+    """``responses`` with one 16-bit field set past its valid range (the first such field that a word makes
+    over range), checked against ``decode_poll``: the compiled decoder must give the same reading."""
+    from collectors.modbus.decode import compile_plan, decode_poll
+
+    compiled = compile_plan(plan, slots)
+    for r, request in enumerate(plan):
+        if responses[r] is None or request.register_type in ("coil", "discrete"):
+            continue
+        for item in request.fields:
+            if item.spec.valid is None or item.spec.words != 1:
+                continue
+            for word in (0x7FFF, 0x8001, 0xFFFE, 0x1000):
+                edited = [list(w) if i == r else w for i, w in enumerate(responses)]
+                edited[r][item.index] = word
+                expected = decode_poll(plan, edited, slot_count=slots, **args)
+                if any(item.label in s.over_range for s in (expected[0], *expected[0].slots)):
+                    if compiled(edited, **args) != expected:
+                        return "the compiled decoder disagrees with decode_poll on a value past its range"
+                    return edited, item.label
+    return "no field of this profile can be set past its valid range"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,14 +174,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"one poll decoded and encoded in this process, CPU µs per poll (best of 5 x {polls})")
     print(f"  {'profile':20s} {'fields':>6s} {'decode_poll':>11s} {'compiled':>9s} {'ratio':>6s}"
           f" {'encode_line':>11s} {'compiled':>9s} {'ratio':>6s}")
+    builds = []
     for name in args.profiles:
         row = _measure(name, polls)
         if isinstance(row, str):
             print(f"  {name}: {row}", file=sys.stderr)
             return 1
-        fields, reference, fast, general, lines = row
+        fields, reference, fast, general, lines, build = row
+        builds.append((name, fast, build))
         print(f"  {name:20s} {fields:6d} {reference:11.1f} {fast:9.1f} {reference / fast:5.2f}x"
               f" {general:11.1f} {lines:9.1f} {general / lines:5.2f}x")
+    print("building the compiled decoder (once per plan), and a poll with one field past its range")
+    print(f"  {'profile':20s} {'lines':>6s} {'bytecode':>9s} {'compiler peak':>13s} {'time':>7s}"
+          f" {'poll':>7s} {'1 over range':>12s}")
+    for name, fast, build in builds:
+        print(f"  {name:20s} {build['lines']:6d} {build['bytecode_kib']:5.0f} KiB {build['peak_mib']:9.1f} MiB"
+              f" {build['ms']:4.0f} ms {fast:4.0f} µs {build['over_us']:6.0f} µs ({build['over_field']})")
     return 0
 
 

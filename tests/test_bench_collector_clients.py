@@ -56,6 +56,8 @@ def test_decode_bench_checks_both_pairs_agree_and_prints_the_table(capsys) -> No
     out = capsys.readouterr().out
     assert "decode_poll" in out and "encode_line" in out
     assert out.count("x\n") == 2 and "volta-s8" in out and "kestrel-k10" in out
+    # what building each plan's decoder costs, and a poll with a field past its range (same reading checked)
+    assert "compiler peak" in out and out.count(" MiB ") == 2 and out.count("(chemistry)") == 2
 
 
 def test_a_simulator_whose_port_is_taken_stops_the_bench_with_its_reason(tmp_path, capsys) -> None:
