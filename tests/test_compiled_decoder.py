@@ -205,6 +205,9 @@ def test_sixteen_bit_and_bit_fields_are_written_out_and_only_the_others_call_the
     assert source.count("(w, ") == len(called)
     assert len(re.findall(r"type\([vx]\d+\) is not", source)) == sum(1 for f in called if f.kind is not None)
     assert " / 10" in source and "round(" not in source
+    # a decoder it cannot write out gets no statements: the plan calls it
+    text = next(f for f in slices if f.spec.data_type == "string")
+    assert codec.inline_source(text.decode, text.spec, "w", 0, "v", repr, "_Unusual") is None
 
 
 def test_the_compiled_plan_holds_the_common_path_only() -> None:
@@ -227,10 +230,14 @@ def test_hand_built_plans_decode_the_same_compiled() -> None:
 
     twice = FieldSpec("input_power_w", "input", 0, "u16", scale=2)
     signed = FieldSpec("cabinet_temperature_c", "input", 1, "i16", scale=0.1)
-    plan = [ReadRequest("input", 0, 2, (FieldSlice(None, twice, 0), FieldSlice(None, signed, 1))),
+    raw = FieldSpec("device_fault_code", "input", 2, "u16", missing=0xFFFF)  # an int as sent: a no-value check only
+    plan = [ReadRequest("input", 0, 3, (FieldSlice(None, twice, 0), FieldSlice(None, signed, 1),
+                                        FieldSlice(None, raw, 2))),
             ReadRequest("input", 10, 1, ())]
-    for responses in ([[3, 0xFFF6], [0]], [[0x1_0003, -1], None], [None, [1]]):
+    for responses in ([[3, 0xFFF6, 0xFFFF], [0]], [[0x1_0003, -1, 7], None], [None, [1]]):
         _same(plan, 1, responses)
+    source = compile_plan(plan, 1).source
+    assert "== 65535: v2 = None" in source
 
 
 @pytest.mark.parametrize("order", ["ABCD", "BADC", "DCBA"])

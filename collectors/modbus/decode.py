@@ -73,9 +73,7 @@ def decode_poll(plan: Sequence[ReadRequest], responses: Sequence[Sequence[int] |
     for request, words in zip(plan, responses):
         if words is None:
             continue
-        for item, value in zip(request.fields, decode_read(request, words, cabinet_id, errors, over, _REJECTED)):
-            if value is _REJECTED:
-                continue
+        for item, value in zip(request.fields, decode_read(request, words, cabinet_id, errors, over)):
             target = cabinet if item.slot is None else slots[item.slot - 1]
             if item.extra:
                 if value is not None:
@@ -95,15 +93,12 @@ def decode_poll(plan: Sequence[ReadRequest], responses: Sequence[Sequence[int] |
     return reading, errors
 
 
-_REJECTED = object()
-
-
 def decode_read(request: ReadRequest, words: Sequence[int] | Sequence[bool], cabinet_id: str,
-                errors: list[FieldError], over: dict[int | None, list[str]], rejected: object = None) -> list[object]:
+                errors: list[FieldError], over: dict[int | None, list[str]]) -> list[object]:
     """The value of each of ``request``'s fields in ``words`` (its answer), in the read's order: converted
     to the type the reading stores; a value past the field's valid range kept at the limit, its label
-    appended to ``over[slot]``; ``rejected`` for a field whose words are garbage, its
-    :class:`FieldError` appended to ``errors``."""
+    appended to ``over[slot]``; ``None`` (a reading field's default) for a field whose words are garbage,
+    its :class:`FieldError` appended to ``errors``."""
     values: list[object] = []
     for item in request.fields:
         kind = item.kind
@@ -117,7 +112,7 @@ def decode_read(request: ReadRequest, words: Sequence[int] | Sequence[bool], cab
         except DecodeError as err:
             errors.append(FieldError(cabinet_id, item.slot, item.label, request.register_type,
                                      request.address + item.index, str(err)))
-            value = rejected
+            value = None
         values.append(value)
     return values
 
