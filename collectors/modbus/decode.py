@@ -98,7 +98,8 @@ def decode_read(request: ReadRequest, words: Sequence[int] | Sequence[bool], cab
     """The value of each of ``request``'s fields in ``words`` (its answer), in the read's order: converted
     to the type the reading stores; a value past the field's valid range kept at the limit, its label
     appended to ``over[slot]``; ``None`` (a reading field's default) for a field whose words are garbage,
-    its :class:`FieldError` appended to ``errors``."""
+    its :class:`FieldError` appended to ``errors``. (A field a plan named twice for one slot, which no
+    profile can, would take its last read's value, ``None`` if that one is rejected.)"""
     values: list[object] = []
     for item in request.fields:
         kind = item.kind
