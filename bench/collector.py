@@ -387,15 +387,15 @@ def _run(args: argparse.Namespace, duration: float) -> int:
         print(f"  readings/s            {floor['readings_per_s']:10.0f}")
         print(f"  CPU s / 1000 readings {f:10.4f}   (system calls, event-loop wake-ups, poll scheduling)")
         if figures["max_in_flight"] == 1:
-            print(f"  the best ratio any client making these requests one at a time could show: "
-                  f"{b / max(f, 1e-9):.2f}x the baseline")
+            print(f"  no client making these requests one at a time could be more than {b / max(f, 1e-9):.2f}x "
+                  "cheaper than the baseline (the baseline's CPU / the floor's)")
             if c > f:
                 print(f"  above the floor per reading: Cascade {c - f:.4f} CPU s / 1000, baseline {b - f:.4f} "
                       f"({(b - f) / (c - f):.2f}x; what each does with the answers, not the target's figure)")
         else:  # the floor is one request at a time: Cascade pipelined is not above it in the same sense
-            print(f"  one at a time no client could show more than {b / max(f, 1e-9):.2f}x the baseline; "
-                  f"pipelined, Cascade costs {c / max(f, 1e-9):.2f}x this one-at-a-time floor (its own floor, "
-                  "one write per poll, is lower)")
+            print(f"  no client making these requests one at a time could be more than {b / max(f, 1e-9):.2f}x "
+                  f"cheaper than the baseline; pipelined, Cascade costs {c / max(f, 1e-9):.2f}x this one-at-a-time "
+                  "floor (its own floor, one write per poll, is lower)")
     if single is not None and baseline is not None:
         s1 = single["cpu_s_per_1000_readings"]
         print("Cascade one request at a time (max_in_flight 1, the default), same simulators, same run")

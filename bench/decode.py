@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:20s} {fields:6d} {reference:11.1f} {fast:9.1f} {reference / fast:5.2f}x"
               f" {general:11.1f} {lines:9.1f} {general / lines:5.2f}x")
     print("building the compiled decoder (once per plan), and a poll with one field past its range")
-    print(f"  {'profile':20s} {'lines':>6s} {'bytecode':>9s} {'compiler peak':>13s} {'time':>7s}"
-          f" {'poll':>7s} {'1 over range':>12s}")
+    print(f"  {'profile':20s} {'lines':>6s} {'bytecode':>9s} {'compiler peak':>13s} {'build':>7s}"
+          f" {'poll':>7s}  poll with 1 field over range (the field)")
     for name, fast, build in builds:
         over = "     -" if build["over_us"] is None else f"{build['over_us']:6.0f} µs ({build['over_field']})"
         print(f"  {name:20s} {build['lines']:6d} {build['bytecode_kib']:5.0f} KiB {build['peak_mib']:9.1f} MiB"

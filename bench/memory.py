@@ -40,6 +40,7 @@ __all__ = ["main", "run_memory_bench"]
 
 _REPO = Path(__file__).resolve().parents[1]
 _TARGET_KIB = 64.0
+_WINDOWS_FULL_S = 300.0  # the warning engine's longest rate window: memory grows until it is full
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -188,7 +189,8 @@ async def run_memory_bench(fleet: list[dict], *, slots: int, interval_s: float, 
                 warm_sites = _sites()
                 warm_at = time.monotonic() - started  # the slope starts after this snapshot was freed
             if progress:
-                print(f"  t={elapsed:6.0f}s RSS {sample['rss'] / 2**20:7.1f} MiB  traced {traced / 2**20:7.1f} MiB  "
+                heap = f"traced {traced / 2**20:7.1f} MiB  " if trace else ""
+                print(f"  t={elapsed:6.0f}s RSS {sample['rss'] / 2**20:7.1f} MiB  {heap}"
                       f"readings {sample['readings']}  transitions {sample['transitions']}  "
                       f"online {sample['online']}/{len(cabinets)}", flush=True)
     end_sites = _sites() if trace else {}
@@ -196,8 +198,10 @@ async def run_memory_bench(fleet: list[dict], *, slots: int, interval_s: float, 
     n = len(cabinets)
 
     rss_clean = [(s["t_s"], s["rss"] - s["tracemalloc_overhead"]) for s in steady]
+    lane = cabinets[0].fast_interval_s if cabinets else None  # as configured: the shipped default unless given
     figures = {
-        "cabinets": n, "slots": slots, "interval_s": interval_s, "fast_interval_s": fast_interval_s,
+        "cabinets": n, "slots": slots, "interval_s": interval_s,
+        "fast_interval_s": lane if lane is not None and lane < interval_s else None, "tracemalloc": trace,
         "max_in_flight": max_in_flight,
         "alerting": alerting, "influx": bool(influx_url), "duration_s": duration_s, "warmup_s": warmup_s,
         "baseline_rss_mib": base_rss / 2**20, "baseline_traced_mib": base_traced / 2**20,
@@ -219,20 +223,25 @@ async def run_memory_bench(fleet: list[dict], *, slots: int, interval_s: float, 
 
 
 def _print(f: dict) -> None:
-    fast = f" (safety fast lane every {f['fast_interval_s']:g} s)" if f["fast_interval_s"] else ""
-    fast += f", {f['max_in_flight']} requests in flight" if f.get("max_in_flight", 1) > 1 else ""
-    print(f"memory benchmark: {f['cabinets']} cabinets x {f['slots']} slots, interval {f['interval_s']:g} s{fast}, "
+    fast = f"safety fast lane every {f['fast_interval_s']:g} s" if f["fast_interval_s"] else "no safety fast lane"
+    fast += f", {f.get('max_in_flight', 1)} request{'s' if f.get('max_in_flight', 1) > 1 else ''} in flight"
+    traced = f.get("tracemalloc", True)
+    print(f"memory benchmark: {f['cabinets']} cabinets x {f['slots']} slots, interval {f['interval_s']:g} s ({fast}), "
           f"{f['duration_s']:.0f} s (warm-up {f['warmup_s']:.0f} s), alerting {'on' if f['alerting'] else 'off'}, "
-          f"InfluxDB sink {'on' if f['influx'] else 'off'}")
-    print(f"  baseline (imports done, no cabinet built)  RSS {f['baseline_rss_mib']:.1f} MiB, traced heap "
-          f"{f['baseline_traced_mib']:.1f} MiB")
-    print(f"  KiB per cabinet, RSS        {f['rss_kib_per_cabinet']:8.1f}   (target <= {_TARGET_KIB:g}; "
-          f"tracemalloc's own {f['tracemalloc_overhead_mib']:.1f} MiB taken out)")
+          f"InfluxDB sink {'on' if f['influx'] else 'off'}, tracemalloc {'on' if traced else 'off'}")
+    print(f"  baseline (imports done, no cabinet built)  RSS {f['baseline_rss_mib']:.1f} MiB"
+          + (f", traced heap {f['baseline_traced_mib']:.1f} MiB" if traced else ""))
+    print(f"  KiB per cabinet, RSS        {f['rss_kib_per_cabinet']:8.1f}   (target <= {_TARGET_KIB:g}"
+          + (f"; tracemalloc's own {f['tracemalloc_overhead_mib']:.1f} MiB taken out, but its snapshots leave "
+             "memory behind: run --no-tracemalloc for RSS)" if traced else ")"))
     if f["traced_kib_per_cabinet"] is not None:
         print(f"  KiB per cabinet, traced heap{f['traced_kib_per_cabinet']:8.1f}")
     print(f"  slope after warm-up, RSS    {f['rss_slope_mib_per_h']:8.2f} MiB/h   (target: flat)")
     if f["traced_slope_mib_per_h"] is not None:
         print(f"  slope after warm-up, traced {f['traced_slope_mib_per_h']:8.2f} MiB/h")
+    if f["alerting"] and f["warmup_s"] < _WINDOWS_FULL_S:
+        print(f"  note: a warm-up under {_WINDOWS_FULL_S:g} s ends before the warning engine's 5-minute rate windows "
+              "are full: the slope includes them filling (use --warmup 300 or more for a steady-state slope)")
     print(f"  end RSS {f['end_rss_mib']:.1f} MiB; readings {f['readings']}; alert transitions {f['transitions']}"
           + (f" ({', '.join(f'{k} x{v}' for k, v in f['transitions_by_rule'].items())})"
              if f["transitions_by_rule"] else ""))

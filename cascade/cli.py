@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, help_text in (
         ("scenario", _cmd_scenario, "inject a fault scenario file into a running simulator"),
         ("replay", _cmd_replay, "replay a recorded trace through the warning engine"),
-        ("bench", _cmd_bench, "run benchmarks (collector, line protocol, warnings, latency, vehicles)"),
+        ("bench", _cmd_bench, "run benchmarks (as python -m bench: collector, decode, memory, scrape, latency, ...)"),
     ):
         p = sub.add_parser(name, help=help_text, add_help=False, description=help_text)
         p.add_argument("argv", nargs=argparse.REMAINDER)
@@ -480,8 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     if rest and rest[0] in _PASSTHROUGH:
         # These hand every argument on to their own parser (argparse.REMAINDER would refuse an
         # option such as --list in first place).
-        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # A benchmark sets up its own logging, as under `python -m bench` (the collector's per-device lines
+        # would bury its figures); -v still shows everything.
+        if verbose or rest[0] != "bench":
+            logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                                format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return _PASSTHROUGH[rest[0]](argparse.Namespace(argv=rest[1:]))
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

@@ -109,3 +109,28 @@ def test_the_fleet_gauges_cost_under_a_kibibyte_per_cabinet() -> None:
     finally:
         tracemalloc.stop()
     assert per_cabinet < 1024, f"{per_cabinet:.0f} B per cabinet of fleet gauges"
+
+
+def test_the_memory_bench_says_what_it_ran_and_what_its_figures_mean(capsys) -> None:
+    """``bench memory``'s summary names the lane, the requests in flight and whether tracemalloc ran; an RSS
+    run shows no traced-heap figures; a warm-up shorter than the 5-minute rate windows is called out."""
+    from bench.memory import _print
+
+    figures = {
+        "cabinets": 300, "slots": 12, "interval_s": 5.0, "fast_interval_s": 1.0, "max_in_flight": 1,
+        "tracemalloc": False, "alerting": True, "influx": False, "duration_s": 180.0, "warmup_s": 90.0,
+        "baseline_rss_mib": 71.3, "baseline_traced_mib": 0.0, "rss_kib_per_cabinet": 58.4,
+        "traced_kib_per_cabinet": None, "rss_slope_mib_per_h": 0.01, "traced_slope_mib_per_h": None,
+        "end_rss_mib": 88.4, "tracemalloc_overhead_mib": 0.0, "readings": 10, "transitions": 0,
+        "transitions_by_rule": {}, "top_held": [], "top_grown": [],
+    }
+    _print(figures)
+    out = capsys.readouterr().out
+    assert "safety fast lane every 1 s, 1 request in flight" in out and "tracemalloc off" in out
+    assert "traced" not in out and "58.4" in out
+    assert "warm-up under 300 s" in out
+    _print({**figures, "fast_interval_s": None, "max_in_flight": 10, "warmup_s": 300.0, "tracemalloc": True,
+            "traced_kib_per_cabinet": 49.0, "traced_slope_mib_per_h": 0.0, "baseline_traced_mib": 27.2})
+    out = capsys.readouterr().out
+    assert "no safety fast lane, 10 requests in flight" in out and "tracemalloc on" in out
+    assert "run --no-tracemalloc for RSS" in out and "traced heap" in out and "warm-up under" not in out
